@@ -1,0 +1,72 @@
+"""Checkpoints: written atomically, read with ``weights_only=True`` (a checkpoint never runs code).
+
+A checkpoint is a dict of tensors and plain Python values::
+
+    {"format": 1, "epoch": int (epochs completed), "config": dict (the resolved run config),
+     "model": state_dict, "optimizer": ..., "scheduler": ..., "method": ...,
+     "best_acc": float, "history": [per-epoch metric dicts]}
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qnnrun.errors import QnnrunError
+
+FORMAT = 1
+REQUIRED_KEYS = ("format", "epoch", "config", "model")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """Write ``obj`` to ``path`` so that ``path`` is always either the old or the new file.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, and replaces
+    ``path`` with one ``os.replace`` (atomic on POSIX and Windows).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a qnnrun checkpoint; any problem is a one-line QnnrunError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "last.ckpt"
+    if not path.is_file():
+        raise QnnrunError(f"checkpoint not found: {path} (give a .ckpt file or a run folder holding last.ckpt)")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
+        raise QnnrunError(f"checkpoint {path} is unreadable: not a torch.save archive (truncated or corrupt?)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "WeightsUnpickler" in line),
+                      "it holds objects other than tensors and plain values")
+        raise QnnrunError(f"checkpoint {path} was refused by the safe loader (weights_only=True), nothing in it "
+                          f"was run: {reason}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise QnnrunError(f"checkpoint {path} is unreadable (truncated or corrupt?): {first_line}") from None
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS):
+        raise QnnrunError(f"{path} is not a qnnrun checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
+    if ckpt["format"] != FORMAT:
+        raise QnnrunError(f"checkpoint {path} has format {ckpt['format']}, this qnnrun reads format {FORMAT}")
+    return ckpt

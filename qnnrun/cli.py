@@ -1,0 +1,149 @@
+"""``qnnrun <command> [overrides]``: one Hydra app per command (train, eval, bops).
+
+Each command is an ordinary ``@hydra.main`` app with its own primary config in ``conf/``, so
+every Hydra feature (overrides, ``-m`` sweeps, ``--cfg``, ``--help``, shell completion, launchers)
+works per command. This module only picks the app from the first argument.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from qnnrun.errors import QnnrunError
+
+log = logging.getLogger("qnnrun")
+
+USAGE = """usage: qnnrun <command> [overrides...]
+
+commands:
+  train   train one run, or a sweep with -m (qnnrun train --help lists groups and options)
+  eval    evaluate a saved run: qnnrun eval checkpoint=PATH [dataset=...]
+  bops    per-layer BOPs / size table: qnnrun bops model=... bits=... [method=...]
+"""
+
+# An absolute path makes Hydra read the folder from disk whether qnnrun runs from a checkout or
+# an installed wheel (a module path would need conf/ to be a Python package).
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+
+_failures: list[str] = []
+
+
+def _report(error: QnnrunError) -> None:
+    """One line on stderr; in a sweep, the job is recorded as failed and the sweep goes on."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"qnnrun: error: {message}", file=sys.stderr, flush=True)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        log.error("job failed: %s", message)
+        _failures.append(message)
+        return
+    sys.exit(1)
+
+
+def _guarded(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> None:
+        try:
+            task(cfg)
+        except QnnrunError as error:
+            _report(error)
+
+    return run
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@_guarded
+def train_app(cfg: DictConfig) -> None:
+    """Train one run into Hydra's output folder."""
+    from qnnrun.engine import train
+
+    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@_guarded
+def eval_app(cfg: DictConfig) -> None:
+    """Evaluate a checkpoint and print its test metrics."""
+    from qnnrun.engine import evaluate_checkpoint
+
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise QnnrunError("qnnrun eval needs checkpoint=PATH (a .ckpt file or a run folder holding last.ckpt)")
+    result = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
+    print(result)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bops")
+@_guarded
+def bops_app(cfg: DictConfig) -> None:
+    """Print the per-layer BOPs / size table of a model at the given bits."""
+    from qnnrun.engine import bops_report
+
+    print(bops_report(cfg))
+
+
+COMMANDS: dict[str, Callable[[], None]] = {"train": train_app, "eval": eval_app, "bops": bops_app}
+
+
+def _completion(argv: list[str]) -> None:
+    """Route Hydra's shell-completion query (``qnnrun -sc query=bash``) to the typed command's app."""
+    words = os.environ.get("COMP_LINE", "").split(" ")
+    if len(words) > 2 and words[1] in COMMANDS:
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+        os.environ["COMP_LINE"] = " ".join(quote_numeric_groups(os.environ["COMP_LINE"].split(" ")))
+        sys.argv = [sys.argv[0], *argv]
+        COMMANDS[words[1]]()
+    else:
+        typed = words[1] if len(words) > 1 else ""
+        print(" ".join(f"{name} " for name in COMMANDS if name.startswith(typed)))
+
+
+_NUMERIC_GROUP = re.compile(r"^(bits)=(\d+(?:,\d+)*)$")
+
+
+def quote_numeric_groups(args: list[str]) -> list[str]:
+    """Rewrite ``bits=2`` (and sweeps ``bits=2,3,4``) as ``bits='2'``: Hydra parses a bare number
+    as an int, and a config-group choice must be a string."""
+    out = []
+    for arg in args:
+        match = _NUMERIC_GROUP.match(arg)
+        if match:
+            arg = f"{match[1]}=" + ",".join(f"'{v}'" for v in match[2].split(","))
+        out.append(arg)
+    return out
+
+
+def main() -> None:
+    """Console entry point ``qnnrun``."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in ("-sc", "--shell-completion") and "query=" in " ".join(argv):
+        _completion(argv)
+        return
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        sys.exit(0 if argv else 2)
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"qnnrun: error: unknown command '{command}': valid commands are {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *quote_numeric_groups(argv[1:])]
+    COMMANDS[command]()
+    if _failures:
+        print(f"qnnrun: {len(_failures)} job(s) of the sweep failed (see their logs)", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Large image-folder data sets (ImageNet layout), streamed from disk by DataLoader workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from qnnrun.data.loader import ORDER_STREAM, epoch_seed
+from qnnrun.errors import QnnrunError
+
+
+def imagefolder_transform(image_size: int, mean: Sequence[float], std: Sequence[float], *, train: bool):
+    """The standard ImageNet pipeline from a PIL image to a normalized float32 [3, S, S] tensor
+    (S = ``image_size``): random-resized crop and flip for training, resize to S*256/224 and
+    center crop for evaluation."""
+    if train:
+        geometry = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+    else:
+        geometry = [transforms.Resize(int(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
+    return transforms.Compose([*geometry, transforms.ToTensor(), transforms.Normalize(list(mean), list(std))])
+
+
+def open_imagefolder(split_dir: Path, transform) -> torchvision.datasets.ImageFolder:
+    """``ImageFolder(split_dir)``, with missing or empty folders reported as a QnnrunError."""
+    if not split_dir.is_dir():
+        raise QnnrunError(
+            f"image folder not found: looked in {split_dir}; set dataset.root=DIR to a folder "
+            f"holding train/<class>/*.jpg and val/<class>/*.jpg (ImageNet layout)"
+        )
+    try:
+        return torchvision.datasets.ImageFolder(str(split_dir), transform=transform)
+    except FileNotFoundError as err:
+        raise QnnrunError(f"no images under {split_dir}: {err}") from None
+
+
+class ImageFolderLoader:
+    """A ``DataLoader`` over an ``ImageFolder`` that moves each batch to ``device``.
+
+    Yields float32 [B, 3, S, S] normalized images and int64 [B] labels on ``device``. The shuffle
+    order and the workers' random seeds come from a generator reseeded from ``(seed, epoch)`` at
+    each iteration, so an epoch replays identically when ``num_workers > 0`` (workers are not
+    persistent, so they are reseeded every epoch; with 0 workers the random transforms use the
+    process-global RNG).
+    """
+
+    def __init__(
+        self,
+        dataset: torchvision.datasets.ImageFolder,
+        *,
+        batch_size: int,
+        device: torch.device | str,
+        seed: int,
+        shuffle: bool,
+        num_workers: int,
+        drop_last: bool = False,
+    ) -> None:
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.batch_size = int(batch_size)
+        self.num_samples = len(dataset)
+        self._generator = torch.Generator()
+        self._loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=drop_last,
+            generator=self._generator,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the following iterations replay epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._generator.manual_seed(epoch_seed(self.seed, self.epoch, ORDER_STREAM))
+        for images, labels in self._loader:
+            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

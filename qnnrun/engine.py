@@ -1,0 +1,492 @@
+"""The training and evaluation loop: data, model, method hooks, logging, checkpoints.
+
+One run writes into its folder (``run_dir``)::
+
+    events.out.tfevents.*   TensorBoard: train/test metrics, lr, cost/*, time/*, quant/*, hparams
+    last.ckpt, best.ckpt    checkpoints (atomic writes; ``resume=true`` continues from last.ckpt)
+    bops.txt, bops.csv      per-layer BOPs / MACs / weight memory table
+    summary.json            final metrics, costs, timing; ``"status": "done"`` once finished
+    .hydra/, train.log      Hydra's resolved config and the log
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from qnnrun.checkpoint import load_checkpoint, save_atomic, FORMAT
+from qnnrun.config import validate_quant, validate_train
+from qnnrun.data import DataInfo, build_data, dataset_info
+from qnnrun.errors import QnnrunError
+from qnnrun.methods import Method, build_method
+from qnnrun.metrics.bops import format_table, layer_costs, totals
+from qnnrun.models import build_model
+
+log = logging.getLogger("qnnrun")
+
+# Keys of the run config that must agree between a checkpoint and the run that resumes it.
+RESUME_KEYS = ("model", "method", "bits", "quant", "dataset.name")
+
+
+def select_device(spec: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cpu`` | ``cuda`` | ``cuda:N`` as given."""
+    spec = str(spec)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise QnnrunError(f"device '{spec}' is not valid: valid are auto, cpu, cuda, cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise QnnrunError(f"device '{spec}' asked for but CUDA is not available here: use device=cpu or auto")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def example_input(info: DataInfo, device: torch.device, batch: int = 2) -> Tensor:
+    """A zero batch [batch, C, H, W] shaped like the data set's images."""
+    return torch.zeros(batch, info.in_channels, info.image_size, info.image_size, device=device)
+
+
+def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
+                          init_from: str | None = None) -> tuple[nn.Module, Method]:
+    """The float model of ``cfg.model`` (optionally loaded from ``init_from``), converted by ``cfg.method``."""
+    model = build_model(cfg.model, in_channels=info.in_channels, num_classes=info.num_classes,
+                        image_size=info.image_size).to(device)
+    if init_from:
+        load_float_weights(model, init_from)
+    method = build_method(cfg)
+    model = method.build(model, example_input(info, device)).to(device)
+    return model, method
+
+
+def load_float_weights(model: nn.Module, path: str) -> None:
+    """Load the float weights of a qnnrun checkpoint (float or quantized run) into ``model``.
+
+    Only the float model's own keys are taken (quantizer state is left behind); a missing key or
+    a shape mismatch means another architecture and is an error.
+    """
+    state = load_checkpoint(path)["model"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        bad = (missing + wrong)[0]
+        raise QnnrunError(f"init_from={path} does not fit this model ({len(missing)} missing, {len(wrong)} "
+                          f"mis-shaped parameters, e.g. '{bad}'): was it trained with another model or data set?")
+    model.load_state_dict({k: state[k] for k in own})
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg`` (the ``optim`` group); weight decay only on conv/linear weights."""
+    decay_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) in decay_ids], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0},
+    ]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    raise QnnrunError(f"unknown optimizer '{cfg.name}': valid are sgd, adam, adamw")
+
+
+def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier at global ``step`` for the ``sched`` group ``cfg`` (per-step schedules)."""
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        floor = cfg.min_lr_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.name == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    raise QnnrunError(f"unknown schedule '{cfg.name}': valid are cosine, step, constant")
+
+
+def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
+               criterion: nn.Module, images: Tensor, labels: Tensor, step: int,
+               autocast: Any = nullcontext, grad_clip: float = 0.0) -> tuple[Tensor, Tensor]:
+    """One optimizer step with the method's hooks around it.
+
+    Args:
+        model: the (quantized) model the method and optimizer act on.
+        forward: what computes the logits: ``model`` itself or ``torch.compile(model)``.
+        images: [B, C, H, W] float on the model's device; labels: [B] int64.
+        step: global 0-based step number, passed to the method's hooks.
+
+    Returns:
+        The loss (0-d, detached) and the logits [B, classes] (detached).
+    """
+    method.before_step(model, step)
+    with autocast():
+        logits = forward(images)
+        loss = criterion(logits.float(), labels)
+        extra = method.regularization(model)
+        if extra is not None:
+            loss = loss + extra
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    method.after_optimizer_step(model, step)
+    return loss.detach(), logits.detach()
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    acc: float  # top-1, percent
+    top5: float | None  # percent, only for more than 10 classes
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
+             autocast: Any = nullcontext, channels_last: bool = False) -> EvalResult:
+    """Mean cross-entropy, top-1 and (for > 10 classes) top-5 accuracy over ``batches``."""
+    was_training = model.training
+    model.eval()
+    totals_: Tensor | None = None  # [loss sum, top-1 hits, top-5 hits], on the device: one sync at the end
+    count = 0
+    with torch.no_grad():
+        for images, labels in batches:
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                logits = model(images)
+            logits = logits.float()
+            hits = logits.topk(min(5, num_classes), dim=1).indices == labels[:, None]  # [B, k]
+            batch = torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
+                                 hits[:, 0].sum().double(), hits.any(1).sum().double()])
+            totals_ = batch if totals_ is None else totals_ + batch
+            count += labels.numel()
+    model.train(was_training)
+    if totals_ is None:
+        raise QnnrunError("the evaluation set is empty")
+    loss_sum, correct, correct5 = totals_.tolist()
+    top5 = 100.0 * correct5 / count if num_classes > 10 else None
+    return EvalResult(loss_sum / count, 100.0 * correct / count, top5)
+
+
+def _config_value(cfg: Mapping[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, Mapping) else None
+    return cfg
+
+
+def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
+    """A checkpoint resumes only a run of the same model, method, bits, quantizers and data set."""
+    for key in RESUME_KEYS:
+        before, now = _config_value(saved, key), _config_value(current, key)
+        if before != now:
+            raise QnnrunError(f"cannot resume from {path}: its {key} was {before}, this run has {now}")
+
+
+def resolve_resume(resume: Any, run_dir: Path) -> tuple[Path | None, Path]:
+    """The checkpoint to resume from (or ``None``) and the folder the run writes into."""
+    if resume is False or resume is None:
+        return None, run_dir
+    if resume is True:
+        last = run_dir / "last.ckpt"
+        if not last.is_file():
+            log.info("resume=true but %s has no last.ckpt: starting a new run", run_dir)
+            return None, run_dir
+        return last, run_dir
+    path = Path(str(resume))
+    ckpt = path / "last.ckpt" if path.is_dir() else path
+    if not ckpt.is_file():
+        raise QnnrunError(f"resume={resume}: no checkpoint at {ckpt} (give true, a .ckpt file or a run folder)")
+    return ckpt, ckpt.parent
+
+
+class _Progress:
+    """tqdm bar over one epoch's batches, or plain iteration when disabled."""
+
+    def __init__(self, batches: Iterable[Any], total: int, enabled: bool, desc: str) -> None:
+        self.bar = tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True) if enabled else None
+        self.batches = batches
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.bar if self.bar is not None else self.batches)
+
+    def show(self, **values: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run one training described by the composed ``train`` config; returns the summary.
+
+    Everything is written into ``run_dir`` (or into the folder of the checkpoint given by
+    ``resume=PATH``).
+    """
+    validate_train(cfg)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    device = select_device(cfg.trainer.device)
+    resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    checkpoint = None
+    if resume_from is not None:
+        checkpoint = load_checkpoint(resume_from)
+        check_resume_config(checkpoint["config"], config, resume_from)
+
+    data = build_data(cfg.dataset, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir,
+                      device=device, seed=cfg.seed)
+    info = data.info
+    init_from = None if checkpoint is not None else cfg.init_from
+    model, method = build_quantized_model(cfg, info, device, init_from)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    costs = layer_costs(model, example_input(info, device, 1))
+    cost = totals(model, costs)
+    optimizer = build_optimizer(cfg.optim, model)
+    epochs = cfg.trainer.epochs
+    steps_per_epoch = len(data.train)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(cfg.sched, step, steps_per_epoch, epochs))
+
+    start_epoch, best_acc, history = 0, -1.0, []
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        method.load_state_dict(checkpoint["method"])
+        start_epoch, best_acc, history = checkpoint["epoch"], checkpoint["best_acc"], checkpoint["history"]
+        log.info("resuming %s at epoch %d of %d", resume_from, start_epoch, epochs)
+    else:
+        method.prepare(model, (images for images, _ in _take(data.train, cfg.quant.calib_batches)))
+
+    (run_dir / "bops.txt").write_text(format_table(costs, cost) + "\n")
+    with open(run_dir / "bops.csv", "w", newline="") as f:
+        rows = [c.row() for c in costs]
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name"])
+        writer.writeheader()
+        writer.writerows(rows)
+    log.info("%s %s W%d/A%d on %s (%s): %.4f GBOPs/image, %.3f MiB weights (%.1fx smaller than FP32)",
+             cfg.method.name, cfg.model.name, method.weight_bits, method.act_bits, info.name, device,
+             cost["bops"] / 1e9, cost["weight_memory_mb"], cost["compression"])
+
+    from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
+
+    writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None)
+    compiled = torch.compile(model) if cfg.trainer.compile else model
+    use_bf16 = cfg.trainer.precision == "bf16"
+
+    def autocast() -> Any:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, epochs):
+        # Per-epoch seeds make an epoch's randomness (order, augmentation, dropout, noise) the same
+        # whether the run was interrupted before it or not.
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        data.train.set_epoch(epoch)
+        method.on_epoch_start(model, epoch, epochs)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
+        seen = 0
+        start = time.perf_counter()
+        progress = _Progress(data.train, steps_per_epoch, cfg.trainer.progress, f"epoch {epoch + 1}/{epochs}")
+        for images, labels in progress:
+            if cfg.trainer.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            loss, logits = train_step(model, compiled, method, optimizer, criterion, images, labels, step,
+                                      autocast, cfg.trainer.grad_clip)
+            scheduler.step()
+            step += 1
+            loss_sum += loss * labels.numel()
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.numel()
+            if progress.bar is not None and step % 10 == 0:
+                progress.show(loss=loss_sum.item() / seen, acc=100.0 * correct.item() / seen)
+        progress.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.perf_counter() - start
+        train_loss = loss_sum.item() / max(1, seen)
+        if not math.isfinite(train_loss):
+            raise QnnrunError(f"training diverged in epoch {epoch + 1} (train loss {train_loss}): "
+                              f"lower optim.lr (now {cfg.optim.lr}) or check the data")
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": train_loss,
+            "train_acc": 100.0 * correct.item() / max(1, seen),
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_time_s": epoch_time,
+            "images_per_s": seen / epoch_time,
+        }
+        if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
+            result = evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
+            metrics.update(test_loss=result.loss, test_acc=result.acc)
+            if result.top5 is not None:
+                metrics["test_top5"] = result.top5
+        metrics.update({f"quant/{k}": v for k, v in method.scalars(model).items()})
+        history.append(metrics)
+        _log_epoch(writer, metrics, cost)
+        improved = metrics.get("test_acc", -1.0) > best_acc
+        if improved:
+            best_acc = metrics["test_acc"]
+        state = {
+            "format": FORMAT, "epoch": epoch + 1, "config": config, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(), "best_acc": best_acc, "history": history, "info": asdict(info),
+        }
+        save_atomic(state, run_dir / "last.ckpt")
+        if improved:
+            save_atomic(state, run_dir / "best.ckpt")
+        log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %s  %.1fs (%.0f img/s)", epoch + 1, epochs,
+                 metrics["train_loss"], metrics["train_acc"],
+                 f"{metrics['test_acc']:.2f}%" if "test_acc" in metrics else "-", epoch_time,
+                 metrics["images_per_s"])
+
+    if not history or "test_acc" not in history[-1]:  # epochs=0: evaluate the starting point
+        result = evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
+        history.append({"epoch": epochs, "test_loss": result.loss, "test_acc": result.acc,
+                        **({"test_top5": result.top5} if result.top5 is not None else {})})
+    summary = _summary(cfg, method, info, history, best_acc, cost)
+    hparams = {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
+               "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed}
+    writer.add_hparams(hparams, {f"hparam/{k}": summary[k] for k in ("test_acc", "best_test_acc", "gbops")},
+                       run_name=".")
+    writer.close()
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("done: test accuracy %.2f%% (best %.2f%%), results in %s", summary["test_acc"],
+             summary["best_test_acc"], run_dir)
+    return summary
+
+
+def _take(batches: Iterable[Any], count: int) -> Iterator[Any]:
+    for index, batch in enumerate(batches):
+        if index >= count:
+            return
+        yield batch
+
+
+def _log_epoch(writer: Any, metrics: Mapping[str, Any], cost: Mapping[str, float]) -> None:
+    step = metrics["epoch"]
+    names = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss",
+             "test_acc": "test/acc", "test_top5": "test/top5", "lr": "train/lr",
+             "epoch_time_s": "time/epoch_s", "images_per_s": "time/images_per_s"}
+    for key, value in metrics.items():
+        if key in names:
+            writer.add_scalar(names[key], value, step)
+        elif key.startswith("quant/"):
+            writer.add_scalar(key, value, step)
+    writer.add_scalar("cost/gbops", cost["bops"] / 1e9, step)
+    writer.add_scalar("cost/gbit_macs", cost["bit_macs"] / 1e9, step)
+    writer.add_scalar("cost/weight_memory_mb", cost["weight_memory_mb"], step)
+    writer.add_scalar("cost/compression", cost["compression"], step)
+    writer.flush()
+
+
+def _summary(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict[str, Any]], best_acc: float,
+             cost: Mapping[str, float]) -> dict[str, Any]:
+    last = history[-1]
+    trained = [h for h in history if "epoch_time_s" in h]
+    train_time = sum(h["epoch_time_s"] for h in trained)
+    best = max((h for h in history if "test_acc" in h), key=lambda h: h["test_acc"])
+    return {
+        "status": "done",
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "dataset": info.name,
+        "bits_w": method.weight_bits,
+        "bits_a": method.act_bits,
+        "seed": cfg.seed,
+        "epochs": cfg.trainer.epochs,
+        "test_acc": last["test_acc"],
+        "test_top5": last.get("test_top5"),
+        "test_loss": last["test_loss"],
+        "best_test_acc": max(best_acc, best["test_acc"]),
+        "best_epoch": best["epoch"],
+        "train_loss": last.get("train_loss"),
+        "train_acc": last.get("train_acc"),
+        "gbops": cost["bops"] / 1e9,
+        "gmacs": cost["macs"] / 1e9,
+        "gbit_macs": cost["bit_macs"] / 1e9,
+        "weight_memory_mb": cost["weight_memory_mb"],
+        "compression": cost["compression"],
+        "train_time_s": train_time,
+        "images_per_s": sum(h["images_per_s"] * h["epoch_time_s"] for h in trained) / train_time if train_time else None,
+    }
+
+
+def evaluate_checkpoint(checkpoint: str, dataset: DictConfig | None, paths: DictConfig, device: str) -> str:
+    """Evaluate a saved run on its own test set, or on ``dataset`` when given; returns a report line."""
+    ckpt = load_checkpoint(checkpoint)
+    saved = OmegaConf.create(ckpt["config"])
+    info = DataInfo(**ckpt["info"])
+    torch_device = select_device(device)
+    data = build_data(dataset if dataset is not None else saved.dataset, data_dir=paths.data_dir,
+                      cache_dir=paths.cache_dir, device=torch_device, seed=saved.seed)
+    shape = (data.info.in_channels, data.info.image_size, data.info.num_classes)
+    if shape != (info.in_channels, info.image_size, info.num_classes):
+        raise QnnrunError(f"data set '{data.info.name}' (channels, size, classes) = {shape} does not fit the "
+                          f"checkpoint's model, trained on '{info.name}' = "
+                          f"{(info.in_channels, info.image_size, info.num_classes)}")
+    model, method = build_quantized_model(saved, info, torch_device)
+    model.load_state_dict(ckpt["model"])
+    result = evaluate(model, data.test, info.num_classes)
+    top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
+    return (f"{saved.method.name} {saved.model.name} W{method.weight_bits}/A{method.act_bits} "
+            f"(epoch {ckpt['epoch']}) on {data.info.name} test ({data.test.num_samples} images): "
+            f"top-1 {result.acc:.2f}%{top5}  loss {result.loss:.4f}")
+
+
+def bops_report(cfg: DictConfig) -> str:
+    """The per-layer BOPs / size table of ``cfg``'s model, method and bits (no data is read)."""
+    validate_quant(cfg)
+    info = dataset_info(cfg.dataset)
+    device = torch.device("cpu")
+    model, method = build_quantized_model(cfg, info, device)
+    costs = layer_costs(model, example_input(info, device, 1))
+    header = (f"{cfg.model.name} on {info.name} ({info.in_channels}x{info.image_size}x{info.image_size}, "
+              f"{info.num_classes} classes), method={cfg.method.name} W{method.weight_bits}/A{method.act_bits}, "
+              f"first/last layer {cfg.quant.first_layer}/{cfg.quant.last_layer}")
+    return header + "\n" + format_table(costs, totals(model, costs))

@@ -1,0 +1,9 @@
+"""The one exception type that reaches the user as a one-line message."""
+
+
+class QnnrunError(Exception):
+    """A user-facing error: bad input, missing data, unreadable checkpoint.
+
+    The message is a single line that names the bad value and what is valid. The CLI prints it
+    without a traceback (set ``HYDRA_FULL_ERROR=1`` to see one) and exits non-zero.
+    """

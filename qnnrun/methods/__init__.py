@@ -1,0 +1,23 @@
+"""Quantization methods: one small class per ``method=...``, all sharing :class:`Method`'s hooks."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from qnnrun.errors import QnnrunError
+from qnnrun.methods.base import Method
+from qnnrun.methods.fp import FloatMethod
+from qnnrun.methods.ste import DirectSTE
+
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FloatMethod, DirectSTE)}
+
+
+def build_method(cfg: DictConfig) -> Method:
+    """The method named by ``cfg.method.name``, configured from the whole run config."""
+    name = cfg.method.name
+    if name not in METHODS:
+        raise QnnrunError(f"unknown method '{name}': valid methods are {', '.join(sorted(METHODS))}")
+    return METHODS[name](cfg)
+
+
+__all__ = ["METHODS", "Method", "build_method"]

@@ -1,0 +1,125 @@
+"""The interface every quantization method implements.
+
+A method is *a quantizer + a gradient estimator + a schedule over which parts of the network are
+quantized*. It builds the quantized model (choosing the quantizers of each layer), and then only
+acts through hooks; it never reaches into the training loop. The engine calls, in this order::
+
+    model = method.build(float_model, example_input)
+    method.prepare(model, calibration_batches)
+    for epoch:  method.on_epoch_start(model, epoch, epochs)
+        for step:  method.before_step(model, step); forward; loss + method.regularization(model)
+                   backward; optimizer.step(); method.after_optimizer_step(model, step)
+        method.scalars(model) -> TensorBoard
+    method.state_dict() / load_state_dict()  -> checkpoints
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from qnnrun.quant.convert import FLOAT_BITS, convert, layer_bits
+from qnnrun.quant.layers import Quantizer, quant_layers
+
+
+class Method:
+    """Base class of every ``method=...``; subclasses choose quantizers and override hooks.
+
+    Args:
+        cfg: the whole run config; a method reads ``cfg.method`` (its own options), ``cfg.bits``
+            (``w`` and ``a``) and ``cfg.quant`` (layer policy and quantizer options).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.weight_bits = int(cfg.bits.w)
+        self.act_bits = int(cfg.bits.a)
+
+    @property
+    def quantizes(self) -> bool:
+        """Whether this method at these bits quantizes anything."""
+        return self.weight_bits != FLOAT_BITS or self.act_bits != FLOAT_BITS
+
+    # ---- building -------------------------------------------------------------------------
+    def weight_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
+        """Quantizer for the weight of ``layer`` at ``bits`` (< 32) bits."""
+        raise NotImplementedError
+
+    def input_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
+        """Quantizer for the input activations of ``layer`` at ``bits`` (< 32) bits."""
+        raise NotImplementedError
+
+    def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
+        """Swap the float layers of ``model`` for quantized ones under ``cfg.quant``'s layer policy."""
+        if not self.quantizes:
+            return model
+        quant = self.cfg.quant
+        return convert(
+            model,
+            example_input,
+            lambda index, count: layer_bits(
+                index, count, self.weight_bits, self.act_bits, quant.first_layer, quant.last_layer,
+                int(quant.image_input_bits),
+            ),
+            self.weight_quantizer,
+            self.input_quantizer,
+        )
+
+    # ---- hooks ----------------------------------------------------------------------------
+    def prepare(self, model: nn.Module, batches: Iterable[Tensor]) -> None:
+        """Calibrate the quantizers' ranges on a few input batches [B, C, H, W] (eval mode, no grad)."""
+        quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
+        if not quantizers:
+            return
+        was_training = model.training
+        model.eval()
+        for quantizer in quantizers:
+            quantizer.reset()
+            quantizer.calibrating = True
+        try:
+            with torch.no_grad():
+                for images in batches:
+                    model(images)
+        finally:
+            for quantizer in quantizers:
+                quantizer.calibrating = False
+            model.train(was_training)
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Called before each training epoch (0-based ``epoch`` of ``epochs``)."""
+
+    def before_step(self, model: nn.Module, step: int) -> None:
+        """Called before each training forward pass (global 0-based ``step``)."""
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step (weight clipping, freezing, ...)."""
+
+    def regularization(self, model: nn.Module) -> Tensor | None:
+        """Extra loss term added to the task loss, or ``None``."""
+        return None
+
+    def scalars(self, model: nn.Module) -> dict[str, float]:
+        """Scalars to log to TensorBoard each epoch under ``quant/``: by default the fraction of
+        quantized output channels, in total and per layer."""
+        layers = quant_layers(model)
+        if not layers:
+            return {}
+        channels = [(name, layer.weight.shape[0], layer.quantized_fraction()) for name, layer in layers]
+        total = sum(count for _, count, _ in channels)
+        out = {"quantized_fraction": sum(count * frac for _, count, frac in channels) / total}
+        out.update({f"quantized_fraction/{name}": frac for name, _, frac in channels})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that is not in the model's buffers (schedule position, random state)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+

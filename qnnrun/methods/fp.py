@@ -1,0 +1,17 @@
+"""``method=fp``: no quantization, the float reference every table needs."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from qnnrun.methods.base import Method
+
+
+class FloatMethod(Method):
+    """Trains the float model as it is; ``bits`` are ignored (counted as 32 in BOPs and size)."""
+
+    name = "fp"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self.weight_bits = self.act_bits = 32

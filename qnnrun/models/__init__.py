@@ -1,0 +1,84 @@
+"""Float model definitions and the registry that builds them from a ``model`` config group.
+
+Every builder takes the keyword arguments ``in_channels``, ``num_classes`` and ``image_size``
+(from the data set) plus its own options (from ``conf/model/<name>.yaml``), and returns a
+plain ``nn.Module`` mapping ``[B, C, H, W]`` images to ``[B, num_classes]`` logits. Convs and
+linears are ordinary ``nn.Conv2d`` / ``nn.Linear`` submodules so the quantization pass can
+swap them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from qnnrun.errors import QnnrunError
+from qnnrun.models.lenet import LeNet5
+from qnnrun.models.mlp import MLP
+from qnnrun.models.resnet_cifar import resnet20, resnet32, resnet56
+from qnnrun.models.torchvision_models import mobilenet_v2, resnet18, resnet34, resnet50
+from qnnrun.models.vgg import VGGSmall
+
+__all__ = ["DATA_KWARGS", "MODELS", "build_model", "model_options"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "lenet5": LeNet5,
+    "vgg_small": VGGSmall,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet56": resnet56,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "mobilenet_v2": mobilenet_v2,
+}
+
+# Supplied by the data set rather than by the model config.
+DATA_KWARGS = ("in_channels", "num_classes", "image_size")
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The config options of model ``name`` with their defaults (``DATA_KWARGS`` excluded)."""
+    parameters = inspect.signature(MODELS[name]).parameters.values()
+    return {p.name: p.default for p in parameters if p.name not in DATA_KWARGS}
+
+
+def build_model(
+    cfg: Mapping[str, Any], *, in_channels: int, num_classes: int, image_size: int
+) -> nn.Module:
+    """Build the model named by ``cfg.name`` with the remaining keys of ``cfg`` as options.
+
+    Args:
+        cfg: The ``model`` config group (DictConfig or dict): ``name`` plus builder options.
+        in_channels: Channels of the input images.
+        num_classes: Number of output logits.
+        image_size: Height (= width) of the input images.
+
+    Returns:
+        A module mapping ``[B, in_channels, image_size, image_size]`` to ``[B, num_classes]``.
+
+    Raises:
+        QnnrunError: For an unknown model name or an option the model does not take.
+    """
+    if isinstance(cfg, DictConfig):
+        options = OmegaConf.to_container(cfg, resolve=True)
+    else:
+        options = dict(cfg)
+    name = options.pop("name", None)
+    if name not in MODELS:
+        raise QnnrunError(f"unknown model '{name}': valid models are {', '.join(sorted(MODELS))}")
+    valid = sorted(model_options(name))
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise QnnrunError(
+            f"model '{name}' has no option '{unknown[0]}': "
+            f"valid options are {', '.join(valid) or '(none)'}"
+        )
+    return MODELS[name](
+        in_channels=in_channels, num_classes=num_classes, image_size=image_size, **options
+    )

@@ -1,0 +1,1 @@
+"""Quantization numerics: pure functions (``functional``), stateful modules (``layers``), model conversion (``convert``)."""

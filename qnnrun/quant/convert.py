@@ -1,0 +1,115 @@
+"""Swap a float model's conv/linear layers for quantized ones under a layer policy."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from qnnrun.errors import QnnrunError
+from qnnrun.quant.layers import QuantConv2d, QuantLinear, Quantizer
+
+FLOAT_BITS = 32
+LAYER_POLICIES = ("fp", "8", "same")
+
+
+@dataclass(frozen=True)
+class LayerBits:
+    """Bits one layer runs at: ``weight`` and ``input`` (32 = float)."""
+
+    weight: int
+    input: int
+
+
+def forward_order(model: nn.Module, example_input: Tensor) -> list[str]:
+    """Qualified names of the ``nn.Conv2d`` / ``nn.Linear`` layers in the order a forward pass runs them.
+
+    Registration order is not execution order in every model (a ResNet's projection shortcut is
+    registered after the block's convs), so the order is recorded with hooks on one eval-mode pass.
+    """
+    names = {module: name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))}
+    order: list[str] = []
+
+    def record(module: nn.Module, _inputs: object, _output: object) -> None:
+        if names[module] not in order:
+            order.append(names[module])
+
+    handles = [module.register_forward_hook(record) for module in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def policy_bits(policy: str | int, bits: int) -> int:
+    """Bits of a first/last layer under ``policy`` (``fp`` | ``8`` | ``same``), given the run's ``bits``."""
+    policy = str(policy)
+    if policy not in LAYER_POLICIES:
+        raise QnnrunError(f"layer policy '{policy}' is not valid: valid are {', '.join(LAYER_POLICIES)}")
+    if policy == "fp" or bits == FLOAT_BITS:
+        return FLOAT_BITS
+    return 8 if policy == "8" else bits
+
+
+def layer_bits(
+    index: int, count: int, weight_bits: int, input_bits: int, first_layer: str | int, last_layer: str | int,
+    image_input_bits: int = 8,
+) -> LayerBits:
+    """Bits of layer ``index`` of ``count`` (forward order) under the first/last layer policy.
+
+    The image input of the first layer is never quantized below ``image_input_bits`` (8, or 32 to
+    keep it float as BNN, AQE and SQ do).
+    """
+    weight, inputs = weight_bits, input_bits
+    if index == count - 1:
+        weight, inputs = policy_bits(last_layer, weight_bits), policy_bits(last_layer, input_bits)
+    if index == 0:
+        weight, inputs = policy_bits(first_layer, weight_bits), policy_bits(first_layer, input_bits)
+        if inputs != FLOAT_BITS:
+            inputs = FLOAT_BITS if image_input_bits == FLOAT_BITS else max(inputs, image_input_bits)
+    return LayerBits(weight, inputs)
+
+
+QuantizerFactory = Callable[[nn.Module, int], "Quantizer | None"]
+
+
+def convert(
+    model: nn.Module,
+    example_input: Tensor,
+    bits_of: Callable[[int, int], LayerBits],
+    make_weight_quant: QuantizerFactory,
+    make_input_quant: QuantizerFactory,
+) -> nn.Module:
+    """Replace every conv/linear layer of ``model`` in place by its quantized version.
+
+    Args:
+        model: float model.
+        example_input: one input batch [B, C, H, W] used to find the forward order.
+        bits_of: ``(index, count) -> LayerBits`` for the layer at ``index`` in forward order.
+        make_weight_quant, make_input_quant: ``(float_layer, bits) -> Quantizer``; called only for
+            bits below 32 (a 32-bit side stays float).
+
+    Returns:
+        ``model``, with layers that end up entirely float (32/32) left as plain ``nn`` layers.
+    """
+    order = forward_order(model, example_input)
+    for index, name in enumerate(order):
+        layer = model.get_submodule(name)
+        chosen = bits_of(index, len(order))
+        if chosen.weight == FLOAT_BITS and chosen.input == FLOAT_BITS:
+            continue
+        weight_quant = make_weight_quant(layer, chosen.weight) if chosen.weight != FLOAT_BITS else None
+        input_quant = make_input_quant(layer, chosen.input) if chosen.input != FLOAT_BITS else None
+        quant_cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, quant_cls.from_float(layer, weight_quant, input_quant))
+    return model

@@ -1,0 +1,28 @@
+"""Compose qnnrun configs in tests the way the CLI does (same config folder, same override rules)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
+
+
+def compose_config(overrides: list[str], config_name: str = "train", data_dir: Path | None = None) -> DictConfig:
+    """The composed config of ``qnnrun <config_name> <overrides>``, with Hydra's runtime values set."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name, overrides=quote_numeric_groups(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        if data_dir is not None:
+            cfg.paths.data_dir = str(data_dir)
+            cfg.paths.cache_dir = str(data_dir / ".cache")
+        if "trainer" in cfg:
+            cfg.trainer.progress = False
+        del cfg.hydra
+    return cfg

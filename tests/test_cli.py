@@ -1,0 +1,164 @@
+"""The ``qnnrun`` command: help, config printing, sweeps, eval, bops, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qnnrun import cli
+
+
+def run_cli(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """Run ``qnnrun ARGS`` in this process from ``cwd``; returns (exit code, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("QNNRUN_DATA", str(cwd / "data"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
+    monkeypatch.setattr(cli, "_failures", [])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def qnnrun(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    return lambda *args: run_cli(list(args), tmp_path, capsys, monkeypatch)
+
+
+def test_help_lists_groups_and_options(qnnrun) -> None:
+    code, out, _ = qnnrun("train", "--help")
+    assert code == 0
+    for line in ("method: fp, ste", "bits: 1, 2, 3, 32, 4, 5, 6, 7, 8", "dataset: cifar10, cifar100, digits"):
+        assert line in out
+    assert "model: lenet5, mlp, mobilenet_v2, resnet18" in out
+
+
+def test_usage_and_unknown_command(qnnrun) -> None:
+    code, out, _ = qnnrun()
+    assert code == 2 and "commands:" in out
+    code, _, err = qnnrun("fit")
+    assert code == 2 and "unknown command 'fit'" in err and "train" in err
+
+
+def test_cfg_job_prints_the_composed_config(qnnrun) -> None:
+    code, out, _ = qnnrun("train", "--cfg", "job", "bits=2", "model=lenet5")
+    assert code == 0
+    assert "name: lenet5" in out and "w: 2" in out and "a: 2" in out
+
+
+def test_train_run_then_eval(qnnrun, tmp_path: Path) -> None:
+    code, _, err = qnnrun("train", "trainer=quick", "hydra.run.dir=outputs/run")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "outputs/run/summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["method"] == "ste"
+    assert (tmp_path / "outputs/run/.hydra/config.yaml").is_file()
+    code, out, err = qnnrun("eval", "checkpoint=outputs/run/last.ckpt")
+    assert code == 0, err
+    assert f"top-1 {summary['test_acc']:.2f}%" in out
+
+
+def test_multirun_sweep_writes_one_folder_per_job(qnnrun, tmp_path: Path) -> None:
+    code, _, err = qnnrun("train", "-m", "method=fp,ste", "bits=2,4", "trainer.epochs=1", "trainer.progress=false",
+                          "hydra.sweep.dir=sweep")
+    assert code == 0, err
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
+    assert len(summaries) == 4
+    assert sorted((s["method"], s["bits_w"]) for s in summaries) == [("fp", 32), ("fp", 32), ("ste", 2), ("ste", 4)]
+
+
+def test_failed_sweep_job_does_not_stop_the_sweep(qnnrun, tmp_path: Path) -> None:
+    code, _, err = qnnrun("train", "-m", "dataset=mnist,digits", "trainer.epochs=1", "trainer.progress=false",
+                          "hydra.sweep.dir=sweep")
+    assert code == 1 and "MNIST not found" in err and "1 job(s) of the sweep failed" in err
+    assert len(list((tmp_path / "sweep").glob("*/summary.json"))) == 1
+
+
+def test_bops_table(qnnrun) -> None:
+    code, out, err = qnnrun("bops", "model=resnet20", "dataset=cifar10", "bits=2")
+    assert code == 0, err
+    assert "layer1.0.conv1" in out and "W2/A2" in out and "compression" in out
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["bits.w=9"], "bits.w=9 is not a valid bit width: valid are integers 1-8, or 32"),
+        (["bits.a=2.5"], "bits.a=2.5 is not a valid bit width"),
+        (["bits.w=two"], "bits.w='two' is not a valid bit width"),
+        (["trainer.epochs=-1"], "trainer.epochs=-1 is not valid: expected an integer >= 0"),
+        (["quant.first_layer=4"], "quant.first_layer=4 is not valid: valid are fp, 8, same"),
+        (["dataset=mnist"], "MNIST not found"),
+        (["resume=missing.ckpt"], "resume=missing.ckpt: no checkpoint at missing.ckpt"),
+        (["init_from=missing.ckpt"], "checkpoint not found: missing.ckpt"),
+    ],
+)
+def test_bad_input_is_one_line_error(qnnrun, args: list[str], expected: str) -> None:
+    code, _, err = qnnrun("train", "trainer.epochs=1", *args)
+    assert code == 1
+    assert expected in err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("qnnrun: error")]) == 1
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["bits=9"], "Could not find 'bits/9'"),
+        (["method=magic"], "Could not find 'method/magic'"),
+        (["model=alexnet"], "Could not find 'model/alexnet'"),
+    ],
+)
+def test_unknown_group_option_lists_valid_options(qnnrun, args: list[str], expected: str) -> None:
+    code, _, err = qnnrun("train", *args)
+    assert code == 1
+    assert expected in err and "Available options" in err
+    assert "Traceback" not in err
+
+
+def test_corrupt_checkpoint_is_one_line_error(qnnrun, tmp_path: Path) -> None:
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint at all")
+    code, _, err = qnnrun("eval", "checkpoint=bad.ckpt")
+    assert code == 1 and "bad.ckpt is unreadable" in err and "Traceback" not in err
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.ckpt")
+    code, _, err = qnnrun("eval", "checkpoint=other.ckpt")
+    assert code == 1 and "not a qnnrun checkpoint" in err
+    code, _, err = qnnrun("eval")
+    assert code == 1 and "needs checkpoint=PATH" in err
+
+
+def test_malicious_pickle_is_refused_and_not_executed(qnnrun, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": 1, "epoch": 1, "config": {}, "model": Exploit()}, tmp_path / "evil.ckpt")
+    code, _, err = qnnrun("eval", "checkpoint=evil.ckpt")
+    assert code == 1 and "refused by the safe loader" in err
+    assert not marker.exists()
+
+
+def test_installed_console_script_trains(tmp_path: Path) -> None:
+    """The real entry point, as a user runs it (a separate process)."""
+    env = {**os.environ, "QNNRUN_DATA": str(tmp_path / "data")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run(["qnnrun", "train", "trainer.epochs=1", "trainer.progress=false", "hydra.run.dir=run"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run/summary.json").read_text())["status"] == "done"
+    bad = subprocess.run(["qnnrun", "train", "bits.w=0"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip() == (
+        "qnnrun: error: bits.w=0 is not a valid bit width: valid are integers 1-8, or 32 for float")

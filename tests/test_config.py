@@ -1,0 +1,69 @@
+"""Every option of every config group composes, validates and builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config
+
+from qnnrun.cli import CONFIG_DIR
+from qnnrun.config import validate_train
+from qnnrun.data import dataset_info
+from qnnrun.engine import build_optimizer, build_quantized_model, example_input, lr_factor
+
+GROUPS = ("model", "dataset", "method", "bits", "optim", "sched", "trainer")
+# Models too large to build for every option in the default suite are built once on small input.
+IMAGE_DATASET_FOR = {"resnet18": "cifar10", "resnet34": "cifar10", "resnet50": "cifar10", "mobilenet_v2": "cifar10",
+                     "vgg_small": "cifar10", "resnet20": "cifar10", "resnet32": "cifar10", "resnet56": "cifar10"}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+CASES = [(group, option) for group in GROUPS for option in _options(group)]
+
+
+def test_every_group_has_options() -> None:
+    assert all(_options(group) for group in GROUPS)
+    assert {"fp", "ste"} <= set(_options("method"))
+    assert set(_options("bits")) == {"1", "2", "3", "4", "5", "6", "7", "8", "32"}
+
+
+@pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "model" and option in IMAGE_DATASET_FOR:
+        overrides.append(f"dataset={IMAGE_DATASET_FOR[option]}")
+    if group == "dataset" and option == "imagefolder":
+        overrides.append(f"dataset.root={tmp_path}")
+    cfg = compose_config(overrides, data_dir=tmp_path)
+    validate_train(cfg)
+    info = dataset_info(cfg.dataset)
+    if group == "dataset" and option != "digits":
+        cfg.dataset.image_size = info.image_size  # build the default mlp on that input shape
+    model, method = build_quantized_model(cfg, info, torch.device("cpu"))
+    out = model(example_input(info, torch.device("cpu")))
+    assert out.shape == (2, info.num_classes)
+    optimizer = build_optimizer(cfg.optim, model)
+    assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
+    factors = [lr_factor(cfg.sched, step, 10, 5) for step in range(50)]
+    assert all(0 <= f <= 1 for f in factors)
+
+
+def test_bits_shorthand_sets_both_and_fields_set_apart(tmp_path: Path) -> None:
+    cfg = compose_config(["bits=2"], data_dir=tmp_path)
+    assert (cfg.bits.w, cfg.bits.a) == (2, 2)
+    cfg = compose_config(["bits.w=1", "bits.a=2"], data_dir=tmp_path)
+    assert (cfg.bits.w, cfg.bits.a) == (1, 2)
+
+
+def test_cosine_schedule_shape(tmp_path: Path) -> None:
+    cfg = compose_config(["sched=cosine", "sched.warmup_epochs=1"], data_dir=tmp_path)
+    assert lr_factor(cfg.sched, 0, 10, 5) == pytest.approx(0.1)
+    assert lr_factor(cfg.sched, 9, 10, 5) == pytest.approx(1.0)
+    assert lr_factor(cfg.sched, 30, 10, 5) == pytest.approx(0.5)
+    cfg = compose_config(["sched=step", "sched.milestones=[2,4]"], data_dir=tmp_path)
+    assert [lr_factor(cfg.sched, e * 10, 10, 6) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])

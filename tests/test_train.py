@@ -1,0 +1,120 @@
+"""Real short trainings on the embedded digits set: learning, resume, determinism, init_from, eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config
+from omegaconf import OmegaConf
+
+from qnnrun.checkpoint import load_checkpoint
+from qnnrun.engine import evaluate_checkpoint, train
+from qnnrun.errors import QnnrunError
+from qnnrun.methods.ste import DirectSTE
+
+
+def _train(tmp_path: Path, name: str, *overrides: str) -> dict:
+    cfg = compose_config(list(overrides), data_dir=tmp_path / "data")
+    return train(cfg, tmp_path / name)
+
+
+def test_digits_float_learns(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "fp", "method=fp", "trainer.epochs=10")
+    assert summary["test_acc"] >= 95.0
+    assert summary["bits_w"] == 32 and summary["compression"] == pytest.approx(1.0)
+
+
+def test_digits_w4a4_ste_learns_and_writes_its_outputs(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "ste", "method=ste", "bits=4", "trainer.epochs=10")
+    assert summary["test_acc"] >= 90.0
+    run = tmp_path / "ste"
+    assert json.loads((run / "summary.json").read_text())["status"] == "done"
+    assert {"last.ckpt", "best.ckpt", "bops.txt", "bops.csv"} <= {p.name for p in run.iterdir()}
+    assert list(run.glob("events.out.tfevents.*"))
+    assert summary["compression"] > 2.5 and summary["gbops"] > 0
+    ckpt = load_checkpoint(run / "last.ckpt")
+    assert ckpt["epoch"] == 10 and len(ckpt["history"]) == 10
+
+
+def test_bits_32_is_float(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "b32", "method=ste", "bits=32", "trainer.epochs=1")
+    assert (summary["bits_w"], summary["bits_a"]) == (32, 32)
+    assert summary["compression"] == pytest.approx(1.0)
+
+
+def test_separate_weight_and_activation_bits(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "w1a2", "bits.w=1", "bits.a=2", "trainer.epochs=1", "quant.last_layer=same")
+    assert (summary["bits_w"], summary["bits_a"]) == (1, 2)
+    ckpt = load_checkpoint(tmp_path / "w1a2" / "last.ckpt")
+    last_weight = [v for k, v in ckpt["model"].items() if k.startswith("classifier") and k.endswith("weight")]
+    assert last_weight  # the classifier exists under the expected name
+    assert ckpt["config"]["bits"] == {"w": 1, "a": 2}
+
+
+def test_same_seed_same_metrics(tmp_path: Path) -> None:
+    args = ("bits=2", "trainer.epochs=2", "trainer.deterministic=true")
+    first = _train(tmp_path, "a", *args)
+    second = _train(tmp_path, "b", *args)
+    for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
+        assert first[key] == second[key]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ("bits=3", "trainer.epochs=4", "trainer.deterministic=true", "model.dropout=0.2")
+    straight = _train(tmp_path, "straight", *args)
+
+    def stop_at_epoch_2(self: DirectSTE, model: torch.nn.Module, epoch: int, epochs: int) -> None:
+        if epoch == 2:
+            raise _Interrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(DirectSTE, "on_epoch_start", stop_at_epoch_2)
+        with pytest.raises(_Interrupt):
+            _train(tmp_path, "interrupted", *args)
+    assert load_checkpoint(tmp_path / "interrupted")["epoch"] == 2
+    resumed = _train(tmp_path, "interrupted", *args, "resume=true")
+    for key in ("test_acc", "test_loss", "train_loss", "train_acc", "best_test_acc"):
+        assert resumed[key] == straight[key], key
+    a = load_checkpoint(tmp_path / "straight")["model"]
+    b = load_checkpoint(tmp_path / "interrupted")["model"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
+
+
+def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
+    _train(tmp_path, "run", "bits=2", "trainer.epochs=1")
+    with pytest.raises(QnnrunError, match="bits"):
+        _train(tmp_path, "run", "bits=3", "trainer.epochs=2", "resume=true")
+
+
+def test_init_from_float_checkpoint(tmp_path: Path) -> None:
+    _train(tmp_path, "float", "method=fp", "trainer.epochs=8")
+    summary = _train(tmp_path, "quant", "bits=8", "trainer.epochs=0", f"init_from={tmp_path / 'float' / 'last.ckpt'}")
+    assert summary["test_acc"] >= 90.0  # 8-bit quantization of a trained net, before any QAT step
+    with pytest.raises(QnnrunError, match="does not fit"):
+        _train(tmp_path, "bad", "model=lenet5", "trainer.epochs=0", f"init_from={tmp_path / 'float'}")
+
+
+def test_eval_reproduces_the_final_test_accuracy(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "run", "bits=3", "trainer.epochs=2")
+    cfg = compose_config([f"checkpoint={tmp_path / 'run'}"], config_name="eval", data_dir=tmp_path / "data")
+    line = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
+    assert f"top-1 {summary['test_acc']:.2f}%" in line
+
+
+def test_config_is_saved_resolved(tmp_path: Path) -> None:
+    _train(tmp_path, "run", "trainer.epochs=1", "optim=adam")
+    config = OmegaConf.create(load_checkpoint(tmp_path / "run")["config"])
+    assert config.optim.name == "adam" and config.method.name == "ste"
+
+
+def test_conv_net_w2a2_ste_learns(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "lenet", "model=lenet5", "bits=2", "trainer.epochs=8")
+    assert summary["test_acc"] >= 85.0
