@@ -106,14 +106,8 @@ def load_float_weights(model: nn.Module, path: str) -> None:
     model.load_state_dict({k: state[k] for k in own})
 
 
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of ``cfg`` (the ``optim`` group); weight decay only on conv/linear weights."""
-    decay_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if id(p) in decay_ids], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0},
-    ]
+def build_optimizer(cfg: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg`` (the ``optim`` group) over parameter ``groups`` (``Method.param_groups``)."""
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     if cfg.name == "adam":
@@ -283,12 +277,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     costs = layer_costs(model, example_input(info, device, 1))
     cost = totals(model, costs)
-    optimizer = build_optimizer(cfg.optim, model)
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
     epochs = cfg.trainer.epochs
     steps_per_epoch = len(data.train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg.sched, step, steps_per_epoch, epochs))
 
+    method.plan(epochs, steps_per_epoch)
     start_epoch, best_acc, history = 0, -1.0, []
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -319,7 +314,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     def autocast() -> Any:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    criterion = method.criterion(cfg.trainer.label_smoothing)
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, epochs):
         # Per-epoch seeds make an epoch's randomness (order, augmentation, dropout, noise) the same

@@ -38,8 +38,8 @@ def measure(overrides: list[str], device: torch.device, batch: int, steps: int, 
     labels = torch.randint(0, info.num_classes, (batch,), device=device)
     method.prepare(model, [images])
     model.train()
-    optimizer = build_optimizer(cfg.optim, model)
-    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
+    criterion = method.criterion(0.0)
     forward = torch.compile(model) if compile_model else model
 
     def run(count: int, first: int) -> None:

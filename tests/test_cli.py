@@ -162,3 +162,10 @@ def test_installed_console_script_trains(tmp_path: Path) -> None:
                          timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip() == (
         "qnnrun: error: bits.w=0 is not a valid bit width: valid are integers 1-8, or 32 for float")
+
+
+def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMP_LINE", "qnnrun tr")
+    assert qnnrun("-sc", "query=bash")[1].split() == ["train"]
+    monkeypatch.setenv("COMP_LINE", "qnnrun train method=")
+    assert qnnrun("-sc", "query=bash")[1].split() == ["method=fp", "method=ste"]

@@ -47,7 +47,7 @@ def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> 
     model, method = build_quantized_model(cfg, info, torch.device("cpu"))
     out = model(example_input(info, torch.device("cpu")))
     assert out.shape == (2, info.num_classes)
-    optimizer = build_optimizer(cfg.optim, model)
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
     assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
     factors = [lr_factor(cfg.sched, step, 10, 5) for step in range(50)]
     assert all(0 <= f <= 1 for f in factors)

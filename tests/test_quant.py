@@ -212,3 +212,11 @@ def test_eval_before_calibration_changes_no_state_and_calibration_takes_the_max(
     assert quantizer.stat.item() == 3.0 and quantizer.signed is True
     quantizer.reset()
     assert not quantizer.observed and quantizer.signed is None
+
+
+def test_half_precision_inputs_are_quantized_in_float32() -> None:
+    x = (torch.randn(1000) * 3).bfloat16()
+    scale = torch.tensor(0.173)
+    out = Q.fake_quantize(x, scale, 0, -8, 7)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, Q.fake_quantize(x.float(), scale, 0, -8, 7).bfloat16())

@@ -118,3 +118,8 @@ def test_config_is_saved_resolved(tmp_path: Path) -> None:
 def test_conv_net_w2a2_ste_learns(tmp_path: Path) -> None:
     summary = _train(tmp_path, "lenet", "model=lenet5", "bits=2", "trainer.epochs=8")
     assert summary["test_acc"] >= 85.0
+
+
+def test_bf16_autocast_training_learns(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "bf16", "bits=4", "trainer.epochs=3", "trainer.precision=bf16")
+    assert summary["test_acc"] >= 85.0

@@ -5,9 +5,10 @@ quantized*. It builds the quantized model (choosing the quantizers of each layer
 acts through hooks; it never reaches into the training loop. The engine calls, in this order::
 
     model = method.build(float_model, example_input)
-    method.prepare(model, calibration_batches)
+    method.plan(epochs, steps_per_epoch)
+    method.prepare(model, calibration_batches)      (not on resume: the state is in the checkpoint)
     for epoch:  method.on_epoch_start(model, epoch, epochs)
-        for step:  method.before_step(model, step); forward; loss + method.regularization(model)
+        for step:  method.before_step(model, step); forward; method.criterion(...) + method.regularization(model)
                    backward; optimizer.step(); method.after_optimizer_step(model, step)
         method.scalars(model) -> TensorBoard
     method.state_dict() / load_state_dict()  -> checkpoints
@@ -72,6 +73,11 @@ class Method:
         )
 
     # ---- hooks ----------------------------------------------------------------------------
+    def plan(self, epochs: int, steps_per_epoch: int) -> None:
+        """The run's budget, told before :meth:`prepare`: schedules fit into it."""
+        self.epochs = epochs
+        self.steps_per_epoch = steps_per_epoch
+
     def prepare(self, model: nn.Module, batches: Iterable[Tensor]) -> None:
         """Calibrate the quantizers' ranges on a few input batches [B, C, H, W] (eval mode, no grad)."""
         quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
@@ -99,6 +105,20 @@ class Method:
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step (weight clipping, freezing, ...)."""
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: ``weight_decay`` on conv/linear weights only (not on BatchNorm,
+        biases or quantizer parameters such as learned steps)."""
+        decay_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if id(p) in decay_ids], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0},
+        ]
+
+    def criterion(self, label_smoothing: float) -> nn.Module:
+        """The training loss over (logits [B, classes], labels [B]): cross-entropy by default."""
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     def regularization(self, model: nn.Module) -> Tensor | None:
         """Extra loss term added to the task loss, or ``None``."""

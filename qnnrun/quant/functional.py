@@ -112,8 +112,11 @@ def fake_quantize(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator={estimator!r}: valid are {ESTIMATORS}")
-    zero_point = torch.as_tensor(zero_point, dtype=x.dtype, device=x.device)
-    return _FakeQuantize.apply(x, scale.to(x.dtype), zero_point, qmin, qmax, estimator == "clipped")
+    # Half-precision inputs (autocast) are quantized in float32: bf16 cannot hold x / s exactly.
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    zero_point = torch.as_tensor(zero_point, dtype=compute, device=x.device)
+    out = _FakeQuantize.apply(x.to(compute), scale.to(compute), zero_point, qmin, qmax, estimator == "clipped")
+    return out.to(x.dtype)
 
 
 def sign_quantize(

@@ -40,6 +40,9 @@ class Quantizer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.calibrating = False  # set by Method.prepare while it runs the calibration batches
+        # A disabled input quantizer passes its input through (a method's float phase). Weights
+        # have the finer per-channel state of QuantLayer instead.
+        self.enabled = True
 
     def reset(self) -> None:
         """Forget calibrated state before a new calibration (nothing to forget by default)."""
@@ -121,7 +124,7 @@ class UniformQuantizer(Quantizer):
         # the training loop (it costs a device sync).
         if self.auto_signed and (self.signed is None or (self.calibrating and not self.signed)):
             self.signed = bool((x.detach().amin() < 0).item())
-        value = self._measure(x, bool(self.signed)).reshape(self.stat.shape)
+        value = self._measure(x, bool(self.signed)).reshape(self.stat.shape).to(self.stat.dtype)
         if not self.observed:
             self.stat.copy_(value)
             self.observed = True
@@ -249,7 +252,9 @@ class QuantLayer(nn.Module):
         return out
 
     def quantize_input(self, x: Tensor) -> Tensor:
-        return x if self.input_quant is None else self.input_quant(x)
+        if self.input_quant is None or not self.input_quant.enabled:
+            return x
+        return self.input_quant(x)
 
 
 class QuantConv2d(nn.Conv2d, QuantLayer):
