@@ -30,6 +30,7 @@ commands:
   train   train one run, or a sweep with -m (qnnrun train --help lists groups and options)
   eval    evaluate a saved run: qnnrun eval checkpoint=PATH [dataset=...]
   bops    per-layer BOPs / size table: qnnrun bops model=... bits=... [method=...]
+  report  tables and plots across runs: qnnrun report PATH... (qnnrun report --help)
 """
 
 # An absolute path makes Hydra read the folder from disk whether qnnrun runs from a checkout or
@@ -47,7 +48,8 @@ def _report(error: QnnrunError) -> None:
     print(f"qnnrun: error: {message}", file=sys.stderr, flush=True)
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         log.error("job failed: %s", message)
-        _failures.append(message)
+        # The job's folder: SweepFailures adds the jobs that failed in other processes, once each.
+        _failures.append(str(Path(HydraConfig.get().runtime.output_dir).resolve()))
         return
     sys.exit(1)
 
@@ -59,6 +61,11 @@ def _guarded(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]
             task(cfg)
         except QnnrunError as error:
             _report(error)
+        except Exception as error:  # a value no check anticipated: still one line, never a raw traceback
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _report(QnnrunError(f"{type(error).__name__}: {detail} (set HYDRA_FULL_ERROR=1 for the traceback)"))
 
     return run
 
@@ -66,10 +73,20 @@ def _guarded(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @_guarded
 def train_app(cfg: DictConfig) -> None:
-    """Train one run into Hydra's output folder."""
+    """Train one run into Hydra's output folder; with resume=true a finished run is skipped untouched."""
     from qnnrun.engine import train
+    from qnnrun.sweep import finished_summary, record_failure
 
-    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.resume is True and finished_summary(run_dir, cfg.trainer.epochs) is not None:
+        log.info("resume=true: %s is finished (summary.json status done), skipped", run_dir)
+        return
+    try:
+        train(cfg, run_dir)
+    except Exception as error:
+        record_failure(run_dir, cfg, error, list(hydra_cfg.overrides.task))
+        raise
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
@@ -93,13 +110,25 @@ def bops_app(cfg: DictConfig) -> None:
     print(bops_report(cfg))
 
 
-COMMANDS: dict[str, Callable[[], None]] = {"train": train_app, "eval": eval_app, "bops": bops_app}
+def report_app() -> None:
+    """Tables and plots across finished runs (argparse, not Hydra: it reads run folders, not a config)."""
+    from qnnrun.report import main as report_main
+
+    try:
+        report_main(sys.argv[1:])
+    except QnnrunError as error:
+        print(f"qnnrun: error: {str(error).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
+
+
+COMMANDS: dict[str, Callable[[], None]] = {"train": train_app, "eval": eval_app, "bops": bops_app,
+                                           "report": report_app}
 
 
 def _completion(argv: list[str]) -> None:
     """Route Hydra's shell-completion query (``qnnrun -sc query=bash``) to the typed command's app."""
     words = os.environ.get("COMP_LINE", "").split(" ")
-    if len(words) > 2 and words[1] in COMMANDS:
+    if len(words) > 2 and words[1] in COMMANDS and words[1] != "report":  # report takes paths: the shell's own
         os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
         os.environ["COMP_LINE"] = " ".join(quote_numeric_groups(os.environ["COMP_LINE"].split(" ")))
         sys.argv = [sys.argv[0], *argv]
@@ -109,17 +138,26 @@ def _completion(argv: list[str]) -> None:
         print(" ".join(f"{name} " for name in COMMANDS if name.startswith(typed)))
 
 
-_NUMERIC_GROUP = re.compile(r"^(bits)=(\d+(?:,\d+)*)$")
+_OVERRIDE = re.compile(r"^(?P<key>[\w/]+)=(?P<value>[^'\"()\[\]{}$]+)$")
+_NON_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|true|false|True|False|inf|nan")
 
 
 def quote_numeric_groups(args: list[str]) -> list[str]:
-    """Rewrite ``bits=2`` (and sweeps ``bits=2,3,4``) as ``bits='2'``: Hydra parses a bare number
-    as an int, and a config-group choice must be a string."""
+    """Quote number-like choices of config groups: ``bits=2`` -> ``bits='2'``, ``bits=2,3`` ->
+    ``bits='2','3'``. Hydra parses a bare number (or true/false) as such, and a config-group
+    choice must be a string."""
+    groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
     out = []
     for arg in args:
-        match = _NUMERIC_GROUP.match(arg)
-        if match:
-            arg = f"{match[1]}=" + ",".join(f"'{v}'" for v in match[2].split(","))
+        key, _, value = arg.partition("=")
+        if key in groups and value[:1] in ("[", "{"):  # Hydra fails on these with a traceback
+            options = sorted(p.stem for p in (Path(CONFIG_DIR) / key).glob("*.yaml"))
+            raise QnnrunError(f"{arg} is not valid: choose one of {', '.join(options)} "
+                              f"(several, comma-separated, with -m)")
+        match = _OVERRIDE.match(arg)
+        if match and (match["key"] in groups or match["key"].startswith("hydra/")):
+            values = [f"'{v}'" if _NON_STRING.fullmatch(v) else v for v in match["value"].split(",")]
+            arg = f"{match['key']}=" + ",".join(values)
         out.append(arg)
     return out
 
@@ -138,12 +176,24 @@ def main() -> None:
         print(f"qnnrun: error: unknown command '{command}': valid commands are {', '.join(COMMANDS)}",
               file=sys.stderr)
         sys.exit(2)
-    sys.argv = [sys.argv[0], *quote_numeric_groups(argv[1:])]
+    try:
+        sys.argv = [sys.argv[0], *quote_numeric_groups(argv[1:])]
+    except QnnrunError as error:
+        print(f"qnnrun: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    if command == "train":
+        from qnnrun.sweep import resume_sweep_args
+
+        sys.argv = [sys.argv[0], *resume_sweep_args(sys.argv[1:])]
     COMMANDS[command]()
     if _failures:
-        print(f"qnnrun: {len(_failures)} job(s) of the sweep failed (see their logs)", file=sys.stderr)
+        print(f"qnnrun: {len(_failures)} job(s) of the sweep failed (error and config in their summary.json, "
+              f"listed by qnnrun report)", file=sys.stderr)
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m qnnrun.cli`: run the importable module, whose state (_failures) callbacks update.
+    from qnnrun.cli import main as module_main
+
+    module_main()

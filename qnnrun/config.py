@@ -43,6 +43,14 @@ def validate_quant(cfg: DictConfig) -> None:
     _check_choice("quant.image_input_bits", cfg.quant.image_input_bits, ("8", "32"))
     _check_choice("quant.estimator", cfg.quant.estimator, ("clipped", "ste"))
     _check_int("quant.calib_batches", cfg.quant.calib_batches, 0)
+    _check_choice("quant.init", cfg.quant.get("init", "maxabs"), ("maxabs", "mmse"))
+    if not isinstance(cfg.quant.get("fold_bn", False), bool):
+        raise QnnrunError(f"quant.fold_bn={cfg.quant.fold_bn!r} is not valid: valid are true, false")
+    if cfg.quant.get("init", "maxabs") == "mmse":
+        for key, value in (("bits.w", cfg.bits.w), ("bits.a", cfg.bits.a)):
+            if value == 1:
+                raise QnnrunError(f"{key}=1 is not valid with quant.init=mmse (the affine quantizer keeps a "
+                                  f"zero level): valid are 2-8 or 32, or quant.init=maxabs")
     momentum = cfg.quant.ema_momentum
     if not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
         raise QnnrunError(f"quant.ema_momentum={momentum!r} is not valid: expected a number in (0, 1]")
@@ -57,6 +65,11 @@ def validate_train(cfg: DictConfig) -> None:
     _check_int("seed", cfg.seed, 0)
     _check_int("dataset.batch_size", cfg.dataset.batch_size, 1)
     _check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
+    for key in ("init_from", "resume"):
+        value = cfg[key]
+        if not (value is None or isinstance(value, str) or (key == "resume" and isinstance(value, bool))):
+            valid = "null or a checkpoint path" if key == "init_from" else "true, false or a checkpoint/run path"
+            raise QnnrunError(f"{key}={value!r} is not valid: expected {valid}")
     lr = cfg.optim.lr
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
         raise QnnrunError(f"optim.lr={lr!r} is not valid: expected a positive number")

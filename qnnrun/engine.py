@@ -38,6 +38,7 @@ from qnnrun.errors import QnnrunError
 from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.models import build_model
+from qnnrun.optim import ShiftAdaMax
 
 log = logging.getLogger("qnnrun")
 
@@ -114,7 +115,9 @@ def build_optimizer(cfg: DictConfig, groups: list[dict[str, Any]]) -> torch.opti
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    raise QnnrunError(f"unknown optimizer '{cfg.name}': valid are sgd, adam, adamw")
+    if cfg.name == "shift_adamax":
+        return ShiftAdaMax(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    raise QnnrunError(f"unknown optimizer '{cfg.name}': valid are sgd, adam, adamw, shift_adamax")
 
 
 def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
@@ -281,9 +284,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     epochs = cfg.trainer.epochs
     steps_per_epoch = len(data.train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg.sched, step, steps_per_epoch, epochs))
+        optimizer, lambda step: lr_factor(cfg.sched, step, steps_per_epoch, epochs) * method.lr_scale(step))
 
     method.plan(epochs, steps_per_epoch)
+    method.set_calibration_source(lambda: (images for images, _ in _take(data.train, cfg.quant.calib_batches)))
     start_epoch, best_acc, history = 0, -1.0, []
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])

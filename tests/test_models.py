@@ -21,10 +21,11 @@ CIFAR_INPUTS = [(3, 32, 10), (3, 32, 100)]
 INPUTS = {
     "mlp": SMALL_INPUTS,
     "lenet5": SMALL_INPUTS,
+    "nbn_cnn": SMALL_INPUTS,
     **{
         name: CIFAR_INPUTS
         for name in (
-            "vgg_small", "resnet20", "resnet32", "resnet56",
+            "vgg_small", "aqe_convnet", "resnet20", "resnet32", "resnet56",
             "resnet18", "resnet34", "resnet50", "mobilenet_v2",
         )
     },

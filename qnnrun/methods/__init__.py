@@ -5,11 +5,22 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from qnnrun.errors import QnnrunError
+from qnnrun.methods.aqe import AsymptoticQuantizedEstimator
 from qnnrun.methods.base import Method
+from qnnrun.methods.bnn import BinarizedNet, QuantizedNet
+from qnnrun.methods.dorefa import DoReFa
 from qnnrun.methods.fp import FloatMethod
+from qnnrun.methods.lsq import LearnedStepSize
+from qnnrun.methods.pact import PACT
+from qnnrun.methods.progressive import FilterByFilter, LayerByLayer, NeuronByNeuron
+from qnnrun.methods.sq import StochasticQuantization
 from qnnrun.methods.ste import DirectSTE
+from qnnrun.methods.uniq import Uniq
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FloatMethod, DirectSTE)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FloatMethod, DirectSTE, StochasticQuantization, Uniq,
+                                                          BinarizedNet, QuantizedNet, AsymptoticQuantizedEstimator,
+                                                          LearnedStepSize, DoReFa, PACT,
+                                                          LayerByLayer, FilterByFilter, NeuronByNeuron)}
 
 
 def build_method(cfg: DictConfig) -> Method:

@@ -6,6 +6,7 @@ acts through hooks; it never reaches into the training loop. The engine calls, i
 
     model = method.build(float_model, example_input)
     method.plan(epochs, steps_per_epoch)
+    method.set_calibration_source(source)           (fresh run and resume)
     method.prepare(model, calibration_batches)      (not on resume: the state is in the checkpoint)
     for epoch:  method.on_epoch_start(model, epoch, epochs)
         for step:  method.before_step(model, step); forward; method.criterion(...) + method.regularization(model)
@@ -16,7 +17,7 @@ acts through hooks; it never reaches into the training loop. The engine calls, i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import torch
@@ -78,6 +79,12 @@ class Method:
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
 
+    def set_calibration_source(self, source: Callable[[], Iterable[Tensor]]) -> None:
+        """Told after :meth:`plan` in every run, fresh or resumed: ``source()`` returns a new iterator
+        over ``quant.calib_batches`` input batches [B, C, H, W], for methods that calibrate again
+        later in the run (a progressive schedule calibrating each layer when it is quantized)."""
+        self.calibration_source = source
+
     def prepare(self, model: nn.Module, batches: Iterable[Tensor]) -> None:
         """Calibrate the quantizers' ranges on a few input batches [B, C, H, W] (eval mode, no grad)."""
         quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
@@ -99,6 +106,11 @@ class Method:
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Called before each training epoch (0-based ``epoch`` of ``epochs``)."""
+
+    def lr_scale(self, step: int) -> float:
+        """Multiplier of the learning rate at global ``step``, on top of the ``sched`` factor: a
+        method's own phases (e.g. fine-tuning a BatchNorm-folded network at a lower rate). 1 by default."""
+        return 1.0
 
     def before_step(self, model: nn.Module, step: int) -> None:
         """Called before each training forward pass (global 0-based ``step``)."""

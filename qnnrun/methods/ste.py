@@ -6,21 +6,41 @@ trained through the estimator. Weights: symmetric uniform, per output channel by
 at 1 bit, where the quantizer is ``sign``). Activations (the input of each quantized layer):
 uniform, unsigned when the calibration batches hold no negative value (after ReLU), else signed;
 range from an exponential moving average of max ``|x|`` in training, fixed in evaluation.
+
+``quant.init=mmse`` uses the NBN paper's affine quantizer instead (:class:`AffineQuantizer`):
+weights and activations get a scale and an integer zero point that minimise the squared error,
+found once at calibration (weights on the tensor, activations on a histogram of the
+calibration batches) and then fixed. ``quant.fold_bn=true`` folds each BatchNorm into the layer
+before it at build time, before any quantization parameter is computed.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from qnnrun.methods.base import Method
-from qnnrun.quant.layers import UniformQuantizer
+from qnnrun.quant.fold import batchnorm_pairs, fold_batchnorm
+from qnnrun.quant.layers import AffineQuantizer, Quantizer, UniformQuantizer
 
 
 class DirectSTE(Method):
     name = "ste"
 
-    def weight_quantizer(self, layer: nn.Module, bits: int) -> UniformQuantizer:
+    @property
+    def mmse(self) -> bool:
+        """Whether ``quant.init=mmse`` asks for the affine MMSE quantizer (else max-abs uniform)."""
+        return self.cfg.quant.get("init", "maxabs") == "mmse"
+
+    def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
+        if self.quantizes and self.cfg.quant.get("fold_bn", False):
+            fold_batchnorm(model, batchnorm_pairs(model, example_input))
+        return super().build(model, example_input)
+
+    def weight_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
         quant = self.cfg.quant
+        if self.mmse:
+            channels = layer.weight.shape[0] if quant.per_channel else None
+            return AffineQuantizer(bits, source="tensor", channels=channels, estimator=quant.estimator)
         return UniformQuantizer(
             bits,
             signed=True,
@@ -30,8 +50,10 @@ class DirectSTE(Method):
             estimator=quant.estimator,
         )
 
-    def input_quantizer(self, layer: nn.Module, bits: int) -> UniformQuantizer:
+    def input_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
         quant = self.cfg.quant
+        if self.mmse:
+            return AffineQuantizer(bits, source="histogram", estimator=quant.estimator)
         return UniformQuantizer(
             bits,
             signed=None,

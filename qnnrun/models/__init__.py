@@ -17,8 +17,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qnnrun.errors import QnnrunError
+from qnnrun.models.aqe_convnet import AQEConvNet
 from qnnrun.models.lenet import LeNet5
 from qnnrun.models.mlp import MLP
+from qnnrun.models.nbn_cnn import NBNCNN
 from qnnrun.models.resnet_cifar import resnet20, resnet32, resnet56
 from qnnrun.models.torchvision_models import mobilenet_v2, resnet18, resnet34, resnet50
 from qnnrun.models.vgg import VGGSmall
@@ -28,7 +30,9 @@ __all__ = ["DATA_KWARGS", "MODELS", "build_model", "model_options"]
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "lenet5": LeNet5,
+    "nbn_cnn": NBNCNN,
     "vgg_small": VGGSmall,
+    "aqe_convnet": AQEConvNet,
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,

@@ -175,3 +175,429 @@ def maxabs_scale(amax: Tensor, bits: int, signed: bool, narrow: bool = False, ep
     """
     _, qmax = code_range(bits, signed, narrow)
     return (amax / qmax).clamp_min(eps)
+
+
+# ---- Ternary weights (TWN) and row errors (SQ) --------------------------------------------------
+# The levels come from :func:`ternary_levels` / :func:`ternary_threshold` below (shared with AQE).
+
+
+def twn_threshold_and_scale(x: Tensor, threshold_ratio: float = 0.7) -> tuple[Tensor, Tensor]:
+    """TWN parameters of a weight ``x`` [C, ...]: one threshold per tensor, one scale per row.
+
+    ``delta = threshold_ratio * mean |x|`` (0-d); ``alpha_i`` = mean of ``|x|`` over the entries of
+    row ``i`` with ``|x| > delta``, shaped ``[C, 1, ..., 1]`` (0 for a row with no such entry).
+    """
+    delta = ternary_threshold(x, threshold_ratio)
+    rows = x.detach().abs().flatten(1)
+    above = rows > delta
+    alpha = (rows * above).sum(1) / above.sum(1).clamp_min(1)
+    return delta, alpha.view(-1, *([1] * (x.dim() - 1)))
+
+
+def ternary_quantize(
+    x: Tensor, threshold: Tensor, scale: Tensor, estimator: Estimator = "ste", clip: float = 1.0
+) -> Tensor:
+    """Ternary quantization ``scale * t`` with ``t = +1`` where ``x > threshold``, ``-1`` where
+    ``x < -threshold``, else 0.
+
+    ``threshold`` and ``scale`` broadcast against ``x``. The clipped estimator passes the gradient
+    where ``|x| <= clip``, as :func:`sign_quantize` does; ``"ste"`` passes it everywhere.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator={estimator!r}: valid are {ESTIMATORS}")
+    with torch.no_grad():
+        value = ternary_levels(x, threshold) * scale
+    if estimator == "clipped":
+        return clipped_ste(x, value, clip)
+    return _StraightThrough.apply(x, value)
+
+
+def row_relative_error(x: Tensor, quantized: Tensor) -> Tensor:
+    """Relative L1 quantization error of each row (axis 0): ``|x_i - q_i|_1 / |x_i|_1``, shape [C].
+
+    A row that is all zero has error 0 (its quantization loses nothing).
+    """
+    x, quantized = x.detach().flatten(1), quantized.detach().flatten(1)
+    norm = x.abs().sum(1)
+    error = (x - quantized).abs().sum(1)
+    return torch.where(norm > 0, error / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+
+
+# ---- k-quantile (UNIQ) -----------------------------------------------------------------------
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Returns ``value`` forward and passes the gradient to ``x`` unchanged (nothing is saved).
+
+    The identity-gradient twin of :func:`clipped_ste` (used by TWN and k-quantile weights)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor) -> Tensor:
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+def gaussian_fit(x: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Mean and standard deviation (0-d, detached) of the normal distribution fitted to all of ``x``."""
+    x = x.detach()
+    return x.mean(), x.std().clamp_min(eps)
+
+
+def kquantile_levels(bits: int) -> tuple[Tensor, Tensor]:
+    """Levels and thresholds of the ``k = 2^bits``-quantile quantizer of a standard normal (float64).
+
+    Levels ``Phi^-1((j + 0.5) / k)``, ``j = 0..k-1`` (the bin medians); thresholds
+    ``Phi^-1(j / k)``, ``j = 1..k-1`` (the k-quantiles).
+    """
+    k = 2**bits
+    index = torch.arange(k, dtype=torch.float64)
+    return torch.special.ndtri((index + 0.5) / k), torch.special.ndtri(index[1:] / k)
+
+
+def kquantile_quantize(x: Tensor, bits: int, mean: Tensor, std: Tensor) -> Tensor:
+    """k-quantile quantization of ``x`` under ``N(mean, std^2)`` with ``k = 2^bits`` equiprobable bins.
+
+    ``u = Phi((x - mean) / std)`` is moved to its bin centre ``(floor(u k) + 0.5) / k`` and mapped
+    back, ``mean + std * Phi^-1(centre)``: each value becomes the median of its bin. Backward is
+    the straight-through estimator (identity).
+    """
+    k = 2**bits
+    with torch.no_grad():
+        uniform = torch.special.ndtr((x - mean) / std)
+        centre = ((uniform * k).floor().clamp(0, k - 1) + 0.5) / k
+        value = mean + std * torch.special.ndtri(centre)
+    return _StraightThrough.apply(x, value.to(x.dtype))
+
+
+def kquantile_noise(x: Tensor, bits: int, mean: Tensor, std: Tensor, noise: Tensor) -> Tensor:
+    """UNIQ's training-time stand-in for :func:`kquantile_quantize`: noise in the uniform domain.
+
+    ``u = Phi((x - mean) / std)``, ``u~ = clamp(u + noise, 1/(2k), 1 - 1/(2k))``,
+    result ``mean + std * Phi^-1(u~)``. ``noise`` (like ``x``) should be ``U[-1/(2k), 1/(2k)]``, the
+    spread of ``u`` around its bin centre; the clamp keeps the result inside the range of the
+    quantization levels (``Phi^-1`` is infinite at 0 and 1). Differentiable in ``x`` (``mean`` and
+    ``std`` are constants).
+    """
+    k = 2**bits
+    uniform = torch.special.ndtr((x - mean) / std) + noise
+    return mean + std * torch.special.ndtri(uniform.clamp(0.5 / k, 1 - 0.5 / k))
+
+
+# ---- Level quantizers of the binary / low-bit estimators (BNN, QNN, AQE) ---------------------
+# These quantizers have no scale: latent weights are kept in [-1, 1] by clipping after every
+# optimizer step and activations come out of a hard-tanh, so the levels live on [-1, 1] and
+# BatchNorm supplies the scale. The value functions below are pure (no autograd); the gradient
+# estimator is :func:`clipped_ste`, which any of them can be plugged into.
+
+
+class _ClippedSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor, clip: float, grad_scale: float) -> Tensor:
+        ctx.save_for_backward(x.abs() <= clip)
+        ctx.grad_scale = grad_scale
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside * ctx.grad_scale, None, None, None
+
+
+def clipped_ste(x: Tensor, value: Tensor, clip: float = 1.0, grad_scale: float = 1.0) -> Tensor:
+    """Return ``value`` in the forward pass; backward ``dL/dx = grad_scale * dL/dy * 1{|x| <= clip}``.
+
+    ``value`` (shaped like ``x``) is any function of ``x`` computed without autograd; only the
+    boolean mask is saved. ``grad_scale = 1`` is the clipped STE of BinaryNet / QNN,
+    ``grad_scale = 2 * alpha`` the asymptotic-quantized estimator of AQE.
+    """
+    return _ClippedSTE.apply(x, value.detach(), clip, grad_scale)
+
+
+def binary_levels(x: Tensor, keep_zero: bool = False) -> Tensor:
+    """``sign(x)`` in ``{-1, +1}`` with ``sign(0) = +1``; with ``keep_zero`` exact zeros stay 0.
+
+    ``keep_zero`` is for activations: a unit dropped by dropout (an exact 0) stays dropped, as in
+    BinaryNet, where dropout follows the binarization.
+    """
+    out = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+    return out * (x != 0) if keep_zero else out
+
+
+def ternary_levels(x: Tensor, delta: Tensor | float) -> Tensor:
+    """Ternary ``{-1, 0, +1}``: ``sign(x)`` where ``|x| > delta``, else 0 (``delta`` broadcasts)."""
+    return torch.where(x.abs() > delta, torch.sign(x), torch.zeros_like(x))
+
+
+def ternary_threshold(x: Tensor, factor: float = 0.7) -> Tensor:
+    """TWN threshold ``factor * mean|x|`` over the whole tensor (0-d)."""
+    return factor * x.detach().abs().mean()
+
+
+def pow2_magnitudes(bits: int) -> int:
+    """Number of non-zero magnitudes ``2^0, 2^-1, ...`` of a signed ``bits``-bit power-of-two code.
+
+    One bit holds the sign and one of the ``2^(bits-1)`` remaining codes is zero, so
+    ``2^(bits-1) - 1`` magnitudes: 3 bits -> ``{1, 1/2, 1/4}``, 4 bits -> ``{1, ..., 1/64}``.
+    """
+    if bits < 2:
+        raise ValueError(f"bits={bits}: a power-of-two code needs at least 2 bits")
+    return 2 ** (bits - 1) - 1
+
+
+def pow2_levels(x: Tensor, bits: int) -> Tensor:
+    """Logarithmic quantization ``sign(x) * 2^round(log2|x|)`` onto ``{0, +-2^-p : p = 0..P-1}``.
+
+    ``P = pow2_magnitudes(bits)``. The exponent is rounded in the log domain (half to even) and
+    clipped to ``[-(P-1), 0]``, so ``|x| >= 1`` maps to 1; values below half the smallest magnitude
+    ``2^-(P-1) / 2`` map to 0 (the linear midpoint between 0 and the smallest level).
+    Multiplying by any level is a shift, which is the point of these codes.
+    """
+    smallest = -(pow2_magnitudes(bits) - 1)
+    magnitude = x.abs()
+    exponent = torch.round(torch.log2(magnitude.clamp_min(torch.finfo(x.dtype).tiny))).clamp(smallest, 0)
+    levels = torch.sign(x) * torch.exp2(exponent)
+    return torch.where(magnitude < 2.0 ** (smallest - 1), torch.zeros_like(x), levels)
+
+
+def linear_levels(x: Tensor, bits: int) -> Tensor:
+    """QNN's linear quantization ``clamp(round(x / step), -2^(b-1), 2^(b-1) - 1) * step``.
+
+    ``step = 2^(1-b)``, so the ``2^b`` levels cover ``[-1, 1 - step]`` (QNN's ``round(x * 2^(b-1)) /
+    2^(b-1)``). Rounding is half to even; 1 bit is :func:`binary_levels`.
+    """
+    if bits == 1:
+        return binary_levels(x)
+    scale = 2.0 ** (bits - 1)
+    return torch.round(x * scale).clamp(-scale, scale - 1) / scale
+
+
+def power_of_two(x: Tensor) -> Tensor:
+    """``AP2(x) = sign(x) * 2^round(log2|x|)``, the nearest power of two in the log domain (0 -> 0).
+
+    BinaryNet's shift-based BatchNorm and AdaMax multiply by ``AP2`` of a value instead of the value.
+    """
+    magnitude = x.abs().clamp_min(torch.finfo(x.dtype).tiny)
+    return torch.sign(x) * torch.exp2(torch.round(torch.log2(magnitude)))
+
+
+def power_of_two_ste(x: Tensor) -> Tensor:
+    """:func:`power_of_two` in the forward pass, identity in the backward pass."""
+    return x + (power_of_two(x.detach()) - x).detach()
+
+
+def quantize_gradient(grad: Tensor, bits: int, noise: Tensor) -> Tensor:
+    """Stochastic ``bits``-bit quantization of a gradient with a per-tensor max-abs scale.
+
+    ``s = max|g| / (2^(b-1) - 1)``, ``g_q = floor(g / s + noise) * s`` with ``noise ~ U[0, 1)``
+    shaped like ``grad`` (unbiased: ``E[g_q] = g``); codes span ``[-(2^(b-1) - 1), 2^(b-1) - 1]``.
+    """
+    levels = 2 ** (bits - 1) - 1
+    scale = grad.abs().amax().clamp_min(1e-30) / levels
+    return torch.floor(grad / scale + noise).clamp(-levels, levels) * scale
+
+
+class _QuantizeGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, bits: int) -> Tensor:
+        ctx.bits = bits
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return quantize_gradient(grad, ctx.bits, torch.rand_like(grad)), None
+
+
+def gradient_quantizer(x: Tensor, bits: int) -> Tensor:
+    """Identity in the forward pass; the gradient flowing back through it is quantized to ``bits``
+    bits by :func:`quantize_gradient` (QNN's low-bit gradients)."""
+    return _QuantizeGradient.apply(x, bits)
+
+
+# ---- Learned step size (LSQ, LSQ+) ------------------------------------------------------------
+# Unlike the functions above, the LSQ function saves its input: the step gradient needs
+# round(x/s) - x/s for every element, which a mask cannot hold. The input is alive anyway (a
+# weight parameter, or the output of the ReLU before the layer, which autograd already keeps), so
+# saving it allocates nothing, where a saved error tensor would be a new float per element.
+
+
+def lsq_grad_scale(values_per_step: int, qmax: int) -> float:
+    """LSQ's gradient scale ``g = 1 / sqrt(N * Qp)``: ``N`` values share one step, ``Qp`` is the
+    largest positive code (``qmax``; 1 for a signed 1-bit code)."""
+    return (max(1, values_per_step) * max(1, qmax)) ** -0.5
+
+
+def _lsq_codes(x: Tensor, step: Tensor, offset: Tensor, qmin: int, qmax: int, binary: bool) -> tuple[Tensor, Tensor]:
+    """Normalised input ``v = (x - offset) / s`` (as ``x * (1/s)``, like PyTorch's kernels) and its codes."""
+    v = (x - offset) * (1.0 / step)
+    codes = torch.where(v >= 0, 1.0, -1.0).to(x.dtype) if binary else torch.round(v).clamp(qmin, qmax)
+    return v, codes
+
+
+class _LsqQuantize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, step: Tensor, offset: Tensor, qmin: int, qmax: int, grad_scale: float,
+                binary: bool) -> Tensor:
+        _, codes = _lsq_codes(x, step, offset, qmin, qmax, binary)
+        ctx.save_for_backward(x, step, offset)
+        ctx.qmin, ctx.qmax, ctx.grad_scale, ctx.binary = qmin, qmax, grad_scale, binary
+        return codes * step + offset
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, step, offset = ctx.saved_tensors
+        v, codes = _lsq_codes(x, step, offset, ctx.qmin, ctx.qmax, ctx.binary)
+        # Strictly inside the clamp range (LSQ eq. 3); for sign, the hard-tanh range |v| < 1.
+        inside = v.abs() < 1 if ctx.binary else (v > ctx.qmin) & (v < ctx.qmax)
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
+        grad_step = grad_offset = None
+        if ctx.needs_input_grad[1]:
+            # d x_hat / d s: round(v) - v inside, the clamp code (-Qn or Qp) outside.
+            grad_step = (grad * (codes - v * inside)).sum_to_size(step.shape) * ctx.grad_scale
+        if ctx.needs_input_grad[2]:
+            # d x_hat / d offset: 0 inside (round passes the shift through), 1 outside.
+            grad_offset = (grad * ~inside).sum_to_size(offset.shape) * ctx.grad_scale
+        return grad_x, grad_step, grad_offset, None, None, None, None
+
+
+def lsq_quantize(
+    x: Tensor,
+    step: Tensor,
+    qmin: int,
+    qmax: int,
+    grad_scale: float,
+    offset: Tensor | None = None,
+) -> Tensor:
+    """LSQ fake quantization ``round(clamp((x - offset) / s, qmin, qmax)) * s + offset``.
+
+    Args:
+        x: any shape, float.
+        step: the learned step ``s > 0``, broadcastable to ``x`` (0-d per tensor, ``[C, 1, ...]``
+            per output channel).
+        qmin, qmax: integer code range ``[-Qn, Qp]`` (:func:`code_range`). A signed 1-bit range
+            ``(-1, 1)`` is ``s * sign(x - offset)`` with ``sign(0) = +1``.
+        grad_scale: ``g`` of :func:`lsq_grad_scale`, multiplied into the step (and offset) gradient.
+        offset: LSQ+'s learned offset ``beta`` (0-d), or ``None`` for none.
+
+    Gradients (Esser et al., ICLR 2020, eq. 3), with ``v = (x - offset) / s``: to ``x`` 1 where
+    ``qmin < v < qmax``, else 0; to ``s``, times ``g``: ``round(v) - v`` inside, ``qmin`` below and
+    ``qmax`` above; to ``offset``, times ``g``: 0 inside, 1 outside (LSQ+, Bhalgat et al. 2020).
+    """
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    beta = offset.to(compute) if offset is not None else torch.zeros((), dtype=compute, device=x.device)
+    binary = (qmin, qmax) == (-1, 1)
+    out = _LsqQuantize.apply(x.to(compute), step.to(compute), beta, qmin, qmax, grad_scale, binary)
+    return out.to(x.dtype)
+
+
+# ---- DoReFa and PACT ------------------------------------------------------------------------
+# DoReFa (Zhou et al. 2016) and PACT (Choi et al. 2018) quantize values in [0, 1] to k bits with
+# quantize_k(x) = round((2^k - 1) x) / (2^k - 1) and pass the gradient straight through the round.
+
+
+def quantize_unit(x: Tensor, bits: int) -> Tensor:
+    """DoReFa's ``quantize_k``: ``round((2^k - 1) x) / (2^k - 1)`` for ``x`` in ``[0, 1]``; the
+    backward pass is the identity (STE through the round only)."""
+    levels = 2**bits - 1
+    return _StraightThrough.apply(x, torch.round(x.detach() * levels) / levels)
+
+
+def dorefa_weight_unit(w: Tensor) -> Tensor:
+    """DoReFa's weight normalisation ``tanh(w) / (2 max|tanh(w)|) + 1/2``, onto ``[0, 1]``.
+
+    Smooth (the max over the whole tensor included), so autograd differentiates it exactly.
+    """
+    squashed = torch.tanh(w)
+    return squashed / (2 * squashed.abs().amax().clamp_min(1e-12)) + 0.5
+
+
+def dorefa_weight(w: Tensor, bits: int) -> Tensor:
+    """DoReFa weights: ``2 quantize_k(dorefa_weight_unit(w)) - 1`` in ``[-1, 1]``.
+
+    One bit is ``sign(w) * mean|w|`` with the mean held constant in the backward pass and an
+    unclipped STE through the sign, as in the DoReFa code.
+    """
+    if bits == 1:
+        return sign_quantize(w, w.detach().abs().mean(), "ste")
+    return 2 * quantize_unit(dorefa_weight_unit(w), bits) - 1
+
+
+def dorefa_activation(x: Tensor, bits: int) -> Tensor:
+    """DoReFa activations ``quantize_k(clamp(x, 0, 1))``: gradient 1 on ``[0, 1]``, 0 outside."""
+    return quantize_unit(x.clamp(0.0, 1.0), bits)
+
+
+def dorefa_quantize_gradient(grad: Tensor, bits: int, noise: Tensor) -> Tensor:
+    """DoReFa's stochastic ``bits``-bit gradient quantization with a per-sample max-abs scale.
+
+    ``m = max|g|`` over every axis but the first (the batch), and
+    ``g_q = 2 m (quantize_k(clamp(g / (2m) + 1/2 + noise, 0, 1)) - 1/2)`` with ``noise`` shaped
+    like ``grad`` and drawn from ``U[-1/2, 1/2] / (2^k - 1)`` (the paper's ``N(k)``).
+    """
+    dims = tuple(range(1, grad.dim()))
+    peak = grad.abs().amax(dim=dims, keepdim=True) if dims else grad.abs().amax()
+    levels = 2**bits - 1
+    unit = (grad / (2 * peak.clamp_min(torch.finfo(grad.dtype).tiny)) + 0.5 + noise).clamp(0.0, 1.0)
+    # An all-zero sample stays exactly zero (the grid has no zero level: 2^k - 1 is odd).
+    return 2 * peak * (torch.round(unit * levels) / levels - 0.5)
+
+
+class _DorefaGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, bits: int) -> Tensor:
+        ctx.bits = bits
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        noise = (torch.rand_like(grad) - 0.5) / (2**ctx.bits - 1)
+        return dorefa_quantize_gradient(grad, ctx.bits, noise), None
+
+
+def dorefa_gradient_quantizer(x: Tensor, bits: int) -> Tensor:
+    """Identity forward; the gradient flowing back through it is quantized by
+    :func:`dorefa_quantize_gradient` with fresh noise."""
+    return _DorefaGradient.apply(x, bits)
+
+
+class _Pact(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, bits: int, signed: bool) -> Tensor:
+        levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+        lower = -alpha if signed else torch.zeros_like(alpha)
+        above, below = x >= alpha, (x <= lower) if signed else (x < 0)
+        ctx.save_for_backward(above, below)
+        ctx.signed = signed
+        clipped = torch.minimum(torch.maximum(x, lower), alpha)
+        return torch.round(clipped * (levels / alpha)) * (alpha / levels)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        above, below = ctx.saved_tensors
+        grad_x = grad * ~(above | below)
+        grad_alpha = (grad * above).sum()
+        if ctx.signed:
+            grad_alpha = grad_alpha - (grad * below).sum()
+        return grad_x, grad_alpha.reshape(()), None, None
+
+
+def pact_quantize(x: Tensor, alpha: Tensor, bits: int, signed: bool = False) -> Tensor:
+    """PACT: ``y = clamp(x, 0, alpha)`` quantized to ``round(y (2^k - 1) / alpha) alpha / (2^k - 1)``.
+
+    Args:
+        x: any shape, float.
+        alpha: the learned clipping level (0-d, > 0).
+        bits: 1 to 16 (2 to 16 when ``signed``).
+        signed: the symmetric variant ``clamp(x, -alpha, alpha)`` on ``2^(k-1) - 1`` levels each
+            side, for inputs with negative values (a normalised image).
+
+    Backward (Choi et al. 2018, eq. 3; masks only are saved): to ``x`` 1 where ``0 <= x < alpha``
+    (``-alpha < x < alpha`` signed), else 0; to ``alpha`` the sum of the gradient where
+    ``x >= alpha`` (minus where ``x <= -alpha``, signed), nothing from the rounding inside.
+    """
+    if signed and bits < 2:
+        raise ValueError("signed PACT needs at least 2 bits")
+    compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return _Pact.apply(x.to(compute), alpha.to(compute), bits, signed).to(x.dtype)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from qnnrun.quant import calibrate as C
 from qnnrun.quant import functional as Q
 
 
@@ -155,11 +156,12 @@ class UniformQuantizer(Quantizer):
         return x + (torch.rand_like(x) - 0.5) * step
 
     def get_extra_state(self) -> dict[str, Any]:
-        return {"signed": self.signed, "observed": self.observed}
+        return {"signed": self.signed, "observed": self.observed, "enabled": self.enabled}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.signed = state["signed"]
         self.observed = state["observed"]
+        self.enabled = state.get("enabled", True)  # absent in checkpoints written before it was saved
 
     def extra_repr(self) -> str:
         granularity = "channel" if self.per_channel else "tensor"
@@ -313,3 +315,181 @@ class QuantLinear(nn.Linear, QuantLayer):
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
     """Every quantized layer of ``model`` with its qualified name, in registration order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayer)]
+
+
+LEVEL_KINDS = ("sign", "ternary", "pow2", "linear")
+
+
+class LevelQuantizer(Quantizer):
+    """Scale-free quantizer onto fixed levels in ``[-1, 1]`` with the clipped STE (BNN, QNN).
+
+    Args:
+        kind: ``"sign"`` (``{-1, +1}``), ``"ternary"`` (``{-1, 0, +1}`` with threshold
+            ``0.7 * mean|x|``), ``"pow2"`` (``{0, +-2^-p}``, :func:`~qnnrun.quant.functional.pow2_levels`)
+            or ``"linear"`` (step ``2^(1-b)``, :func:`~qnnrun.quant.functional.linear_levels`).
+        bits: the code width (1 for sign, 2 for ternary, >= 2 for pow2 and linear).
+        keep_zero: for ``sign``: exact zeros (units dropped by dropout) stay 0.
+        threshold_momentum: for ``ternary`` on activations: the threshold is the batch's
+            ``0.7 * mean|x|`` in training, kept as an EMA with this weight and used fixed in
+            evaluation (so a test prediction does not depend on the rest of its batch). ``None``
+            (weights) computes it from every input.
+
+    Backward: ``dL/dx = dL/dy * 1{|x| <= 1}``.
+    """
+
+    def __init__(self, kind: str, bits: int, keep_zero: bool = False, threshold_momentum: float | None = None) -> None:
+        super().__init__()
+        if kind not in LEVEL_KINDS:
+            raise ValueError(f"kind={kind!r}: valid are {LEVEL_KINDS}")
+        self.kind = kind
+        self.bits = bits
+        self.keep_zero = keep_zero
+        self.threshold_momentum = threshold_momentum
+        self.observed = False
+        self.register_buffer("threshold", torch.tensor(0.0))
+
+    def reset(self) -> None:
+        self.observed = False
+        self.threshold.zero_()
+
+    def _delta(self, x: Tensor) -> Tensor:
+        if self.threshold_momentum is None:
+            return Q.ternary_threshold(x)
+        if not (self.training or self.calibrating):
+            return self.threshold if self.observed else Q.ternary_threshold(x)
+        batch = Q.ternary_threshold(x)
+        if self.observed:
+            self.threshold.lerp_(batch, self.threshold_momentum)
+        else:
+            self.threshold.copy_(batch)
+            self.observed = True
+        return batch
+
+    def levels(self, x: Tensor) -> Tensor:
+        """The quantized value ``h(x)`` (no autograd)."""
+        with torch.no_grad():
+            if self.kind == "sign":
+                return Q.binary_levels(x, self.keep_zero)
+            if self.kind == "ternary":
+                return Q.ternary_levels(x, self._delta(x))
+            if self.kind == "pow2":
+                return Q.pow2_levels(x, self.bits)
+            return Q.linear_levels(x, self.bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return Q.clipped_ste(x, self.levels(x))
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"observed": self.observed}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.observed = state["observed"]
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, bits={self.bits}"
+
+
+class AffineQuantizer(Quantizer):
+    """Affine quantizer with MMSE parameters (the Neuron-by-Neuron paper's; ``quant.init=mmse``).
+
+    ``x_hat = (clamp(round(x / s) + z, 0, 2^b - 1) - z) * s`` with a scale ``s`` and an integer zero
+    point ``z`` (see :mod:`qnnrun.quant.calibrate` for how they are found).
+
+    Args:
+        bits: 2 to 8 (16 allowed for tests); one code is always 0, so 1 bit is not offered.
+        source: ``"tensor"``: the parameters minimise the squared error on the quantized tensor
+            itself (weights, :func:`~qnnrun.quant.calibrate.mmse_tensor_params`); ``"histogram"``:
+            on a histogram of the inputs seen while ``calibrating`` (activations,
+            :func:`~qnnrun.quant.calibrate.mmse_histogram_params`). Calibration passes
+            activations through unquantized, so a later layer sees float inputs while it collects.
+        channels: number of output channels for per-channel (axis 0) parameters, ``None`` for one
+            scale and zero point per tensor (``"tensor"`` source only).
+        estimator: ``"clipped"`` or ``"ste"``, see :mod:`qnnrun.quant.functional`.
+
+    The parameters are fixed once found: by :meth:`fit`, by a calibrating forward pass (tensor
+    source), or when calibration ends (``calibrating = False``, histogram source). Until then each
+    input is quantized with parameters solved from that input alone, without storing them.
+    """
+
+    def __init__(self, bits: int, source: str = "tensor", channels: int | None = None,
+                 estimator: Q.Estimator = "clipped") -> None:
+        super().__init__()
+        if source not in ("tensor", "histogram"):
+            raise ValueError(f"source={source!r}: valid are tensor, histogram")
+        if source == "histogram" and channels is not None:
+            raise ValueError("per-channel parameters need source='tensor'")
+        C.affine_qmax(bits)  # validates bits
+        self.bits = bits
+        self.source = source
+        self.per_channel = channels is not None
+        self.estimator = estimator
+        self.fitted = False
+        shape = (channels,) if channels is not None else ()
+        self.register_buffer("scale", torch.ones(shape))
+        self.register_buffer("zero_point", torch.zeros(shape))
+        self._histogram: tuple[Tensor, float, float] | None = None
+
+    @property
+    def calibrating(self) -> bool:
+        return self._calibrating
+
+    @calibrating.setter
+    def calibrating(self, value: bool) -> None:
+        # The end of calibration solves the MMSE problem over the collected histogram.
+        self._calibrating = value
+        if not value and getattr(self, "_histogram", None) is not None:
+            scale, zero_point = C.mmse_histogram_params(*self._histogram, self.bits)
+            self._store(scale, zero_point)
+            self._histogram = None
+
+    def _store(self, scale: Tensor, zero_point: Tensor) -> None:
+        self.scale.copy_(scale.reshape(self.scale.shape))
+        self.zero_point.copy_(zero_point.reshape(self.zero_point.shape))
+        self.fitted = True
+
+    def _solve(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.source == "tensor":
+            return C.mmse_tensor_params(x, self.bits, self.per_channel)
+        return C.mmse_histogram_params(*C.histogram_update(None, 0.0, 0.0, x), self.bits)
+
+    def reset(self) -> None:
+        """Forget the parameters and any collected histogram."""
+        self.fitted = False
+        self._histogram = None
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Fix the parameters to the MMSE solution for ``x`` (the tensor source's rule)."""
+        self._store(*C.mmse_tensor_params(x, self.bits, self.per_channel))
+
+    def parameters_for(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Scale and zero point for input ``x``, shaped to broadcast against it."""
+        if self.fitted:
+            scale, zero_point = self.scale, self.zero_point
+        else:
+            with torch.no_grad():
+                scale, zero_point = self._solve(x)
+        if self.per_channel:
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            return scale.reshape(shape), zero_point.reshape(shape)
+        return scale.reshape(()), zero_point.reshape(())
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.calibrating:
+            if self.source == "histogram":
+                self._histogram = C.histogram_update(*(self._histogram or (None, 0.0, 0.0)), x)
+                return x
+            self.fit(x)
+        scale, zero_point = self.parameters_for(x)
+        return C.affine_quantize(x, scale, zero_point, self.bits, self.estimator)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"fitted": self.fitted, "enabled": self.enabled}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.fitted = state["fitted"]
+        self.enabled = state["enabled"]
+
+    def extra_repr(self) -> str:
+        granularity = "channel" if self.per_channel else "tensor"
+        return f"bits={self.bits}, affine MMSE from {self.source}, per_{granularity}, estimator={self.estimator}"

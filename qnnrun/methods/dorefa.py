@@ -1,0 +1,91 @@
+"""``method=dorefa``: DoReFa-Net (Zhou et al., "DoReFa-Net: Training Low Bitwidth Convolutional Neural
+Networks with Low Bitwidth Gradients", 2016).
+
+Weights ``2 * quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1`` (one bit: ``sign(w) * mean|w|``),
+inputs ``quantize_k(clamp(x, 0, 1))``, gradients through the rounding by STE
+(:mod:`qnnrun.quant.functional`). ``method.grad_bits`` below 32 also quantizes, stochastically and
+with the paper's per-sample max normalisation, the gradient that flows back into each quantized
+layer's output (where the DoReFa code applies its ``fg``). First and last layer stay float.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from qnnrun.errors import QnnrunError
+from qnnrun.methods.base import Method
+from qnnrun.quant import functional as Q
+from qnnrun.quant.convert import FLOAT_BITS
+from qnnrun.quant.layers import Quantizer, quant_layers
+
+
+class DorefaWeightQuantizer(Quantizer):
+    """DoReFa weight quantizer (no state): :func:`qnnrun.quant.functional.dorefa_weight`."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, w: Tensor) -> Tensor:
+        return Q.dorefa_weight(w, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+class DorefaActivationQuantizer(Quantizer):
+    """DoReFa activation quantizer (no state): :func:`qnnrun.quant.functional.dorefa_activation`."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, x: Tensor) -> Tensor:
+        return Q.dorefa_activation(x, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
+
+
+class _OutputGradientQuantizer:
+    """Forward hook that routes a layer's output through :func:`dorefa_gradient_quantizer`."""
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+        return Q.dorefa_gradient_quantizer(output, self.bits)
+
+
+def check_grad_bits(value: Any) -> int:
+    """``method.grad_bits`` as an int: 1 to 16, or 32 for float gradients."""
+    if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= 16 or value == FLOAT_BITS):
+        raise QnnrunError(f"method.grad_bits={value!r} is not valid: valid are integers 1-16, or 32 (float)")
+    return value
+
+
+class DoReFa(Method):
+    """DoReFa; reads ``method.grad_bits`` (32 = float gradients)."""
+
+    name = "dorefa"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self.grad_bits = check_grad_bits(cfg.method.get("grad_bits", FLOAT_BITS))
+
+    def weight_quantizer(self, layer: nn.Module, bits: int) -> DorefaWeightQuantizer:
+        return DorefaWeightQuantizer(bits)
+
+    def input_quantizer(self, layer: nn.Module, bits: int) -> DorefaActivationQuantizer:
+        return DorefaActivationQuantizer(bits)
+
+    def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
+        model = super().build(model, example_input)
+        if self.grad_bits != FLOAT_BITS:
+            for _, layer in quant_layers(model):
+                if layer.weight_quant is not None:
+                    layer.register_forward_hook(_OutputGradientQuantizer(self.grad_bits))
+        return model

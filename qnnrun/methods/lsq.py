@@ -1,0 +1,178 @@
+"""``method=lsq``: learned step size quantization (Esser et al., "Learned Step Size Quantization", ICLR 2020).
+
+Every quantized weight and input has a step ``s`` that is an ``nn.Parameter`` trained with the
+network: ``x_hat = round(clamp(x / s, -Qn, Qp)) * s``, with LSQ's step gradient and gradient scale
+``g = 1 / sqrt(N * Qp)`` (:func:`qnnrun.quant.functional.lsq_quantize`). ``N`` is the number of
+values sharing one step: the weights of the layer (of the output channel with
+``quant.per_channel``) and, for activations, the features of one sample, as in the paper.
+Steps start at ``2 * mean|x| / sqrt(Qp)``: for weights from the weights, for activations from the
+calibration batches of :meth:`Method.prepare`. Weights use signed codes; inputs signed codes when
+the calibration batches hold a negative value, else unsigned. First and last layer run at 8 bits.
+
+``method.learned_offset=true`` adds LSQ+'s learned offset ``beta`` to each activation quantizer
+(Bhalgat et al., "LSQ+", CVPRW 2020): unsigned codes on ``round(clamp((x - beta) / s, 0, 2^b - 1))
+* s + beta``, ``beta`` starting at the smallest calibration value and ``s`` at
+``2 * mean(x - beta) / sqrt(Qp)`` (LSQ's rule on the shifted input; for inputs after a ReLU this is
+``beta = 0`` and plain LSQ). LSQ+ proposes an MSE initialisation instead; this one needs no search.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from qnnrun.errors import QnnrunError
+from qnnrun.methods.base import Method
+from qnnrun.quant import functional as Q
+from qnnrun.quant.layers import Quantizer, quant_layers
+
+
+class LsqQuantizer(Quantizer):
+    """Uniform quantizer with a learned step (and, optionally, a learned offset).
+
+    Args:
+        bits: 1 to 8.
+        signed: ``True`` (weights), or ``None`` to detect it from data: signed once a calibration
+            batch (or, without calibration, the first input) holds a negative value.
+        channels: output channels for one step per channel (axis 0, weights), ``None`` for one step.
+        activations: ``x`` is a batch [B, ...] of activations: the gradient scale counts the
+            features of one sample; else ``x`` is a weight tensor and the scale counts the values
+            sharing a step.
+        learned_offset: LSQ+'s learned offset (unsigned codes, any input sign).
+
+    Parameters ``step`` (0-d, or [C] per channel) and ``offset`` (0-d, only with ``learned_offset``)
+    are initialised from the data the first time the quantizer sees it: over all calibration
+    batches while ``calibrating`` (see ``Method.prepare``), else from the first training input.
+    An evaluation before that uses the rule on each input without storing it.
+    """
+
+    def __init__(self, bits: int, signed: bool | None = True, channels: int | None = None,
+                 activations: bool = False, learned_offset: bool = False) -> None:
+        super().__init__()
+        self.bits = bits
+        self.signed = False if learned_offset else signed
+        self.auto_signed = signed is None and not learned_offset
+        self.activations = activations
+        self.step = nn.Parameter(torch.ones(channels) if channels is not None else torch.tensor(1.0))
+        self.offset = nn.Parameter(torch.tensor(0.0)) if learned_offset else None
+        self.initialized = False
+        self._sums: tuple[Tensor, Tensor, Tensor, int] | None = None  # calibration: sum|x|, sum x, min x, count
+
+    @property
+    def per_channel(self) -> bool:
+        return self.step.dim() == 1
+
+    def code_range(self, signed: bool | None = None) -> tuple[int, int]:
+        """Integer codes ``(-Qn, Qp)`` for ``signed`` (default: the quantizer's; unsigned until known)."""
+        return Q.code_range(self.bits, bool(self.signed if signed is None else signed))
+
+    def _is_signed(self, x: Tensor) -> bool:
+        if self.signed is not None:
+            return self.signed
+        return bool((x.detach().amin() < 0).item())
+
+    def reset(self) -> None:
+        """Forget the initialisation (and a sign detected from data) before a new calibration."""
+        self.initialized = False
+        self._sums = None
+        if self.auto_signed:
+            self.signed = None
+
+    def _reduce(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, int]:
+        """``sum|x|``, ``sum x``, ``min x`` per step (shape of ``step``) and the count per step."""
+        flat = x.detach().float().flatten(1) if self.per_channel else x.detach().float().reshape(1, -1)
+        sums = flat.abs().sum(1), flat.sum(1), flat.amin(1)
+        if not self.per_channel:
+            sums = tuple(s.reshape(()) for s in sums)
+        return (*sums, flat.shape[1])
+
+    def _initial(self, sums: tuple[Tensor, Tensor, Tensor, int], signed: bool) -> tuple[Tensor, Tensor | None]:
+        """Step (and offset) from the statistics: LSQ's ``2 mean|x| / sqrt(Qp)``."""
+        abs_sum, total, minimum, count = sums
+        _, qmax = self.code_range(signed)
+        if self.offset is not None:
+            return (2 * (total / count - minimum) / qmax**0.5).clamp_min(1e-8), minimum
+        if signed and self.bits == 1:
+            # For sign, mean|x| is the L2-optimal scale; the LSQ rule would give twice it.
+            return (abs_sum / count).clamp_min(1e-8), None
+        return (2 * (abs_sum / count) / qmax**0.5).clamp_min(1e-8), None
+
+    def _observe(self, x: Tensor) -> None:
+        """Fold ``x`` into the initialisation statistics and set the parameters from them."""
+        if self.auto_signed and (self.signed is None or (self.calibrating and not self.signed)):
+            self.signed = bool((x.detach().amin() < 0).item())
+        sums = self._reduce(x)
+        if self._sums is not None and self.calibrating:
+            old = self._sums
+            sums = (old[0] + sums[0], old[1] + sums[1], torch.minimum(old[2], sums[2]), old[3] + sums[3])
+        self._sums = sums if self.calibrating else None
+        step, offset = self._initial(sums, bool(self.signed))
+        self.step.copy_(step.to(self.step.dtype))
+        if self.offset is not None:
+            self.offset.copy_(offset.to(self.offset.dtype))
+        self.initialized = True
+
+    def grad_scale(self, x: Tensor, signed: bool) -> float:
+        """``g = 1 / sqrt(N * Qp)`` for input ``x`` (see the class docstring for ``N``)."""
+        values = x[0].numel() if self.activations else x.numel() // self.step.numel()
+        return Q.lsq_grad_scale(values, self.code_range(signed)[1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.calibrating or (self.training and not self.initialized):
+            with torch.no_grad():
+                self._observe(x)
+        signed = self._is_signed(x)
+        step, offset = self.step, self.offset
+        if not self.initialized:  # evaluation before any initialisation: use the rule, store nothing
+            step, offset = self._initial(self._reduce(x), signed)
+        if self.per_channel:
+            step = step.view(-1, *([1] * (x.dim() - 1)))
+        qmin, qmax = self.code_range(signed)
+        return Q.lsq_quantize(x, step, qmin, qmax, self.grad_scale(x, signed), offset)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"signed": self.signed, "initialized": self.initialized, "enabled": self.enabled}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.signed = state["signed"]
+        self.initialized = state["initialized"]
+        self.enabled = state["enabled"]
+
+    def extra_repr(self) -> str:
+        granularity = "channel" if self.per_channel else "tensor"
+        offset = ", learned_offset" if self.offset is not None else ""
+        return f"bits={self.bits}, signed={self.signed}, per_{granularity}{offset}"
+
+
+class LearnedStepSize(Method):
+    """LSQ; reads ``method.learned_offset`` and ``quant.per_channel``."""
+
+    name = "lsq"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self.learned_offset = cfg.method.get("learned_offset", False)
+        if not isinstance(self.learned_offset, bool):
+            raise QnnrunError(f"method.learned_offset={self.learned_offset!r} is not valid: valid are true, false")
+
+    def weight_quantizer(self, layer: nn.Module, bits: int) -> LsqQuantizer:
+        channels = layer.weight.shape[0] if self.cfg.quant.per_channel else None
+        return LsqQuantizer(bits, signed=True, channels=channels)
+
+    def input_quantizer(self, layer: nn.Module, bits: int) -> LsqQuantizer:
+        return LsqQuantizer(bits, signed=None, activations=True, learned_offset=self.learned_offset)
+
+    def scalars(self, model: nn.Module) -> dict[str, float]:
+        """Adds ``lsq/step/<layer>/{weight,input}`` (the mean over channels for per-channel steps)
+        and ``lsq/offset/<layer>/input`` to the quantized fractions."""
+        out = super().scalars(model)
+        for name, layer in quant_layers(model):
+            for role, quantizer in (("weight", layer.weight_quant), ("input", layer.input_quant)):
+                if isinstance(quantizer, LsqQuantizer):
+                    out[f"lsq/step/{name}/{role}"] = quantizer.step.detach().mean().item()
+                    if quantizer.offset is not None:
+                        out[f"lsq/offset/{name}/{role}"] = quantizer.offset.item()
+        return out

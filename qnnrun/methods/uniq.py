@@ -1,0 +1,125 @@
+"""``method=uniq``: uniform noise injection for non-uniform quantization (Baskin et al., ACM TOCS 2021).
+
+Weights use the k-quantile quantizer (``k = 2^bits``) of a normal distribution fitted to each
+weight tensor: every weight becomes the median of its equiprobable bin. In training, a layer in
+the ``NOISY`` state instead gets uniform noise in the CDF domain, ``Phi^-1(Phi(z) + e)`` with
+``e ~ U[-1/(2k), 1/(2k)]``, which is differentiable, so the float weights learn through it.
+
+Training is gradual: the quantized layers, in forward order, are split into ``method.stages``
+contiguous blocks; during stage ``i`` (``method.stage_epochs`` epochs each, default an equal
+split) blocks before ``i`` are quantized and ``FROZEN`` (weights fixed; their biases and
+BatchNorm keep training), block ``i`` is ``NOISY``, later blocks are ``FLOAT`` with their input
+quantizers disabled. A ``NOISY`` layer evaluates with its real k-quantile weights, so at the end
+of the last stage the whole network evaluates quantized; evaluations in earlier stages measure
+the partly float network. Activations (inputs of the quantized layers) are uniform at
+``bits.a`` bits, as ``method=ste``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from qnnrun.errors import QnnrunError
+from qnnrun.methods.base import Method
+from qnnrun.methods.sq import stage_lengths, stage_of
+from qnnrun.quant import functional as Q
+from qnnrun.quant.convert import forward_order
+from qnnrun.quant.layers import ChannelState, QuantLayer, Quantizer, UniformQuantizer
+
+
+class KQuantileQuantizer(Quantizer):
+    """k-quantile weight quantizer (``k = 2^bits``) under a normal fit of the whole tensor.
+
+    ``forward`` quantizes (straight-through gradient); ``perturb`` adds UNIQ's uniform-domain
+    noise in training and quantizes in evaluation.
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, std = Q.gaussian_fit(x)
+        return Q.kquantile_quantize(x, self.bits, mean, std)
+
+    def perturb(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self(x)
+        mean, std = Q.gaussian_fit(x)
+        half_bin = 0.5 / 2**self.bits
+        noise = (torch.rand_like(x) * 2 - 1) * half_bin
+        return Q.kquantile_noise(x, self.bits, mean, std, noise)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, levels={2 ** self.bits} normal quantiles, per_tensor"
+
+
+def split_blocks(count: int, blocks: int) -> list[range]:
+    """``range(count)`` cut into ``blocks`` contiguous, near-equal parts (the longer ones first)."""
+    return [range(int(part[0]), int(part[-1]) + 1) for part in np.array_split(np.arange(count), blocks)]
+
+
+class Uniq(Method):
+    name = "uniq"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self.stages = cfg.method.stages
+        if not isinstance(self.stages, int) or isinstance(self.stages, bool) or self.stages < 1:
+            raise QnnrunError(f"method.stages={self.stages!r} is not valid: expected an integer >= 1")
+        self.stage_epochs_option = cfg.method.stage_epochs
+        self.blocks: list[list[QuantLayer]] = []
+        self.stage = 0
+
+    def weight_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
+        return KQuantileQuantizer(bits)
+
+    def input_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
+        quant = self.cfg.quant
+        return UniformQuantizer(bits, signed=None, range_mode="ema", momentum=quant.ema_momentum,
+                                narrow=quant.narrow_range, estimator=quant.estimator)
+
+    def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
+        """Quantize under the layer policy, then cut the quantized layers (forward order) into blocks."""
+        order = forward_order(model, example_input)
+        model = super().build(model, example_input)
+        layers = [m for m in (model.get_submodule(name) for name in order) if isinstance(m, QuantLayer)]
+        if layers and self.stages > len(layers):
+            raise QnnrunError(f"method.stages={self.stages} is not valid: this model has {len(layers)} quantized "
+                              f"layers, so at most {len(layers)} stages")
+        self.blocks = [[layers[i] for i in part] for part in split_blocks(len(layers), self.stages)] if layers else []
+        return model
+
+    def plan(self, epochs: int, steps_per_epoch: int) -> None:
+        super().plan(epochs, steps_per_epoch)
+        self.stage_epochs = stage_lengths("method.stage_epochs", self.stage_epochs_option, self.stages, epochs)
+
+    def prepare(self, model: nn.Module, batches: Iterable[Tensor]) -> None:
+        """Calibrate every activation range on the float-weight network (before any stage disables one)."""
+        for block in self.blocks:
+            for layer in block:
+                layer.set_channel_state(ChannelState.FLOAT)
+                if layer.input_quant is not None:
+                    layer.input_quant.enabled = True
+        super().prepare(model, batches)
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        self.stage = stage_of(epoch, self.stage_epochs)
+        for index, block in enumerate(self.blocks):
+            for layer in block:
+                if index < self.stage:
+                    if layer.weight_quant is not None and layer.present_states() != {ChannelState.FROZEN}:
+                        layer.set_channel_state(ChannelState.FROZEN)
+                else:
+                    layer.set_channel_state(ChannelState.NOISY if index == self.stage else ChannelState.FLOAT)
+                if layer.input_quant is not None:
+                    layer.input_quant.enabled = index <= self.stage
+
+    def scalars(self, model: nn.Module) -> dict[str, float]:
+        """The base fractions plus the current stage (0-based)."""
+        return {**super().scalars(model), "uniq_stage": float(self.stage)}

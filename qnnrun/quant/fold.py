@@ -1,0 +1,121 @@
+"""Fold BatchNorm into the preceding conv/linear layer (``quant.fold_bn``).
+
+In eval mode ``BN(conv(x)) = gamma * (W x + b - mean) / sqrt(var + eps) + beta`` equals a conv
+with weight ``W * k`` and bias ``(b - mean) * k + beta``, ``k = gamma / sqrt(var + eps)`` per
+output channel. Folding before the weight quantization parameters are computed makes the
+quantized weights the ones an integer inference engine would run.
+
+Folding is done in two steps so that it can happen in the middle of a run:
+
+1. :func:`batchnorm_pairs` (at build time, before the optimizer exists) finds each BatchNorm fed
+   directly by a conv/linear and gives that layer a zero bias parameter if it has none (exact:
+   BatchNorm removes any constant before it), so the optimizer knows every parameter the folded
+   network trains.
+2. :func:`fold_batchnorm` rewrites the weights and biases in place (same ``Parameter`` objects)
+   and replaces each BatchNorm by a :class:`FoldedBatchNorm`, the identity, which keeps
+   BatchNorm's state-dict keys so checkpoints load into a freshly built model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+_BatchNorm = nn.modules.batchnorm._BatchNorm
+
+
+class FoldedBatchNorm(nn.Module):
+    """The identity left where a BatchNorm was folded away.
+
+    Its buffers are the identity BatchNorm (``weight = 1``, ``bias = 0``, ``running_mean = 0``,
+    ``running_var = 1 - eps``), so the state dict of a folded model also loads into an unfolded one
+    and evaluates the same in eval mode.
+    """
+
+    def __init__(self, num_features: int, eps: float) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.full((num_features,), 1.0 - eps))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, folded"
+
+
+def batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:
+    """``(layer, batchnorm)`` qualified names of every BatchNorm whose input is the output of a
+    conv/linear, found on one eval-mode forward pass of ``example_input`` [B, C, H, W]; each such
+    layer without a bias gets a zero one (same device and dtype as its weight)."""
+    layers = {m: name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    norms = {m: name for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    produced: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
+
+    def after_layer(module: nn.Module, _inputs: object, output: Tensor) -> None:
+        produced[id(output)] = layers[module]
+
+    def before_norm(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        source = produced.get(id(inputs[0]))
+        if source is not None and (source, norms[module]) not in pairs:
+            pairs.append((source, norms[module]))
+
+    handles = [m.register_forward_hook(after_layer) for m in layers]
+    handles += [m.register_forward_pre_hook(before_norm) for m in norms]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    for layer_name, _ in pairs:
+        layer = model.get_submodule(layer_name)
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], device=layer.weight.device,
+                                                  dtype=layer.weight.dtype))
+    return pairs
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Fold each BatchNorm of ``pairs`` (from :func:`batchnorm_pairs`) into its layer, in place,
+    using its running statistics; a pair already folded is skipped."""
+    for layer_name, norm_name in pairs:
+        norm = model.get_submodule(norm_name)
+        if isinstance(norm, FoldedBatchNorm):
+            continue
+        if norm.running_mean is None or norm.running_var is None:
+            raise ValueError(f"{norm_name} tracks no running statistics: it cannot be folded")
+        layer = model.get_submodule(layer_name)
+        factor = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            factor = factor * norm.weight
+        shift = -norm.running_mean * factor
+        if norm.bias is not None:
+            shift = shift + norm.bias
+        layer.bias.copy_(layer.bias * factor + shift)
+        layer.weight.mul_(factor.view(-1, *([1] * (layer.weight.dim() - 1))))
+        folded = FoldedBatchNorm(norm.num_features, norm.eps).to(layer.weight.device)
+        _replace(model, norm_name, folded)
+
+
+def mark_folded(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    """Replace the BatchNorms of ``pairs`` by :class:`FoldedBatchNorm` without touching the weights:
+    for a model whose folded weights were loaded from a checkpoint into a freshly built model."""
+    for _, norm_name in pairs:
+        norm = model.get_submodule(norm_name)
+        if not isinstance(norm, FoldedBatchNorm):
+            _replace(model, norm_name, FoldedBatchNorm(norm.num_features, norm.eps).to(norm.running_mean.device))

@@ -1,0 +1,355 @@
+"""LSQ, DoReFa and PACT: hand-derived forward values and gradients, gradchecks, initialisation,
+method options and real short trainings on the embedded digits set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config
+from torch import nn
+
+from qnnrun.checkpoint import load_checkpoint
+from qnnrun.engine import evaluate_checkpoint, train
+from qnnrun.errors import QnnrunError
+from qnnrun.methods import build_method
+from qnnrun.methods.lsq import LsqQuantizer
+from qnnrun.methods.pact import PactQuantizer
+from qnnrun.quant import functional as Q
+from qnnrun.quant.layers import quant_layers
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _lsq_grads(x: list[float], grad: list[float], step: float, qmin: int, qmax: int, scale: float = 1.0,
+               offset: float | None = None) -> tuple[torch.Tensor, ...]:
+    xs = torch.tensor(x, dtype=D, requires_grad=True)
+    s = torch.tensor(step, dtype=D, requires_grad=True)
+    beta = torch.tensor(offset, dtype=D, requires_grad=True) if offset is not None else None
+    out = Q.lsq_quantize(xs, s, qmin, qmax, scale, beta)
+    out.backward(torch.tensor(grad, dtype=D))
+    return out.detach(), xs.grad, s.grad, beta.grad if beta is not None else None
+
+
+# ---- LSQ ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x,step_grad,x_grad", [
+    (-3.0, -2.0, 0.0),  # v = -6 below -Qn = -2: d/ds = -Qn
+    (0.1, -0.2, 1.0),  # v = 0.2 inside: round(v) - v = 0 - 0.2
+    (0.3, 0.4, 1.0),  # v = 0.6 inside: 1 - 0.6
+    (2.0, 1.0, 0.0),  # v = 4 above Qp = 1: d/ds = Qp
+])
+def test_lsq_step_gradient_in_each_region(x: float, step_grad: float, x_grad: float) -> None:
+    _, gx, gs, _ = _lsq_grads([x], [1.0], 0.5, -2, 1)  # 2-bit signed, s = 0.5
+    assert gs.item() == pytest.approx(step_grad)
+    assert gx.item() == x_grad
+
+
+def test_lsq_forward_and_summed_step_gradient_with_gradient_scale() -> None:
+    out, gx, gs, _ = _lsq_grads([-3.0, 0.1, 0.3, 2.0], [0.5, 1.0, 2.0, 3.0], 0.5, -2, 1, scale=0.25)
+    assert torch.equal(out, torch.tensor([-1.0, 0.0, 0.5, 0.5], dtype=D))
+    assert torch.equal(gx, torch.tensor([0.0, 1.0, 2.0, 0.0], dtype=D))
+    # 0.5 * (-2) + 1 * (-0.2) + 2 * 0.4 + 3 * 1 = 2.6, times g = 0.25
+    assert gs.item() == pytest.approx(0.65)
+
+
+def test_lsq_unsigned_below_zero_gives_no_step_gradient() -> None:
+    out, gx, gs, _ = _lsq_grads([-1.0, 5.0], [1.0, 1.0], 1.0, 0, 3)
+    assert out.tolist() == [0.0, 3.0] and gx.tolist() == [0.0, 0.0]
+    assert gs.item() == pytest.approx(3.0)  # -Qn = 0 below, Qp = 3 above
+
+
+def test_lsq_binary_is_step_times_sign() -> None:
+    out, gx, gs, _ = _lsq_grads([-0.2, 0.3, 1.0, -2.0], [1.0, 1.0, 1.0, 1.0], 0.5, -1, 1)
+    assert out.tolist() == [-0.5, 0.5, 0.5, -0.5]
+    assert gx.tolist() == [1.0, 1.0, 0.0, 0.0]  # |x / s| < 1 only
+    assert gs.item() == pytest.approx((-1 + 0.4) + (1 - 0.6) + 1 - 1)
+
+
+def test_lsq_learned_offset_gradients() -> None:
+    # s = 1, beta = -1, codes 0..3: v = x + 1 = [-1 (below), 1.4 (inside), 6 (above)]
+    out, gx, gs, gb = _lsq_grads([-2.0, 0.4, 5.0], [1.0, 2.0, 3.0], 1.0, 0, 3, scale=0.5, offset=-1.0)
+    assert out.tolist() == [-1.0, 0.0, 2.0]
+    assert gx.tolist() == [0.0, 2.0, 0.0]
+    assert gs.item() == pytest.approx(0.5 * (1 * 0 + 2 * (1 - 1.4) + 3 * 3))
+    assert gb.item() == pytest.approx(0.5 * (1 + 3))  # 1 outside, 0 inside
+
+
+def test_lsq_forward_is_bit_exact_with_torch_fake_quantize() -> None:
+    x = torch.randn(2000) * 3
+    out = Q.lsq_quantize(x, torch.tensor(0.173), -8, 7, 1.0)
+    assert torch.equal(out, torch.fake_quantize_per_tensor_affine(x, 0.173, 0, -8, 7))
+
+
+def _paper_lsq(x: torch.Tensor, s: torch.Tensor, qmin: int, qmax: int, g: float) -> torch.Tensor:
+    """The pseudo-code of the LSQ paper (appendix): gradscale, clip, roundpass, all in autograd."""
+    s = (s - s * g).detach() + s * g
+    v = torch.clamp(x / s, qmin, qmax)
+    return ((v.round() - v).detach() + v) * s
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_lsq_gradients_equal_the_papers_autograd_reference(per_channel: bool) -> None:
+    w = torch.randn(6, 3, 3, 3, dtype=D)
+    step = (torch.rand(6, 1, 1, 1, dtype=D) * 0.3 + 0.2) if per_channel else torch.tensor(0.3, dtype=D)
+    grad = torch.randn_like(w)
+    ours_w, ours_s = w.clone().requires_grad_(), step.clone().requires_grad_()
+    Q.lsq_quantize(ours_w, ours_s, -4, 3, 0.1).backward(grad)
+    ref_w, ref_s = w.clone().requires_grad_(), step.clone().requires_grad_()
+    _paper_lsq(ref_w, ref_s, -4, 3, 0.1).backward(grad)
+    torch.testing.assert_close(ours_w.grad, ref_w.grad)
+    torch.testing.assert_close(ours_s.grad, ref_s.grad)
+
+
+def _step_grad(quantizer: LsqQuantizer, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    quantizer.zero_grad()
+    quantizer(x).backward(grad)
+    return quantizer.step.grad.clone()
+
+
+@pytest.mark.parametrize("shape,activations,per_channel,bits,values,qp", [
+    ((8, 4, 3, 3), False, False, 2, 288, 1),  # weights per tensor: all 288 weights, Qp = 1
+    ((8, 4, 3, 3), False, True, 3, 36, 3),  # per channel: the 36 weights of a row
+    ((5, 4, 6, 6), True, False, 3, 144, 7),  # activations: features per sample, unsigned Qp = 7
+])
+def test_lsq_gradient_scale_of_the_module(shape: tuple[int, ...], activations: bool, per_channel: bool, bits: int,
+                                          values: int, qp: int) -> None:
+    x = torch.randn(shape, dtype=D)
+    if activations:
+        x = x.relu()
+    quantizer = LsqQuantizer(bits, signed=None if activations else True,
+                             channels=shape[0] if per_channel else None, activations=activations).double()
+    quantizer.train()
+    grad = torch.randn(shape, dtype=D)
+    scaled = _step_grad(quantizer, x, grad)
+    step = quantizer.step.detach().clone().requires_grad_()
+    qmin, qmax = quantizer.code_range()
+    assert qmax == qp
+    Q.lsq_quantize(x, step.view(-1, 1, 1, 1) if per_channel else step, qmin, qmax, 1.0).backward(grad)
+    torch.testing.assert_close(scaled, step.grad / (values * qp) ** 0.5)
+
+
+def test_lsq_initialisation_from_weights_and_calibration_batches() -> None:
+    w = torch.randn(8, 4, 3, 3)
+    weights = LsqQuantizer(4, signed=True).train()
+    weights(w)
+    assert weights.step.item() == pytest.approx(2 * w.abs().mean().item() / 7**0.5, rel=1e-6)
+    rows = LsqQuantizer(2, signed=True, channels=8).train()
+    rows(w)
+    torch.testing.assert_close(rows.step.detach(), 2 * w.abs().flatten(1).mean(1) / 1.0)
+
+    acts = LsqQuantizer(3, signed=None, activations=True)
+    batches = [torch.rand(4, 10) * 2, torch.rand(6, 10)]
+    acts.calibrating = True
+    with torch.no_grad():
+        for batch in batches:
+            acts(batch)
+    acts.calibrating = False
+    mean = torch.cat([b.flatten() for b in batches]).mean().item()
+    assert acts.signed is False
+    assert acts.step.item() == pytest.approx(2 * mean / 7**0.5, rel=1e-6)
+    acts.reset()
+    acts.calibrating = True
+    with torch.no_grad():
+        acts(torch.randn(4, 10))  # a negative value: signed codes, Qp = 3
+    assert acts.signed is True and acts.initialized
+
+
+def test_lsq_evaluation_before_initialisation_stores_nothing() -> None:
+    quantizer = LsqQuantizer(4, signed=None, activations=True).eval()
+    quantizer(torch.rand(3, 5))
+    assert not quantizer.initialized and quantizer.signed is None and quantizer.step.item() == 1.0
+
+
+def test_lsq_offset_initialisation() -> None:
+    quantizer = LsqQuantizer(2, signed=None, activations=True, learned_offset=True).train()
+    x = torch.tensor([[-1.0, 0.0, 2.0, 3.0]])
+    quantizer(x)
+    assert quantizer.offset.item() == -1.0
+    assert quantizer.step.item() == pytest.approx(2 * (1.0 - -1.0) / 3**0.5)  # mean(x - min) = 2, Qp = 3
+
+
+# ---- DoReFa ----------------------------------------------------------------------------------
+
+
+def test_quantize_unit_values_and_straight_through_gradient() -> None:
+    x = torch.tensor([0.0, 0.1, 0.2, 0.5, 0.9, 1.0], requires_grad=True)
+    out = Q.quantize_unit(x, 2)  # round(3x) / 3, half to even: 1.5 -> 2
+    assert torch.equal(out, torch.tensor([0.0, 0.0, 1.0, 2.0, 3.0, 3.0]) / 3)
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.ones(6))
+
+
+def test_dorefa_weight_values() -> None:
+    w = torch.tensor([-2.0, -0.1, 0.05, 1.0], dtype=D)
+    # tanh(w) / (2 * tanh(2)) + 0.5 = [0, 0.448, 0.526, 0.895] -> round(3u) = [0, 1, 2, 3]
+    assert torch.allclose(Q.dorefa_weight(w, 2), torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0], dtype=D))
+    mean = w.abs().mean().item()
+    assert Q.dorefa_weight(w, 1).tolist() == pytest.approx([-mean, -mean, mean, mean])
+
+
+def test_dorefa_weight_normalisation_passes_gradcheck() -> None:
+    w = torch.randn(4, 3, dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(Q.dorefa_weight_unit, (w,))
+
+
+def test_dorefa_weight_gradient_is_the_normalisations_through_the_round() -> None:
+    w = torch.randn(5, 4, dtype=D, requires_grad=True)
+    grad = torch.randn(5, 4, dtype=D)
+    (ours,) = torch.autograd.grad(Q.dorefa_weight(w, 3), w, grad)
+    (ref,) = torch.autograd.grad(2 * Q.dorefa_weight_unit(w) - 1, w, grad)
+    torch.testing.assert_close(ours, ref)
+    one_bit = w.detach().clone().requires_grad_()
+    Q.dorefa_weight(one_bit, 1).backward(grad)
+    assert torch.equal(one_bit.grad, grad)  # unclipped STE, the mean held constant
+
+
+def test_dorefa_activation_clips_to_unit_interval() -> None:
+    x = torch.tensor([-0.5, 0.2, 0.7, 1.5], requires_grad=True)
+    out = Q.dorefa_activation(x, 1)
+    assert out.tolist() == [0.0, 0.0, 1.0, 1.0]
+    out.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_dorefa_gradient_quantization_values_grid_and_mean() -> None:
+    grad = torch.tensor([[1.0, -0.5, 0.25, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    # row 0: m = 1, u = g / 2 + 1/2 = [1, .25, .625, .5], round(3u) = [3, 1, 2, 2] -> 2 (j/3 - 1/2)
+    out = Q.dorefa_quantize_gradient(grad, 2, torch.zeros_like(grad))
+    assert torch.allclose(out[0], torch.tensor([1.0, -1 / 3, 1 / 3, 1 / 3]))
+    assert torch.equal(out[1], torch.zeros(4))  # an all-zero sample stays zero
+    x = torch.zeros(3, 2, 5, requires_grad=True)
+    upstream = torch.randn(3, 2, 5)
+    Q.dorefa_gradient_quantizer(x, 3).backward(upstream)
+    peak = upstream.abs().amax(dim=(1, 2), keepdim=True)
+    codes = (x.grad / (2 * peak) + 0.5) * 7
+    assert torch.allclose(codes, codes.round(), atol=1e-5)
+    draws = torch.stack([Q.dorefa_quantize_gradient(upstream, 3, (torch.rand_like(upstream) - 0.5) / 7)
+                         for _ in range(4000)])
+    assert torch.allclose(draws.mean(0), upstream, atol=0.03 * peak.max().item())  # unbiased inside the range
+
+
+# ---- PACT ------------------------------------------------------------------------------------
+
+
+def test_pact_values_and_gradients() -> None:
+    x = torch.tensor([-1.0, 0.5, 1.0, 2.0, 2.5], requires_grad=True)
+    alpha = torch.tensor(2.0, requires_grad=True)
+    out = Q.pact_quantize(x, alpha, 2)  # steps of 2/3: round(1.5 * clamp(x, 0, 2))
+    assert torch.allclose(out, torch.tensor([0.0, 2 / 3, 4 / 3, 2.0, 2.0]))
+    out.backward(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]))
+    assert x.grad.tolist() == [0.0, 2.0, 3.0, 0.0, 0.0]  # 0 <= x < alpha
+    assert alpha.grad.item() == 9.0  # x >= alpha: 4 + 5
+
+
+def test_signed_pact_values_and_gradients() -> None:
+    x = torch.tensor([-2.0, -0.5, 0.2, 1.5], requires_grad=True)
+    alpha = torch.tensor(1.0, requires_grad=True)
+    out = Q.pact_quantize(x, alpha, 3, signed=True)  # 3 steps of 1/3 each side, half to even
+    assert torch.allclose(out, torch.tensor([-1.0, -2 / 3, 1 / 3, 1.0]))
+    out.backward(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert x.grad.tolist() == [0.0, 2.0, 3.0, 0.0]
+    assert alpha.grad.item() == 3.0  # +4 above alpha, -1 below -alpha
+
+
+def test_pact_quantizer_detects_sign_from_calibration() -> None:
+    quantizer = PactQuantizer(4, alpha_init=3.0)
+    quantizer.calibrating = True
+    quantizer(torch.rand(2, 3))
+    assert quantizer.signed is False
+    quantizer(torch.randn(2, 3) - 1)
+    assert quantizer.signed is True
+
+
+# ---- methods ---------------------------------------------------------------------------------
+
+
+def _model_and_method(tmp_path: Path, *overrides: str) -> tuple[nn.Module, object]:
+    from qnnrun.data import dataset_info
+    from qnnrun.engine import build_quantized_model
+
+    cfg = compose_config(list(overrides), data_dir=tmp_path)
+    return build_quantized_model(cfg, dataset_info(cfg.dataset), torch.device("cpu"))
+
+
+def test_pact_regularization_is_half_decay_times_squared_alphas(tmp_path: Path) -> None:
+    model, method = _model_and_method(tmp_path, "method=pact", "method.alpha_decay=0.01", "method.alpha_init=3")
+    alphas = [m.alpha for m in model.modules() if isinstance(m, PactQuantizer)]
+    assert len(alphas) == 3  # the MLP's three layers, first and last at 8 bits
+    penalty = method.regularization(model)
+    assert penalty.item() == pytest.approx(0.5 * 0.01 * 3 * 9.0)
+    penalty.backward()
+    assert all(a.grad.item() == pytest.approx(0.01 * 3.0) for a in alphas)
+    _, off = _model_and_method(tmp_path, "method=pact", "method.alpha_decay=0")
+    assert off.regularization(model) is None
+
+
+def test_layer_policies_of_the_baselines(tmp_path: Path) -> None:
+    # The MLP's three layers; DoReFa's float first and last layers stay plain nn.Linear.
+    for name, expected in (("lsq", [(8, 8), (2, 2), (8, 8)]), ("pact", [(8, 8), (2, 2), (8, 8)]),
+                           ("dorefa", [(2, 2)])):
+        model, _ = _model_and_method(tmp_path, f"method={name}", "bits=2")
+        bits = [(layer.weight_bits, layer.input_bits) for _, layer in quant_layers(model)]
+        assert bits == expected
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method=dorefa method.grad_bits=40", "method.grad_bits=40"),
+    ("method=pact method.alpha_init=0", "method.alpha_init=0"),
+    ("method=pact method.alpha_decay=-1", "method.alpha_decay=-1"),
+    ("method=lsq method.learned_offset=3", "method.learned_offset=3"),
+])
+def test_bad_method_options_are_one_line_errors(tmp_path: Path, override: str, message: str) -> None:
+    cfg = compose_config(override.split(), data_dir=tmp_path)
+    with pytest.raises(QnnrunError, match=message.replace(".", r"\.")) as error:
+        build_method(cfg)
+    assert "\n" not in str(error.value)
+
+
+# ---- real trainings on digits ----------------------------------------------------------------
+
+
+def _train(tmp_path: Path, name: str, *overrides: str) -> dict:
+    cfg = compose_config(list(overrides), data_dir=tmp_path / "data")
+    return train(cfg, tmp_path / name)
+
+
+def test_lsq_w2a2_learns_and_logs_its_steps(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "lsq", "method=lsq", "bits=2", "trainer.epochs=3")
+    assert summary["test_acc"] >= 90.0
+    history = load_checkpoint(tmp_path / "lsq" / "last.ckpt")["history"]
+    steps = {k: [h[k] for h in history] for k in history[-1] if k.startswith("quant/lsq/step/")}
+    assert len(steps) == 6  # weight and input of three layers
+    assert all(series[0] != series[-1] for series in steps.values())  # the steps were learned
+    cfg = compose_config([f"checkpoint={tmp_path / 'lsq'}"], config_name="eval", data_dir=tmp_path / "data")
+    line = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
+    assert f"top-1 {summary['test_acc']:.2f}%" in line  # steps, signs and init flags come back
+
+
+def test_lsq_plus_offset_per_channel_learns(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "lsqp", "method=lsq", "bits=3", "method.learned_offset=true", "quant.per_channel=true",
+                     "trainer.epochs=2")
+    assert summary["test_acc"] >= 90.0
+    history = load_checkpoint(tmp_path / "lsqp" / "last.ckpt")["history"]
+    assert any(k.startswith("quant/lsq/offset/") for k in history[-1])
+
+
+def test_dorefa_w2a2_with_8bit_gradients_learns(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "dorefa", "method=dorefa", "bits=2", "method.grad_bits=8", "trainer.epochs=3")
+    assert summary["test_acc"] >= 90.0
+
+
+def test_pact_w2a2_learns_and_its_clip_levels_move(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "pact", "method=pact", "bits=2", "trainer.epochs=4")
+    assert summary["test_acc"] >= 85.0
+    history = load_checkpoint(tmp_path / "pact" / "last.ckpt")["history"]
+    alphas = [k for k in history[-1] if k.startswith("quant/pact/alpha/")]
+    assert len(alphas) == 3
+    assert all(history[-1][k] < 10.0 for k in alphas)  # pulled down by the L2 penalty from 10

@@ -1,0 +1,335 @@
+"""BNN, QNN and AQE: exact numerics of their quantizers and options, and real short trainings."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config
+from torch import nn
+
+from qnnrun.data import dataset_info
+from qnnrun.engine import build_optimizer, build_quantized_model, example_input, train
+from qnnrun.errors import QnnrunError
+from qnnrun.methods import build_method
+from qnnrun.methods.aqe import AsymptoticQuantizer
+from qnnrun.methods.bnn import ShiftBatchNorm1d, ShiftBatchNorm2d, SquaredHinge, glorot_lr_scale
+from qnnrun.models import build_model
+from qnnrun.optim import ShiftAdaMax
+from qnnrun.quant import functional as Q
+from qnnrun.quant.layers import LevelQuantizer, quant_layers
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _is_power_of_two(x: torch.Tensor) -> bool:
+    exponent = torch.log2(x.abs())
+    return bool(torch.equal(exponent, torch.round(exponent)))
+
+
+# ---- pure functions -------------------------------------------------------------------------
+
+def test_clipped_ste_returns_the_value_and_masks_the_scaled_gradient() -> None:
+    x = torch.tensor([-1.5, -1.0, -0.2, 0.0, 0.7, 1.0, 1.01], requires_grad=True)
+    value = torch.full_like(x, 3.0)
+    y = Q.clipped_ste(x, value, clip=1.0, grad_scale=0.6)
+    assert torch.equal(y, value)
+    y.backward(torch.full_like(x, 2.0))
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.2, 1.2, 1.2, 1.2, 1.2, 0.0]))
+
+
+def test_binary_levels_sign_of_zero_and_kept_zeros() -> None:
+    x = torch.tensor([-0.3, 0.0, 0.2, -0.0])
+    assert torch.equal(Q.binary_levels(x), torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+    assert torch.equal(Q.binary_levels(x, keep_zero=True), torch.tensor([-1.0, 0.0, 1.0, 0.0]))
+
+
+def test_ternary_levels_with_the_twn_threshold() -> None:
+    x = torch.tensor([-1.0, -0.4, 0.1, 0.3, 0.5, 0.7])
+    delta = Q.ternary_threshold(x)  # 0.7 * mean(1, .4, .1, .3, .5, .7) = 0.7 * 0.5 = 0.35
+    assert delta.item() == pytest.approx(0.35)
+    assert torch.equal(Q.ternary_levels(x, delta), torch.tensor([-1.0, -1.0, 0.0, 0.0, 1.0, 1.0]))
+
+
+def test_pow2_levels_three_bits_hand_values() -> None:
+    # 3 bits: {0, +-1/4, +-1/2, +-1}; log-domain rounding, zero below 1/8.
+    x = torch.tensor([-2.0, -0.7, -0.3, -0.1, 0.0, 0.12, 0.13, 0.2, 0.36, 0.75, 1.0, 5.0])
+    expected = torch.tensor([-1.0, -0.5, -0.25, 0.0, 0.0, 0.0, 0.25, 0.25, 0.5, 1.0, 1.0, 1.0])
+    assert torch.equal(Q.pow2_levels(x, 3), expected)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+def test_pow2_levels_are_zero_or_signed_powers_of_two_within_the_code(bits: int) -> None:
+    x = torch.randn(20_000).sign() * torch.exp2(torch.empty(20_000).uniform_(-20, 2))  # log-uniform |x|
+    out = Q.pow2_levels(x, bits)
+    magnitudes = Q.pow2_magnitudes(bits)
+    allowed = {0.0} | {s * 2.0 ** -p for p in range(magnitudes) for s in (1, -1)}
+    assert set(out.unique().tolist()) == allowed  # every level used, nothing else
+    assert len(allowed) <= 2**bits
+
+
+def test_linear_levels_match_qnn_reference() -> None:
+    x = torch.linspace(-1.3, 1.3, 1001)
+    for bits in (2, 3, 4):
+        m = 2 ** (bits - 1)
+        reference = torch.clamp(torch.round(x * m) / m, -1.0, 1.0 - 1.0 / m)
+        assert torch.equal(Q.linear_levels(x, bits), reference)
+        assert Q.linear_levels(x, bits).unique().numel() == 2**bits
+    assert torch.equal(Q.linear_levels(torch.tensor([0.3, 0.2, -0.8]), 2), torch.tensor([0.5, 0.0, -1.0]))
+
+
+def test_power_of_two_hand_values_and_every_output_is_a_power_of_two() -> None:
+    x = torch.tensor([3.0, -5.0, 0.7, 0.35, 1.0, 100.0])
+    assert torch.equal(Q.power_of_two(x), torch.tensor([4.0, -4.0, 0.5, 0.25, 1.0, 128.0]))
+    assert _is_power_of_two(Q.power_of_two(torch.randn(1000) * 10))
+    assert Q.power_of_two(torch.tensor([0.0])).item() == 0.0
+
+
+def test_quantize_gradient_is_on_the_grid_and_unbiased() -> None:
+    grad = torch.randn(200) * 0.01
+    bits = 6
+    levels = 2 ** (bits - 1) - 1
+    scale = grad.abs().max() / levels
+    floor = Q.quantize_gradient(grad, bits, torch.zeros_like(grad))
+    assert torch.allclose(floor, torch.floor(grad / scale) * scale)
+    codes = Q.quantize_gradient(grad, bits, torch.rand_like(grad)) / scale
+    assert torch.allclose(codes, torch.round(codes), atol=1e-4) and codes.abs().max() <= levels + 1e-4
+    mean = torch.stack([Q.quantize_gradient(grad, bits, torch.rand_like(grad)) for _ in range(2000)]).mean(0)
+    assert torch.allclose(mean, grad, atol=0.05 * scale.item() + 1e-9)
+
+
+def test_gradient_quantizer_is_identity_forward_and_quantizes_backward() -> None:
+    x = torch.randn(50, requires_grad=True)
+    y = Q.gradient_quantizer(x, 3)
+    assert torch.equal(y, x)
+    upstream = torch.randn(50)
+    y.backward(upstream)
+    codes = x.grad / (upstream.abs().max() / 3)
+    assert torch.allclose(codes, torch.round(codes), atol=1e-5)
+    assert set(torch.round(codes).unique().tolist()) <= {-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0}
+
+
+# ---- quantizer modules ----------------------------------------------------------------------
+
+def test_level_quantizer_sign_gradient_mask() -> None:
+    quant = LevelQuantizer("sign", 1)
+    x = torch.tensor([-2.0, -0.5, 0.0, 0.9, 1.5], requires_grad=True)
+    y = quant(x)
+    assert torch.equal(y, torch.tensor([-1.0, -1.0, 1.0, 1.0, 1.0]))
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0]))
+
+
+def test_ternary_activation_threshold_is_fixed_in_evaluation() -> None:
+    quant = LevelQuantizer("ternary", 2, threshold_momentum=0.5)
+    quant.train()
+    quant(torch.tensor([1.0, -1.0]))  # threshold 0.7
+    quant(torch.tensor([0.5, -0.5]))  # 0.7 + 0.5 * (0.35 - 0.7) = 0.525
+    assert quant.threshold.item() == pytest.approx(0.525)
+    quant.eval()
+    # In a batch of its own 0.6 would set the threshold 0.42 and map to 1; the stored one maps it to 0.
+    assert torch.equal(quant(torch.tensor([0.6, 0.5])), torch.tensor([1.0, 0.0]))
+
+
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 1.0])
+def test_aqe_mixture_forward_gradient_and_evaluation(alpha: float) -> None:
+    quant = AsymptoticQuantizer("sign", 1, alpha)
+    x = torch.tensor([-1.5, -0.4, 0.0, 0.25, 1.0, 2.0], requires_grad=True)
+    h = torch.tensor([-1.0, -1.0, 1.0, 1.0, 1.0, 1.0])
+    y = quant(x)
+    assert torch.allclose(y, alpha * h + (1 - alpha) * x.detach())
+    y.backward(torch.full_like(x, 3.0))
+    assert torch.allclose(x.grad, 2 * alpha * 3.0 * torch.tensor([0.0, 1, 1, 1, 1, 0]))
+    quant.eval()
+    assert torch.equal(quant(x), h)
+
+
+def test_aqe_levels_by_bit_width() -> None:
+    cfg = compose_config(["method=aqe", "bits.w=3", "bits.a=2"])
+    method = build_method(cfg)
+    layer = nn.Linear(4, 4)
+    weight_quant, input_quant = method.weight_quantizer(layer, 3), method.input_quantizer(layer, 2)
+    assert (weight_quant.kind, input_quant.kind) == ("pow2", "ternary")
+    assert method.weight_quantizer(layer, 1).kind == "sign"
+    weight_quant.eval()
+    assert torch.equal(weight_quant(torch.tensor([0.9, -0.3, 0.05])), torch.tensor([1.0, -0.25, 0.0]))
+
+
+# ---- methods: policy, clipping, options -------------------------------------------------------
+
+def _built(*overrides: str) -> tuple[nn.Module, object, object]:
+    cfg = compose_config(list(overrides))
+    info = dataset_info(cfg.dataset)
+    model, method = build_quantized_model(cfg, info, torch.device("cpu"))
+    return model, method, cfg
+
+
+def test_bnn_layer_policy_hardtanh_and_output_batchnorm() -> None:
+    model, method, _ = _built("method=bnn", "bits=4")
+    assert (method.weight_bits, method.act_bits) == (1, 1)  # bnn ignores bits
+    layers = quant_layers(model)
+    assert len(layers) == 3
+    first, last = layers[0][1], layers[-1][1]
+    assert first.input_quant is None and first.weight_quant.kind == "sign"  # image input float
+    assert last.input_quant.kind == "sign" and last.weight_quant.kind == "sign"
+    assert isinstance(model.classifier, nn.Sequential) and isinstance(model.classifier[1], nn.BatchNorm1d)
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert sum(isinstance(m, nn.Hardtanh) for m in model.modules()) == 2
+    assert model(example_input(dataset_info(compose_config([]).dataset), torch.device("cpu"))).shape == (2, 10)
+
+
+def test_qnn_activation_quantizers() -> None:
+    _, linear, _ = _built("method=qnn", "bits.w=1", "bits.a=3")
+    _, log, _ = _built("method=qnn", "bits=2", "method.act_quant=log")
+    layer = nn.Linear(2, 2)
+    assert linear.input_quantizer(layer, 3).kind == "linear" and linear.weight_quantizer(layer, 1).kind == "sign"
+    assert log.input_quantizer(layer, 2).kind == "pow2" and log.weight_quantizer(layer, 2).kind == "linear"
+
+
+@pytest.mark.parametrize("name", ["bnn", "qnn", "aqe"])
+def test_latent_weights_are_clipped_after_the_optimizer_step(name: str) -> None:
+    model, method, cfg = _built(f"method={name}", "bits=2", "optim.lr=50")
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model, 0.0))
+    images = torch.randn(16, 1, 8, 8)
+    nn.functional.cross_entropy(model(images), torch.randint(0, 10, (16,))).backward()
+    optimizer.step()
+    weights = [layer.weight for _, layer in quant_layers(model)]
+    assert max(w.abs().max().item() for w in weights) > 1  # the step left [-1, 1] ...
+    method.after_optimizer_step(model, 0)
+    assert max(w.abs().max().item() for w in weights) == 1.0  # ... and clipping brought it back
+
+
+def test_glorot_learning_rates() -> None:
+    model, method, cfg = _built("method=bnn", "optim=adam")
+    groups = method.param_groups(model, 0.0)
+    assert groups[0]["lr"] == cfg.optim.lr
+    first = quant_layers(model)[0][1].weight  # [256, 64]
+    (group,) = [g for g in groups if any(p is first for p in g["params"])]
+    assert group["lr"] == pytest.approx(cfg.optim.lr / math.sqrt(1.5 / (64 + 256)))
+    assert glorot_lr_scale(torch.zeros(8, 4, 3, 3)) == pytest.approx(1 / math.sqrt(1.5 / (36 + 72)))
+    counted = sum(len(g["params"]) for g in groups)
+    assert counted == len([p for p in model.parameters() if p.requires_grad])
+
+
+def test_squared_hinge_hand_value() -> None:
+    logits = torch.tensor([[0.5, -2.0, 1.5]])
+    # targets (+1, -1, -1): (1-0.5)^2 + 0 + (1+1.5)^2 = 0.25 + 6.25, mean over 3
+    assert SquaredHinge()(logits, torch.tensor([0])).item() == pytest.approx(6.5 / 3)
+    _, method, _ = _built("method=qnn", "method.loss=squared_hinge")
+    assert isinstance(method.criterion(0.0), SquaredHinge)
+    with pytest.raises(QnnrunError, match="label_smoothing"):
+        method.criterion(0.1)
+
+
+def test_shift_batchnorm_multiplies_by_powers_of_two() -> None:
+    norm = ShiftBatchNorm2d(3)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.3, -1.7, 5.0]))
+        norm.bias.copy_(torch.tensor([0.1, 0.2, 0.3]))
+    x = torch.randn(8, 3, 4, 4) * 3 + 1
+    out = norm(x)
+    centered = x - x.mean((0, 2, 3), keepdim=True)
+    var = (centered * Q.power_of_two(centered)).mean((0, 2, 3), keepdim=True)
+    multiplier = Q.power_of_two(1 / torch.sqrt(var + norm.eps)) * Q.power_of_two(norm.weight.detach()).view(1, 3, 1, 1)
+    assert _is_power_of_two(multiplier)
+    assert torch.allclose(out, centered * multiplier + norm.bias.detach().view(1, 3, 1, 1), atol=1e-6)
+    assert torch.allclose(norm.running_mean, 0.1 * x.mean((0, 2, 3)))
+    norm.eval()
+    ratio = (norm(x) - norm.bias.detach().view(1, 3, 1, 1)) / (x - norm.running_mean.view(1, 3, 1, 1))
+    per_channel = ratio.detach().transpose(0, 1).flatten(1)  # [C, everything else]
+    assert torch.allclose(per_channel, per_channel[:, :1].expand_as(per_channel), rtol=1e-4)  # one per channel
+    assert _is_power_of_two(per_channel[:, 0].round(decimals=4))
+    out.sum().backward()  # power-of-two rounding passes the gradient straight through
+    assert norm.weight.grad is not None
+
+
+def test_shift_batchnorm_swap_in_build() -> None:
+    model, _, _ = _built("method=bnn", "method.shift_bn=true")
+    kinds = [type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert kinds == [ShiftBatchNorm1d] * 3  # two hidden + the output BatchNorm
+
+
+def test_shift_adamax_one_step_hand_value() -> None:
+    param = nn.Parameter(torch.tensor([1.0, -1.0]))
+    optimizer = ShiftAdaMax([param], lr=0.01, betas=(0.9, 0.999))
+    param.grad = torch.tensor([0.3, -0.05])
+    optimizer.step()
+    # m = 0.1 g, v = |g|; AP2(1 / (1 - 0.9)) = AP2(10) = 8; AP2(1/0.3) = 4, AP2(1/0.05) = AP2(20) = 16
+    expected = torch.tensor([1.0 - 0.01 * 8 * 0.03 * 4, -1.0 + 0.01 * 8 * 0.005 * 16])
+    assert torch.allclose(param.detach(), expected)
+
+
+def test_gradient_quantization_hooks_quantize_the_layer_output_gradient() -> None:
+    model, _, _ = _built("method=qnn", "bits=2", "method.grad_bits=3")
+    first = quant_layers(model)[0][1]  # float input [B, 64], weights inside [-1, 1]: no mask
+    upstream = torch.randn(64, first.out_features)
+    first(torch.eye(64)).backward(upstream)
+    quantized = first.weight.grad.T  # = (quantized upstream)^T @ I
+    codes = quantized / (upstream.abs().max() / 3)
+    assert torch.allclose(codes, torch.round(codes), atol=1e-4) and codes.abs().max() <= 3 + 1e-4
+    assert not torch.allclose(quantized, upstream)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("method.loss=l2", "method.loss"), ("method.grad_bits=1", "method.grad_bits"),
+    ("method.shift_bn=3", "method.shift_bn"), ("method.alpha=0", "method.alpha"),
+    ("method.alpha_end=0.2", "method.alpha_end"),
+])
+def test_bad_options_are_user_errors(override: str, match: str) -> None:
+    with pytest.raises(QnnrunError, match=match):
+        build_method(compose_config(["method=aqe", override]))
+    with pytest.raises(QnnrunError, match="act_quant"):
+        build_method(compose_config(["method=qnn", "method.act_quant=cubic"]))
+
+
+def test_alpha_schedule_rises_linearly_per_epoch() -> None:
+    model, method, _ = _built("method=aqe", "bits=2", "method.alpha=0.5", "method.alpha_end=1.0")
+    seen = []
+    for epoch in range(5):
+        method.on_epoch_start(model, epoch, 5)
+        alphas = {m.alpha for m in model.modules() if isinstance(m, AsymptoticQuantizer)}
+        seen.append(alphas.pop())
+        assert not alphas
+    assert seen == pytest.approx([0.5, 0.625, 0.75, 0.875, 1.0])
+    assert method.scalars(model)["alpha"] == 1.0
+
+
+def test_aqe_convnet_shape_and_layers() -> None:
+    model = build_model({"name": "aqe_convnet", "width": 0.125}, in_channels=3, num_classes=10, image_size=32)
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 6
+    assert [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] == [128, 128, 10]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(QnnrunError, match="channels"):
+        build_model({"name": "aqe_convnet", "channels": [8, 8]}, in_channels=3, num_classes=10, image_size=32)
+
+
+# ---- real short trainings on digits ------------------------------------------------------------
+
+def _train(tmp_path: Path, name: str, *overrides: str) -> dict:
+    cfg = compose_config(list(overrides), data_dir=tmp_path / "data")
+    return train(cfg, tmp_path / name)
+
+
+@pytest.mark.parametrize("overrides,floor", [
+    (("method=bnn",), 80.0),
+    (("method=qnn", "bits=2", "method.act_quant=log"), 80.0),
+    (("method=aqe", "bits=1"), 80.0),
+    (("method=aqe", "bits.w=2", "bits.a=3", "method.alpha_end=1.0"), 80.0),
+], ids=["bnn", "qnn-w2a2-log", "aqe-w1a1", "aqe-w2a3-schedule"])
+def test_digits_binary_methods_learn(tmp_path: Path, overrides: tuple[str, ...], floor: float) -> None:
+    summary = _train(tmp_path, "run", *overrides, "trainer.epochs=6")
+    assert summary["test_acc"] >= floor  # chance is 10%
+    model = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["model"]
+    latent = [v for k, v in model.items() if k.endswith("weight") and v.dim() == 2]
+    assert max(w.abs().max().item() for w in latent) <= 1.0
+
+
+def test_digits_bnn_with_every_binarynet_option_learns(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "run", "method=bnn", "method.loss=squared_hinge",
+                     "method.shift_bn=true", "method.grad_bits=6", "optim=shift_adamax", "trainer.epochs=6")
+    assert summary["test_acc"] >= 75.0

@@ -1,0 +1,362 @@
+"""Stochastic quantization (``method=sq``) and UNIQ (``method=uniq``): numerics, schedules, real trainings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config
+from scipy import stats
+
+from qnnrun.checkpoint import load_checkpoint
+from qnnrun.data import dataset_info
+from qnnrun.engine import build_quantized_model, evaluate_checkpoint, train
+from qnnrun.errors import QnnrunError
+from qnnrun.methods.sq import (
+    StochasticQuantization, TernaryQuantizer, float_row_count, sample_rows, split_epochs, stage_lengths,
+    stage_of,
+)
+from qnnrun.methods.uniq import KQuantileQuantizer, Uniq, split_blocks
+from qnnrun.quant import functional as Q
+from qnnrun.quant.layers import ChannelState, UniformQuantizer, quant_layers
+
+# ---- SQ numerics -------------------------------------------------------------------------------
+
+WEIGHT = torch.tensor([[1.0, -0.2, 0.5, -0.9], [0.1, 0.05, -0.05, 0.0]])
+
+
+def test_twn_threshold_scale_and_levels_by_hand() -> None:
+    # mean |W| = 2.8 / 8 = 0.35, delta = 0.245; row 0 keeps 1, 0.5, 0.9 -> alpha 0.8; row 1 keeps none.
+    delta, alpha = Q.twn_threshold_and_scale(WEIGHT)
+    assert delta.item() == pytest.approx(0.245)
+    assert alpha.flatten().tolist() == pytest.approx([0.8, 0.0])
+    quantized = TernaryQuantizer()(WEIGHT)
+    assert torch.allclose(quantized, torch.tensor([[0.8, 0.0, 0.8, -0.8], [0.0, 0.0, 0.0, 0.0]]))
+
+
+def test_ternary_and_binary_gradients_are_straight_through() -> None:
+    weight = WEIGHT.clone().requires_grad_()
+    (TernaryQuantizer(estimator="ste")(weight) * 3).sum().backward()
+    assert torch.equal(weight.grad, torch.full_like(weight, 3.0))
+    big = torch.tensor([[2.0, -0.5]], requires_grad=True)
+    TernaryQuantizer(estimator="clipped")(big).sum().backward()
+    assert big.grad.tolist() == [[0.0, 1.0]]  # clipped: |w| <= 1 only
+
+
+def test_bwn_rows_are_mean_abs_times_sign() -> None:
+    cfg = compose_config(["method=sq", "bits.w=1", "bits.a=32"])
+    quantizer = StochasticQuantization(cfg).weight_quantizer(torch.nn.Linear(4, 2), 1)
+    expected = torch.tensor([[0.65, -0.65, 0.65, -0.65], [0.05, 0.05, -0.05, 0.05]])
+    assert torch.allclose(quantizer(WEIGHT), expected)
+
+
+def test_row_relative_error_by_hand() -> None:
+    quantized = TernaryQuantizer()(WEIGHT)
+    errors = Q.row_relative_error(WEIGHT, quantized)
+    assert errors.tolist() == pytest.approx([0.8 / 2.6, 1.0])
+    assert Q.row_relative_error(torch.zeros(2, 3), torch.zeros(2, 3)).tolist() == [0.0, 0.0]
+
+
+def test_single_draws_follow_the_error_proportional_probabilities() -> None:
+    errors = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    generator = torch.Generator().manual_seed(0)
+    draws = 20000
+    counts = torch.bincount(torch.cat([sample_rows(errors, 1, generator) for _ in range(draws)]), minlength=4)
+    result = stats.chisquare(counts.numpy(), (errors / errors.sum() * draws).numpy())
+    assert result.pvalue > 1e-3
+
+
+def test_draws_without_replacement_match_the_exact_inclusion_probabilities() -> None:
+    errors = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    p = errors / errors.sum()
+    # P(i among 2 drawn) = p_i + sum_{j != i} p_j * p_i / (1 - p_j)
+    exact = torch.stack([p[i] + sum(p[j] * p[i] / (1 - p[j]) for j in range(4) if j != i) for i in range(4)])
+    generator = torch.Generator().manual_seed(1)
+    draws = 20000
+    picks = torch.stack([sample_rows(errors, 2, generator) for _ in range(draws)])
+    assert all(len(set(row.tolist())) == 2 for row in picks[:100])  # without replacement
+    frequency = torch.bincount(picks.flatten(), minlength=4).double() / draws
+    assert torch.allclose(frequency, exact, atol=0.015)
+
+
+def test_zero_error_rows_are_drawn_last_and_all_zero_is_uniform() -> None:
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(200):
+        assert set(sample_rows(torch.tensor([0.0, 0.5, 0.0, 0.25]), 2, generator).tolist()) == {1, 3}
+    counts = torch.bincount(torch.cat([sample_rows(torch.zeros(4), 1, generator) for _ in range(4000)]))
+    assert counts.min() > 850  # 1000 expected for each row
+
+
+def test_float_row_count_and_stage_schedule() -> None:
+    assert [float_row_count(10, r) for r in (0.5, 0.75, 0.875, 0.9, 1.0)] == [5, 2, 1, 1, 0]
+    assert float_row_count(16, 0.875) == 2
+    assert split_epochs(10, 4) == [3, 3, 2, 2]
+    assert [stage_of(e, [3, 3, 2, 2]) for e in range(11)] == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+    assert [stage_of(e, [0, 2, 0, 1]) for e in range(3)] == [1, 1, 3]
+    assert stage_lengths("k", [1, 2], 2, 3) == [1, 2]
+    with pytest.raises(QnnrunError, match="method.stage_epochs"):
+        stage_lengths("method.stage_epochs", [1, 1], 2, 3)
+
+
+def test_sq_rejects_bad_ratios() -> None:
+    with pytest.raises(QnnrunError, match="method.ratios"):
+        StochasticQuantization(compose_config(["method=sq", "method.ratios=[0.5,1.5]"]))
+    with pytest.raises(QnnrunError, match="method.ratios"):
+        StochasticQuantization(compose_config(["method=sq", "method.ratios=[]"]))
+
+
+def _digits_model(overrides: list[str]) -> tuple[torch.nn.Module, object, torch.Tensor]:
+    cfg = compose_config(overrides)
+    info = dataset_info(cfg.dataset)
+    torch.manual_seed(0)
+    model, method = build_quantized_model(cfg, info, torch.device("cpu"))
+    return model, method, torch.rand(16, info.in_channels, info.image_size, info.image_size)
+
+
+def test_sq_step_keeps_the_drawn_rows_float_and_evaluates_fully_quantized() -> None:
+    model, method, images = _digits_model(["method=sq", "bits.w=2", "bits.a=32", "trainer.epochs=4"])
+    method.plan(4, 10)
+    method.prepare(model, [images])
+    method.on_epoch_start(model, 0, 4)  # r = 0.5
+    assert method.ratio == 0.5
+    method.before_step(model, 0)
+    for _, layer in quant_layers(model):
+        rows = layer.weight.shape[0]
+        assert int((layer.channel_state == ChannelState.FLOAT).sum()) == rows // 2
+        assert int((layer.channel_state == ChannelState.QUANT).sum()) == rows - rows // 2
+    model(images).square().sum().backward()
+    for _, layer in quant_layers(model):  # every row's float weight gets a gradient
+        assert (layer.weight.grad.flatten(1).abs().sum(1) > 0).all()
+    first = [layer.channel_state.clone() for _, layer in quant_layers(model)]
+    method.after_optimizer_step(model, 0)
+    for _, layer in quant_layers(model):
+        assert (layer.channel_state == ChannelState.QUANT).all()
+        assert torch.equal(layer.effective_weight(), layer.weight_quant(layer.weight))
+    # The same epoch seed redraws the same rows (resume), the next epoch other ones.
+    method.on_epoch_start(model, 0, 4)
+    method.before_step(model, 0)
+    assert all(torch.equal(a, layer.channel_state) for a, (_, layer) in zip(first, quant_layers(model)))
+    method.after_optimizer_step(model, 0)
+    scalars = method.scalars(model)
+    assert scalars["sq_ratio"] == 0.5 and 0 < scalars["quant_error"] < 1
+
+
+@pytest.mark.parametrize("selection", ["inverse_error", "uniform"])
+def test_sq_other_selections_keep_the_same_float_row_count(selection: str) -> None:
+    model, method, _ = _digits_model(["method=sq", "bits.w=2", "bits.a=32", f"method.selection={selection}",
+                                      "method.ratios=[0.75]"])
+    method.plan(1, 10)
+    method.on_epoch_start(model, 0, 1)
+    method.before_step(model, 0)
+    for _, layer in quant_layers(model):
+        assert int((layer.channel_state == ChannelState.FLOAT).sum()) == float_row_count(layer.weight.shape[0], 0.75)
+    with pytest.raises(QnnrunError, match="method.selection"):
+        StochasticQuantization(compose_config(["method=sq", "method.selection=best"]))
+
+
+def test_inverse_error_selection_quantizes_the_low_error_rows_more_often() -> None:
+    model, method, _ = _digits_model(["method=sq", "bits.w=2", "bits.a=32", "method.selection=inverse_error",
+                                      "method.ratios=[0.5]"])
+    method.plan(1, 10)
+    method.on_epoch_start(model, 0, 1)
+    _, layer = quant_layers(model)[1]
+    errors = Q.row_relative_error(layer.weight, layer.weight_quant(layer.weight))
+    quantized = torch.zeros(layer.weight.shape[0])
+    for step in range(50):
+        method.before_step(model, step)
+        quantized += (layer.channel_state == ChannelState.QUANT).float()
+        method.after_optimizer_step(model, step)
+    low, high = errors.argsort()[:8], errors.argsort()[-8:]
+    assert quantized[low].mean() > quantized[high].mean()
+
+
+def test_sq_ratio_one_is_plain_twn() -> None:
+    model, method, images = _digits_model(["method=sq", "bits.w=2", "bits.a=32", "method.ratios=[1.0]"])
+    method.plan(2, 10)
+    method.on_epoch_start(model, 0, 2)
+    method.before_step(model, 0)
+    layers = quant_layers(model)
+    assert layers and all(isinstance(layer.weight_quant, TernaryQuantizer) for _, layer in layers)
+    assert all((layer.channel_state == ChannelState.QUANT).all() for _, layer in layers)
+
+
+def test_sq_layer_policy_and_uniform_rows_at_three_bits() -> None:
+    model, _, _ = _digits_model(["method=sq", "bits.w=3", "bits.a=4"])
+    layers = quant_layers(model)
+    first = layers[0][1]
+    assert first.input_quant is None and first.weight_bits == 3  # image input float, weights quantized
+    assert all(isinstance(layer.weight_quant, UniformQuantizer) and layer.weight_quant.per_channel
+               for _, layer in layers)
+    assert all(layer.input_bits == 4 for _, layer in layers[1:])
+
+
+# ---- UNIQ numerics -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_kquantile_levels_match_scipy(bits: int) -> None:
+    k = 2**bits
+    levels, thresholds = Q.kquantile_levels(bits)
+    assert torch.allclose(levels, torch.tensor(stats.norm.ppf((torch.arange(k) + 0.5).numpy() / k)), atol=1e-12)
+    assert torch.allclose(thresholds, torch.tensor(stats.norm.ppf(torch.arange(1, k).numpy() / k)), atol=1e-12)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_kquantile_quantize_maps_each_bin_to_its_median(bits: int) -> None:
+    torch.manual_seed(3)
+    x = torch.randn(4000, dtype=torch.float64) * 0.3 + 0.1
+    mean, std = Q.gaussian_fit(x)
+    out = Q.kquantile_quantize(x, bits, mean, std)
+    k = 2**bits
+    z = ((x - mean) / std).numpy()
+    bins = torch.tensor(stats.norm.cdf(z) * k).floor().clamp(0, k - 1).long()
+    expected = mean + std * torch.tensor(stats.norm.ppf((bins.numpy() + 0.5) / k))
+    assert torch.allclose(out, expected, atol=1e-9)
+    assert len(torch.unique(out)) == k
+    # equiprobable bins: each level holds about 1/k of a normal sample
+    assert (torch.bincount(bins, minlength=k).double() / len(x) - 1 / k).abs().max() < 0.03
+
+
+def test_kquantile_quantizer_gradient_is_straight_through_and_fit_is_per_tensor() -> None:
+    weight = torch.randn(8, 5, requires_grad=True)
+    (KQuantileQuantizer(2)(weight) * 2).sum().backward()
+    assert torch.equal(weight.grad, torch.full_like(weight, 2.0))
+    mean, std = Q.gaussian_fit(weight)
+    assert mean.item() == pytest.approx(weight.mean().item()) and std.item() == pytest.approx(weight.std().item())
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_uniq_noise_stays_within_half_a_bin_and_inside_the_levels(bits: int) -> None:
+    k = 2**bits
+    torch.manual_seed(4)
+    quantizer = KQuantileQuantizer(bits).train()
+    x = torch.randn(20000, dtype=torch.float64, requires_grad=True)
+    noisy = quantizer.perturb(x)
+    mean, std = Q.gaussian_fit(x)
+    u = torch.special.ndtr((x - mean) / std).detach()
+    u_noisy = torch.special.ndtr((noisy - mean) / std).detach()
+    assert ((u_noisy - u).abs() <= 0.5 / k + 1e-9).all()
+    levels, _ = Q.kquantile_levels(bits)
+    low, high = mean + std * levels[0], mean + std * levels[-1]
+    assert (noisy >= low - 1e-9).all() and (noisy <= high + 1e-9).all()
+    # the noise spreads over the whole half bin (not degenerate), centred on u where unclamped
+    inside = (u > 1 / k) & (u < 1 - 1 / k)
+    shift = (u_noisy - u)[inside]
+    assert shift.abs().max() > 0.45 / k and abs(shift.mean().item()) < 0.01 / k
+    noisy.sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad[inside] > 0).all()
+    quantizer.eval()  # evaluation uses the real quantized weights
+    assert torch.equal(quantizer.perturb(x), quantizer(x))
+
+
+# ---- UNIQ stages -------------------------------------------------------------------------------
+
+
+def test_split_blocks_is_contiguous_and_near_equal() -> None:
+    assert [list(r) for r in split_blocks(7, 3)] == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def test_uniq_stage_transitions_freeze_the_right_parameters() -> None:
+    model, method, images = _digits_model(["method=uniq", "bits.w=2", "bits.a=8", "model=lenet5",
+                                           "method.stages=3", "method.stage_epochs=[1,1,1]", "trainer.epochs=3"])
+    assert isinstance(method, Uniq)
+    blocks = method.blocks
+    assert [len(b) for b in blocks] == [2, 2, 1] and all(isinstance(b[0].weight_quant, KQuantileQuantizer)
+                                                          for b in blocks)
+    method.plan(3, 10)
+    method.prepare(model, [images])
+    assert all(layer.input_quant.observed for block in blocks for layer in block)  # calibrated while float
+    method.on_epoch_start(model, 0, 3)
+    assert [b[0].present_states() for b in blocks] == [{ChannelState.NOISY}, {ChannelState.FLOAT},
+                                                       {ChannelState.FLOAT}]
+    assert [b[0].input_quant.enabled for b in blocks] == [True, False, False]
+    method.on_epoch_start(model, 1, 3)
+    assert [b[0].present_states() for b in blocks] == [{ChannelState.FROZEN}, {ChannelState.NOISY},
+                                                       {ChannelState.FLOAT}]
+    assert [b[-1].input_quant.enabled for b in blocks] == [True, True, False]
+    frozen = blocks[0][0]
+    assert torch.equal(frozen.frozen_weight, frozen.weight_quant(frozen.weight))
+    before = [layer.effective_weight().detach().clone() for layer in blocks[0]]
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9, weight_decay=1e-3)
+    model.train()
+    for step in range(2):
+        optimizer.zero_grad()
+        model(images).logsumexp(1).sum().backward()
+        if step == 0:
+            assert all(layer.weight.grad is None for layer in blocks[0])  # frozen: no gradient
+            assert all(layer.weight.grad.abs().sum() > 0 for block in blocks[1:] for layer in block)
+            frozen_weights = {id(layer.weight) for layer in blocks[0]}
+            others = [p for p in model.parameters() if id(p) not in frozen_weights]
+            assert all(p.grad is not None for p in others)  # BatchNorm, biases and later blocks train
+        optimizer.step()
+    assert all(torch.equal(layer.effective_weight(), b) for layer, b in zip(blocks[0], before))
+    method.on_epoch_start(model, 2, 3)  # re-entering keeps the captured weights
+    assert all(torch.equal(layer.effective_weight(), b) for layer, b in zip(blocks[0], before))
+    assert [b[0].present_states() for b in blocks] == [{ChannelState.FROZEN}, {ChannelState.FROZEN},
+                                                       {ChannelState.NOISY}]
+    assert all(layer.input_quant.enabled for block in blocks for layer in block)
+
+
+def test_uniq_and_sq_at_32_bits_quantize_nothing() -> None:
+    for method in ("uniq", "sq"):
+        model, method_obj, images = _digits_model([f"method={method}", "bits=32"])
+        method_obj.plan(3, 1)
+        method_obj.on_epoch_start(model, 0, 3)
+        method_obj.before_step(model, 0)
+        assert not quant_layers(model) and model(images).shape == (16, 10)
+
+
+def test_uniq_rejects_more_stages_than_layers() -> None:
+    with pytest.raises(QnnrunError, match="method.stages=9"):
+        _digits_model(["method=uniq", "method.stages=9"])
+    with pytest.raises(QnnrunError, match="method.stages"):
+        Uniq(compose_config(["method=uniq", "method.stages=0"]))
+
+
+# ---- real trainings on digits ------------------------------------------------------------------
+
+
+def test_sq_twn_learns_on_digits(tmp_path: Path) -> None:
+    cfg = compose_config(["method=sq", "bits.w=2", "bits.a=32", "trainer.epochs=4"], data_dir=tmp_path / "data")
+    summary = train(cfg, tmp_path / "sq")
+    assert summary["test_acc"] >= 90.0
+    history = load_checkpoint(tmp_path / "sq" / "last.ckpt")["history"]
+    assert [h["quant/sq_ratio"] for h in history] == [0.5, 0.75, 0.875, 1.0]
+    assert all(0 < h["quant/quant_error"] < 1 for h in history)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_sq_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["method=sq", "bits.w=2", "bits.a=32", "trainer.epochs=4", "trainer.deterministic=true"]
+    straight = train(compose_config(args, data_dir=tmp_path / "data"), tmp_path / "straight")
+    original = StochasticQuantization.on_epoch_start
+
+    def stop_at_epoch_2(self: StochasticQuantization, model: torch.nn.Module, epoch: int, epochs: int) -> None:
+        if epoch == 2:
+            raise _Interrupt
+        original(self, model, epoch, epochs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(StochasticQuantization, "on_epoch_start", stop_at_epoch_2)
+        with pytest.raises(_Interrupt):
+            train(compose_config(args, data_dir=tmp_path / "data"), tmp_path / "interrupted")
+    resumed = train(compose_config(args + ["resume=true"], data_dir=tmp_path / "data"), tmp_path / "interrupted")
+    for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
+        assert resumed[key] == straight[key], key
+
+
+def test_uniq_w2a8_learns_on_digits(tmp_path: Path) -> None:
+    cfg = compose_config(["method=uniq", "bits.w=2", "bits.a=8", "trainer.epochs=3"], data_dir=tmp_path / "data")
+    summary = train(cfg, tmp_path / "uniq")
+    assert summary["test_acc"] >= 90.0 and (summary["bits_w"], summary["bits_a"]) == (2, 8)
+    # The last stage's noisy block evaluates quantized: the saved run reproduces its test accuracy.
+    eval_cfg = compose_config([f"checkpoint={tmp_path / 'uniq'}"], config_name="eval", data_dir=tmp_path / "data")
+    line = evaluate_checkpoint(eval_cfg.checkpoint, eval_cfg.get("dataset"), eval_cfg.paths, eval_cfg.device)
+    assert f"top-1 {summary['test_acc']:.2f}%" in line

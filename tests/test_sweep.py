@@ -1,0 +1,189 @@
+"""Real sweeps on digits through each launcher: failed jobs, interruption, resume, and the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from qnnrun import cli, engine
+from qnnrun.methods import METHODS
+from qnnrun.report import pareto_front
+from qnnrun.sweep import resume_sweep_args
+
+# Tiny runs: an MLP whose one hidden-to-hidden layer is quantized, one thread, no progress bar.
+# bits.w=9 is a job that fails.
+TINY = ["method=ste", "bits=2", "model.widths=[32,32]", "trainer.num_threads=1", "trainer.progress=false"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """``qnnrun ARGS`` in this process from ``cwd``; returns (exit code, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("QNNRUN_DATA", str(cwd / "data"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
+    monkeypatch.setattr(cli, "_failures", [])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def only_sweep(cwd: Path) -> Path:
+    sweeps = [p.parent for p in (cwd / "outputs").rglob("multirun.yaml")]
+    assert len(sweeps) == 1, sweeps
+    return sweeps[0]
+
+
+def summaries(sweep: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+
+
+def check_report(sweep: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Run ``qnnrun report SWEEP``; its numbers must be the mean/std of the runs' summaries."""
+    code, out, err = run_cli(["report", str(sweep)], sweep.parent, capsys, monkeypatch)
+    assert code == 0, err
+    done = [s for s in summaries(sweep).values() if s["status"] == "done"]
+    rows = list(csv.DictReader(open(sweep / "report.csv")))
+    row = next(r for r in rows if r["bits_w"] == "2")
+    accs = [s["test_acc"] for s in done]
+    assert int(row["runs"]) == len(done)
+    assert float(row["test_acc_mean"]) == pytest.approx(statistics.fmean(accs))
+    if len(accs) > 1:
+        assert float(row["test_acc_std"]) == pytest.approx(statistics.stdev(accs))
+    assert float(row["gbops_mean"]) == pytest.approx(done[0]["gbops"])
+    assert float(row["train_time_s_mean"]) == pytest.approx(statistics.fmean(s["train_time_s"] for s in done))
+    failed = next(r for r in rows if r["bits_w"] == "9")
+    assert failed["runs"] == "0" and int(failed["failed"]) >= 1
+    report = (sweep / "report.md").read_text()
+    assert "bits.w=9 is not a valid bit width" in report and "| ste    | mlp" in out
+    for name in ("accuracy_vs_bits.png", "accuracy_vs_gbops.png", "test_accuracy_curves.png"):
+        data = (sweep / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    return rows
+
+
+def test_basic_sweep_survives_failure_and_interruption_then_resumes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep_args = ["train", "-m", *TINY, "trainer.epochs=2", "bits.w=2,9", "seed=0,1"]
+    # Interrupt the whole sweep (as Ctrl-C or a lost node would) right after job 1 saved epoch 1.
+    real_save = engine.save_atomic
+
+    def save_then_interrupt(state: dict, path: Path) -> None:
+        real_save(state, path)
+        if state["config"]["seed"] == 1 and state["epoch"] == 1 and Path(path).name == "last.ckpt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_atomic", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(sweep_args, tmp_path, capsys, monkeypatch)
+    monkeypatch.setattr(engine, "save_atomic", real_save)
+    sweep = only_sweep(tmp_path)
+    first, cut = sorted(p for p in sweep.iterdir() if p.is_dir())[:2]
+    assert json.loads((first / "summary.json").read_text())["status"] == "done"
+    assert not (cut / "summary.json").exists() and torch.load(cut / "last.ckpt")["epoch"] == 1
+    untouched = {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file() and p.suffix != ".log"}
+
+    code, _, err = run_cli([*sweep_args, "resume=true"], tmp_path, capsys, monkeypatch)
+    assert f"continuing the sweep in {sweep.relative_to(tmp_path)}" in err
+    assert only_sweep(tmp_path) == sweep  # the same folders, not a new timestamped sweep
+    assert code == 1 and "2 job(s) of the sweep failed" in err
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.name in untouched} == untouched
+    assert "resuming" in (cut / "train.log").read_text() and "at epoch 1 of 2" in (cut / "train.log").read_text()
+    records = summaries(sweep)
+    assert sorted(s["status"] for s in records.values()) == ["done", "done", "failed", "failed"]
+    failed = next(s for s in records.values() if s["status"] == "failed")
+    assert failed["error"].startswith("bits.w=9 is not a valid bit width") and "bits.w=9" in failed["overrides"]
+    assert failed["config"]["bits"]["w"] == 9
+
+    rows = check_report(sweep, capsys, monkeypatch)
+    assert rows[0]["seeds"] in ("0 1", "1 0")
+
+
+def test_joblib_sweep_records_a_failed_worker_job_and_resumes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The jobs run in joblib's worker processes; the sweep's own process is this one.
+    args = ["train", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", *TINY, "trainer.epochs=1",
+            "bits.w=2,9"]
+    code, out, err = run_cli(args, tmp_path, capsys, monkeypatch)
+    assert code == 1 and "1 job(s) of the sweep failed" in err, err
+    assert "Joblib.Parallel(n_jobs=2" in out + err
+    sweep = only_sweep(tmp_path)
+    # A job killed after its last checkpoint but before its summary: resume finishes it from last.ckpt.
+    finished = next(p.parent for p in sweep.glob("*/summary.json") if "bits.w=2" in p.parent.name)
+    (finished / "summary.json").unlink()
+    code, _, err = run_cli([*args, "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and "1 job(s) of the sweep failed" in err, err
+    assert only_sweep(tmp_path) == sweep
+    assert "at epoch 1 of 1" in (finished / "train.log").read_text()
+    assert sorted(s["status"] for s in summaries(sweep).values()) == ["done", "failed"]
+    check_report(sweep, capsys, monkeypatch)
+
+
+def test_submitit_local_two_job_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", *TINY,
+            "trainer.epochs=1", "bits.w=2,9"]
+    code, _, err = run_cli(args, tmp_path, capsys, monkeypatch)
+    assert code == 1 and "1 job(s) of the sweep failed" in err, err
+    sweep = only_sweep(tmp_path)
+    assert list(sweep.glob(".submitit/*"))  # the jobs really went through submitit
+    check_report(sweep, capsys, monkeypatch)
+
+
+def test_report_errors_and_single_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(["report", "empty"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and err.strip() == ("qnnrun: error: no runs under empty: expected folders holding "
+                                         "summary.json, last.ckpt or TensorBoard events (a run, a sweep "
+                                         "folder or outputs/)")
+    code, _, err = run_cli(["report", "missing"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and "missing is not a folder" in err
+    code, _, err = run_cli(["train", *TINY, "trainer.epochs=1", "hydra.run.dir=run"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    code, out, err = run_cli(["report", "run", "--no-plots"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert f"{summary['test_acc']:.2f}" in out and "1 runs under run: 1 done" in out
+    code, out, _ = run_cli(["report", "--help"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and "PATH" in out and "report.csv" in out
+
+
+def test_pareto_front_keeps_points_no_other_beats() -> None:
+    # (GBOPs, accuracy): (2, 80) is beaten by (1, 85); (4, 85) ties the cheaper (1, 85).
+    points = [(1.0, 85.0), (2.0, 80.0), (3.0, 90.0), (4.0, 85.0), (8.0, 91.0)]
+    assert pareto_front(points) == [0, 2, 4]
+
+
+def test_smoke_preset_sweeps_every_method(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    code, out, err = run_cli(["train", "experiment=smoke", "--cfg", "hydra"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    methods = next(line for line in out.splitlines() if line.strip().startswith("method:")).split(":")[1]
+    assert "mode: MULTIRUN" in out
+    missing = set(METHODS) - {m.strip() for m in methods.split(",")}
+    assert not missing, f"add {sorted(missing)} to hydra.sweeper.params.method in conf/experiment/smoke.yaml"
+
+
+def test_resume_finds_the_sweep_of_the_same_overrides_only(tmp_path: Path) -> None:
+    for name, task in [("a", ["method=fp,ste", "seed=0,1"]), ("b", ["method=fp,ste", "seed=0,1,2"])]:
+        (tmp_path / name).mkdir()
+        OmegaConf.save({"hydra": {"overrides": {"task": task}}}, tmp_path / name / "multirun.yaml")
+    found = resume_sweep_args(["-m", "seed=0,1", "method=fp, ste", "resume=true", "hydra/launcher=local"], tmp_path)
+    assert found[-1] == f"hydra.sweep.dir='{tmp_path / 'a'}'"
+    assert resume_sweep_args(["-m", "method=fp,ste", "seed=0,1"], tmp_path)[-1] == "seed=0,1"  # no resume=true
+    assert resume_sweep_args(["-m", "method=fp", "resume=true"], tmp_path)[-1] == "resume=true"  # no such sweep
+    given = ["-m", "method=fp,ste", "seed=0,1", "resume=true", "hydra.sweep.dir=mine"]
+    assert resume_sweep_args(given, tmp_path) == given
