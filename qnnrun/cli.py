@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -164,6 +165,8 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
 
 def main() -> None:
     """Console entry point ``qnnrun``."""
+    if hasattr(signal, "SIGPIPE"):  # `qnnrun ... | head` ends quietly, as other command-line tools do
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     argv = sys.argv[1:]
     if argv and argv[0] in ("-sc", "--shell-completion") and "query=" in " ".join(argv):
         _completion(argv)

@@ -1,14 +1,18 @@
-"""Compose qnnrun configs in tests the way the CLI does (same config folder, same override rules)."""
+"""Compose qnnrun configs and run the ``qnnrun`` command in tests the way a user does."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+
+import pytest
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from qnnrun import cli
 from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
 
 
@@ -26,3 +30,20 @@ def compose_config(overrides: list[str], config_name: str = "train", data_dir: P
             cfg.trainer.progress = False
         del cfg.hydra
     return cfg
+
+
+def run_cli(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str],
+            monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """``qnnrun ARGS`` in this process from ``cwd``; returns (exit code, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("QNNRUN_DATA", str(cwd / "data"))
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
+    monkeypatch.setattr(cli, "_failures", [])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err

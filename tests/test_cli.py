@@ -5,30 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-from qnnrun import cli
-
-
-def run_cli(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str],
-            monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """Run ``qnnrun ARGS`` in this process from ``cwd``; returns (exit code, stdout, stderr)."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("QNNRUN_DATA", str(cwd / "data"))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
-    monkeypatch.setattr(cli, "_failures", [])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+from hydra_utils import run_cli
 
 
 @pytest.fixture

@@ -5,14 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import statistics
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from hydra_utils import run_cli
 from omegaconf import OmegaConf
 
-from qnnrun import cli, engine
+from qnnrun import engine
 from qnnrun.methods import METHODS
 from qnnrun.report import pareto_front
 from qnnrun.sweep import resume_sweep_args
@@ -21,23 +21,6 @@ from qnnrun.sweep import resume_sweep_args
 # bits.w=9 is a job that fails.
 TINY = ["method=ste", "bits=2", "model.widths=[32,32]", "trainer.num_threads=1", "trainer.progress=false"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str],
-            monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    """``qnnrun ARGS`` in this process from ``cwd``; returns (exit code, stdout, stderr)."""
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("QNNRUN_DATA", str(cwd / "data"))
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
-    monkeypatch.setattr(cli, "_failures", [])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def only_sweep(cwd: Path) -> Path:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import Tensor, nn
 
+from qnnrun.quant.convert import probe_forward
 from qnnrun.quant.layers import QuantLayer
 
 FLOAT_BITS = 32
@@ -93,16 +93,7 @@ def layer_costs(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
             costs.append(LayerCost(names[module], "linear", module.in_features, module.out_features, 1,
                                    positions, weight_bits, input_bits, module.weight.numel()))
 
-    handles = [m.register_forward_hook(record) for m in names]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input[:1])
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
+    probe_forward(model, example_input[:1], {m: record for m in names})
     return costs
 
 

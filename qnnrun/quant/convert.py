@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,24 @@ class LayerBits:
     input: int
 
 
+def probe_forward(model: nn.Module, example_input: Tensor, hooks: Mapping[nn.Module, Callable[..., Any]] = {},
+                  pre_hooks: Mapping[nn.Module, Callable[..., Any]] = {}) -> None:
+    """One eval-mode, no-grad forward pass of ``model`` with temporary forward ``hooks`` and forward
+    ``pre_hooks`` (module -> hook). The mode is restored and the hooks removed afterwards, so the pass
+    changes no BatchNorm statistics and no quantizer range."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks.items()]
+    handles += [module.register_forward_pre_hook(hook) for module, hook in pre_hooks.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+
+
 def forward_order(model: nn.Module, example_input: Tensor) -> list[str]:
     """Qualified names of the ``nn.Conv2d`` / ``nn.Linear`` layers in the order a forward pass runs them.
 
@@ -36,16 +55,7 @@ def forward_order(model: nn.Module, example_input: Tensor) -> list[str]:
         if names[module] not in order:
             order.append(names[module])
 
-    handles = [module.register_forward_hook(record) for module in names]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe_forward(model, example_input, {module: record for module in names})
     return order
 
 

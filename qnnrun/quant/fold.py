@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from qnnrun.quant.convert import probe_forward
+
 _BatchNorm = nn.modules.batchnorm._BatchNorm
 
 
@@ -65,17 +67,7 @@ def batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, 
         if source is not None and (source, norms[module]) not in pairs:
             pairs.append((source, norms[module]))
 
-    handles = [m.register_forward_hook(after_layer) for m in layers]
-    handles += [m.register_forward_pre_hook(before_norm) for m in norms]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe_forward(model, example_input, {m: after_layer for m in layers}, {m: before_norm for m in norms})
     for layer_name, _ in pairs:
         layer = model.get_submodule(layer_name)
         if layer.bias is None:

@@ -25,6 +25,7 @@ input itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -399,21 +400,26 @@ def quantize_gradient(grad: Tensor, bits: int, noise: Tensor) -> Tensor:
     return torch.floor(grad / scale + noise).clamp(-levels, levels) * scale
 
 
-class _QuantizeGradient(torch.autograd.Function):
+class _QuantizeBackward(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, bits: int) -> Tensor:
-        ctx.bits = bits
+    def forward(ctx, x: Tensor, quantize: Callable[[Tensor], Tensor]) -> Tensor:
+        ctx.quantize = quantize
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return quantize_gradient(grad, ctx.bits, torch.rand_like(grad)), None
+        return ctx.quantize(grad), None
+
+
+def quantize_backward(x: Tensor, quantize: Callable[[Tensor], Tensor]) -> Tensor:
+    """Identity in the forward pass; the gradient flowing back through it becomes ``quantize(grad)``."""
+    return _QuantizeBackward.apply(x, quantize)
 
 
 def gradient_quantizer(x: Tensor, bits: int) -> Tensor:
     """Identity in the forward pass; the gradient flowing back through it is quantized to ``bits``
     bits by :func:`quantize_gradient` (QNN's low-bit gradients)."""
-    return _QuantizeGradient.apply(x, bits)
+    return quantize_backward(x, lambda grad: quantize_gradient(grad, bits, torch.rand_like(grad)))
 
 
 # ---- Learned step size (LSQ, LSQ+) ------------------------------------------------------------
@@ -544,22 +550,11 @@ def dorefa_quantize_gradient(grad: Tensor, bits: int, noise: Tensor) -> Tensor:
     return 2 * peak * (torch.round(unit * levels) / levels - 0.5)
 
 
-class _DorefaGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, bits: int) -> Tensor:
-        ctx.bits = bits
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        noise = (torch.rand_like(grad) - 0.5) / (2**ctx.bits - 1)
-        return dorefa_quantize_gradient(grad, ctx.bits, noise), None
-
-
 def dorefa_gradient_quantizer(x: Tensor, bits: int) -> Tensor:
     """Identity forward; the gradient flowing back through it is quantized by
     :func:`dorefa_quantize_gradient` with fresh noise."""
-    return _DorefaGradient.apply(x, bits)
+    return quantize_backward(
+        x, lambda grad: dorefa_quantize_gradient(grad, bits, (torch.rand_like(grad) - 0.5) / (2**bits - 1)))
 
 
 class _Pact(torch.autograd.Function):
