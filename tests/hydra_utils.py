@@ -47,3 +47,34 @@ def run_cli(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str],
         code = exit_.code if isinstance(exit_.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
+
+
+class Interrupt(Exception):
+    """Raised inside a run to simulate an interruption after some epochs."""
+
+
+def train_interrupted_then_resumed(tmp_path: Path, overrides: list[str], method_cls: type, stop_epoch: int,
+                                   monkeypatch: pytest.MonkeyPatch) -> tuple[dict, dict, int]:
+    """Summaries of one uninterrupted run (``tmp_path/straight``) and of the same run stopped at the
+    start of epoch ``stop_epoch`` (0-based) and resumed with ``resume=true`` (``tmp_path/interrupted``),
+    and the epoch its checkpoint held when it was stopped."""
+    from qnnrun.checkpoint import load_checkpoint
+    from qnnrun.engine import train
+
+    def run(name: str, extra: list[str]) -> dict:
+        return train(compose_config([*overrides, *extra], data_dir=tmp_path / "data"), tmp_path / name)
+
+    straight = run("straight", [])
+    original = method_cls.on_epoch_start
+
+    def stop(self, model, epoch: int, epochs: int) -> None:
+        if epoch == stop_epoch:
+            raise Interrupt
+        original(self, model, epoch, epochs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(method_cls, "on_epoch_start", stop)
+        with pytest.raises(Interrupt):
+            run("interrupted", [])
+    stopped_at = load_checkpoint(tmp_path / "interrupted")["epoch"]
+    return straight, run("interrupted", ["resume=true"]), stopped_at

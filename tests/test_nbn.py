@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra_utils import compose_config
+from hydra_utils import compose_config, train_interrupted_then_resumed
 from torch import nn
 
 from qnnrun.checkpoint import load_checkpoint
@@ -313,24 +313,8 @@ def test_ste_with_mmse_init_and_folding_learns(tmp_path: Path) -> None:
         _train(tmp_path, "bad", "quant.init=mmse", "bits=1", "trainer.epochs=1")
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_resume_in_the_middle_of_the_progression(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    args = ("method=nbn", "model=lenet5", "bits=3", "trainer.epochs=4", "trainer.deterministic=true")
-    straight = _train(tmp_path, "straight", *args)
-    original = NeuronByNeuron.on_epoch_start
-
-    def stop_at_epoch_3(self: NeuronByNeuron, model: nn.Module, epoch: int, epochs: int) -> None:
-        if epoch == 3:
-            raise _Interrupt
-        original(self, model, epoch, epochs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(NeuronByNeuron, "on_epoch_start", stop_at_epoch_3)
-        with pytest.raises(_Interrupt):
-            _train(tmp_path, "interrupted", *args)
-    resumed = _train(tmp_path, "interrupted", *args, "resume=true")
+    args = ["method=nbn", "model=lenet5", "bits=3", "trainer.epochs=4", "trainer.deterministic=true"]
+    straight, resumed, _ = train_interrupted_then_resumed(tmp_path, args, NeuronByNeuron, 3, monkeypatch)
     for key in ("test_acc", "test_loss", "train_loss"):
         assert resumed[key] == straight[key], key

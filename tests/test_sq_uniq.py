@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra_utils import compose_config
+from hydra_utils import compose_config, train_interrupted_then_resumed
 from scipy import stats
 
 from qnnrun.checkpoint import load_checkpoint
@@ -327,27 +327,11 @@ def test_sq_twn_learns_on_digits(tmp_path: Path) -> None:
     assert all(0 < h["quant/quant_error"] < 1 for h in history)
 
 
-class _Interrupt(Exception):
-    pass
-
-
 @pytest.mark.slow
 def test_sq_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["method=sq", "bits.w=2", "bits.a=32", "trainer.epochs=4", "trainer.deterministic=true"]
-    straight = train(compose_config(args, data_dir=tmp_path / "data"), tmp_path / "straight")
-    original = StochasticQuantization.on_epoch_start
-
-    def stop_at_epoch_2(self: StochasticQuantization, model: torch.nn.Module, epoch: int, epochs: int) -> None:
-        if epoch == 2:
-            raise _Interrupt
-        original(self, model, epoch, epochs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(StochasticQuantization, "on_epoch_start", stop_at_epoch_2)
-        with pytest.raises(_Interrupt):
-            train(compose_config(args, data_dir=tmp_path / "data"), tmp_path / "interrupted")
-    resumed = train(compose_config(args + ["resume=true"], data_dir=tmp_path / "data"), tmp_path / "interrupted")
+    straight, resumed, _ = train_interrupted_then_resumed(tmp_path, args, StochasticQuantization, 2, monkeypatch)
     for key in ("test_acc", "test_loss", "train_loss", "train_acc"):
         assert resumed[key] == straight[key], key
 

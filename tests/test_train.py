@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra_utils import compose_config
+from hydra_utils import compose_config, train_interrupted_then_resumed
 from omegaconf import OmegaConf
 
 from qnnrun.checkpoint import load_checkpoint
@@ -62,24 +62,10 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
         assert first[key] == second[key]
 
 
-class _Interrupt(Exception):
-    pass
-
-
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    args = ("bits=3", "trainer.epochs=4", "trainer.deterministic=true", "model.dropout=0.2")
-    straight = _train(tmp_path, "straight", *args)
-
-    def stop_at_epoch_2(self: DirectSTE, model: torch.nn.Module, epoch: int, epochs: int) -> None:
-        if epoch == 2:
-            raise _Interrupt
-
-    with monkeypatch.context() as patch:
-        patch.setattr(DirectSTE, "on_epoch_start", stop_at_epoch_2)
-        with pytest.raises(_Interrupt):
-            _train(tmp_path, "interrupted", *args)
-    assert load_checkpoint(tmp_path / "interrupted")["epoch"] == 2
-    resumed = _train(tmp_path, "interrupted", *args, "resume=true")
+    args = ["bits=3", "trainer.epochs=4", "trainer.deterministic=true", "model.dropout=0.2"]
+    straight, resumed, stopped_at = train_interrupted_then_resumed(tmp_path, args, DirectSTE, 2, monkeypatch)
+    assert stopped_at == 2
     for key in ("test_acc", "test_loss", "train_loss", "train_acc", "best_test_acc"):
         assert resumed[key] == straight[key], key
     a = load_checkpoint(tmp_path / "straight")["model"]

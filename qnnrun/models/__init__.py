@@ -17,13 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from qnnrun.errors import QnnrunError
-from qnnrun.models.aqe_convnet import AQEConvNet
+from qnnrun.models.aqe_convnet import aqe_convnet
 from qnnrun.models.lenet import LeNet5
 from qnnrun.models.mlp import MLP
 from qnnrun.models.nbn_cnn import NBNCNN
 from qnnrun.models.resnet_cifar import resnet20, resnet32, resnet56
 from qnnrun.models.torchvision_models import mobilenet_v2, resnet18, resnet34, resnet50
-from qnnrun.models.vgg import VGGSmall
+from qnnrun.models.vgg import vgg_small
 
 __all__ = ["DATA_KWARGS", "MODELS", "build_model", "model_options"]
 
@@ -31,8 +31,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "lenet5": LeNet5,
     "nbn_cnn": NBNCNN,
-    "vgg_small": VGGSmall,
-    "aqe_convnet": AQEConvNet,
+    "vgg_small": vgg_small,
+    "aqe_convnet": aqe_convnet,
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
