@@ -14,7 +14,7 @@ import pickle
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import torch
 
@@ -27,22 +27,41 @@ os.umask(_UMASK)
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write ``obj`` to ``path`` so that ``path`` is always either the old or the new file.
+    """``torch.save`` ``obj`` to ``path`` so that ``path`` is always either the old or the new file."""
+    replace_atomic(path, lambda f: torch.save(obj, f))
 
-    The data goes to a temporary file in the same folder, is flushed to disk, and replaces
-    ``path`` with one ``os.replace`` (atomic on POSIX and Windows).
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` so that ``path`` is always either the old or the new file."""
+    replace_atomic(path, lambda f: f.write(text.encode()))
+
+
+def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
+    """Create ``path`` by ``write``-ing to a temporary file in the same folder, flushing it to disk,
+    and replacing ``path`` with one ``os.replace`` (atomic on POSIX and Windows).
+
+    A failed write (disk full, folder not writable) removes the temporary file, keeps the old
+    ``path`` and raises a one-line :class:`QnnrunError` naming the file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is kept" if path.exists() else ""
+        raise QnnrunError(f"could not write {path}: {err.strerror or err} (disk full or folder not "
+                          f"writable?){kept}") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

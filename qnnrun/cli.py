@@ -14,14 +14,15 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from qnnrun.errors import QnnrunError
+from qnnrun.errors import Interrupted, QnnrunError
 
 log = logging.getLogger("qnnrun")
 
@@ -55,11 +56,36 @@ def _report(error: QnnrunError) -> None:
     sys.exit(1)
 
 
+class OutputFolderCheck(Callback):
+    """Registered in ``conf/train.yaml``: before Hydra creates the run (or sweep) folder, check that
+    it can be created, so a bad ``hydra.run.dir`` is one line, not Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_creatable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_creatable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+
+
+def _check_creatable(folder: Path, key: str) -> None:
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "not a folder" if not existing.is_dir() else "not writable"
+        print(f"qnnrun: error: output folder {folder} cannot be created: {existing} is {what}; "
+              f"choose another with {key}=DIR", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
 def _guarded(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
     @functools.wraps(task)
     def run(cfg: DictConfig) -> None:
         try:
             task(cfg)
+        except Interrupted as error:  # stops a whole sweep too: the scheduler wants the node back
+            print(f"qnnrun: {error}", file=sys.stderr, flush=True)
+            sys.exit(128 + error.signum)
         except QnnrunError as error:
             _report(error)
         except Exception as error:  # a value no check anticipated: still one line, never a raw traceback
@@ -85,6 +111,8 @@ def train_app(cfg: DictConfig) -> None:
         return
     try:
         train(cfg, run_dir)
+    except Interrupted:  # not a failure: last.ckpt is there and resume=true continues the run
+        raise
     except Exception as error:
         record_failure(run_dir, cfg, error, list(hydra_cfg.overrides.task))
         raise

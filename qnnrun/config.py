@@ -11,6 +11,7 @@ from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
 
 VALID_BITS = "integers 1-8, or 32 for float"
 PRECISIONS = ("fp32", "bf16")
+ON_NAN = ("stop", "skip_batch")
 
 
 def _is_int(value: Any) -> bool:
@@ -60,11 +61,13 @@ def validate_train(cfg: DictConfig) -> None:
     """Check a composed ``train`` config before anything is built."""
     validate_quant(cfg)
     _check_int("trainer.epochs", cfg.trainer.epochs, 0)
+    _check_int("trainer.devices", cfg.trainer.get("devices", 1), 1)
     _check_int("trainer.eval_every", cfg.trainer.eval_every, 1)
     _check_int("trainer.num_threads", cfg.trainer.num_threads, 0)
     _check_int("seed", cfg.seed, 0)
     _check_int("dataset.batch_size", cfg.dataset.batch_size, 1)
     _check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
+    _check_choice("trainer.on_nan", cfg.trainer.get("on_nan", "stop"), ON_NAN)
     for key in ("init_from", "resume"):
         value = cfg[key]
         if not (value is None or isinstance(value, str) or (key == "resume" and isinstance(value, bool))):

@@ -12,11 +12,15 @@ One run writes into its folder (``run_dir``)::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
 import os
 import random
+import signal
+import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import nullcontext
@@ -26,15 +30,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qnnrun.checkpoint import load_checkpoint, save_atomic, FORMAT
+from qnnrun.checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
+from qnnrun import distributed
 from qnnrun.config import validate_quant, validate_train
-from qnnrun.data import DataInfo, build_data, dataset_info
-from qnnrun.errors import QnnrunError
+from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
+from qnnrun.errors import Interrupted, QnnrunError
 from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.models import build_model
@@ -140,7 +146,8 @@ def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> 
 
 def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
                criterion: nn.Module, images: Tensor, labels: Tensor, step: int,
-               autocast: Any = nullcontext, grad_clip: float = 0.0) -> tuple[Tensor, Tensor]:
+               autocast: Any = nullcontext, grad_clip: float = 0.0,
+               skip_nonfinite: bool = False) -> tuple[Tensor, Tensor]:
     """One optimizer step with the method's hooks around it.
 
     Args:
@@ -148,11 +155,16 @@ def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: 
         forward: what computes the logits: ``model`` itself or ``torch.compile(model)``.
         images: [B, C, H, W] float on the model's device; labels: [B] int64.
         step: global 0-based step number, passed to the method's hooks.
+        skip_nonfinite: when the loss is NaN or infinite, leave the weights, buffers (running
+            statistics) and optimizer untouched (a buffer copy and one host sync per step); the
+            method's after-step hook still runs, so its per-step state (e.g. SQ's float rows) is reset.
 
     Returns:
         The loss (0-d, detached) and the logits [B, classes] (detached).
     """
     method.before_step(model, step)
+    # A skipped batch must not leave its trace in running statistics (BatchNorm, activation ranges).
+    buffers = [(b, b.clone()) for b in model.buffers()] if skip_nonfinite else []
     with autocast():
         logits = forward(images)
         loss = criterion(logits.float(), labels)
@@ -160,6 +172,12 @@ def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: 
         if extra is not None:
             loss = loss + extra
     optimizer.zero_grad(set_to_none=True)
+    if skip_nonfinite and not finite_everywhere(loss):
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        method.after_optimizer_step(model, step)
+        return loss.detach(), logits.detach()
     loss.backward()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -197,7 +215,11 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_cla
     model.train(was_training)
     if totals_ is None:
         raise QnnrunError("the evaluation set is empty")
-    loss_sum, correct, correct5 = totals_.tolist()
+    if dist.is_available() and dist.is_initialized():  # each rank evaluated its slice of every batch
+        totals_ = torch.cat([totals_, torch.tensor([float(count)], device=totals_.device, dtype=torch.float64)])
+        dist.all_reduce(totals_)
+        count = int(totals_[3].item())
+    loss_sum, correct, correct5 = totals_[:3].tolist()
     top5 = 100.0 * correct5 / count if num_classes > 10 else None
     return EvalResult(loss_sum / count, 100.0 * correct / count, top5)
 
@@ -214,6 +236,20 @@ def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], pa
         before, now = _config_value(saved, key), _config_value(current, key)
         if before != now:
             raise QnnrunError(f"cannot resume from {path}: its {key} was {before}, this run has {now}")
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir``, check that files can be written there (before any work is done), and
+    remove temporary files of checkpoint writes a killed process left behind."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise QnnrunError(f"output folder {run_dir} is not writable ({err.strerror or err}): choose another with "
+                          f"hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)") from None
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
 
 
 def resolve_resume(resume: Any, run_dir: Path) -> tuple[Path | None, Path]:
@@ -236,8 +272,9 @@ def resolve_resume(resume: Any, run_dir: Path) -> tuple[Path | None, Path]:
 class _Progress:
     """tqdm bar over one epoch's batches, or plain iteration when disabled."""
 
-    def __init__(self, batches: Iterable[Any], total: int, enabled: bool, desc: str) -> None:
-        self.bar = tqdm(batches, total=total, desc=desc, leave=False, dynamic_ncols=True) if enabled else None
+    def __init__(self, batches: Iterable[Any], total: int, enabled: bool, desc: str, initial: int = 0) -> None:
+        self.bar = (tqdm(batches, total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+                    if enabled else None)
         self.batches = batches
 
     def __iter__(self) -> Iterator[Any]:
@@ -256,15 +293,29 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one training described by the composed ``train`` config; returns the summary.
 
     Everything is written into ``run_dir`` (or into the folder of the checkpoint given by
-    ``resume=PATH``).
+    ``resume=PATH``). With ``trainer.devices=N > 1`` the run is spawned as N data-parallel ranks;
+    under torchrun this process is one rank (see :mod:`qnnrun.distributed`).
     """
     validate_train(cfg)
+    if cfg.trainer.devices > 1 and not distributed.launched_by_torchrun():
+        resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
+        prepare_run_dir(run_dir)
+        return distributed.spawn(OmegaConf.to_container(cfg, resolve=True), run_dir, cfg.trainer.devices)
+    ranks, rank_device = distributed.init(cfg.trainer.device)
+    try:
+        return _train(cfg, distributed.broadcast_path(run_dir, ranks), ranks,
+                      rank_device or select_device(cfg.trainer.device))
+    finally:
+        distributed.finish(ranks)
+
+
+def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: torch.device) -> dict[str, Any]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    device = select_device(cfg.trainer.device)
     resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ranks.main:
+        prepare_run_dir(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = None
     if resume_from is not None:
@@ -273,6 +324,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     data = build_data(cfg.dataset, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir,
                       device=device, seed=cfg.seed)
+    if ranks.active:  # every rank draws the same global batches and trains on its slice
+        data = DataBundle(data.info, distributed.RankSlice(data.train, ranks), distributed.RankSlice(data.test, ranks))
     info = data.info
     init_from = None if checkpoint is not None else cfg.init_from
     model, method = build_quantized_model(cfg, info, device, init_from)
@@ -299,90 +352,119 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     else:
         method.prepare(model, (images for images, _ in _take(data.train, cfg.quant.calib_batches)))
 
-    (run_dir / "bops.txt").write_text(format_table(costs, cost) + "\n")
-    with open(run_dir / "bops.csv", "w", newline="") as f:
+    if ranks.main:
+        write_text_atomic(run_dir / "bops.txt", format_table(costs, cost) + "\n")
+        table = io.StringIO()
         rows = [c.row() for c in costs]
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["name"])
+        writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["name"])
         writer.writeheader()
         writer.writerows(rows)
+        write_text_atomic(run_dir / "bops.csv", table.getvalue())
     log.info("%s %s W%d/A%d on %s (%s): %.4f GBOPs/image, %.3f MiB weights (%.1fx smaller than FP32)",
              cfg.method.name, cfg.model.name, method.weight_bits, method.act_bits, info.name, device,
              cost["bops"] / 1e9, cost["weight_memory_mb"], cost["compression"])
 
     from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
 
-    writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None)
-    compiled = torch.compile(model) if cfg.trainer.compile else model
+    writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None) if ranks.main else None
+    compiled = torch.compile(model) if cfg.trainer.compile else model  # evaluation (and training on one rank)
+    forward = compiled
+    if ranks.active:  # after prepare/resume: DDP starts every rank from rank 0's weights and buffers
+        forward = distributed.wrap(model, ranks, device, method.static_parameters)
+        forward = torch.compile(forward) if cfg.trainer.compile else forward
     use_bf16 = cfg.trainer.precision == "bf16"
 
     def autocast() -> Any:
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     criterion = method.criterion(cfg.trainer.label_smoothing)
+    skip_nonfinite = cfg.trainer.on_nan == "skip_batch"
+    partial = checkpoint.get("partial") if checkpoint is not None else None
+    if partial is not None and partial["steps_per_epoch"] != steps_per_epoch:
+        raise QnnrunError(f"cannot resume {resume_from} mid-epoch: it was saved with {partial['steps_per_epoch']} "
+                          f"batches per epoch, this run has {steps_per_epoch} (same dataset.batch_size needed)")
     step = start_epoch * steps_per_epoch
-    for epoch in range(start_epoch, epochs):
-        # Per-epoch seeds make an epoch's randomness (order, augmentation, dropout, noise) the same
-        # whether the run was interrupted before it or not.
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        data.train.set_epoch(epoch)
-        method.on_epoch_start(model, epoch, epochs)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
-        seen = 0
-        start = time.perf_counter()
-        progress = _Progress(data.train, steps_per_epoch, cfg.trainer.progress, f"epoch {epoch + 1}/{epochs}")
-        for images, labels in progress:
-            if cfg.trainer.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            loss, logits = train_step(model, compiled, method, optimizer, criterion, images, labels, step,
-                                      autocast, cfg.trainer.grad_clip)
-            scheduler.step()
-            step += 1
-            loss_sum += loss * labels.numel()
-            correct += (logits.argmax(1) == labels).sum()
-            seen += labels.numel()
-            if progress.bar is not None and step % 10 == 0:
-                progress.show(loss=loss_sum.item() / seen, acc=100.0 * correct.item() / seen)
-        progress.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        epoch_time = time.perf_counter() - start
-        train_loss = loss_sum.item() / max(1, seen)
-        if not math.isfinite(train_loss):
-            raise QnnrunError(f"training diverged in epoch {epoch + 1} (train loss {train_loss}): "
-                              f"lower optim.lr (now {cfg.optim.lr}) or check the data")
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "train_acc": 100.0 * correct.item() / max(1, seen),
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_time_s": epoch_time,
-            "images_per_s": seen / epoch_time,
-        }
-        if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
-            result = evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
-            metrics.update(test_loss=result.loss, test_acc=result.acc)
-            if result.top5 is not None:
-                metrics["test_top5"] = result.top5
-        metrics.update({f"quant/{k}": v for k, v in method.scalars(model).items()})
-        history.append(metrics)
-        _log_epoch(writer, metrics, cost)
-        improved = metrics.get("test_acc", -1.0) > best_acc
-        if improved:
-            best_acc = metrics["test_acc"]
-        state = {
-            "format": FORMAT, "epoch": epoch + 1, "config": config, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "method": method.state_dict(), "best_acc": best_acc, "history": history, "info": asdict(info),
-        }
-        save_atomic(state, run_dir / "last.ckpt")
-        if improved:
-            save_atomic(state, run_dir / "best.ckpt")
-        log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %s  %.1fs (%.0f img/s)", epoch + 1, epochs,
-                 metrics["train_loss"], metrics["train_acc"],
-                 f"{metrics['test_acc']:.2f}%" if "test_acc" in metrics else "-", epoch_time,
-                 metrics["images_per_s"])
+    save = save_atomic if ranks.main else _no_save
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, epochs):
+            # Per-epoch seeds make an epoch's randomness (order, augmentation, dropout, noise) the same
+            # whether the run was interrupted before it or not.
+            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+            data.train.set_epoch(epoch)
+            method.on_epoch_start(model, epoch, epochs)
+            model.train()
+            tally = _EpochTally(device)
+            batches = iter(data.train)
+            if partial is not None:  # resume mid-epoch: replay the epoch up to where it stopped
+                for _ in range(partial["batches"]):
+                    next(batches)
+                tally.restore(partial, ranks)
+                method.load_state_dict(checkpoint["method"])  # after on_epoch_start rebuilt the epoch's state
+                _set_rng_state(partial["rng"])
+                step += partial["batches"]
+                log.info("resuming epoch %d at batch %d of %d", epoch + 1, partial["batches"], steps_per_epoch)
+                partial = None
+            progress = _Progress(batches, steps_per_epoch, cfg.trainer.progress and ranks.main,
+                                 f"epoch {epoch + 1}/{epochs}", initial=tally.batches)
+            for images, labels in progress:
+                if cfg.trainer.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                loss, logits = train_step(model, forward, method, optimizer, criterion, images, labels, step,
+                                          autocast, cfg.trainer.grad_clip, skip_nonfinite)
+                distributed.sync_buffers(model, ranks)
+                scheduler.step()
+                tally.add(loss, logits, labels, step, skip_nonfinite)
+                step += 1
+                due = step % 10 == 0 or tally.batches == steps_per_epoch
+                if ranks.active:  # the ranks agree on stopping every 10 steps (a collective)
+                    stopping = due and distributed.any_rank(stop.signum is not None, device, ranks)
+                else:
+                    stopping = stop.signum is not None
+                if due or stopping:
+                    tally.check_finite(epoch, steps_per_epoch, cfg, run_dir, ranks)
+                    if progress.bar is not None and tally.seen:
+                        progress.show(loss=tally.loss_sum.item() / tally.seen,
+                                      acc=100.0 * tally.correct.item() / tally.seen)
+                if stopping and tally.batches < steps_per_epoch:
+                    progress.close()
+                    state = _state(config, epoch, model, optimizer, scheduler, method, best_acc, history, info)
+                    state["partial"] = tally.state(steps_per_epoch, ranks)
+                    save(state, run_dir / "last.ckpt")
+                    raise _interrupted(stop.signum or signal.SIGTERM, run_dir, f"epoch {epoch + 1}, batch "
+                                       f"{tally.batches} of {steps_per_epoch}")
+            progress.close()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            tally.check_finite(epoch, steps_per_epoch, cfg, run_dir, ranks)
+            distributed.check_agreement(model, ranks, device)
+            metrics = tally.metrics(epoch, optimizer.param_groups[0]["lr"], ranks)
+            if metrics["train_samples"] == 0:
+                raise QnnrunError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "
+                                  f"(trainer.on_nan=skip_batch): the weights have diverged; lower optim.lr "
+                                  f"(now {cfg.optim.lr}) and resume from a checkpoint before the divergence")
+            if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
+                result = evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
+                metrics.update(test_loss=result.loss, test_acc=result.acc)
+                if result.top5 is not None:
+                    metrics["test_top5"] = result.top5
+            metrics.update({f"quant/{k}": v for k, v in method.scalars(model).items()})
+            history.append(metrics)
+            if writer is not None:
+                _log_epoch(writer, metrics, cost)
+            improved = metrics.get("test_acc", -1.0) > best_acc
+            if improved:
+                best_acc = metrics["test_acc"]
+            state = _state(config, epoch + 1, model, optimizer, scheduler, method, best_acc, history, info)
+            save(state, run_dir / "last.ckpt")
+            if improved:
+                save(state, run_dir / "best.ckpt")
+            skipped = f"  ({tally.skipped} non-finite batches skipped)" if tally.skipped else ""
+            log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %s  %.1fs (%.0f img/s)%s", epoch + 1, epochs,
+                     metrics["train_loss"], metrics["train_acc"],
+                     f"{metrics['test_acc']:.2f}%" if "test_acc" in metrics else "-", metrics["epoch_time_s"],
+                     metrics["images_per_s"], skipped)
+            if epoch + 1 < epochs and distributed.any_rank(stop.signum is not None, device, ranks):
+                raise _interrupted(stop.signum or signal.SIGTERM, run_dir, f"the end of epoch {epoch + 1}")
 
     if not history or "test_acc" not in history[-1]:  # epochs=0: evaluate the starting point
         result = evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
@@ -391,13 +473,180 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     summary = _summary(cfg, method, info, history, best_acc, cost)
     hparams = {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
                "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed}
-    writer.add_hparams(hparams, {f"hparam/{k}": summary[k] for k in ("test_acc", "best_test_acc", "gbops")},
-                       run_name=".")
-    writer.close()
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if writer is not None:
+        writer.add_hparams(hparams, {f"hparam/{k}": summary[k] for k in ("test_acc", "best_test_acc", "gbops")},
+                           run_name=".")
+        writer.close()
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info("done: test accuracy %.2f%% (best %.2f%%), results in %s", summary["test_acc"],
              summary["best_test_acc"], run_dir)
     return summary
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM (what a cluster scheduler sends before pre-emption) into a request that
+    the training loop honours after the current step: it writes ``last.ckpt`` and stops.
+
+    Installed only in the main thread, where Python delivers signals. A second signal more than
+    ``REPEAT_S`` seconds after the first restores the previous handler and re-delivers itself, so
+    the process stops at once (checkpoint writes are atomic: ``last.ckpt`` stays whole); a repeat
+    within that time is the same request arriving twice (to the process group and forwarded by a
+    ``trainer.devices`` parent) and is ignored.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_S = 2.0
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._first_at = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum, self._first_at = signum, time.monotonic()
+        elif time.monotonic() - self._first_at > self.REPEAT_S:
+            signal.signal(signum, self._previous[signum] or signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler or signal.SIG_DFL)
+        self._previous.clear()
+
+
+def _interrupted(signum: int, run_dir: Path, where: str) -> Interrupted:
+    name = signal.Signals(signum).name
+    return Interrupted(f"stopped by {name} at {where}: checkpoint written to {run_dir / 'last.ckpt'}; "
+                       f"continue with the same command plus resume=true", signum)
+
+
+class _EpochTally:
+    """Running train metrics of one epoch, kept on the device (no host sync per step).
+
+    Non-finite losses are noted with their global step; ``check_finite`` (called every few steps)
+    turns them into the divergence error. With ``skip`` the caller already synced on the loss, and
+    skipped batches are only counted.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.correct = torch.zeros((), device=device, dtype=torch.int64)
+        self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        self.seen = 0  # samples that trained
+        self.batches = 0  # batches done, skipped ones included
+        self.skipped = 0
+        self.elapsed = 0.0  # seconds spent in this epoch before a resume
+        self.start = time.perf_counter()
+
+    def add(self, loss: Tensor, logits: Tensor, labels: Tensor, step: int, skip: bool) -> None:
+        self.batches += 1
+        if skip and not finite_everywhere(loss):
+            self.skipped += 1
+            return
+        if not skip:
+            bad = ~torch.isfinite(loss) & (self.first_bad < 0)
+            self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+        self.loss_sum += loss.double() * labels.numel()
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += labels.numel()
+
+    def check_finite(self, epoch: int, steps_per_epoch: int, cfg: DictConfig, run_dir: Path,
+                     ranks: distributed.Ranks) -> None:
+        """Raise the divergence error if a training loss so far was NaN or infinite (on any rank)."""
+        bad = int(self.first_bad)
+        if ranks.active:
+            flags = torch.where(self.first_bad < 0, torch.full_like(self.first_bad, 2**62), self.first_bad)
+            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+            bad = int(flags) if int(flags) < 2**62 else -1
+        if bad < 0:
+            return
+        kept = f"{run_dir / 'last.ckpt'} (epoch {epoch}) is kept" if epoch else "no checkpoint was written"
+        raise QnnrunError(f"training diverged: non-finite loss at epoch {epoch + 1}, batch {bad % steps_per_epoch + 1} "
+                          f"(global step {bad}). Likely cause: a learning rate too high for this method and bit "
+                          f"width (optim.lr={cfg.optim.lr}) or bad input data; {kept}; trainer.on_nan=skip_batch "
+                          f"skips such batches instead")
+
+    def totals(self, ranks: distributed.Ranks) -> tuple[float, int, int]:
+        """(loss sum, correct, samples) of this epoch so far, summed over ranks."""
+        values = torch.stack([self.loss_sum, self.correct.double(),
+                              torch.tensor(float(self.seen), device=self.loss_sum.device, dtype=torch.float64)])
+        loss_sum, correct, seen = distributed.sum_over_ranks(values, ranks).tolist()
+        return loss_sum, int(correct), int(seen)
+
+    def metrics(self, epoch: int, lr: float, ranks: distributed.Ranks) -> dict[str, Any]:
+        """The epoch's train metrics over all ranks (every rank must call this)."""
+        loss_sum, correct, seen = self.totals(ranks)
+        seconds = self.elapsed + time.perf_counter() - self.start
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(1, seen),
+            "train_acc": 100.0 * correct / max(1, seen),
+            "train_samples": seen,
+            "lr": lr,
+            "epoch_time_s": seconds,
+            "images_per_s": seen / seconds,
+        }
+        if self.skipped:
+            metrics["skipped_batches"] = self.skipped
+        return metrics
+
+    def state(self, steps_per_epoch: int, ranks: distributed.Ranks) -> dict[str, Any]:
+        """What a mid-epoch checkpoint needs to finish this epoch as if never stopped (sums over ranks)."""
+        loss_sum, correct, seen = self.totals(ranks)
+        return {"batches": self.batches, "steps_per_epoch": steps_per_epoch, "loss_sum": loss_sum,
+                "correct": correct, "seen": seen, "skipped": self.skipped,
+                "elapsed_s": self.elapsed + time.perf_counter() - self.start, "rng": _rng_state()}
+
+    def restore(self, state: Mapping[str, Any], ranks: distributed.Ranks) -> None:
+        """Continue from :meth:`state`; the sums over ranks go to rank 0, so they are counted once."""
+        if ranks.main:
+            self.loss_sum.fill_(state["loss_sum"])
+            self.correct.fill_(state["correct"])
+            self.seen = state["seen"]
+        self.batches, self.skipped = state["batches"], state["skipped"]
+        self.elapsed = state["elapsed_s"]
+
+
+def _rng_state() -> dict[str, Any]:
+    """The global torch RNG states: CPU, and the current CUDA device's when CUDA is in use."""
+    cuda = [torch.cuda.get_rng_state()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"][0])
+
+
+def _no_save(state: dict[str, Any], path: Path) -> None:
+    """Ranks other than 0 write no files."""
+
+
+def finite_everywhere(loss: Tensor) -> bool:
+    """True when ``loss`` (0-d) is finite on this process and, when distributed, on every rank."""
+    finite = torch.isfinite(loss.detach()).double().reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item())
+
+
+def _state(config: dict[str, Any], epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+           scheduler: Any, method: Method, best_acc: float, history: list[dict[str, Any]],
+           info: DataInfo) -> dict[str, Any]:
+    """A checkpoint after ``epoch`` completed epochs (see :mod:`qnnrun.checkpoint`)."""
+    return {
+        "format": FORMAT, "epoch": epoch, "config": config, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "method": method.state_dict(), "best_acc": best_acc, "history": history, "info": asdict(info),
+    }
 
 
 def _take(batches: Iterable[Any], count: int) -> Iterator[Any]:

@@ -7,3 +7,14 @@ class QnnrunError(Exception):
     The message is a single line that names the bad value and what is valid. The CLI prints it
     without a traceback (set ``HYDRA_FULL_ERROR=1`` to see one) and exits non-zero.
     """
+
+
+class Interrupted(QnnrunError):
+    """A run stopped by SIGINT/SIGTERM after writing its checkpoint; ``resume=true`` continues it.
+
+    The CLI exits with ``128 + signum`` (130 for SIGINT, 143 for SIGTERM), as a shell does.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -25,6 +25,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from qnnrun.checkpoint import write_text_atomic
 from qnnrun.errors import QnnrunError
 
 log = logging.getLogger("qnnrun")
@@ -80,7 +81,7 @@ def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException, overrid
             record[name] = None
     record.update(overrides=overrides, config=config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SUMMARY).write_text(json.dumps(record, indent=2, default=str) + "\n")
+    write_text_atomic(run_dir / SUMMARY, json.dumps(record, indent=2, default=str) + "\n")
 
 
 def failed_runs(folder: Path) -> list[tuple[Path, str]]:

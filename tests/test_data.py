@@ -320,3 +320,58 @@ def test_imagefolder_needs_a_root(tmp_path):
         build("imagefolder", tmp_path)
     with pytest.raises(QnnrunError, match=str(tmp_path / "absent" / "train")):
         build("imagefolder", tmp_path, root=str(tmp_path / "absent"))
+
+
+# --- bad image files --------------------------------------------------------------------------
+
+
+def write_jpeg_tree(root: Path, bad: dict[str, bytes | tuple[int, int]]) -> None:
+    """A tiny cifar10-jpg tree (10 classes x 2 images of 32x32, per split) plus ``bad`` files:
+    raw bytes, or a (height, width) for a wrong-sized JPEG, under train/class0/<name>."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for label in range(10):
+            folder = root / "cifar10-jpg" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    for name, content in bad.items():
+        path = root / "cifar10-jpg" / "train" / "class0" / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            Image.fromarray(rng.integers(0, 256, (*content, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "not a readable JPEG"), (b"\xff\xd8garbage", "not a readable JPEG"),
+                                             ((40, 32), "size (3, 40, 32) differs from the others' (3, 32, 32)")])
+def test_bad_jpeg_file_is_named_or_skipped_and_counted(tmp_path, content, reason, caplog):
+    write_jpeg_tree(tmp_path / "data", {"bad.jpg": content})
+    bad_file = tmp_path / "data" / "cifar10-jpg" / "train" / "class0" / "bad.jpg"
+    with pytest.raises(QnnrunError) as error:
+        build("cifar10", tmp_path, data_dir=tmp_path / "data")
+    message = str(error.value)
+    assert message.startswith(f"bad image file {bad_file}: {reason}") and "dataset.skip_bad=true" in message
+    assert "\n" not in message
+    with caplog.at_level("WARNING", logger="qnnrun"):
+        bundle = build("cifar10", tmp_path, data_dir=tmp_path / "data", skip_bad=True)
+    assert bundle.info.train_size == 20 and bundle.train.images.shape == (20, 3, 32, 32)
+    assert "skipped 1 bad image file(s)" in caplog.text and str(bad_file) in caplog.text
+    # The cache remembers the bad file: without skip_bad it is still an error, not silently skipped.
+    with pytest.raises(QnnrunError, match="bad image file"):
+        build("cifar10", tmp_path, data_dir=tmp_path / "data")
+
+
+def test_bad_files_in_a_streamed_imagefolder_are_named_or_skipped(tmp_path, caplog):
+    write_imagefolder(tmp_path / "tiny")
+    broken = tmp_path / "tiny" / "train" / "dog" / "9.jpg"
+    broken.write_bytes(b"not an image")
+    options = dict(root="tiny", image_size=16, batch_size=4, eval_batch_size=4)
+    for workers in (0, 2):
+        bundle = build("imagefolder", tmp_path, num_workers=workers, **options)
+        with pytest.raises(QnnrunError, match=f"bad image file {broken}: unreadable image"):
+            list(bundle.train)
+    bundle = build("imagefolder", tmp_path, num_workers=0, skip_bad=True, **options)
+    with caplog.at_level("WARNING", logger="qnnrun"):
+        labels = torch.cat([y for _, y in bundle.train])
+    assert len(labels) == 10 and "skipped 1 bad image file(s)" in caplog.text

@@ -146,7 +146,8 @@ def _read_small(name: str, cfg: Mapping, data_dir: Path, cache_dir: Path) -> tup
     if name in ("mnist", "fashion_mnist"):
         return load_mnist_splits(data_dir, fashion=name == "fashion_mnist", download=download)
     if name == "cifar10":
-        return load_cifar10_splits(data_dir, cache_dir, download=download)
+        return load_cifar10_splits(data_dir, cache_dir, download=download,
+                                   skip_bad=bool(cfg.get("skip_bad", False)))
     return load_cifar100_splits(data_dir, download=download)
 
 
@@ -171,7 +172,8 @@ def _build_imagefolder(
             f"and {val_set.root} ({len(val_set.classes)})"
         )
     batch_size = int(_require(cfg, "batch_size"))
-    common = dict(device=device, seed=seed, num_workers=int(cfg.get("num_workers", 0)))
+    common = dict(device=device, seed=seed, num_workers=int(cfg.get("num_workers", 0)),
+                  skip_bad=bool(cfg.get("skip_bad", False)))
     train_loader = ImageFolderLoader(
         train_set, batch_size=batch_size, shuffle=True, drop_last=bool(cfg.get("drop_last", False)), **common
     )

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from qnnrun.data.loader import ORDER_STREAM, epoch_seed
+from qnnrun.data.sources import report_bad_files
 from qnnrun.errors import QnnrunError
 
 
@@ -25,15 +26,40 @@ def imagefolder_transform(image_size: int, mean: Sequence[float], std: Sequence[
     return transforms.Compose([*geometry, transforms.ToTensor(), transforms.Normalize(list(mean), list(std))])
 
 
-def open_imagefolder(split_dir: Path, transform) -> torchvision.datasets.ImageFolder:
-    """``ImageFolder(split_dir)``, with missing or empty folders reported as a QnnrunError."""
+class CheckedImageFolder(torchvision.datasets.ImageFolder):
+    """An ``ImageFolder`` whose samples are ``(image, label, None)``, or ``(None, label, (path,
+    reason))`` for a file that cannot be read: the error reaches the main process as data (not as
+    an exception inside a worker), which names the file or skips it."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, tuple[str, str] | None]:
+        path, label = self.samples[index]
+        try:
+            image, label = super().__getitem__(index)
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's UnidentifiedImageError is an OSError
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return None, label, (path, f"unreadable image ({reason})")
+        return image, label, None
+
+
+def collate_checked(samples: list[tuple[torch.Tensor | None, int, tuple[str, str] | None]]
+                    ) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[str, str]]]:
+    """Batch the readable samples of :class:`CheckedImageFolder`: images [B, 3, S, S] (``None``
+    when none was readable), labels [B] int64, and the (path, reason) of the unreadable ones."""
+    good = [(image, label) for image, label, bad in samples if bad is None]
+    images = torch.stack([image for image, _ in good]) if good else None
+    labels = torch.tensor([label for _, label in good], dtype=torch.int64)
+    return images, labels, [bad for _, _, bad in samples if bad is not None]
+
+
+def open_imagefolder(split_dir: Path, transform) -> CheckedImageFolder:
+    """``CheckedImageFolder(split_dir)``, with missing or empty folders reported as a QnnrunError."""
     if not split_dir.is_dir():
         raise QnnrunError(
             f"image folder not found: looked in {split_dir}; set dataset.root=DIR to a folder "
             f"holding train/<class>/*.jpg and val/<class>/*.jpg (ImageNet layout)"
         )
     try:
-        return torchvision.datasets.ImageFolder(str(split_dir), transform=transform)
+        return CheckedImageFolder(str(split_dir), transform=transform)
     except FileNotFoundError as err:
         raise QnnrunError(f"no images under {split_dir}: {err}") from None
 
@@ -45,12 +71,13 @@ class ImageFolderLoader:
     order and the workers' random seeds come from a generator reseeded from ``(seed, epoch)`` at
     each iteration, so an epoch replays identically when ``num_workers > 0`` (workers are not
     persistent, so they are reseeded every epoch; with 0 workers the random transforms use the
-    process-global RNG).
+    process-global RNG). An unreadable file is an error naming it, or with ``skip_bad`` is left
+    out of its batch and counted in the log at the end of the epoch.
     """
 
     def __init__(
         self,
-        dataset: torchvision.datasets.ImageFolder,
+        dataset: CheckedImageFolder,
         *,
         batch_size: int,
         device: torch.device | str,
@@ -58,7 +85,9 @@ class ImageFolderLoader:
         shuffle: bool,
         num_workers: int,
         drop_last: bool = False,
+        skip_bad: bool = False,
     ) -> None:
+        self.skip_bad = skip_bad
         self.device = torch.device(device)
         self.seed = int(seed)
         self.epoch = 0
@@ -73,6 +102,7 @@ class ImageFolderLoader:
             pin_memory=self.device.type == "cuda",
             drop_last=drop_last,
             generator=self._generator,
+            collate_fn=collate_checked,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -84,5 +114,11 @@ class ImageFolderLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._generator.manual_seed(epoch_seed(self.seed, self.epoch, ORDER_STREAM))
-        for images, labels in self._loader:
-            yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        skipped: list[tuple[str, str]] = []
+        for images, labels, bad in self._loader:
+            if bad:
+                report_bad_files(bad, self.skip_bad)
+                skipped += bad
+            if images is not None:
+                yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        report_bad_files(skipped, True)

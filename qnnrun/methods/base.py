@@ -37,6 +37,9 @@ class Method:
     """
 
     name: ClassVar[str]
+    # False when some parameters stop (or start) receiving gradients during a run: BatchNorm
+    # folding, frozen blocks. Multi-process training then lets DDP look for unused parameters.
+    static_parameters: ClassVar[bool] = True
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

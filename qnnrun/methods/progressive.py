@@ -102,6 +102,8 @@ class ProgressiveQuantization(DirectSTE):
     """The shared progressive schedule; ``cfg.method`` holds its options (see the module docstring
     and ``conf/method/nbn.yaml``). Quantizers are :class:`DirectSTE`'s (``quant.init``)."""
 
+    static_parameters = False  # folded BatchNorms / frozen rows stop receiving gradients
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         options = cfg.method

@@ -18,14 +18,16 @@ The SQ ratio ``r`` follows ``method.ratios`` (default ``0.5, 0.75, 0.875, 1.0``)
 
 Activations are float unless ``bits.a < 32`` (then uniform, as ``method=ste``).
 
-The method keeps no state of its own in checkpoints: the ratio follows the epoch, and the row
-draws come from a generator seeded from ``(seed, epoch)`` at every epoch start.
+The ratio follows the epoch, and the row draws come from a generator seeded from ``(seed, epoch)``
+at every epoch start; checkpoints keep the generator's position, so a run interrupted mid-epoch
+resumes with the same draws.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,3 +186,13 @@ class StochasticQuantization(Method):
         if errors:
             out["quant_error"] = float(torch.cat(errors).mean())
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The row generator's position (uint8 tensor), when a draw has been made."""
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the generator's position (the engine calls this after ``on_epoch_start`` when it
+        resumes mid-epoch; at an epoch start, ``on_epoch_start`` reseeds it anyway)."""
+        if "generator" in state and self.generator is not None:
+            self.generator.set_state(state["generator"])

@@ -1,0 +1,137 @@
+"""One run on several processes (DistributedDataParallel, gloo on CPU): it completes, writes one
+set of files, keeps the ranks' quantizer state identical, and matches a one-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config
+
+from qnnrun.checkpoint import load_checkpoint
+from qnnrun.engine import evaluate_checkpoint, train
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                reason="needs torch.distributed with the gloo backend")
+
+COMMON = ["trainer.device=cpu", "trainer.num_threads=1", "trainer.epochs=3"]
+
+
+def _train(tmp_path: Path, name: str, *overrides: str) -> dict:
+    return train(compose_config([*COMMON, *overrides], data_dir=tmp_path / "data"), tmp_path / name)
+
+
+def test_two_processes_compute_what_one_process_computes(tmp_path: Path) -> None:
+    """Without BatchNorm (whose statistics are per rank) the first epoch is the same computation
+    split over two processes: same loss up to the summation order of the averaged gradients."""
+    options = ("method=fp", "model.batch_norm=false")
+    _train(tmp_path, "one", *options)
+    _train(tmp_path, "two", *options, "trainer.devices=2")
+    single, double = load_checkpoint(tmp_path / "one"), load_checkpoint(tmp_path / "two")
+    first_single, first_double = single["history"][0], double["history"][0]
+    assert first_double["train_loss"] == pytest.approx(first_single["train_loss"], rel=1e-4)
+    assert first_double["train_acc"] == pytest.approx(first_single["train_acc"], abs=0.5)
+    assert abs(double["history"][-1]["test_acc"] - single["history"][-1]["test_acc"]) <= 1.0
+    assert sum(h["train_samples"] for h in double["history"]) == 3 * 1437  # summed over ranks, once each
+
+
+def test_sq_on_two_processes_keeps_the_ranks_identical(tmp_path: Path) -> None:
+    """SQ redraws random float rows every step: the ranks must draw the same ones. The engine checks
+    at every epoch end that the ranks' weights and buffers are identical, and fails if not."""
+    single = _train(tmp_path, "one", "method=sq", "bits=2")
+    double = _train(tmp_path, "two", "method=sq", "bits=2", "trainer.devices=2")
+    assert double["status"] == "done" and double["epochs"] == 3
+    # Same samples, order and global batch; BatchNorm statistics come from each rank's half batch.
+    assert abs(double["test_acc"] - single["test_acc"]) <= 3.0
+    ckpt = load_checkpoint(tmp_path / "two")
+    assert ckpt["epoch"] == 3 and ckpt["config"]["trainer"]["devices"] == 2
+    line = evaluate_checkpoint(str(tmp_path / "two"), None, compose_config(COMMON).paths, "cpu")
+    assert f"top-1 {double['test_acc']:.2f}%" in line
+    files = {p.name for p in (tmp_path / "two").iterdir()}
+    assert {"last.ckpt", "best.ckpt", "summary.json", "bops.txt", "train.log"} <= files
+    events = [{f for f in os.listdir(tmp_path / run) if f.startswith("events.out")} for run in ("one", "two")]
+    assert len(events[0]) == len(events[1])  # rank 1 wrote no TensorBoard file of its own
+
+
+def _agreement_worker(rank: int, port: int, differ: bool, results) -> None:
+    from torch import distributed as dist, nn
+
+    from qnnrun.distributed import Ranks, check_agreement
+    from qnnrun.errors import QnnrunError
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    layer = nn.Linear(3, 2)
+    with torch.no_grad():
+        layer.weight.fill_(1.0 + (rank if differ else 0))
+        layer.bias.zero_()
+    try:
+        check_agreement(layer, Ranks(rank, 2, rank), torch.device("cpu"))
+        results.put((rank, "agree"))
+    except QnnrunError as error:
+        results.put((rank, str(error)))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("differ", [False, True])
+def test_agreement_check_catches_ranks_that_differ(differ: bool) -> None:
+    from torch import multiprocessing as mp
+
+    from qnnrun.distributed import _free_port
+
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_agreement_worker, args=(_free_port(), differ, results), nprocs=2, start_method="spawn")
+    outcomes = dict(results.get() for _ in range(2))
+    if differ:
+        assert all("ranks' models differ (first: weight)" in text for text in outcomes.values())
+    else:
+        assert outcomes == {0: "agree", 1: "agree"}
+
+
+def test_bad_device_count_is_one_line(tmp_path: Path) -> None:
+    from qnnrun.errors import QnnrunError
+
+    with pytest.raises(QnnrunError, match="trainer.devices=0 is not valid"):
+        _train(tmp_path, "run", "trainer.devices=0")
+
+
+@pytest.mark.slow
+def test_nbn_folds_batchnorm_identically_on_every_rank(tmp_path: Path) -> None:
+    summary = _train(tmp_path, "two", "method=nbn", "bits=2", "trainer.devices=2")
+    assert summary["status"] == "done"
+
+
+def test_torchrun_ranks_write_one_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "QNNRUN_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "qnnrun.cli", "train", *COMMON, "trainer.epochs=2", "trainer.progress=false",
+                             f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["test_acc"] > 80
+    assert load_checkpoint(run_dir)["config"]["trainer"]["devices"] == 1  # the ranks came from torchrun
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_parent_stops_all_ranks_with_a_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "QNNRUN_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "qnnrun.cli", "train", *COMMON[:2], "trainer.devices=2", "trainer.epochs=300",
+               "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (run_dir / "last.ckpt").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in err
+    assert 1 <= load_checkpoint(run_dir)["epoch"] < 300
