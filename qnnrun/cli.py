@@ -1,4 +1,4 @@
-"""``qnnrun <command> [overrides]``: one Hydra app per command (train, eval, bops).
+"""``qnnrun <command> [overrides]``: one Hydra app per command (train, eval, bops, export).
 
 Each command is an ordinary ``@hydra.main`` app with its own primary config in ``conf/``, so
 every Hydra feature (overrides, ``-m`` sweeps, ``--cfg``, ``--help``, shell completion, launchers)
@@ -30,7 +30,8 @@ USAGE = """usage: qnnrun <command> [overrides...]
 
 commands:
   train   train one run, or a sweep with -m (qnnrun train --help lists groups and options)
-  eval    evaluate a saved run: qnnrun eval checkpoint=PATH [dataset=...]
+  eval    evaluate a saved run: qnnrun eval checkpoint=PATH [dataset=...] [backend=fake|int]
+  export  integer model or ONNX graph of a saved run: qnnrun export checkpoint=PATH format=int|onnx
   bops    per-layer BOPs / size table: qnnrun bops model=... bits=... [method=...]
   report  tables and plots across runs: qnnrun report PATH... (qnnrun report --help)
 """
@@ -126,8 +127,28 @@ def eval_app(cfg: DictConfig) -> None:
 
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise QnnrunError("qnnrun eval needs checkpoint=PATH (a .ckpt file or a run folder holding last.ckpt)")
+    backend = str(cfg.get("backend", "fake"))
+    if backend == "int":
+        from qnnrun.export.run import evaluate_integer
+
+        print(evaluate_integer(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device))
+        return
+    if backend != "fake":
+        raise QnnrunError(f"backend '{backend}' is not valid: valid are fake (the fake-quant model), int (the "
+                          f"integer model)")
     result = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
     print(result)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+@_guarded
+def export_app(cfg: DictConfig) -> None:
+    """Write the integer model (format=int) or an ONNX QDQ graph (format=onnx) of a checkpoint."""
+    from qnnrun.export.run import export_checkpoint
+
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise QnnrunError("qnnrun export needs checkpoint=PATH (a .ckpt file or a run folder holding last.ckpt)")
+    print(export_checkpoint(cfg.checkpoint, str(cfg.format), cfg.get("output"), cfg.device))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bops")
@@ -151,7 +172,7 @@ def report_app() -> None:
 
 
 COMMANDS: dict[str, Callable[[], None]] = {"train": train_app, "eval": eval_app, "bops": bops_app,
-                                           "report": report_app}
+                                           "export": export_app, "report": report_app}
 
 
 def _completion(argv: list[str]) -> None:

@@ -1,0 +1,185 @@
+"""``qnnrun export format=onnx``: a QuantizeLinear / DequantizeLinear (QDQ) ONNX graph of a 2-8 bit run.
+
+Every quantized conv/linear layer becomes, in opset 13:
+
+* input: ``Clip`` to the ``b``-bit range ``[(qmin - z) s, (qmax - z) s]``, then ``QuantizeLinear`` ->
+  ``DequantizeLinear`` with int8 (signed codes) or uint8 (unsigned or affine codes) storage and
+  the layer's scale and zero point: the clip is what makes a ``b < 8``-bit range out of the 8-bit
+  storage type;
+* weight: an int8 (uint8 with the affine zero points of ``quant.init=mmse``) initializer holding
+  the ``b``-bit integer weights, ``DequantizeLinear`` with one scale per output channel (``axis=0``);
+* the float ``Conv`` / ``MatMul`` (+ bias) and every other module (BatchNorm, ReLU, pooling,
+  residual adds) as the float model has them.
+
+The graph is traced by PyTorch's TorchScript ONNX exporter (``dynamo=False``: no onnxscript
+needed) from a copy of the model whose quantized layers call ``torch.fake_quantize_per_*_affine``;
+the weights' ``QuantizeLinear`` is then folded into integer initializers with ``onnx``.
+ONNX ``QuantizeLinear`` divides by the scale where PyTorch multiplies by ``1 / s``, so a value at
+a rounding tie can land on the neighbouring code: predictions agree with PyTorch on nearly, not
+provably, every input (the test measures it). Layers whose input is binary, ternary or
+power-of-two (BNN, AQE, QNN's log activations), UNIQ's non-uniform weights and weights that need
+more than 8 bits as integers (DoReFa at 8 bits, power-of-two weights above 4 bits) have no QDQ form.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qnnrun.errors import QnnrunError
+from qnnrun.export.grids import RoundGrid, input_grid, weight_codes, weight_grid
+from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
+
+if TYPE_CHECKING:
+    from qnnrun.export.run import LoadedRun
+
+OPSET = 13
+
+
+def _storage(low: int, high: int) -> tuple[int, int] | None:
+    """The 8-bit storage range holding integers ``low..high``: int8, uint8, or ``None``."""
+    if -128 <= low and high <= 127:
+        return -128, 127
+    if 0 <= low and high <= 255:
+        return 0, 255
+    return None
+
+
+class QdqLayer(nn.Module):
+    """A quantized conv/linear layer written with PyTorch's fake-quantize ops, which the ONNX
+    exporter turns into QuantizeLinear/DequantizeLinear pairs. Input and output as the layer's."""
+
+    def __init__(self, name: str, layer: QuantLayer, example: Tensor) -> None:
+        super().__init__()
+        grid = weight_grid(layer, name)
+        if not grid.uniform:
+            raise QnnrunError(f"{name}: non-uniform (UNIQ) weights have no QuantizeLinear form: use format=int")
+        codes = weight_codes(grid, layer.effective_weight(), name)
+        levels = grid.levels[codes]  # the stored codes: levels, with the zero point kept apart
+        # The storage type must hold the codes and the zero points.
+        storage = _storage(min(int(levels.min()), int(grid.zero_point.min())),
+                           max(int(levels.max()), int(grid.zero_point.max())))
+        if storage is None:
+            raise QnnrunError(f"{name}: its {grid.bits}-bit weights need integers {int(levels.min())}.."
+                              f"{int(levels.max())}, beyond int8/uint8: format=onnx takes 2-8 bit uniform weights")
+        self.weight_storage = storage
+        self.conv = ({"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation,
+                      "groups": layer.groups} if isinstance(layer, QuantConv2d) else None)
+        view = (-1,) + (1,) * (layer.weight.dim() - 1)
+        scale = grid.scale.float()
+        self.register_buffer("weight_scale", torch.where(scale == 0, torch.ones_like(scale), scale))
+        self.register_buffer("weight_zero_point", grid.zero_point.int())
+        self.weight = nn.Parameter(((levels - grid.zero_point.view(view)) * self.weight_scale.view(view)).float(),
+                                   requires_grad=False)
+        self.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False) if layer.bias is not None else None
+        self.input_range: tuple[float, float] | None = None
+        if layer.input_quant is not None and layer.input_quant.enabled:
+            grid_in = input_grid(layer.input_quant, name, example)
+            if not isinstance(grid_in, RoundGrid):
+                raise QnnrunError(f"{name}: a {type(grid_in).__name__.removesuffix('Grid').lower()} input has no "
+                                  f"QuantizeLinear form: format=onnx takes 2-8 bit uniform inputs (use format=int)")
+            low, high = grid_in.qmin, grid_in.qmax
+            self.input_storage = _storage(low, high)
+            if self.input_storage is None or grid_in.scale <= 0:
+                raise QnnrunError(f"{name}: input codes {low}..{high} (scale {grid_in.scale:.3g}) have no int8/uint8 "
+                                  f"form")
+            self.input_scale, self.input_zero_point = float(grid_in.scale), int(grid_in.zero_point)
+            self.input_range = ((low - grid_in.zero_point) * grid_in.scale, (high - grid_in.zero_point) * grid_in.scale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.input_range is not None:
+            x = torch.clamp(x, *self.input_range)
+            x = torch.fake_quantize_per_tensor_affine(x, self.input_scale, self.input_zero_point, *self.input_storage)
+        weight = torch.fake_quantize_per_channel_affine(self.weight, self.weight_scale, self.weight_zero_point, 0,
+                                                        *self.weight_storage)
+        if self.conv is None:
+            return F.linear(x, weight, self.bias)
+        return F.conv2d(x, weight, self.bias, **self.conv)
+
+
+def qdq_model(model: nn.Module, example: Tensor) -> nn.Module:
+    """A copy of the fake-quant ``model`` whose quantized layers are :class:`QdqLayer` modules."""
+    qdq = copy.deepcopy(model).eval()
+    inputs: dict[str, Tensor] = {}
+    hooks = [layer.register_forward_pre_hook(lambda m, args, name=name: inputs.setdefault(name, args[0]))
+             for name, layer in quant_layers(qdq)]
+    with torch.no_grad():
+        qdq(example)
+    for hook in hooks:
+        hook.remove()
+    for name, layer in quant_layers(qdq):
+        if layer.weight_quant is None:
+            raise QnnrunError(f"{name} has float weights and a quantized input: format=onnx takes models whose "
+                              f"quantized layers quantize their weights (bits.w 2-8)")
+        parent, _, child = name.rpartition(".")
+        setattr(qdq.get_submodule(parent) if parent else qdq, child, QdqLayer(name, layer, inputs[name]))
+    return qdq
+
+
+def _fold_weight_quantize(graph: Any) -> None:
+    """Replace each ``QuantizeLinear`` of an initializer by an integer initializer holding its result."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    constants = {node.output[0]: numpy_helper.to_array(node.attribute[0].t) for node in graph.node
+                 if node.op_type == "Constant" and node.attribute[0].name == "value"}
+    constants.update({name: numpy_helper.to_array(init) for name, init in initializers.items()})
+    for node in graph.node:  # zero points arrive through a Cast of a constant
+        if node.op_type == "Cast" and node.input[0] in constants:
+            dtype = helper.tensor_dtype_to_np_dtype(node.attribute[0].i)
+            constants[node.output[0]] = constants[node.input[0]].astype(dtype)
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear" or node.input[0] not in initializers:
+            continue
+        values, scale, zero_point = (constants[name] for name in node.input[:3])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        shape = [1] * values.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        info = np.iinfo(zero_point.dtype)
+        codes = np.clip(np.rint(values / scale.reshape(shape)) + zero_point.reshape(shape), info.min, info.max)
+        graph.initializer.append(numpy_helper.from_array(codes.astype(zero_point.dtype), node.output[0]))
+        graph.node.remove(node)
+        if not any(node.input[0] in other.input for other in graph.node):
+            graph.initializer.remove(initializers[node.input[0]])
+
+
+def export_onnx(run: LoadedRun, path: Path) -> None:
+    """Write the QDQ graph of ``run`` to ``path`` (input ``images`` [N, C, H, W], output ``logits`` [N, classes])."""
+    try:
+        import onnx
+    except ImportError:
+        raise QnnrunError("format=onnx needs the onnx package: pip install 'qnnrun[export]'") from None
+    from qnnrun.export.run import probe_batch
+
+    device = next(run.model.parameters()).device
+    example = probe_batch(run.info, device)
+    if not quant_layers(run.model):
+        raise QnnrunError(f"method={run.config.method.name} has no quantized layer: format=onnx needs a 2-8 bit run")
+    model = qdq_model(run.model, example)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        # keep_initializers_as_inputs skips the exporter's initializer deduplication, which (torch
+        # 2.14) drops one of two equal scale buffers but keeps the node that reads it.
+        with warnings.catch_warnings():  # the TorchScript exporter is deprecated, and chosen on purpose
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), str(temporary), dynamo=False, opset_version=OPSET,
+                              input_names=["images"], output_names=["logits"], keep_initializers_as_inputs=True,
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        proto = onnx.load(str(temporary))
+        stored = {init.name for init in proto.graph.initializer}
+        for graph_input in [i for i in proto.graph.input if i.name in stored]:
+            proto.graph.input.remove(graph_input)
+        _fold_weight_quantize(proto.graph)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(temporary))
+        temporary.replace(path)
+    finally:
+        temporary.unlink(missing_ok=True)

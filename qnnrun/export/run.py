@@ -1,0 +1,243 @@
+"""``qnnrun export`` and ``qnnrun eval backend=int``: load a run, write or run its integer model.
+
+The integer export (``format=int``) is the dict below. On disk (:func:`save_integer_export`,
+written atomically by :func:`qnnrun.checkpoint.save_atomic`, read with ``torch.load(weights_only=True)``)
+its tensors are concatenated into one uint8 tensor and the dict keeps their offsets::
+
+    {"format": "qnnrun-int", "version": 1, "config": the run config, "info": the data set's shape,
+     "epoch": int, "layers": {layer name: integer record (qnnrun.export.integer)},
+     "float_state": state dict of every module the records do not replace,
+     "bn_folded_in_training": whether the run folded its BatchNorms itself (nbn/fbf/lbl),
+     "sizes": {"packed_weight_bytes", "float_weight_bytes", "reported_weight_memory_bytes", ...}}
+
+The model structure is rebuilt from ``config`` (model, method and bits) as a checkpoint is; the
+records then replace its quantized layers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from qnnrun.checkpoint import load_checkpoint, save_atomic
+from qnnrun.data import DataInfo, build_data
+from qnnrun.engine import build_quantized_model, evaluate, example_input, select_device
+from qnnrun.errors import QnnrunError
+from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
+from qnnrun.metrics.bops import layer_costs, totals
+from qnnrun.methods import Method
+from qnnrun.quant.fold import mark_folded
+
+FORMATS = ("int", "onnx")
+BACKENDS = ("fake", "int")
+INT_FORMAT = "qnnrun-int"
+INT_VERSION = 1
+
+
+@dataclass
+class LoadedRun:
+    """A saved run rebuilt in evaluation mode: its config, data-set shape, fake-quant model and method."""
+
+    config: DictConfig
+    info: DataInfo
+    model: nn.Module
+    method: Method
+    epoch: int
+
+
+def load_run(checkpoint: str | Path, device: torch.device) -> LoadedRun:
+    """Rebuild the fake-quant model of a checkpoint (a ``.ckpt`` file or a run folder) on ``device``."""
+    ckpt = load_checkpoint(checkpoint)
+    config = OmegaConf.create(ckpt["config"])
+    info = DataInfo(**ckpt["info"])
+    model, method = build_quantized_model(config, info, device)
+    model.load_state_dict(ckpt["model"])
+    if ckpt.get("method"):
+        method.load_state_dict(ckpt["method"])
+        if getattr(method, "folded", False):  # a progressive run that folded its BatchNorms
+            mark_folded(model, method.pairs)
+    return LoadedRun(config, info, model.eval(), method, int(ckpt["epoch"]))
+
+
+def probe_batch(info: DataInfo, device: torch.device, batch: int = 4) -> Tensor:
+    """A fixed random batch [batch, C, H, W] (standard normal, seed 0) that traces the model's structure."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, info.in_channels, info.image_size, info.image_size, generator=generator).to(device)
+
+
+def weight_sizes(run: LoadedRun, records: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Bytes of the packed weight codes, of the float conv/linear weights, and what the run's
+    summary reports: ``reported_weight_memory_bytes`` (``weight_memory_mb`` in bytes) and its
+    conv/linear-weight part ``reported_layer_weight_bytes`` (each layer's ``params * weight_bits``
+    bits rounded up to whole bytes, the rounding the packing has)."""
+    device = next(run.model.parameters()).device
+    costs = layer_costs(run.model, example_input(run.info, device, 1))
+    cost = totals(run.model, costs)
+    packed = sum(record["codes"].numel() for record in records.values())
+    float_weights = 0
+    for name, module in run.model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in records:
+            float_weights += 4 * module.weight.numel()
+    return {"packed_weight_bytes": packed, "float_weight_bytes": float_weights,
+            "reported_layer_weight_bytes": sum(math.ceil(c.weight_memory_bits / 8) for c in costs),
+            "reported_weight_memory_bytes": cost["weight_memory_bits"] / 8}
+
+
+def integer_export(run: LoadedRun) -> dict[str, Any]:
+    """The ``format=int`` export of ``run`` (see the module docstring)."""
+    device = next(run.model.parameters()).device
+    records = integer_records(run.model, probe_batch(run.info, device))
+    if not records:
+        raise QnnrunError(f"method={run.config.method.name} at bits.w={run.config.bits.w} has no quantized weights: "
+                          f"format=int needs a quantized run (valid methods: every one but fp)")
+    replaced = exported_keys(run.model, records)
+    float_state = {k: v.cpu() for k, v in run.model.state_dict().items() if not replaced(k)}
+    return {"format": INT_FORMAT, "version": INT_VERSION, "config": OmegaConf.to_container(run.config),
+            "info": asdict(run.info), "epoch": run.epoch, "layers": records, "float_state": float_state,
+            "sizes": weight_sizes(run, records), "bn_folded_in_training": bool(getattr(run.method, "folded", False))}
+
+
+def _flatten(tree: Any, blob: bytearray) -> Any:
+    """``tree`` with every tensor replaced by ``("tensor", dtype, shape, offset, bytes)`` into ``blob``."""
+    if isinstance(tree, Tensor):
+        data = tree.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        blob += data
+        return ("tensor", str(tree.dtype).removeprefix("torch."), list(tree.shape), len(blob) - len(data), len(data))
+    if isinstance(tree, dict):
+        return {key: _flatten(value, blob) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_flatten(value, blob) for value in tree]
+    return tree
+
+
+def _unflatten(tree: Any, blob: Tensor) -> Any:
+    if isinstance(tree, tuple) and tree[:1] == ("tensor",):
+        _, dtype, shape, offset, size = tree
+        return blob[offset:offset + size].clone().view(getattr(torch, dtype)).reshape(shape)
+    if isinstance(tree, dict):
+        return {key: _unflatten(value, blob) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_unflatten(value, blob) for value in tree]
+    return tree
+
+
+def save_integer_export(export: dict[str, Any], path: str | Path) -> None:
+    """Write an export atomically as one uint8 tensor holding every tensor's bytes plus the plain
+    structure (offsets, dtypes, shapes), so the file is its payload plus a small fixed overhead."""
+    blob = bytearray()
+    tree = _flatten(export, blob)
+    save_atomic({"format": INT_FORMAT, "version": INT_VERSION, "tree": tree,
+                 "blob": torch.frombuffer(blob, dtype=torch.uint8) if blob else torch.zeros(0, dtype=torch.uint8)},
+                path)
+
+
+def load_integer_export(path: str | Path) -> dict[str, Any]:
+    """Read a ``format=int`` file; a foreign or damaged file is a one-line error."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every reader error means the same to the user
+        raise QnnrunError(f"{path} is not a readable qnnrun integer export: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict) or data.get("format") != INT_FORMAT:
+        raise QnnrunError(f"{path} is not a qnnrun integer export (format {INT_FORMAT})")
+    if data.get("version") != INT_VERSION:
+        raise QnnrunError(f"{path} has integer export version {data.get('version')}, this qnnrun reads {INT_VERSION}")
+    return _unflatten(data["tree"], data["blob"])
+
+
+def integer_model(export: dict[str, Any], device: torch.device) -> nn.Module:
+    """The integer model of an export, rebuilt from its config and records on ``device``."""
+    config = OmegaConf.create(export["config"])
+    info = DataInfo(**export["info"])
+    model, method = build_quantized_model(config, info, device)
+    missing, unexpected = model.load_state_dict(export["float_state"], strict=False)
+    replaced = exported_keys(model, export["layers"])
+    if unexpected or any(not replaced(k) for k in missing):
+        raise QnnrunError("the integer export does not fit the model its config builds (was it written by another "
+                          "qnnrun version?)")
+    if export["bn_folded_in_training"]:  # a progressive run's folded BatchNorms are identities
+        mark_folded(model, method.pairs)
+    return build_integer_model(model.eval(), export["layers"])
+
+
+def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str) -> str:
+    """Write the ``fmt`` export of a checkpoint next to it (or to ``output``); returns a report line."""
+    if fmt not in FORMATS:
+        raise QnnrunError(f"format '{fmt}' is not valid: valid are {', '.join(FORMATS)}")
+    run = load_run(checkpoint, select_device(device))
+    source = Path(checkpoint)
+    stem = source / "model" if source.is_dir() else source.with_suffix("")
+    if fmt == "onnx":
+        from qnnrun.export.onnx import export_onnx
+
+        path = Path(output) if output else stem.with_suffix(".onnx")
+        export_onnx(run, path)
+        return f"wrote {path} ({path.stat().st_size} bytes): QuantizeLinear/DequantizeLinear graph"
+    export = integer_export(run)
+    path = Path(output) if output else stem.with_suffix(".int.pt")
+    save_integer_export(export, path)
+    sizes = export["sizes"]
+    return (f"wrote {path} ({path.stat().st_size} bytes): {len(export['layers'])} integer layers, packed weights "
+            f"{sizes['packed_weight_bytes']} bytes + float weights {sizes['float_weight_bytes']} bytes "
+            f"(reported conv/linear weight memory {sizes['reported_layer_weight_bytes']} bytes, total weight memory "
+            f"{sizes['reported_weight_memory_bytes']} bytes)")
+
+
+@dataclass
+class Agreement:
+    """Predictions of the integer model against the fake-quant model on one test set."""
+
+    images: int
+    disagreements: int
+    int_correct: int
+    fake_correct: int
+    disagreeing: list[int]  # indices of the images whose predicted class differs
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 - self.disagreements / max(1, self.images)
+
+
+@torch.no_grad()
+def compare_predictions(fake: nn.Module, integer: nn.Module, batches: Any) -> Agreement:
+    """Top-1 predictions of both models on every batch ``(images [B, C, H, W], labels [B])``."""
+    fake.eval()
+    integer.eval()
+    images = wrong = int_correct = fake_correct = 0
+    disagreeing: list[int] = []
+    for x, labels in batches:
+        a, b = fake(x).argmax(1), integer(x).argmax(1)
+        differ = (a != b).nonzero().flatten().cpu()
+        disagreeing += (differ + images).tolist()
+        wrong += differ.numel()
+        int_correct += int((b == labels).sum())
+        fake_correct += int((a == labels).sum())
+        images += labels.numel()
+    return Agreement(images, wrong, int_correct, fake_correct, disagreeing)
+
+
+def evaluate_integer(checkpoint: str, dataset: DictConfig | None, paths: DictConfig, device: str) -> str:
+    """``qnnrun eval backend=int``: the integer model's test metrics (the line ``backend=fake``
+    prints) and its agreement with the fake-quant model."""
+    torch_device = select_device(device)
+    run = load_run(checkpoint, torch_device)
+    model = integer_model(integer_export(run), torch_device)
+    data = build_data(dataset if dataset is not None else run.config.dataset, data_dir=paths.data_dir,
+                      cache_dir=paths.cache_dir, device=torch_device, seed=run.config.seed)
+    shape = (data.info.in_channels, data.info.image_size, data.info.num_classes)
+    if shape != (run.info.in_channels, run.info.image_size, run.info.num_classes):
+        raise QnnrunError(f"data set '{data.info.name}' (channels, size, classes) = {shape} does not fit the "
+                          f"checkpoint's model, trained on '{run.info.name}'")
+    result = evaluate(model, data.test, run.info.num_classes)
+    agreement = compare_predictions(run.model, model, data.test)
+    top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
+    return (f"{run.config.method.name} {run.config.model.name} W{run.method.weight_bits}/A{run.method.act_bits} "
+            f"(epoch {run.epoch}) on {data.info.name} test ({data.test.num_samples} images): "
+            f"top-1 {result.acc:.2f}%{top5}  loss {result.loss:.4f}  [backend=int: {agreement.disagreements} of "
+            f"{agreement.images} predictions differ from fake-quant ({100 * agreement.fraction:.2f}% agree)]")

@@ -1,0 +1,314 @@
+"""Integer export (format=int), the integer reference inference, and the ONNX QDQ export.
+
+One short digits training per method (module-scoped, trained on first use); every assertion on
+agreement is against the fake-quant model of the same checkpoint on the 360 test images.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config, run_cli
+
+from qnnrun.data import build_data
+from qnnrun.engine import train
+from qnnrun.errors import QnnrunError
+from qnnrun.export.grids import pack_codes, unpack_codes
+from qnnrun.export.integer import IntegerLayer, integer_records, quantize_multiplier, requantize
+from qnnrun.export.run import (LoadedRun, compare_predictions, export_checkpoint, integer_export, integer_model,
+                               load_integer_export, load_run)
+from qnnrun.quant.layers import QuantLinear, UniformQuantizer, quant_layers
+
+CPU = torch.device("cpu")
+RUNS: dict[str, list[str]] = {
+    # MLP, every layer quantized (first/last at 8 bits): an integer hand-over between all three layers.
+    "ste": ["method=ste", "bits=4", "quant.first_layer=8", "quant.last_layer=8"],
+    # LeNet-5 with the affine MMSE quantizer (zero points), conv + max-pool hand-overs.
+    "ste_mmse_lenet": ["method=ste", "bits=4", "model=lenet5", "quant.init=mmse", "quant.first_layer=8",
+                       "quant.last_layer=8"],
+    "lsq": ["method=lsq", "bits=2"],
+    "dorefa": ["method=dorefa", "bits=4", "model=lenet5"],
+    "pact": ["method=pact", "bits=4"],
+    "sq": ["method=sq", "bits=2"],  # ternary (TWN) weights
+    "nbn": ["method=nbn", "bits=4", "trainer.epochs=3"],  # BatchNorm folded by the method itself
+    "bnn": ["method=bnn"],  # sign inputs: exact integer thresholds
+    "qnn": ["method=qnn", "bits=2"],
+    "aqe": ["method=aqe", "bits=2"],  # ternary inputs with a calibrated threshold
+    "resnet": ["method=ste", "bits=4", "model=resnet20", "model.width=4", "model.shortcut=B",
+               "quant.first_layer=8", "quant.last_layer=8", "trainer.epochs=1"],
+    "uniq": ["method=uniq", "bits=4", "trainer.epochs=3"],  # non-uniform: codes + look-up table
+}
+UNIFORM = [name for name in RUNS if name != "uniq"]
+# Runs whose layers hand integer codes to the next quantized layer.
+HANDOVER = ["ste", "ste_mmse_lenet", "lsq", "pact", "resnet", "bnn", "qnn"]
+
+
+class Runs:
+    """Trains each run of RUNS on first use (digits, 2 epochs unless set, CPU) and keeps it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.loaded: dict[str, LoadedRun] = {}
+        self.summaries: dict[str, dict] = {}
+        self.exports: dict[str, dict] = {}
+
+    def folder(self, name: str) -> Path:
+        if name not in self.summaries:
+            cfg = compose_config(["trainer.epochs=2", *RUNS[name], "trainer.device=cpu"], data_dir=self.root / "data")
+            self.summaries[name] = train(cfg, self.root / name)
+        return self.root / name
+
+    def run(self, name: str) -> LoadedRun:
+        if name not in self.loaded:
+            self.loaded[name] = load_run(self.folder(name), CPU)
+        return self.loaded[name]
+
+    def export(self, name: str) -> dict:
+        if name not in self.exports:
+            self.exports[name] = integer_export(self.run(name))
+        return self.exports[name]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def digits_test(runs: Runs):
+    return build_data(runs.run("ste").config.dataset, data_dir=runs.root / "data", cache_dir=runs.root / "cache",
+                      device=CPU, seed=0).test
+
+
+# ---- pure parts: packing, fixed-point requantization, one layer by hand ----------------------------
+
+
+def test_pack_codes_by_hand_and_round_trip() -> None:
+    assert pack_codes(torch.tensor([1, 0, 1, 1]), 1).tolist() == [0b1101]
+    assert pack_codes(torch.tensor([3, 1, 2]), 2).tolist() == [3 | 1 << 2 | 2 << 4]
+    assert pack_codes(torch.tensor([5, 6, 7]), 3).tolist() == [5 | 6 << 3 | (7 & 3) << 6, 7 >> 2]  # 7 straddles
+    generator = torch.Generator().manual_seed(0)
+    for bits in range(1, 9):
+        codes = torch.randint(0, 2**bits, (1001,), generator=generator)
+        packed = pack_codes(codes, bits)
+        assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(1001 * bits / 8)
+        assert torch.equal(unpack_codes(packed, bits, 1001), codes)
+
+
+def test_fixed_point_requantization_is_exact_rounding_of_its_multiplier() -> None:
+    m, n = quantize_multiplier(torch.tensor([0.5]))
+    assert (m.item(), n.item()) == (2**30, 31)
+    # round half up: 1.5 -> 2, -1.5 -> -1, 2.5 -> 3
+    assert requantize(torch.tensor([3, -3, 5]), m, n).tolist() == [2, -1, 3]
+    generator = torch.Generator().manual_seed(1)
+    real = torch.exp(torch.empty(200, dtype=torch.float64).uniform_(-14, 4, generator=generator))
+    m, n = quantize_multiplier(real)
+    assert ((m.abs() >= 2**30) & (m.abs() < 2**31)).all()
+    assert ((m.double() * torch.exp2(-n.double()) - real).abs() <= real * 2.0**-30).all()
+    total = torch.randint(-(2**31) + 1, 2**31 - 1, (200,), generator=generator)
+    got = requantize(total, m, n)
+    for t, mi, ni, g in zip(total.tolist(), m.tolist(), n.tolist(), got.tolist()):
+        exact = Fraction(t * mi, 2**ni)
+        assert g == math.floor(exact + Fraction(1, 2))
+
+
+def test_integer_linear_by_hand() -> None:
+    """W4 per-channel weights [0.7, -0.3, 0.1] (step 0.1), a 4-bit unsigned input with range 1.5
+    (step 0.1), bias 0.05: codes [7, -3, 1] and [3, 10, 2] (2.5 rounds to even), accumulator
+    21 - 30 + 2 = -7, bias 0.05 / 0.01 = 5 units, output (-7 + 5) * 0.01 = -0.02."""
+    layer = QuantLinear(3, 1, weight_quant=UniformQuantizer(4, signed=True, channels=1),
+                        input_quant=UniformQuantizer(4, signed=None, range_mode="ema"))
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.7, -0.3, 0.1]]))
+        layer.bias.fill_(0.05)
+    layer.input_quant.calibrating = True
+    layer.input_quant.observe(torch.tensor([[1.5, 0.0, 0.2]]))
+    layer.input_quant.calibrating = False
+    model = torch.nn.Sequential(layer).eval()
+    x = torch.tensor([[0.3, 1.0, 0.25]])
+    records = integer_records(model, x)
+    record = records["0"]
+    assert record["bias_fraction_bits"] == 16  # worst case 3 * 15 * 8 + 5 + 1 = 366 leaves 21 bits, capped at 16
+    assert record["bias"].tolist() == [5 * 2**16]
+    integer = IntegerLayer("0", record)
+    assert torch.equal(integer.weight_operands, torch.tensor([[7.0, -3.0, 1.0]], dtype=torch.float64))
+    assert torch.equal(integer.input_grid.operands(x), torch.tensor([[3.0, 10.0, 2.0]], dtype=torch.float64))
+    out = integer(x)
+    assert out.item() == pytest.approx(-0.02, abs=1e-7)
+    assert out.item() == pytest.approx(model(x).item(), abs=1e-7)
+
+
+# ---- every method against its fake-quant model ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_integer_model_predicts_like_fake_quant(runs: Runs, digits_test, name: str) -> None:
+    run = runs.run(name)
+    export = runs.export(name)
+    exported = {n for n, layer in quant_layers(run.model) if layer.weight_quant is not None}
+    assert set(export["layers"]) == exported
+    model = integer_model(export, CPU)
+    agreement = compare_predictions(run.model, model, digits_test)
+    assert agreement.images == 360
+    assert agreement.disagreements == 0, f"{name}: images {agreement.disagreeing} differ"
+    assert agreement.int_correct == agreement.fake_correct
+    layers = [m for m in model.modules() if isinstance(m, IntegerLayer)]
+    handoffs = sum(layer.handoffs for layer in layers)
+    if name in HANDOVER:
+        assert handoffs > 0
+        # The fixed-point codes equal the fake-quant model's own quantization of the float input.
+        assert sum(layer.handoff_mismatches for layer in layers) <= 1e-3 * handoffs
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_exported_weights_decode_to_the_fake_quant_weights(runs: Runs, name: str) -> None:
+    run = runs.run(name)
+    export = runs.export(name)
+    for layer_name, record in export["layers"].items():
+        layer = run.model.get_submodule(layer_name)
+        count = layer.weight.numel()
+        codes = unpack_codes(record["codes"], record["weight_bits"], count).view(layer.weight.shape)
+        assert record["codes"].numel() == math.ceil(count * record["weight_bits"] / 8)
+        assert record["levels"].numel() <= 2 ** record["weight_bits"]
+        view = (-1,) + (1,) * (layer.weight.dim() - 1)
+        decoded = record["weight_scale"].double().view(view) * (
+            record["levels"][codes].double() - record["weight_zero_point"].double().view(view))
+        with torch.no_grad():
+            expected = layer.effective_weight().double()
+        if name == "uniq":  # a look-up table of the distinct levels: exact
+            assert record["levels"].is_floating_point()
+            assert torch.equal(record["levels"], torch.unique(expected))
+            assert torch.equal(decoded, expected)
+        else:
+            assert not record["levels"].is_floating_point()
+            assert torch.allclose(decoded, expected, rtol=1e-6, atol=1e-7), layer_name
+
+
+def test_export_file_round_trips_and_its_size_is_the_weight_memory(runs: Runs, digits_test) -> None:
+    for name in ("ste", "dorefa"):  # all layers quantized / first and last layer float
+        folder = runs.folder(name)
+        line = export_checkpoint(str(folder), "int", None, "cpu")
+        path = folder / "model.int.pt"
+        assert path.is_file() and str(path) in line
+        export = load_integer_export(path)
+        sizes = export["sizes"]
+        # Packed codes (plus float layers at 32 bits) are exactly the conv/linear weight memory the
+        # run reports, each layer rounded up to whole bytes.
+        assert sizes["packed_weight_bytes"] + sizes["float_weight_bytes"] == sizes["reported_layer_weight_bytes"]
+        assert sizes["reported_weight_memory_bytes"] == pytest.approx(runs.summaries[name]["weight_memory_mb"] * 2**20)
+        payload = sum(t.numel() * t.element_size() for t in _tensors(export))
+        assert 0 < path.stat().st_size - payload < 8192  # the structure: names, shapes, offsets
+        from_file = integer_model(export, CPU)
+        in_memory = integer_model(runs.export(name), CPU)
+        images, _ = next(iter(digits_test))
+        assert torch.equal(from_file(images), in_memory(images))
+
+
+def _tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _tensors(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _tensors(value)
+
+
+def test_folded_batchnorm_and_integer_bias(runs: Runs) -> None:
+    export = runs.export("ste")
+    first = export["layers"]["features.1"]
+    assert first["folded_bn"] == "features.2"
+    assert first["bias"].dtype == torch.int32
+    assert [t["layer"] for t in first["targets"]] == ["features.4"]
+    assert first["targets"][0]["multiplier"].dtype == torch.int32
+    assert not any(key.startswith("features.2.") for key in export["float_state"])
+
+
+# ---- command line and errors ------------------------------------------------------------------------
+
+
+def test_cli_export_and_eval_backend_int(runs: Runs, tmp_path: Path, capsys, monkeypatch) -> None:
+    folder = runs.folder("lsq")
+    code, out, err = run_cli(["export", f"checkpoint={folder}", f"output={tmp_path / 'lsq.int.pt'}"], tmp_path,
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert (tmp_path / "lsq.int.pt").is_file() and "integer layers" in out
+    code, out, err = run_cli(["eval", f"checkpoint={folder}", "backend=int"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert f"top-1 {runs.summaries['lsq']['test_acc']:.2f}%" in out
+    assert "[backend=int: 0 of 360 predictions differ from fake-quant (100.00% agree)]" in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["eval", "backend=float"], "backend 'float' is not valid: valid are fake"),
+    (["export", "format=tflite"], "format 'tflite' is not valid: valid are int, onnx"),
+])
+def test_cli_bad_choices_are_one_line(runs: Runs, tmp_path: Path, capsys, monkeypatch, args, message) -> None:
+    code, _, err = run_cli([args[0], f"checkpoint={runs.folder('lsq')}", *args[1:]], tmp_path, capsys, monkeypatch)
+    assert code == 1
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unsupported_runs_name_what_is_valid(runs: Runs, tmp_path: Path) -> None:
+    cfg = compose_config(["method=fp", "trainer.epochs=1", "trainer.device=cpu"], data_dir=runs.root / "data")
+    train(cfg, tmp_path / "fp")
+    with pytest.raises(QnnrunError, match="format=int needs a quantized run"):
+        export_checkpoint(str(tmp_path / "fp"), "int", None, "cpu")
+    cfg = compose_config(["method=lsq", "method.learned_offset=true", "trainer.epochs=1", "trainer.device=cpu"],
+                         data_dir=runs.root / "data")
+    train(cfg, tmp_path / "lsq_plus")
+    with pytest.raises(QnnrunError, match="valid is method.learned_offset=false"):
+        export_checkpoint(str(tmp_path / "lsq_plus"), "int", None, "cpu")
+
+
+# ---- ONNX ------------------------------------------------------------------------------------------
+
+ONNX_RUNS = ["ste", "ste_mmse_lenet", "resnet", "qnn", "sq", "dorefa"]
+
+
+@pytest.mark.parametrize("name", ONNX_RUNS)
+def test_onnx_qdq_graph_predicts_like_pytorch(runs: Runs, digits_test, tmp_path: Path, name: str) -> None:
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    run = runs.run(name)
+    path = tmp_path / f"{name}.onnx"
+    line = export_checkpoint(str(runs.folder(name)), "onnx", str(path), "cpu")
+    assert "QuantizeLinear/DequantizeLinear" in line
+    graph = onnx.load(str(path)).graph
+    ops = [node.op_type for node in graph.node]
+    quantized = [layer for _, layer in quant_layers(run.model)]
+    assert ops.count("DequantizeLinear") == len(quantized) + sum(l.input_quant is not None for l in quantized)
+    integer_weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type in (2, 3)]  # uint8, int8
+    assert sum(w.ndim >= 2 for w in integer_weights) == len(quantized)  # every quantized weight stored as 8-bit
+    # Without graph optimizations onnxruntime runs the QDQ semantics as written; its default
+    # optimizations round the float biases to int32 (units of s_in * s_w), which may move an
+    # output of a low-bit layer by half a unit (0-2 of 360 predictions in the runs seen): at most 1%.
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    for options, exact in ((plain, True), (ort.SessionOptions(), False)):
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        differ = images = 0
+        with torch.no_grad():
+            for x, _ in digits_test:
+                expected = run.model(x).argmax(1)
+                got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0]).argmax(1)
+                differ += int((expected != got).sum())
+                images += x.shape[0]
+        allowed = 0 if exact else images // 100
+        assert differ <= allowed, f"{name}: {differ} of {images} predictions differ between onnxruntime and PyTorch"
+
+
+def test_onnx_refuses_what_has_no_qdq_form(runs: Runs, tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    with pytest.raises(QnnrunError, match="non-uniform .UNIQ. weights have no QuantizeLinear form: use format=int"):
+        export_checkpoint(str(runs.folder("uniq")), "onnx", str(tmp_path / "u.onnx"), "cpu")
+    with pytest.raises(QnnrunError, match="a sign input has no QuantizeLinear form"):
+        export_checkpoint(str(runs.folder("bnn")), "onnx", str(tmp_path / "b.onnx"), "cpu")
+    assert not list(tmp_path.iterdir())
