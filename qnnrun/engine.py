@@ -385,6 +385,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                           f"batches per epoch, this run has {steps_per_epoch} (same dataset.batch_size needed)")
     step = start_epoch * steps_per_epoch
     save = save_atomic if ranks.main else _no_save
+    warming_up = bool(cfg.trainer.compile)  # the first step compiles: timed apart from the epoch
     with StopRequest() as stop:
         for epoch in range(start_epoch, epochs):
             # Per-epoch seeds make an epoch's randomness (order, augmentation, dropout, noise) the same
@@ -409,8 +410,16 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
             for images, labels in progress:
                 if cfg.trainer.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
+                if warming_up:
+                    _synchronize(device)
+                    compile_start = time.perf_counter()
                 loss, logits = train_step(model, forward, method, optimizer, criterion, images, labels, step,
                                           autocast, cfg.trainer.grad_clip, skip_nonfinite)
+                if warming_up:
+                    _synchronize(device)
+                    tally.compile_s = time.perf_counter() - compile_start
+                    log.info("torch.compile warm-up (first step): %.1f s, left out of the epoch's time", tally.compile_s)
+                    warming_up = False
                 distributed.sync_buffers(model, ranks)
                 scheduler.step()
                 tally.add(loss, logits, labels, step, skip_nonfinite)
@@ -433,8 +442,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                     raise _interrupted(stop.signum or signal.SIGTERM, run_dir, f"epoch {epoch + 1}, batch "
                                        f"{tally.batches} of {steps_per_epoch}")
             progress.close()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _synchronize(device)
             tally.check_finite(epoch, steps_per_epoch, cfg, run_dir, ranks)
             distributed.check_agreement(model, ranks, device)
             metrics = tally.metrics(epoch, optimizer.param_groups[0]["lr"], ranks)
@@ -543,6 +551,7 @@ class _EpochTally:
         self.batches = 0  # batches done, skipped ones included
         self.skipped = 0
         self.elapsed = 0.0  # seconds spent in this epoch before a resume
+        self.compile_s = 0.0  # torch.compile warm-up in this epoch, not counted in its time
         self.start = time.perf_counter()
 
     def add(self, loss: Tensor, logits: Tensor, labels: Tensor, step: int, skip: bool) -> None:
@@ -583,7 +592,7 @@ class _EpochTally:
     def metrics(self, epoch: int, lr: float, ranks: distributed.Ranks) -> dict[str, Any]:
         """The epoch's train metrics over all ranks (every rank must call this)."""
         loss_sum, correct, seen = self.totals(ranks)
-        seconds = self.elapsed + time.perf_counter() - self.start
+        seconds = self.elapsed + time.perf_counter() - self.start - self.compile_s
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(1, seen),
@@ -595,6 +604,8 @@ class _EpochTally:
         }
         if self.skipped:
             metrics["skipped_batches"] = self.skipped
+        if self.compile_s:
+            metrics["compile_s"] = self.compile_s
         return metrics
 
     def state(self, steps_per_epoch: int, ranks: distributed.Ranks) -> dict[str, Any]:
@@ -602,7 +613,7 @@ class _EpochTally:
         loss_sum, correct, seen = self.totals(ranks)
         return {"batches": self.batches, "steps_per_epoch": steps_per_epoch, "loss_sum": loss_sum,
                 "correct": correct, "seen": seen, "skipped": self.skipped,
-                "elapsed_s": self.elapsed + time.perf_counter() - self.start, "rng": _rng_state()}
+                "elapsed_s": self.elapsed + time.perf_counter() - self.start - self.compile_s, "rng": _rng_state()}
 
     def restore(self, state: Mapping[str, Any], ranks: distributed.Ranks) -> None:
         """Continue from :meth:`state`; the sums over ranks go to rank 0, so they are counted once."""
@@ -624,6 +635,12 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"][0])
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timing on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _no_save(state: dict[str, Any], path: Path) -> None:
@@ -660,7 +677,7 @@ def _log_epoch(writer: Any, metrics: Mapping[str, Any], cost: Mapping[str, float
     step = metrics["epoch"]
     names = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss",
              "test_acc": "test/acc", "test_top5": "test/top5", "lr": "train/lr",
-             "epoch_time_s": "time/epoch_s", "images_per_s": "time/images_per_s"}
+             "epoch_time_s": "time/epoch_s", "images_per_s": "time/images_per_s", "compile_s": "time/compile_s"}
     for key, value in metrics.items():
         if key in names:
             writer.add_scalar(names[key], value, step)
@@ -701,6 +718,7 @@ def _summary(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict
         "weight_memory_mb": cost["weight_memory_mb"],
         "compression": cost["compression"],
         "train_time_s": train_time,
+        "compile_s": sum(h.get("compile_s", 0.0) for h in history),
         "images_per_s": sum(h["images_per_s"] * h["epoch_time_s"] for h in trained) / train_time if train_time else None,
     }
 

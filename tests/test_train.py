@@ -109,3 +109,13 @@ def test_conv_net_w2a2_ste_learns(tmp_path: Path) -> None:
 def test_bf16_autocast_training_learns(tmp_path: Path) -> None:
     summary = _train(tmp_path, "bf16", "bits=4", "trainer.epochs=3", "trainer.precision=bf16")
     assert summary["test_acc"] >= 85.0
+
+
+@pytest.mark.slow
+def test_compiled_run_reports_its_warm_up_apart(tmp_path: Path) -> None:
+    """trainer.compile=true: the first step's compile time is in compile_s, not in the epoch time."""
+    summary = _train(tmp_path, "compiled", "bits=2", "trainer.epochs=2", "trainer.compile=true")
+    history = load_checkpoint(tmp_path / "compiled" / "last.ckpt")["history"]
+    assert history[0]["compile_s"] > 0 and "compile_s" not in history[1]
+    assert summary["compile_s"] == history[0]["compile_s"]
+    assert summary["test_acc"] > 80
