@@ -367,6 +367,8 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
 
     writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None) if ranks.main else None
+    if cfg.trainer.compile:
+        _allow_recompiles(64)
     compiled = torch.compile(model) if cfg.trainer.compile else model  # evaluation (and training on one rank)
     forward = compiled
     if ranks.active:  # after prepare/resume: DDP starts every rank from rank 0's weights and buffers
@@ -635,6 +637,15 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["cpu"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"][0])
+
+
+def _allow_recompiles(limit: int) -> None:
+    """Let dynamo recompile a frame up to ``limit`` times: methods whose layer states change during the
+    run (UNIQ stages, NBN/FBF/LBL progressions: about 36 changes on ResNet-20) recompile at each
+    change, and past dynamo's default of 8 the model would silently run eagerly."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7 name
+    setattr(config, name, max(getattr(config, name), limit))
 
 
 def _synchronize(device: torch.device) -> None:

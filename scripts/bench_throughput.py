@@ -1,111 +1,429 @@
-"""Training throughput of float vs quantized training, side by side in one process.
+"""Training throughput of every method against float, side by side in one process (issue 8).
 
-Measures the engine's own ``train_step`` (method hooks, forward, loss, backward, optimizer) on
-random CIFAR-shaped batches held on the device, so the number is the pure train-step speed
-without data loading. Prints a Markdown table: images/s, ratio to float, peak GPU memory.
+For every model x method x bits it times the engine's own train step (``qnnrun.engine.train_step``:
+the method's hooks, forward, loss, backward, optimizer) on random CIFAR-shaped batches held on the
+device, eager and, with ``--compile``, through ``torch.compile``, and prints one Markdown table:
+images/s, the ratio to the float fp32 eager step of the same model (always measured first), peak
+GPU memory and its ratio to float's, and the compile warm-up. ``--channels-last`` and ``--bf16``
+add those variants; ``--epoch`` also times whole epochs through the project's data loader
+(``TensorLoader``: uint8 images on the device, shuffled, cropped and flipped there; random
+CIFAR-sized data, so no files are read) against the pure train step of the same configuration.
+A Brevitas row per model and bits (``QuantConv2d`` / ``QuantReLU``, the same layer policy as
+``method=ste``) is added when ``brevitas`` is importable (``pip install -e '.[bench]'``).
 
-    python scripts/bench_throughput.py                        # resnet20, fp vs ste W4A4 / W2A2
-    python scripts/bench_throughput.py --batch 512 --steps 200 --device cuda
-    python scripts/bench_throughput.py --runs method=fp method=ste,bits=2 --model resnet56
+    python scripts/bench_throughput.py                                   # CPU-sized defaults
+    python scripts/bench_throughput.py --device cuda --batch 512 --steps 100 --compile --channels-last --bf16
+    python scripts/bench_throughput.py --methods fp ste lsq --bits 2 4 --epoch --json out.json
+
+Timing: ``--warmup`` untimed steps first (compilation happens there; a compiled variant's warm-up
+minus that many steady steps is reported as its compile time), then ``--steps`` steps timed with
+CUDA events (wall clock on the CPU). Methods with a schedule are timed where a real run spends its
+middle: the hooks are told a run of ``--plan-epochs`` epochs of a CIFAR-sized epoch at this batch
+and the timed steps sit at 70% of it (SQ: ratio 0.875, rows redrawn every step; UNIQ: the last
+block noisy, the others frozen; NBN / FBF / LBL: mid-progression, groups still being quantized).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
+import json
 import platform
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
 from datetime import date
 
 import torch
+import torch._dynamo
 from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch import Tensor, nn
 
 from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
-from qnnrun.data import dataset_info
-from qnnrun.engine import build_optimizer, build_quantized_model, select_device, train_step
+from qnnrun.data import TensorLoader, dataset_info
+from qnnrun.engine import build_optimizer, build_quantized_model, lr_factor, select_device, train_step
+from qnnrun.errors import QnnrunError
+from qnnrun.methods import build_method
+from qnnrun.models import build_model
 
-DEFAULT_RUNS = ["method=fp", "method=ste,bits=4", "method=ste,bits=2"]
+METHODS = ["fp", "ste", "lsq", "dorefa", "pact", "sq", "uniq", "nbn", "fbf", "lbl", "bnn", "qnn", "aqe"]
+CIFAR_TRAIN = 50000
 
 
-def measure(overrides: list[str], device: torch.device, batch: int, steps: int, warmup: int,
-            compile_model: bool) -> dict[str, float]:
-    """Images/s and peak memory of ``steps`` train steps of the run described by ``overrides``."""
+@dataclass
+class Variant:
+    """How a step is run: compiled or eager, memory format, autocast precision."""
+
+    compile: bool = False
+    channels_last: bool = False
+    bf16: bool = False
+
+    def label(self) -> str:
+        parts = ["compile" if self.compile else "eager"]
+        if self.channels_last:
+            parts.append("channels_last")
+        if self.bf16:
+            parts.append("bf16")
+        return "+".join(parts)
+
+    def autocast(self, device: torch.device) -> Callable[[], AbstractContextManager]:
+        if not self.bf16:
+            return nullcontext
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+@dataclass
+class Result:
+    model: str
+    method: str
+    bits: str
+    variant: str
+    images_per_s: float
+    peak_mib: float | None = None  # GPU only
+    compile_s: float | None = None  # compiled variants only
+    graphs: int | None = None  # graphs dynamo compiled, warm-up and timed steps together
+    epoch_images_per_s: float | None = None  # --epoch
+    note: str = ""
+    ratio: float = field(default=float("nan"))
+    memory_ratio: float | None = None
+
+
+class Timer:
+    """Seconds between ``start()`` and ``stop()``: CUDA events on a GPU, else the wall clock."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.begin = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+            self.begin.record()
+        else:
+            self.wall = time.perf_counter()
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            self.end.record()
+            torch.cuda.synchronize(self.device)
+            return self.begin.elapsed_time(self.end) / 1000.0
+        return time.perf_counter() - self.wall
+
+
+def compose_run(model: str, method: str, bits: int, overrides: list[str]) -> DictConfig:
+    """The ``train`` config of one run (CIFAR-10 shapes; nothing is read from disk)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=quote_numeric_groups(overrides))
+        return compose("train", overrides=quote_numeric_groups(
+            [f"model={model}", "dataset=cifar10", f"method={method}",
+             *([] if method == "fp" else [f"bits={bits}"]), *overrides]))
+
+
+def synthetic_batch(cfg: DictConfig, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """A normalized-looking float batch [B, C, H, W] and labels [B], on ``device``."""
     info = dataset_info(cfg.dataset)
-    torch.manual_seed(0)
-    model, method = build_quantized_model(cfg, info, device)
-    images = torch.randn(batch, info.in_channels, info.image_size, info.image_size, device=device)
-    labels = torch.randint(0, info.num_classes, (batch,), device=device)
-    method.prepare(model, [images])
-    model.train()
-    optimizer = build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
-    criterion = method.criterion(0.0)
-    forward = torch.compile(model) if compile_model else model
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, info.in_channels, info.image_size, info.image_size, generator=generator)
+    labels = torch.randint(0, info.num_classes, (batch,), generator=generator)
+    return images.to(device), labels.to(device)
 
-    def run(count: int, first: int) -> None:
-        for step in range(first, first + count):
-            train_step(model, forward, method, optimizer, criterion, images, labels, step)
 
-    start = time.perf_counter()
-    run(warmup, 0)
-    sync(device)
-    warm_s = time.perf_counter() - start
+def synthetic_loader(cfg: DictConfig, samples: int, batch: int, device: torch.device) -> TensorLoader:
+    """The training loader a CIFAR-10 run builds, over ``samples`` random uint8 images."""
+    info, data = dataset_info(cfg.dataset), cfg.dataset
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (samples, info.in_channels, info.image_size, info.image_size),
+                           dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, info.num_classes, (samples,), generator=generator)
+    return TensorLoader(images, labels, batch_size=batch, mean=list(data.mean), std=list(data.std), device=device,
+                        seed=0, shuffle=True, drop_last=bool(data.drop_last), augment=bool(data.augment),
+                        crop_padding=int(data.crop_padding), hflip=bool(data.hflip))
+
+
+class Trainer:
+    """One configured run, ready to step: the model, its method (scheduled to 70% of a notional
+    run), optimizer, scheduler and loss, built the way ``qnnrun.engine.train`` builds them."""
+
+    def __init__(self, cfg: DictConfig, variant: Variant, device: torch.device, batch: int,
+                 plan_epochs: int, compile_mode: str | None = None) -> None:
+        info = dataset_info(cfg.dataset)
+        torch.manual_seed(0)
+        self.model, self.method = build_quantized_model(cfg, info, device)
+        if variant.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.variant, self.device = variant, device
+        self.images, self.labels = synthetic_batch(cfg, batch, device)
+        self.steps_per_epoch = max(1, CIFAR_TRAIN // batch)
+        self.method.plan(plan_epochs, self.steps_per_epoch)
+        calibration = [self.images] * int(cfg.quant.calib_batches)
+        self.method.set_calibration_source(lambda: iter(calibration))
+        self.method.prepare(self.model, iter(calibration))
+        self.epoch = int(0.7 * plan_epochs)
+        self.step = self.epoch * self.steps_per_epoch
+        self.method.on_epoch_start(self.model, self.epoch, plan_epochs)
+        self.model.train()
+        self.optimizer = build_optimizer(cfg.optim, self.method.param_groups(self.model, cfg.optim.weight_decay))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(cfg.sched, step, self.steps_per_epoch, plan_epochs)
+            * self.method.lr_scale(step))
+        self.criterion = self.method.criterion(float(cfg.trainer.label_smoothing))
+        self.forward = torch.compile(self.model, mode=compile_mode) if variant.compile else self.model
+        self.autocast = variant.autocast(device)
+        self.grad_clip = float(cfg.trainer.grad_clip)
+        self.skip_nonfinite = cfg.trainer.get("on_nan", "stop") == "skip_batch"
+        self.bits = f"W{self.method.weight_bits}A{self.method.act_bits}"
+
+    def train_step(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """One step as the engine's epoch loop runs it (channels_last input, scheduler step)."""
+        if self.variant.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        loss, logits = train_step(self.model, self.forward, self.method, self.optimizer, self.criterion, images,
+                                  labels, self.step, self.autocast, self.grad_clip, self.skip_nonfinite)
+        self.scheduler.step()
+        self.step += 1
+        return loss, logits
+
+    def steps(self, count: int) -> None:
+        for _ in range(count):
+            self.train_step(self.images, self.labels)
+
+    def epoch_loop(self, loader: TensorLoader) -> int:
+        """One epoch as ``qnnrun.engine.train`` runs it (loss and accuracy summed on the device,
+        one sync at the end); returns the number of images."""
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.int64)
+        seen = 0
+        for images, labels in loader:
+            loss, logits = self.train_step(images, labels)
+            loss_sum += loss * labels.numel()
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.numel()
+        loss_sum.item()
+        return seen
+
+
+def graph_count() -> int:
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argparse.Namespace) -> Result:
+    """Images/s of ``args.steps`` timed train steps (and, with ``--epoch``, of whole epochs)."""
+    torch._dynamo.reset()
+    gc.collect()  # the previous row's model and compiled graphs hold no memory into this one
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    graphs_before = graph_count()
+    trainer = Trainer(cfg, variant, device, args.batch, args.plan_epochs, args.compile_mode)
+    timer = Timer(device)
+    timer.start()
+    trainer.steps(args.warmup)
+    warmup_s = timer.stop()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    run(steps, warmup)
-    sync(device)
-    elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return {"images_per_s": steps * batch / elapsed, "peak_mib": peak, "warmup_s": warm_s,
-            "bits": f"W{method.weight_bits}/A{method.act_bits}"}
+    timer.start()
+    trainer.steps(args.steps)
+    elapsed = timer.stop()
+    result = Result(cfg.model.name, cfg.method.name, trainer.bits, variant.label(), args.steps * args.batch / elapsed)
+    if device.type == "cuda":
+        result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+    if variant.compile:
+        result.compile_s = max(0.0, warmup_s - args.warmup * elapsed / args.steps)
+    if args.epoch:
+        loader = synthetic_loader(cfg, args.epoch_samples, args.batch, device)
+        trainer.epoch_loop(loader)  # warm-up epoch: a short last batch compiles once more
+        timer.start()
+        seen = sum(trainer.epoch_loop(loader) for _ in range(args.epochs))
+        result.epoch_images_per_s = seen / timer.stop()
+    if variant.compile:
+        result.graphs = graph_count() - graphs_before
+    return result
 
 
-def cpu_name() -> str:
-    """The processor's model name (Linux), else what ``platform`` knows."""
+def brevitas_model(model_name: str, bits: int, device: torch.device) -> nn.Module:
+    """The float model with Brevitas ``QuantConv2d`` / ``QuantReLU`` at ``bits`` in place of every
+    conv and ReLU but the first conv and the classifier (method=ste's default layer policy)."""
+    import brevitas.nn as qnn
+
+    cfg = compose_run(model_name, "fp", 32, [])
+    info = dataset_info(cfg.dataset)
+    model = build_model(cfg.model, in_channels=info.in_channels, num_classes=info.num_classes,
+                        image_size=info.image_size)
+    convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    for name, module in list(model.named_modules()):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if isinstance(module, nn.Conv2d) and name != convs[0]:
+            replacement = qnn.QuantConv2d(module.in_channels, module.out_channels, module.kernel_size,
+                                          stride=module.stride, padding=module.padding, groups=module.groups,
+                                          bias=module.bias is not None, weight_bit_width=bits)
+            setattr(parent, child, replacement)
+        elif isinstance(module, nn.ReLU) and name:
+            setattr(parent, child, qnn.QuantReLU(bit_width=bits))
+    return model.to(device)
+
+
+def measure_brevitas(model_name: str, bits: int, device: torch.device, args: argparse.Namespace) -> Result:
+    """Images/s of plain SGD steps (cross-entropy, no method hooks) of :func:`brevitas_model`."""
+    torch.manual_seed(0)
+    model = brevitas_model(model_name, bits, device).train()
+    images, labels = synthetic_batch(compose_run(model_name, "fp", 32, []), args.batch, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    criterion = nn.CrossEntropyLoss()
+
+    def steps(count: int) -> None:
+        for _ in range(count):
+            optimizer.zero_grad(set_to_none=True)
+            criterion(model(images), labels).backward()
+            optimizer.step()
+
+    timer = Timer(device)
+    steps(args.warmup)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    timer.start()
+    steps(args.steps)
+    elapsed = timer.stop()
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return Result(model_name, "brevitas", f"W{bits}A{bits}", "eager", args.steps * args.batch / elapsed, peak,
+                  note="QuantConv2d / QuantReLU, first conv and classifier float")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+        model = platform.processor() or platform.machine()
+    return f"{model}, {torch.get_num_threads()} threads"
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def table(results: list[Result], epoch: bool) -> str:
+    """The Markdown table of ``results``."""
+    head = ["model", "method", "bits", "variant", "images/s", "ratio to float", "peak MiB", "memory vs float",
+            "compile s", "graphs"]
+    if epoch:
+        head += ["epoch images/s", "epoch / step"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(head))) + "|"]
+
+    def num(value: float | None, fmt: str) -> str:
+        return "n/a" if value is None else format(value, fmt)
+
+    for r in results:
+        cells = [r.model, r.method, r.bits, r.variant + (f" ({r.note})" if r.note else ""), num(r.images_per_s, ".0f"),
+                 num(r.ratio, ".2f"), num(r.peak_mib, ".0f"), num(r.memory_ratio, ".2f"), num(r.compile_s, ".1f"),
+                 num(r.graphs, "d")]
+        if epoch:
+            cells += [num(r.epoch_images_per_s, ".0f"),
+                      num(r.epoch_images_per_s / r.images_per_s if r.epoch_images_per_s else None, ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def runs(args: argparse.Namespace) -> Iterator[tuple[str, str, int, Variant]]:
+    """(model, method, bits, variant) in table order: each model's float fp32 eager reference first."""
+    variants = [Variant(compile=c, channels_last=cl, bf16=bf)
+                for c in ([False, True] if args.compile else [False])
+                for cl in ([False, True] if args.channels_last else [False])
+                for bf in ([False, True] if args.bf16 else [False])]
+    for model in args.models:
+        yield model, "fp", 32, Variant()
+        for method in args.methods:
+            for bits in ([32] if method == "fp" else args.bits):
+                for variant in variants:
+                    if method == "fp" and variant == Variant():
+                        continue  # the reference, measured above
+                    yield model, method, bits, variant
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--dataset", default="cifar10", help="only its input shape and class count are used")
-    parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS,
-                        help="one comma-separated override list per run; the first is the reference")
+    parser.add_argument("--models", nargs="+", default=["resnet20"])
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS, metavar="METHOD",
+                        help=f"default: {' '.join(METHODS)}")
+    parser.add_argument("--bits", nargs="+", type=int, default=[2, 4], help="W and A bits of each row (default 2 4)")
+    parser.add_argument("--overrides", nargs="*", default=[],
+                        help="config overrides for every run, e.g. quant.per_channel=false")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20, help="timed train steps per row")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before (compilation happens here)")
+    parser.add_argument("--plan-epochs", type=int, default=60, help="length of the notional run the hooks are told")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (warm-up reported apart)")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile variants")
+    parser.add_argument("--channels-last", action="store_true", help="add channels_last variants")
+    parser.add_argument("--bf16", action="store_true", help="add bf16-autocast variants")
+    parser.add_argument("--epoch", action="store_true", help="also time whole epochs through the data loader")
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs per row with --epoch (after one warm-up)")
+    parser.add_argument("--epoch-samples", type=int, default=CIFAR_TRAIN, help="images per epoch with --epoch")
+    parser.add_argument("--no-brevitas", action="store_true", help="leave out the Brevitas rows")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode of the compiled variants (default: torch's; e.g. reduce-overhead "
+                             "for CUDA graphs, max-autotune-no-cudagraphs)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{cpu_name()}, {torch.get_num_threads()} threads")
-    print(f"{args.model} on {args.dataset}-shaped input, batch {args.batch}, {args.steps} steps after "
-          f"{args.warmup} warm-up; {device.type}: {name}; torch {torch.__version__}; {date.today()}"
-          f"{'; torch.compile' if args.compile else ''}\n")
-    print("| run | bits | images/s | ratio to first | peak MiB | warm-up s |")
-    print("|---|---|---:|---:|---:|---:|")
-    reference = None
-    for run in args.runs:
-        overrides = [f"model={args.model}", f"dataset={args.dataset}", *run.split(",")]
-        result = measure(overrides, device, args.batch, args.steps, args.warmup, args.compile)
-        reference = reference or result["images_per_s"]
-        print(f"| {run} | {result['bits']} | {result['images_per_s']:.0f} | "
-              f"{result['images_per_s'] / reference:.2f} | {result['peak_mib']:.0f} | {result['warmup_s']:.1f} |",
-              flush=True)
+    torch.backends.cudnn.benchmark = True  # as qnnrun.engine.seed_everything sets it for training
+    print(f"{device.type}: {device_name(device)}; torch {torch.__version__}; {date.today()}; batch {args.batch}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up"
+          + (f"; compile mode {args.compile_mode}" if args.compile and args.compile_mode else "")
+          + (f"; epochs of {args.epoch_samples} images" if args.epoch else ""), flush=True)
+
+    results: list[Result] = []
+    reference: dict[str, Result] = {}
+    measured: set[tuple[str, str, int, int, str]] = set()
+    for model, method, bits, variant in runs(args):
+        try:
+            cfg = compose_run(model, method, bits, args.overrides)
+            bound = build_method(cfg)  # the bits it runs at (bnn: always 1)
+            key = (model, method, bound.weight_bits, bound.act_bits, variant.label())
+            if key in measured:
+                continue
+            measured.add(key)
+            result = measure(cfg, variant, device, args)
+        except QnnrunError as error:  # e.g. a method that does not take these bits
+            print(f"skipped {model} {method} {bits} bits {variant.label()}: {error}", flush=True)
+            continue
+        except Exception as error:  # noqa: BLE001 - one failing row (a compile error) must not lose the others
+            print(f"FAILED {model} {method} {bits} bits {variant.label()}: {type(error).__name__}: "
+                  f"{str(error).splitlines()[0] if str(error) else ''}", flush=True)
+            continue
+        if method == "fp" and variant == Variant():
+            reference[model] = result
+        results.append(result)
+        print(f"{model} {method} {result.bits} {variant.label()}: {result.images_per_s:.0f} images/s", flush=True)
+
+    brevitas_note = ""
+    if importlib.util.find_spec("brevitas") is None:
+        brevitas_note = "brevitas is not installed (pip install -e '.[bench]'): no Brevitas rows"
+    else:
+        for model in [] if args.no_brevitas else args.models:
+            for bits in args.bits:
+                try:
+                    results.append(measure_brevitas(model, bits, device, args))
+                except Exception as error:  # noqa: BLE001 - Brevitas's own limits (e.g. 1 bit): report, go on
+                    print(f"skipped brevitas {model} {bits} bits: {type(error).__name__}: {error}", flush=True)
+
+    for r in results:
+        ref = reference.get(r.model)
+        if ref is not None:
+            r.ratio = r.images_per_s / ref.images_per_s
+            if r.peak_mib is not None and ref.peak_mib:
+                r.memory_ratio = r.peak_mib / ref.peak_mib
+    print()
+    print(table(results, args.epoch))
+    if brevitas_note and not args.no_brevitas:
+        print(f"\n{brevitas_note}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
+                       "args": vars(args), "rows": [asdict(r) for r in results]}, f, indent=1)
 
 
 if __name__ == "__main__":

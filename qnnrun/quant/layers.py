@@ -188,10 +188,11 @@ class QuantLayer(nn.Module):
         self.register_buffer("channel_state", torch.full((channels,), int(ChannelState.QUANT), dtype=torch.uint8))
         self.register_buffer("frozen_weight", torch.zeros_like(self.weight, requires_grad=False))
         self._present: frozenset[int] | None = None
-        self._register_load_state_dict_pre_hook(self._forget_present)
+        self.register_load_state_dict_post_hook(self._recount_present)
 
-    def _forget_present(self, *args: Any, **kwargs: Any) -> None:
+    def _recount_present(self, *args: Any) -> None:
         self._present = None
+        self.present_states()
 
     @property
     def weight_bits(self) -> int:
@@ -204,7 +205,12 @@ class QuantLayer(nn.Module):
         return 32 if self.input_quant is None else self.input_quant.bits
 
     def present_states(self) -> frozenset[int]:
-        """Set of :class:`ChannelState` values in use (cached: one device sync per change)."""
+        """Set of :class:`ChannelState` values in use (cached: one device sync per change).
+
+        Kept up to date outside the forward pass (by :meth:`set_channel_state` and after
+        ``load_state_dict``), so that a ``torch.compile``-d forward reads a constant instead of
+        breaking its graph on a device sync.
+        """
         if self._present is None:
             self._present = frozenset(int(v) for v in torch.unique(self.channel_state).tolist())
         return self._present
@@ -220,7 +226,8 @@ class QuantLayer(nn.Module):
                 quantized = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
                 self.frozen_weight[index] = quantized[index].detach()
         self.channel_state[index] = int(state)
-        self._present = None
+        self._present = frozenset({int(state)}) if channels is None else None
+        self.present_states()
 
     def quantized_fraction(self) -> float:
         """Fraction of output channels in ``QUANT`` or ``FROZEN`` state (0 for float weights)."""
@@ -243,14 +250,15 @@ class QuantLayer(nn.Module):
             if only == ChannelState.FROZEN:
                 return self.frozen_weight
             return self.weight_quant.perturb(weight)
+        # Plain ints: torch.compile (2.14) cannot trace ``tensor == IntEnum``.
         state = self.channel_state.view(-1, *([1] * (weight.dim() - 1)))
         out = weight
         if ChannelState.NOISY in present:
-            out = torch.where(state == ChannelState.NOISY, self.weight_quant.perturb(weight), out)
+            out = torch.where(state == int(ChannelState.NOISY), self.weight_quant.perturb(weight), out)
         if ChannelState.QUANT in present:
-            out = torch.where(state == ChannelState.QUANT, self.weight_quant(weight), out)
+            out = torch.where(state == int(ChannelState.QUANT), self.weight_quant(weight), out)
         if ChannelState.FROZEN in present:
-            out = torch.where(state == ChannelState.FROZEN, self.frozen_weight, out)
+            out = torch.where(state == int(ChannelState.FROZEN), self.frozen_weight, out)
         return out
 
     def quantize_input(self, x: Tensor) -> Tensor:
