@@ -8,7 +8,7 @@ Two ways in:
   variables set): every process already is a rank; :func:`init` joins the process group.
 
 The global batch is ``dataset.batch_size`` whatever the number of ranks: every rank draws the
-same (seeded) global batch and trains on its slice (:class:`RankSlice`), so a run on N devices
+same (seeded) global batch and trains on its share (the loaders' ``shard``), so a run on N devices
 sees the same samples, in the same order and with the same augmentation, as a run on one.
 Gradients are averaged by DDP; metrics are summed over ranks; only rank 0 writes files.
 After every optimizer step the buffers (BatchNorm statistics, activation ranges) of rank 0 are
@@ -24,7 +24,6 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,32 +162,6 @@ def check_agreement(model: nn.Module, ranks: Ranks, device: torch.device) -> Non
         names = [name for name, _ in (*model.named_parameters(), *model.named_buffers())]
         raise QnnrunError(f"the {ranks.world} ranks' models differ (first: {names[int(differ.nonzero()[0])]}): a "
                           f"method hook made a data-dependent change to parameters; please report it")
-
-
-class RankSlice:
-    """A loader of global batches, yielding only this rank's contiguous slice of each batch.
-
-    ``__len__``, ``num_samples`` and ``batch_size`` stay the global ones; a batch smaller than the
-    number of ranks leaves some ranks an empty slice (evaluation sums over ranks, so nothing is
-    counted twice or lost).
-    """
-
-    def __init__(self, loader: Any, ranks: Ranks) -> None:
-        self.loader = loader
-        self.ranks = ranks
-        self.num_samples = loader.num_samples
-        self.batch_size = loader.batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.loader.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for images, labels in self.loader:
-            yield (images.tensor_split(self.ranks.world)[self.ranks.rank],
-                   labels.tensor_split(self.ranks.world)[self.ranks.rank])
 
 
 def _free_port() -> int:

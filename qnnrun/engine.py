@@ -39,7 +39,7 @@ from tqdm import tqdm
 from qnnrun.checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
 from qnnrun import distributed
 from qnnrun.config import validate_quant, validate_train
-from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
+from qnnrun.data import DataInfo, build_data, dataset_info
 from qnnrun.errors import Interrupted, QnnrunError
 from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
@@ -324,8 +324,9 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
 
     data = build_data(cfg.dataset, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir,
                       device=device, seed=cfg.seed)
-    if ranks.active:  # every rank draws the same global batches and trains on its slice
-        data = DataBundle(data.info, distributed.RankSlice(data.train, ranks), distributed.RankSlice(data.test, ranks))
+    if ranks.active:  # every rank draws the same global batches and trains on its share
+        data.train.shard(ranks.rank, ranks.world)
+        data.test.shard(ranks.rank, ranks.world)
     info = data.info
     init_from = None if checkpoint is not None else cfg.init_from
     model, method = build_quantized_model(cfg, info, device, init_from)

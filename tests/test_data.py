@@ -375,3 +375,44 @@ def test_bad_files_in_a_streamed_imagefolder_are_named_or_skipped(tmp_path, capl
     with caplog.at_level("WARNING", logger="qnnrun"):
         labels = torch.cat([y for _, y in bundle.train])
     assert len(labels) == 10 and "skipped 1 bad image file(s)" in caplog.text
+
+
+# --- shards of one run on several processes ----------------------------------------------------
+
+
+def test_shards_of_a_tensor_loader_make_up_its_global_batches():
+    whole = make_loader(n=106, batch_size=10, augment=True, crop_padding=2, hflip=True)
+    shards = [make_loader(n=106, batch_size=10, augment=True, crop_padding=2, hflip=True) for _ in range(3)]
+    for rank, shard in enumerate(shards):
+        shard.shard(rank, 3)
+        assert len(shard) == len(whole) == 11  # the final batch of 6 gives every rank 2
+    for parts in zip(*(epoch_batches(s, 4) for s in shards), epoch_batches(whole, 4), strict=True):
+        *ranks, (images, labels) = parts
+        assert [len(y) for _, y in ranks] == [len(t) for t in labels.tensor_split(3)]
+        assert torch.equal(torch.cat([x for x, _ in ranks]), images)  # same samples and augmentation
+        assert torch.equal(torch.cat([y for _, y in ranks]), labels)
+
+
+def test_a_sharded_training_loader_drops_a_final_batch_too_short_for_every_rank():
+    loader = make_loader(n=103, batch_size=10)  # shuffled: a training loader; final batch of 3
+    assert len(loader) == 11
+    loader.shard(0, 2)  # 3 samples cannot give 2 ranks 2 each
+    assert len(loader) == 10 and len(epoch_batches(loader, 0)) == 10
+    single = make_loader(n=101, batch_size=10)  # a final batch of 1 breaks BatchNorm even alone
+    assert len(single) == 10
+
+
+def test_shards_of_an_imagefolder_read_their_share_of_each_global_batch(tmp_path):
+    write_imagefolder(tmp_path / "tiny")
+    options = dict(root="tiny", image_size=16, batch_size=5, eval_batch_size=3, num_workers=0, augment=False)
+    whole = build("imagefolder", tmp_path, **options)
+    shards = [build("imagefolder", tmp_path, **options) for _ in range(2)]
+    for rank, bundle in enumerate(shards):
+        bundle.train.shard(rank, 2)
+        bundle.test.shard(rank, 2)
+    for loader in ("train", "test"):
+        batches = [list(getattr(b, loader)) for b in (whole, *shards)]
+        assert len(batches[0]) == len(batches[1]) == len(batches[2])
+        for (x, y), (x0, y0), (x1, y1) in zip(*batches, strict=True):
+            assert torch.equal(torch.cat([y0, y1]), y) and torch.equal(torch.cat([x0, x1]), x)
+            assert abs(len(y0) - len(y1)) <= 1

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torchvision import transforms
 
-from qnnrun.data.loader import ORDER_STREAM, epoch_seed
+from qnnrun.data.loader import ORDER_STREAM, batch_count, epoch_seed, rank_share
 from qnnrun.data.sources import report_bad_files
 from qnnrun.errors import QnnrunError
 
@@ -72,7 +72,8 @@ class ImageFolderLoader:
     each iteration, so an epoch replays identically when ``num_workers > 0`` (workers are not
     persistent, so they are reseeded every epoch; with 0 workers the random transforms use the
     process-global RNG). An unreadable file is an error naming it, or with ``skip_bad`` is left
-    out of its batch and counted in the log at the end of the epoch.
+    out of its batch and counted in the log at the end of the epoch. After ``shard(rank, world)``
+    the workers read only rank ``rank``'s share of each global batch.
     """
 
     def __init__(
@@ -94,23 +95,26 @@ class ImageFolderLoader:
         self.batch_size = int(batch_size)
         self.num_samples = len(dataset)
         self._generator = torch.Generator()
+        self._batches = GlobalBatches(self.num_samples, self.batch_size, shuffle, drop_last, self._generator)
         self._loader = DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
+            batch_sampler=self._batches,
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
-            drop_last=drop_last,
-            generator=self._generator,
+            generator=self._generator,  # the workers' base seed
             collate_fn=collate_checked,
         )
+
+    def shard(self, rank: int, world: int) -> None:
+        """Read and yield only rank ``rank``'s share of every global batch, of ``world`` ranks."""
+        self._batches.rank, self._batches.world = int(rank), int(world)
 
     def set_epoch(self, epoch: int) -> None:
         """Make the following iterations replay epoch ``epoch``."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self._loader)
+        return len(self._batches)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._generator.manual_seed(epoch_seed(self.seed, self.epoch, ORDER_STREAM))
@@ -122,3 +126,24 @@ class ImageFolderLoader:
             if images is not None:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         report_bad_files(skipped, True)
+
+
+class GlobalBatches(Sampler[list[int]]):
+    """Sample indices of each global batch of an epoch (shuffled by ``generator`` when ``shuffle``),
+    or of rank ``rank``'s contiguous share of it when ``world > 1`` (set by the loader's ``shard``).
+    A shuffled epoch drops a final batch too short to give every rank 2 samples."""
+
+    def __init__(self, num_samples: int, batch_size: int, shuffle: bool, drop_last: bool,
+                 generator: torch.Generator) -> None:
+        self.num_samples, self.batch_size = num_samples, batch_size
+        self.shuffle, self.drop_last, self.generator = shuffle, drop_last, generator
+        self.rank, self.world = 0, 1
+
+    def __len__(self) -> int:
+        return batch_count(self.num_samples, self.batch_size, self.drop_last, 2 * self.world if self.shuffle else 1)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = torch.randperm(self.num_samples, generator=self.generator) if self.shuffle else torch.arange(
+            self.num_samples)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield rank_share(order[start : start + self.batch_size], self.rank, self.world).tolist()

@@ -34,6 +34,20 @@ class Loader(Protocol):
 
     def set_epoch(self, epoch: int) -> None: ...
 
+    def shard(self, rank: int, world: int) -> None: ...
+
+
+def batch_count(num_samples: int, batch_size: int, drop_last: bool, min_last: int) -> int:
+    """Batches per epoch: the full ones, plus the final short one unless ``drop_last`` or it holds
+    fewer than ``min_last`` samples."""
+    full, rest = divmod(num_samples, batch_size)
+    return full + int(rest > 0 and not drop_last and rest >= min_last)
+
+
+def rank_share(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s contiguous share of a global ``batch`` (first dimension) split ``world`` ways."""
+    return batch if world == 1 else batch.tensor_split(world)[rank]
+
 
 def epoch_seed(seed: int, epoch: int, stream: int) -> int:
     """A 64-bit seed derived from ``(seed, epoch, stream)`` alone.
@@ -58,6 +72,11 @@ class TensorLoader:
     device, augmented there when ``augment`` (random crop after zero padding ``crop_padding``
     pixels, random horizontal flip when ``hflip``), scaled to [0, 1] and normalized per channel
     with ``mean``/``std`` (in [0, 1] units). ``drop_last`` drops the final short batch.
+
+    After ``shard(rank, world)`` (one run on several processes) every iteration still draws and
+    augments the same global batches, and yields rank ``rank``'s contiguous share of each: the
+    ranks together see exactly what one process sees. A shuffled (training) loader then also
+    drops a final batch too short to give every rank 2 samples (BatchNorm needs 2).
     """
 
     def __init__(
@@ -99,6 +118,7 @@ class TensorLoader:
         self.crop_padding = int(crop_padding)
         self.hflip = hflip
         self.epoch = 0
+        self.rank, self.world = 0, 1
         # Folding the 1/255 scale into the affine map saves one pass over each batch.
         self._scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, -1, 1, 1).to(self.device)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std)).view(1, -1, 1, 1).to(self.device)
@@ -107,10 +127,12 @@ class TensorLoader:
         """Make the following iterations replay epoch ``epoch`` (order and augmentation)."""
         self.epoch = int(epoch)
 
+    def shard(self, rank: int, world: int) -> None:
+        """Yield rank ``rank``'s share of every global batch, of ``world`` ranks."""
+        self.rank, self.world = int(rank), int(world)
+
     def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return -(-self.num_samples // self.batch_size)
+        return batch_count(self.num_samples, self.batch_size, self.drop_last, 2 * self.world if self.shuffle else 1)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.shuffle:
@@ -127,5 +149,5 @@ class TensorLoader:
                     images = random_crop(images, self.crop_padding, augment_gen)
                 if self.hflip:
                     images = random_hflip(images, augment_gen)
-            images = images.float().mul_(self._scale).add_(self._shift)
-            yield images, self.labels.index_select(0, index)
+            images = rank_share(images, self.rank, self.world).float().mul_(self._scale).add_(self._shift)
+            yield images, self.labels.index_select(0, rank_share(index, self.rank, self.world))
