@@ -39,7 +39,7 @@ from tqdm import tqdm
 from qnnrun.checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
 from qnnrun import distributed
 from qnnrun.config import validate_quant, validate_train
-from qnnrun.data import DataInfo, build_data, dataset_info
+from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
 from qnnrun.errors import Interrupted, QnnrunError
 from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
@@ -741,19 +741,30 @@ def evaluate_checkpoint(checkpoint: str, dataset: DictConfig | None, paths: Dict
     saved = OmegaConf.create(ckpt["config"])
     info = DataInfo(**ckpt["info"])
     torch_device = select_device(device)
+    data = saved_run_data(saved, info, dataset, paths, torch_device)
+    model, method = build_quantized_model(saved, info, torch_device)
+    model.load_state_dict(ckpt["model"])
+    return eval_report_line(saved, method, ckpt["epoch"], data, evaluate(model, data.test, info.num_classes))
+
+
+def saved_run_data(saved: DictConfig, info: DataInfo, dataset: DictConfig | None, paths: DictConfig,
+                   device: torch.device) -> DataBundle:
+    """The data to evaluate a saved run on: its own data set, or ``dataset`` when it fits the model."""
     data = build_data(dataset if dataset is not None else saved.dataset, data_dir=paths.data_dir,
-                      cache_dir=paths.cache_dir, device=torch_device, seed=saved.seed)
+                      cache_dir=paths.cache_dir, device=device, seed=saved.seed)
     shape = (data.info.in_channels, data.info.image_size, data.info.num_classes)
     if shape != (info.in_channels, info.image_size, info.num_classes):
         raise QnnrunError(f"data set '{data.info.name}' (channels, size, classes) = {shape} does not fit the "
                           f"checkpoint's model, trained on '{info.name}' = "
                           f"{(info.in_channels, info.image_size, info.num_classes)}")
-    model, method = build_quantized_model(saved, info, torch_device)
-    model.load_state_dict(ckpt["model"])
-    result = evaluate(model, data.test, info.num_classes)
+    return data
+
+
+def eval_report_line(saved: DictConfig, method: Method, epoch: int, data: DataBundle, result: EvalResult) -> str:
+    """``<method> <model> W/A (epoch N) on <data set> test (N images): top-1 ...`` for ``qnnrun eval``."""
     top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
     return (f"{saved.method.name} {saved.model.name} W{method.weight_bits}/A{method.act_bits} "
-            f"(epoch {ckpt['epoch']}) on {data.info.name} test ({data.test.num_samples} images): "
+            f"(epoch {epoch}) on {data.info.name} test ({data.test.num_samples} images): "
             f"top-1 {result.acc:.2f}%{top5}  loss {result.loss:.4f}")
 
 

@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from qnnrun.checkpoint import load_checkpoint, save_atomic
-from qnnrun.data import DataInfo, build_data
-from qnnrun.engine import build_quantized_model, evaluate, example_input, select_device
+from qnnrun.data import DataInfo
+from qnnrun.engine import (build_quantized_model, eval_report_line, evaluate, example_input, saved_run_data,
+                           select_device)
 from qnnrun.errors import QnnrunError
 from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
 from qnnrun.metrics.bops import layer_costs, totals
@@ -228,16 +229,8 @@ def evaluate_integer(checkpoint: str, dataset: DictConfig | None, paths: DictCon
     torch_device = select_device(device)
     run = load_run(checkpoint, torch_device)
     model = integer_model(integer_export(run), torch_device)
-    data = build_data(dataset if dataset is not None else run.config.dataset, data_dir=paths.data_dir,
-                      cache_dir=paths.cache_dir, device=torch_device, seed=run.config.seed)
-    shape = (data.info.in_channels, data.info.image_size, data.info.num_classes)
-    if shape != (run.info.in_channels, run.info.image_size, run.info.num_classes):
-        raise QnnrunError(f"data set '{data.info.name}' (channels, size, classes) = {shape} does not fit the "
-                          f"checkpoint's model, trained on '{run.info.name}'")
-    result = evaluate(model, data.test, run.info.num_classes)
+    data = saved_run_data(run.config, run.info, dataset, paths, torch_device)
+    line = eval_report_line(run.config, run.method, run.epoch, data, evaluate(model, data.test, run.info.num_classes))
     agreement = compare_predictions(run.model, model, data.test)
-    top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
-    return (f"{run.config.method.name} {run.config.model.name} W{run.method.weight_bits}/A{run.method.act_bits} "
-            f"(epoch {run.epoch}) on {data.info.name} test ({data.test.num_samples} images): "
-            f"top-1 {result.acc:.2f}%{top5}  loss {result.loss:.4f}  [backend=int: {agreement.disagreements} of "
-            f"{agreement.images} predictions differ from fake-quant ({100 * agreement.fraction:.2f}% agree)]")
+    return (f"{line}  [backend=int: {agreement.disagreements} of {agreement.images} predictions differ from "
+            f"fake-quant ({100 * agreement.fraction:.2f}% agree)]")
