@@ -370,6 +370,9 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None) if ranks.main else None
     if cfg.trainer.compile:
         _allow_recompiles(64)
+        if data.train.num_samples % data.train.batch_size and not cfg.dataset.get("drop_last", False):
+            log.info("trainer.compile: the last batch of each epoch is short (%d samples); "
+                     "dataset.drop_last=true saves its extra compilation", data.train.num_samples % data.train.batch_size)
     compiled = torch.compile(model) if cfg.trainer.compile else model  # evaluation (and training on one rank)
     forward = compiled
     if ranks.active:  # after prepare/resume: DDP starts every rank from rank 0's weights and buffers
