@@ -371,8 +371,8 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     if cfg.trainer.compile:
         _allow_recompiles(64)
         if data.train.num_samples % data.train.batch_size and not cfg.dataset.get("drop_last", False):
-            log.info("trainer.compile: the last batch of each epoch is short (%d samples); "
-                     "dataset.drop_last=true saves its extra compilation", data.train.num_samples % data.train.batch_size)
+            log.info("trainer.compile: the last batch of each epoch is short (%d samples); dataset.drop_last=true "
+                     "saves its extra compilation", data.train.num_samples % data.train.batch_size)
     compiled = torch.compile(model) if cfg.trainer.compile else model  # evaluation (and training on one rank)
     forward = compiled
     if ranks.active:  # after prepare/resume: DDP starts every rank from rank 0's weights and buffers
@@ -424,7 +424,8 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                 if warming_up:
                     _synchronize(device)
                     tally.compile_s = time.perf_counter() - compile_start
-                    log.info("torch.compile warm-up (first step): %.1f s, left out of the epoch's time", tally.compile_s)
+                    log.info("torch.compile warm-up (first step): %.1f s, left out of the epoch's time",
+                             tally.compile_s)
                     warming_up = False
                 distributed.sync_buffers(model, ranks)
                 scheduler.step()

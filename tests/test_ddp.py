@@ -126,7 +126,8 @@ def test_sigterm_to_the_parent_stops_all_ranks_with_a_checkpoint(tmp_path: Path)
     env = {**os.environ, "QNNRUN_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "qnnrun.cli", "train", *COMMON[:2], "trainer.devices=2", "trainer.epochs=300",
                "trainer.progress=false", f"hydra.run.dir={run_dir}"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     deadline = time.monotonic() + 180
     while not (run_dir / "last.ckpt").exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)

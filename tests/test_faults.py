@@ -168,8 +168,8 @@ WRITER = textwrap.dedent("""
     path, start = sys.argv[1], int(sys.argv[2])
     print("ready", flush=True)
     for version in range(start, start + 100000):
-        save_atomic({"format": 1, "epoch": version, "config": {}, "model": {"w": torch.full((512, 1024), float(version))}},
-                    path)
+        weights = torch.full((512, 1024), float(version))
+        save_atomic({"format": 1, "epoch": version, "config": {}, "model": {"w": weights}}, path)
 """)
 
 
