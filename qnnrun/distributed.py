@@ -125,10 +125,18 @@ def wrap(model: nn.Module, ranks: Ranks, device: torch.device, static_parameters
 
 
 def sync_buffers(model: nn.Module, ranks: Ranks) -> None:
-    """Copy rank 0's buffers (running statistics, quantizer ranges, channel states) to every rank."""
-    if ranks.active:
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
+    """Copy rank 0's buffers (running statistics, quantizer ranges, channel states) to every rank:
+    one broadcast per buffer dtype (every buffer of that dtype flattened into one tensor)."""
+    if not ranks.active:
+        return
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for buffer in model.buffers():
+        by_dtype.setdefault(buffer.dtype, []).append(buffer)
+    for buffers in by_dtype.values():
+        flat = torch.cat([buffer.reshape(-1) for buffer in buffers])
+        dist.broadcast(flat, src=0)
+        for buffer, part in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
+            buffer.copy_(part.view_as(buffer))
 
 
 def sum_over_ranks(values: Tensor, ranks: Ranks) -> Tensor:

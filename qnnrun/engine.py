@@ -45,6 +45,7 @@ from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.models import build_model
 from qnnrun.optim import ShiftAdaMax
+from qnnrun.quant.fold import mark_folded
 
 log = logging.getLogger("qnnrun")
 
@@ -160,7 +161,8 @@ def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: 
             method's after-step hook still runs, so its per-step state (e.g. SQ's float rows) is reset.
 
     Returns:
-        The loss (0-d, detached) and the logits [B, classes] (detached).
+        The loss (0-d, detached; NaN on every rank when the step was skipped) and the logits
+        [B, classes] (detached).
     """
     method.before_step(model, step)
     # A skipped batch must not leave its trace in running statistics (BatchNorm, activation ranges).
@@ -177,7 +179,7 @@ def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: 
             for buffer, saved in buffers:
                 buffer.copy_(saved)
         method.after_optimizer_step(model, step)
-        return loss.detach(), logits.detach()
+        return torch.full_like(loss.detach(), math.nan), logits.detach()
     loss.backward()
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -562,13 +564,13 @@ class _EpochTally:
         self.start = time.perf_counter()
 
     def add(self, loss: Tensor, logits: Tensor, labels: Tensor, step: int, skip: bool) -> None:
+        """Count one batch; with ``skip``, a NaN ``loss`` is :func:`train_step`'s mark of a skipped step."""
         self.batches += 1
-        if skip and not finite_everywhere(loss):
+        if skip and not bool(torch.isfinite(loss)):
             self.skipped += 1
             return
         if not skip:
-            bad = ~torch.isfinite(loss) & (self.first_bad < 0)
-            self.first_bad = torch.where(bad, torch.full_like(self.first_bad, step), self.first_bad)
+            self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), step, self.first_bad)
         self.loss_sum += loss.double() * labels.numel()
         self.correct += (logits.argmax(1) == labels).sum()
         self.seen += labels.numel()
@@ -576,11 +578,12 @@ class _EpochTally:
     def check_finite(self, epoch: int, steps_per_epoch: int, cfg: DictConfig, run_dir: Path,
                      ranks: distributed.Ranks) -> None:
         """Raise the divergence error if a training loss so far was NaN or infinite (on any rank)."""
-        bad = int(self.first_bad)
-        if ranks.active:
-            flags = torch.where(self.first_bad < 0, torch.full_like(self.first_bad, 2**62), self.first_bad)
-            dist.all_reduce(flags, op=dist.ReduceOp.MIN)
-            bad = int(flags) if int(flags) < 2**62 else -1
+        if ranks.active:  # the first bad step of any rank; none = 2^62
+            first = torch.where(self.first_bad < 0, 2**62, self.first_bad)
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+            bad = int(first) if int(first) < 2**62 else -1
+        else:
+            bad = int(self.first_bad)
         if bad < 0:
             return
         kept = f"{run_dir / 'last.ckpt'} (epoch {epoch}) is kept" if epoch else "no checkpoint was written"
@@ -739,24 +742,46 @@ def _summary(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict
     }
 
 
+@dataclass
+class SavedRun:
+    """A saved run rebuilt for evaluation: its config, data-set shape, model (eval mode), method, epoch."""
+
+    config: DictConfig
+    info: DataInfo
+    model: nn.Module
+    method: Method
+    epoch: int
+
+
+def load_saved_run(checkpoint: str | Path, device: torch.device) -> SavedRun:
+    """Rebuild the (fake-quant) model of a checkpoint (a ``.ckpt`` file or a run folder) on ``device``,
+    with its method state: a progressive run's folded BatchNorms are marked folded again."""
+    ckpt = load_checkpoint(checkpoint)
+    config = OmegaConf.create(ckpt["config"])
+    info = DataInfo(**ckpt["info"])
+    model, method = build_quantized_model(config, info, device)
+    model.load_state_dict(ckpt["model"])
+    if ckpt.get("method"):
+        method.load_state_dict(ckpt["method"])
+        if getattr(method, "folded", False):
+            mark_folded(model, method.pairs)
+    return SavedRun(config, info, model.eval(), method, int(ckpt["epoch"]))
+
+
 def evaluate_checkpoint(checkpoint: str, dataset: DictConfig | None, paths: DictConfig, device: str) -> str:
     """Evaluate a saved run on its own test set, or on ``dataset`` when given; returns a report line."""
-    ckpt = load_checkpoint(checkpoint)
-    saved = OmegaConf.create(ckpt["config"])
-    info = DataInfo(**ckpt["info"])
     torch_device = select_device(device)
-    data = saved_run_data(saved, info, dataset, paths, torch_device)
-    model, method = build_quantized_model(saved, info, torch_device)
-    model.load_state_dict(ckpt["model"])
-    return eval_report_line(saved, method, ckpt["epoch"], data, evaluate(model, data.test, info.num_classes))
+    run = load_saved_run(checkpoint, torch_device)
+    data = saved_run_data(run, dataset, paths, torch_device)
+    return eval_report_line(run, data, evaluate(run.model, data.test, run.info.num_classes))
 
 
-def saved_run_data(saved: DictConfig, info: DataInfo, dataset: DictConfig | None, paths: DictConfig,
-                   device: torch.device) -> DataBundle:
+def saved_run_data(run: SavedRun, dataset: DictConfig | None, paths: DictConfig, device: torch.device) -> DataBundle:
     """The data to evaluate a saved run on: its own data set, or ``dataset`` when it fits the model."""
-    data = build_data(dataset if dataset is not None else saved.dataset, data_dir=paths.data_dir,
-                      cache_dir=paths.cache_dir, device=device, seed=saved.seed)
+    data = build_data(dataset if dataset is not None else run.config.dataset, data_dir=paths.data_dir,
+                      cache_dir=paths.cache_dir, device=device, seed=run.config.seed)
     shape = (data.info.in_channels, data.info.image_size, data.info.num_classes)
+    info = run.info
     if shape != (info.in_channels, info.image_size, info.num_classes):
         raise QnnrunError(f"data set '{data.info.name}' (channels, size, classes) = {shape} does not fit the "
                           f"checkpoint's model, trained on '{info.name}' = "
@@ -764,11 +789,11 @@ def saved_run_data(saved: DictConfig, info: DataInfo, dataset: DictConfig | None
     return data
 
 
-def eval_report_line(saved: DictConfig, method: Method, epoch: int, data: DataBundle, result: EvalResult) -> str:
+def eval_report_line(run: SavedRun, data: DataBundle, result: EvalResult) -> str:
     """``<method> <model> W/A (epoch N) on <data set> test (N images): top-1 ...`` for ``qnnrun eval``."""
     top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
-    return (f"{saved.method.name} {saved.model.name} W{method.weight_bits}/A{method.act_bits} "
-            f"(epoch {epoch}) on {data.info.name} test ({data.test.num_samples} images): "
+    return (f"{run.config.method.name} {run.config.model.name} W{run.method.weight_bits}/A{run.method.act_bits} "
+            f"(epoch {run.epoch}) on {data.info.name} test ({data.test.num_samples} images): "
             f"top-1 {result.acc:.2f}%{top5}  loss {result.loss:.4f}")
 
 

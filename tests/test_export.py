@@ -19,8 +19,8 @@ from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.export.grids import pack_codes, unpack_codes
 from qnnrun.export.integer import IntegerLayer, integer_records, quantize_multiplier, requantize
-from qnnrun.export.run import (LoadedRun, compare_predictions, export_checkpoint, integer_export, integer_model,
-                               load_integer_export, load_run)
+from qnnrun.engine import SavedRun, load_saved_run
+from qnnrun.export.run import compare_predictions, export_checkpoint, integer_export, integer_model, load_integer_export
 from qnnrun.quant.layers import QuantLinear, UniformQuantizer, quant_layers
 
 CPU = torch.device("cpu")
@@ -52,7 +52,7 @@ class Runs:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.loaded: dict[str, LoadedRun] = {}
+        self.loaded: dict[str, SavedRun] = {}
         self.summaries: dict[str, dict] = {}
         self.exports: dict[str, dict] = {}
 
@@ -62,9 +62,9 @@ class Runs:
             self.summaries[name] = train(cfg, self.root / name)
         return self.root / name
 
-    def run(self, name: str) -> LoadedRun:
+    def run(self, name: str) -> SavedRun:
         if name not in self.loaded:
-            self.loaded[name] = load_run(self.folder(name), CPU)
+            self.loaded[name] = load_saved_run(self.folder(name), CPU)
         return self.loaded[name]
 
     def export(self, name: str) -> dict:

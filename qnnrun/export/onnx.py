@@ -38,7 +38,7 @@ from qnnrun.export.grids import RoundGrid, input_grid, weight_codes, weight_grid
 from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
 
 if TYPE_CHECKING:
-    from qnnrun.export.run import LoadedRun
+    from qnnrun.engine import SavedRun
 
 OPSET = 13
 
@@ -151,7 +151,7 @@ def _fold_weight_quantize(graph: Any) -> None:
             graph.initializer.remove(initializers[node.input[0]])
 
 
-def export_onnx(run: LoadedRun, path: Path) -> None:
+def export_onnx(run: SavedRun, path: Path) -> None:
     """Write the QDQ graph of ``run`` to ``path`` (input ``images`` [N, C, H, W], output ``logits`` [N, classes])."""
     try:
         import onnx

@@ -25,14 +25,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from qnnrun.checkpoint import load_checkpoint, save_atomic
+from qnnrun.checkpoint import save_atomic
 from qnnrun.data import DataInfo
-from qnnrun.engine import (build_quantized_model, eval_report_line, evaluate, example_input, saved_run_data,
-                           select_device)
+from qnnrun.engine import (SavedRun, build_quantized_model, eval_report_line, evaluate, example_input,
+                           load_saved_run, saved_run_data, select_device)
 from qnnrun.errors import QnnrunError
 from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
 from qnnrun.metrics.bops import layer_costs, totals
-from qnnrun.methods import Method
 from qnnrun.quant.fold import mark_folded
 
 FORMATS = ("int", "onnx")
@@ -41,38 +40,13 @@ INT_FORMAT = "qnnrun-int"
 INT_VERSION = 1
 
 
-@dataclass
-class LoadedRun:
-    """A saved run rebuilt in evaluation mode: its config, data-set shape, fake-quant model and method."""
-
-    config: DictConfig
-    info: DataInfo
-    model: nn.Module
-    method: Method
-    epoch: int
-
-
-def load_run(checkpoint: str | Path, device: torch.device) -> LoadedRun:
-    """Rebuild the fake-quant model of a checkpoint (a ``.ckpt`` file or a run folder) on ``device``."""
-    ckpt = load_checkpoint(checkpoint)
-    config = OmegaConf.create(ckpt["config"])
-    info = DataInfo(**ckpt["info"])
-    model, method = build_quantized_model(config, info, device)
-    model.load_state_dict(ckpt["model"])
-    if ckpt.get("method"):
-        method.load_state_dict(ckpt["method"])
-        if getattr(method, "folded", False):  # a progressive run that folded its BatchNorms
-            mark_folded(model, method.pairs)
-    return LoadedRun(config, info, model.eval(), method, int(ckpt["epoch"]))
-
-
 def probe_batch(info: DataInfo, device: torch.device, batch: int = 4) -> Tensor:
     """A fixed random batch [batch, C, H, W] (standard normal, seed 0) that traces the model's structure."""
     generator = torch.Generator().manual_seed(0)
     return torch.randn(batch, info.in_channels, info.image_size, info.image_size, generator=generator).to(device)
 
 
-def weight_sizes(run: LoadedRun, records: dict[str, dict[str, Any]]) -> dict[str, int]:
+def weight_sizes(run: SavedRun, records: dict[str, dict[str, Any]]) -> dict[str, int]:
     """Bytes of the packed weight codes, of the float conv/linear weights, and what the run's
     summary reports: ``reported_weight_memory_bytes`` (``weight_memory_mb`` in bytes) and its
     conv/linear-weight part ``reported_layer_weight_bytes`` (each layer's ``params * weight_bits``
@@ -90,7 +64,7 @@ def weight_sizes(run: LoadedRun, records: dict[str, dict[str, Any]]) -> dict[str
             "reported_weight_memory_bytes": cost["weight_memory_bits"] / 8}
 
 
-def integer_export(run: LoadedRun) -> dict[str, Any]:
+def integer_export(run: SavedRun) -> dict[str, Any]:
     """The ``format=int`` export of ``run`` (see the module docstring)."""
     device = next(run.model.parameters()).device
     records = integer_records(run.model, probe_batch(run.info, device))
@@ -171,7 +145,7 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
     """Write the ``fmt`` export of a checkpoint next to it (or to ``output``); returns a report line."""
     if fmt not in FORMATS:
         raise QnnrunError(f"format '{fmt}' is not valid: valid are {', '.join(FORMATS)}")
-    run = load_run(checkpoint, select_device(device))
+    run = load_saved_run(checkpoint, select_device(device))
     source = Path(checkpoint)
     stem = source / "model" if source.is_dir() else source.with_suffix("")
     if fmt == "onnx":
@@ -227,10 +201,10 @@ def evaluate_integer(checkpoint: str, dataset: DictConfig | None, paths: DictCon
     """``qnnrun eval backend=int``: the integer model's test metrics (the line ``backend=fake``
     prints) and its agreement with the fake-quant model."""
     torch_device = select_device(device)
-    run = load_run(checkpoint, torch_device)
+    run = load_saved_run(checkpoint, torch_device)
     model = integer_model(integer_export(run), torch_device)
-    data = saved_run_data(run.config, run.info, dataset, paths, torch_device)
-    line = eval_report_line(run.config, run.method, run.epoch, data, evaluate(model, data.test, run.info.num_classes))
+    data = saved_run_data(run, dataset, paths, torch_device)
+    line = eval_report_line(run, data, evaluate(model, data.test, run.info.num_classes))
     agreement = compare_predictions(run.model, model, data.test)
     return (f"{line}  [backend=int: {agreement.disagreements} of {agreement.images} predictions differ from "
             f"fake-quant ({100 * agreement.fraction:.2f}% agree)]")
