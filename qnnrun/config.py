@@ -25,54 +25,83 @@ def check_bits(key: str, value: Any) -> int:
     return value
 
 
-def _check_int(key: str, value: Any, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:
-        raise QnnrunError(f"{key}={value!r} is not valid: expected an integer >= {minimum}")
+def check_int(key: str, value: Any, minimum: int, optional: bool = False) -> int | None:
+    """``value`` as an integer >= ``minimum`` (``None`` allowed when ``optional``), or a QnnrunError."""
+    if (value is None and optional) or (_is_int(value) and value >= minimum):
+        return value
+    expected = "null or an integer" if optional else "an integer"
+    raise QnnrunError(f"{key}={value!r} is not valid: expected {expected} >= {minimum}")
 
 
-def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` as one of ``choices`` (compared as text), or a QnnrunError listing them."""
     if str(value) not in choices:
         raise QnnrunError(f"{key}={value!r} is not valid: valid are {', '.join(choices)}")
+    return str(value)
+
+
+def check_bool(key: str, value: Any) -> bool:
+    """``value`` when it is true or false, else a QnnrunError."""
+    if not isinstance(value, bool):
+        raise QnnrunError(f"{key}={value!r} is not valid: valid are true, false")
+    return value
+
+
+def check_number(key: str, value: Any, low: float | None = None, high: float | None = None, *,
+                 low_closed: bool = False, high_closed: bool = True) -> float:
+    """``value`` as a float within the bounds given (``low`` excluded and ``high`` included by
+    default), or a QnnrunError stating them, e.g. "expected a number in (0, 1]"."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value >= low if low_closed else value > low
+    if ok and high is not None:
+        ok = value <= high if high_closed else value < high
+    if ok:
+        return float(value)
+    if low is not None and high is not None:
+        bound = f" in {'[' if low_closed else '('}{low:g}, {high:g}{']' if high_closed else ')'}"
+    elif low is not None:
+        bound = f" {'>=' if low_closed else '>'} {low:g}"
+    elif high is not None:
+        bound = f" {'<=' if high_closed else '<'} {high:g}"
+    else:
+        bound = ""
+    raise QnnrunError(f"{key}={value!r} is not valid: expected a number{bound}")
 
 
 def validate_quant(cfg: DictConfig) -> None:
     """Check ``bits`` and ``quant`` (shared by train and bops)."""
     check_bits("bits.w", cfg.bits.w)
     check_bits("bits.a", cfg.bits.a)
-    _check_choice("quant.first_layer", cfg.quant.first_layer, LAYER_POLICIES)
-    _check_choice("quant.last_layer", cfg.quant.last_layer, LAYER_POLICIES)
-    _check_choice("quant.image_input_bits", cfg.quant.image_input_bits, ("8", "32"))
-    _check_choice("quant.estimator", cfg.quant.estimator, ("clipped", "ste"))
-    _check_int("quant.calib_batches", cfg.quant.calib_batches, 0)
-    _check_choice("quant.init", cfg.quant.get("init", "maxabs"), ("maxabs", "mmse"))
-    if not isinstance(cfg.quant.get("fold_bn", False), bool):
-        raise QnnrunError(f"quant.fold_bn={cfg.quant.fold_bn!r} is not valid: valid are true, false")
+    check_choice("quant.first_layer", cfg.quant.first_layer, LAYER_POLICIES)
+    check_choice("quant.last_layer", cfg.quant.last_layer, LAYER_POLICIES)
+    check_choice("quant.image_input_bits", cfg.quant.image_input_bits, ("8", "32"))
+    check_choice("quant.estimator", cfg.quant.estimator, ("clipped", "ste"))
+    check_int("quant.calib_batches", cfg.quant.calib_batches, 0)
+    check_choice("quant.init", cfg.quant.get("init", "maxabs"), ("maxabs", "mmse"))
+    check_bool("quant.fold_bn", cfg.quant.get("fold_bn", False))
     if cfg.quant.get("init", "maxabs") == "mmse":
         for key, value in (("bits.w", cfg.bits.w), ("bits.a", cfg.bits.a)):
             if value == 1:
                 raise QnnrunError(f"{key}=1 is not valid with quant.init=mmse (the affine quantizer keeps a "
                                   f"zero level): valid are 2-8 or 32, or quant.init=maxabs")
-    momentum = cfg.quant.ema_momentum
-    if not isinstance(momentum, (int, float)) or not 0 < momentum <= 1:
-        raise QnnrunError(f"quant.ema_momentum={momentum!r} is not valid: expected a number in (0, 1]")
+    check_number("quant.ema_momentum", cfg.quant.ema_momentum, 0, 1)
 
 
 def validate_train(cfg: DictConfig) -> None:
     """Check a composed ``train`` config before anything is built."""
     validate_quant(cfg)
-    _check_int("trainer.epochs", cfg.trainer.epochs, 0)
-    _check_int("trainer.devices", cfg.trainer.get("devices", 1), 1)
-    _check_int("trainer.eval_every", cfg.trainer.eval_every, 1)
-    _check_int("trainer.num_threads", cfg.trainer.num_threads, 0)
-    _check_int("seed", cfg.seed, 0)
-    _check_int("dataset.batch_size", cfg.dataset.batch_size, 1)
-    _check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
-    _check_choice("trainer.on_nan", cfg.trainer.get("on_nan", "stop"), ON_NAN)
+    check_int("trainer.epochs", cfg.trainer.epochs, 0)
+    check_int("trainer.devices", cfg.trainer.get("devices", 1), 1)
+    check_int("trainer.eval_every", cfg.trainer.eval_every, 1)
+    check_int("trainer.num_threads", cfg.trainer.num_threads, 0)
+    check_int("seed", cfg.seed, 0)
+    check_int("dataset.batch_size", cfg.dataset.batch_size, 1)
+    check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
+    check_choice("trainer.on_nan", cfg.trainer.get("on_nan", "stop"), ON_NAN)
     for key in ("init_from", "resume"):
         value = cfg[key]
         if not (value is None or isinstance(value, str) or (key == "resume" and isinstance(value, bool))):
             valid = "null or a checkpoint path" if key == "init_from" else "true, false or a checkpoint/run path"
             raise QnnrunError(f"{key}={value!r} is not valid: expected {valid}")
-    lr = cfg.optim.lr
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0:
-        raise QnnrunError(f"optim.lr={lr!r} is not valid: expected a positive number")
+    check_number("optim.lr", cfg.optim.lr, 0)

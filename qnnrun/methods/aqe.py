@@ -15,11 +15,11 @@ from :class:`~qnnrun.methods.bnn.LatentWeightMethod`.
 
 from __future__ import annotations
 
-from typing import Any
 
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from qnnrun.config import check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.bnn import LatentWeightMethod
 from qnnrun.quant import functional as Q
@@ -50,22 +50,14 @@ def level_kind(bits: int) -> str:
     return "sign" if bits == 1 else "ternary" if bits == 2 else "pow2"
 
 
-def _number(key: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise QnnrunError(f"method.{key}={value!r} is not valid: expected a number")
-    return float(value)
-
-
 class AsymptoticQuantizedEstimator(LatentWeightMethod):
     name = "aqe"
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.alpha_start = _number("alpha", cfg.method.get("alpha", 0.5))
-        if not 0 < self.alpha_start <= 1:
-            raise QnnrunError(f"method.alpha={self.alpha_start} is not valid: expected a number in (0, 1]")
+        self.alpha_start = check_number("method.alpha", cfg.method.get("alpha", 0.5), 0, 1)
         alpha_end = cfg.method.get("alpha_end", None)
-        self.alpha_end = None if alpha_end is None else _number("alpha_end", alpha_end)
+        self.alpha_end = None if alpha_end is None else check_number("method.alpha_end", alpha_end)
         if self.alpha_end is not None and not self.alpha_start <= self.alpha_end <= 1:
             raise QnnrunError(f"method.alpha_end={self.alpha_end} is not valid: expected null or a number in "
                               f"[method.alpha={self.alpha_start}, 1]")

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from qnnrun.config import check_bool
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
@@ -126,12 +127,6 @@ def _option(cfg: DictConfig, key: str, default: Any) -> Any:
     return cfg.method.get(key, default)
 
 
-def _check_bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise QnnrunError(f"method.{key}={value!r} is not valid: valid are true, false")
-    return value
-
-
 class LatentWeightMethod(Method):
     """Shared base of BNN, QNN and AQE: scale-free quantizers on clipped latent weights.
 
@@ -148,9 +143,9 @@ class LatentWeightMethod(Method):
         self.loss = str(_option(cfg, "loss", "ce"))
         if self.loss not in LOSSES:
             raise QnnrunError(f"method.loss={self.loss!r} is not valid: valid are {', '.join(LOSSES)}")
-        self.glorot_lr = _check_bool("glorot_lr", _option(cfg, "glorot_lr", True))
-        self.shift_bn = _check_bool("shift_bn", _option(cfg, "shift_bn", False))
-        self.output_bn = _check_bool("output_bn", _option(cfg, "output_bn", True))
+        self.glorot_lr = check_bool("method.glorot_lr", _option(cfg, "glorot_lr", True))
+        self.shift_bn = check_bool("method.shift_bn", _option(cfg, "shift_bn", False))
+        self.output_bn = check_bool("method.output_bn", _option(cfg, "output_bn", True))
         self.grad_bits = _option(cfg, "grad_bits", FLOAT_BITS)
         if not isinstance(self.grad_bits, int) or isinstance(self.grad_bits, bool) or not (
                 2 <= self.grad_bits <= 16 or self.grad_bits == FLOAT_BITS):

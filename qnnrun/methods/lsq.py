@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.errors import QnnrunError
+from qnnrun.config import check_bool
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import Quantizer, quant_layers
@@ -154,9 +154,7 @@ class LearnedStepSize(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.learned_offset = cfg.method.get("learned_offset", False)
-        if not isinstance(self.learned_offset, bool):
-            raise QnnrunError(f"method.learned_offset={self.learned_offset!r} is not valid: valid are true, false")
+        self.learned_offset = check_bool("method.learned_offset", cfg.method.get("learned_offset", False))
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> LsqQuantizer:
         channels = layer.weight.shape[0] if self.cfg.quant.per_channel else None

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.errors import QnnrunError
+from qnnrun.config import check_number
 from qnnrun.methods.base import Method
 from qnnrun.methods.dorefa import DorefaWeightQuantizer
 from qnnrun.quant import functional as Q
@@ -66,13 +66,6 @@ class PactQuantizer(Quantizer):
         return f"bits={self.bits}, signed={self.signed}"
 
 
-def _check_number(key: str, value: Any, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise QnnrunError(f"{key}={value!r} is not valid: expected a number {bound}")
-    return float(value)
-
-
 class PACT(Method):
     """PACT; reads ``method.alpha_init`` and ``method.alpha_decay``."""
 
@@ -80,8 +73,8 @@ class PACT(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.alpha_init = _check_number("method.alpha_init", cfg.method.get("alpha_init", 10.0), positive=True)
-        self.alpha_decay = _check_number("method.alpha_decay", cfg.method.get("alpha_decay", 0.0), positive=False)
+        self.alpha_init = check_number("method.alpha_init", cfg.method.get("alpha_init", 10.0), 0)
+        self.alpha_decay = check_number("method.alpha_decay", cfg.method.get("alpha_decay", 0.0), 0, low_closed=True)
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> DorefaWeightQuantizer:
         return DorefaWeightQuantizer(bits)

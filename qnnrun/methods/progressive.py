@@ -41,6 +41,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from qnnrun.config import check_choice, check_int, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.methods.ste import DirectSTE
@@ -64,17 +65,11 @@ class Group:
 
 
 def _optional_int(options: DictConfig, key: str, minimum: int) -> int | None:
-    value = options.get(key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum):
-        raise QnnrunError(f"method.{key}={value!r} is not valid: expected null or an integer >= {minimum}")
-    return value
+    return check_int(f"method.{key}", options.get(key), minimum, optional=True)
 
 
 def _choice(options: DictConfig, key: str, choices: tuple[str, ...]) -> str:
-    value = str(options.get(key, choices[0]))
-    if value not in choices:
-        raise QnnrunError(f"method.{key}={value!r} is not valid: valid are {', '.join(choices)}")
-    return value
+    return check_choice(f"method.{key}", str(options.get(key, choices[0])), choices)
 
 
 def schedule_groups(layers: list[tuple[str, int]], group_size: int | str | None) -> list[Group]:
@@ -117,10 +112,7 @@ class ProgressiveQuantization(DirectSTE):
         self.after_quantize = _choice(options, "after_quantize", AFTER_QUANTIZE)
         self.order = _choice(options, "order", ORDERS)
         self.act_schedule = _choice(options, "act_schedule", ACT_SCHEDULES)
-        scale = options.get("quant_lr_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
-            raise QnnrunError(f"method.quant_lr_scale={scale!r} is not valid: expected a number in (0, 1]")
-        self.quant_lr_scale = float(scale)
+        self.quant_lr_scale = check_number("method.quant_lr_scale", options.get("quant_lr_scale", 1.0), 0, 1)
         if self.weight_bits == FLOAT_BITS and self.act_bits != FLOAT_BITS:
             raise QnnrunError(f"method={self.name} with bits.w=32 has no weights to quantize progressively: "
                               f"set bits.w below 32 or use method=ste")

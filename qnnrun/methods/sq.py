@@ -34,6 +34,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from qnnrun.config import check_choice, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
@@ -110,12 +111,8 @@ class StochasticQuantization(Method):
         if not self.ratios or any(not 0.0 < r <= 1.0 for r in self.ratios):
             raise QnnrunError(f"method.ratios={list(options.ratios)} is not valid: expected a non-empty list of "
                               f"numbers in (0, 1], e.g. [0.5, 0.75, 0.875, 1.0]")
-        self.threshold_ratio = float(options.twn_threshold)
-        if not 0.0 < self.threshold_ratio < 1.0:
-            raise QnnrunError(f"method.twn_threshold={options.twn_threshold} is not valid: expected a number in (0, 1)")
-        self.selection = str(options.selection)
-        if self.selection not in SELECTIONS:
-            raise QnnrunError(f"method.selection={self.selection!r} is not valid: valid are {', '.join(SELECTIONS)}")
+        self.threshold_ratio = check_number("method.twn_threshold", options.twn_threshold, 0, 1, high_closed=False)
+        self.selection = check_choice("method.selection", options.selection, SELECTIONS)
         self.stage_epochs_option = options.stage_epochs
         self.seed = int(cfg.seed)
         self.ratio = self.ratios[0]

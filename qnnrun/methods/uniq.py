@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from qnnrun.config import check_int
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.methods.sq import stage_lengths, stage_of
@@ -70,9 +71,7 @@ class Uniq(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.stages = cfg.method.stages
-        if not isinstance(self.stages, int) or isinstance(self.stages, bool) or self.stages < 1:
-            raise QnnrunError(f"method.stages={self.stages!r} is not valid: expected an integer >= 1")
+        self.stages = check_int("method.stages", cfg.method.stages, 1)
         self.stage_epochs_option = cfg.method.stage_epochs
         self.blocks: list[list[QuantLayer]] = []
         self.stage = 0
