@@ -158,13 +158,15 @@ class StochasticQuantization(Method):
             else:
                 with torch.no_grad():
                     errors = Q.row_relative_error(layer.weight, layer.weight_quant(layer.weight))
+            # 0 < count < rows: both states are present afterwards (known here, no device sync).
+            both = (ChannelState.FLOAT, ChannelState.QUANT)
             if self.selection == "inverse_error":  # the quantized rows are the ones drawn
                 layer.set_channel_state(ChannelState.FLOAT)
                 layer.set_channel_state(ChannelState.QUANT, sample_rows(1.0 / (errors.double() + 1e-8),
-                                                                        rows - count, self.generator))
+                                                                        rows - count, self.generator), present=both)
             else:
                 layer.set_channel_state(ChannelState.QUANT)
-                layer.set_channel_state(ChannelState.FLOAT, sample_rows(errors, count, self.generator))
+                layer.set_channel_state(ChannelState.FLOAT, sample_rows(errors, count, self.generator), present=both)
             self._mixed.append(layer)
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:

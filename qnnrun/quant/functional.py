@@ -91,6 +91,18 @@ class _Sign(torch.autograd.Function):
         return grad, None, None, None
 
 
+def device_scalar(value: Tensor | float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``value`` as a tensor of ``dtype`` on ``device``; a Python number becomes a 0-d tensor.
+
+    ``torch.as_tensor(number, device=cuda)`` copies from host memory and synchronises the stream:
+    one host sync per quantizer call, which made every quantized layer stall the training loop on a
+    GPU. ``torch.full`` fills on the device instead.
+    """
+    if isinstance(value, Tensor):
+        return value.to(device=device, dtype=dtype)
+    return torch.full((), float(value), dtype=dtype, device=device)
+
+
 def fake_quantize(
     x: Tensor,
     scale: Tensor,
@@ -115,7 +127,7 @@ def fake_quantize(
         raise ValueError(f"estimator={estimator!r}: valid are {ESTIMATORS}")
     # Half-precision inputs (autocast) are quantized in float32: bf16 cannot hold x / s exactly.
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    zero_point = torch.as_tensor(zero_point, dtype=compute, device=x.device)
+    zero_point = device_scalar(zero_point, compute, x.device)
     out = _FakeQuantize.apply(x.to(compute), scale.to(compute), zero_point, qmin, qmax, estimator == "clipped")
     return out.to(x.dtype)
 
@@ -131,7 +143,7 @@ def sign_quantize(
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator={estimator!r}: valid are {ESTIMATORS}")
-    scale = torch.as_tensor(scale, dtype=x.dtype, device=x.device)
+    scale = device_scalar(scale, x.dtype, x.device)
     return _Sign.apply(x, scale, clip, estimator == "clipped")
 
 

@@ -13,6 +13,7 @@ time; SQ redraws a random set of ``FLOAT`` rows every step; UNIQ walks blocks fr
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
 
@@ -215,18 +216,30 @@ class QuantLayer(nn.Module):
             self._present = frozenset(int(v) for v in torch.unique(self.channel_state).tolist())
         return self._present
 
-    def set_channel_state(self, state: ChannelState, channels: Tensor | slice | None = None) -> None:
+    def set_channel_state(self, state: ChannelState, channels: Tensor | slice | None = None, *,
+                          present: Iterable[ChannelState] | None = None) -> None:
         """Set the state of ``channels`` (indices, bool mask or slice; ``None`` = all).
 
         ``FROZEN`` captures the channels' current quantized rows; they stay fixed from then on.
+        ``present``: the states present in the layer afterwards, when the caller knows them; without
+        it, setting a subset of channels counts the states on the device (one host sync).
         """
         index = slice(None) if channels is None else channels
         if state == ChannelState.FROZEN:
             with torch.no_grad():
                 quantized = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
                 self.frozen_weight[index] = quantized[index].detach()
-        self.channel_state[index] = int(state)
-        self._present = frozenset({int(state)}) if channels is None else None
+        # Filled on the device: `channel_state[index] = int(state)` would lift the number from host memory.
+        if isinstance(index, slice):
+            self.channel_state[index].fill_(int(state))
+        elif index.dtype == torch.bool:
+            self.channel_state.masked_fill_(index, int(state))
+        else:
+            self.channel_state.index_fill_(0, index, int(state))
+        if channels is None:
+            self._present = frozenset({int(state)})
+        else:
+            self._present = None if present is None else frozenset(int(s) for s in present)
         self.present_states()
 
     def quantized_fraction(self) -> float:
