@@ -43,10 +43,9 @@ def test_clipped_ste_returns_the_value_and_masks_the_scaled_gradient() -> None:
     assert torch.equal(x.grad, torch.tensor([0.0, 1.2, 1.2, 1.2, 1.2, 1.2, 0.0]))
 
 
-def test_binary_levels_sign_of_zero_and_kept_zeros() -> None:
+def test_binary_levels_sign_of_zero() -> None:
     x = torch.tensor([-0.3, 0.0, 0.2, -0.0])
     assert torch.equal(Q.binary_levels(x), torch.tensor([-1.0, 1.0, 1.0, 1.0]))
-    assert torch.equal(Q.binary_levels(x, keep_zero=True), torch.tensor([-1.0, 0.0, 1.0, 0.0]))
 
 
 def test_ternary_levels_with_the_twn_threshold() -> None:
@@ -181,6 +180,30 @@ def test_bnn_layer_policy_hardtanh_and_output_batchnorm() -> None:
     assert not any(isinstance(m, nn.ReLU) for m in model.modules())
     assert sum(isinstance(m, nn.Hardtanh) for m in model.modules()) == 2
     assert model(example_input(dataset_info(compose_config([]).dataset), torch.device("cpu"))).shape == (2, 10)
+
+
+def test_dropout_acts_on_the_binary_activations_not_before_the_sign() -> None:
+    # BinaryNet: sign, then dropout, then the product. Dropout in front of the sign would turn
+    # each dropped unit into sign(0) = +1 and leave no zero in the layer's input.
+    model, _, cfg = _built("method=bnn", "model.widths=[64,64]", "model.dropout=0.5", "model.input_dropout=0.2")
+    info = dataset_info(cfg.dataset)
+    float_model = build_model(cfg.model, in_channels=info.in_channels, num_classes=info.num_classes,
+                              image_size=info.image_size)
+    def feature_keys(net: nn.Module) -> set[str]:
+        return {key for key in net.state_dict() if key.startswith("features.")}
+    assert feature_keys(model) >= feature_keys(float_model)  # the float model's keys, for init_from
+    second = quant_layers(model)[1][1]
+    assert isinstance(second.input_dropout, nn.Dropout) and second.input_dropout.p == 0.5
+    assert quant_layers(model)[0][1].input_dropout is None  # float image input: dropout stays in front
+    in_features = [m for m in model.features if isinstance(m, nn.Dropout)]
+    assert [m.p for m in in_features] == [0.2]  # the hidden ones moved, not copied
+    x = torch.rand(256, 64) * 2 - 1  # hard-tanh outputs
+    model.train()
+    values = second.quantize_input(x)
+    assert set(values.unique().tolist()) == {-2.0, 0.0, 2.0}  # +-1 / (1 - p) kept, 0 dropped
+    assert 0.4 < (values == 0).float().mean().item() < 0.6
+    model.eval()
+    assert set(second.quantize_input(x).unique().tolist()) == {-1.0, 1.0}
 
 
 def test_qnn_activation_quantizers() -> None:

@@ -230,7 +230,7 @@ def test_quantizer_modules_with_state_updated_in_the_graph() -> None:
     lsq.initialized = True
     pact = PactQuantizer(2, alpha_init=1.5)
     pact.signed = False
-    aqe = [AsymptoticQuantizer(kind, bits, alpha=0.5, keep_zero=True, threshold_momentum=0.25)
+    aqe = [AsymptoticQuantizer(kind, bits, alpha=0.5, threshold_momentum=0.25)
            for kind, bits in (("sign", 1), ("ternary", 2), ("pow2", 3))]
     aqe[1](dyadic(8, 4, 5, 5))  # first observation of the threshold
     module = Side(uniform, lsq, pact, *aqe).train()

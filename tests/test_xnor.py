@@ -259,7 +259,7 @@ def test_binary_linear_layers_equal_their_quant_linear_exactly(
         exact = layer.bias is None  # a bias add may round differently inside a BLAS addmm
         with torch.no_grad():
             _assert_same(binary(x), layer(x), exact)
-            # With exact zeros in the input (A1 keeps them at 0): the zero-row correction path.
+            # Exact zeros in the input are +1 to the packed layer and to the sign quantizer alike.
             x_zeros = x.clone()
             x_zeros[::3, ::5] = 0.0
             _assert_same(binary(x_zeros), layer(x_zeros), exact)

@@ -68,19 +68,16 @@ class RoundGrid:
 
 @dataclass
 class SignGrid:
-    """``operand = +1`` where ``x >= 0`` else ``-1`` (0 where ``x == 0`` with ``keep_zero``);
-    ``x_hat = scale * operand``."""
+    """``operand = +1`` where ``x >= 0`` else ``-1``; ``x_hat = scale * operand``."""
 
     scale: float
-    keep_zero: bool
     bits: int = 1
 
     def operands(self, x: Tensor) -> Tensor:
-        out = torch.where(x >= 0, 1.0, -1.0).double()
-        return out * (x != 0) if self.keep_zero else out
+        return torch.where(x >= 0, 1.0, -1.0).double()
 
     def state(self) -> dict[str, Any]:
-        return {"type": "sign", "scale": self.scale, "keep_zero": self.keep_zero}
+        return {"type": "sign", "scale": self.scale}
 
 
 @dataclass
@@ -127,7 +124,7 @@ def grid_from_state(state: dict[str, Any]) -> InputGrid:
         return RoundGrid(state["mult"], state["scale"], state["zero_point"], state["qmin"], state["qmax"],
                          state["bits"])
     if kind == "sign":
-        return SignGrid(state["scale"], state["keep_zero"])
+        return SignGrid(state["scale"])
     if kind == "ternary":
         return TernaryGrid(state["delta"])
     return Pow2Grid(state["bits"])
@@ -150,7 +147,7 @@ def input_grid(quantizer: Quantizer, name: str, like: Tensor) -> InputGrid:
             raise QnnrunError(f"the input quantizer of {name} has no calibrated range: export a trained checkpoint")
         scale = quantizer.scale(like)
         if quantizer.signed and quantizer.bits == 1:
-            return SignGrid(float(scale), keep_zero=False)
+            return SignGrid(float(scale))
         qmin, qmax = Q.code_range(quantizer.bits, quantizer.signed, quantizer.narrow)
         return RoundGrid((1.0 / scale).reshape(()), float(scale), 0, qmin, qmax, quantizer.bits)
     if isinstance(quantizer, AffineQuantizer):
@@ -168,7 +165,7 @@ def input_grid(quantizer: Quantizer, name: str, like: Tensor) -> InputGrid:
         step = quantizer.step.detach().reshape(())
         qmin, qmax = quantizer.code_range()
         if (qmin, qmax) == (-1, 1):
-            return SignGrid(float(step), keep_zero=False)
+            return SignGrid(float(step))
         return RoundGrid(1.0 / step, float(step), 0, qmin, qmax, quantizer.bits)
     if isinstance(quantizer, PactQuantizer):
         if quantizer.signed is None:
@@ -182,7 +179,7 @@ def input_grid(quantizer: Quantizer, name: str, like: Tensor) -> InputGrid:
         return RoundGrid(torch.tensor(float(levels)), 1.0 / levels, 0, 0, levels, quantizer.bits)
     if isinstance(quantizer, LevelQuantizer):
         if quantizer.kind == "sign" or (quantizer.kind == "linear" and quantizer.bits == 1):
-            return SignGrid(1.0, keep_zero=quantizer.kind == "sign" and quantizer.keep_zero)
+            return SignGrid(1.0)
         if quantizer.kind == "ternary":
             calibrated = quantizer.threshold_momentum is not None and quantizer.observed
             return TernaryGrid(quantizer.threshold.detach().clone() if calibrated else None)

@@ -197,8 +197,8 @@ class BinaryLinear(nn.Module):
 
     ``out[..., n] = s_n * sum_i x_i * sign(w_ni) + bias_n`` for input ``x`` [..., in_features] and
     output [..., out_features], in the input's float dtype. With ``binary_input`` the input is
-    binarized (``sign``, ``+1`` at 0; with ``keep_zero`` exact zeros count as 0, as the activation
-    quantizer of ``method=bnn`` does) and the sum is :func:`xnor_matmul` on packed words; otherwise
+    binarized (``sign``, ``+1`` at 0, as the activation quantizer of ``method=bnn`` does) and the sum
+    is :func:`xnor_matmul` on packed words; otherwise
     (a float-input first layer) the input stays float and meets the unpacked ``+-1`` weights in a
     float matmul.
 
@@ -208,12 +208,11 @@ class BinaryLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, binary_input: bool = True,
-                 keep_zero: bool = False, compile: bool = True, device: torch.device | str | None = None) -> None:
+                 compile: bool = True, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.in_features = in_features
         self.out_features = out_features
         self.binary_input = binary_input
-        self.keep_zero = keep_zero
         self.compile = compile
         self.register_buffer("weight_packed", torch.zeros(out_features, packed_words(in_features), dtype=torch.int64,
                                                           device=device))
@@ -236,7 +235,7 @@ class BinaryLinear(nn.Module):
         with torch.no_grad():
             signs, scale = _row_signs_and_scale(layer.effective_weight().detach().float(), name)
         binary = cls(layer.in_features, layer.out_features, bias=layer.bias is not None, binary_input=binary_input,
-                     keep_zero=binary_input and quantizer.keep_zero, compile=compile, device=layer.weight.device)
+                     compile=compile, device=layer.weight.device)
         binary.weight_packed.copy_(pack_signs(signs))
         binary.scale.copy_(scale)
         if layer.bias is not None:
@@ -254,13 +253,6 @@ class BinaryLinear(nn.Module):
             return F.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype))
         rows = x.reshape(-1, self.in_features)
         dots = xnor_matmul(pack_signs(rows), self.weight_packed, self.in_features, compile=self.compile)
-        if self.keep_zero:
-            # Packing counts an exact 0 as +1; rows holding one are recomputed with 0 levels (an
-            # integer-exact float matmul). After a hard-tanh in evaluation such rows are rare.
-            zero_rows = (rows == 0).any(dim=1).nonzero().squeeze(1)
-            if zero_rows.numel():
-                levels = Q.binary_levels(rows[zero_rows].float(), keep_zero=True)
-                dots[zero_rows] = (levels @ self.weight_signs().T).to(torch.int32)
         out = dots.to(x.dtype) * self.scale.to(x.dtype)
         if self.bias is not None:
             out = out + self.bias.to(x.dtype)
@@ -268,7 +260,7 @@ class BinaryLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"binary_input={self.binary_input}, keep_zero={self.keep_zero}")
+                f"binary_input={self.binary_input}")
 
 
 def binarize_linear_layers(model: nn.Module, compile: bool = True) -> nn.Module:

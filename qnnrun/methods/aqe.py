@@ -30,9 +30,8 @@ class AsymptoticQuantizer(LevelQuantizer):
     """:class:`LevelQuantizer` whose training output is ``alpha * h(x) + (1 - alpha) * x`` with the
     gradient ``2 * alpha * g * 1{|x| <= 1}``; in evaluation (``training`` false) it is ``h(x)``."""
 
-    def __init__(self, kind: str, bits: int, alpha: float, keep_zero: bool = False,
-                 threshold_momentum: float | None = None) -> None:
-        super().__init__(kind, bits, keep_zero, threshold_momentum)
+    def __init__(self, kind: str, bits: int, alpha: float, threshold_momentum: float | None = None) -> None:
+        super().__init__(kind, bits, threshold_momentum)
         self.alpha = alpha
 
     def forward(self, x: Tensor) -> Tensor:
@@ -67,8 +66,7 @@ class AsymptoticQuantizedEstimator(LatentWeightMethod):
         return AsymptoticQuantizer(level_kind(bits), bits, self.alpha)
 
     def input_quantizer(self, layer: nn.Module, bits: int) -> AsymptoticQuantizer:
-        return AsymptoticQuantizer(level_kind(bits), bits, self.alpha, keep_zero=True,
-                                   threshold_momentum=float(self.cfg.quant.ema_momentum))
+        return AsymptoticQuantizer(level_kind(bits), bits, self.alpha, threshold_momentum=float(self.cfg.quant.ema_momentum))
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Set ``alpha`` for this epoch: constant, or linear from ``alpha`` to ``alpha_end``."""

@@ -235,7 +235,7 @@ class BinarizedNet(LatentWeightMethod):
         return LevelQuantizer("sign", 1)
 
     def input_quantizer(self, layer: nn.Module, bits: int) -> LevelQuantizer:
-        return LevelQuantizer("sign", 1, keep_zero=True)
+        return LevelQuantizer("sign", 1)
 
 
 class QuantizedNet(LatentWeightMethod):
@@ -255,6 +255,6 @@ class QuantizedNet(LatentWeightMethod):
 
     def input_quantizer(self, layer: nn.Module, bits: int) -> LevelQuantizer:
         if bits == 1:
-            return LevelQuantizer("sign", 1, keep_zero=True)
+            return LevelQuantizer("sign", 1)
         return LevelQuantizer("pow2" if self.act_quant == "log" else "linear", bits)
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from qnnrun.errors import QnnrunError
-from qnnrun.quant.layers import QuantConv2d, QuantLinear, Quantizer
+from qnnrun.quant.layers import QuantConv2d, QuantLayer, QuantLinear, Quantizer
 
 FLOAT_BITS = 32
 LAYER_POLICIES = ("fp", "8", "same")
@@ -42,13 +42,16 @@ def probe_forward(model: nn.Module, example_input: Tensor, hooks: Mapping[nn.Mod
             handle.remove()
 
 
-def forward_order(model: nn.Module, example_input: Tensor) -> list[str]:
-    """Qualified names of the ``nn.Conv2d`` / ``nn.Linear`` layers in the order a forward pass runs them.
+def forward_order(model: nn.Module, example_input: Tensor,
+                  kinds: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)) -> list[str]:
+    """Qualified names of the modules of ``kinds`` (by default the conv / linear layers; ``()``:
+    every leaf module) in the order a forward pass runs them.
 
     Registration order is not execution order in every model (a ResNet's projection shortcut is
     registered after the block's convs), so the order is recorded with hooks on one eval-mode pass.
     """
-    names = {module: name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))}
+    names = {module: name for name, module in model.named_modules()
+             if (isinstance(module, kinds) if kinds else next(module.children(), None) is None)}
     order: list[str] = []
 
     def record(module: nn.Module, _inputs: object, _output: object) -> None:
@@ -109,8 +112,16 @@ def convert(
 
     Returns:
         ``model``, with layers that end up entirely float (32/32) left as plain ``nn`` layers.
+
+    A ``nn.Dropout`` that runs right before a layer with a quantized input moves
+    into that layer and drops the *quantized* input, as BinaryNet and QNN place it (sign, then
+    dropout, then the product). Left in front, it would hand the quantizer its zeros and its
+    ``1 / (1 - p)``-scaled values: ``sign(0) = +1`` turns every dropped unit into +1, and a
+    k-bit grid on [-1, 1] clips the scaled half of the range. An ``nn.Identity`` takes its place,
+    so module names and state_dict keys stay those of the float model.
     """
     order = forward_order(model, example_input)
+    leaves = forward_order(model, example_input, kinds=())
     for index, name in enumerate(order):
         layer = model.get_submodule(name)
         chosen = bits_of(index, len(order))
@@ -122,4 +133,16 @@ def convert(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, quant_cls.from_float(layer, weight_quant, input_quant))
+    _drop_quantized_inputs(model, leaves)
     return model
+
+
+def _drop_quantized_inputs(model: nn.Module, leaves: list[str]) -> None:
+    """Move each ``nn.Dropout`` that runs right before a quantized-input layer (``leaves``: leaf
+    module names in execution order) into that layer, leaving an ``nn.Identity`` in its place."""
+    for before, after in zip(leaves, leaves[1:]):
+        dropout, layer = model.get_submodule(before), model.get_submodule(after)
+        if isinstance(dropout, nn.Dropout) and isinstance(layer, QuantLayer) and layer.input_quant is not None:
+            layer.input_dropout = dropout
+            parent_name, _, child = before.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())

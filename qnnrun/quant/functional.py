@@ -329,14 +329,13 @@ def clipped_ste(x: Tensor, value: Tensor, clip: float = 1.0, grad_scale: float =
     return _ClippedSTE.apply(x, value.detach(), clip, grad_scale)
 
 
-def binary_levels(x: Tensor, keep_zero: bool = False) -> Tensor:
-    """``sign(x)`` in ``{-1, +1}`` with ``sign(0) = +1``; with ``keep_zero`` exact zeros stay 0.
+def binary_levels(x: Tensor) -> Tensor:
+    """``sign(x)`` in ``{-1, +1}`` with ``sign(0) = +1``, as BinaryNet's ``binary_tanh_unit``.
 
-    ``keep_zero`` is for activations: a unit dropped by dropout (an exact 0) stays dropped, as in
-    BinaryNet, where dropout follows the binarization.
+    Activations stay binary under dropout too: a quantized layer drops its input after quantizing
+    it (:func:`qnnrun.quant.convert.convert`), so a dropped unit is a 0 the sign never sees.
     """
-    out = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-    return out * (x != 0) if keep_zero else out
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
 def ternary_levels(x: Tensor, delta: Tensor | float) -> Tensor:

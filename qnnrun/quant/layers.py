@@ -185,6 +185,8 @@ class QuantLayer(nn.Module):
     def _init_quant(self, weight_quant: Quantizer | None, input_quant: Quantizer | None) -> None:
         self.weight_quant = weight_quant
         self.input_quant = input_quant
+        # Dropout on the quantized input (see qnnrun.quant.convert.convert), or None.
+        self.input_dropout: nn.Module | None = None
         channels = self.weight.shape[0]
         self.register_buffer("channel_state", torch.full((channels,), int(ChannelState.QUANT), dtype=torch.uint8))
         self.register_buffer("frozen_weight", torch.zeros_like(self.weight, requires_grad=False))
@@ -275,9 +277,10 @@ class QuantLayer(nn.Module):
         return out
 
     def quantize_input(self, x: Tensor) -> Tensor:
-        if self.input_quant is None or not self.input_quant.enabled:
-            return x
-        return self.input_quant(x)
+        """The input as the layer computes with it: quantized (when enabled), then dropped out."""
+        if self.input_quant is not None and self.input_quant.enabled:
+            x = self.input_quant(x)
+        return x if self.input_dropout is None else self.input_dropout(x)
 
 
 class QuantConv2d(nn.Conv2d, QuantLayer):
@@ -349,7 +352,6 @@ class LevelQuantizer(Quantizer):
             ``0.7 * mean|x|``), ``"pow2"`` (``{0, +-2^-p}``, :func:`~qnnrun.quant.functional.pow2_levels`)
             or ``"linear"`` (step ``2^(1-b)``, :func:`~qnnrun.quant.functional.linear_levels`).
         bits: the code width (1 for sign, 2 for ternary, >= 2 for pow2 and linear).
-        keep_zero: for ``sign``: exact zeros (units dropped by dropout) stay 0.
         threshold_momentum: for ``ternary`` on activations: the threshold is the batch's
             ``0.7 * mean|x|`` in training, kept as an EMA with this weight and used fixed in
             evaluation (so a test prediction does not depend on the rest of its batch). ``None``
@@ -358,13 +360,12 @@ class LevelQuantizer(Quantizer):
     Backward: ``dL/dx = dL/dy * 1{|x| <= 1}``.
     """
 
-    def __init__(self, kind: str, bits: int, keep_zero: bool = False, threshold_momentum: float | None = None) -> None:
+    def __init__(self, kind: str, bits: int, threshold_momentum: float | None = None) -> None:
         super().__init__()
         if kind not in LEVEL_KINDS:
             raise ValueError(f"kind={kind!r}: valid are {LEVEL_KINDS}")
         self.kind = kind
         self.bits = bits
-        self.keep_zero = keep_zero
         self.threshold_momentum = threshold_momentum
         self.observed = False
         self.register_buffer("threshold", torch.tensor(0.0))
@@ -390,7 +391,7 @@ class LevelQuantizer(Quantizer):
         """The quantized value ``h(x)`` (no autograd)."""
         with torch.no_grad():
             if self.kind == "sign":
-                return Q.binary_levels(x, self.keep_zero)
+                return Q.binary_levels(x)
             if self.kind == "ternary":
                 return Q.ternary_levels(x, self._delta(x))
             if self.kind == "pow2":
