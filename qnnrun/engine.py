@@ -142,7 +142,10 @@ def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> 
     if cfg.name == "step":
         epoch = step // max(1, steps_per_epoch)
         return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    raise QnnrunError(f"unknown schedule '{cfg.name}': valid are cosine, step, constant")
+    if cfg.name == "exp":
+        epoch = (step - warmup) // max(1, steps_per_epoch)
+        return cfg.final_lr_ratio ** (epoch / max(1, epochs))
+    raise QnnrunError(f"unknown schedule '{cfg.name}': valid are cosine, step, exp, constant")
 
 
 def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: torch.optim.Optimizer,

@@ -67,3 +67,6 @@ def test_cosine_schedule_shape(tmp_path: Path) -> None:
     assert lr_factor(cfg.sched, 30, 10, 5) == pytest.approx(0.5)
     cfg = compose_config(["sched=step", "sched.milestones=[2,4]"], data_dir=tmp_path)
     assert [lr_factor(cfg.sched, e * 10, 10, 6) for e in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    # BinaryNet's decay: once per epoch, 3e-3 -> 3e-7 over the run as lr * 1e-4^(epoch / epochs).
+    cfg = compose_config(["sched=exp"], data_dir=tmp_path)
+    assert [lr_factor(cfg.sched, s, 10, 4) for s in (0, 9, 10, 39)] == pytest.approx([1, 1, 0.1, 1e-3])
