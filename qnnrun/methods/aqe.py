@@ -66,7 +66,8 @@ class AsymptoticQuantizedEstimator(LatentWeightMethod):
         return AsymptoticQuantizer(level_kind(bits), bits, self.alpha)
 
     def input_quantizer(self, layer: nn.Module, bits: int) -> AsymptoticQuantizer:
-        return AsymptoticQuantizer(level_kind(bits), bits, self.alpha, threshold_momentum=float(self.cfg.quant.ema_momentum))
+        return AsymptoticQuantizer(level_kind(bits), bits, self.alpha,
+                                   threshold_momentum=float(self.cfg.quant.ema_momentum))
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Set ``alpha`` for this epoch: constant, or linear from ``alpha`` to ``alpha_end``."""

@@ -116,9 +116,9 @@ def convert(
     A ``nn.Dropout`` that runs right before a layer with a quantized input moves
     into that layer and drops the *quantized* input, as BinaryNet and QNN place it (sign, then
     dropout, then the product). Left in front, it would hand the quantizer its zeros and its
-    ``1 / (1 - p)``-scaled values: ``sign(0) = +1`` turns every dropped unit into +1, and a
-    k-bit grid on [-1, 1] clips the scaled half of the range. An ``nn.Identity`` takes its place,
-    so module names and state_dict keys stay those of the float model.
+    ``1 / (1 - p)``-scaled values: a sign turns the kept units back into +-1, losing the rescaling
+    (and a dropped 0 into +1), and a k-bit grid on [-1, 1] clips the scaled half of the range. An
+    ``nn.Identity`` takes its place, so module names and state_dict keys stay those of the float model.
     """
     order = forward_order(model, example_input)
     leaves = forward_order(model, example_input, kinds=())
