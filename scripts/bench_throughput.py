@@ -83,12 +83,14 @@ class Result:
     variant: str
     images_per_s: float
     peak_mib: float | None = None  # GPU only
+    saved_mib: float | None = None  # eager only: what one training forward saves for backward
     compile_s: float | None = None  # compiled variants only
     graphs: int | None = None  # graphs dynamo compiled, warm-up and timed steps together
     epoch_images_per_s: float | None = None  # --epoch
     note: str = ""
     ratio: float = field(default=float("nan"))
     memory_ratio: float | None = None
+    saved_ratio: float | None = None
 
 
 class Timer:
@@ -205,6 +207,25 @@ class Trainer:
         return seen
 
 
+def saved_for_backward_mib(trainer: Trainer) -> float:
+    """MiB of the tensors one training forward (with the loss) saves for backward, each storage
+    counted once: the activation memory of a step, measurable on any device. Eager mode only
+    (a compiled graph decides what it saves inside the graph)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), trainer.autocast():
+        images = trainer.images
+        if trainer.variant.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        trainer.criterion(trainer.forward(images).float(), trainer.labels)
+    return sum(storages.values()) / 2**20
+
+
 def graph_count() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
@@ -229,6 +250,8 @@ def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argpa
     result = Result(cfg.model.name, cfg.method.name, trainer.bits, variant.label(), args.steps * args.batch / elapsed)
     if device.type == "cuda":
         result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+    if not variant.compile:
+        result.saved_mib = saved_for_backward_mib(trainer)
     if variant.compile:
         result.compile_s = max(0.0, warmup_s - args.warmup * elapsed / args.steps)
     if args.epoch:
@@ -305,7 +328,7 @@ def device_name(device: torch.device) -> str:
 def table(results: list[Result], epoch: bool) -> str:
     """The Markdown table of ``results``."""
     head = ["model", "method", "bits", "variant", "images/s", "ratio to float", "peak MiB", "memory vs float",
-            "compile s", "graphs"]
+            "saved MiB", "saved vs float", "compile s", "graphs"]
     if epoch:
         head += ["epoch images/s", "epoch / step"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(head))) + "|"]
@@ -315,8 +338,8 @@ def table(results: list[Result], epoch: bool) -> str:
 
     for r in results:
         cells = [r.model, r.method, r.bits, r.variant + (f" ({r.note})" if r.note else ""), num(r.images_per_s, ".0f"),
-                 num(r.ratio, ".2f"), num(r.peak_mib, ".0f"), num(r.memory_ratio, ".2f"), num(r.compile_s, ".1f"),
-                 num(r.graphs, "d")]
+                 num(r.ratio, ".2f"), num(r.peak_mib, ".0f"), num(r.memory_ratio, ".2f"), num(r.saved_mib, ".1f"),
+                 num(r.saved_ratio, ".2f"), num(r.compile_s, ".1f"), num(r.graphs, "d")]
         if epoch:
             cells += [num(r.epoch_images_per_s, ".0f"),
                       num(r.epoch_images_per_s / r.images_per_s if r.epoch_images_per_s else None, ".2f")]
@@ -416,6 +439,8 @@ def main() -> None:
             r.ratio = r.images_per_s / ref.images_per_s
             if r.peak_mib is not None and ref.peak_mib:
                 r.memory_ratio = r.peak_mib / ref.peak_mib
+            if r.saved_mib is not None and ref.saved_mib:
+                r.saved_ratio = r.saved_mib / ref.saved_mib
     print()
     print(table(results, args.epoch))
     if brevitas_note and not args.no_brevitas:
