@@ -45,7 +45,6 @@ from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.models import build_model
 from qnnrun.optim import ShiftAdaMax
-from qnnrun.quant.fold import mark_folded
 
 log = logging.getLogger("qnnrun")
 
@@ -353,6 +352,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         method.load_state_dict(checkpoint["method"])
+        method.restore_model(model)
         start_epoch, best_acc, history = checkpoint["epoch"], checkpoint["best_acc"], checkpoint["history"]
         log.info("resuming %s at epoch %d of %d", resume_from, start_epoch, epochs)
     else:
@@ -566,6 +566,10 @@ class _EpochTally:
         self.compile_s = 0.0  # torch.compile warm-up in this epoch, not counted in its time
         self.start = time.perf_counter()
 
+    def seconds(self) -> float:
+        """Training seconds of this epoch so far (before a resume too), the compile warm-up left out."""
+        return self.elapsed + time.perf_counter() - self.start - self.compile_s
+
     def add(self, loss: Tensor, logits: Tensor, labels: Tensor, step: int, skip: bool) -> None:
         """Count one batch; with ``skip``, a NaN ``loss`` is :func:`train_step`'s mark of a skipped step."""
         self.batches += 1
@@ -605,7 +609,7 @@ class _EpochTally:
     def metrics(self, epoch: int, lr: float, ranks: distributed.Ranks) -> dict[str, Any]:
         """The epoch's train metrics over all ranks (every rank must call this)."""
         loss_sum, correct, seen = self.totals(ranks)
-        seconds = self.elapsed + time.perf_counter() - self.start - self.compile_s
+        seconds = self.seconds()
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(1, seen),
@@ -626,7 +630,7 @@ class _EpochTally:
         loss_sum, correct, seen = self.totals(ranks)
         return {"batches": self.batches, "steps_per_epoch": steps_per_epoch, "loss_sum": loss_sum,
                 "correct": correct, "seen": seen, "skipped": self.skipped,
-                "elapsed_s": self.elapsed + time.perf_counter() - self.start - self.compile_s, "rng": _rng_state()}
+                "elapsed_s": self.seconds(), "rng": _rng_state()}
 
     def restore(self, state: Mapping[str, Any], ranks: distributed.Ranks) -> None:
         """Continue from :meth:`state`; the sums over ranks go to rank 0, so they are counted once."""
@@ -758,7 +762,7 @@ class SavedRun:
 
 def load_saved_run(checkpoint: str | Path, device: torch.device) -> SavedRun:
     """Rebuild the (fake-quant) model of a checkpoint (a ``.ckpt`` file or a run folder) on ``device``,
-    with its method state: a progressive run's folded BatchNorms are marked folded again."""
+    with its method state (:meth:`Method.restore_model`: a progressive run's folded BatchNorms)."""
     ckpt = load_checkpoint(checkpoint)
     config = OmegaConf.create(ckpt["config"])
     info = DataInfo(**ckpt["info"])
@@ -766,8 +770,7 @@ def load_saved_run(checkpoint: str | Path, device: torch.device) -> SavedRun:
     model.load_state_dict(ckpt["model"])
     if ckpt.get("method"):
         method.load_state_dict(ckpt["method"])
-        if getattr(method, "folded", False):
-            mark_folded(model, method.pairs)
+        method.restore_model(model)
     return SavedRun(config, info, model.eval(), method, int(ckpt["epoch"]))
 
 

@@ -158,3 +158,7 @@ class Method:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
+    def restore_model(self, model: nn.Module) -> None:
+        """Redo on a freshly built ``model``, after its state dict and this method's were loaded, the
+        changes of structure that the method's state implies (none by default)."""
+

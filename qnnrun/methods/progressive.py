@@ -189,8 +189,8 @@ class ProgressiveQuantization(DirectSTE):
     def prepare(self, model: nn.Module, batches: Iterable[Tensor]) -> None:
         """Nothing to calibrate before training: each layer is calibrated when it is quantized."""
 
-    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        # On resume the checkpoint's state dict went into unfolded BatchNorm modules: swap them.
+    def restore_model(self, model: nn.Module) -> None:
+        """A saved run's folded BatchNorms are plain ones in a freshly built model: swap them."""
         if self.folded:
             mark_folded(model, self.pairs)
 
