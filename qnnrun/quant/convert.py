@@ -120,8 +120,8 @@ def convert(
     (and a dropped 0 into +1), and a k-bit grid on [-1, 1] clips the scaled half of the range. An
     ``nn.Identity`` takes its place, so module names and state_dict keys stay those of the float model.
     """
-    order = forward_order(model, example_input)
-    leaves = forward_order(model, example_input, kinds=())
+    leaves = forward_order(model, example_input, kinds=())  # conv / linear layers are leaves too: one pass
+    order = [name for name in leaves if isinstance(model.get_submodule(name), (nn.Conv2d, nn.Linear))]
     for index, name in enumerate(order):
         layer = model.get_submodule(name)
         chosen = bits_of(index, len(order))
