@@ -99,6 +99,7 @@ def validate_train(cfg: DictConfig) -> None:
     check_int("dataset.batch_size", cfg.dataset.batch_size, 1)
     check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
     check_choice("trainer.on_nan", cfg.trainer.get("on_nan", "stop"), ON_NAN)
+    check_bool("trainer.recompute_quant", cfg.trainer.get("recompute_quant", False))
     for key in ("init_from", "resume"):
         value = cfg[key]
         if not (value is None or isinstance(value, str) or (key == "resume" and isinstance(value, bool))):

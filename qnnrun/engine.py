@@ -45,6 +45,7 @@ from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.models import build_model
 from qnnrun.optim import ShiftAdaMax
+from qnnrun.quant.layers import set_recompute_input
 
 log = logging.getLogger("qnnrun")
 
@@ -93,6 +94,7 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
         load_float_weights(model, init_from)
     method = build_method(cfg)
     model = method.build(model, example_input(info, device)).to(device)
+    set_recompute_input(model, bool(cfg.trainer.get("recompute_quant", False)))
     return model, method
 
 

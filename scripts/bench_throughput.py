@@ -4,10 +4,11 @@ For every model x method x bits it times the engine's own train step (``qnnrun.e
 the method's hooks, forward, loss, backward, optimizer) on random CIFAR-shaped batches held on the
 device, eager and, with ``--compile``, through ``torch.compile``, and prints one Markdown table:
 images/s, the ratio to the float fp32 eager step of the same model (always measured first), peak
-GPU memory and its ratio to float's, and the compile warm-up. ``--channels-last`` and ``--bf16``
-add those variants; ``--epoch`` also times whole epochs through the project's data loader
-(``TensorLoader``: uint8 images on the device, shuffled, cropped and flipped there; random
-CIFAR-sized data, so no files are read) against the pure train step of the same configuration.
+GPU memory and its ratio to float's, the memory saved for backward, and the compile warm-up.
+``--channels-last``, ``--bf16`` and ``--recompute`` (``trainer.recompute_quant``) add those
+variants; ``--epoch`` also times whole epochs through the project's data loader (``TensorLoader``:
+uint8 images on the device, shuffled, cropped and flipped there; random CIFAR-sized data, so no
+files are read) against the pure train step of the same configuration.
 A Brevitas row per model and bits (``QuantConv2d`` / ``QuantReLU``, the same layer policy as
 ``method=ste``) is added when ``brevitas`` is importable (``pip install -e '.[bench]'``).
 
@@ -48,6 +49,7 @@ from qnnrun.engine import build_optimizer, build_quantized_model, lr_factor, sel
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
 from qnnrun.models import build_model
+from qnnrun.quant.layers import set_recompute_input
 
 METHODS = ["fp", "ste", "lsq", "dorefa", "pact", "sq", "uniq", "nbn", "fbf", "lbl", "bnn", "qnn", "aqe"]
 CIFAR_TRAIN = 50000
@@ -60,9 +62,12 @@ class Variant:
     compile: bool = False
     channels_last: bool = False
     bf16: bool = False
+    recompute: bool = False  # trainer.recompute_quant (eager only: a compiled graph makes its own choice)
 
     def label(self) -> str:
         parts = ["compile" if self.compile else "eager"]
+        if self.recompute:
+            parts.append("recompute")
         if self.channels_last:
             parts.append("channels_last")
         if self.bf16:
@@ -83,7 +88,7 @@ class Result:
     variant: str
     images_per_s: float
     peak_mib: float | None = None  # GPU only
-    saved_mib: float | None = None  # eager only: what one training forward saves for backward
+    saved_mib: float | None = None  # what one training forward saves for backward
     compile_s: float | None = None  # compiled variants only
     graphs: int | None = None  # graphs dynamo compiled, warm-up and timed steps together
     epoch_images_per_s: float | None = None  # --epoch
@@ -154,6 +159,7 @@ class Trainer:
         info = dataset_info(cfg.dataset)
         torch.manual_seed(0)
         self.model, self.method = build_quantized_model(cfg, info, device)
+        set_recompute_input(self.model, variant.recompute)
         if variant.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.variant, self.device = variant, device
@@ -209,8 +215,9 @@ class Trainer:
 
 def saved_for_backward_mib(trainer: Trainer) -> float:
     """MiB of the tensors one training forward (with the loss) saves for backward, each storage
-    counted once: the activation memory of a step, measurable on any device. Eager mode only
-    (a compiled graph decides what it saves inside the graph)."""
+    counted once: the activation memory of a step, measurable on any device. A compiled forward
+    saves what its partitioner chose to keep (it may recompute element-wise work in backward
+    instead), through the same hooks."""
     storages: dict[int, int] = {}
 
     def pack(tensor: Tensor) -> Tensor:
@@ -250,8 +257,7 @@ def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argpa
     result = Result(cfg.model.name, cfg.method.name, trainer.bits, variant.label(), args.steps * args.batch / elapsed)
     if device.type == "cuda":
         result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
-    if not variant.compile:
-        result.saved_mib = saved_for_backward_mib(trainer)
+    result.saved_mib = saved_for_backward_mib(trainer)
     if variant.compile:
         result.compile_s = max(0.0, warmup_s - args.warmup * elapsed / args.steps)
     if args.epoch:
@@ -349,10 +355,11 @@ def table(results: list[Result], epoch: bool) -> str:
 
 def runs(args: argparse.Namespace) -> Iterator[tuple[str, str, int, Variant]]:
     """(model, method, bits, variant) in table order: each model's float fp32 eager reference first."""
-    variants = [Variant(compile=c, channels_last=cl, bf16=bf)
+    variants = [Variant(compile=c, channels_last=cl, bf16=bf, recompute=rc)
                 for c in ([False, True] if args.compile else [False])
                 for cl in ([False, True] if args.channels_last else [False])
-                for bf in ([False, True] if args.bf16 else [False])]
+                for bf in ([False, True] if args.bf16 else [False])
+                for rc in ([False, True] if args.recompute and not c else [False])]
     for model in args.models:
         yield model, "fp", 32, Variant()
         for method in args.methods:
@@ -380,6 +387,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add torch.compile variants")
     parser.add_argument("--channels-last", action="store_true", help="add channels_last variants")
     parser.add_argument("--bf16", action="store_true", help="add bf16-autocast variants")
+    parser.add_argument("--recompute", action="store_true",
+                        help="add eager variants with trainer.recompute_quant (quantized inputs replayed in backward)")
     parser.add_argument("--epoch", action="store_true", help="also time whole epochs through the data loader")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per row with --epoch (after one warm-up)")
     parser.add_argument("--epoch-samples", type=int, default=CIFAR_TRAIN, help="images per epoch with --epoch")

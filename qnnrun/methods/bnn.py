@@ -94,8 +94,37 @@ def _replace_modules(model: nn.Module, make: Any) -> None:
             setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
 
 
+class _HardTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, low: float, high: float) -> Tensor:
+        out = x.clamp(low, high)
+        ctx.save_for_backward(out)
+        ctx.low, ctx.high = low, high
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        (out,) = ctx.saved_tensors
+        # low < x < high exactly where low < out < high: the same mask as from the input.
+        return torch.ops.aten.hardtanh_backward(grad, out, ctx.low, ctx.high), None, None
+
+
+class HardTanh(nn.Hardtanh):
+    """``nn.Hardtanh`` that saves its output for backward instead of its input.
+
+    The gradient is the same (it passes where ``min_val < x < max_val``, which is where the output
+    lies strictly inside too). The next quantized layer's input is that output, so with
+    ``trainer.recompute_quant`` the two share one saved tensor, as a ReLU and the next layer do.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        return _HardTanh.apply(x, self.min_val, self.max_val)
+
+
 def _hardtanh_for_relu(module: nn.Module) -> nn.Module | None:
-    return nn.Hardtanh() if isinstance(module, nn.ReLU) else None
+    return HardTanh() if isinstance(module, nn.ReLU) else None
 
 
 def _shift_batchnorm(module: nn.Module) -> nn.Module | None:

@@ -9,11 +9,17 @@ network are quantized*: direct STE sets every channel to ``QUANT`` at step 0; la
 filter-by-filter and neuron-by-neuron move groups of channels to ``QUANT`` or ``FROZEN`` over
 time; SQ redraws a random set of ``FLOAT`` rows every step; UNIQ walks blocks from ``NOISY`` to
 ``FROZEN``.
+
+With ``recompute_input`` on (``trainer.recompute_quant=true``) a quantized layer saves its float
+input for backward instead of the quantized copy and the quantizer's masks, and replays the input
+quantizer in backward (:class:`_ReplayedInput`): less activation memory in eager mode, for a few
+more element-wise kernels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from typing import Any
 
@@ -45,6 +51,18 @@ class Quantizer(nn.Module):
         # A disabled input quantizer passes its input through (a method's float phase). Weights
         # have the finer per-channel state of QuantLayer instead.
         self.enabled = True
+        self.replay = False  # see replaying()
+
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Within it, ``forward`` replays a call already made on the same input in this step (a
+        quantized layer's backward with ``recompute_input``): it must return the same value with the
+        same gradients and update no state (range statistics, thresholds)."""
+        self.replay = True
+        try:
+            yield
+        finally:
+            self.replay = False
 
     def reset(self) -> None:
         """Forget calibrated state before a new calibration (nothing to forget by default)."""
@@ -146,7 +164,9 @@ class UniformQuantizer(Quantizer):
         return Q.maxabs_scale(stat, self.bits, signed, self.narrow)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.range_mode != "dynamic" and (self.calibrating or (self.training and self.range_mode == "ema")):
+        # A replay (see Quantizer.replaying) finds the range already updated by the call it replays.
+        updating = self.calibrating or (self.training and self.range_mode == "ema")
+        if self.range_mode != "dynamic" and updating and not self.replay:
             with torch.no_grad():
                 self.observe(x)
         return Q.uniform_quantize(x, self.scale(x), self.bits, self._is_signed(x), self.narrow, self.estimator)
@@ -190,6 +210,8 @@ class QuantLayer(nn.Module):
         channels = self.weight.shape[0]
         self.register_buffer("channel_state", torch.full((channels,), int(ChannelState.QUANT), dtype=torch.uint8))
         self.register_buffer("frozen_weight", torch.zeros_like(self.weight, requires_grad=False))
+        # Save the float input for backward and replay the input quantizer there (_ReplayedInput).
+        self.recompute_input = False
         self._present: frozenset[int] | None = None
         self.register_load_state_dict_post_hook(self._recount_present)
 
@@ -282,6 +304,74 @@ class QuantLayer(nn.Module):
             x = self.input_quant(x)
         return x if self.input_dropout is None else self.input_dropout(x)
 
+    def compute(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer's own operation (convolution, matrix product) on an already quantized input."""
+        raise NotImplementedError
+
+    def compute_backward(self, grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,
+                         needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """Gradients of :meth:`compute` to ``(x, weight, bias)`` (``None`` where ``needs`` is false),
+        computed in the dtype of ``grad`` (autocast's) like autograd's own backward."""
+        raise NotImplementedError
+
+    def replayable(self) -> bool:
+        """Whether :meth:`compute_backward` covers this layer's configuration."""
+        return True
+
+    def quantized_forward(self, x: Tensor) -> Tensor:
+        """The layer's output for float input ``x``: :meth:`compute` on the quantized input and the
+        effective weight, through :class:`_ReplayedInput` when ``recompute_input`` applies (training
+        with autograd, eager mode, an enabled input quantizer, no input dropout)."""
+        weight = self.effective_weight()
+        quantizer = self.input_quant
+        if (self.recompute_input and quantizer is not None and quantizer.enabled and self.input_dropout is None
+                and torch.is_grad_enabled() and not torch.compiler.is_compiling() and self.replayable()):
+            return _ReplayedInput.apply(x, weight, self.bias, self, *quantizer.parameters())
+        return self.compute(self.quantize_input(x), weight, self.bias)
+
+
+class _ReplayedInput(torch.autograd.Function):
+    """``layer.compute(layer.input_quant(x), weight, bias)`` saving ``x``, ``weight`` and ``bias``
+    for backward, not the quantized input and the quantizer's masks: backward replays the input
+    quantizer on ``x`` (with ``Quantizer.replaying``) to get both back, so the gradients are those
+    of the plain path. After a ReLU, which saves the same ``x``, the layer's input costs no extra
+    memory. The quantizer's parameters are passed as ``params`` so that their gradients (LSQ's
+    step, PACT's clip level) come back through this function.
+
+    A compiled graph does not take this path: its partitioner makes the same kind of trade itself.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, layer: QuantLayer,
+                *params: Tensor) -> Tensor:
+        ctx.layer = layer
+        device = x.device.type
+        ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        ctx.save_for_backward(x, weight, bias)
+        return layer.compute(layer.input_quant(x), weight, bias)  # autograd is off here: nothing else saved
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, bias = ctx.saved_tensors
+        layer, needs = ctx.layer, ctx.needs_input_grad
+        quantizer = layer.input_quant
+        params = [p for p, need in zip(quantizer.parameters(), needs[4:]) if need]
+        enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled), quantizer.replaying():
+            leaf = x.detach().requires_grad_(needs[0])
+            quantized = quantizer.forward(leaf)  # not __call__: forward hooks see the step once
+        wants_input = needs[0] or bool(params)
+        grad_q, grad_w, grad_b = layer.compute_backward(grad, quantized.detach(), weight, bias,
+                                                        (wants_input, needs[1], needs[2]))
+        sources = ([leaf] if needs[0] else []) + params
+        found = list(torch.autograd.grad(quantized, sources, grad_q.to(quantized.dtype), allow_unused=True)
+                     if sources and quantized.requires_grad else [None] * len(sources))
+        grad_x = found.pop(0) if needs[0] else None
+        param_grads = iter(found)
+        return (grad_x, None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None,
+                *(next(param_grads) if need else None for need in needs[4:]))
+
 
 class QuantConv2d(nn.Conv2d, QuantLayer):
     """``nn.Conv2d`` with quantized input [B, C_in, H, W] and weight [C_out, C_in/groups, kh, kw]."""
@@ -307,7 +397,20 @@ class QuantConv2d(nn.Conv2d, QuantLayer):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(self.quantize_input(x), self.effective_weight(), self.bias)
+        return self.quantized_forward(x)
+
+    def compute(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return self._conv_forward(x, weight, bias)
+
+    def replayable(self) -> bool:
+        return self.padding_mode == "zeros" and not isinstance(self.padding, str)
+
+    def compute_backward(self, grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,
+                         needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        # The kernel autograd's ConvolutionBackward0 calls.
+        return torch.ops.aten.convolution_backward(
+            grad, x.to(grad.dtype), weight.to(grad.dtype), None if bias is None else [bias.shape[0]], self.stride,
+            self.padding, self.dilation, False, [0] * len(self.stride), self.groups, list(needs))
 
 
 class QuantLinear(nn.Linear, QuantLayer):
@@ -333,12 +436,29 @@ class QuantLinear(nn.Linear, QuantLayer):
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.quantize_input(x), self.effective_weight(), self.bias)
+        return self.quantized_forward(x)
+
+    def compute(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
+    def compute_backward(self, grad: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None,
+                         needs: tuple[bool, bool, bool]) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        rows = grad.reshape(-1, grad.shape[-1])  # [N, out_features] over all leading dimensions
+        grad_x = grad.matmul(weight.to(grad.dtype)) if needs[0] else None
+        grad_w = rows.t().mm(x.reshape(-1, x.shape[-1]).to(grad.dtype)) if needs[1] else None
+        grad_b = rows.sum(0) if needs[2] else None
+        return grad_x, grad_w, grad_b
 
 
 def quant_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
     """Every quantized layer of ``model`` with its qualified name, in registration order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayer)]
+
+
+def set_recompute_input(model: nn.Module, on: bool) -> None:
+    """Turn :class:`_ReplayedInput` on or off for every quantized layer (``trainer.recompute_quant``)."""
+    for _, layer in quant_layers(model):
+        layer.recompute_input = on
 
 
 LEVEL_KINDS = ("sign", "ternary", "pow2", "linear")
@@ -380,6 +500,8 @@ class LevelQuantizer(Quantizer):
         if not (self.training or self.calibrating):
             return self.threshold if self.observed else Q.ternary_threshold(x)
         batch = Q.ternary_threshold(x)
+        if self.replay:
+            return batch
         if self.observed:
             self.threshold.lerp_(batch, self.threshold_momentum)
         else:
