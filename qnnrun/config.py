@@ -95,6 +95,7 @@ def validate_train(cfg: DictConfig) -> None:
     check_int("trainer.devices", cfg.trainer.get("devices", 1), 1)
     check_int("trainer.eval_every", cfg.trainer.eval_every, 1)
     check_int("trainer.num_threads", cfg.trainer.num_threads, 0)
+    check_int("trainer.log_every_steps", cfg.trainer.get("log_every_steps", 0), 0)
     check_int("seed", cfg.seed, 0)
     check_int("dataset.batch_size", cfg.dataset.batch_size, 1)
     check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)

@@ -399,6 +399,12 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     step = start_epoch * steps_per_epoch
     save = save_atomic if ranks.main else _no_save
     warming_up = bool(cfg.trainer.compile)  # the first step compiles: timed apart from the epoch
+    log_every = int(cfg.trainer.get("log_every_steps", 0))
+    resumed_at = step + (partial["batches"] if partial is not None else 0)
+    # Step curves have event files of their own (TensorBoard run "<run>/steps"): a resume purges the
+    # epoch curves from an epoch number, these from a step number.
+    step_writer = (SummaryWriter(str(run_dir / "steps"), purge_step=resumed_at + 1 if resumed_at else None)
+                   if log_every and ranks.main else None)
     with StopRequest() as stop:
         for epoch in range(start_epoch, epochs):
             # Per-epoch seeds make an epoch's randomness (order, augmentation, dropout, noise) the same
@@ -438,6 +444,8 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                 scheduler.step()
                 tally.add(loss, logits, labels, step, skip_nonfinite)
                 step += 1
+                if step_writer is not None and step % log_every == 0:
+                    _log_step(step_writer, step, loss, optimizer.param_groups[0]["lr"], method.scalars(model))
                 due = step % 10 == 0 or tally.batches == steps_per_epoch
                 if ranks.active:  # the ranks agree on stopping every 10 steps (a collective)
                     stopping = due and distributed.any_rank(stop.signum is not None, device, ranks)
@@ -499,6 +507,8 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
         writer.add_hparams(hparams, {f"hparam/{k}": summary[k] for k in ("test_acc", "best_test_acc", "gbops")},
                            run_name=".")
         writer.close()
+        if step_writer is not None:
+            step_writer.close()
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info("done: test accuracy %.2f%% (best %.2f%%), results in %s", summary["test_acc"],
              summary["best_test_acc"], run_dir)
@@ -699,6 +709,16 @@ def _take(batches: Iterable[Any], count: int) -> Iterator[Any]:
         if index >= count:
             return
         yield batch
+
+
+def _log_step(writer: Any, step: int, loss: Tensor, lr: float, scalars: Mapping[str, float]) -> None:
+    """``trainer.log_every_steps``: the last batch's loss, the learning rate and the method's scalars
+    (``Method.scalars``: LSQ steps, PACT clip levels, ...) against the number of optimizer steps
+    done, under ``step/``. Costs a host sync per scalar."""
+    writer.add_scalar("step/train_loss", float(loss), step)
+    writer.add_scalar("step/lr", lr, step)
+    for key, value in scalars.items():
+        writer.add_scalar(f"step/quant/{key}", value, step)
 
 
 def _log_epoch(writer: Any, metrics: Mapping[str, Any], cost: Mapping[str, float]) -> None:

@@ -82,6 +82,8 @@ def test_bops_table(qnnrun) -> None:
         (["bits.a=2.5"], "bits.a=2.5 is not a valid bit width"),
         (["bits.w=two"], "bits.w='two' is not a valid bit width"),
         (["trainer.epochs=-1"], "trainer.epochs=-1 is not valid: expected an integer >= 0"),
+        (["trainer.log_every_steps=-5"], "trainer.log_every_steps=-5 is not valid: expected an integer >= 0"),
+        (["trainer.recompute_quant=maybe"], "trainer.recompute_quant='maybe' is not valid: valid are true, false"),
         (["quant.first_layer=4"], "quant.first_layer=4 is not valid: valid are fp, 8, same"),
         (["dataset=mnist"], "MNIST not found"),
         (["resume=missing.ckpt"], "resume=missing.ckpt: no checkpoint at missing.ckpt"),

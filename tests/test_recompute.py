@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from qnnrun.data import dataset_info
 from qnnrun.engine import build_quantized_model
-from qnnrun.errors import QnnrunError
 from qnnrun.methods.bnn import HardTanh
 from qnnrun.methods import METHODS
 from qnnrun.quant.layers import QuantConv2d, QuantLinear, UniformQuantizer, quant_layers, set_recompute_input
@@ -122,14 +121,6 @@ def test_the_plain_path_is_kept_where_the_replay_does_not_apply() -> None:
     assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
     conv.input_quant.enabled = True
     assert type(conv(x).grad_fn).__name__ == "_ReplayedInputBackward"
-
-
-def test_recompute_quant_is_validated() -> None:
-    from qnnrun.config import validate_train
-
-    cfg = compose_config(["method=ste", "trainer.recompute_quant=maybe"])
-    with pytest.raises(QnnrunError, match=r"trainer.recompute_quant='maybe' is not valid: valid are true, false"):
-        validate_train(cfg)
 
 
 def test_the_engine_turns_it_on_from_the_config() -> None:

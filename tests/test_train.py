@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,45 @@ def test_compiled_run_reports_its_warm_up_apart(tmp_path: Path) -> None:
     assert history[0]["compile_s"] > 0 and "compile_s" not in history[1]
     assert summary["compile_s"] == history[0]["compile_s"]
     assert summary["test_acc"] > 80
+
+
+def _step_curve(run: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "steps"), size_guidance={"scalars": 0})
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+def test_log_every_steps_writes_step_curves_that_survive_a_crash(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loss, lr and LSQ's steps every 5 steps, in <run>/steps; after a crash mid-epoch and a
+    resume from the last epoch's checkpoint, the epoch's replayed steps replace the lost ones."""
+    from hydra_utils import Interrupt
+
+    from qnnrun.methods.lsq import LearnedStepSize
+
+    args = ["method=lsq", "bits=2", "trainer.epochs=2", "trainer.log_every_steps=5", "trainer.deterministic=true"]
+    _train(tmp_path, "straight", *args)
+    steps_per_epoch = math.ceil(load_checkpoint(tmp_path / "straight")["history"][0]["train_samples"] / 64)
+    straight = _step_curve(tmp_path / "straight", "step/train_loss")
+    assert [s for s, _ in straight] == list(range(5, 2 * steps_per_epoch + 1, 5))
+    lsq_step = _step_curve(tmp_path / "straight", "step/quant/lsq/step/classifier/weight")
+    assert [s for s, _ in lsq_step] == [s for s, _ in straight]
+    assert len({v for _, v in lsq_step}) > 1  # the learned step moves within the run
+
+    original = LearnedStepSize.before_step
+
+    def crash(self, model, step: int) -> None:  # noqa: ANN001 - the method's hook signature
+        if step == steps_per_epoch + 12:
+            raise Interrupt
+        original(self, model, step)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LearnedStepSize, "before_step", crash)
+        with pytest.raises(Interrupt):
+            _train(tmp_path, "crashed", *args)
+    # Logged past the end-of-epoch-1 checkpoint the resume starts from: stale once it resumes.
+    assert max(s for s, _ in _step_curve(tmp_path / "crashed", "step/train_loss")) > steps_per_epoch + 5
+    _train(tmp_path, "crashed", *args, "resume=true")
+    assert _step_curve(tmp_path / "crashed", "step/train_loss") == straight
