@@ -121,6 +121,8 @@ def test_the_plain_path_is_kept_where_the_replay_does_not_apply() -> None:
     assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
     conv.input_quant.enabled = True
     assert type(conv(x).grad_fn).__name__ == "_ReplayedInputBackward"
+    conv.eval()
+    assert type(conv(x).grad_fn).__name__ == "ConvolutionBackward0"
 
 
 def test_the_engine_turns_it_on_from_the_config() -> None:

@@ -324,8 +324,9 @@ class QuantLayer(nn.Module):
         with autograd, eager mode, an enabled input quantizer, no input dropout)."""
         weight = self.effective_weight()
         quantizer = self.input_quant
-        if (self.recompute_input and quantizer is not None and quantizer.enabled and self.input_dropout is None
-                and torch.is_grad_enabled() and not torch.compiler.is_compiling() and self.replayable()):
+        if (self.recompute_input and self.training and quantizer is not None and quantizer.enabled
+                and self.input_dropout is None and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and self.replayable()):
             return _ReplayedInput.apply(x, weight, self.bias, self, *quantizer.parameters())
         return self.compute(self.quantize_input(x), weight, self.bias)
 
