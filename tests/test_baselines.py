@@ -300,7 +300,19 @@ def test_layer_policies_of_the_baselines(tmp_path: Path) -> None:
         assert bits == expected
 
 
+@pytest.mark.parametrize("bits,factor", [("2", 0.25), ("3", 0.5), ("4", 1.0), ("8", 1.0)])
+def test_lsq_weight_decay_follows_the_papers_precision_rule(tmp_path: Path, bits: str, factor: float) -> None:
+    """LSQ section 3 / Table 2: weight decay halved at 3 bits, quartered at 2, on conv/linear weights only."""
+    model, method = _model_and_method(tmp_path, "method=lsq", f"bits={bits}", "optim.weight_decay=4e-4")
+    decayed, free = method.param_groups(model, 4e-4)
+    assert decayed["weight_decay"] == pytest.approx(4e-4 * factor)
+    assert free["weight_decay"] == 0.0 and any(p.dim() == 0 for p in free["params"])  # the steps
+    _, off = _model_and_method(tmp_path, "method=lsq", f"bits={bits}", "method.low_bit_weight_decay=false")
+    assert off.param_groups(model, 4e-4)[0]["weight_decay"] == 4e-4
+
+
 @pytest.mark.parametrize("override,message", [
+    ("method=lsq method.low_bit_weight_decay=1", "method.low_bit_weight_decay=1"),
     ("method=dorefa method.grad_bits=40", "method.grad_bits=40"),
     ("method=pact method.alpha_init=0", "method.alpha_init=0"),
     ("method=pact method.alpha_decay=-1", "method.alpha_decay=-1"),

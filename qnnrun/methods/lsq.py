@@ -9,6 +9,11 @@ Steps start at ``2 * mean|x| / sqrt(Qp)``: for weights from the weights, for act
 calibration batches of :meth:`Method.prepare`. Weights use signed codes; inputs signed codes when
 the calibration batches hold a negative value, else unsigned. First and last layer run at 8 bits.
 
+``method.low_bit_weight_decay=true`` (default) follows the paper's training recipe (section 3,
+"Weight decay", Table 2): lower precision needs less regularisation, so the weight decay of the
+conv/linear weights is halved for a 3-bit network and quartered for a 2-bit one (the factor goes
+by the weight bits; 1 at 4 bits and above).
+
 ``method.learned_offset=true`` adds LSQ+'s learned offset ``beta`` to each activation quantizer
 (Bhalgat et al., "LSQ+", CVPRW 2020): unsigned codes on ``round(clamp((x - beta) / s, 0, 2^b - 1))
 * s + beta``, ``beta`` starting at the smallest calibration value and ``s`` at
@@ -18,6 +23,7 @@ the calibration batches hold a negative value, else unsigned. First and last lay
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -28,6 +34,8 @@ from qnnrun.config import check_bool
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import Quantizer, quant_layers
+
+log = logging.getLogger("qnnrun")
 
 
 class LsqQuantizer(Quantizer):
@@ -155,6 +163,23 @@ class LearnedStepSize(Method):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         self.learned_offset = check_bool("method.learned_offset", cfg.method.get("learned_offset", False))
+        self.low_bit_weight_decay = check_bool("method.low_bit_weight_decay",
+                                               cfg.method.get("low_bit_weight_decay", True))
+
+    def weight_decay_factor(self) -> float:
+        """LSQ's weight decay for this precision relative to full precision's: 1/4 at 2 weight bits
+        (and 1), 1/2 at 3, 1 above (1 everywhere with ``method.low_bit_weight_decay=false``)."""
+        if not self.low_bit_weight_decay or self.weight_bits >= 4:
+            return 1.0
+        return 0.5 if self.weight_bits == 3 else 0.25
+
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+        """The base groups with the weight decay scaled by :meth:`weight_decay_factor`."""
+        factor = self.weight_decay_factor()
+        if factor != 1.0 and weight_decay:
+            log.info("lsq: weight decay %g (optim.weight_decay x %g at %d-bit weights, as in the LSQ paper; "
+                     "method.low_bit_weight_decay=false keeps it)", weight_decay * factor, factor, self.weight_bits)
+        return super().param_groups(model, weight_decay * factor)
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> LsqQuantizer:
         channels = layer.weight.shape[0] if self.cfg.quant.per_channel else None
