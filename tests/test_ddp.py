@@ -42,6 +42,18 @@ def test_two_processes_compute_what_one_process_computes(tmp_path: Path) -> None
     assert sum(h["train_samples"] for h in double["history"]) == 3 * 1437  # summed over ranks, once each
 
 
+def test_recompute_quant_on_two_processes_is_the_same_run(tmp_path: Path) -> None:
+    """DDP reduces the gradients that _ReplayedInput returns (PACT's clip levels included) like
+    the plain path's: the same losses and weights."""
+    options = ("method=pact", "bits=2", "trainer.devices=2", "trainer.deterministic=true", "trainer.epochs=2")
+    plain = _train(tmp_path, "plain", *options)
+    replayed = _train(tmp_path, "replayed", *options, "trainer.recompute_quant=true")
+    for key in ("train_loss", "test_loss", "test_acc"):
+        assert replayed[key] == plain[key], key
+    a, b = load_checkpoint(tmp_path / "plain")["model"], load_checkpoint(tmp_path / "replayed")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
+
+
 def test_sq_on_two_processes_keeps_the_ranks_identical(tmp_path: Path) -> None:
     """SQ redraws random float rows every step: the ranks must draw the same ones. The engine checks
     at every epoch end that the ranks' weights and buffers are identical, and fails if not."""
