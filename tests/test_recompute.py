@@ -89,12 +89,19 @@ def test_after_relu_the_quantized_layers_save_no_more_than_float() -> None:
     assert saved < 1.1 * saved_float
 
 
-def test_linear_layers_and_autocast_replay_exactly() -> None:
-    """QuantLinear over [B, T, F] input, under bf16 autocast: the same gradients both ways."""
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_autocast_replays_exactly(kind: str) -> None:
+    """QuantLinear over [B, T, F] input and a strided QuantConv2d with groups, under bf16
+    autocast: the same output dtype, values and gradients both ways."""
     torch.manual_seed(0)
-    layer = QuantLinear(6, 5, input_quant=UniformQuantizer(3, signed=True, range_mode="ema"),
-                        weight_quant=UniformQuantizer(2, channels=5))
-    x = torch.randn(4, 3, 6, requires_grad=True)
+    input_quant = UniformQuantizer(3, signed=True, range_mode="ema")
+    if kind == "linear":
+        layer = QuantLinear(6, 5, input_quant=input_quant, weight_quant=UniformQuantizer(2, channels=5))
+        x = torch.randn(4, 3, 6)
+    else:
+        layer = QuantConv2d(4, 6, 3, stride=2, padding=1, groups=2, input_quant=input_quant,
+                            weight_quant=UniformQuantizer(2, channels=6))
+        x = torch.randn(2, 4, 7, 7)
     replayed = copy.deepcopy(layer)
     set_recompute_input(replayed, True)
     outputs = []
@@ -104,6 +111,7 @@ def test_linear_layers_and_autocast_replay_exactly() -> None:
             out = module(source)
         out.float().square().sum().backward()
         outputs.append((out, source.grad, module.weight.grad, module.bias.grad, module.input_quant.stat.clone()))
+    assert outputs[1][0].dtype == torch.bfloat16
     for plain, replay in zip(*outputs, strict=True):
         assert plain.dtype == replay.dtype
         assert torch.equal(plain, replay)
