@@ -50,22 +50,19 @@ def code_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]
     return 0, 2**bits - 1
 
 
-def _affine(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int) -> tuple[Tensor, Tensor]:
-    """Fake-quantized ``x`` and the in-range mask, computed like PyTorch's kernels."""
-    inv_scale = 1.0 / scale
-    codes = torch.round(x * inv_scale) + zero_point
-    inside = (codes >= qmin) & (codes <= qmax)
-    return (codes.clamp(qmin, qmax) - zero_point) * scale, inside
+# The forward passes below build their masks only when a gradient will flow (``needs_input_grad``
+# is all false under ``no_grad``: evaluation, and the forward of a replayed layer input).
 
 
 class _FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, clipped: bool) -> Tensor:
-        out, inside = _affine(x, scale, zero_point, qmin, qmax)
-        if clipped:
-            ctx.save_for_backward(inside)
-        ctx.clipped = clipped
-        return out
+        # As PyTorch's kernels: the division is a multiplication by 1 / s.
+        codes = torch.round(x * (1.0 / scale)) + zero_point
+        ctx.clipped = clipped and ctx.needs_input_grad[0]
+        if ctx.clipped:
+            ctx.save_for_backward((codes >= qmin) & (codes <= qmax))
+        return (codes.clamp(qmin, qmax) - zero_point) * scale
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -78,9 +75,9 @@ class _FakeQuantize(torch.autograd.Function):
 class _Sign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, clip: float, clipped: bool) -> Tensor:
-        if clipped:
+        ctx.clipped = clipped and ctx.needs_input_grad[0]
+        if ctx.clipped:
             ctx.save_for_backward(x.abs() <= clip)
-        ctx.clipped = clipped
         return torch.where(x >= 0, scale, -scale).to(x.dtype)
 
     @staticmethod
@@ -309,7 +306,8 @@ def kquantile_noise(x: Tensor, bits: int, mean: Tensor, std: Tensor, noise: Tens
 class _ClippedSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, value: Tensor, clip: float, grad_scale: float) -> Tensor:
-        ctx.save_for_backward(x.abs() <= clip)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x.abs() <= clip)
         ctx.grad_scale = grad_scale
         return value
 
@@ -573,8 +571,8 @@ class _Pact(torch.autograd.Function):
     def forward(ctx, x: Tensor, alpha: Tensor, bits: int, signed: bool) -> Tensor:
         levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
         lower = -alpha if signed else torch.zeros_like(alpha)
-        above, below = x >= alpha, (x <= lower) if signed else (x < 0)
-        ctx.save_for_backward(above, below)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            ctx.save_for_backward(x >= alpha, (x <= lower) if signed else (x < 0))
         ctx.signed = signed
         clipped = torch.minimum(torch.maximum(x, lower), alpha)
         return torch.round(clipped * (levels / alpha)) * (alpha / levels)
