@@ -48,6 +48,7 @@ from qnnrun.data import TensorLoader, dataset_info
 from qnnrun.engine import build_optimizer, build_quantized_model, lr_factor, select_device, train_step
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
+from qnnrun.metrics.memory import SavedForBackward
 from qnnrun.models import build_model
 from qnnrun.quant.layers import set_recompute_input
 
@@ -218,19 +219,12 @@ def saved_for_backward_mib(trainer: Trainer) -> float:
     counted once: the activation memory of a step, measurable on any device. A compiled forward
     saves what its partitioner chose to keep (it may recompute element-wise work in backward
     instead), through the same hooks."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: Tensor) -> Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), trainer.autocast():
+    with SavedForBackward() as saved, trainer.autocast():
         images = trainer.images
         if trainer.variant.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         trainer.criterion(trainer.forward(images).float(), trainer.labels)
-    return sum(storages.values()) / 2**20
+    return saved.nbytes / 2**20
 
 
 def graph_count() -> int:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from qnnrun.data import dataset_info
 from qnnrun.engine import build_quantized_model
 from qnnrun.methods.bnn import HardTanh
+from qnnrun.metrics.memory import SavedForBackward
 from qnnrun.methods import METHODS
 from qnnrun.quant.layers import QuantConv2d, QuantLinear, UniformQuantizer, quant_layers, set_recompute_input
 
@@ -43,17 +44,11 @@ def prepared(method: str, overrides: list[str]) -> tuple[nn.Module, Tensor, Tens
 
 def step(model: nn.Module, images: Tensor, labels: Tensor, criterion: nn.Module) -> tuple[Tensor, dict, int]:
     """Loss, gradients by parameter name, and the bytes saved for backward (each storage once)."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: Tensor) -> Tensor:
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with SavedForBackward() as saved:
         loss = criterion(model(images), labels)
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    return loss.detach(), grads, sum(storages.values())
+    return loss.detach(), grads, saved.nbytes
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"fp"}))
