@@ -16,8 +16,10 @@ from qnnrun import cli
 from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
 
 
-def compose_config(overrides: list[str], config_name: str = "train", data_dir: Path | None = None) -> DictConfig:
-    """The composed config of ``qnnrun <config_name> <overrides>``, with Hydra's runtime values set."""
+def compose_config(overrides: list[str], config_name: str = "train", data_dir: Path | None = None,
+                   keep_hydra: bool = False) -> DictConfig:
+    """The composed config of ``qnnrun <config_name> <overrides>``, with Hydra's runtime values set;
+    ``keep_hydra`` keeps the ``hydra`` node (launcher, sweeper params)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name, overrides=quote_numeric_groups(overrides), return_hydra_config=True)
@@ -28,7 +30,8 @@ def compose_config(overrides: list[str], config_name: str = "train", data_dir: P
             cfg.paths.cache_dir = str(data_dir / ".cache")
         if "trainer" in cfg:
             cfg.trainer.progress = False
-        del cfg.hydra
+        if not keep_hydra:
+            del cfg.hydra
     return cfg
 
 

@@ -70,3 +70,31 @@ def test_cosine_schedule_shape(tmp_path: Path) -> None:
     # BinaryNet's decay: once per epoch, 3e-3 -> 3e-7 over the run as lr * 1e-4^(epoch / epochs).
     cfg = compose_config(["sched=exp"], data_dir=tmp_path)
     assert [lr_factor(cfg.sched, s, 10, 4) for s in (0, 9, 10, 39)] == pytest.approx([1, 1, 0.1, 1e-3])
+
+
+def _sweep_points(experiment: str, tmp_path: Path) -> list[list[str]]:
+    """Override lists that reach every value of the preset's sweep axes: the first value of each
+    axis, then each other value of one axis at a time (values split by Hydra's override parser)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = compose_config([f"experiment={experiment}", "hydra.mode=RUN"], data_dir=tmp_path, keep_hydra=True)
+    params = cfg.hydra.sweeper.params or {}
+    axes = [(o.key_or_group, list(o.sweep_string_iterator()))
+            for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])]
+    first = [f"{key}={values[0]}" for key, values in axes]
+    return [first] + [[*first[:i], f"{key}={value}", *first[i + 1:]]
+                      for i, (key, values) in enumerate(axes) for value in values[1:]]
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_experiment_preset_composes_and_builds_at_every_sweep_value(experiment: str, tmp_path: Path) -> None:
+    """A preset is mostly run on a borrowed GPU: a bad key or value must fail here, not there."""
+    points = _sweep_points(experiment, tmp_path)
+    assert points[0], f"experiment={experiment} sweeps nothing"
+    for point in points:
+        cfg = compose_config([f"experiment={experiment}", *point], data_dir=tmp_path)
+        validate_train(cfg)
+        info = dataset_info(cfg.dataset)
+        model, method = build_quantized_model(cfg, info, torch.device("cpu"))
+        assert model(example_input(info, torch.device("cpu"))).shape == (2, info.num_classes), point
+        build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
