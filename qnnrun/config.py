@@ -78,6 +78,7 @@ def validate_quant(cfg: DictConfig) -> None:
     check_choice("quant.image_input_bits", cfg.quant.image_input_bits, ("8", "32"))
     check_choice("quant.estimator", cfg.quant.estimator, ("clipped", "ste"))
     check_int("quant.calib_batches", cfg.quant.calib_batches, 0)
+    check_int("quant.bn_reestimate_batches", cfg.quant.get("bn_reestimate_batches", 0), 0)
     check_choice("quant.init", cfg.quant.get("init", "maxabs"), ("maxabs", "mmse"))
     check_bool("quant.fold_bn", cfg.quant.get("fold_bn", False))
     if cfg.quant.get("init", "maxabs") == "mmse":

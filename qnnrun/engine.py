@@ -230,6 +230,42 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_cla
     return EvalResult(loss_sum / count, 100.0 * correct / count, top5)
 
 
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocast: Any = nullcontext,
+                         channels_last: bool = False) -> int:
+    """Replace the running mean and variance of every BatchNorm of ``model`` by their plain average
+    over ``batches`` ([B, ...] images; labels unused), computed on the network as it evaluates.
+
+    Every other module stays in evaluation mode: SQ's rows all quantized, AQE's ``h`` alone, UNIQ's
+    noisy block quantized, dropout off, activation ranges fixed. (``torch.optim.swa_utils.update_bn``
+    puts the whole model in training mode, which would measure the training network instead and
+    move the activation ranges.) Momenta and the training flag are restored; returns the number of
+    BatchNorm layers re-estimated.
+    """
+    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
+    if not norms:
+        return 0
+    was_training = model.training
+    momenta = [bn.momentum for bn in norms]
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+        bn.train()
+    with torch.no_grad():
+        for images, _ in batches:
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                model(images)
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
+    model.train(was_training)
+    return len(norms)
+
+
 def _config_value(cfg: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = cfg.get(part) if isinstance(cfg, Mapping) else None
@@ -400,6 +436,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     save = save_atomic if ranks.main else _no_save
     warming_up = bool(cfg.trainer.compile)  # the first step compiles: timed apart from the epoch
     log_every = int(cfg.trainer.get("log_every_steps", 0))
+    bn_batches = int(cfg.quant.get("bn_reestimate_batches", 0))
     resumed_at = step + (partial["batches"] if partial is not None else 0)
     # Step curves have event files of their own (TensorBoard run "<run>/steps"): a resume purges the
     # epoch curves from an epoch number, these from a step number.
@@ -473,6 +510,9 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                                   f"(trainer.on_nan=skip_batch): the weights have diverged; lower optim.lr "
                                   f"(now {cfg.optim.lr}) and resume from a checkpoint before the divergence")
             if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
+                if bn_batches:  # BatchNorm statistics of the network as evaluated (rank 0's for every rank)
+                    reestimate_batchnorm(model, _take(data.train, bn_batches), autocast, cfg.trainer.channels_last)
+                    distributed.sync_buffers(model, ranks)
                 result = evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
                 metrics.update(test_loss=result.loss, test_acc=result.acc)
                 if result.top5 is not None:

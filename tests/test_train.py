@@ -12,7 +12,7 @@ from hydra_utils import compose_config, train_interrupted_then_resumed
 from omegaconf import OmegaConf
 
 from qnnrun.checkpoint import load_checkpoint
-from qnnrun.engine import evaluate_checkpoint, train
+from qnnrun.engine import evaluate_checkpoint, reestimate_batchnorm, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.ste import DirectSTE
 
@@ -162,3 +162,49 @@ def test_log_every_steps_writes_step_curves_that_survive_a_crash(tmp_path: Path,
     assert max(s for s, _ in _step_curve(tmp_path / "crashed", "step/train_loss")) > steps_per_epoch + 5
     _train(tmp_path, "crashed", *args, "resume=true")
     assert _step_curve(tmp_path / "crashed", "step/train_loss") == straight
+
+
+def test_reestimate_batchnorm_averages_the_evaluated_network_exactly() -> None:
+    """Running statistics become the plain average over the batches of each BatchNorm's input in
+    the network as it evaluates: dropout off, BatchNorm normalising with the batch's statistics."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Dropout(0.5),
+                                torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2, momentum=0.3)).train()
+    batches = [(torch.randn(8, 4) * (i + 1), torch.zeros(8)) for i in range(3)]
+    assert reestimate_batchnorm(model, batches) == 2
+    lin1, bn1, _, lin2, bn2 = model
+    with torch.no_grad():
+        first = [lin1(x) for x, _ in batches]
+        second = [lin2((h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn1.eps) * bn1.weight + bn1.bias)
+                  for h in first]
+        for bn, inputs in ((bn1, first), (bn2, second)):
+            torch.testing.assert_close(bn.running_mean, torch.stack([h.mean(0) for h in inputs]).mean(0))
+            torch.testing.assert_close(bn.running_var, torch.stack([h.var(0) for h in inputs]).mean(0))
+            assert int(bn.num_batches_tracked) == 3
+    assert model.training and bn1.momentum == 0.1 and bn2.momentum == 0.3  # restored
+
+
+def test_sq_evaluates_with_batchnorm_statistics_of_the_quantized_network(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQ at r = 0.5 trains with half the rows float; before each evaluation the BatchNorm statistics
+    are recomputed on the fully quantized network, and the saved run evaluates to the logged accuracy."""
+    import qnnrun.engine as engine
+
+    calls: list[int] = []
+
+    def spy(model: torch.nn.Module, batches: object, *args: object) -> int:
+        batches = list(batches)
+        calls.append(len(batches))
+        return reestimate_batchnorm(model, batches, *args)
+
+    monkeypatch.setattr(engine, "reestimate_batchnorm", spy)
+    overrides = ["method=sq", "bits.w=2", "bits.a=32", "method.ratios=[0.5]", "trainer.epochs=2",
+                 "quant.bn_reestimate_batches=5"]
+    summary = _train(tmp_path, "sq", *overrides)
+    assert calls == [5, 5]  # one re-estimation per evaluation
+    cfg = compose_config([f"checkpoint={tmp_path / 'sq'}"], config_name="eval", data_dir=tmp_path / "data")
+    line = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
+    assert f"top-1 {summary['test_acc']:.2f}%" in line
+    calls.clear()
+    _train(tmp_path, "off", *overrides[:-1], "quant.bn_reestimate_batches=0")
+    assert calls == []
