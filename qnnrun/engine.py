@@ -230,9 +230,6 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_cla
     return EvalResult(loss_sum / count, 100.0 * correct / count, top5)
 
 
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
 def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocast: Any = nullcontext,
                          channels_last: bool = False) -> int:
     """Replace the running mean and variance of every BatchNorm of ``model`` by their plain average
@@ -244,7 +241,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tenso
     move the activation ranges.) Momenta and the training flag are restored; returns the number of
     BatchNorm layers re-estimated.
     """
-    norms = [m for m in model.modules() if isinstance(m, BATCH_NORMS) and m.track_running_stats]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return 0
     was_training = model.training

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra_utils import compose_config
+from omegaconf import DictConfig
 
 from qnnrun.cli import CONFIG_DIR
 from qnnrun.config import validate_train
-from qnnrun.data import dataset_info
+from qnnrun.data import DataInfo, dataset_info
 from qnnrun.engine import build_optimizer, build_quantized_model, example_input, lr_factor
 
 GROUPS = ("model", "dataset", "method", "bits", "optim", "sched", "trainer")
@@ -32,6 +33,13 @@ def test_every_group_has_options() -> None:
     assert set(_options("bits")) == {"1", "2", "3", "4", "5", "6", "7", "8", "32"}
 
 
+def _build_and_run(cfg: DictConfig, info: DataInfo) -> torch.optim.Optimizer:
+    """Build ``cfg``'s quantized model, run it on a [2, C, H, W] zero batch, return its optimizer."""
+    model, method = build_quantized_model(cfg, info, torch.device("cpu"))
+    assert model(example_input(info, torch.device("cpu"))).shape == (2, info.num_classes)
+    return build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
+
+
 @pytest.mark.parametrize("group,option", CASES, ids=[f"{g}={o}" for g, o in CASES])
 def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> None:
     overrides = [f"{group}={option}"]
@@ -44,10 +52,7 @@ def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> 
     info = dataset_info(cfg.dataset)
     if group == "dataset" and option != "digits":
         cfg.dataset.image_size = info.image_size  # build the default mlp on that input shape
-    model, method = build_quantized_model(cfg, info, torch.device("cpu"))
-    out = model(example_input(info, torch.device("cpu")))
-    assert out.shape == (2, info.num_classes)
-    optimizer = build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
+    optimizer = _build_and_run(cfg, info)
     assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
     factors = [lr_factor(cfg.sched, step, 10, 5) for step in range(50)]
     assert all(0 <= f <= 1 for f in factors)
@@ -94,7 +99,4 @@ def test_experiment_preset_composes_and_builds_at_every_sweep_value(experiment: 
     for point in points:
         cfg = compose_config([f"experiment={experiment}", *point], data_dir=tmp_path)
         validate_train(cfg)
-        info = dataset_info(cfg.dataset)
-        model, method = build_quantized_model(cfg, info, torch.device("cpu"))
-        assert model(example_input(info, torch.device("cpu"))).shape == (2, info.num_classes), point
-        build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
+        _build_and_run(cfg, dataset_info(cfg.dataset))
