@@ -269,12 +269,36 @@ def _config_value(cfg: Mapping[str, Any], dotted: str) -> Any:
     return cfg
 
 
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}``; a non-mapping value maps to itself under ``prefix``."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}"))
+    return flat
+
+
 def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
-    """A checkpoint resumes only a run of the same model, method, bits, quantizers and data set."""
+    """A checkpoint resumes only a run of the same model, method, bits, quantizers and data set.
+
+    Every option under ``RESUME_KEYS`` that both configs hold must be equal. An option only the
+    current config holds was added to qnnrun after the checkpoint was written: the run resumes with
+    its current value and a warning names it (likewise for an option that no longer exists).
+    """
     for key in RESUME_KEYS:
-        before, now = _config_value(saved, key), _config_value(current, key)
-        if before != now:
-            raise QnnrunError(f"cannot resume from {path}: its {key} was {before}, this run has {now}")
+        before = _flatten(_config_value(saved, key), key)
+        now = _flatten(_config_value(current, key), key)
+        for name in before.keys() & now.keys():
+            if before[name] != now[name]:
+                raise QnnrunError(f"cannot resume from {path}: its {name} was {before[name]}, this run has {now[name]}")
+        added = {name: now[name] for name in now.keys() - before.keys()}
+        if added:
+            log.warning("%s predates the options %s: resuming with these values",
+                        path, ", ".join(f"{name}={value}" for name, value in sorted(added.items())))
+        removed = sorted(before.keys() - now.keys())
+        if removed:
+            log.warning("%s sets options this version no longer has, ignored: %s", path, ", ".join(removed))
 
 
 def prepare_run_dir(run_dir: Path) -> None:

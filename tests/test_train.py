@@ -11,7 +11,7 @@ import torch
 from hydra_utils import compose_config, train_interrupted_then_resumed
 from omegaconf import OmegaConf
 
-from qnnrun.checkpoint import load_checkpoint
+from qnnrun.checkpoint import load_checkpoint, save_atomic
 from qnnrun.engine import evaluate_checkpoint, reestimate_batchnorm, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.ste import DirectSTE
@@ -79,6 +79,21 @@ def test_resume_refuses_another_configuration(tmp_path: Path) -> None:
     _train(tmp_path, "run", "bits=2", "trainer.epochs=1")
     with pytest.raises(QnnrunError, match="bits"):
         _train(tmp_path, "run", "bits=3", "trainer.epochs=2", "resume=true")
+
+
+def test_resume_names_the_changed_option_and_accepts_options_added_since(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _train(tmp_path, "run", "bits=2", "trainer.epochs=1")
+    with pytest.raises(QnnrunError, match=r"its quant\.calib_batches was 4, this run has 2"):
+        _train(tmp_path, "run", "bits=2", "trainer.epochs=2", "quant.calib_batches=2", "resume=true")
+    # A checkpoint written before quant.bn_reestimate_batches existed.
+    last = tmp_path / "run" / "last.ckpt"
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["quant"]["bn_reestimate_batches"]
+    save_atomic(ckpt, last)
+    summary = _train(tmp_path, "run", "bits=2", "trainer.epochs=2", "resume=true")
+    assert summary["epochs"] == 2 and len(load_checkpoint(last)["history"]) == 2
+    assert "predates the options quant.bn_reestimate_batches=0" in caplog.text
 
 
 def test_init_from_float_checkpoint(tmp_path: Path) -> None:
