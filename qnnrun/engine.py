@@ -458,6 +458,13 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     warming_up = bool(cfg.trainer.compile)  # the first step compiles: timed apart from the epoch
     log_every = int(cfg.trainer.get("log_every_steps", 0))
     bn_batches = int(cfg.quant.get("bn_reestimate_batches", 0))
+
+    def evaluate_test() -> EvalResult:
+        if bn_batches:  # BatchNorm statistics of the network as evaluated (rank 0's for every rank)
+            reestimate_batchnorm(model, _take(data.train, bn_batches), autocast, cfg.trainer.channels_last)
+            distributed.sync_buffers(model, ranks)
+        return evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
+
     resumed_at = step + (partial["batches"] if partial is not None else 0)
     # Step curves have event files of their own (TensorBoard run "<run>/steps"): a resume purges the
     # epoch curves from an epoch number, these from a step number.
@@ -531,10 +538,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                                   f"(trainer.on_nan=skip_batch): the weights have diverged; lower optim.lr "
                                   f"(now {cfg.optim.lr}) and resume from a checkpoint before the divergence")
             if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
-                if bn_batches:  # BatchNorm statistics of the network as evaluated (rank 0's for every rank)
-                    reestimate_batchnorm(model, _take(data.train, bn_batches), autocast, cfg.trainer.channels_last)
-                    distributed.sync_buffers(model, ranks)
-                result = evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
+                result = evaluate_test()
                 metrics.update(test_loss=result.loss, test_acc=result.acc)
                 if result.top5 is not None:
                     metrics["test_top5"] = result.top5
@@ -558,7 +562,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                 raise _interrupted(stop.signum or signal.SIGTERM, run_dir, f"the end of epoch {epoch + 1}")
 
     if not history or "test_acc" not in history[-1]:  # epochs=0: evaluate the starting point
-        result = evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
+        result = evaluate_test()
         history.append({"epoch": epochs, "test_loss": result.loss, "test_acc": result.acc,
                         **({"test_top5": result.top5} if result.top5 is not None else {})})
     summary = _summary(cfg, method, info, history, best_acc, cost)

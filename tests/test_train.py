@@ -223,3 +223,5 @@ def test_sq_evaluates_with_batchnorm_statistics_of_the_quantized_network(tmp_pat
     calls.clear()
     _train(tmp_path, "off", *overrides[:-1], "quant.bn_reestimate_batches=0")
     assert calls == []
+    _train(tmp_path, "start", *overrides[:-2], "trainer.epochs=0", "quant.bn_reestimate_batches=3")
+    assert calls == [3]  # trainer.epochs=0 evaluates its starting point the same way
