@@ -41,6 +41,12 @@ if TYPE_CHECKING:
     from qnnrun.engine import SavedRun
 
 OPSET = 13
+# Largest |code| of int8 weights that onnxruntime's u8s8 integer kernels multiply exactly. On x86
+# CPUs without VNNI (AVX2, AVX-512 before VNNI) they add pairs of uint8 x int8 products in int16
+# (VPMADDUBSW), which saturates once |w1| + |w2| > 128 for inputs up to 255 (onnxruntime's
+# quantization docs: "reduce_range" or the U8U8 format avoid it). Its graph optimizations (the
+# default session) fuse a QDQ MatMul/Conv into those kernels.
+SATURATION_FREE = 64
 
 
 def _storage(low: int, high: int) -> tuple[int, int] | None:
@@ -63,20 +69,24 @@ class QdqLayer(nn.Module):
             raise QnnrunError(f"{name}: non-uniform (UNIQ) weights have no QuantizeLinear form: use format=int")
         codes = weight_codes(grid, layer.effective_weight(), name)
         levels = grid.levels[codes]  # the stored codes: levels, with the zero point kept apart
+        zero_point = grid.zero_point
         # The storage type must hold the codes and the zero points.
-        storage = _storage(min(int(levels.min()), int(grid.zero_point.min())),
-                           max(int(levels.max()), int(grid.zero_point.max())))
+        storage = _storage(min(int(levels.min()), int(zero_point.min())), max(int(levels.max()), int(zero_point.max())))
         if storage is None:
             raise QnnrunError(f"{name}: its {grid.bits}-bit weights need integers {int(levels.min())}.."
                               f"{int(levels.max())}, beyond int8/uint8: format=onnx takes 2-8 bit uniform weights")
+        if storage == (-128, 127) and max(-int(levels.min()), int(levels.max())) > SATURATION_FREE:
+            # Wide signed codes go to uint8 with the zero point moved by 128 (the same values):
+            # onnxruntime's u8u8 kernels cannot saturate, its u8s8 ones can (see SATURATION_FREE).
+            levels, zero_point, storage = levels + 128, zero_point + 128, (0, 255)
         self.weight_storage = storage
         self.conv = ({"stride": layer.stride, "padding": layer.padding, "dilation": layer.dilation,
                       "groups": layer.groups} if isinstance(layer, QuantConv2d) else None)
         view = (-1,) + (1,) * (layer.weight.dim() - 1)
         scale = grid.scale.float()
         self.register_buffer("weight_scale", torch.where(scale == 0, torch.ones_like(scale), scale))
-        self.register_buffer("weight_zero_point", grid.zero_point.int())
-        self.weight = nn.Parameter(((levels - grid.zero_point.view(view)) * self.weight_scale.view(view)).float(),
+        self.register_buffer("weight_zero_point", zero_point.int())
+        self.weight = nn.Parameter(((levels - zero_point.view(view)) * self.weight_scale.view(view)).float(),
                                    requires_grad=False)
         self.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False) if layer.bias is not None else None
         self.input_range: tuple[float, float] | None = None
