@@ -48,8 +48,9 @@ from qnnrun.data import TensorLoader, dataset_info
 from qnnrun.engine import build_optimizer, build_quantized_model, lr_factor, select_device, train_step
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
-from qnnrun.metrics.memory import SavedForBackward
+from qnnrun.metrics.memory import KernelTraffic, SavedForBackward
 from qnnrun.models import build_model
+from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import set_recompute_input
 
 METHODS = ["fp", "ste", "lsq", "dorefa", "pact", "sq", "uniq", "nbn", "fbf", "lbl", "bnn", "qnn", "aqe"]
@@ -90,6 +91,8 @@ class Result:
     images_per_s: float
     peak_mib: float | None = None  # GPU only
     saved_mib: float | None = None  # what one training forward saves for backward
+    kernels: int | None = None  # ATen kernels of one eager train step
+    moved_mib: float | None = None  # bytes those kernels read and write
     compile_s: float | None = None  # compiled variants only
     graphs: int | None = None  # graphs dynamo compiled, warm-up and timed steps together
     epoch_images_per_s: float | None = None  # --epoch
@@ -97,6 +100,7 @@ class Result:
     ratio: float = field(default=float("nan"))
     memory_ratio: float | None = None
     saved_ratio: float | None = None
+    moved_ratio: float | None = None
 
 
 class Timer:
@@ -227,6 +231,15 @@ def saved_for_backward_mib(trainer: Trainer) -> float:
     return saved.nbytes / 2**20
 
 
+def step_traffic(trainer: Trainer) -> tuple[int, float]:
+    """Kernels and MiB moved by one eager train step (``qnnrun.metrics.memory.KernelTraffic``): on a
+    GPU eager element-wise work is bound by this traffic, so its ratio to float's predicts the
+    eager slowdown, and it can be counted on a CPU."""
+    with KernelTraffic() as traffic:
+        trainer.steps(1)
+    return traffic.kernels, traffic.nbytes / 2**20
+
+
 def graph_count() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
@@ -252,6 +265,8 @@ def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argpa
     if device.type == "cuda":
         result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
     result.saved_mib = saved_for_backward_mib(trainer)
+    if not variant.compile:  # a compiled graph's kernels do not pass through the dispatcher
+        result.kernels, result.moved_mib = step_traffic(trainer)
     if variant.compile:
         result.compile_s = max(0.0, warmup_s - args.warmup * elapsed / args.steps)
     if args.epoch:
@@ -328,7 +343,7 @@ def device_name(device: torch.device) -> str:
 def table(results: list[Result], epoch: bool) -> str:
     """The Markdown table of ``results``."""
     head = ["model", "method", "bits", "variant", "images/s", "ratio to float", "peak MiB", "memory vs float",
-            "saved MiB", "saved vs float", "compile s", "graphs"]
+            "saved MiB", "saved vs float", "kernels", "moved MiB", "moved vs float", "compile s", "graphs"]
     if epoch:
         head += ["epoch images/s", "epoch / step"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(head))) + "|"]
@@ -339,7 +354,8 @@ def table(results: list[Result], epoch: bool) -> str:
     for r in results:
         cells = [r.model, r.method, r.bits, r.variant + (f" ({r.note})" if r.note else ""), num(r.images_per_s, ".0f"),
                  num(r.ratio, ".2f"), num(r.peak_mib, ".0f"), num(r.memory_ratio, ".2f"), num(r.saved_mib, ".1f"),
-                 num(r.saved_ratio, ".2f"), num(r.compile_s, ".1f"), num(r.graphs, "d")]
+                 num(r.saved_ratio, ".2f"), num(r.kernels, "d"), num(r.moved_mib, ".0f"), num(r.moved_ratio, ".2f"),
+                 num(r.compile_s, ".1f"), num(r.graphs, "d")]
         if epoch:
             cells += [num(r.epoch_images_per_s, ".0f"),
                       num(r.epoch_images_per_s / r.images_per_s if r.epoch_images_per_s else None, ".2f")]
@@ -387,6 +403,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs per row with --epoch (after one warm-up)")
     parser.add_argument("--epoch-samples", type=int, default=CIFAR_TRAIN, help="images per epoch with --epoch")
     parser.add_argument("--no-brevitas", action="store_true", help="leave out the Brevitas rows")
+    parser.add_argument("--gpu-kernels", action="store_true",
+                        help="on a CPU, take the kernels a GPU takes (ATen's one-pass fake quantize), so that the "
+                             "kernels and moved MiB columns count a GPU's eager step")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode of the compiled variants (default: torch's; e.g. reduce-overhead "
@@ -395,6 +414,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
+    if args.gpu_kernels:
+        Q.FUSED_KERNEL_DEVICES = Q.FUSED_KERNEL_DEVICES | {device.type}
     torch.backends.cudnn.benchmark = True  # as qnnrun.engine.seed_everything sets it for training
     print(f"{device.type}: {device_name(device)}; torch {torch.__version__}; {date.today()}; batch {args.batch}, "
           f"{args.steps} timed steps after {args.warmup} warm-up"
@@ -444,6 +465,8 @@ def main() -> None:
                 r.memory_ratio = r.peak_mib / ref.peak_mib
             if r.saved_mib is not None and ref.saved_mib:
                 r.saved_ratio = r.saved_mib / ref.saved_mib
+            if r.moved_mib is not None and ref.moved_mib:
+                r.moved_ratio = r.moved_mib / ref.moved_mib
     print()
     print(table(results, args.epoch))
     if brevitas_note and not args.no_brevitas:

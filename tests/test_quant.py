@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from qnnrun.metrics.memory import KernelTraffic
 from qnnrun.quant import functional as Q
 from qnnrun.quant.convert import LayerBits, convert, forward_order, layer_bits
 from qnnrun.quant.layers import ChannelState, QuantConv2d, QuantLinear, UniformQuantizer
@@ -36,6 +37,90 @@ def test_per_channel_bit_exact_with_torch(bits: int) -> None:
     ours = Q.fake_quantize(w, scale.view(-1, 1, 1, 1), 0.0, qmin, qmax)
     ref = torch.fake_quantize_per_channel_affine(w, scale, zero_point, 0, qmin, qmax)
     assert torch.equal(ours, ref)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def _composed_fake_quantize(x, scale, zero_point, qmin, qmax):
+    """The formula of Q.fake_quantize written out, with its in-range mask."""
+    codes = torch.round(x * (1.0 / scale)) + zero_point
+    return (codes.clamp(qmin, qmax) - zero_point) * scale, (codes >= qmin) & (codes <= qmax)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_fake_quantize_kernel_equals_the_formula(device: str) -> None:
+    # PyTorch's one-pass kernel (taken on a GPU in eager mode) against the composed formula,
+    # values and masks, on ties (multiples of s/2), clipped values and random ones.
+    ties = torch.arange(-40, 41, dtype=torch.float32) * 0.0625
+    x = torch.cat([ties, torch.randn(5000) * 3]).to(device)
+    for (qmin, qmax), zero_point in (((-2, 1), 0.0), ((0, 15), 0.0), ((0, 3), 1.0), ((0, 255), 37.0)):
+        scale = torch.tensor(0.125, device=device)
+        for given in (zero_point, torch.tensor(zero_point, device=device)):  # a number or a device tensor
+            fused = Q._fused_fake_quantize(x, scale, given, qmin, qmax)
+            assert fused is not None
+            expected = _composed_fake_quantize(x, scale, zero_point, qmin, qmax)
+            assert torch.equal(fused[0], expected[0]) and torch.equal(fused[1], expected[1])
+    w = torch.cat([ties.repeat(8, 1), torch.randn(8, 81)], 1).view(16, 9, 3, 3).to(device)
+    scale = torch.tensor([0.0625, 0.125, 0.25, 0.5] * 4, device=device).view(-1, 1, 1, 1)
+    fused = Q._fused_fake_quantize(w, scale, 0.0, -8, 7)
+    assert fused is not None
+    expected = _composed_fake_quantize(w, scale, 0.0, -8, 7)
+    assert torch.equal(fused[0], expected[0]) and torch.equal(fused[1], expected[1])
+    # Per-channel zero points other than a known 0 keep the formula (the kernel would add them
+    # before rounding); so do other dtypes.
+    assert Q._fused_fake_quantize(w, scale, torch.zeros_like(scale), -8, 7) is None
+    assert Q._fused_fake_quantize(x.double(), scale[0, 0, 0, 0].double(), 0.0, -8, 7) is None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fused", [False, True])
+def test_fake_quantize_and_lsq_take_the_fused_kernel_with_the_same_values_and_gradients(
+        device: str, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # FUSED_KERNEL_DEVICES holds "cuda" only; adding the CPU runs a GPU's path here.
+    monkeypatch.setattr(Q, "FUSED_KERNEL_DEVICES", frozenset({device} if fused else set()))
+    x = (torch.randn(64, 8, 5, 5, device=device) * 2).requires_grad_()
+    grad = torch.randn_like(x)
+    for scale, zero_point in ((torch.tensor(0.25, device=device), torch.tensor(2.0, device=device)),
+                              (torch.rand(64, 1, 1, 1, device=device) + 0.1, 0.0)):
+        out = Q.fake_quantize(x, scale, zero_point, -4, 3)
+        (got,) = torch.autograd.grad(out, x, grad)
+        value, inside = _composed_fake_quantize(x.detach(), scale, zero_point, -4, 3)
+        assert torch.equal(out, value) and torch.equal(got, grad * inside)
+    # LSQ's value is fake_quantize's with the step as scale; its gradients are its own (strict range).
+    step = torch.tensor(0.25, device=device, requires_grad=True)
+    out = Q.lsq_quantize(x, step, -4, 3, 0.5)
+    got_x, got_step = torch.autograd.grad(out, (x, step), grad)
+    v = x.detach() * (1.0 / step.detach())
+    codes = torch.round(v).clamp(-4, 3)
+    strict = (v > -4) & (v < 3)
+    assert torch.equal(out, codes * step.detach()) and torch.equal(got_x, grad * strict)
+    assert torch.equal(got_step, (grad * (codes - v * strict)).sum() * 0.5)
+
+
+def test_kernel_traffic_counts_kernels_and_the_bytes_they_read_and_write() -> None:
+    x = torch.zeros(1000)
+    with KernelTraffic() as traffic:
+        x.view(10, 100)  # a view runs no kernel
+        y = x * 2  # reads and writes 4000 bytes
+        x.add_(y)  # in place: reads x and y, writes x
+    assert traffic.kernels == 2 and traffic.nbytes == 8000 + 12000
+    assert traffic.by_op == {"mul": 8000, "add_": 12000}
+
+
+def test_the_fused_kernel_moves_9_bytes_per_element_where_the_formula_moves_61(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the GPU path is for: one pass (read 4 bytes, write 4 and a 1-byte mask per element)
+    # instead of the formula's nine. Counted on the CPU with the GPU's choice of kernel.
+    x = torch.randn(100_000).requires_grad_()
+    scale = torch.tensor(0.1)
+    moved = {}
+    for fused in (False, True):
+        monkeypatch.setattr(Q, "FUSED_KERNEL_DEVICES", frozenset({"cpu"} if fused else set()))
+        with KernelTraffic() as traffic:
+            Q.fake_quantize(x, scale, 0.0, -2, 1)
+        moved[fused] = traffic.nbytes / x.numel()
+    assert 9 <= moved[True] < 9.1 and 61 <= moved[False] < 61.1
 
 
 def test_clipped_ste_gradient_equals_torch_fake_quantize_gradient() -> None:
