@@ -25,6 +25,7 @@ input itself.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Literal
 
@@ -75,15 +76,15 @@ def _fused_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | float, q
     if x.dtype != torch.float32 or scale.dtype != torch.float32 or torch.compiler.is_compiling():
         return None
     if scale.dim() == 0:
-        enabled = torch.ones(1, dtype=torch.long, device=x.device)
+        enabled = _constant(1, (1,), torch.long, x.device)
         zero = (zero_point.to(torch.int32) if isinstance(zero_point, Tensor)
-                else torch.full((), int(zero_point), dtype=torch.int32, device=x.device))
+                else _constant(int(zero_point), (), torch.int32, x.device))
         return torch.ops.aten._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
             x, scale, zero, enabled, qmin, qmax)
     per_channel = (x.dim() >= 2 and scale.dim() == x.dim() and scale.shape[0] == x.shape[0]
                    and scale[0].numel() == 1)
     if per_channel and not isinstance(zero_point, Tensor) and zero_point == 0:
-        zero = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
+        zero = _constant(0.0, (x.shape[0],), torch.float32, x.device)
         return torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, scale.reshape(-1), zero, 0, qmin, qmax)
     return None
 
@@ -131,16 +132,29 @@ class _Sign(torch.autograd.Function):
         return grad, None, None, None
 
 
+@functools.cache
+def _constant(value: float, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A tensor filled with ``value``, made once per ``(value, shape, dtype, device)`` and shared
+    (read only): the quantizers' zero points and flags would otherwise cost a fill kernel per call,
+    and an eager step on a GPU runs several hundred of them. Made outside inference mode: a first
+    call under ``torch.inference_mode`` must not cache a tensor that autograd cannot save later."""
+    with torch.inference_mode(False):
+        return torch.full(shape, value, dtype=dtype, device=device)
+
+
 def device_scalar(value: Tensor | float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``value`` as a tensor of ``dtype`` on ``device``; a Python number becomes a 0-d tensor.
+    """``value`` as a tensor of ``dtype`` on ``device``; a Python number becomes a 0-d tensor
+    (shared, read only).
 
     ``torch.as_tensor(number, device=cuda)`` copies from host memory and synchronises the stream:
     one host sync per quantizer call, which made every quantized layer stall the training loop on a
-    GPU. ``torch.full`` fills on the device instead.
+    GPU. ``torch.full`` fills on the device instead, once per value.
     """
     if isinstance(value, Tensor):
         return value.to(device=device, dtype=dtype)
-    return torch.full((), float(value), dtype=dtype, device=device)
+    if torch.compiler.is_compiling():  # a constant of the graph (dynamo would trace through the cache)
+        return torch.full((), float(value), dtype=dtype, device=device)
+    return _constant(float(value), (), dtype, device)
 
 
 def fake_quantize(
