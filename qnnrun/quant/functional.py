@@ -403,7 +403,7 @@ def binary_levels(x: Tensor) -> Tensor:
 
 def ternary_levels(x: Tensor, delta: Tensor | float) -> Tensor:
     """Ternary ``{-1, 0, +1}``: ``sign(x)`` where ``|x| > delta``, else 0 (``delta`` broadcasts)."""
-    return torch.where(x.abs() > delta, torch.sign(x), torch.zeros_like(x))
+    return torch.where(x.abs() > delta, torch.sign(x), 0.0)
 
 
 def ternary_threshold(x: Tensor, factor: float = 0.7) -> Tensor:
@@ -646,7 +646,7 @@ class _Pact(torch.autograd.Function):
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             ctx.save_for_backward(x >= alpha, (x <= lower) if signed else (x < 0))
         ctx.signed = signed
-        clipped = torch.minimum(torch.maximum(x, lower), alpha)
+        clipped = torch.clamp(x, lower, alpha)  # min(max(x, lower), alpha) in one pass
         return torch.round(clipped * (levels / alpha)) * (alpha / levels)
 
     @staticmethod
