@@ -212,6 +212,23 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
     return out
 
 
+def check_group_choices(args: list[str]) -> None:
+    """Raise a one-line :class:`QnnrunError` for a config-group choice that ``conf/`` does not have
+    (``method=magic``; each value of a sweep list ``method=ste,magic``), naming the valid ones:
+    Hydra's own message spans many lines. Skipped when ``hydra.searchpath`` may add options."""
+    if any("searchpath" in arg for arg in args):
+        return
+    for arg in args:
+        match = _OVERRIDE.match(arg)
+        if not match or match["key"] == "hydra" or not (Path(CONFIG_DIR) / match["key"]).is_dir():
+            continue
+        options = sorted((p.stem for p in (Path(CONFIG_DIR) / match["key"]).glob("*.yaml")),
+                         key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
+        for value in match["value"].split(","):
+            if value.strip("'") not in (*options, "null"):
+                raise QnnrunError(f"{match['key']}={value} is not valid: choose one of {', '.join(options)}")
+
+
 def main() -> None:
     """Console entry point ``qnnrun``."""
     if hasattr(signal, "SIGPIPE"):  # `qnnrun ... | head` ends quietly, as other command-line tools do
@@ -229,6 +246,7 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(2)
     try:
+        check_group_choices(argv[1:])
         sys.argv = [sys.argv[0], *quote_numeric_groups(argv[1:])]
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)
