@@ -220,7 +220,8 @@ def check_group_choices(args: list[str]) -> None:
         return
     for arg in args:
         match = _OVERRIDE.match(arg)
-        if not match or match["key"] == "hydra" or not (Path(CONFIG_DIR) / match["key"]).is_dir():
+        # hydra/...: Hydra's plugins bring options of their own (hydra/launcher=submitit_local).
+        if not match or match["key"].startswith("hydra") or not (Path(CONFIG_DIR) / match["key"]).is_dir():
             continue
         options = sorted((p.stem for p in (Path(CONFIG_DIR) / match["key"]).glob("*.yaml")),
                          key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
