@@ -420,7 +420,9 @@ def main() -> None:
     print(f"{device.type}: {device_name(device)}; torch {torch.__version__}; {date.today()}; batch {args.batch}, "
           f"{args.steps} timed steps after {args.warmup} warm-up"
           + (f"; compile mode {args.compile_mode}" if args.compile and args.compile_mode else "")
-          + (f"; epochs of {args.epoch_samples} images" if args.epoch else ""), flush=True)
+          + (f"; epochs of {args.epoch_samples} images" if args.epoch else "")
+          + ("; a GPU's fake-quantize kernels taken on this device (--gpu-kernels)" if args.gpu_kernels else ""),
+          flush=True)
 
     results: list[Result] = []
     reference: dict[str, Result] = {}

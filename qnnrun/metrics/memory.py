@@ -82,4 +82,4 @@ class KernelTraffic(TorchDispatchMode):
 
 # Ops that allocate or relabel memory without running a kernel over it.
 NO_KERNEL = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "detach",
-                       "lift_fresh", "_local_scalar_dense", "set_", "resize_"})
+                       "_unsafe_view", "lift_fresh", "_local_scalar_dense", "set_", "resize_"})
