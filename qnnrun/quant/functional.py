@@ -81,8 +81,7 @@ def _fused_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | float, q
                 else _constant(int(zero_point), (), torch.int32, x.device))
         return torch.ops.aten._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
             x, scale, zero, enabled, qmin, qmax)
-    per_channel = (x.dim() >= 2 and scale.dim() == x.dim() and scale.shape[0] == x.shape[0]
-                   and scale[0].numel() == 1)
+    per_channel = x.dim() >= 2 and scale.shape == (x.shape[0],) + (1,) * (x.dim() - 1)
     if per_channel and not isinstance(zero_point, Tensor) and zero_point == 0:
         zero = _constant(0.0, (x.shape[0],), torch.float32, x.device)
         return torch.ops.aten.fake_quantize_per_channel_affine_cachemask(x, scale.reshape(-1), zero, 0, qmin, qmax)
