@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 from hydra_utils import compose_config
-from torch import nn
+from torch import Tensor, nn
 
 from qnnrun.checkpoint import load_checkpoint
 from qnnrun.engine import evaluate_checkpoint, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
-from qnnrun.methods.lsq import LsqQuantizer
+from qnnrun.methods.lsq import MSE_GRID, LsqQuantizer
 from qnnrun.methods.pact import PactQuantizer
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import quant_layers
@@ -176,6 +176,54 @@ def test_lsq_offset_initialisation() -> None:
     assert quantizer.step.item() == pytest.approx(2 * (1.0 - -1.0) / 3**0.5)  # mean(x - min) = 2, Qp = 3
 
 
+def _least_error_step(x: Tensor, reference: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Brute force: the candidate ``reference * MSE_GRID`` with the least squared error on ``x`` [n]."""
+    errors = [((torch.clamp(torch.round(x / s), qmin, qmax) * s - x) ** 2).sum() for s in reference * MSE_GRID]
+    return reference * MSE_GRID[int(torch.stack(errors).argmin())]
+
+
+def test_lsq_mse_initialisation_takes_the_least_error_step_over_all_calibration_batches() -> None:
+    torch.manual_seed(0)
+    batches = [torch.relu(torch.randn(8, 4, 5, 5)) + 0.5 * torch.rand(8, 4, 5, 5) * (i + 1) for i in range(3)]
+    quantizer = LsqQuantizer(2, signed=None, activations=True, init="mse")
+    quantizer.calibrating = True
+    with torch.no_grad():
+        for batch in batches:
+            quantizer(batch)
+    reference = 2 * batches[0].mean() / 3**0.5  # the LSQ rule on the first batch: unsigned, Qp = 3
+    expected = _least_error_step(torch.cat([b.flatten() for b in batches]), reference, 0, 3)
+    assert quantizer.step.item() == pytest.approx(expected.item(), rel=1e-6)
+    plain = LsqQuantizer(2, signed=None, activations=True)
+    plain.calibrating = True
+    with torch.no_grad():
+        for batch in batches:
+            plain(batch)
+    assert quantizer.step.item() != pytest.approx(plain.step.item(), rel=1e-3)  # the search moved it
+    assert "init=mse" in repr(quantizer)
+
+
+def test_lsq_mse_initialisation_per_channel_and_offset() -> None:
+    torch.manual_seed(1)
+    w = torch.randn(3, 2, 3, 3) * torch.tensor([0.1, 1.0, 3.0]).view(3, 1, 1, 1)
+    quantizer = LsqQuantizer(3, signed=True, channels=3, init="mse").train()
+    with torch.no_grad():
+        quantizer(w)
+    for c in range(3):
+        reference = 2 * w[c].abs().mean() / 3**0.5  # signed 3 bits: Qp = 3
+        assert quantizer.step[c].item() == pytest.approx(_least_error_step(w[c].flatten(), reference, -4, 3).item(),
+                                                         rel=1e-6)
+    x = torch.randn(6, 20) + 1.0
+    shifted = LsqQuantizer(2, signed=None, activations=True, learned_offset=True, init="mse").train()
+    with torch.no_grad():
+        shifted(x)
+    lowest = x.min()
+    assert shifted.offset.item() == lowest.item()  # beta starts at the smallest value, s searched for it
+    expected = _least_error_step((x - lowest).flatten(), 2 * (x.mean() - lowest) / 3**0.5, 0, 3)
+    assert shifted.step.item() == pytest.approx(expected.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="init='max': choose one of lsq, mse"):
+        LsqQuantizer(2, init="max")
+
+
 # ---- DoReFa ----------------------------------------------------------------------------------
 
 
@@ -317,6 +365,7 @@ def test_lsq_weight_decay_follows_the_papers_precision_rule(tmp_path: Path, bits
     ("method=pact method.alpha_init=0", "method.alpha_init=0"),
     ("method=pact method.alpha_decay=-1", "method.alpha_decay=-1"),
     ("method=lsq method.learned_offset=3", "method.learned_offset=3"),
+    ("method=lsq method.act_init=max", "method.act_init='max'"),
 ])
 def test_bad_method_options_are_one_line_errors(tmp_path: Path, override: str, message: str) -> None:
     cfg = compose_config(override.split(), data_dir=tmp_path)
@@ -351,6 +400,14 @@ def test_lsq_plus_offset_per_channel_learns(tmp_path: Path) -> None:
     assert summary["test_acc"] >= 90.0
     history = load_checkpoint(tmp_path / "lsqp" / "last.ckpt")["history"]
     assert any(k.startswith("quant/lsq/offset/") for k in history[-1])
+
+
+def test_lsq_mse_init_fine_tunes_a_float_net(tmp_path: Path) -> None:
+    """``method.act_init=mse`` is meant for fine-tuning: W2A2 from a trained float MLP."""
+    _train(tmp_path, "float", "method=fp", "trainer.epochs=3")
+    start = f"init_from={tmp_path / 'float' / 'last.ckpt'}"
+    summary = _train(tmp_path, "mse", "method=lsq", "bits=2", "method.act_init=mse", start, "trainer.epochs=2")
+    assert summary["test_acc"] >= 90.0
 
 
 def test_dorefa_w2a2_with_8bit_gradients_learns(tmp_path: Path) -> None:
