@@ -129,17 +129,12 @@ class LsqQuantizer(Quantizer):
 
     def _squared_errors(self, x: Tensor, reference: Tensor, offset: Tensor | None, signed: bool) -> Tensor:
         """Summed squared quantization error [steps, len(MSE_GRID)] of ``x`` for each candidate step
-        ``reference * MSE_GRID`` (``reference``: shape of ``step``)."""
+        ``reference * MSE_GRID`` (``reference``: shape of ``step``), quantized by :func:`Q.lsq_quantize`."""
         flat = x.detach().float().flatten(1) if self.per_channel else x.detach().float().reshape(1, -1)
         flat = flat[:, ::max(1, flat.shape[1] // MSE_SAMPLES)]
-        if offset is not None:
-            flat = flat - offset
         qmin, qmax = self.code_range(signed)
         candidates = reference.reshape(-1, 1) * MSE_GRID.to(flat.device)  # [steps, grid]
-        if (qmin, qmax) == (-1, 1):  # sign, as lsq_quantize: codes +-1 whatever the step
-            signs = torch.where(flat >= 0, 1.0, -1.0)
-            return torch.stack([((signs * s[:, None] - flat) ** 2).sum(1) for s in candidates.unbind(1)], dim=1)
-        return torch.stack([((torch.clamp(torch.round(flat / s[:, None]), qmin, qmax) * s[:, None] - flat) ** 2).sum(1)
+        return torch.stack([((Q.lsq_quantize(flat, s[:, None], qmin, qmax, 1.0, offset) - flat) ** 2).sum(1)
                             for s in candidates.unbind(1)], dim=1)
 
     def _observe(self, x: Tensor) -> None:
