@@ -14,7 +14,7 @@ from qnnrun.checkpoint import load_checkpoint
 from qnnrun.engine import evaluate_checkpoint, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
-from qnnrun.methods.lsq import MSE_GRID, LsqQuantizer
+from qnnrun.methods.lsq import MSE_GRID, LsqQuantizer, raise_to_floor
 from qnnrun.methods.pact import PactQuantizer
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import quant_layers
@@ -224,6 +224,41 @@ def test_lsq_mse_initialisation_per_channel_and_offset() -> None:
         LsqQuantizer(2, init="max")
 
 
+def test_lsq_step_floor_is_a_fraction_of_the_initial_step_and_survives_old_checkpoints() -> None:
+    w = torch.randn(4, 3, 3, 3)
+    quantizer = LsqQuantizer(2, signed=True, channels=4, min_step_ratio=0.01).train()
+    quantizer(w)
+    start = quantizer.step.detach().clone()
+    torch.testing.assert_close(quantizer.min_step, start * 0.01)
+    with torch.no_grad():
+        quantizer.step.copy_(torch.tensor([-0.5, 0.0, 1e-9, 7.0]))
+    raise_to_floor([quantizer])
+    torch.testing.assert_close(quantizer.step.detach(), torch.stack([*(start[:3] * 0.01), torch.tensor(7.0)]))
+    # A checkpoint written before the floor existed: the floor is taken from the step as saved.
+    old = {k: v for k, v in quantizer.state_dict().items() if not k.endswith("min_step")}
+    restored = LsqQuantizer(2, signed=True, channels=4, min_step_ratio=0.01)
+    restored.load_state_dict(old)
+    torch.testing.assert_close(restored.min_step, old["step"] * 0.01)
+
+
+def test_lsq_method_raises_steps_to_their_floor_after_each_update(tmp_path: Path) -> None:
+    model, method = _model_and_method(tmp_path, "method=lsq", "bits=2", "method.min_step_ratio=0.1")
+    quantizers = [m for m in model.modules() if isinstance(m, LsqQuantizer)]
+    model.train()(torch.randn(8, 64))
+    starts = [q.step.detach().clone() for q in quantizers]
+    with torch.no_grad():
+        quantizers[1].step.fill_(-1.0)
+    assert method.scalars(model)["lsq/steps_at_floor"] == 1.0
+    method.after_optimizer_step(model, 0)
+    assert quantizers[1].step.item() == pytest.approx(0.1 * starts[1].item())
+    assert all(torch.equal(q.step.detach(), s) for q, s in zip(quantizers, starts) if q is not quantizers[1])
+    _, off = _model_and_method(tmp_path, "method=lsq", "bits=2", "method.min_step_ratio=0")
+    with torch.no_grad():
+        quantizers[1].step.fill_(-1.0)
+    off.after_optimizer_step(model, 0)
+    assert quantizers[1].step.item() == -1.0 and "lsq/steps_at_floor" not in off.scalars(model)
+
+
 # ---- DoReFa ----------------------------------------------------------------------------------
 
 
@@ -366,6 +401,7 @@ def test_lsq_weight_decay_follows_the_papers_precision_rule(tmp_path: Path, bits
     ("method=pact method.alpha_decay=-1", "method.alpha_decay=-1"),
     ("method=lsq method.learned_offset=3", "method.learned_offset=3"),
     ("method=lsq method.act_init=max", "method.act_init='max'"),
+    ("method=lsq method.min_step_ratio=1", "method.min_step_ratio=1"),
 ])
 def test_bad_method_options_are_one_line_errors(tmp_path: Path, override: str, message: str) -> None:
     cfg = compose_config(override.split(), data_dir=tmp_path)
@@ -403,10 +439,17 @@ def test_lsq_plus_offset_per_channel_learns(tmp_path: Path) -> None:
 
 
 def test_lsq_mse_init_fine_tunes_a_float_net(tmp_path: Path) -> None:
-    """``method.act_init=mse`` is meant for fine-tuning: W2A2 from a trained float MLP."""
+    """``method.act_init=mse``, W2A2 from a trained float MLP."""
     _train(tmp_path, "float", "method=fp", "trainer.epochs=3")
     start = f"init_from={tmp_path / 'float' / 'last.ckpt'}"
     summary = _train(tmp_path, "mse", "method=lsq", "bits=2", "method.act_init=mse", start, "trainer.epochs=2")
+    assert summary["test_acc"] >= 90.0
+
+
+def test_lsq_mse_init_from_scratch_learns_with_the_step_floor(tmp_path: Path) -> None:
+    """From random weights the MSE start of the 8-bit classifier input is small enough for the first
+    update to carry it below zero (0.0050 -> -0.0006); held at its floor, the net learns."""
+    summary = _train(tmp_path, "scratch", "method=lsq", "bits=2", "method.act_init=mse", "trainer.epochs=3")
     assert summary["test_acc"] >= 90.0
 
 

@@ -25,6 +25,13 @@ among :data:`MSE_GRID` times the LSQ rule's step of the first batch, the error o
 summed batch by batch (on at most :data:`MSE_SAMPLES` evenly strided values of each batch). On a
 60-epoch float ResNet-20 it starts the 2-bit inputs at 1.05-6.1 times the LSQ rule's step
 (docs/baselines.md).
+
+A step must stay positive, which LSQ's update does not guarantee: a large step gradient (many values
+clipped, each contributing ``Qp * g``) can carry a small step below zero in one update, and the
+layer's output then collapses. After every optimizer step each step is therefore raised to at least
+``method.min_step_ratio`` (default 1e-3) times the value it was initialised with, a floor a healthy
+run never reaches; 0 turns the floor off (the paper as written). TensorBoard's
+``lsq/steps_at_floor`` counts the steps held there.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.config import check_bool, check_choice
+from qnnrun.config import check_bool, check_choice, check_number
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import Quantizer, quant_layers
@@ -48,6 +55,8 @@ MSE_GRID = torch.arange(1, 161) * 0.05
 MSE_SAMPLES = 1 << 18
 """Values of one batch (per step) that the MSE initialisation scores, evenly strided."""
 INITS = ("lsq", "mse")
+MIN_STEP_RATIO = 1e-3
+"""Default floor of a learned step, as a fraction of the step it was initialised with."""
 
 
 class LsqQuantizer(Quantizer):
@@ -64,15 +73,19 @@ class LsqQuantizer(Quantizer):
         learned_offset: LSQ+'s learned offset (unsigned codes, any input sign).
         init: ``"lsq"`` (the step rule ``2 mean|x| / sqrt(Qp)``) or ``"mse"`` (the step of
             :data:`MSE_GRID` x that rule with the least squared quantization error).
+        min_step_ratio: the buffer ``min_step`` (shape of ``step``) is set to this fraction of the
+            initial step; :meth:`raise_to_floor` keeps ``step >= min_step``.
 
-    Parameters ``step`` (0-d, or [C] per channel) and ``offset`` (0-d, only with ``learned_offset``)
-    are initialised from the data the first time the quantizer sees it: over all calibration
-    batches while ``calibrating`` (see ``Method.prepare``), else from the first training input.
+    Parameters ``step`` (0-d, or [C] per channel; units of ``x``) and ``offset`` (0-d, only with
+    ``learned_offset``) are initialised from the data the first time the quantizer sees it: over
+    all calibration batches while ``calibrating`` (see ``Method.prepare``), else from the first
+    training input.
     An evaluation before that uses the rule on each input without storing it.
     """
 
     def __init__(self, bits: int, signed: bool | None = True, channels: int | None = None,
-                 activations: bool = False, learned_offset: bool = False, init: str = "lsq") -> None:
+                 activations: bool = False, learned_offset: bool = False, init: str = "lsq",
+                 min_step_ratio: float = MIN_STEP_RATIO) -> None:
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init={init!r}: choose one of {', '.join(INITS)}")
@@ -83,6 +96,8 @@ class LsqQuantizer(Quantizer):
         self.activations = activations
         self.step = nn.Parameter(torch.ones(channels) if channels is not None else torch.tensor(1.0))
         self.offset = nn.Parameter(torch.tensor(0.0)) if learned_offset else None
+        self.min_step_ratio = min_step_ratio
+        self.register_buffer("min_step", torch.zeros_like(self.step.detach()))
         self.initialized = False
         self._sums: tuple[Tensor, Tensor, Tensor, int] | None = None  # calibration: sum|x|, sum x, min x, count
         self._errors: tuple[Tensor, Tensor, bool] | None = None  # MSE init: reference step, SSE [steps, grid], signed
@@ -156,9 +171,16 @@ class LsqQuantizer(Quantizer):
             self._errors = (errors[0], sse, signed) if self.calibrating else None
             step = errors[0] * MSE_GRID.to(sse.device)[sse.argmin(1)].reshape(errors[0].shape)
         self.step.copy_(step.to(self.step.dtype))
+        self.min_step.copy_(self.step * self.min_step_ratio)
         if self.offset is not None:
             self.offset.copy_(offset.to(self.offset.dtype))
         self.initialized = True
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Checkpoints written before the floor existed: the floor of the step as saved.
+        if prefix + "step" in state_dict and prefix + "min_step" not in state_dict:
+            state_dict[prefix + "min_step"] = state_dict[prefix + "step"] * self.min_step_ratio
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def grad_scale(self, x: Tensor, signed: bool) -> float:
         """``g = 1 / sqrt(N * Qp)`` for input ``x`` (see the class docstring for ``N``)."""
@@ -193,9 +215,16 @@ class LsqQuantizer(Quantizer):
         return f"bits={self.bits}, signed={self.signed}, per_{granularity}{offset}{init}"
 
 
+def raise_to_floor(quantizers: list[LsqQuantizer]) -> None:
+    """``step = max(step, min_step)`` for every quantizer, in one fused update per device."""
+    if quantizers:
+        with torch.no_grad():
+            torch._foreach_maximum_([q.step for q in quantizers], [q.min_step for q in quantizers])
+
+
 class LearnedStepSize(Method):
-    """LSQ; reads ``method.learned_offset``, ``method.act_init``, ``method.low_bit_weight_decay`` and
-    ``quant.per_channel``."""
+    """LSQ; reads ``method.learned_offset``, ``method.act_init``, ``method.low_bit_weight_decay``,
+    ``method.min_step_ratio`` and ``quant.per_channel``."""
 
     name = "lsq"
 
@@ -205,6 +234,9 @@ class LearnedStepSize(Method):
         self.low_bit_weight_decay = check_bool("method.low_bit_weight_decay",
                                                cfg.method.get("low_bit_weight_decay", True))
         self.act_init = check_choice("method.act_init", cfg.method.get("act_init", "lsq"), INITS)
+        self.min_step_ratio = check_number("method.min_step_ratio", cfg.method.get("min_step_ratio", MIN_STEP_RATIO),
+                                           0, 1, low_closed=True, high_closed=False)
+        self._floored: list[LsqQuantizer] | None = None
 
     def weight_decay_factor(self) -> float:
         """LSQ's weight decay for this precision relative to full precision's: 1/4 at 2 weight bits
@@ -223,16 +255,28 @@ class LearnedStepSize(Method):
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> LsqQuantizer:
         channels = layer.weight.shape[0] if self.cfg.quant.per_channel else None
-        return LsqQuantizer(bits, signed=True, channels=channels)
+        return LsqQuantizer(bits, signed=True, channels=channels, min_step_ratio=self.min_step_ratio)
 
     def input_quantizer(self, layer: nn.Module, bits: int) -> LsqQuantizer:
         return LsqQuantizer(bits, signed=None, activations=True, learned_offset=self.learned_offset,
-                            init=self.act_init)
+                            init=self.act_init, min_step_ratio=self.min_step_ratio)
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Raise every learned step to its floor (none with ``method.min_step_ratio=0``)."""
+        if self.min_step_ratio == 0:
+            return
+        if self._floored is None:
+            self._floored = [m for m in model.modules() if isinstance(m, LsqQuantizer)]
+        raise_to_floor(self._floored)
 
     def scalars(self, model: nn.Module) -> dict[str, float]:
-        """Adds ``lsq/step/<layer>/{weight,input}`` (the mean over channels for per-channel steps)
-        and ``lsq/offset/<layer>/input`` to the quantized fractions."""
+        """Adds ``lsq/step/<layer>/{weight,input}`` (the mean over channels for per-channel steps),
+        ``lsq/offset/<layer>/input`` and ``lsq/steps_at_floor`` (steps, channels counted singly,
+        held at their floor) to the quantized fractions."""
         out = super().scalars(model)
+        if self.min_step_ratio > 0:
+            out["lsq/steps_at_floor"] = float(sum(int((m.step <= m.min_step).sum()) for m in model.modules()
+                                                  if isinstance(m, LsqQuantizer) and m.initialized))
         for name, layer in quant_layers(model):
             for role, quantizer in (("weight", layer.weight_quant), ("input", layer.input_quant)):
                 if isinstance(quantizer, LsqQuantizer):
