@@ -79,8 +79,7 @@ class LsqQuantizer(Quantizer):
     Parameters ``step`` (0-d, or [C] per channel; units of ``x``) and ``offset`` (0-d, only with
     ``learned_offset``) are initialised from the data the first time the quantizer sees it: over
     all calibration batches while ``calibrating`` (see ``Method.prepare``), else from the first
-    training input.
-    An evaluation before that uses the rule on each input without storing it.
+    training input. An evaluation before that uses the rule on each input without storing it.
     """
 
     def __init__(self, bits: int, signed: bool | None = True, channels: int | None = None,
@@ -274,13 +273,15 @@ class LearnedStepSize(Method):
         ``lsq/offset/<layer>/input`` and ``lsq/steps_at_floor`` (steps, channels counted singly,
         held at their floor) to the quantized fractions."""
         out = super().scalars(model)
-        if self.min_step_ratio > 0:
-            out["lsq/steps_at_floor"] = float(sum(int((m.step <= m.min_step).sum()) for m in model.modules()
-                                                  if isinstance(m, LsqQuantizer) and m.initialized))
+        at_floor = []
         for name, layer in quant_layers(model):
             for role, quantizer in (("weight", layer.weight_quant), ("input", layer.input_quant)):
                 if isinstance(quantizer, LsqQuantizer):
                     out[f"lsq/step/{name}/{role}"] = quantizer.step.detach().mean().item()
                     if quantizer.offset is not None:
                         out[f"lsq/offset/{name}/{role}"] = quantizer.offset.item()
+                    if quantizer.initialized:
+                        at_floor.append((quantizer.step <= quantizer.min_step).sum())
+        if self.min_step_ratio > 0:
+            out["lsq/steps_at_floor"] = float(torch.stack(at_floor).sum()) if at_floor else 0.0  # one host sync
         return out
