@@ -46,6 +46,7 @@ from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.models import build_model
 from qnnrun.optim import ShiftAdaMax
 from qnnrun.quant.layers import set_recompute_input
+from qnnrun.sweep import STEP_CURVES
 
 log = logging.getLogger("qnnrun")
 
@@ -468,7 +469,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     resumed_at = step + (partial["batches"] if partial is not None else 0)
     # Step curves have event files of their own (TensorBoard run "<run>/steps"): a resume purges the
     # epoch curves from an epoch number, these from a step number.
-    step_writer = (SummaryWriter(str(run_dir / "steps"), purge_step=resumed_at + 1 if resumed_at else None)
+    step_writer = (SummaryWriter(str(run_dir / STEP_CURVES), purge_step=resumed_at + 1 if resumed_at else None)
                    if log_every and ranks.main else None)
     with StopRequest() as stop:
         for epoch in range(start_epoch, epochs):

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from qnnrun.errors import QnnrunError
-from qnnrun.sweep import SUMMARY, read_summary
+from qnnrun.sweep import STEP_CURVES, SUMMARY, read_summary
 
 # Per-run values averaged in a group: summary key -> column title.
 METRICS = {
@@ -134,6 +134,8 @@ def find_runs(paths: Sequence[Path]) -> list[Run]:
         folders = {p.parent for p in path.rglob(SUMMARY)}
         folders |= {p.parent for p in path.rglob("last.ckpt")}
         folders |= {p.parent for p in path.rglob("events.out.tfevents.*")}
+        # A run's own TensorBoard sub-writers (<run>/steps) hold events but are not runs.
+        folders = {f for f in folders if f.name != STEP_CURVES or f.parent not in folders}
         if not folders:
             raise QnnrunError(f"no runs under {path}: expected folders holding {SUMMARY}, last.ckpt or "
                               f"TensorBoard events (a run, a sweep folder or outputs/)")

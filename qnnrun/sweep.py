@@ -33,6 +33,8 @@ log = logging.getLogger("qnnrun")
 # Where `resume=true` looks for earlier sweeps: the default hydra.sweep.dir lives under it.
 OUTPUTS_ROOT = Path("outputs")
 SUMMARY = "summary.json"
+# A run's step curves: TensorBoard events of their own in this sub-folder of the run folder.
+STEP_CURVES = "steps"
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

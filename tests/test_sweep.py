@@ -134,8 +134,11 @@ def test_report_errors_and_single_run(tmp_path: Path, capsys: pytest.CaptureFixt
                                          "folder or outputs/)")
     code, _, err = run_cli(["report", "missing"], tmp_path, capsys, monkeypatch)
     assert code == 1 and "missing is not a folder" in err
-    code, _, err = run_cli(["train", *TINY, "trainer.epochs=1", "hydra.run.dir=run"], tmp_path, capsys, monkeypatch)
+    # Step curves make TensorBoard events in run/steps: part of the run, not a second (unfinished) run.
+    code, _, err = run_cli(["train", *TINY, "trainer.epochs=1", "trainer.log_every_steps=5", "hydra.run.dir=run"],
+                           tmp_path, capsys, monkeypatch)
     assert code == 0, err
+    assert list((tmp_path / "run/steps").glob("events.out.tfevents.*"))
     code, out, err = run_cli(["report", "run", "--no-plots"], tmp_path, capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads((tmp_path / "run/summary.json").read_text())
