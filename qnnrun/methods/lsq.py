@@ -280,7 +280,7 @@ class LearnedStepSize(Method):
                     out[f"lsq/step/{name}/{role}"] = quantizer.step.detach().mean().item()
                     if quantizer.offset is not None:
                         out[f"lsq/offset/{name}/{role}"] = quantizer.offset.item()
-                    if quantizer.initialized:
+                    if self.min_step_ratio > 0 and quantizer.initialized:
                         at_floor.append((quantizer.step <= quantizer.min_step).sum())
         if self.min_step_ratio > 0:
             out["lsq/steps_at_floor"] = float(torch.stack(at_floor).sum()) if at_floor else 0.0  # one host sync
