@@ -100,3 +100,25 @@ def test_experiment_preset_composes_and_builds_at_every_sweep_value(experiment: 
         cfg = compose_config([f"experiment={experiment}", *point], data_dir=tmp_path)
         validate_train(cfg)
         _build_and_run(cfg, dataset_info(cfg.dataset))
+
+
+def test_experiment_method_files_name_an_experiment_and_a_method() -> None:
+    """conf/experiment_method/<experiment>/<method>.yaml is optional in the defaults list, so a
+    misspelt folder or file would be skipped without a word: each must name real options."""
+    files = sorted((Path(CONFIG_DIR) / "experiment_method").glob("*/*.yaml"))
+    assert files
+    for path in files:
+        assert path.parent.name in _options("experiment"), path
+        assert path.stem in _options("method"), path
+
+
+def test_experiment_method_settings_reach_that_method_only(tmp_path: Path) -> None:
+    def act_init(*overrides: str) -> str | None:
+        cfg = compose_config(list(overrides), data_dir=tmp_path)
+        return cfg.method.get("act_init")
+
+    assert act_init("experiment=baselines_cifar10", "method=lsq") == "mse"
+    assert act_init("experiment=baselines_cifar10", "method=ste") is None  # no stray key in the other rows
+    assert act_init("experiment=baselines_cifar10", "method=lsq", "method.act_init=lsq") == "lsq"  # the command line wins
+    assert act_init("method=lsq") == "lsq"  # the method's own default outside the preset
+    assert act_init("experiment=smoke", "method=lsq") == "lsq"
