@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +117,43 @@ def test_joblib_sweep_records_a_failed_worker_job_and_resumes(
     assert "at epoch 1 of 1" in (finished / "train.log").read_text()
     assert sorted(s["status"] for s in summaries(sweep).values()) == ["done", "failed"]
     check_report(sweep, capsys, monkeypatch)
+
+
+def test_sigterm_stops_a_joblib_sweep_without_starting_its_queued_jobs(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM reaches the command and its joblib workers (one process group): each
+    running job writes its checkpoint and its worker exits. Before, a worker took the sweep's next
+    queued job and trained it on, orphaned, after the command had gone."""
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "qnnrun.cli", "train", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
+               *TINY, "trainer.epochs=5000", "method=ste,lsq,pact,dorefa", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "QNNRUN_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while len(list(sweep.glob("*/last.ckpt"))) < 2 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert len(list(sweep.glob("*/last.ckpt"))) == 2, process.communicate()[1]
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode != 0
+    deadline = time.monotonic() + 60
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(process.pid), "a worker outlived the command"
+    started = sorted(p.name.split("_")[0] for p in sweep.iterdir() if (p / "train.log").exists())
+    assert started == ["0", "1"], started  # ste and lsq ran; pact and dorefa never started
+    for run in ("0", "1"):
+        log = next(sweep.glob(f"{run}_*/train.log")).read_text()
+        assert "stopped by SIGTERM" in log or (next(sweep.glob(f"{run}_*")) / "last.ckpt").exists()
+        assert not list(sweep.glob(f"{run}_*/summary.json"))
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_submitit_local_two_job_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str],
