@@ -447,6 +447,8 @@ def main() -> None:
             reference[model] = result
         results.append(result)
         print(f"{model} {method} {result.bits} {variant.label()}: {result.images_per_s:.0f} images/s", flush=True)
+        if args.json:  # after every row: a run cut short by a time limit keeps what it measured
+            write_json(args.json, results, reference, device, args)
 
     brevitas_note = ""
     if importlib.util.find_spec("brevitas") is None:
@@ -459,6 +461,17 @@ def main() -> None:
                 except Exception as error:  # noqa: BLE001 - Brevitas's own limits (e.g. 1 bit): report, go on
                     print(f"skipped brevitas {model} {bits} bits: {type(error).__name__}: {error}", flush=True)
 
+    add_ratios(results, reference)
+    print()
+    print(table(results, args.epoch))
+    if brevitas_note and not args.no_brevitas:
+        print(f"\n{brevitas_note}")
+    if args.json:
+        write_json(args.json, results, reference, device, args)
+
+
+def add_ratios(results: list[Result], reference: dict[str, Result]) -> None:
+    """Set each row's ratios to its model's float fp32 eager row (rows before that row keep None)."""
     for r in results:
         ref = reference.get(r.model)
         if ref is not None:
@@ -469,14 +482,15 @@ def main() -> None:
                 r.saved_ratio = r.saved_mib / ref.saved_mib
             if r.moved_mib is not None and ref.moved_mib:
                 r.moved_ratio = r.moved_mib / ref.moved_mib
-    print()
-    print(table(results, args.epoch))
-    if brevitas_note and not args.no_brevitas:
-        print(f"\n{brevitas_note}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
-                       "args": vars(args), "rows": [asdict(r) for r in results]}, f, indent=1)
+
+
+def write_json(path: str, results: list[Result], reference: dict[str, Result], device: torch.device,
+               args: argparse.Namespace) -> None:
+    """The rows so far, with their ratios, as JSON at ``path`` (replaced whole each time)."""
+    add_ratios(results, reference)
+    with open(path, "w") as f:
+        json.dump({"device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
+                   "args": vars(args), "rows": [asdict(r) for r in results]}, f, indent=1)
 
 
 if __name__ == "__main__":
