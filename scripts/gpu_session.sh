@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# One prepared call on the lent GPU machine (the `device` tool), sized to a task's 15 minutes of
+# device time: set up, run one plan within a time budget, pack what it made into $OUT.
+#
+#   here, once per checkout (.carry/ is ignored through .git/info/exclude):
+#     mkdir -p .carry && cp -r ../shared/wheels ../shared/data/cifar10-jpg.tar.gz .carry/
+#     grep -qx '/.carry/' .git/info/exclude || echo /.carry/ >> .git/info/exclude
+#   device run:  command "bash scripts/gpu_session.sh speed", carry [".carry"], timeout_s 570
+#
+# Plans (each ends its work BUDGET_S seconds after it starts, default 480, then packs):
+#   speed      issue 8: the CUDA-only tests (fused fake-quantize kernel, on-device batches, XNOR Triton
+#              kernel); every method eager at W2A2 with and without trainer.recompute_quant; fp / ste
+#              W2A2 and W4A4 compiled with whole epochs; fp / ste W2A2 compiled with CUDA graphs
+#              (reduce-overhead). Each bench writes its JSON after every row: a step cut short keeps its rows
+#   baselines  issue 6: the float ResNet-20 (60 epochs; skipped when outputs/float/resnet20_cifar10 holds a
+#              finished run: carry that folder, last.ckpt and summary.json) and, once it is written, the
+#              experiment=baselines_cifar10 sweep (SEEDS, N_JOBS runs at once on the GPU); runs cut by
+#              the budget stop as a Ctrl-C would (mid-epoch checkpoint) and show as unfinished in the report
+# Knobs (environment): BUDGET_S, SEEDS (baselines: 0), N_JOBS (baselines: 12), COMPILE (baselines: false),
+# DEVICE (cuda), DATA (/tmp/data), TRAIN_EXTRA / BENCH_EXTRA (arguments added to every qnnrun train /
+# bench command; a dry run on a CPU: DEVICE=cpu TRAIN_EXTRA="dataset=digits model=mlp trainer.epochs=1"
+# BENCH_EXTRA="--batch 8 --steps 1 --warmup 1 --epoch-samples 64 --methods fp ste").
+#
+# Comes back: $OUT/<plan>.log (all output), $OUT/<plan>.tar.gz (bench JSON, or the runs' summary.json,
+# train.log, TensorBoard events and report.md / report.csv, no checkpoints) and, for baselines, the float
+# checkpoint $OUT/float_resnet20_cifar10.ckpt. At most 8 files come back from $OUT.
+set -uo pipefail
+PLAN=${1:?usage: bash scripts/gpu_session.sh speed|baselines}
+OUT=${OUT:?OUT is the folder whose files come back}
+START=$SECONDS
+BUDGET_S=${BUDGET_S:-480}
+DEVICE=${DEVICE:-cuda}
+DATA=${DATA:-/tmp/data}
+TRAIN_EXTRA=${TRAIN_EXTRA:-}
+BENCH_EXTRA=${BENCH_EXTRA:-}
+WORK=$(mktemp -d /tmp/gpu_session.XXXX)
+LOG=$OUT/$PLAN.log
+exec > >(tee "$LOG") 2>&1
+export PYTHONUNBUFFERED=1
+
+# Seconds left of the budget, at least 1 (timeout 0 would mean no limit).
+left() { local s=$((BUDGET_S - (SECONDS - START))); echo $((s > 1 ? s : 1)); }
+step() { echo; echo "=== $(date -u +%H:%M:%S) +$((SECONDS - START))s: $*"; }
+
+step "setup"
+if ! python3 -c "import hydra" 2>/dev/null; then
+    pip install -q --no-index --no-deps --target /tmp/site .carry/wheels/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+python3 - <<'EOF'
+import torch, torchvision
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, {name}")
+EOF
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+
+case $PLAN in
+speed)
+    BENCH="python3 scripts/bench_throughput.py --device $DEVICE --batch 512 --no-brevitas"
+    step "CUDA-only tests"
+    timeout "$(left)" python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
+        tests/test_quant.py tests/test_data.py tests/test_xnor.py
+    step "every method eager W2A2, with and without recompute_quant"
+    timeout "$(left)" $BENCH --bits 2 --steps 50 --warmup 10 --recompute --json "$WORK/eager.json" $BENCH_EXTRA
+    step "fp / ste W2A2 and W4A4 compiled, whole epochs"
+    timeout "$(left)" $BENCH --methods fp ste --bits 2 4 --compile --epoch --steps 100 --warmup 5 \
+        --json "$WORK/compile.json" $BENCH_EXTRA
+    step "fp / ste W2A2 compiled with CUDA graphs"
+    timeout "$(left)" $BENCH --methods fp ste --bits 2 --compile --compile-mode reduce-overhead --steps 100 \
+        --warmup 5 --json "$WORK/cudagraphs.json" $BENCH_EXTRA
+    ;;
+baselines)
+    SEEDS=${SEEDS:-0}
+    N_JOBS=${N_JOBS:-12}
+    COMPILE=${COMPILE:-false}
+    mkdir -p "$DATA" && tar xzf .carry/cifar10-jpg.tar.gz -C "$DATA" || exit 1
+    COMMON="paths.data_dir=$DATA trainer.device=$DEVICE trainer.compile=$COMPILE dataset.drop_last=$COMPILE trainer.progress=false"
+    FLOAT=outputs/float/resnet20_cifar10
+    if [ -f $FLOAT/summary.json ]; then
+        step "float ResNet-20: $FLOAT is there, not trained again"
+    else
+        step "float ResNet-20, 60 epochs -> $FLOAT"
+        timeout "$(left)" python3 -m qnnrun.cli train method=fp model=resnet20 dataset=cifar10 trainer.epochs=60 \
+            $COMMON hydra.run.dir=$FLOAT $TRAIN_EXTRA
+    fi
+    if [ -f $FLOAT/summary.json ]; then
+        cp $FLOAT/last.ckpt "$OUT/float_resnet20_cifar10.ckpt"
+        step "experiment=baselines_cifar10 seed=$SEEDS, $N_JOBS at once"
+        timeout "$(left)" python3 -m qnnrun.cli train experiment=baselines_cifar10 seed=$SEEDS \
+            hydra/launcher=local hydra.launcher.n_jobs=$N_JOBS $COMMON hydra.sweep.dir="$WORK/baselines" $TRAIN_EXTRA
+        python3 -m qnnrun.cli report "$WORK/baselines"
+    fi
+    cp -r $FLOAT "$WORK/float"
+    ;;
+*)
+    echo "unknown plan '$PLAN': speed, baselines"; exit 2 ;;
+esac
+
+step "pack"
+tar czf "$OUT/$PLAN.tar.gz" -C "$WORK" --exclude='*.ckpt' --exclude='*.pt' .
+ls -la "$OUT"
