@@ -99,6 +99,22 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
     return model, method
 
 
+def check_init_from(path: str) -> None:
+    """Fail before the data set is read when ``init_from`` names no checkpoint; a preset that starts
+    from a float run (``init_from`` set in ``conf/experiment/<name>.yaml``) is named with where its
+    header gives the command that makes that run."""
+    target = Path(path)
+    if (target / "last.ckpt" if target.is_dir() else target).is_file():
+        return
+    from hydra.core.hydra_config import HydraConfig
+
+    experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    hint = (f"; experiment={experiment} starts from a float run: the command that makes it is in the header "
+            f"of conf/experiment/{experiment}.yaml" if experiment else "")
+    raise QnnrunError(f"init_from={path}: checkpoint not found (give a .ckpt file or a run folder holding "
+                      f"last.ckpt){hint}")
+
+
 def load_float_weights(model: nn.Module, path: str) -> None:
     """Load the float weights of a qnnrun checkpoint (float or quantized run) into ``model``.
 
@@ -386,13 +402,15 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
         checkpoint = load_checkpoint(resume_from)
         check_resume_config(checkpoint["config"], config, resume_from)
 
+    init_from = None if checkpoint is not None else cfg.init_from
+    if init_from:
+        check_init_from(init_from)
     data = build_data(cfg.dataset, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir,
                       device=device, seed=cfg.seed)
     if ranks.active:  # every rank draws the same global batches and trains on its share
         data.train.shard(ranks.rank, ranks.world)
         data.test.shard(ranks.rank, ranks.world)
     info = data.info
-    init_from = None if checkpoint is not None else cfg.init_from
     model, method = build_quantized_model(cfg, info, device, init_from)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -89,7 +89,13 @@ def test_bops_table(qnnrun) -> None:
         (["quant.first_layer=4"], "quant.first_layer=4 is not valid: valid are fp, 8, same"),
         (["dataset=mnist"], "MNIST not found"),
         (["resume=missing.ckpt"], "resume=missing.ckpt: no checkpoint at missing.ckpt"),
-        (["init_from=missing.ckpt"], "checkpoint not found: missing.ckpt"),
+        (["init_from=missing.ckpt"], "init_from=missing.ckpt: checkpoint not found"),
+        # Checked before the data set is read (MNIST is absent here), and a preset's user learns where the
+        # command that makes its float checkpoint is.
+        (["dataset=mnist", "init_from=missing.ckpt"], "init_from=missing.ckpt: checkpoint not found"),
+        (["experiment=nbn_cifar10", "hydra.mode=RUN", "method=nbn", "bits=3"],
+         "experiment=nbn_cifar10 starts from a float run: the command that makes it is in the header of "
+         "conf/experiment/nbn_cifar10.yaml"),
         (["init_from=3"], "init_from=3 is not valid: expected null or a checkpoint path"),
         (["method=[0]"], "method=[0] is not valid: choose one of"),
         (["model.widths=[0]"], "model.widths=[0] is not valid: expected a list of positive integers"),
