@@ -82,6 +82,9 @@ def test_basic_sweep_survives_failure_and_interruption_then_resumes(
     assert json.loads((first / "summary.json").read_text())["status"] == "done"
     assert not (cut / "summary.json").exists() and torch.load(cut / "last.ckpt")["epoch"] == 1
     untouched = {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file() and p.suffix != ".log"}
+    code, out, _ = run_cli(["report", str(sweep), "--no-plots"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and f"{cut} " in out
+    assert "no summary.json: interrupted or still running, at epoch 1 of 2 (test acc " in out
 
     code, _, err = run_cli([*sweep_args, "resume=true"], tmp_path, capsys, monkeypatch)
     assert f"continuing the sweep in {sweep.relative_to(tmp_path)}" in err
