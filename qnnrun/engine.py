@@ -100,9 +100,9 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
 
 
 def check_init_from(path: str) -> None:
-    """Fail before the data set is read when ``init_from`` names no checkpoint; a preset that starts
-    from a float run (``init_from`` set in ``conf/experiment/<name>.yaml``) is named with where its
-    header gives the command that makes that run."""
+    """Fail before the data set is read when ``init_from`` names no checkpoint. Where a preset set
+    ``init_from`` (``conf/experiment/<name>.yaml``), the error points at that file, whose header
+    gives the command that makes the float run."""
     target = Path(path)
     if (target / "last.ckpt" if target.is_dir() else target).is_file():
         return
