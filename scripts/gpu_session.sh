@@ -26,6 +26,7 @@
 # checkpoint $OUT/float_resnet20_cifar10.ckpt. At most 8 files come back from $OUT.
 set -uo pipefail
 PLAN=${1:?usage: bash scripts/gpu_session.sh speed|baselines}
+case $PLAN in speed|baselines) ;; *) echo "unknown plan '$PLAN': speed, baselines" >&2; exit 2 ;; esac
 OUT=${OUT:?OUT is the folder whose files come back}
 START=$SECONDS
 BUDGET_S=${BUDGET_S:-480}
@@ -36,6 +37,7 @@ BENCH_EXTRA=${BENCH_EXTRA:-}
 WORK=$(mktemp -d /tmp/gpu_session.XXXX)
 LOG=$OUT/$PLAN.log
 exec > >(tee "$LOG") 2>&1
+TEE=$!
 export PYTHONUNBUFFERED=1
 
 # Seconds left of the budget, at least 1 (timeout 0 would mean no limit).
@@ -93,10 +95,10 @@ baselines)
     fi
     cp -r $FLOAT "$WORK/float"
     ;;
-*)
-    echo "unknown plan '$PLAN': speed, baselines"; exit 2 ;;
 esac
 
 step "pack"
 tar czf "$OUT/$PLAN.tar.gz" -C "$WORK" --exclude='*.ckpt' --exclude='*.pt' .
 ls -la "$OUT"
+exec >&- 2>&-
+wait "$TEE"  # the log is whole before the device collects $OUT
