@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import os
 import re
 import signal
@@ -41,9 +42,6 @@ commands:
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 _failures: list[str] = []
-# The process that ran main(): the command itself. Jobs of a joblib sweep run in worker processes,
-# where main() never ran and this stays None.
-_command_pid: int | None = None
 
 
 def _report(error: QnnrunError) -> None:
@@ -89,9 +87,9 @@ def _guarded(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]
             task(cfg)
         except Interrupted as error:  # stops a whole sweep too: the scheduler wants the node back
             print(f"qnnrun: {error}", file=sys.stderr, flush=True)
-            if os.getpid() != _command_pid:
-                # A joblib worker survives SystemExit and would start the sweep's next queued job,
-                # even with the command that launched it gone (a scheduler's SIGTERM reaches both).
+            if multiprocessing.parent_process() is not None:
+                # A joblib (loky) worker survives SystemExit and would start the sweep's next queued
+                # job, even with the command that launched it gone (a scheduler's SIGTERM reaches both).
                 logging.shutdown()
                 sys.stdout.flush()
                 os._exit(128 + error.signum)
@@ -241,8 +239,6 @@ def check_group_choices(args: list[str]) -> None:
 
 def main() -> None:
     """Console entry point ``qnnrun``."""
-    global _command_pid
-    _command_pid = os.getpid()
     if hasattr(signal, "SIGPIPE"):  # `qnnrun ... | head` ends quietly, as other command-line tools do
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     argv = sys.argv[1:]
