@@ -20,6 +20,7 @@
 # DEVICE (cuda), DATA (/tmp/data), TRAIN_EXTRA / BENCH_EXTRA (arguments added to every qnnrun train /
 # bench command; a dry run on a CPU: DEVICE=cpu TRAIN_EXTRA="dataset=digits model=mlp trainer.epochs=1"
 # BENCH_EXTRA="--batch 8 --steps 1 --warmup 1 --epoch-samples 64 --methods fp ste").
+# tests/test_scripts.py dry-runs the baselines plan that way (-m slow).
 #
 # Comes back: $OUT/<plan>.log (all output), $OUT/<plan>.tar.gz (bench JSON, or the runs' summary.json,
 # train.log, TensorBoard events and report.md / report.csv, no checkpoints) and, for baselines, the float
