@@ -137,18 +137,16 @@ def test_sigterm_stops_a_joblib_sweep_without_starting_its_queued_jobs(tmp_path:
         time.sleep(0.1)
     assert len(list(sweep.glob("*/last.ckpt"))) == 2, process.communicate()[1]
     os.killpg(process.pid, signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=120)  # also waits for the workers, which share its pipes
     assert process.returncode != 0
+    assert err.count("qnnrun: stopped by SIGTERM at epoch ") == 2, err
     deadline = time.monotonic() + 60
     while _group_alive(process.pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _group_alive(process.pid), "a worker outlived the command"
     started = sorted(p.name.split("_")[0] for p in sweep.iterdir() if (p / "train.log").exists())
     assert started == ["0", "1"], started  # ste and lsq ran; pact and dorefa never started
-    for run in ("0", "1"):
-        log = next(sweep.glob(f"{run}_*/train.log")).read_text()
-        assert "stopped by SIGTERM" in log or (next(sweep.glob(f"{run}_*")) / "last.ckpt").exists()
-        assert not list(sweep.glob(f"{run}_*/summary.json"))
+    assert not list(sweep.glob("*/summary.json"))  # stopped runs are unfinished, not failed
 
 
 def _group_alive(pgid: int) -> bool:
