@@ -166,6 +166,13 @@ def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> 
     raise QnnrunError(f"unknown schedule '{cfg.name}': valid are cosine, step, exp, constant")
 
 
+def method_lr_factor(cfg: DictConfig, method: Method, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at global ``step``: the ``sched`` group ``cfg`` over the method's
+    training run (:meth:`Method.schedule_span`, after :meth:`Method.plan`) times its ``lr_scale``."""
+    run_step, run_epochs = method.schedule_span(step)
+    return lr_factor(cfg, run_step, steps_per_epoch, run_epochs) * method.lr_scale(step)
+
+
 def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
                criterion: nn.Module, images: Tensor, labels: Tensor, step: int,
                autocast: Any = nullcontext, grad_clip: float = 0.0,
@@ -419,10 +426,9 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     optimizer = build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
     epochs = cfg.trainer.epochs
     steps_per_epoch = len(data.train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(cfg.sched, step, steps_per_epoch, epochs) * method.lr_scale(step))
-
     method.plan(epochs, steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: method_lr_factor(cfg.sched, method, step, steps_per_epoch))
     method.set_calibration_source(lambda: (images for images, _ in _take(data.train, cfg.quant.calib_batches)))
     start_epoch, best_acc, history = 0, -1.0, []
     if checkpoint is not None:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
 from qnnrun.data import TensorLoader, dataset_info
-from qnnrun.engine import build_optimizer, build_quantized_model, lr_factor, select_device, train_step
+from qnnrun.engine import build_optimizer, build_quantized_model, method_lr_factor, select_device, train_step
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
 from qnnrun.metrics.memory import KernelTraffic, SavedForBackward
@@ -180,8 +180,7 @@ class Trainer:
         self.model.train()
         self.optimizer = build_optimizer(cfg.optim, self.method.param_groups(self.model, cfg.optim.weight_decay))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(cfg.sched, step, self.steps_per_epoch, plan_epochs)
-            * self.method.lr_scale(step))
+            self.optimizer, lambda step: method_lr_factor(cfg.sched, self.method, step, self.steps_per_epoch))
         self.criterion = self.method.criterion(float(cfg.trainer.label_smoothing))
         self.forward = torch.compile(self.model, mode=compile_mode) if variant.compile else self.model
         self.autocast = variant.autocast(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from scipy import stats
 
 from qnnrun.checkpoint import load_checkpoint
 from qnnrun.data import dataset_info
-from qnnrun.engine import build_quantized_model, evaluate_checkpoint, train
+from qnnrun.engine import build_quantized_model, evaluate_checkpoint, method_lr_factor, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.sq import (
     StochasticQuantization, TernaryQuantizer, float_row_count, sample_rows, split_epochs, stage_lengths,
@@ -97,6 +98,28 @@ def test_float_row_count_and_stage_schedule() -> None:
     assert stage_lengths("k", [1, 2], 2, 3) == [1, 2]
     with pytest.raises(QnnrunError, match="method.stage_epochs"):
         stage_lengths("method.stage_epochs", [1, 1], 2, 3)
+
+
+def test_sq_stages_restart_the_lr_schedule_unless_shared() -> None:
+    """Each SQ stage is a training run of its own (the paper): the schedule starts again at every stage
+    (warm-up included); ``shared`` runs one schedule over the budget, as plain BWN / TWN (one stage) does."""
+    def factors(*overrides: str) -> list[float]:
+        cfg = compose_config(["method=sq", "trainer.epochs=8", *overrides])
+        method = StochasticQuantization(cfg)
+        method.plan(8, 10)  # stages of 2 epochs, 10 steps each
+        return [method_lr_factor(cfg.sched, method, step, 10) for step in (0, 10, 19, 20, 30, 79)]
+
+    def cosine(progress: float) -> float:
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    assert factors() == pytest.approx([1, cosine(10 / 20), cosine(19 / 20), 1, cosine(10 / 20), cosine(19 / 20)])
+    shared = [cosine(step / 80) for step in (0, 10, 19, 20, 30, 79)]
+    assert factors("method.stage_schedule=shared") == pytest.approx(shared)
+    assert factors("method.ratios=[1.0]") == pytest.approx(shared)
+    warm = factors("sched.warmup_epochs=1")
+    assert warm[0] == pytest.approx(0.1) and warm[3] == pytest.approx(0.1)  # step 20 starts stage 2's warm-up
+    with pytest.raises(QnnrunError, match="method.stage_schedule='cyclic' is not valid"):
+        factors("method.stage_schedule=cyclic")
 
 
 def test_sq_rejects_bad_ratios() -> None:

@@ -110,6 +110,12 @@ class Method:
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Called before each training epoch (0-based ``epoch`` of ``epochs``)."""
 
+    def schedule_span(self, step: int) -> tuple[int, int]:
+        """Where global ``step`` falls in the ``sched`` learning-rate schedule: (step counted from the
+        start of its training run, that run's epochs). One run over the whole budget by default; a
+        method whose stages are training runs of their own restarts the schedule at each stage."""
+        return step, self.epochs
+
     def lr_scale(self, step: int) -> float:
         """Multiplier of the learning rate at global ``step``, on top of the ``sched`` factor: a
         method's own phases (e.g. fine-tuning a BatchNorm-folded network at a lower rate). 1 by default."""

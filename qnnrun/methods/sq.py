@@ -14,7 +14,10 @@ rows with probability proportional to ``1 / (e_i + 1e-8)``; ``uniform`` ignores 
 paper's "constant" ablation). Gradients reach every float row (STE). After the optimizer step
 every row goes back to ``QUANT``, so evaluation and checkpoints always see the fully quantized network.
 The SQ ratio ``r`` follows ``method.ratios`` (default ``0.5, 0.75, 0.875, 1.0``) in stages of
-``method.stage_epochs`` epochs; ``ratios=[1.0]`` is plain BWN / TWN.
+``method.stage_epochs`` epochs; ``ratios=[1.0]`` is plain BWN / TWN. Each stage is a training run of
+its own started from the previous stage's weights, as in the paper: the learning-rate schedule
+(``sched``) starts again at every stage (``method.stage_schedule=restart``, the default;
+``shared`` runs one schedule over all stages). The optimizer's state carries over.
 
 Activations are float unless ``bits.a < 32`` (then uniform, as ``method=ste``).
 
@@ -88,6 +91,7 @@ def float_row_count(rows: int, ratio: float) -> int:
 
 
 SELECTIONS = ("error", "inverse_error", "uniform")
+STAGE_SCHEDULES = ("restart", "shared")
 
 
 def sample_rows(weights: Tensor, count: int, generator: torch.Generator) -> Tensor:
@@ -114,6 +118,8 @@ class StochasticQuantization(Method):
         self.threshold_ratio = check_number("method.twn_threshold", options.twn_threshold, 0, 1, high_closed=False)
         self.selection = check_choice("method.selection", options.selection, SELECTIONS)
         self.stage_epochs_option = options.stage_epochs
+        self.stage_schedule = check_choice("method.stage_schedule", options.get("stage_schedule", "restart"),
+                                           STAGE_SCHEDULES)
         self.seed = int(cfg.seed)
         self.ratio = self.ratios[0]
         self.generator: torch.Generator | None = None
@@ -135,6 +141,17 @@ class StochasticQuantization(Method):
     def plan(self, epochs: int, steps_per_epoch: int) -> None:
         super().plan(epochs, steps_per_epoch)
         self.stage_epochs = stage_lengths("method.stage_epochs", self.stage_epochs_option, len(self.ratios), epochs)
+
+    def schedule_span(self, step: int) -> tuple[int, int]:
+        """``restart``: each stage is a training run of its own, from the previous stage's weights
+        (the paper), so the ``sched`` schedule starts again over the stage's epochs; ``shared``: one
+        schedule over the whole budget."""
+        if self.stage_schedule == "shared":
+            return super().schedule_span(step)
+        per_epoch = max(1, self.steps_per_epoch)
+        stage = stage_of(step // per_epoch, self.stage_epochs)
+        start = sum(self.stage_epochs[:stage]) * per_epoch
+        return step - start, self.stage_epochs[stage]
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         self.ratio = self.ratios[stage_of(epoch, self.stage_epochs)]
