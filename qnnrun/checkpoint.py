@@ -65,13 +65,20 @@ def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Non
         raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a qnnrun checkpoint; any problem is a one-line QnnrunError naming the file."""
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint file ``path`` names: the file itself, or ``last.ckpt`` in a run folder; a
+    one-line QnnrunError when there is none."""
     path = Path(path)
     if path.is_dir():
         path = path / "last.ckpt"
     if not path.is_file():
         raise QnnrunError(f"checkpoint not found: {path} (give a .ckpt file or a run folder holding last.ckpt)")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a qnnrun checkpoint; any problem is a one-line QnnrunError naming the file."""
+    path = checkpoint_file(path)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
         raise QnnrunError(f"checkpoint {path} is unreadable: not a torch.save archive (truncated or corrupt?)")
     try:

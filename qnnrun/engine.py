@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qnnrun.checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
+from qnnrun.checkpoint import FORMAT, checkpoint_file, load_checkpoint, save_atomic, write_text_atomic
 from qnnrun import distributed
 from qnnrun.config import validate_quant, validate_train
 from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
@@ -103,16 +103,15 @@ def check_init_from(path: str) -> None:
     """Fail before the data set is read when ``init_from`` names no checkpoint. Where a preset set
     ``init_from`` (``conf/experiment/<name>.yaml``), the error points at that file, whose header
     gives the command that makes the float run."""
-    target = Path(path)
-    if (target / "last.ckpt" if target.is_dir() else target).is_file():
-        return
-    from hydra.core.hydra_config import HydraConfig
+    try:
+        checkpoint_file(path)
+    except QnnrunError as error:
+        from hydra.core.hydra_config import HydraConfig
 
-    experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
-    hint = (f"; experiment={experiment} starts from a float run: the command that makes it is in the header "
-            f"of conf/experiment/{experiment}.yaml" if experiment else "")
-    raise QnnrunError(f"init_from={path}: checkpoint not found (give a .ckpt file or a run folder holding "
-                      f"last.ckpt){hint}")
+        experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+        hint = (f"; experiment={experiment} starts from a float run: the command that makes it is in the "
+                f"header of conf/experiment/{experiment}.yaml" if experiment else "")
+        raise QnnrunError(f"init_from={path}: {error}{hint}") from None
 
 
 def load_float_weights(model: nn.Module, path: str) -> None:

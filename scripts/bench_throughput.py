@@ -447,7 +447,8 @@ def main() -> None:
         results.append(result)
         print(f"{model} {method} {result.bits} {variant.label()}: {result.images_per_s:.0f} images/s", flush=True)
         if args.json:  # after every row: a run cut short by a time limit keeps what it measured
-            write_json(args.json, results, reference, device, args)
+            add_ratios(results, reference)
+            write_json(args.json, results, device, args)
 
     brevitas_note = ""
     if importlib.util.find_spec("brevitas") is None:
@@ -466,7 +467,7 @@ def main() -> None:
     if brevitas_note and not args.no_brevitas:
         print(f"\n{brevitas_note}")
     if args.json:
-        write_json(args.json, results, reference, device, args)
+        write_json(args.json, results, device, args)
 
 
 def add_ratios(results: list[Result], reference: dict[str, Result]) -> None:
@@ -483,10 +484,8 @@ def add_ratios(results: list[Result], reference: dict[str, Result]) -> None:
                 r.moved_ratio = r.moved_mib / ref.moved_mib
 
 
-def write_json(path: str, results: list[Result], reference: dict[str, Result], device: torch.device,
-               args: argparse.Namespace) -> None:
-    """The rows so far, with their ratios, as JSON at ``path`` (replaced whole each time)."""
-    add_ratios(results, reference)
+def write_json(path: str, results: list[Result], device: torch.device, args: argparse.Namespace) -> None:
+    """The rows so far as JSON at ``path`` (replaced whole each time)."""
     with open(path, "w") as f:
         json.dump({"device": device_name(device), "torch": torch.__version__, "date": str(date.today()),
                    "args": vars(args), "rows": [asdict(r) for r in results]}, f, indent=1)
