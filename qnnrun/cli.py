@@ -262,6 +262,12 @@ def main() -> None:
     if command == "train":
         from qnnrun.sweep import resume_sweep_args
 
+        # A joblib worker stopped by a signal leaves its semaphores to loky's resource tracker (a process
+        # started later, reading this variable), which unlinks them and warns about each: noise after
+        # the jobs' own "stopped by" lines.
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
+                                                              "ignore:resource_tracker"]))
+
         sys.argv = [sys.argv[0], *resume_sweep_args(sys.argv[1:])]
     COMMANDS[command]()
     if _failures:
