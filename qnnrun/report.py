@@ -4,7 +4,8 @@ A run is a folder holding ``summary.json`` (written by the engine when a run is 
 :mod:`qnnrun.sweep` when it failed) or, for a run cut off before it finished, ``last.ckpt`` /
 TensorBoard events without one. Runs are grouped by everything but the seed: method, model, data
 set, weight and activation bits, epochs and every other key set on the command line
-(``.hydra/overrides.yaml``). Each group reports mean and sample standard deviation over its
+(``.hydra/overrides.yaml``), except the keys given to ``--ignore`` (e.g. ``init_from`` when each
+seed fine-tunes its own float run). Each group reports mean and sample standard deviation over its
 finished runs.
 
 Writes into the output folder::
@@ -24,7 +25,7 @@ import csv
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,15 +162,17 @@ def find_runs(paths: Sequence[Path]) -> list[Run]:
     return sorted(runs.values(), key=lambda r: str(r.path))
 
 
-def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Runs with a known identity, grouped by it and by their other overrides (seed aside)."""
+def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]:
+    """Runs with a known identity, grouped by it and by their other overrides (seed and the override
+    keys in ``ignore`` aside)."""
     groups: dict[tuple[Any, ...], Group] = {}
     for run in runs:
         identity = {k: run.summary.get(k) for k in IDENTITY}
         if run.status == "unfinished" or identity["method"] is None:
             continue
-        key = (tuple(identity.values()), tuple(sorted(run.overrides.items())))
-        groups.setdefault(key, Group(identity, dict(run.overrides))).runs.append(run)
+        extras = {k: v for k, v in run.overrides.items() if k not in ignore}
+        key = (tuple(identity.values()), tuple(sorted(extras.items())))
+        groups.setdefault(key, Group(identity, extras)).runs.append(run)
     return sorted(groups.values(), key=_group_order)
 
 
@@ -406,18 +409,24 @@ PLOTS = {"accuracy_vs_bits.png": plot_accuracy_vs_bits, "accuracy_vs_gbops.png":
          "test_accuracy_curves.png": plot_test_curves}
 
 
-def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True) -> str:
+def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignore: Collection[str] = ()) -> str:
     """Read the runs under ``paths``, write report.md, report.csv and the PNGs into ``out_dir``;
-    returns the report's text."""
+    returns the report's text. Runs differing only in their seed and the override keys in
+    ``ignore`` are one group."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed on clusters and CI
     runs = find_runs(paths)
-    groups = group_runs(runs)
+    keys = sorted({key for run in runs for key in run.overrides})
+    for key in ignore:
+        if key not in keys:
+            raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
+    groups = group_runs(runs, ignore)
     counts = {s: sum(r.status == s for r in runs) for s in ("done", "failed", "unfinished")}
     parts = [f"# qnnrun report\n\n{len(runs)} runs under {', '.join(str(p) for p in paths)}: "
              f"{counts['done']} done, {counts['failed']} failed, {counts['unfinished']} unfinished; "
-             f"{len(groups)} groups (runs that differ only in their seed)."]
+             f"{len(groups)} groups (runs that differ only in their seed"
+             + "".join(f", {key}" for key in ignore) + ")."]
     if groups:
         parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups), "## By bits\n\n" + bits_table(groups)]
     problems = problems_table(runs)
@@ -445,15 +454,18 @@ def main(argv: Sequence[str]) -> None:
                     "test_accuracy_curves.png; prints the tables. Failed and unfinished runs are listed "
                     "with their error.",
         epilog="examples: qnnrun report outputs/multirun/2026-11-22/12-00-00 | qnnrun report outputs/a outputs/b "
-               "--out cmp/ | qnnrun report outputs/2026-11-22/10-00-00 (one run)")
+               "--out cmp/ | qnnrun report outputs/2026-11-22/10-00-00 (one run) | qnnrun report runs/ --ignore init_from")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="a run folder, a sweep folder, or any folder above runs (e.g. outputs/)")
     parser.add_argument("--out", type=Path, default=None,
                         help="where report.md/.csv/.png go (default: PATH when one is given, else ./report)")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    parser.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                        help="an override key to group over like the seed, e.g. init_from when each seed "
+                             "fine-tunes its own float run (repeatable)")
     args = parser.parse_args(list(argv))
     out_dir = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
-    text = build_report(args.paths, out_dir, plots=not args.no_plots)
+    text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore)
     print(text, end="")
     print(f"\nwritten: {out_dir / 'report.md'}, {out_dir / 'report.csv'}"
           + ("" if args.no_plots else f" and the plots in {out_dir}"))

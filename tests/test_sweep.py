@@ -193,6 +193,36 @@ def test_report_errors_and_single_run(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 0 and "PATH" in out and "report.csv" in out
 
 
+def test_report_ignore_groups_runs_that_differ_in_a_given_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds that each fine-tune their own float run differ in init_from: one group each, unless
+    ``--ignore init_from``; other differing keys still split groups."""
+    runs = [(0, "float_s0", "0.01", 70.0), (1, "float_s1", "0.01", 72.0), (2, "float_s2", "0.01", 77.0),
+            (0, "float_s0", "0.1", 60.0)]
+    for seed, init, lr, acc in runs:
+        folder = tmp_path / "runs" / f"{init}_{lr}"
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(
+            f"- method=ste\n- seed={seed}\n- init_from=/x/{init}\n- optim.lr={lr}\n")
+        (folder / "summary.json").write_text(json.dumps(
+            {"status": "done", "method": "ste", "model": "mlp", "dataset": "digits", "bits_w": 2, "bits_a": 2,
+             "epochs": 3, "seed": seed, "test_acc": acc, "best_test_acc": acc, "gbops": 1.0,
+             "weight_memory_mb": 0.1, "compression": 10.0, "train_time_s": 1.0}))
+    code, out, err = run_cli(["report", "runs", "--no-plots"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and "4 groups (runs that differ only in their seed)" in out, err
+    code, out, err = run_cli(["report", "runs", "--no-plots", "--ignore", "init_from"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and "2 groups (runs that differ only in their seed, init_from)" in out, err
+    rows = {r["optim.lr"]: r for r in csv.DictReader(open(tmp_path / "runs" / "report.csv"))}
+    assert "init_from" not in rows["0.01"]
+    assert rows["0.01"]["runs"] == "3" and rows["0.01"]["seeds"] == "0 1 2"
+    assert float(rows["0.01"]["test_acc_mean"]) == pytest.approx(73.0)
+    assert float(rows["0.01"]["test_acc_std"]) == pytest.approx(statistics.stdev([70.0, 72.0, 77.0]))
+    assert rows["0.1"]["runs"] == "1" and float(rows["0.1"]["test_acc_mean"]) == 60.0
+    code, _, err = run_cli(["report", "runs", "--ignore", "init_form"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and err.strip() == ("qnnrun: error: --ignore init_form: no run sets it; the keys the runs "
+                                         "set are init_from, optim.lr")
+
+
 def test_pareto_front_keeps_points_no_other_beats() -> None:
     # (GBOPs, accuracy): (2, 80) is beaten by (1, 85); (4, 85) ties the cheaper (1, 85).
     points = [(1.0, 85.0), (2.0, 80.0), (3.0, 90.0), (4.0, 85.0), (8.0, 91.0)]
