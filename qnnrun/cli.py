@@ -265,8 +265,9 @@ def main() -> None:
         # A joblib worker stopped by a signal leaves its semaphores to loky's resource tracker (a process
         # started later, reading this variable), which unlinks them and warns about each: noise after
         # the jobs' own "stopped by" lines.
-        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
-                                                              "ignore:resource_tracker"]))
+        quiet, given = "ignore:resource_tracker", os.environ.get("PYTHONWARNINGS", "")
+        if quiet not in given.split(","):
+            os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [given, quiet]))
 
         sys.argv = [sys.argv[0], *resume_sweep_args(sys.argv[1:])]
     COMMANDS[command]()
