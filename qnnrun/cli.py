@@ -219,6 +219,29 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
     return out
 
 
+def quote_paths(args: list[str]) -> list[str]:
+    """Quote an override's value that names an existing file or folder but does not read as that
+    one plain string in Hydra's grammar. A sweep job's folder (``init_from=outputs/multirun/<date>/
+    <time>/0_bits='2',method=fp``) holds ``=``, ``,`` and quotes: Hydra would fail on it with a syntax
+    error or read a sweep list."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and value and not key.startswith("-") and Path(value).exists():
+            try:
+                plain = parser.parse_overrides([arg])[0].value() == value
+            except Exception:  # Hydra's grammar errors have no common base class
+                plain = False
+            quote = next((q for q in ("'", '"') if q not in value), None)
+            if not plain and quote:  # a path holding both quotes stays as given
+                arg = f"{key}={quote}{value}{quote}"
+        out.append(arg)
+    return out
+
+
 def check_group_choices(args: list[str]) -> None:
     """Raise a one-line :class:`QnnrunError` for a config-group choice that ``conf/`` does not have
     (``method=magic``; each value of a sweep list ``method=ste,magic``), naming the valid ones:
@@ -255,7 +278,7 @@ def main() -> None:
         sys.exit(2)
     try:
         check_group_choices(argv[1:])
-        sys.argv = [sys.argv[0], *quote_numeric_groups(argv[1:])]
+        sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -63,6 +63,25 @@ def test_multirun_sweep_writes_one_folder_per_job(qnnrun, tmp_path: Path) -> Non
     assert sorted((s["method"], s["bits_w"]) for s in summaries) == [("fp", 32), ("fp", 32), ("ste", 2), ("ste", 4)]
 
 
+def test_a_sweep_jobs_folder_is_a_path_as_given(qnnrun, tmp_path: Path) -> None:
+    """A sweep job's folder name holds '=', ',' and quotes, which Hydra's override grammar rejects
+    unquoted; init_from, resume and checkpoint take it as typed."""
+    code, _, err = qnnrun("train", "-m", "method=fp", "bits=32", "trainer.epochs=1", "trainer.progress=false",
+                          "hydra.sweep.dir=sweep")
+    assert code == 0, err
+    job = f"sweep/{next((tmp_path / 'sweep').glob('0_*')).name}"
+    assert "=" in job and "," in job and "'" in job, job
+    code, _, err = qnnrun("train", "method=ste", "bits=2", "trainer.epochs=0", f"init_from={job}",
+                          "hydra.run.dir=tuned")
+    assert code == 0, err
+    assert json.loads((tmp_path / "tuned/summary.json").read_text())["test_acc"] > 50  # started from the float net
+    code, out, err = qnnrun("eval", f"checkpoint={job}/last.ckpt")
+    assert code == 0 and "top-1" in out, err
+    code, _, err = qnnrun("train", "method=fp", "bits=32", "trainer.epochs=2", "trainer.progress=false",
+                          f"resume={job}")
+    assert code == 0 and json.loads((tmp_path / job / "summary.json").read_text())["epochs"] == 2, err
+
+
 def test_failed_sweep_job_does_not_stop_the_sweep(qnnrun, tmp_path: Path) -> None:
     code, _, err = qnnrun("train", "-m", "dataset=mnist,digits", "trainer.epochs=1", "trainer.progress=false",
                           "hydra.sweep.dir=sweep")
