@@ -88,13 +88,24 @@ def example_input(info: DataInfo, device: torch.device, batch: int = 2) -> Tenso
 
 def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
                           init_from: str | None = None) -> tuple[nn.Module, Method]:
-    """The float model of ``cfg.model`` (optionally loaded from ``init_from``), converted by ``cfg.method``."""
+    """The float model of ``cfg.model`` (optionally loaded from ``init_from``), converted by ``cfg.method``.
+
+    ``init_from``'s weights go into the float model; a checkpoint that does not fit it but fits the
+    converted model (a run of the same method, when the method changes the layout) goes into that."""
     model = build_model(cfg.model, in_channels=info.in_channels, num_classes=info.num_classes,
                         image_size=info.image_size).to(device)
-    if init_from:
-        load_float_weights(model, init_from)
+    state = load_checkpoint(init_from)["model"] if init_from else None
+    misfit = _misfit(model, state, init_from) if state is not None else None
+    if state is not None and misfit is None:
+        model.load_state_dict({k: state[k] for k in model.state_dict()})
     method = build_method(cfg)
     model = method.build(model, example_input(info, device)).to(device)
+    if misfit is not None:
+        # A run whose method changed the float layout (bnn/qnn/aqe wrap the last layer with an output
+        # BatchNorm) fits the model as this method builds it, when it is the same method.
+        if _misfit(model, state, init_from) is not None:
+            raise QnnrunError(misfit)
+        model.load_state_dict({k: state[k] for k in model.state_dict()})
     set_recompute_input(model, bool(cfg.trainer.get("recompute_quant", False)))
     return model, method
 
@@ -114,21 +125,18 @@ def check_init_from(path: str) -> None:
         raise QnnrunError(f"init_from={path}: {error}{hint}") from None
 
 
-def load_float_weights(model: nn.Module, path: str) -> None:
-    """Load the float weights of a qnnrun checkpoint (float or quantized run) into ``model``.
-
-    Only the float model's own keys are taken (quantizer state is left behind); a missing key or
-    a shape mismatch means another architecture and is an error.
-    """
-    state = load_checkpoint(path)["model"]
+def _misfit(model: nn.Module, state: Mapping[str, Tensor], path: str) -> str | None:
+    """Why checkpoint weights ``state`` cannot be loaded into ``model`` (a key of the model missing
+    from it, or of another shape: another architecture), or ``None`` when they can. Keys of the
+    checkpoint that the model lacks (a quantized run's quantizer state) do not matter."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or wrong:
-        bad = (missing + wrong)[0]
-        raise QnnrunError(f"init_from={path} does not fit this model ({len(missing)} missing, {len(wrong)} "
-                          f"mis-shaped parameters, e.g. '{bad}'): was it trained with another model or data set?")
-    model.load_state_dict({k: state[k] for k in own})
+    wrong = [k for k in own if k in state and isinstance(own[k], Tensor)
+             and (not isinstance(state[k], Tensor) or state[k].shape != own[k].shape)]
+    if not missing and not wrong:
+        return None
+    return (f"init_from={path} does not fit this model ({len(missing)} missing, {len(wrong)} mis-shaped "
+            f"parameters, e.g. '{(missing + wrong)[0]}'): was it trained with another model or data set?")
 
 
 def build_optimizer(cfg: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:

@@ -350,6 +350,12 @@ def test_digits_binary_methods_learn(tmp_path: Path, overrides: tuple[str, ...],
     model = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["model"]
     latent = [v for k, v in model.items() if k.endswith("weight") and v.dim() == 2]
     assert max(w.abs().max().item() for w in latent) <= 1.0
+    # init_from a run of the same method (its output BatchNorm wraps the last layer): the same network
+    # (aqe's default re-estimates BatchNorm before an evaluation, from batches that differ between the runs)
+    fixed = ("quant.bn_reestimate_batches=0",)
+    first = _train(tmp_path, "first", *overrides, *fixed, "trainer.epochs=2")
+    again = _train(tmp_path, "again", *overrides, *fixed, "trainer.epochs=0", f"init_from={tmp_path / 'first'}")
+    assert again["test_acc"] == first["test_acc"]
 
 
 def test_digits_bnn_with_every_binarynet_option_learns(tmp_path: Path) -> None:
