@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qnnrun.errors import QnnrunError
 from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
@@ -12,6 +14,8 @@ from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
 VALID_BITS = "integers 1-8, or 32 for float"
 PRECISIONS = ("fp32", "bf16")
 ON_NAN = ("stop", "skip_batch")
+# Each method's options are the keys of its own conf/method/<name>.yaml.
+METHOD_CONFIG_DIR = Path(__file__).resolve().parent / "conf" / "method"
 
 
 def _is_int(value: Any) -> bool:
@@ -87,6 +91,31 @@ def validate_quant(cfg: DictConfig) -> None:
                 raise QnnrunError(f"{key}=1 is not valid with quant.init=mmse (the affine quantizer keeps a "
                                   f"zero level): valid are 2-8 or 32, or quant.init=maxabs")
     check_number("quant.ema_momentum", cfg.quant.ema_momentum, 0, 1)
+
+
+def method_options(name: str) -> list[str] | None:
+    """The options of ``method=<name>``, sorted: the keys of its ``conf/method/<name>.yaml`` but
+    ``name``; ``None`` when there is no such file (``build_method`` reports an unknown name)."""
+    path = METHOD_CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        return None
+    return sorted(set(OmegaConf.load(path).method.keys()) - {"name"})
+
+
+def warn_unused_method_options(cfg: DictConfig, log: logging.Logger) -> None:
+    """Warn in one line about keys under ``cfg.method`` that the method has no option for.
+
+    They reach ``cfg.method`` through a preset written for another method (``experiment=bnn_cifar10
+    method=fp`` keeps ``method.loss``) or a ``+method.<key>`` override, and the method never reads
+    them; the warning names them and the method's options.
+    """
+    options = method_options(cfg.method.name)
+    if options is None:
+        return
+    unused = sorted(set(cfg.method.keys()) - set(options) - {"name"})
+    if unused:
+        log.warning("method=%s has no option %s, ignored (its options: %s)", cfg.method.name,
+                    ", ".join(f"method.{key}={cfg.method[key]}" for key in unused), ", ".join(options) or "none")
 
 
 def validate_train(cfg: DictConfig) -> None:

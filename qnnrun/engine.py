@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from qnnrun.checkpoint import FORMAT, checkpoint_file, load_checkpoint, save_atomic, write_text_atomic
 from qnnrun import distributed
-from qnnrun.config import validate_quant, validate_train
+from qnnrun.config import validate_quant, validate_train, warn_unused_method_options
 from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
 from qnnrun.errors import Interrupted, QnnrunError
 from qnnrun.methods import Method, build_method
@@ -391,6 +391,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     under torchrun this process is one rank (see :mod:`qnnrun.distributed`).
     """
     validate_train(cfg)
+    warn_unused_method_options(cfg, log)
     if cfg.trainer.devices > 1 and not distributed.launched_by_torchrun():
         resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
         prepare_run_dir(run_dir)

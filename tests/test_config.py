@@ -10,9 +10,10 @@ from hydra_utils import compose_config
 from omegaconf import DictConfig
 
 from qnnrun.cli import CONFIG_DIR
-from qnnrun.config import validate_train
+from qnnrun.config import method_options, validate_train, warn_unused_method_options
 from qnnrun.data import DataInfo, dataset_info
 from qnnrun.engine import build_optimizer, build_quantized_model, example_input, lr_factor
+from qnnrun.methods import METHODS
 
 GROUPS = ("model", "dataset", "method", "bits", "optim", "sched", "trainer")
 # Models too large to build for every option in the default suite are built once on small input.
@@ -100,6 +101,10 @@ def test_experiment_preset_composes_and_builds_at_every_sweep_value(experiment: 
         cfg = compose_config([f"experiment={experiment}", *point], data_dir=tmp_path)
         validate_train(cfg)
         _build_and_run(cfg, dataset_info(cfg.dataset))
+        # No stray method keys, except the AQE grid's BNN row, which runs on aqe's options.
+        stray = sorted(set(cfg.method) - set(method_options(cfg.method.name)) - {"name"})
+        expected = ["alpha", "alpha_end"] if (experiment, cfg.method.name) == ("aqe_cifar10", "bnn") else []
+        assert stray == expected, (point, stray)
 
 
 def test_experiment_method_files_name_an_experiment_and_a_method() -> None:
@@ -122,3 +127,34 @@ def test_experiment_method_settings_reach_that_method_only(tmp_path: Path) -> No
     assert act_init("experiment=baselines_cifar10", "method=lsq", "method.act_init=lsq") == "lsq"  # the command line wins
     assert act_init("method=lsq") == "lsq"  # the method's own default outside the preset
     assert act_init("experiment=smoke", "method=lsq") == "lsq"
+    for method in ("nbn", "lbl"):  # the NBN preset fine-tunes every method at optim.lr
+        assert compose_config(["experiment=nbn_cifar10", f"method={method}"], data_dir=tmp_path).method.quant_lr_scale == 1.0
+
+
+def test_every_method_has_an_options_file() -> None:
+    assert set(_options("method")) == set(METHODS)
+    assert method_options("fp") == []
+    assert method_options("lsq") == ["act_init", "learned_offset", "low_bit_weight_decay", "min_step_ratio"]
+    assert method_options("nosuch") is None
+
+
+def test_a_method_key_the_method_has_no_option_for_is_named_in_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    log = logging.getLogger("test_config")
+
+    def warnings(*overrides: str) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="test_config"):
+            warn_unused_method_options(compose_config(list(overrides), data_dir=tmp_path), log)
+        return [record.getMessage() for record in caplog.records]
+
+    # The float reference of a BinaryNet preset keeps the preset's loss, which fp does not read.
+    assert warnings("experiment=bnn_cifar10", "method=fp") == [
+        "method=fp has no option method.loss=squared_hinge, ignored (its options: none)"]
+    assert warnings("+method.act_int=mse", "method=lsq") == [
+        "method=lsq has no option method.act_int=mse, ignored "
+        "(its options: act_init, learned_offset, low_bit_weight_decay, min_step_ratio)"]
+    assert warnings("experiment=bnn_cifar10") == []
+    assert warnings("method=lsq", "method.act_init=mse") == []
