@@ -23,6 +23,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+import qnnrun
 from qnnrun.errors import Interrupted, QnnrunError
 
 log = logging.getLogger("qnnrun")
@@ -39,7 +40,7 @@ commands:
 
 # An absolute path makes Hydra read the folder from disk whether qnnrun runs from a checkout or
 # an installed wheel (a module path would need conf/ to be a Python package).
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+CONFIG_DIR = str(qnnrun.CONFIG_DIR)
 
 _failures: list[str] = []
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from qnnrun import CONFIG_DIR
 from qnnrun.errors import QnnrunError
 from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
 
 VALID_BITS = "integers 1-8, or 32 for float"
 PRECISIONS = ("fp32", "bf16")
 ON_NAN = ("stop", "skip_batch")
-# Each method's options are the keys of its own conf/method/<name>.yaml.
-METHOD_CONFIG_DIR = Path(__file__).resolve().parent / "conf" / "method"
 
 
 def _is_int(value: Any) -> bool:
@@ -96,7 +94,7 @@ def validate_quant(cfg: DictConfig) -> None:
 def method_options(name: str) -> list[str] | None:
     """The options of ``method=<name>``, sorted: the keys of its ``conf/method/<name>.yaml`` but
     ``name``; ``None`` when there is no such file (``build_method`` reports an unknown name)."""
-    path = METHOD_CONFIG_DIR / f"{name}.yaml"
+    path = CONFIG_DIR / "method" / f"{name}.yaml"
     if not path.is_file():
         return None
     return sorted(set(OmegaConf.load(path).method.keys()) - {"name"})
