@@ -100,20 +100,24 @@ def method_options(name: str) -> list[str] | None:
     return sorted(set(OmegaConf.load(path).method.keys()) - {"name"})
 
 
-def warn_unused_method_options(cfg: DictConfig, log: logging.Logger) -> None:
-    """Warn in one line about keys under ``cfg.method`` that the method has no option for.
+def unused_method_options(cfg: DictConfig) -> list[str]:
+    """The keys under ``cfg.method`` that the method has no option for, sorted (none for a method
+    name with no config file).
 
     They reach ``cfg.method`` through a preset written for another method (``experiment=bnn_cifar10
-    method=fp`` keeps ``method.loss``) or a ``+method.<key>`` override, and the method never reads
-    them; the warning names them and the method's options.
+    method=fp`` keeps ``method.loss``) or a ``+method.<key>`` override, and the method never reads them.
     """
     options = method_options(cfg.method.name)
-    if options is None:
-        return
-    unused = sorted(set(cfg.method.keys()) - set(options) - {"name"})
+    return [] if options is None else sorted(set(cfg.method.keys()) - set(options) - {"name"})
+
+
+def warn_unused_method_options(cfg: DictConfig, log: logging.Logger) -> None:
+    """Warn in one line about :func:`unused_method_options`, naming them and the method's options."""
+    unused = unused_method_options(cfg)
     if unused:
         log.warning("method=%s has no option %s, ignored (its options: %s)", cfg.method.name,
-                    ", ".join(f"method.{key}={cfg.method[key]}" for key in unused), ", ".join(options) or "none")
+                    ", ".join(f"method.{key}={cfg.method[key]}" for key in unused),
+                    ", ".join(method_options(cfg.method.name)) or "none")
 
 
 def validate_train(cfg: DictConfig) -> None:

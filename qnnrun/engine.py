@@ -97,7 +97,7 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
     state = load_checkpoint(init_from)["model"] if init_from else None
     misfit = _misfit(model, state, init_from) if state is not None else None
     if state is not None and misfit is None:
-        model.load_state_dict({k: state[k] for k in model.state_dict()})
+        _load_own_keys(model, state)
     method = build_method(cfg)
     model = method.build(model, example_input(info, device)).to(device)
     if misfit is not None:
@@ -105,7 +105,7 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
         # BatchNorm) fits the model as this method builds it, when it is the same method.
         if _misfit(model, state, init_from) is not None:
             raise QnnrunError(misfit)
-        model.load_state_dict({k: state[k] for k in model.state_dict()})
+        _load_own_keys(model, state)
     set_recompute_input(model, bool(cfg.trainer.get("recompute_quant", False)))
     return model, method
 
@@ -123,6 +123,11 @@ def check_init_from(path: str) -> None:
         hint = (f"; experiment={experiment} starts from a float run: the command that makes it is in the "
                 f"header of conf/experiment/{experiment}.yaml" if experiment else "")
         raise QnnrunError(f"init_from={path}: {error}{hint}") from None
+
+
+def _load_own_keys(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+    """Load ``model``'s own keys from ``state``, leaving the others (quantizer state) behind."""
+    model.load_state_dict({k: state[k] for k in model.state_dict()})
 
 
 def _misfit(model: nn.Module, state: Mapping[str, Tensor], path: str) -> str | None:
