@@ -14,9 +14,10 @@ from qnnrun.checkpoint import load_checkpoint
 from qnnrun.engine import evaluate_checkpoint, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
-from qnnrun.methods.lsq import MSE_GRID, LsqQuantizer, raise_to_floor
+from qnnrun.methods.lsq import LsqQuantizer, raise_to_floor
 from qnnrun.methods.pact import PactQuantizer
 from qnnrun.quant import functional as Q
+from qnnrun.quant.calibrate import MSE_GRID
 from qnnrun.quant.layers import quant_layers
 
 D = torch.float64
@@ -351,7 +352,75 @@ def test_pact_quantizer_detects_sign_from_calibration() -> None:
     assert quantizer.signed is True
 
 
+def _calibrate(quantizer: nn.Module, batches: list[Tensor]) -> None:
+    quantizer.calibrating = True
+    with torch.no_grad():
+        for batch in batches:
+            quantizer(batch)
+    quantizer.calibrating = False
+
+
+def test_pact_mse_start_is_lsqs_mse_grid_on_unsigned_inputs() -> None:
+    """``alpha_init=mse`` searches ``MSE_GRID`` x ``2 mean|x| sqrt(Qp)`` over all calibration batches:
+    on non-negative inputs the levels are ``Qp`` x LSQ's candidate steps, so both pick the same grid."""
+    torch.manual_seed(0)
+    batches = [torch.relu(torch.randn(8, 4, 5, 5)) * (i + 1) for i in range(3)]
+    pact = PactQuantizer(2, alpha_init="mse")
+    lsq = LsqQuantizer(2, signed=None, activations=True, init="mse")
+    _calibrate(pact, batches)
+    _calibrate(lsq, batches)
+    reference = 2 * batches[0].mean() * 3**0.5  # unsigned 2 bits: Qp = 3
+    expected = 3 * _least_error_step(torch.cat([b.flatten() for b in batches]), reference / 3, 0, 3)
+    assert pact.alpha.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert pact.alpha.item() == pytest.approx(3 * lsq.step.item(), rel=1e-6)
+    assert pact.alpha.item() < 10.0 and pact.signed is False and "init=mse" in repr(pact)
+
+
+def test_pact_mse_start_signed_and_before_calibration() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 6, 6)
+    # An evaluation before any calibration searches on its input and stores nothing.
+    fresh = PactQuantizer(3, alpha_init="mse").eval()
+    out = fresh(x)
+    assert fresh.alpha.item() == 1.0 and not fresh.initialized and fresh.signed is None
+    # Signed 3 bits: clamp(x, -alpha, alpha) on 3 levels each side (Qp = 3).
+    candidates = 2 * x.abs().mean() * 3**0.5 * MSE_GRID
+    errors = torch.stack([((Q.pact_quantize(x, a, 3, signed=True) - x) ** 2).sum() for a in candidates])
+    best = candidates[int(errors.argmin())]
+    torch.testing.assert_close(out, Q.pact_quantize(x, best, 3, signed=True))
+    trained = PactQuantizer(3, alpha_init="mse").train()
+    trained(x)  # no calibration: the first training input starts alpha
+    assert trained.alpha.item() == pytest.approx(best.item(), rel=1e-6) and trained.signed is True
+    trained(x * 5)  # and later inputs leave it to the optimizer
+    assert trained.alpha.item() == pytest.approx(best.item(), rel=1e-6)
+    restored = PactQuantizer(3, alpha_init="mse")
+    restored.load_state_dict(trained.state_dict())
+    assert restored.initialized and restored.alpha.item() == trained.alpha.item()
+    restored.reset()
+    assert not restored.initialized and restored.signed is None
+    with pytest.raises(ValueError, match="alpha_init='max'"):
+        PactQuantizer(2, alpha_init="max")
+
+
 # ---- methods ---------------------------------------------------------------------------------
+
+
+def test_batch_statistics_normalises_by_the_batch_and_keeps_the_running_statistics() -> None:
+    from qnnrun.methods.base import batch_statistics
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU()).eval()
+    with torch.no_grad():
+        model[1].running_mean.fill_(5.0)
+    before = {k: v.clone() for k, v in model[1].state_dict().items()}
+    x = torch.randn(16, 3) * 3 + 1
+    with torch.no_grad(), batch_statistics(model):
+        out = model(x)
+    h = model[0](x).detach()
+    torch.testing.assert_close(out, torch.relu((h - h.mean(0)) / (h.var(0, unbiased=False) + 1e-5).sqrt()))
+    assert all(torch.equal(v, model[1].state_dict()[k]) for k, v in before.items())  # count included
+    assert not model[1].training and model[1].track_running_stats and not model[0].training
+
+
 
 
 def _model_and_method(tmp_path: Path, *overrides: str) -> tuple[nn.Module, object]:
@@ -398,6 +467,7 @@ def test_lsq_weight_decay_follows_the_papers_precision_rule(tmp_path: Path, bits
     ("method=lsq method.low_bit_weight_decay=1", "method.low_bit_weight_decay=1"),
     ("method=dorefa method.grad_bits=40", "method.grad_bits=40"),
     ("method=pact method.alpha_init=0", "method.alpha_init=0"),
+    ("method=pact method.alpha_init=max", "method.alpha_init='max' is not valid: expected a number > 0 or mse"),
     ("method=pact method.alpha_decay=-1", "method.alpha_decay=-1"),
     ("method=lsq method.learned_offset=3", "method.learned_offset=3"),
     ("method=lsq method.act_init=max", "method.act_init='max'"),
@@ -465,3 +535,18 @@ def test_pact_w2a2_learns_and_its_clip_levels_move(tmp_path: Path) -> None:
     alphas = [k for k in history[-1] if k.startswith("quant/pact/alpha/")]
     assert len(alphas) == 3
     assert all(history[-1][k] < 10.0 for k in alphas)  # pulled down by the L2 penalty from 10
+
+
+def test_pact_mse_start_fine_tunes_a_float_net(tmp_path: Path) -> None:
+    """``method.alpha_init=mse``, W2A2 from a trained float MLP; the searched levels come back from
+    the checkpoint (an evaluation does not search again)."""
+    _train(tmp_path, "float", "method=fp", "trainer.epochs=3")
+    start = f"init_from={tmp_path / 'float' / 'last.ckpt'}"
+    summary = _train(tmp_path, "mse", "method=pact", "bits=2", "method.alpha_init=mse", start, "trainer.epochs=2")
+    assert summary["test_acc"] >= 90.0
+    history = load_checkpoint(tmp_path / "mse" / "last.ckpt")["history"]
+    alphas = [history[0][k] for k in history[0] if k.startswith("quant/pact/alpha/")]
+    assert len(alphas) == 3 and all(0 < a < 10.0 for a in alphas)
+    cfg = compose_config([f"checkpoint={tmp_path / 'mse'}"], config_name="eval", data_dir=tmp_path / "data")
+    line = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
+    assert f"top-1 {summary['test_acc']:.2f}%" in line

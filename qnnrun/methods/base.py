@@ -17,7 +17,8 @@ acts through hooks; it never reaches into the training loop. The engine calls, i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +41,10 @@ class Method:
     # False when some parameters stop (or start) receiving gradients during a run: BatchNorm
     # folding, frozen blocks. Multi-process training then lets DDP look for unused parameters.
     static_parameters: ClassVar[bool] = True
+    # True: calibration sees BatchNorm normalising with each batch's statistics, as training does,
+    # instead of the float net's running ones (which no longer fit once the weights change scale,
+    # as DoReFa's do). The running statistics are left as they are.
+    calibrate_with_batch_statistics: ClassVar[bool] = False
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
@@ -99,7 +104,7 @@ class Method:
             quantizer.reset()
             quantizer.calibrating = True
         try:
-            with torch.no_grad():
+            with torch.no_grad(), batch_statistics(model) if self.calibrate_with_batch_statistics else nullcontext():
                 for images in batches:
                     model(images)
         finally:
@@ -168,3 +173,18 @@ class Method:
         """Redo on a freshly built ``model``, after its state dict and this method's were loaded, the
         changes of structure that the method's state implies (none by default)."""
 
+
+@contextmanager
+def batch_statistics(model: nn.Module) -> Iterator[None]:
+    """Within the block every BatchNorm of ``model`` normalises with the statistics of the batch it
+    sees, as in training, and leaves its running statistics (and batch count) untouched; the other
+    modules keep their mode. The BatchNorms' modes are restored on exit."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(bn.training, bn.track_running_stats) for bn in norms]
+    for bn in norms:
+        bn.training, bn.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for bn, (training, tracking) in zip(norms, saved):
+            bn.training, bn.track_running_stats = training, tracking

@@ -21,8 +21,8 @@ by the weight bits; 1 at 4 bits and above).
 ``beta = 0`` and plain LSQ). LSQ+ proposes an MSE initialisation instead: that is
 ``method.act_init=mse``, which starts every input step (with the offset: ``s`` for the starting
 ``beta``) where the squared quantization error over the calibration batches is least, searched
-among :data:`MSE_GRID` times the LSQ rule's step of the first batch, the error of each candidate
-summed batch by batch (on at most :data:`MSE_SAMPLES` evenly strided values of each batch). On a
+among :data:`~qnnrun.quant.calibrate.MSE_GRID` times the LSQ rule's step of the first batch, the
+error of each candidate summed batch by batch (:class:`~qnnrun.quant.calibrate.SquaredErrorSearch`). On a
 60-epoch float ResNet-20 it starts the 2-bit inputs at 1.05-6.1 times the LSQ rule's step
 (docs/baselines.md).
 
@@ -46,14 +46,11 @@ from torch import Tensor, nn
 from qnnrun.config import check_bool, check_choice, check_number
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
+from qnnrun.quant.calibrate import SquaredErrorSearch
 from qnnrun.quant.layers import Quantizer, quant_layers
 
 log = logging.getLogger("qnnrun")
 
-MSE_GRID = torch.arange(1, 161) * 0.05
-"""Candidate steps of the MSE initialisation, as multiples of the LSQ rule's step: 0.05 to 8.0."""
-MSE_SAMPLES = 1 << 18
-"""Values of one batch (per step) that the MSE initialisation scores, evenly strided."""
 INITS = ("lsq", "mse")
 MIN_STEP_RATIO = 1e-3
 """Default floor of a learned step, as a fraction of the step it was initialised with."""
@@ -72,7 +69,7 @@ class LsqQuantizer(Quantizer):
             sharing a step.
         learned_offset: LSQ+'s learned offset (unsigned codes, any input sign).
         init: ``"lsq"`` (the step rule ``2 mean|x| / sqrt(Qp)``) or ``"mse"`` (the step of
-            :data:`MSE_GRID` x that rule with the least squared quantization error).
+            ``MSE_GRID`` x that rule with the least squared quantization error).
         min_step_ratio: the buffer ``min_step`` (shape of ``step``) is set to this fraction of the
             initial step; :meth:`raise_to_floor` keeps ``step >= min_step``.
 
@@ -99,7 +96,7 @@ class LsqQuantizer(Quantizer):
         self.register_buffer("min_step", torch.zeros_like(self.step.detach()))
         self.initialized = False
         self._sums: tuple[Tensor, Tensor, Tensor, int] | None = None  # calibration: sum|x|, sum x, min x, count
-        self._errors: tuple[Tensor, Tensor, bool] | None = None  # MSE init: reference step, SSE [steps, grid], signed
+        self._search: tuple[SquaredErrorSearch, bool] | None = None  # MSE init over calibration, its sign
 
     @property
     def per_channel(self) -> bool:
@@ -118,7 +115,7 @@ class LsqQuantizer(Quantizer):
         """Forget the initialisation (and a sign detected from data) before a new calibration."""
         self.initialized = False
         self._sums = None
-        self._errors = None
+        self._search = None
         if self.auto_signed:
             self.signed = None
 
@@ -141,16 +138,6 @@ class LsqQuantizer(Quantizer):
             return (abs_sum / count).clamp_min(1e-8), None
         return (2 * (abs_sum / count) / qmax**0.5).clamp_min(1e-8), None
 
-    def _squared_errors(self, x: Tensor, reference: Tensor, offset: Tensor | None, signed: bool) -> Tensor:
-        """Summed squared quantization error [steps, len(MSE_GRID)] of ``x`` for each candidate step
-        ``reference * MSE_GRID`` (``reference``: shape of ``step``), quantized by :func:`Q.lsq_quantize`."""
-        flat = x.detach().float().flatten(1) if self.per_channel else x.detach().float().reshape(1, -1)
-        flat = flat[:, ::max(1, flat.shape[1] // MSE_SAMPLES)]
-        qmin, qmax = self.code_range(signed)
-        candidates = reference.reshape(-1, 1) * MSE_GRID.to(flat.device)  # [steps, grid]
-        return torch.stack([((Q.lsq_quantize(flat, s[:, None], qmin, qmax, 1.0, offset) - flat) ** 2).sum(1)
-                            for s in candidates.unbind(1)], dim=1)
-
     def _observe(self, x: Tensor) -> None:
         """Fold ``x`` into the initialisation statistics and set the parameters from them."""
         if self.auto_signed and (self.signed is None or (self.calibrating and not self.signed)):
@@ -163,12 +150,13 @@ class LsqQuantizer(Quantizer):
         signed = bool(self.signed)
         step, offset = self._initial(sums, signed)
         if self.init == "mse":
-            errors = self._errors
-            if errors is None or errors[2] != signed:  # first batch, or the sign found since: start over
-                errors = (step, step.new_zeros(step.numel(), len(MSE_GRID)), signed)
-            sse = errors[1] + self._squared_errors(x, errors[0], offset, signed)
-            self._errors = (errors[0], sse, signed) if self.calibrating else None
-            step = errors[0] * MSE_GRID.to(sse.device)[sse.argmin(1)].reshape(errors[0].shape)
+            if self._search is None or self._search[1] != signed:  # first batch, or the sign found since: start over
+                self._search = (SquaredErrorSearch(step), signed)
+            qmin, qmax = self.code_range(signed)
+            rows = x.flatten(1) if self.per_channel else x.reshape(1, -1)
+            step = self._search[0].add(rows, lambda v, s: Q.lsq_quantize(v, s, qmin, qmax, 1.0, offset))
+            if not self.calibrating:
+                self._search = None
         self.step.copy_(step.to(self.step.dtype))
         self.min_step.copy_(self.step * self.min_step_ratio)
         if self.offset is not None:

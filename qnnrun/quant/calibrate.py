@@ -12,9 +12,16 @@ is the data's range widened to contain 0 (``alpha = 1`` is the plain min/max qua
 * activations: a histogram accumulated over the calibration batches (:func:`histogram_update`),
   whose expected squared error (:func:`histogram_mse`) is minimised by a ternary search over
   ``alpha`` (:func:`mmse_histogram_params`).
+
+The learned-scale methods start their scales with a coarser search of the same kind
+(:class:`SquaredErrorSearch`): candidates at fixed multiples of a reference scale, the error of each
+summed over the calibration batches, for any fake quantizer (LSQ's ``method.act_init=mse``,
+PACT's ``method.alpha_init=mse``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -23,6 +30,45 @@ from qnnrun.quant.functional import fake_quantize
 
 HISTOGRAM_BINS = 2048
 _EPS = 1e-8
+MSE_GRID = torch.arange(1, 161) * 0.05
+"""Candidate scales of :class:`SquaredErrorSearch`, as multiples of its reference scale: 0.05 to 8.0."""
+MSE_SAMPLES = 1 << 18
+"""Values of one batch (per row) that :class:`SquaredErrorSearch` scores, evenly strided."""
+
+
+class SquaredErrorSearch:
+    """The scale with the least squared quantization error over several batches, among the
+    candidates ``reference * MSE_GRID``; one independent search per row (per channel, or one).
+
+    Args:
+        reference: the reference scale per row (any shape with R elements, > 0), usually a rule's
+            value on the first batch; :meth:`best` has its shape.
+    """
+
+    def __init__(self, reference: Tensor) -> None:
+        self.reference = reference.detach().float()
+        self.errors = self.reference.new_zeros(self.reference.numel(), len(MSE_GRID))  # [R, grid]
+
+    def add(self, rows: Tensor, quantize: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """Add the squared error of one batch and return :meth:`best`.
+
+        Args:
+            rows: [R, n] values of the batch; at most :data:`MSE_SAMPLES` evenly strided values of each
+                row are scored.
+            quantize: ``quantize(values [R, m], scale [R, 1]) -> [R, m]``, the fake quantizer at the
+                candidate scale of each row.
+        """
+        values = rows.detach().float()
+        values = values[:, ::max(1, values.shape[1] // MSE_SAMPLES)]
+        candidates = self.reference.reshape(-1, 1) * MSE_GRID.to(values.device)  # [R, grid]
+        self.errors += torch.stack([((quantize(values, scale[:, None]) - values) ** 2).sum(1)
+                                    for scale in candidates.unbind(1)], dim=1)
+        return self.best()
+
+    def best(self) -> Tensor:
+        """The least-error candidate of each row, shaped like ``reference``."""
+        factor = MSE_GRID.to(self.errors.device)[self.errors.argmin(1)]
+        return self.reference * factor.reshape(self.reference.shape)
 
 
 def affine_qmax(bits: int) -> int:
