@@ -127,6 +127,11 @@ def test_experiment_method_settings_reach_that_method_only(tmp_path: Path) -> No
     assert act_init("experiment=baselines_cifar10", "method=lsq", "method.act_init=lsq") == "lsq"  # the command line wins
     assert act_init("method=lsq") == "lsq"  # the method's own default outside the preset
     assert act_init("experiment=smoke", "method=lsq") == "lsq"
+    pact = compose_config(["experiment=baselines_cifar10", "method=pact"], data_dir=tmp_path).method
+    assert pact.alpha_init == "mse" and "act_init" not in pact
+    assert compose_config(["experiment=baselines_cifar10", "method=pact", "method.alpha_init=10"],
+                          data_dir=tmp_path).method.alpha_init == 10
+    assert compose_config(["method=pact"], data_dir=tmp_path).method.alpha_init == 10.0
     for method in ("nbn", "lbl"):  # the NBN preset fine-tunes every method at optim.lr
         assert compose_config(["experiment=nbn_cifar10", f"method={method}"], data_dir=tmp_path).method.quant_lr_scale == 1.0
 
