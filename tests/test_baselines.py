@@ -14,6 +14,7 @@ from qnnrun.checkpoint import load_checkpoint
 from qnnrun.engine import evaluate_checkpoint, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
+from qnnrun.methods.base import batch_statistics
 from qnnrun.methods.lsq import LsqQuantizer, raise_to_floor
 from qnnrun.methods.pact import PactQuantizer
 from qnnrun.quant import functional as Q
@@ -177,6 +178,14 @@ def test_lsq_offset_initialisation() -> None:
     assert quantizer.step.item() == pytest.approx(2 * (1.0 - -1.0) / 3**0.5)  # mean(x - min) = 2, Qp = 3
 
 
+def _calibrate(quantizer: nn.Module, batches: list[Tensor]) -> None:
+    quantizer.calibrating = True
+    with torch.no_grad():
+        for batch in batches:
+            quantizer(batch)
+    quantizer.calibrating = False
+
+
 def _least_error_step(x: Tensor, reference: Tensor, qmin: int, qmax: int) -> Tensor:
     """Brute force: the candidate ``reference * MSE_GRID`` with the least squared error on ``x`` [n]."""
     errors = [((torch.clamp(torch.round(x / s), qmin, qmax) * s - x) ** 2).sum() for s in reference * MSE_GRID]
@@ -187,18 +196,12 @@ def test_lsq_mse_initialisation_takes_the_least_error_step_over_all_calibration_
     torch.manual_seed(0)
     batches = [torch.relu(torch.randn(8, 4, 5, 5)) + 0.5 * torch.rand(8, 4, 5, 5) * (i + 1) for i in range(3)]
     quantizer = LsqQuantizer(2, signed=None, activations=True, init="mse")
-    quantizer.calibrating = True
-    with torch.no_grad():
-        for batch in batches:
-            quantizer(batch)
+    _calibrate(quantizer, batches)
     reference = 2 * batches[0].mean() / 3**0.5  # the LSQ rule on the first batch: unsigned, Qp = 3
     expected = _least_error_step(torch.cat([b.flatten() for b in batches]), reference, 0, 3)
     assert quantizer.step.item() == pytest.approx(expected.item(), rel=1e-6)
     plain = LsqQuantizer(2, signed=None, activations=True)
-    plain.calibrating = True
-    with torch.no_grad():
-        for batch in batches:
-            plain(batch)
+    _calibrate(plain, batches)
     assert quantizer.step.item() != pytest.approx(plain.step.item(), rel=1e-3)  # the search moved it
     assert "init=mse" in repr(quantizer)
 
@@ -352,14 +355,6 @@ def test_pact_quantizer_detects_sign_from_calibration() -> None:
     assert quantizer.signed is True
 
 
-def _calibrate(quantizer: nn.Module, batches: list[Tensor]) -> None:
-    quantizer.calibrating = True
-    with torch.no_grad():
-        for batch in batches:
-            quantizer(batch)
-    quantizer.calibrating = False
-
-
 def test_pact_mse_start_is_lsqs_mse_grid_on_unsigned_inputs() -> None:
     """``alpha_init=mse`` searches ``MSE_GRID`` x ``2 mean|x| sqrt(Qp)`` over all calibration batches:
     on non-negative inputs the levels are ``Qp`` x LSQ's candidate steps, so both pick the same grid."""
@@ -406,8 +401,6 @@ def test_pact_mse_start_signed_and_before_calibration() -> None:
 
 
 def test_batch_statistics_normalises_by_the_batch_and_keeps_the_running_statistics() -> None:
-    from qnnrun.methods.base import batch_statistics
-
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU()).eval()
     with torch.no_grad():
         model[1].running_mean.fill_(5.0)
@@ -419,8 +412,6 @@ def test_batch_statistics_normalises_by_the_batch_and_keeps_the_running_statisti
     torch.testing.assert_close(out, torch.relu((h - h.mean(0)) / (h.var(0, unbiased=False) + 1e-5).sqrt()))
     assert all(torch.equal(v, model[1].state_dict()[k]) for k, v in before.items())  # count included
     assert not model[1].training and model[1].track_running_stats and not model[0].training
-
-
 
 
 def _model_and_method(tmp_path: Path, *overrides: str) -> tuple[nn.Module, object]:
