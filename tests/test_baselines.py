@@ -15,11 +15,11 @@ from qnnrun.engine import evaluate_checkpoint, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
 from qnnrun.methods.base import batch_statistics
+from qnnrun.methods.dorefa import DorefaActivationQuantizer
 from qnnrun.methods.lsq import LsqQuantizer, raise_to_floor
-from qnnrun.methods.pact import PactQuantizer
 from qnnrun.quant import functional as Q
 from qnnrun.quant.calibrate import MSE_GRID
-from qnnrun.quant.layers import quant_layers
+from qnnrun.quant.layers import PactQuantizer, quant_layers
 
 D = torch.float64
 
@@ -397,6 +397,30 @@ def test_pact_mse_start_signed_and_before_calibration() -> None:
         PactQuantizer(2, alpha_init="max")
 
 
+def test_fixed_level_is_dorefas_quantizer_on_the_scaled_input() -> None:
+    """``learned=False`` (DoReFa's ``act_clip``): ``c * quantize_k(clamp(x / c, 0, 1))`` with DoReFa's
+    clipped straight-through gradient, ``c`` a buffer at its start (searched like PACT's ``mse``)."""
+    torch.manual_seed(2)
+    batches = [torch.relu(torch.randn(8, 4, 5, 5)) * 3 for _ in range(2)]
+    fixed = PactQuantizer(2, alpha_init="mse", learned=False)
+    learned = PactQuantizer(2, alpha_init="mse")
+    _calibrate(fixed, batches)
+    _calibrate(learned, batches)
+    assert fixed.alpha.item() == learned.alpha.item() and fixed.alpha.item() > 1.5
+    assert list(fixed.parameters()) == [] and "alpha" in fixed.state_dict() and "fixed" in repr(fixed)
+    c = fixed.alpha.item()
+    x = torch.tensor([-1.0, 0.1, 0.3, 0.6, 0.9, 1.0, 1.5]) * c
+    x.requires_grad_(True)
+    out = fixed.train()(x)
+    torch.testing.assert_close(out, c * Q.dorefa_activation(x.detach() / c, 2))
+    out.backward(torch.arange(1.0, 8.0))
+    assert x.grad.tolist() == [0.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0]  # 1 on [0, c), 0 outside
+    assert fixed.alpha.item() == c  # training inputs leave it alone
+    unit = PactQuantizer(3, alpha_init=1.0, learned=False)
+    y = torch.rand(1000) * 1.4
+    torch.testing.assert_close(unit(y), DorefaActivationQuantizer(3)(y))  # c = 1: the paper's
+
+
 # ---- methods ---------------------------------------------------------------------------------
 
 
@@ -420,6 +444,23 @@ def _model_and_method(tmp_path: Path, *overrides: str) -> tuple[nn.Module, objec
 
     cfg = compose_config(list(overrides), data_dir=tmp_path)
     return build_quantized_model(cfg, dataset_info(cfg.dataset), torch.device("cpu"))
+
+
+def test_dorefa_act_clip_chooses_the_input_quantizer(tmp_path: Path) -> None:
+    def inputs(*overrides: str) -> list[nn.Module]:
+        model, _ = _model_and_method(tmp_path, "method=dorefa", "bits=2", *overrides)
+        return [layer.input_quant for _, layer in quant_layers(model)]
+
+    assert [type(q) for q in inputs()] == [DorefaActivationQuantizer]  # the paper's [0, 1]
+    (level,) = inputs("method.act_clip=2.5")
+    assert isinstance(level, PactQuantizer) and level.alpha.item() == 2.5 and level.init == "fixed"
+    model, method = _model_and_method(tmp_path, "method=dorefa", "bits=2", "method.act_clip=mse")
+    (searched,) = [layer.input_quant for _, layer in quant_layers(model)]
+    assert searched.init == "mse" and not any(p is searched.alpha for p in model.parameters())
+    method.prepare(model, [torch.rand(16, 1, 8, 8) for _ in range(2)])
+    assert searched.initialized and searched.alpha.item() != 1.0
+    (name, _), = quant_layers(model)
+    assert method.scalars(model)[f"dorefa/clip/{name}"] == searched.alpha.item()
 
 
 def test_pact_regularization_is_half_decay_times_squared_alphas(tmp_path: Path) -> None:
@@ -460,6 +501,7 @@ def test_lsq_weight_decay_follows_the_papers_precision_rule(tmp_path: Path, bits
     ("method=pact method.alpha_init=0", "method.alpha_init=0"),
     ("method=pact method.alpha_init=max", "method.alpha_init='max' is not valid: expected a number > 0 or mse"),
     ("method=pact method.alpha_decay=-1", "method.alpha_decay=-1"),
+    ("method=dorefa method.act_clip=-1", "method.act_clip=-1 is not valid: expected a number > 0 or mse"),
     ("method=lsq method.learned_offset=3", "method.learned_offset=3"),
     ("method=lsq method.act_init=max", "method.act_init='max'"),
     ("method=lsq method.min_step_ratio=1", "method.min_step_ratio=1"),
@@ -517,6 +559,21 @@ def test_lsq_mse_init_from_scratch_learns_with_the_step_floor(tmp_path: Path) ->
 def test_dorefa_w2a2_with_8bit_gradients_learns(tmp_path: Path) -> None:
     summary = _train(tmp_path, "dorefa", "method=dorefa", "bits=2", "method.grad_bits=8", "trainer.epochs=3")
     assert summary["test_acc"] >= 90.0
+
+
+def test_dorefa_act_clip_mse_fine_tunes_a_float_net(tmp_path: Path) -> None:
+    """``method.act_clip=mse``, W2A2 from a trained float MLP: the searched level stays where it started,
+    and comes back from the checkpoint."""
+    _train(tmp_path, "float", "method=fp", "trainer.epochs=3")
+    start = f"init_from={tmp_path / 'float' / 'last.ckpt'}"
+    summary = _train(tmp_path, "clip", "method=dorefa", "bits=2", "method.act_clip=mse", start, "trainer.epochs=2")
+    assert summary["test_acc"] >= 90.0
+    history = load_checkpoint(tmp_path / "clip" / "last.ckpt")["history"]
+    levels = [[h[k] for h in history] for k in history[0] if k.startswith("quant/dorefa/clip/")]
+    assert len(levels) == 1 and levels[0][0] == levels[0][-1] and levels[0][0] > 1.0
+    cfg = compose_config([f"checkpoint={tmp_path / 'clip'}"], config_name="eval", data_dir=tmp_path / "data")
+    line = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
+    assert f"top-1 {summary['test_acc']:.2f}%" in line
 
 
 def test_pact_w2a2_learns_and_its_clip_levels_move(tmp_path: Path) -> None:

@@ -40,9 +40,8 @@ from qnnrun.data import dataset_info
 from qnnrun.engine import build_quantized_model
 from qnnrun.methods.aqe import AsymptoticQuantizer
 from qnnrun.methods.lsq import LsqQuantizer
-from qnnrun.methods.pact import PactQuantizer
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import ChannelState, QuantConv2d, UniformQuantizer
+from qnnrun.quant.layers import ChannelState, PactQuantizer, QuantConv2d, UniformQuantizer
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
                                 reason="inductor on the CPU needs a C++ compiler (g++ or clang++)")

@@ -27,12 +27,12 @@ from torch import Tensor, nn
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.dorefa import DorefaActivationQuantizer, DorefaWeightQuantizer
 from qnnrun.methods.lsq import LsqQuantizer
-from qnnrun.methods.pact import PactQuantizer
 from qnnrun.methods.sq import TernaryQuantizer
 from qnnrun.methods.uniq import KQuantileQuantizer
 from qnnrun.quant import calibrate as C
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import AffineQuantizer, ChannelState, LevelQuantizer, QuantLayer, Quantizer, UniformQuantizer
+from qnnrun.quant.layers import (AffineQuantizer, ChannelState, LevelQuantizer, PactQuantizer, QuantLayer, Quantizer,
+                                 UniformQuantizer)
 
 
 # ---- inputs --------------------------------------------------------------------------------------

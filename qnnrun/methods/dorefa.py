@@ -6,6 +6,18 @@ inputs ``quantize_k(clamp(x, 0, 1))``, gradients through the rounding by STE
 (:mod:`qnnrun.quant.functional`). ``method.grad_bits`` below 32 also quantizes, stochastically and
 with the paper's per-sample max normalisation, the gradient that flows back into each quantized
 layer's output (where the DoReFa code applies its ``fg``). First and last layer stay float.
+
+``method.act_clip`` (not in the paper; default 1, the paper's ``[0, 1]``) clips each quantized
+layer's input at another fixed level ``c`` instead: ``c * quantize_k(clamp(x / c, 0, 1))``, the
+paper's quantizer on the input divided by ``c``. With ``mse`` each layer's ``c`` is the level with
+the least squared quantization error over the calibration batches (PACT's ``method.alpha_init=mse``
+search), held fixed during training (:class:`~qnnrun.quant.layers.PactQuantizer` with
+``learned=False``). It is for fine-tuning a trained float net, whose BatchNorm-ReLU outputs reach
+far past 1: a network trained as DoReFa from scratch learns to keep its inputs on ``[0, 1]``, a
+float net does not. Where a BatchNorm follows the quantized layer, ``c`` only rescales what it
+normalises, so the trained net still runs on the paper's ``[0, 1]`` codes. An input that holds
+negative values at calibration (the image, when ``quant.first_layer`` quantizes it) is clipped to
+``[-c, c]``.
 """
 
 from __future__ import annotations
@@ -15,11 +27,12 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from qnnrun.config import check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
 from qnnrun.quant.convert import FLOAT_BITS
-from qnnrun.quant.layers import Quantizer, quant_layers
+from qnnrun.quant.layers import PactQuantizer, Quantizer, quant_layers
 
 
 class DorefaWeightQuantizer(Quantizer):
@@ -60,6 +73,17 @@ class _OutputGradientQuantizer:
         return Q.dorefa_gradient_quantizer(output, self.bits)
 
 
+def check_clip_level(key: str, value: Any) -> float | str:
+    """A clipping level option (PACT's ``alpha_init``, DoReFa's ``act_clip``): a number > 0 (units of
+    the layer input), or ``"mse"`` (the least-error level found at calibration)."""
+    if value == "mse":
+        return value
+    try:
+        return check_number(key, value, 0)
+    except QnnrunError as error:
+        raise QnnrunError(f"{error} or mse (the least-error level)") from None
+
+
 def check_grad_bits(value: Any) -> int:
     """``method.grad_bits`` as an int: 1 to 16, or 32 for float gradients."""
     if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= 16 or value == FLOAT_BITS):
@@ -68,19 +92,24 @@ def check_grad_bits(value: Any) -> int:
 
 
 class DoReFa(Method):
-    """DoReFa; reads ``method.grad_bits`` (32 = float gradients)."""
+    """DoReFa; reads ``method.grad_bits`` (32 = float gradients) and ``method.act_clip`` (1 = the paper's
+    ``[0, 1]``, another level, or ``mse``)."""
 
     name = "dorefa"
+    calibrate_with_batch_statistics = True  # DoReFa weights are on [-1, 1], not the float net's scale
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         self.grad_bits = check_grad_bits(cfg.method.get("grad_bits", FLOAT_BITS))
+        self.act_clip = check_clip_level("method.act_clip", cfg.method.get("act_clip", 1.0))
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> DorefaWeightQuantizer:
         return DorefaWeightQuantizer(bits)
 
-    def input_quantizer(self, layer: nn.Module, bits: int) -> DorefaActivationQuantizer:
-        return DorefaActivationQuantizer(bits)
+    def input_quantizer(self, layer: nn.Module, bits: int) -> DorefaActivationQuantizer | PactQuantizer:
+        if self.act_clip == 1.0:
+            return DorefaActivationQuantizer(bits)
+        return PactQuantizer(bits, self.act_clip, learned=False)
 
     def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
         model = super().build(model, example_input)
@@ -89,3 +118,12 @@ class DoReFa(Method):
                 if layer.weight_quant is not None:
                     layer.register_forward_hook(_OutputGradientQuantizer(self.grad_bits))
         return model
+
+    def scalars(self, model: nn.Module) -> dict[str, float]:
+        """Adds ``dorefa/clip/<layer>`` (each input's clipping level) to the quantized fractions
+        when ``method.act_clip`` is not the paper's 1."""
+        out = super().scalars(model)
+        for name, layer in quant_layers(model):
+            if isinstance(layer.input_quant, PactQuantizer):
+                out[f"dorefa/clip/{name}"] = layer.input_quant.alpha.item()
+        return out

@@ -16,7 +16,7 @@ is the data's range widened to contain 0 (``alpha = 1`` is the plain min/max qua
 The learned-scale methods start their scales with a coarser search of the same kind
 (:class:`SquaredErrorSearch`): candidates at fixed multiples of a reference scale, the error of each
 summed over the calibration batches, for any fake quantizer (LSQ's ``method.act_init=mse``,
-PACT's ``method.alpha_init=mse``).
+PACT's ``method.alpha_init=mse``, DoReFa's ``method.act_clip=mse``).
 """
 
 from __future__ import annotations

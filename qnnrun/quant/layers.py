@@ -462,6 +462,89 @@ def set_recompute_input(model: nn.Module, on: bool) -> None:
         layer.recompute_input = on
 
 
+class PactQuantizer(Quantizer):
+    """PACT activation quantizer with a learned clipping level ``alpha`` (0-d ``nn.Parameter``, or a
+    buffer held fixed with ``learned=False``), :func:`qnnrun.quant.functional.pact_quantize`.
+
+    Args:
+        bits: 1 to 8 (2 to 8 for an input with negative values).
+        alpha_init: starting clipping level (> 0, units of the input), or ``"mse"``: the level with
+            the least squared quantization error, found over all calibration batches (see
+            ``Method.prepare``), else on the first training input; an evaluation before that
+            searches on each input and stores nothing.
+        learned: ``False`` holds ``alpha`` as a buffer at its start, never trained: DoReFa's input
+            quantizer ``quantize_k(clamp(x, 0, 1))`` on ``[0, alpha]`` (DoReFa's ``method.act_clip``).
+
+    The sign is detected like :class:`UniformQuantizer`'s: signed once a calibration batch (or,
+    without calibration, the first input) holds a negative value.
+    """
+
+    def __init__(self, bits: int, alpha_init: float | str = 10.0, learned: bool = True) -> None:
+        super().__init__()
+        if alpha_init != "mse" and not (isinstance(alpha_init, (int, float)) and alpha_init > 0):
+            raise ValueError(f"alpha_init={alpha_init!r}: a level > 0 or 'mse'")
+        self.bits = bits
+        self.init = "mse" if alpha_init == "mse" else "fixed"
+        alpha = torch.tensor(1.0 if alpha_init == "mse" else float(alpha_init))
+        if learned:
+            self.alpha = nn.Parameter(alpha)
+        else:
+            self.register_buffer("alpha", alpha)
+        self.signed: bool | None = None
+        self.initialized = self.init == "fixed"
+        self._search: tuple[C.SquaredErrorSearch, bool] | None = None  # MSE start over calibration, its sign
+
+    def reset(self) -> None:
+        """Forget the detected sign (and a start searched from data) before a new calibration."""
+        self.signed = None
+        self._search = None
+        if self.init == "mse":
+            self.initialized = False
+
+    def _least_error_alpha(self, x: Tensor, signed: bool) -> Tensor:
+        """The searched level (0-d) after folding ``x`` into the search (kept while calibrating)."""
+        qmax = Q.code_range(self.bits, signed)[1]  # Qp: 2^k - 1, or 2^(k-1) - 1 signed
+        rows = x.reshape(1, -1)
+        if not self.calibrating or self._search is None or self._search[1] != signed:
+            reference = (2 * rows.detach().float().abs().mean(1) * qmax**0.5).clamp_min(1e-8)
+            self._search = (C.SquaredErrorSearch(reference), signed)
+        alpha = self._search[0].add(rows, lambda v, a: Q.pact_quantize(v, a.reshape(()), self.bits, signed))
+        if not self.calibrating:
+            self._search = None
+        return alpha.reshape(())
+
+    def forward(self, x: Tensor) -> Tensor:
+        signed = self.signed
+        learning = self.calibrating or self.training  # an evaluation before calibration stores nothing
+        if signed is None or (self.calibrating and not signed):
+            signed = bool((x.detach().amin() < 0).item())
+            if learning:
+                self.signed = signed
+        alpha = self.alpha
+        if self.init == "mse" and (self.calibrating or not self.initialized):
+            with torch.no_grad():
+                found = self._least_error_alpha(x, signed)
+                if learning:
+                    self.alpha.copy_(found)
+                    self.initialized = True
+                else:
+                    alpha = found
+        return Q.pact_quantize(x, alpha, self.bits, signed)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"signed": self.signed, "enabled": self.enabled, "initialized": self.initialized}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.signed = state["signed"]
+        self.enabled = state["enabled"]
+        self.initialized = state.get("initialized", True)  # checkpoints before alpha_init=mse: set
+
+    def extra_repr(self) -> str:
+        init = ", init=mse" if self.init == "mse" else ""
+        fixed = "" if isinstance(self.alpha, nn.Parameter) else ", fixed"
+        return f"bits={self.bits}, signed={self.signed}{init}{fixed}"
+
+
 LEVEL_KINDS = ("sign", "ternary", "pow2", "linear")
 
 
