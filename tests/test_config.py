@@ -132,6 +132,14 @@ def test_experiment_method_settings_reach_that_method_only(tmp_path: Path) -> No
     assert compose_config(["experiment=baselines_cifar10", "method=pact", "method.alpha_init=10"],
                           data_dir=tmp_path).method.alpha_init == 10
     assert compose_config(["method=pact"], data_dir=tmp_path).method.alpha_init == 10.0
+    dorefa = compose_config(["experiment=baselines_cifar10", "method=dorefa"], data_dir=tmp_path)
+    assert dorefa.method.act_clip == "mse" and dorefa.quant.init == "maxabs"
+    assert compose_config(["method=dorefa"], data_dir=tmp_path).method.act_clip == 1.0
+    ste = compose_config(["experiment=baselines_cifar10", "method=ste"], data_dir=tmp_path)
+    assert ste.quant.init == "mmse" and "act_clip" not in ste.method
+    assert compose_config(["experiment=baselines_cifar10", "method=ste", "quant.init=maxabs"],
+                          data_dir=tmp_path).quant.init == "maxabs"
+    assert compose_config(["method=ste"], data_dir=tmp_path).quant.init == "maxabs"
     for method in ("nbn", "lbl"):  # the NBN preset fine-tunes every method at optim.lr
         assert compose_config(["experiment=nbn_cifar10", f"method={method}"], data_dir=tmp_path).method.quant_lr_scale == 1.0
 
