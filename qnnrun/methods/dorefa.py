@@ -32,7 +32,7 @@ from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
 from qnnrun.quant.convert import FLOAT_BITS
-from qnnrun.quant.layers import PactQuantizer, Quantizer, quant_layers
+from qnnrun.quant.layers import PactQuantizer, Quantizer, clip_levels, quant_layers
 
 
 class DorefaWeightQuantizer(Quantizer):
@@ -123,7 +123,5 @@ class DoReFa(Method):
         """Adds ``dorefa/clip/<layer>`` (each input's clipping level) to the quantized fractions
         when ``method.act_clip`` is not the paper's 1."""
         out = super().scalars(model)
-        for name, layer in quant_layers(model):
-            if isinstance(layer.input_quant, PactQuantizer):
-                out[f"dorefa/clip/{name}"] = layer.input_quant.alpha.item()
+        out.update({f"dorefa/clip/{name}": level for name, level in clip_levels(model).items()})
         return out

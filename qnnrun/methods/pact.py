@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from qnnrun.config import check_number
 from qnnrun.methods.base import Method
 from qnnrun.methods.dorefa import DorefaWeightQuantizer, check_clip_level
-from qnnrun.quant.layers import PactQuantizer, quant_layers
+from qnnrun.quant.layers import PactQuantizer, clip_levels
 
 
 class PACT(Method):
@@ -57,7 +57,5 @@ class PACT(Method):
     def scalars(self, model: nn.Module) -> dict[str, float]:
         """Adds ``pact/alpha/<layer>`` to the quantized fractions."""
         out = super().scalars(model)
-        for name, layer in quant_layers(model):
-            if isinstance(layer.input_quant, PactQuantizer):
-                out[f"pact/alpha/{name}"] = layer.input_quant.alpha.item()
+        out.update({f"pact/alpha/{name}": alpha for name, alpha in clip_levels(model).items()})
         return out

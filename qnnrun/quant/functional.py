@@ -651,7 +651,9 @@ class _Pact(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         above, below = ctx.saved_tensors
-        grad_x = grad * ~(above | below)
+        grad_x = grad * ~(above | below) if ctx.needs_input_grad[0] else None
+        if not ctx.needs_input_grad[1]:  # a fixed level (DoReFa's act_clip): no reduction over the input
+            return grad_x, None, None, None
         grad_alpha = (grad * above).sum()
         if ctx.signed:
             grad_alpha = grad_alpha - (grad * below).sum()

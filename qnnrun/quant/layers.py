@@ -545,6 +545,13 @@ class PactQuantizer(Quantizer):
         return f"bits={self.bits}, signed={self.signed}{init}{fixed}"
 
 
+def clip_levels(model: nn.Module) -> dict[str, float]:
+    """The clipping level ``alpha`` (units of the layer input) of each quantized layer of ``model``
+    whose input quantizer is a :class:`PactQuantizer`, by layer name (PACT's and DoReFa's scalars)."""
+    return {name: layer.input_quant.alpha.item() for name, layer in quant_layers(model)
+            if isinstance(layer.input_quant, PactQuantizer)}
+
+
 LEVEL_KINDS = ("sign", "ternary", "pow2", "linear")
 
 
