@@ -18,7 +18,9 @@ A Brevitas row per model and bits (``QuantConv2d`` / ``QuantReLU``, the same lay
 
 Timing: ``--warmup`` untimed steps first (compilation happens there; a compiled variant's warm-up
 minus that many steady steps is reported as its compile time), then ``--steps`` steps timed with
-CUDA events (wall clock on the CPU). Methods with a schedule are timed where a real run spends its
+CUDA events (wall clock on the CPU). ``--precompile N`` first compiles every compiled row in ``N``
+processes at once, so that the timed rows compile from inductor's on-disk caches: many compiled
+rows then fit a short GPU session. Methods with a schedule are timed where a real run spends its
 middle: the hooks are told a run of ``--plan-epochs`` epochs of a CIFAR-sized epoch at this batch
 and the timed steps sit at 70% of it (SQ: ratio 0.875, rows redrawn every step; UNIQ: the last
 block noisy, the others frozen; NBN / FBF / LBL: mid-progression, groups still being quantized).
@@ -30,9 +32,11 @@ import argparse
 import gc
 import importlib.util
 import json
+import multiprocessing
 import platform
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -94,6 +98,7 @@ class Result:
     kernels: int | None = None  # ATen kernels of one eager train step
     moved_mib: float | None = None  # bytes those kernels read and write
     compile_s: float | None = None  # compiled variants only
+    cold_compile_s: float | None = None  # --precompile: the same warm-up with empty caches, in the pool
     graphs: int | None = None  # graphs dynamo compiled, warm-up and timed steps together
     epoch_images_per_s: float | None = None  # --epoch
     note: str = ""
@@ -339,10 +344,12 @@ def device_name(device: torch.device) -> str:
     return f"{model}, {torch.get_num_threads()} threads"
 
 
-def table(results: list[Result], epoch: bool) -> str:
+def table(results: list[Result], epoch: bool, precompiled: bool = False) -> str:
     """The Markdown table of ``results``."""
     head = ["model", "method", "bits", "variant", "images/s", "ratio to float", "peak MiB", "memory vs float",
             "saved MiB", "saved vs float", "kernels", "moved MiB", "moved vs float", "compile s", "graphs"]
+    if precompiled:
+        head.insert(head.index("graphs"), "cold compile s")
     if epoch:
         head += ["epoch images/s", "epoch / step"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < 4 else "---:" for i in range(len(head))) + "|"]
@@ -355,6 +362,8 @@ def table(results: list[Result], epoch: bool) -> str:
                  num(r.ratio, ".2f"), num(r.peak_mib, ".0f"), num(r.memory_ratio, ".2f"), num(r.saved_mib, ".1f"),
                  num(r.saved_ratio, ".2f"), num(r.kernels, "d"), num(r.moved_mib, ".0f"), num(r.moved_ratio, ".2f"),
                  num(r.compile_s, ".1f"), num(r.graphs, "d")]
+        if precompiled:
+            cells.insert(-1, num(r.cold_compile_s, ".1f"))
         if epoch:
             cells += [num(r.epoch_images_per_s, ".0f"),
                       num(r.epoch_images_per_s / r.images_per_s if r.epoch_images_per_s else None, ".2f")]
@@ -377,6 +386,70 @@ def runs(args: argparse.Namespace) -> Iterator[tuple[str, str, int, Variant]]:
                     if method == "fp" and (variant == Variant() or variant.recompute):
                         continue  # the reference, measured above; float has no quantizer to replay
                     yield model, method, bits, variant
+
+
+Row = tuple[str, str, int, Variant, DictConfig]  # model, method, bits asked for, variant, its train config
+
+
+def plan_rows(args: argparse.Namespace) -> list[Row]:
+    """The rows of :func:`runs` with their configs, each (model, method, bits it runs at, variant)
+    once (bnn runs at 1 bit whatever ``--bits`` says); a method that does not take the bits is skipped."""
+    planned: list[Row] = []
+    seen: set[tuple[str, str, int, int, str]] = set()
+    for model, method, bits, variant in runs(args):
+        try:
+            cfg = compose_run(model, method, bits, args.overrides)
+            bound = build_method(cfg)
+        except QnnrunError as error:
+            print(f"skipped {model} {method} {bits} bits {variant.label()}: {error}", flush=True)
+            continue
+        key = (model, method, bound.weight_bits, bound.act_bits, variant.label())
+        if key not in seen:
+            seen.add(key)
+            planned.append((model, method, bits, variant, cfg))
+    return planned
+
+
+def warm_up_seconds(cfg: DictConfig, variant: Variant, args: argparse.Namespace) -> float:
+    """A ``--precompile`` worker: the warm-up of one row in a fresh process (compilation included),
+    in seconds, and with ``--epoch`` one epoch after it (its short last batch compiles too)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    trainer = Trainer(cfg, variant, device, args.batch, args.plan_epochs, args.compile_mode)
+    timer = Timer(device)
+    timer.start()
+    trainer.steps(args.warmup)
+    seconds = timer.stop()
+    if args.epoch:
+        trainer.epoch_loop(synthetic_loader(cfg, args.epoch_samples, args.batch, device))
+    return seconds
+
+
+def precompile(planned: list[Row], args: argparse.Namespace) -> dict[int, float]:
+    """``--precompile N``: the warm-up of every compiled row in ``N`` processes at once, before
+    anything is timed. Each compiles with empty caches and fills inductor's and AOT autograd's
+    on-disk caches, so that the timed rows after it compile from them: a table of many compiled
+    rows takes about ``1/N`` of the compile time (the cores compile ``N`` graphs at once). Returns
+    each compiled row's warm-up seconds by its index in ``planned`` (failed rows are left out)."""
+    compiled = [index for index, row in enumerate(planned) if row[3].compile]
+    print(f"precompiling {len(compiled)} compiled rows, {args.precompile} at once", flush=True)
+    seconds: dict[int, float] = {}
+    with ProcessPoolExecutor(args.precompile, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(warm_up_seconds, planned[index][4], planned[index][3], args): index
+                   for index in compiled}
+        for future in as_completed(futures):
+            index = futures[future]
+            model, method, bits, variant, _ = planned[index]
+            try:
+                seconds[index] = future.result()
+            except Exception as error:  # noqa: BLE001 - the timed row reports it; the others go on
+                print(f"FAILED precompile {model} {method} {bits} bits {variant.label()}: {type(error).__name__}",
+                      flush=True)
+                continue
+            print(f"precompiled {model} {method} {bits} bits {variant.label()}: warm-up {seconds[index]:.1f} s",
+                  flush=True)
+    return seconds
 
 
 def main() -> None:
@@ -406,10 +479,16 @@ def main() -> None:
                         help="on a CPU, take the kernels a GPU takes (ATen's one-pass fake quantize), so that the "
                              "kernels and moved MiB columns count a GPU's eager step")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--precompile", type=int, default=0, metavar="N",
+                        help="with --compile: first compile every compiled row in N processes at once, filling "
+                             "inductor's on-disk caches, then time the rows one by one (their 'compile s' is then "
+                             "from the caches; 'cold compile s' is the empty-cache warm-up in the pool, N at once)")
     parser.add_argument("--compile-mode", default=None,
                         help="torch.compile mode of the compiled variants (default: torch's; e.g. reduce-overhead "
                              "for CUDA graphs, max-autotune-no-cudagraphs)")
     args = parser.parse_args()
+    if args.precompile and not args.compile:
+        parser.error("--precompile needs --compile (it compiles the compiled rows ahead)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
@@ -419,29 +498,24 @@ def main() -> None:
     print(f"{device.type}: {device_name(device)}; torch {torch.__version__}; {date.today()}; batch {args.batch}, "
           f"{args.steps} timed steps after {args.warmup} warm-up"
           + (f"; compile mode {args.compile_mode}" if args.compile and args.compile_mode else "")
+          + (f"; compiled rows precompiled {args.precompile} at once" if args.precompile else "")
           + (f"; epochs of {args.epoch_samples} images" if args.epoch else "")
           + ("; a GPU's fake-quantize kernels taken on this device (--gpu-kernels)" if args.gpu_kernels else ""),
           flush=True)
 
+    planned = plan_rows(args)
+    cold = precompile(planned, args) if args.precompile else {}
     results: list[Result] = []
     reference: dict[str, Result] = {}
-    measured: set[tuple[str, str, int, int, str]] = set()
-    for model, method, bits, variant in runs(args):
+    for index, (model, method, bits, variant, cfg) in enumerate(planned):
         try:
-            cfg = compose_run(model, method, bits, args.overrides)
-            bound = build_method(cfg)  # the bits it runs at (bnn: always 1)
-            key = (model, method, bound.weight_bits, bound.act_bits, variant.label())
-            if key in measured:
-                continue
-            measured.add(key)
             result = measure(cfg, variant, device, args)
-        except QnnrunError as error:  # e.g. a method that does not take these bits
-            print(f"skipped {model} {method} {bits} bits {variant.label()}: {error}", flush=True)
-            continue
         except Exception as error:  # noqa: BLE001 - one failing row (a compile error) must not lose the others
             print(f"FAILED {model} {method} {bits} bits {variant.label()}: {type(error).__name__}: "
                   f"{str(error).splitlines()[0] if str(error) else ''}", flush=True)
             continue
+        if index in cold:  # minus the steady steps of the warm-up, as compile_s
+            result.cold_compile_s = max(0.0, cold[index] - args.warmup * args.batch / result.images_per_s)
         if method == "fp" and variant == Variant():
             reference[model] = result
         results.append(result)
@@ -463,7 +537,7 @@ def main() -> None:
 
     add_ratios(results, reference)
     print()
-    print(table(results, args.epoch))
+    print(table(results, args.epoch, bool(args.precompile)))
     if brevitas_note and not args.no_brevitas:
         print(f"\n{brevitas_note}")
     if args.json:

@@ -9,9 +9,11 @@
 #
 # Plans (each ends its work BUDGET_S seconds after it starts, default 480, then packs):
 #   speed      issue 8: the CUDA-only tests (fused fake-quantize kernel, on-device batches, XNOR Triton
-#              kernel); every method eager at W2A2 with and without trainer.recompute_quant; fp / ste
-#              W2A2 and W4A4 compiled with whole epochs; fp / ste W2A2 compiled with CUDA graphs
-#              (reduce-overhead). Each bench writes its JSON after every row: a step cut short keeps its rows
+#              kernel); every method at W2A2 eager and compiled (the compiled rows first compiled 8 at once,
+#              bench --precompile, so that the timed rows compile from inductor's caches); fp / ste W2A2 and
+#              W4A4 compiled with whole epochs; every method eager with trainer.recompute_quant; fp / ste
+#              W2A2 compiled with CUDA graphs (reduce-overhead). Each bench writes its JSON after every row:
+#              a step cut short keeps its rows
 #   baselines  issue 6: the float ResNet-20 (60 epochs; skipped when outputs/float/resnet20_cifar10 holds a
 #              finished run: carry that folder, last.ckpt and summary.json) and, once it is written, the
 #              experiment=baselines_cifar10 sweep (SEEDS, N_JOBS runs at once on the GPU); runs cut by
@@ -64,11 +66,14 @@ speed)
     step "CUDA-only tests"
     timeout "$(left)" python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
         tests/test_quant.py tests/test_data.py tests/test_xnor.py
-    step "every method eager W2A2, with and without recompute_quant"
-    timeout "$(left)" $BENCH --bits 2 --steps 50 --warmup 10 --recompute --json "$WORK/eager.json" $BENCH_EXTRA
+    step "every method at W2A2, eager and compiled (compiled rows precompiled 8 at once)"
+    timeout "$(left)" $BENCH --bits 2 --compile --precompile 8 --steps 50 --warmup 5 --json "$WORK/methods.json" \
+        $BENCH_EXTRA
     step "fp / ste W2A2 and W4A4 compiled, whole epochs"
-    timeout "$(left)" $BENCH --methods fp ste --bits 2 4 --compile --epoch --steps 100 --warmup 5 \
-        --json "$WORK/compile.json" $BENCH_EXTRA
+    timeout "$(left)" $BENCH --methods fp ste --bits 2 4 --compile --precompile 4 --epoch --steps 100 --warmup 5 \
+        --json "$WORK/epochs.json" $BENCH_EXTRA
+    step "every method eager at W2A2 with trainer.recompute_quant"
+    timeout "$(left)" $BENCH --bits 2 --recompute --steps 50 --warmup 10 --json "$WORK/recompute.json" $BENCH_EXTRA
     step "fp / ste W2A2 compiled with CUDA graphs"
     timeout "$(left)" $BENCH --methods fp ste --bits 2 --compile --compile-mode reduce-overhead --steps 100 \
         --warmup 5 --json "$WORK/cudagraphs.json" $BENCH_EXTRA

@@ -1,4 +1,4 @@
-"""scripts/gpu_session.sh, the prepared GPU call: its shell and plans, and a dry run of a plan on a CPU."""
+"""scripts/gpu_session.sh, the prepared GPU call: its shell and plans, and dry runs of its plans on a CPU."""
 
 from __future__ import annotations
 
@@ -50,3 +50,35 @@ def test_gpu_session_baselines_dry_run_on_digits(tmp_path: Path) -> None:
     assert sum(n.endswith("/summary.json") and n.startswith("./baselines/") for n in names) == 12
     assert "12 done, 0 failed, 0 unfinished" in report
     assert json.loads((work / "outputs/float/resnet20_cifar10/summary.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_gpu_session_speed_dry_run_on_cpu(tmp_path: Path) -> None:
+    """The speed plan end to end on a CPU with fp and ste at a tiny batch: every bench step writes its
+    JSON, and the compiled rows of the precompiled steps carry their cold compile time."""
+    work, out = tmp_path / "repo", tmp_path / "out"
+    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".git", ".venv", "data", "outputs", "__pycache__"))
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu",
+           "BENCH_EXTRA": "--batch 8 --steps 1 --warmup 1 --epoch-samples 64 --methods fp ste --threads 1",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "scripts/gpu_session.sh", "speed"], cwd=work, env=env, capture_output=True,
+                          text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["speed.log", "speed.tar.gz"]
+    with tarfile.open(out / "speed.tar.gz") as tar:
+        benches = {Path(n).stem: json.load(tar.extractfile(n)) for n in tar.getnames() if n.endswith(".json")}
+    assert sorted(benches) == ["cudagraphs", "epochs", "methods", "recompute"]
+    rows = {(r["method"], r["bits"], r["variant"]): r for r in benches["methods"]["rows"]}
+    assert sorted(rows) == [("fp", "W32A32", "compile"), ("fp", "W32A32", "eager"), ("ste", "W2A2", "compile"),
+                            ("ste", "W2A2", "eager")]
+    for key, row in rows.items():
+        compiled = key[2] == "compile"
+        assert (row["cold_compile_s"] is not None) == compiled and (row["compile_s"] is not None) == compiled, row
+        assert row["graphs"] == (1 if compiled else None), row
+    epochs = benches["epochs"]["rows"]
+    assert {(r["method"], r["bits"]) for r in epochs if r["variant"] == "compile"} == {
+        ("fp", "W32A32"), ("ste", "W2A2"), ("ste", "W4A4")}
+    assert all(r["epoch_images_per_s"] > 0 and r["cold_compile_s"] is not None for r in epochs
+               if r["variant"] == "compile")
+    assert {r["variant"] for r in benches["recompute"]["rows"]} == {"eager", "eager+recompute"}
