@@ -6,6 +6,10 @@
 #     mkdir -p .carry && cp -r ../shared/wheels ../shared/data/cifar10-jpg.tar.gz .carry/
 #     grep -qx '/.carry/' .git/info/exclude || echo /.carry/ >> .git/info/exclude
 #   device run:  command "bash scripts/gpu_session.sh speed", carry [".carry"], timeout_s 570
+#   baselines with a float run made elsewhere (outputs/ is ignored, so carry it):
+#     cp -r <the finished 60-epoch float run folder> outputs/float/resnet20_cifar10
+#     command "METHODS=lsq,ste bash scripts/gpu_session.sh baselines",
+#     carry [".carry", "outputs/float/resnet20_cifar10"], timeout_s 570
 #
 # Plans (each ends its work BUDGET_S seconds after it starts, default 480, then packs):
 #   speed      issue 8: the CUDA-only tests (fused fake-quantize kernel, on-device batches, XNOR Triton
@@ -16,9 +20,13 @@
 #              a step cut short keeps its rows
 #   baselines  issue 6: the float ResNet-20 (60 epochs; skipped when outputs/float/resnet20_cifar10 holds a
 #              finished run: carry that folder, last.ckpt and summary.json) and, once it is written, the
-#              experiment=baselines_cifar10 sweep (SEEDS, N_JOBS runs at once on the GPU); runs cut by
-#              the budget stop as a Ctrl-C would (mid-epoch checkpoint) and show as unfinished in the report
-# Knobs (environment): BUDGET_S, SEEDS (baselines: 0), N_JOBS (baselines: 12), COMPILE (baselines: false),
+#              experiment=baselines_cifar10 sweep (METHODS x 2, 3, 4 bits x SEEDS, N_JOBS runs at once on
+#              the GPU). Runs cut by the budget stop as a Ctrl-C would (mid-epoch checkpoint) and show as
+#              unfinished in the report. On the H100 (2026-11-23) ten runs at once trained lsq at about
+#              3.4k images/s each, 450 s for 30 epochs: the whole table may not fit one session even with
+#              the float run carried; METHODS=lsq,ste and then dorefa,pact split it over two
+# Knobs (environment): BUDGET_S, METHODS (baselines: ste,lsq,dorefa,pact), SEEDS (baselines: 0),
+# N_JOBS (baselines: 12), COMPILE (baselines: false),
 # DEVICE (cuda), DATA (/tmp/data), TRAIN_EXTRA / BENCH_EXTRA (arguments added to every qnnrun train /
 # bench command; a dry run on a CPU: DEVICE=cpu TRAIN_EXTRA="dataset=digits model=mlp trainer.epochs=1"
 # BENCH_EXTRA="--batch 8 --steps 1 --warmup 1 --epoch-samples 64 --methods fp ste").
@@ -79,6 +87,7 @@ speed)
         --warmup 5 --json "$WORK/cudagraphs.json" $BENCH_EXTRA
     ;;
 baselines)
+    METHODS=${METHODS:-ste,lsq,dorefa,pact}
     SEEDS=${SEEDS:-0}
     N_JOBS=${N_JOBS:-12}
     COMPILE=${COMPILE:-false}
@@ -94,8 +103,8 @@ baselines)
     fi
     if [ -f $FLOAT/summary.json ]; then
         cp $FLOAT/last.ckpt "$OUT/float_resnet20_cifar10.ckpt"
-        step "experiment=baselines_cifar10 seed=$SEEDS, $N_JOBS at once"
-        timeout "$(left)" python3 -m qnnrun.cli train experiment=baselines_cifar10 seed=$SEEDS \
+        step "experiment=baselines_cifar10 method=$METHODS seed=$SEEDS, $N_JOBS at once"
+        timeout "$(left)" python3 -m qnnrun.cli train experiment=baselines_cifar10 method=$METHODS seed=$SEEDS \
             hydra/launcher=local hydra.launcher.n_jobs=$N_JOBS $COMMON hydra.sweep.dir="$WORK/baselines" $TRAIN_EXTRA
         python3 -m qnnrun.cli report "$WORK/baselines"
     fi

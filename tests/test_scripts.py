@@ -29,13 +29,14 @@ def test_gpu_session_parses_and_rejects_an_unknown_plan(tmp_path: Path) -> None:
 @pytest.mark.skipif(not CIFAR.is_file(), reason=f"needs {CIFAR} (the plan unpacks it)")
 def test_gpu_session_baselines_dry_run_on_digits(tmp_path: Path) -> None:
     """The baselines plan end to end on a CPU, with digits and one epoch in place of CIFAR-10: the float
-    run, the 12-run preset two at a time, the report, and what comes back in $OUT."""
+    run, the preset's lsq and pact rows (METHODS) two at a time, the report, and what comes back in $OUT."""
     work, out = tmp_path / "repo", tmp_path / "out"
     shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".git", ".venv", "data", "outputs", "__pycache__"))
     (work / ".carry").mkdir()
     shutil.copy(CIFAR, work / ".carry")
     out.mkdir()
     env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "DATA": str(tmp_path / "data"), "N_JOBS": "2",
+           "METHODS": "lsq,pact",
            "TRAIN_EXTRA": "trainer.epochs=1 dataset=digits model=mlp trainer.num_threads=1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(["bash", "scripts/gpu_session.sh", "baselines"], cwd=work, env=env, capture_output=True,
@@ -47,8 +48,9 @@ def test_gpu_session_baselines_dry_run_on_digits(tmp_path: Path) -> None:
         names = tar.getnames()
         report = tar.extractfile("./baselines/report.md").read().decode()
     assert not [n for n in names if n.endswith(".ckpt")]
-    assert sum(n.endswith("/summary.json") and n.startswith("./baselines/") for n in names) == 12
-    assert "12 done, 0 failed, 0 unfinished" in report
+    summaries = [n for n in names if n.endswith("/summary.json") and n.startswith("./baselines/")]
+    assert len(summaries) == 6 and all("method=lsq" in n or "method=pact" in n for n in summaries), summaries
+    assert "6 done, 0 failed, 0 unfinished" in report
     assert json.loads((work / "outputs/float/resnet20_cifar10/summary.json").read_text())["status"] == "done"
 
 
