@@ -125,6 +125,23 @@ def check_init_from(path: str) -> None:
         raise QnnrunError(f"init_from={path}: {error}{hint}") from None
 
 
+def init_test_acc(init_from: str | None) -> float | None:
+    """Test accuracy (%) of the weights in ``init_from``: what its run logged at the end of the epoch
+    it was saved after. ``None`` without ``init_from``, for a checkpoint saved mid-epoch or after an
+    epoch that was not evaluated, and for one that cannot be read any more (a resumed run whose
+    starting checkpoint has moved): the summary's baseline for "how much did quantization cost"."""
+    if not init_from:
+        return None
+    try:
+        checkpoint = load_checkpoint(init_from)
+    except QnnrunError:
+        return None
+    history = checkpoint.get("history") or []
+    if "partial" in checkpoint or not history or "test_acc" not in history[-1]:
+        return None
+    return float(history[-1]["test_acc"])
+
+
 def _load_own_keys(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Load ``model``'s own keys from ``state``, leaving the others (quantizer state) behind."""
     model.load_state_dict({k: state[k] for k in model.state_dict()})
@@ -603,7 +620,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
         result = evaluate_test()
         history.append({"epoch": epochs, "test_loss": result.loss, "test_acc": result.acc,
                         **({"test_top5": result.top5} if result.top5 is not None else {})})
-    summary = _summary(cfg, method, info, history, best_acc, cost)
+    summary = _summary(cfg, method, info, history, best_acc, cost, init_test_acc(cfg.init_from))
     hparams = {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
                "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed}
     if writer is not None:
@@ -842,7 +859,7 @@ def _log_epoch(writer: Any, metrics: Mapping[str, Any], cost: Mapping[str, float
 
 
 def _summary(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict[str, Any]], best_acc: float,
-             cost: Mapping[str, float]) -> dict[str, Any]:
+             cost: Mapping[str, float], init_acc: float | None) -> dict[str, Any]:
     last = history[-1]
     trained = [h for h in history if "epoch_time_s" in h]
     train_time = sum(h["epoch_time_s"] for h in trained)
@@ -861,6 +878,7 @@ def _summary(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict
         "test_loss": last["test_loss"],
         "best_test_acc": max(best_acc, best["test_acc"]),
         "best_epoch": best["epoch"],
+        "init_test_acc": init_acc,
         "train_loss": last.get("train_loss"),
         "train_acc": last.get("train_acc"),
         "gbops": cost["bops"] / 1e9,

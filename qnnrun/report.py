@@ -6,7 +6,8 @@ TensorBoard events without one. Runs are grouped by everything but the seed: met
 set, weight and activation bits, epochs and every other key set on the command line
 (``.hydra/overrides.yaml``), except the keys given to ``--ignore`` (e.g. ``init_from`` when each
 seed fine-tunes its own float run). Each group reports mean and sample standard deviation over its
-finished runs.
+finished runs; runs that started from a trained net (``init_from``) also the change in final test
+accuracy from that net's (``vs init_from``, points: what quantization cost).
 
 Writes into the output folder::
 
@@ -38,6 +39,7 @@ from qnnrun.sweep import STEP_CURVES, SUMMARY, read_summary
 # Per-run values averaged in a group: summary key -> column title.
 METRICS = {
     "test_acc": "test acc %",
+    "vs_init": "vs init_from",
     "best_test_acc": "best acc %",
     "gbops": "GBOPs",
     "weight_memory_mb": "weights MiB",
@@ -45,7 +47,10 @@ METRICS = {
     "train_time_s": "train s",
 }
 # Metrics that vary between seeds; the costs (GBOPs, size) are fixed by the config.
-SPREAD = ("test_acc", "best_test_acc", "train_time_s")
+SPREAD = ("test_acc", "vs_init", "best_test_acc", "train_time_s")
+# Shown only where some run has them: the change in final test accuracy (points) from the
+# init_from checkpoint's (summary.json's init_test_acc; runs that started from a trained net).
+OPTIONAL = ("vs_init",)
 # Identity of a run, from its summary (or failure record).
 IDENTITY = ("method", "model", "dataset", "bits_w", "bits_a", "epochs")
 # Overrides that identify a run already through IDENTITY, or do not change its result.
@@ -125,6 +130,8 @@ def _read_run(folder: Path) -> Run:
     if summary is None:
         return Run(folder, "unfinished", {}, _parse_overrides(lines), lines, _progress(folder))
     status = "done" if summary.get("status") == "done" else "failed"
+    if isinstance(summary.get("init_test_acc"), (int, float)) and isinstance(summary.get("test_acc"), (int, float)):
+        summary = {**summary, "vs_init": summary["test_acc"] - summary["init_test_acc"]}
     return Run(folder, status, summary, _parse_overrides(lines), lines)
 
 
@@ -210,17 +217,23 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _metrics(groups: Sequence[Group]) -> list[str]:
+    """The metrics worth a column: all but the OPTIONAL ones that no run has."""
+    return [m for m in METRICS if m not in OPTIONAL or any(g.values(m) for g in groups)]
+
+
 def summary_table(groups: Sequence[Group]) -> str:
     """One row per group: identity, varying overrides, run counts, mean ± std of every metric."""
     shown = _varying_keys(groups)
-    header = ["method", "model", "dataset", "bits", "epochs", *shown, "runs", "failed", *METRICS.values()]
+    metrics = _metrics(groups)
+    header = ["method", "model", "dataset", "bits", "epochs", *shown, "runs", "failed", *[METRICS[m] for m in metrics]]
     digits = {"gbops": 4, "weight_memory_mb": 3, "compression": 1, "train_time_s": 1}
     rows = []
     for g in groups:
         i = g.identity
         rows.append([i["method"], i["model"], i["dataset"], g.bits_label, i["epochs"],
                      *[g.extras.get(k, "") for k in shown], len(g.done), len(g.runs) - len(g.done),
-                     *[_fmt(g.mean(m), g.std(m) if m in SPREAD else None, digits.get(m, 2)) for m in METRICS]])
+                     *[_fmt(g.mean(m), g.std(m) if m in SPREAD else None, digits.get(m, 2)) for m in metrics]])
     return _markdown(header, rows)
 
 
@@ -238,10 +251,14 @@ def bits_table(groups: Sequence[Group]) -> str:
         for g in task_groups:
             row = _label(g, shown, with_bits=False) + (f" ({g.identity['epochs']} ep)" if len(
                 {x.identity["epochs"] for x in task_groups}) > 1 else "")
-            cell = _fmt(g.mean("test_acc"), g.std("test_acc")) + f" (n={len(g.done)})"
+            change = g.mean("vs_init")
+            cell = _fmt(g.mean("test_acc"), g.std("test_acc")) + f" (n={len(g.done)}" + (
+                f", {change:+.2f}" if change is not None else "") + ")"
             rows[row][(g.identity["bits_w"], g.identity["bits_a"])] = cell
         body = [[name, *[cells.get(c, "") for c in columns]] for name, cells in rows.items()]
-        tables.append(f"Final test accuracy (%), {model} on {dataset}, mean ± std over seeds:\n\n"
+        since = (", then the mean change (points) from the init_from checkpoint's accuracy"
+                 if any(g.values("vs_init") for g in task_groups) else "")
+        tables.append(f"Final test accuracy (%), {model} on {dataset}, mean ± std over seeds (n = runs{since}):\n\n"
                       + _markdown(["method", *labels], body))
     return "\n\n".join(tables)
 

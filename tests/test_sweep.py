@@ -210,6 +210,7 @@ def test_report_ignore_groups_runs_that_differ_in_a_given_key(tmp_path: Path, ca
              "weight_memory_mb": 0.1, "compression": 10.0, "train_time_s": 1.0}))
     code, out, err = run_cli(["report", "runs", "--no-plots"], tmp_path, capsys, monkeypatch)
     assert code == 0 and "4 groups (runs that differ only in their seed)" in out, err
+    assert "vs init_from" not in out and "init_from checkpoint" not in out  # no run recorded its start
     code, out, err = run_cli(["report", "runs", "--no-plots", "--ignore", "init_from"], tmp_path, capsys, monkeypatch)
     assert code == 0 and "2 groups (runs that differ only in their seed, init_from)" in out, err
     rows = {r["optim.lr"]: r for r in csv.DictReader(open(tmp_path / "runs" / "report.csv"))}
@@ -221,6 +222,30 @@ def test_report_ignore_groups_runs_that_differ_in_a_given_key(tmp_path: Path, ca
     code, _, err = run_cli(["report", "runs", "--ignore", "init_form"], tmp_path, capsys, monkeypatch)
     assert code == 1 and err.strip() == ("qnnrun: error: --ignore init_form: no run sets it; the keys the runs "
                                          "set are init_from, optim.lr")
+
+
+def test_report_shows_the_change_from_the_init_from_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs that record their starting net's accuracy (summary.json's init_test_acc) get the mean
+    change from it, in points, in both tables and the CSV; a run without one counts for nothing."""
+    runs = [("lsq", 4, 0, 86.5, 87.0), ("lsq", 4, 1, 86.9, 87.2), ("lsq", 2, 0, 84.0, 87.0),
+            ("lsq", 2, 1, 83.0, None)]
+    for method, bits, seed, acc, start in runs:
+        folder = tmp_path / "runs" / f"{bits}_{seed}"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(
+            {"status": "done", "method": method, "model": "resnet20", "dataset": "cifar10", "bits_w": bits,
+             "bits_a": bits, "epochs": 30, "seed": seed, "test_acc": acc, "best_test_acc": acc, "gbops": 1.0,
+             "weight_memory_mb": 0.1, "compression": 10.0, "train_time_s": 1.0, "init_test_acc": start}))
+    code, out, err = run_cli(["report", "runs", "--no-plots"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    rows = {r["bits_w"]: r for r in csv.DictReader(open(tmp_path / "runs" / "report.csv"))}
+    assert float(rows["4"]["vs_init_mean"]) == pytest.approx(-0.4)
+    assert float(rows["4"]["vs_init_std"]) == pytest.approx(statistics.stdev([-0.5, -0.3]))
+    assert float(rows["2"]["vs_init_mean"]) == pytest.approx(-3.0) and rows["2"]["vs_init_std"] == ""
+    assert "vs init_from" in out and "-0.40 ± 0.14" in out
+    assert "83.50 ± 0.71 (n=2, -3.00)" in out and "86.70 ± 0.28 (n=2, -0.40)" in out
+    assert "then the mean change (points) from the init_from checkpoint's accuracy" in out
 
 
 def test_pareto_front_keeps_points_no_other_beats() -> None:

@@ -12,7 +12,7 @@ from hydra_utils import compose_config, train_interrupted_then_resumed
 from omegaconf import OmegaConf
 
 from qnnrun.checkpoint import load_checkpoint, save_atomic
-from qnnrun.engine import evaluate_checkpoint, reestimate_batchnorm, train
+from qnnrun.engine import evaluate_checkpoint, init_test_acc, reestimate_batchnorm, train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.ste import DirectSTE
 
@@ -97,9 +97,17 @@ def test_resume_names_the_changed_option_and_accepts_options_added_since(
 
 
 def test_init_from_float_checkpoint(tmp_path: Path) -> None:
-    _train(tmp_path, "float", "method=fp", "trainer.epochs=8")
+    float_run = _train(tmp_path, "float", "method=fp", "trainer.epochs=8")
+    assert float_run["init_test_acc"] is None
     summary = _train(tmp_path, "quant", "bits=8", "trainer.epochs=0", f"init_from={tmp_path / 'float' / 'last.ckpt'}")
     assert summary["test_acc"] >= 90.0  # 8-bit quantization of a trained net, before any QAT step
+    # The summary keeps the starting net's accuracy (what quantization is measured against) ...
+    assert summary["init_test_acc"] == float_run["test_acc"]
+    # ... only where the checkpoint's weights are the ones its last logged test accuracy measured.
+    ckpt = load_checkpoint(tmp_path / "float" / "last.ckpt")
+    save_atomic({**ckpt, "partial": {"batches": 3}}, tmp_path / "mid_epoch.ckpt")
+    assert init_test_acc(str(tmp_path / "mid_epoch.ckpt")) is None
+    assert init_test_acc(str(tmp_path / "moved.ckpt")) is None and init_test_acc(None) is None
     with pytest.raises(QnnrunError, match="does not fit"):
         _train(tmp_path, "bad", "model=lenet5", "trainer.epochs=0", f"init_from={tmp_path / 'float'}")
 
