@@ -33,6 +33,7 @@ import gc
 import importlib.util
 import json
 import multiprocessing
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from datetime import date
 
 import torch
 import torch._dynamo
+import torch._inductor.config
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -415,6 +417,8 @@ def warm_up_seconds(cfg: DictConfig, variant: Variant, args: argparse.Namespace)
     in seconds, and with ``--epoch`` one epoch after it (its short last batch compiles too)."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Each process would start a pool of one compile worker per core: share the cores instead.
+    torch._inductor.config.compile_threads = max(1, (os.cpu_count() or 1) // args.precompile)
     device = select_device(args.device)
     trainer = Trainer(cfg, variant, device, args.batch, args.plan_epochs, args.compile_mode)
     timer = Timer(device)
