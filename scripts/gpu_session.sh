@@ -22,11 +22,15 @@
 #              finished run: carry that folder, last.ckpt and summary.json) and, once it is written, the
 #              experiment=baselines_cifar10 sweep (METHODS x 2, 3, 4 bits x SEEDS, N_JOBS runs at once on
 #              the GPU). Runs cut by the budget stop as a Ctrl-C would (mid-epoch checkpoint) and show as
-#              unfinished in the report. On the H100 (2026-11-23) ten runs at once trained lsq at about
-#              3.4k images/s each, 450 s for 30 epochs: the whole table may not fit one session even with
-#              the float run carried; METHODS=lsq,ste and then dorefa,pact split it over two
+#              unfinished in the report. On the H100 (2026-11-23) ten eager runs at once trained lsq at
+#              about 3.4k images/s each, 450 s for 30 epochs: the whole table may not fit one session even
+#              with the float run carried; METHODS=lsq,ste and then dorefa,pact split it over two.
+#              The runs compile (COMPILE=true): processes sharing a GPU take turns on it, so what counts is
+#              the GPU time of a step, and an eager step of ResNet-20 at batch 128 is 700-1150 small
+#              kernels where a compiled one fuses the element-wise work (not measured on a GPU yet;
+#              COMPILE=false runs them eager). Each run's compile workers get a share of the cores
 # Knobs (environment): BUDGET_S, METHODS (baselines: ste,lsq,dorefa,pact), SEEDS (baselines: 0),
-# N_JOBS (baselines: 12), COMPILE (baselines: false),
+# N_JOBS (baselines: 12), COMPILE (baselines: true),
 # DEVICE (cuda), DATA (/tmp/data), TRAIN_EXTRA / BENCH_EXTRA (arguments added to every qnnrun train /
 # bench command; a dry run on a CPU: DEVICE=cpu TRAIN_EXTRA="dataset=digits model=mlp trainer.epochs=1"
 # BENCH_EXTRA="--batch 8 --steps 1 --warmup 1 --epoch-samples 64 --methods fp ste").
@@ -90,7 +94,7 @@ baselines)
     METHODS=${METHODS:-ste,lsq,dorefa,pact}
     SEEDS=${SEEDS:-0}
     N_JOBS=${N_JOBS:-12}
-    COMPILE=${COMPILE:-false}
+    COMPILE=${COMPILE:-true}
     mkdir -p "$DATA" && tar xzf .carry/cifar10-jpg.tar.gz -C "$DATA" || exit 1
     COMMON="paths.data_dir=$DATA trainer.device=$DEVICE trainer.compile=$COMPILE dataset.drop_last=$COMPILE trainer.progress=false"
     FLOAT=outputs/float/resnet20_cifar10
@@ -104,6 +108,8 @@ baselines)
     if [ -f $FLOAT/summary.json ]; then
         cp $FLOAT/last.ckpt "$OUT/float_resnet20_cifar10.ckpt"
         step "experiment=baselines_cifar10 method=$METHODS seed=$SEEDS, $N_JOBS at once"
+        # N_JOBS runs compile at once: a share of the cores each, not a pool of compile workers per core each.
+        TORCHINDUCTOR_COMPILE_THREADS=$(( $(nproc) / N_JOBS > 0 ? $(nproc) / N_JOBS : 1 )) \
         timeout "$(left)" python3 -m qnnrun.cli train experiment=baselines_cifar10 method=$METHODS seed=$SEEDS \
             hydra/launcher=local hydra.launcher.n_jobs=$N_JOBS $COMMON hydra.sweep.dir="$WORK/baselines" $TRAIN_EXTRA
         python3 -m qnnrun.cli report "$WORK/baselines"
