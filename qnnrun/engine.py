@@ -623,15 +623,19 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     summary = _summary(cfg, method, info, history, best_acc, cost, init_test_acc(cfg.init_from))
     hparams = {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
                "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed}
+    change = None if summary["init_test_acc"] is None else summary["test_acc"] - summary["init_test_acc"]
     if writer is not None:
-        writer.add_hparams(hparams, {f"hparam/{k}": summary[k] for k in ("test_acc", "best_test_acc", "gbops")},
-                           run_name=".")
+        results = {f"hparam/{k}": summary[k] for k in ("test_acc", "best_test_acc", "gbops")}
+        if change is not None:  # points of test accuracy from the init_from net's
+            results["hparam/vs_init"] = change
+        writer.add_hparams(hparams, results, run_name=".")
         writer.close()
         if step_writer is not None:
             step_writer.close()
         write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    log.info("done: test accuracy %.2f%% (best %.2f%%), results in %s", summary["test_acc"],
-             summary["best_test_acc"], run_dir)
+    since = "" if change is None else f"; {change:+.2f} from init_from's {summary['init_test_acc']:.2f}%"
+    log.info("done: test accuracy %.2f%% (best %.2f%%%s), results in %s", summary["test_acc"],
+             summary["best_test_acc"], since, run_dir)
     return summary
 
 

@@ -101,8 +101,15 @@ def test_init_from_float_checkpoint(tmp_path: Path) -> None:
     assert float_run["init_test_acc"] is None
     summary = _train(tmp_path, "quant", "bits=8", "trainer.epochs=0", f"init_from={tmp_path / 'float' / 'last.ckpt'}")
     assert summary["test_acc"] >= 90.0  # 8-bit quantization of a trained net, before any QAT step
-    # The summary keeps the starting net's accuracy (what quantization is measured against) ...
+    # The summary keeps the starting net's accuracy (what quantization is measured against), and
+    # TensorBoard's HParams view gets the change from it ...
     assert summary["init_test_acc"] == float_run["test_acc"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "quant")).Reload()
+    [change] = events.Scalars("hparam/vs_init")
+    assert change.value == pytest.approx(summary["test_acc"] - float_run["test_acc"])
+    assert "hparam/vs_init" not in EventAccumulator(str(tmp_path / "float")).Reload().Tags()["scalars"]
     # ... only where the checkpoint's weights are the ones its last logged test accuracy measured.
     ckpt = load_checkpoint(tmp_path / "float" / "last.ckpt")
     save_atomic({**ckpt, "partial": {"batches": 3}}, tmp_path / "mid_epoch.ckpt")
