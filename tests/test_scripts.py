@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -9,12 +11,40 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu_session.sh"
 CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+def load_bench() -> ModuleType:
+    """scripts/bench_throughput.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_throughput", REPO / "scripts" / "bench_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_plans_each_row_once_and_tables_the_cold_compile() -> None:
+    bench = load_bench()
+    args = argparse.Namespace(models=["resnet20"], methods=["fp", "ste", "bnn"], bits=[2, 4], overrides=[],
+                              compile=True, channels_last=False, bf16=False, recompute=False)
+    rows = [(method, bits, variant.label()) for _, method, bits, variant, _ in bench.plan_rows(args)]
+    # float once per variant (eager first: the reference), bnn once (W1A1 whatever --bits says)
+    assert rows == [("fp", 32, "eager"), ("fp", 32, "compile"), ("ste", 2, "eager"), ("ste", 2, "compile"),
+                    ("ste", 4, "eager"), ("ste", 4, "compile"), ("bnn", 2, "eager"), ("bnn", 2, "compile")]
+    results = [bench.Result("resnet20", "fp", "W32A32", "eager", 100.0, ratio=1.0),
+               bench.Result("resnet20", "ste", "W2A2", "compile", 90.0, compile_s=2.0, cold_compile_s=40.0, graphs=1,
+                            ratio=0.9)]
+    lines = bench.table(results, epoch=False, precompiled=True).splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert head[-3:] == ["compile s", "cold compile s", "graphs"] and cells[-3:] == ["2.0", "40.0", "1"]
+    assert "cold compile s" not in bench.table(results, epoch=False)
 
 
 def test_gpu_session_parses_and_rejects_an_unknown_plan(tmp_path: Path) -> None:
