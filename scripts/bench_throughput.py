@@ -402,8 +402,11 @@ def plan_rows(args: argparse.Namespace) -> list[Row]:
         try:
             cfg = compose_run(model, method, bits, args.overrides)
             bound = build_method(cfg)
-        except QnnrunError as error:
+        except QnnrunError as error:  # e.g. a method that does not take these bits
             print(f"skipped {model} {method} {bits} bits {variant.label()}: {error}", flush=True)
+            continue
+        except Exception as error:  # noqa: BLE001 - one row that cannot be built must not lose the others
+            print(f"FAILED {model} {method} {bits} bits {variant.label()}: {type(error).__name__}: {error}", flush=True)
             continue
         key = (model, method, bound.weight_bits, bound.act_bits, variant.label())
         if key not in seen:
