@@ -250,18 +250,28 @@ def graph_count() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
-def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argparse.Namespace) -> Result:
-    """Images/s of ``args.steps`` timed train steps (and, with ``--epoch``, of whole epochs)."""
+def warmed_up(cfg: DictConfig, variant: Variant, device: torch.device,
+              args: argparse.Namespace) -> tuple[Trainer, float]:
+    """The row's :class:`Trainer` after ``args.warmup`` untimed steps, and their seconds
+    (compilation included for a compiled variant)."""
+    trainer = Trainer(cfg, variant, device, args.batch, args.plan_epochs, args.compile_mode)
+    timer = Timer(device)
+    timer.start()
+    trainer.steps(args.warmup)
+    return trainer, timer.stop()
+
+
+def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argparse.Namespace,
+            cold_warmup_s: float | None = None) -> Result:
+    """Images/s of ``args.steps`` timed train steps (and, with ``--epoch``, of whole epochs).
+    ``cold_warmup_s``: the row's warm-up seconds in a ``--precompile`` process (empty caches)."""
     torch._dynamo.reset()
     gc.collect()  # the previous row's model and compiled graphs hold no memory into this one
     if device.type == "cuda":
         torch.cuda.empty_cache()
     graphs_before = graph_count()
-    trainer = Trainer(cfg, variant, device, args.batch, args.plan_epochs, args.compile_mode)
+    trainer, warmup_s = warmed_up(cfg, variant, device, args)
     timer = Timer(device)
-    timer.start()
-    trainer.steps(args.warmup)
-    warmup_s = timer.stop()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     timer.start()
@@ -273,8 +283,11 @@ def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argpa
     result.saved_mib = saved_for_backward_mib(trainer)
     if not variant.compile:  # a compiled graph's kernels do not pass through the dispatcher
         result.kernels, result.moved_mib = step_traffic(trainer)
-    if variant.compile:
-        result.compile_s = max(0.0, warmup_s - args.warmup * elapsed / args.steps)
+    if variant.compile:  # a warm-up minus its steps at the steady rate
+        steady_s = args.warmup * elapsed / args.steps
+        result.compile_s = max(0.0, warmup_s - steady_s)
+        if cold_warmup_s is not None:
+            result.cold_compile_s = max(0.0, cold_warmup_s - steady_s)
     if args.epoch:
         loader = synthetic_loader(cfg, args.epoch_samples, args.batch, device)
         trainer.epoch_loop(loader)  # warm-up epoch: a short last batch compiles once more
@@ -423,11 +436,7 @@ def warm_up_seconds(cfg: DictConfig, variant: Variant, args: argparse.Namespace)
     # Each process would start a pool of one compile worker per core: share the cores instead.
     torch._inductor.config.compile_threads = max(1, (os.cpu_count() or 1) // args.precompile)
     device = select_device(args.device)
-    trainer = Trainer(cfg, variant, device, args.batch, args.plan_epochs, args.compile_mode)
-    timer = Timer(device)
-    timer.start()
-    trainer.steps(args.warmup)
-    seconds = timer.stop()
+    trainer, seconds = warmed_up(cfg, variant, device, args)
     if args.epoch:
         trainer.epoch_loop(synthetic_loader(cfg, args.epoch_samples, args.batch, device))
     return seconds
@@ -516,13 +525,11 @@ def main() -> None:
     reference: dict[str, Result] = {}
     for index, (model, method, bits, variant, cfg) in enumerate(planned):
         try:
-            result = measure(cfg, variant, device, args)
+            result = measure(cfg, variant, device, args, cold.get(index))
         except Exception as error:  # noqa: BLE001 - one failing row (a compile error) must not lose the others
             print(f"FAILED {model} {method} {bits} bits {variant.label()}: {type(error).__name__}: "
                   f"{str(error).splitlines()[0] if str(error) else ''}", flush=True)
             continue
-        if index in cold:  # minus the steady steps of the warm-up, as compile_s
-            result.cold_compile_s = max(0.0, cold[index] - args.warmup * args.batch / result.images_per_s)
         if method == "fp" and variant == Variant():
             reference[model] = result
         results.append(result)
