@@ -406,6 +406,12 @@ def runs(args: argparse.Namespace) -> Iterator[tuple[str, str, int, Variant]]:
 Row = tuple[str, str, int, Variant, DictConfig]  # model, method, bits asked for, variant, its train config
 
 
+def print_failed(model: str, method: str, bits: int, variant: Variant, error: Exception) -> None:
+    """One line for a row that could not be built or timed: its error's type and first line."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    print(f"FAILED {model} {method} {bits} bits {variant.label()}: {type(error).__name__}: {first_line}", flush=True)
+
+
 def plan_rows(args: argparse.Namespace) -> list[Row]:
     """The rows of :func:`runs` with their configs, each (model, method, bits it runs at, variant)
     once (bnn runs at 1 bit whatever ``--bits`` says); a method that does not take the bits is skipped."""
@@ -419,7 +425,7 @@ def plan_rows(args: argparse.Namespace) -> list[Row]:
             print(f"skipped {model} {method} {bits} bits {variant.label()}: {error}", flush=True)
             continue
         except Exception as error:  # noqa: BLE001 - one row that cannot be built must not lose the others
-            print(f"FAILED {model} {method} {bits} bits {variant.label()}: {type(error).__name__}: {error}", flush=True)
+            print_failed(model, method, bits, variant, error)
             continue
         key = (model, method, bound.weight_bits, bound.act_bits, variant.label())
         if key not in seen:
@@ -527,8 +533,7 @@ def main() -> None:
         try:
             result = measure(cfg, variant, device, args, cold.get(index))
         except Exception as error:  # noqa: BLE001 - one failing row (a compile error) must not lose the others
-            print(f"FAILED {model} {method} {bits} bits {variant.label()}: {type(error).__name__}: "
-                  f"{str(error).splitlines()[0] if str(error) else ''}", flush=True)
+            print_failed(model, method, bits, variant, error)
             continue
         if method == "fp" and variant == Variant():
             reference[model] = result
