@@ -26,6 +26,7 @@ of the next quantizer, as it does for a float ResNet-20's gradients by about 1%)
 from __future__ import annotations
 
 import copy
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -201,6 +202,26 @@ def test_each_quantizer_compiled_alone_equals_eager(name: str) -> None:
     case = quantizer_cases()[name]
     compare_case(name, case, run(case.fn, case.inputs, case.grad_out),
                  run(torch.compile(case.fn, fullgraph=True), case.inputs, case.grad_out))
+
+
+def test_at_least_equals_the_comparison_at_the_edges() -> None:
+    tiny = torch.finfo(torch.float32).tiny
+    values = torch.tensor([-math.inf, -1.5, -tiny / 4, -0.0, 0.0, tiny / 4, 1.0, 1.5, 1.5 + 2 * ULP, 3e38, math.inf])
+    for bound in (0.0, -0.0, 1.5, torch.tensor(1.5), -tiny / 4, -1.5):
+        assert torch.equal(Q.at_least(values, bound), (values >= bound).float()), bound
+        assert torch.equal(Q.at_least(bound, values), (values <= bound).float()), bound
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_float_masks_give_the_boolean_masks_gradients(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The masks a graph compiled for the CPU saves (float 0/1 from sign and clamp), run eagerly.
+    case = quantizer_cases()[name]
+    boolean = run(case.fn, case.inputs, case.grad_out)
+    monkeypatch.setattr(Q, "float_masks", lambda x: True)
+    as_float = run(case.fn, case.inputs, case.grad_out)
+    assert torch.equal(as_float[0], boolean[0]), f"{name}: outputs differ"
+    for index, (a, b) in enumerate(zip(boolean[1], as_float[1], strict=True)):
+        assert torch.equal(b, a), f"{name}: gradients to input {index} differ"
 
 
 # ---- quantizer modules in training mode (state updated inside the graph) ---------------------
