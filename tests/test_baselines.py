@@ -299,11 +299,12 @@ def test_dorefa_weight_gradient_is_the_normalisations_through_the_round() -> Non
 
 
 def test_dorefa_activation_clips_to_unit_interval() -> None:
-    x = torch.tensor([-0.5, 0.2, 0.7, 1.5], requires_grad=True)
+    x = torch.tensor([-0.5, -0.0, 0.0, 0.2, 0.7, 1.0, 1.5], requires_grad=True)
     out = Q.dorefa_activation(x, 1)
-    assert out.tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert out.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
     out.sum().backward()
-    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+    # Both ends pass, as in the DoReFa code (TensorFlow's clip_by_value; torch's clamp passes neither).
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
 
 
 def test_dorefa_gradient_quantization_values_grid_and_mean() -> None:

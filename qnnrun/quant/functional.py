@@ -89,25 +89,27 @@ def _fused_fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor | float, q
 
 
 def float_masks(x: Tensor) -> bool:
-    """Whether the estimators' masks of ``x`` are float 0/1 tensors built from ``sign`` and ``clamp``
-    (:func:`at_least`) instead of booleans: in a graph being compiled for the CPU.
+    """Whether the estimators' masks of ``x`` are float 0/1 tensors (:func:`at_least`) instead of
+    booleans: in a graph being compiled for the CPU.
 
     Inductor's C++ kernels store a boolean tensor element by element through a generic mask
     conversion: a fused round-clamp kernel over a [128, 16, 32, 32] input took 0.6 ms alone and
     34 ms when it also stored one boolean mask (torch 2.14.1, one AMD EPYC thread), which made a
     compiled ResNet-20 W2A2 ``ste`` step slower than eager. AOT autograd saves for backward the
     smallest tensors backward needs, so a boolean anywhere in a mask's formula would still be
-    stored: the float masks hold no boolean at all, and the graph saves the input instead (four
-    bytes per element, often saved anyway). Eager mode and GPUs keep the one-byte masks.
+    stored: the float masks hold no boolean at all, and only operations AOT autograd may recompute
+    in backward, so the graph can save the input instead (four bytes per element, often saved
+    anyway). Eager mode and GPUs keep the one-byte masks.
     """
     return x.device.type == "cpu" and torch.compiler.is_compiling()
 
 
 def at_least(x: Tensor | float, bound: Tensor | float) -> Tensor:
     """``1.0`` where ``x >= bound``, else ``0.0`` (at least one argument a tensor), without a boolean
-    tensor: ``clamp(sign(x - bound) + 1, 0, 1)``. Exact for finite values (with gradual underflow a
-    float difference is zero only where its terms are equal); NaN where an argument is NaN."""
-    return (torch.sign(x - bound) + 1).clamp(0.0, 1.0)
+    tensor: ``floor(clamp(x - bound, -1, 0)) + 1``. Exact for finite values and infinities (with
+    gradual underflow a float difference is zero only where its terms are equal, and negative where
+    ``x < bound``); NaN where an argument is NaN."""
+    return torch.floor(torch.clamp(x - bound, -1.0, 0.0)) + 1
 
 
 class _FakeQuantize(torch.autograd.Function):
@@ -396,16 +398,17 @@ def kquantile_noise(x: Tensor, bits: int, mean: Tensor, std: Tensor, noise: Tens
 
 class _ClippedSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, value: Tensor, clip: float, grad_scale: float) -> Tensor:
+    def forward(ctx, x: Tensor, value: Tensor, lower: float, upper: float, grad_scale: float) -> Tensor:
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(at_least(clip, x.abs()) if float_masks(x) else x.abs() <= clip)
+            ctx.save_for_backward(at_least(x, lower) * at_least(upper, x) if float_masks(x)
+                                  else (x >= lower) & (x <= upper))
         ctx.grad_scale = grad_scale
         return value
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (inside,) = ctx.saved_tensors
-        return grad * inside * ctx.grad_scale, None, None, None
+        return grad * inside * ctx.grad_scale, None, None, None, None
 
 
 def clipped_ste(x: Tensor, value: Tensor, clip: float = 1.0, grad_scale: float = 1.0) -> Tensor:
@@ -415,7 +418,7 @@ def clipped_ste(x: Tensor, value: Tensor, clip: float = 1.0, grad_scale: float =
     boolean mask is saved. ``grad_scale = 1`` is the clipped STE of BinaryNet / QNN,
     ``grad_scale = 2 * alpha`` the asymptotic-quantized estimator of AQE.
     """
-    return _ClippedSTE.apply(x, value.detach(), clip, grad_scale)
+    return _ClippedSTE.apply(x, value.detach(), -clip, clip, grad_scale)
 
 
 def binary_levels(x: Tensor) -> Tensor:
@@ -638,8 +641,11 @@ def dorefa_weight(w: Tensor, bits: int) -> Tensor:
 
 
 def dorefa_activation(x: Tensor, bits: int) -> Tensor:
-    """DoReFa activations ``quantize_k(clamp(x, 0, 1))``: gradient 1 on ``[0, 1]``, 0 outside."""
-    return quantize_unit(x.clamp(0.0, 1.0), bits)
+    """DoReFa activations ``quantize_k(clamp(x, 0, 1))``: gradient 1 on ``[0, 1]``, ends included as in
+    the DoReFa code (TensorFlow's ``clip_by_value``; torch's ``clamp`` passes neither end), 0 outside;
+    only the mask is saved."""
+    levels = 2**bits - 1
+    return _ClippedSTE.apply(x, torch.round(x.detach().clamp(0.0, 1.0) * levels) / levels, 0.0, 1.0, 1.0)
 
 
 def dorefa_quantize_gradient(grad: Tensor, bits: int, noise: Tensor) -> Tensor:
