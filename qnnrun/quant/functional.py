@@ -398,17 +398,16 @@ def kquantile_noise(x: Tensor, bits: int, mean: Tensor, std: Tensor, noise: Tens
 
 class _ClippedSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, value: Tensor, lower: float, upper: float, grad_scale: float) -> Tensor:
+    def forward(ctx, x: Tensor, value: Tensor, clip: float, grad_scale: float) -> Tensor:
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(at_least(x, lower) * at_least(upper, x) if float_masks(x)
-                                  else (x >= lower) & (x <= upper))
+            ctx.save_for_backward(at_least(clip, x.abs()) if float_masks(x) else x.abs() <= clip)
         ctx.grad_scale = grad_scale
         return value
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (inside,) = ctx.saved_tensors
-        return grad * inside * ctx.grad_scale, None, None, None, None
+        return grad * inside * ctx.grad_scale, None, None, None
 
 
 def clipped_ste(x: Tensor, value: Tensor, clip: float = 1.0, grad_scale: float = 1.0) -> Tensor:
@@ -418,7 +417,7 @@ def clipped_ste(x: Tensor, value: Tensor, clip: float = 1.0, grad_scale: float =
     boolean mask is saved. ``grad_scale = 1`` is the clipped STE of BinaryNet / QNN,
     ``grad_scale = 2 * alpha`` the asymptotic-quantized estimator of AQE.
     """
-    return _ClippedSTE.apply(x, value.detach(), -clip, clip, grad_scale)
+    return _ClippedSTE.apply(x, value.detach(), clip, grad_scale)
 
 
 def binary_levels(x: Tensor) -> Tensor:
@@ -640,12 +639,28 @@ def dorefa_weight(w: Tensor, bits: int) -> Tensor:
     return 2 * quantize_unit(dorefa_weight_unit(w), bits) - 1
 
 
+class _UnitIntervalSTE(torch.autograd.Function):
+    """Returns ``value`` forward; backward passes the gradient to ``x`` where ``0 <= x <= 1``. Saves
+    ``x`` (after a ReLU, the tensor autograd saves anyway) and builds the mask in backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor) -> Tensor:
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (x,) = ctx.saved_tensors
+        inside = at_least(x, 0.0) * at_least(1.0, x) if float_masks(x) else (x >= 0) & (x <= 1)
+        return grad * inside, None
+
+
 def dorefa_activation(x: Tensor, bits: int) -> Tensor:
     """DoReFa activations ``quantize_k(clamp(x, 0, 1))``: gradient 1 on ``[0, 1]``, ends included as in
-    the DoReFa code (TensorFlow's ``clip_by_value``; torch's ``clamp`` passes neither end), 0 outside;
-    only the mask is saved."""
+    the DoReFa code (TensorFlow's ``clip_by_value``; torch's ``clamp`` passes neither end), 0 outside."""
     levels = 2**bits - 1
-    return _ClippedSTE.apply(x, torch.round(x.detach().clamp(0.0, 1.0) * levels) / levels, 0.0, 1.0, 1.0)
+    return _UnitIntervalSTE.apply(x, torch.round(x.detach().clamp(0.0, 1.0) * levels) / levels)
 
 
 def dorefa_quantize_gradient(grad: Tensor, bits: int, noise: Tensor) -> Tensor:
