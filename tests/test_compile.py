@@ -214,7 +214,7 @@ def test_at_least_equals_the_comparison_at_the_edges() -> None:
 
 @pytest.mark.parametrize("name", CASE_NAMES)
 def test_float_masks_give_the_boolean_masks_gradients(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The masks a graph compiled for the CPU saves (float 0/1 from sign and clamp), run eagerly.
+    # The masks a graph compiled for the CPU builds (float 0/1 from floor and clamp), run eagerly.
     case = quantizer_cases()[name]
     boolean = run(case.fn, case.inputs, case.grad_out)
     monkeypatch.setattr(Q, "float_masks", lambda x: True)
