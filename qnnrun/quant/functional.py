@@ -19,8 +19,10 @@ Every quantizer comes with a gradient estimator chosen by name:
   ``[(qmin - z) * s, (qmax - z) * s]`` (PyTorch's ``fake_quantize`` gradient). For ``sign`` the
   range is ``|x| <= clip`` with ``clip = 1`` by default (the hard-tanh STE of BinaryNet).
 
-The autograd functions save only a boolean mask for backward (one byte per element), never the
-input itself; in a graph compiled for the CPU the masks are float 0/1 instead (:func:`float_masks`).
+The autograd functions save a boolean mask for backward (one byte per element), not the input;
+in a graph compiled for the CPU the masks are float 0/1 instead (:func:`float_masks`). Two save
+their input instead: LSQ's quantizer, whose step gradient needs it, and DoReFa's activation, whose
+input follows a ReLU that keeps the same tensor for its own backward anyway.
 """
 
 from __future__ import annotations
