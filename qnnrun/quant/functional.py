@@ -114,6 +114,15 @@ def at_least(x: Tensor | float, bound: Tensor | float) -> Tensor:
     return torch.floor(torch.clamp(x - bound, -1.0, 0.0)) + 1
 
 
+def within(x: Tensor, low: float | None, high: float) -> Tensor:
+    """The estimators' mask of ``low <= x <= high`` (no lower bound where ``low`` is ``None``), shaped
+    as ``x``: float 0/1 where :func:`float_masks` says so, else boolean."""
+    if float_masks(x):
+        upper = at_least(high, x)
+        return upper if low is None else at_least(x, low) * upper
+    return x <= high if low is None else (x >= low) & (x <= high)
+
+
 class _FakeQuantize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor | float, qmin: int, qmax: int,
@@ -127,12 +136,7 @@ class _FakeQuantize(torch.autograd.Function):
             zero_point = device_scalar(zero_point, x.dtype, x.device)
             # As PyTorch's kernels: the division is a multiplication by 1 / s.
             codes = torch.round(x * (1.0 / scale)) + zero_point
-            if not ctx.clipped:
-                inside = None
-            elif float_masks(x):
-                inside = at_least(codes, qmin) * at_least(qmax, codes)
-            else:
-                inside = (codes >= qmin) & (codes <= qmax)
+            inside = within(codes, qmin, qmax) if ctx.clipped else None
             out = (codes.clamp(qmin, qmax) - zero_point) * scale
         if ctx.clipped:
             ctx.save_for_backward(inside)
@@ -151,7 +155,7 @@ class _Sign(torch.autograd.Function):
     def forward(ctx, x: Tensor, scale: Tensor, clip: float, clipped: bool) -> Tensor:
         ctx.clipped = clipped and ctx.needs_input_grad[0]
         if ctx.clipped:
-            ctx.save_for_backward(at_least(clip, x.abs()) if float_masks(x) else x.abs() <= clip)
+            ctx.save_for_backward(within(x.abs(), None, clip))
         return torch.where(x >= 0, scale, -scale).to(x.dtype)
 
     @staticmethod
@@ -402,7 +406,7 @@ class _ClippedSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, value: Tensor, clip: float, grad_scale: float) -> Tensor:
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(at_least(clip, x.abs()) if float_masks(x) else x.abs() <= clip)
+            ctx.save_for_backward(within(x.abs(), None, clip))
         ctx.grad_scale = grad_scale
         return value
 
@@ -654,8 +658,7 @@ class _UnitIntervalSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (x,) = ctx.saved_tensors
-        inside = at_least(x, 0.0) * at_least(1.0, x) if float_masks(x) else (x >= 0) & (x <= 1)
-        return grad * inside, None
+        return grad * within(x, 0.0, 1.0), None
 
 
 def dorefa_activation(x: Tensor, bits: int) -> Tensor:
