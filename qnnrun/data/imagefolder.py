@@ -15,7 +15,8 @@ from qnnrun.data.sources import report_bad_files
 from qnnrun.errors import QnnrunError
 
 
-def imagefolder_transform(image_size: int, mean: Sequence[float], std: Sequence[float], *, train: bool):
+def imagefolder_transform(image_size: int, mean: Sequence[float], std: Sequence[float], *,
+                          train: bool) -> transforms.Compose:
     """The standard ImageNet pipeline from a PIL image to a normalized float32 [3, S, S] tensor
     (S = ``image_size``): random-resized crop and flip for training, resize to S*256/224 and
     center crop for evaluation."""
@@ -51,7 +52,7 @@ def collate_checked(samples: list[tuple[torch.Tensor | None, int, tuple[str, str
     return images, labels, [bad for _, _, bad in samples if bad is not None]
 
 
-def open_imagefolder(split_dir: Path, transform) -> CheckedImageFolder:
+def open_imagefolder(split_dir: Path, transform: transforms.Compose) -> CheckedImageFolder:
     """``CheckedImageFolder(split_dir)``, with missing or empty folders reported as a QnnrunError."""
     if not split_dir.is_dir():
         raise QnnrunError(
