@@ -215,6 +215,13 @@ class QuantLayer(nn.Module):
         self._present: frozenset[int] | None = None
         self.register_load_state_dict_post_hook(self._recount_present)
 
+    def _copy_parameters(self, float_layer: nn.Conv2d | nn.Linear) -> None:
+        """Copy ``float_layer``'s weight and bias (``from_float``: the float layer of the same shape)."""
+        with torch.no_grad():
+            self.weight.copy_(float_layer.weight)
+            if float_layer.bias is not None:
+                self.bias.copy_(float_layer.bias)
+
     def _recount_present(self, *args: Any) -> None:
         self._present = None
         self.present_states()
@@ -391,10 +398,7 @@ class QuantConv2d(nn.Conv2d, QuantLayer):
             weight_quant=weight_quant, input_quant=input_quant,
             device=conv.weight.device, dtype=conv.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias)
+        layer._copy_parameters(conv)
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
@@ -430,10 +434,7 @@ class QuantLinear(nn.Linear, QuantLayer):
             weight_quant=weight_quant, input_quant=input_quant,
             device=linear.weight.device, dtype=linear.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
+        layer._copy_parameters(linear)
         return layer
 
     def forward(self, x: Tensor) -> Tensor:
