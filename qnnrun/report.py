@@ -332,7 +332,7 @@ def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
         points = sorted((g.identity["bits_w"], g.mean("test_acc"), g.std("test_acc") or 0.0)
                         for g in members if g.mean("test_acc") is not None)
         quantized = [p for p in points if p[0] != FLOAT_BITS]
-        for bits, acc, _ in [p for p in points if p[0] == FLOAT_BITS]:
+        for _, acc, _ in [p for p in points if p[0] == FLOAT_BITS]:
             ax.axhline(acc, linestyle="--", linewidth=1, color="gray")
             ax.annotate(f"{name} FP32", (0.01, acc), xycoords=("axes fraction", "data"), fontsize=7,
                         va="bottom", color="gray")

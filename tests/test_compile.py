@@ -330,7 +330,7 @@ def compare_model(model: nn.Module, images: Tensor, labels: Tensor, backend: str
     """Logits (eager, compiled), parameter gradients and buffers after one forward + backward each."""
     twin = copy.deepcopy(model)
     outputs = []
-    for mod, call in ((model, model), (twin, torch.compile(twin, fullgraph=True, backend=backend))):
+    for call in (model, torch.compile(twin, fullgraph=True, backend=backend)):
         logits = call(images)
         nn.functional.cross_entropy(logits, labels).backward()
         outputs.append(logits.detach())
