@@ -255,7 +255,8 @@ def test_lsq_method_raises_steps_to_their_floor_after_each_update(tmp_path: Path
     assert method.scalars(model)["lsq/steps_at_floor"] == 1.0
     method.after_optimizer_step(model, 0)
     assert quantizers[1].step.item() == pytest.approx(0.1 * starts[1].item())
-    assert all(torch.equal(q.step.detach(), s) for q, s in zip(quantizers, starts) if q is not quantizers[1])
+    assert all(torch.equal(q.step.detach(), s)
+               for q, s in zip(quantizers, starts, strict=True) if q is not quantizers[1])
     _, off = _model_and_method(tmp_path, "method=lsq", "bits=2", "method.min_step_ratio=0")
     with torch.no_grad():
         quantizers[1].step.fill_(-1.0)

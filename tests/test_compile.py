@@ -172,7 +172,7 @@ def test_quantizer_families_compiled_in_one_graph_equal_eager() -> None:
 
     def together(*inputs: Tensor) -> tuple[Tensor, ...]:
         outputs, start = [], 0
-        for case, count in zip(cases.values(), counts):
+        for case, count in zip(cases.values(), counts, strict=True):
             outputs.append(case.fn(*inputs[start:start + count]))
             start += count
         return tuple(outputs)
@@ -235,7 +235,7 @@ class Side(nn.Module):
         self.parts = nn.ModuleList(modules)
 
     def forward(self, *xs: Tensor) -> tuple[Tensor, ...]:
-        return tuple(part(x) for part, x in zip(self.parts, xs))
+        return tuple(part(x) for part, x in zip(self.parts, xs, strict=True))
 
 
 def test_quantizer_modules_with_state_updated_in_the_graph() -> None:

@@ -113,7 +113,7 @@ def test_fixed_point_requantization_is_exact_rounding_of_its_multiplier() -> Non
     assert ((m.double() * torch.exp2(-n.double()) - real).abs() <= real * 2.0**-30).all()
     total = torch.randint(-(2**31) + 1, 2**31 - 1, (200,), generator=generator)
     got = requantize(total, m, n)
-    for t, mi, ni, g in zip(total.tolist(), m.tolist(), n.tolist(), got.tolist()):
+    for t, mi, ni, g in zip(total.tolist(), m.tolist(), n.tolist(), got.tolist(), strict=True):
         exact = Fraction(t * mi, 2**ni)
         assert g == math.floor(exact + Fraction(1, 2))
 

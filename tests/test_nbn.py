@@ -239,7 +239,7 @@ def test_at_the_end_every_neuron_is_quantized_and_eval_is_the_fully_quantized_ne
     _train_steps(method, model, range(36))
     assert method.scalars(model)["quantized_fraction"] == 1.0
     reference = copy.deepcopy(model)
-    for (_, layer), (_, direct) in zip(quant_layers(model), quant_layers(reference)):
+    for (_, layer), (_, direct) in zip(quant_layers(model), quant_layers(reference), strict=True):
         weight = layer.effective_weight().detach()
         assert torch.equal(layer.weight_quant(weight), weight)  # on the layer's one per-tensor grid
         assert layer.input_quant.enabled and layer.input_quant.fitted

@@ -159,7 +159,7 @@ def test_sq_step_keeps_the_drawn_rows_float_and_evaluates_fully_quantized() -> N
     # The same epoch seed redraws the same rows (resume), the next epoch other ones.
     method.on_epoch_start(model, 0, 4)
     method.before_step(model, 0)
-    assert all(torch.equal(a, layer.channel_state) for a, (_, layer) in zip(first, quant_layers(model)))
+    assert all(torch.equal(a, layer.channel_state) for a, (_, layer) in zip(first, quant_layers(model), strict=True))
     method.after_optimizer_step(model, 0)
     scalars = method.scalars(model)
     assert scalars["sq_ratio"] == 0.5 and 0 < scalars["quant_error"] < 1
@@ -314,9 +314,9 @@ def test_uniq_stage_transitions_freeze_the_right_parameters() -> None:
             others = [p for p in model.parameters() if id(p) not in frozen_weights]
             assert all(p.grad is not None for p in others)  # BatchNorm, biases and later blocks train
         optimizer.step()
-    assert all(torch.equal(layer.effective_weight(), b) for layer, b in zip(blocks[0], before))
+    assert all(torch.equal(layer.effective_weight(), b) for layer, b in zip(blocks[0], before, strict=True))
     method.on_epoch_start(model, 2, 3)  # re-entering keeps the captured weights
-    assert all(torch.equal(layer.effective_weight(), b) for layer, b in zip(blocks[0], before))
+    assert all(torch.equal(layer.effective_weight(), b) for layer, b in zip(blocks[0], before, strict=True))
     assert [b[0].present_states() for b in blocks] == [{ChannelState.FROZEN}, {ChannelState.FROZEN},
                                                        {ChannelState.NOISY}]
     assert all(layer.input_quant.enabled for block in blocks for layer in block)

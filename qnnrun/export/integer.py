@@ -425,7 +425,7 @@ class IntegerLayer(nn.Module):
         peak = total.abs().max().item() if total.numel() else 0.0
         if peak > INT32_MAX:
             raise QnnrunError(f"{self.name}: accumulator {peak:.0f} overflows int32")
-        for target, receiver in zip(self.targets, self._receivers):
+        for target, receiver in zip(self.targets, self._receivers, strict=True):
             grid = receiver.input_grid
             if isinstance(grid, SignGrid):
                 codes = torch.where(total * self._channel(target["multiplier"].double(), total.dim()) >= 0, 1.0,

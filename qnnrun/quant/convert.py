@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +141,7 @@ def convert(
 def _drop_quantized_inputs(model: nn.Module, leaves: list[str]) -> None:
     """Move each ``nn.Dropout`` that runs right before a quantized-input layer (``leaves``: leaf
     module names in execution order) into that layer, leaving an ``nn.Identity`` in its place."""
-    for before, after in zip(leaves, leaves[1:]):
+    for before, after in itertools.pairwise(leaves):
         dropout, layer = model.get_submodule(before), model.get_submodule(after)
         if isinstance(dropout, nn.Dropout) and isinstance(layer, QuantLayer) and layer.input_quant is not None:
             layer.input_dropout = dropout

@@ -363,7 +363,7 @@ class _ReplayedInput(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         layer, needs = ctx.layer, ctx.needs_input_grad
         quantizer = layer.input_quant
-        params = [p for p, need in zip(quantizer.parameters(), needs[4:]) if need]
+        params = [p for p, need in zip(quantizer.parameters(), needs[4:], strict=True) if need]
         enabled, dtype = ctx.autocast
         with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled), quantizer.replaying():
             leaf = x.detach().requires_grad_(needs[0])
