@@ -135,7 +135,7 @@ def sync_buffers(model: nn.Module, ranks: Ranks) -> None:
     for buffers in by_dtype.values():
         flat = torch.cat([buffer.reshape(-1) for buffer in buffers])
         dist.broadcast(flat, src=0)
-        for buffer, part in zip(buffers, flat.split([buffer.numel() for buffer in buffers]), strict=True):
+        for buffer, part in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
             buffer.copy_(part.view_as(buffer))
 
 

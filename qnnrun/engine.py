@@ -310,7 +310,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tenso
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast():
                 model(images)
-    for bn, momentum in zip(norms, momenta, strict=True):
+    for bn, momentum in zip(norms, momenta):
         bn.momentum = momentum
     model.train(was_training)
     return len(norms)

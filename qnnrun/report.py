@@ -211,9 +211,9 @@ def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
 
 def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(header, widths, strict=True)) + " |",
+    lines = ["| " + " | ".join(str(c).ljust(w) for c, w in zip(header, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -337,7 +337,7 @@ def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
             ax.annotate(f"{name} FP32", (0.01, acc), xycoords=("axes fraction", "data"), fontsize=7,
                         va="bottom", color="gray")
         if quantized:
-            xs, ys, errs = zip(*quantized, strict=True)
+            xs, ys, errs = zip(*quantized)
             ax.errorbar(xs, ys, yerr=errs, marker=MARKERS[index // 10 % len(MARKERS)], capsize=3, label=name)
     ax.set_xlabel("weight bits")
     ax.set_ylabel("final test accuracy (%)")
@@ -364,7 +364,7 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
         errs = [g.std("test_acc") or 0.0 for g in members]
         ax.errorbar(xs, ys, yerr=errs, marker=MARKERS[index // 10 % len(MARKERS)], linestyle="none", capsize=3,
                     label=name)
-        for g, x, y in zip(members, xs, ys, strict=True):
+        for g, x, y in zip(members, xs, ys):
             ax.annotate(_label(g, shown), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
     points = [(g.mean("gbops"), g.mean("test_acc")) for g in placed]
     front = [points[i] for i in pareto_front(points)]
@@ -406,8 +406,7 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
             stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
             line = ax.plot(epochs, means, marker="." if len(epochs) < 30 else None,
                            label=_label(g, shown).removeprefix(method).strip() or method)[0]
-            spread = list(zip(means, stds, strict=True))
-            ax.fill_between(epochs, [m - s for m, s in spread], [m + s for m, s in spread],
+            ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=line.get_color(), alpha=0.15)
         ax.set_title(method)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -172,7 +172,7 @@ def test_quantizer_families_compiled_in_one_graph_equal_eager() -> None:
 
     def together(*inputs: Tensor) -> tuple[Tensor, ...]:
         outputs, start = [], 0
-        for case, count in zip(cases.values(), counts, strict=True):
+        for case, count in zip(cases.values(), counts):
             outputs.append(case.fn(*inputs[start:start + count]))
             start += count
         return tuple(outputs)

@@ -192,7 +192,7 @@ def _decode_files(paths: list[str]) -> tuple[list[torch.Tensor | None], list[tup
             pass
         decoded: list[torch.Tensor | None] = []
         bad = []
-        for path, data in zip(paths, encoded, strict=True):
+        for path, data in zip(paths, encoded):
             try:
                 decoded.append(decode_jpeg(data, mode=ImageReadMode.RGB))
             except RuntimeError as err:

@@ -186,5 +186,5 @@ def batch_statistics(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for bn, (training, tracking) in zip(norms, saved, strict=True):
+        for bn, (training, tracking) in zip(norms, saved):
             bn.training, bn.track_running_stats = training, tracking
