@@ -17,6 +17,8 @@ Writes into the output folder::
     accuracy_vs_bits.png      final test accuracy (%) against weight bits, one line per method
     accuracy_vs_gbops.png     final test accuracy (%) against GBOPs per image (log x), Pareto front marked
     test_accuracy_curves.png  test accuracy (%) per epoch from the TensorBoard events, one panel per method
+
+The bits plot and the curves mark the init_from net's accuracy (dotted) when every run started from one.
 """
 
 from __future__ import annotations
@@ -323,6 +325,18 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def _mark_init_from(ax: Any, groups: Sequence[Group]) -> None:
+    """A dotted line at the test accuracy (%) of the net the finished runs started from
+    (``init_from``), when they all started from one."""
+    starts = {r.summary["init_test_acc"] for g in groups for r in g.done
+              if isinstance(r.summary.get("init_test_acc"), (int, float))}
+    if len(starts) == 1:
+        start = starts.pop()
+        ax.axhline(start, linestyle=":", linewidth=1, color="black")
+        ax.annotate(f"init_from net: {start:.2f}%", (0.99, start), xycoords=("axes fraction", "data"), fontsize=7,
+                    ha="right", va="bottom")
+
+
 def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -339,6 +353,8 @@ def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
         if quantized:
             xs, ys, errs = zip(*quantized)
             ax.errorbar(xs, ys, yerr=errs, marker=MARKERS[index // 10 % len(MARKERS)], capsize=3, label=name)
+    ax.margins(y=0.1)
+    _mark_init_from(ax, groups)
     ax.set_xlabel("weight bits")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("Accuracy vs bits")
@@ -373,6 +389,8 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
                 alpha=0.6, label="Pareto front")
         ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none", edgecolors="black")
     ax.set_xscale("log")
+    ax.margins(x=0.1, y=0.1)  # room for the labels of the outermost points
+    _plain_ticks_within_a_decade(ax.xaxis)
     ax.set_xlabel("GBOPs per image (log)")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("Accuracy vs compute")
@@ -382,6 +400,21 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plain_ticks_within_a_decade(axis: Any) -> None:
+    """Tick a log axis that spans less than a decade at a few round numbers written plainly.
+
+    Matplotlib labels every minor tick there in scientific notation (``1.1x10^0``, ...), and the
+    labels run into each other; over a decade or more its decade labels are kept.
+    """
+    from matplotlib import ticker
+
+    low, high = sorted(axis.get_view_interval())
+    if low > 0 and high / low < 10:
+        axis.set_major_locator(ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        axis.set_minor_locator(ticker.NullLocator())
 
 
 def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
@@ -394,7 +427,8 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
     rows = math.ceil(len(methods) / columns) if methods else 1
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
     for ax, method in zip(axes.flat, methods):
-        for g in (g for g in groups if str(g.identity["method"]) == method):
+        members = [g for g in groups if str(g.identity["method"]) == method]
+        for g in members:
             by_epoch: dict[int, list[float]] = defaultdict(list)
             for run in g.done:
                 for epoch, value in read_curve(run.path):
@@ -408,6 +442,7 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
                            label=_label(g, shown).removeprefix(method).strip() or method)[0]
             ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                             color=line.get_color(), alpha=0.15)
+        _mark_init_from(ax, members)
         ax.set_title(method)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
