@@ -7,6 +7,7 @@ agreement is against the fake-quant model of the same checkpoint on the 360 test
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -244,6 +245,10 @@ def test_cli_export_and_eval_backend_int(runs: Runs, tmp_path: Path, capsys, mon
     assert code == 0, err
     assert f"top-1 {runs.summaries['lsq']['test_acc']:.2f}%" in out
     assert "[backend=int: 0 of 360 predictions differ from fake-quant (100.00% agree)]" in out
+    int_loss = float(re.search(r"loss ([0-9.]+)", out).group(1))
+    code, out, err = run_cli(["eval", f"checkpoint={folder}"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert int_loss == pytest.approx(float(re.search(r"loss ([0-9.]+)", out).group(1)), abs=2e-4)
 
 
 @pytest.mark.parametrize(("args", "message"), [
