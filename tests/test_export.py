@@ -145,6 +145,43 @@ def test_integer_linear_by_hand() -> None:
     assert out.item() == pytest.approx(model(x).item(), abs=1e-7)
 
 
+def _integer_linear(in_features: int, bits: int) -> IntegerLayer:
+    """The integer layer of a random ``bits``-bit QuantLinear(in_features, 4) with a signed input."""
+    torch.manual_seed(0)
+    layer = QuantLinear(in_features, 4, weight_quant=UniformQuantizer(bits, signed=True, channels=4),
+                        input_quant=UniformQuantizer(bits, signed=True, range_mode="ema"))
+    x = torch.randn(8, in_features)
+    layer.input_quant.calibrating = True
+    layer.input_quant.observe(x)
+    layer.input_quant.calibrating = False
+    return IntegerLayer("0", integer_records(torch.nn.Sequential(layer).eval(), x)["0"])
+
+
+@pytest.mark.parametrize(("in_features", "float32"), [(64, True), (4096, False)])
+def test_integer_accumulator_is_exact_in_float32_only_below_2_to_the_24(
+        in_features: int, float32: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """8-bit codes: |acc| <= 128 * 128 * 64 = 2^20 for 64 inputs (float32 exact and used), up to
+    2^26 for 4096 (float64, and float32 would round); either way ``accumulate`` equals the int64 sum."""
+    integer = _integer_linear(in_features, 8)
+    generator = torch.Generator().manual_seed(1)
+    # Rows that reach the bound (each output's weights times 127 of their sign), then random rows.
+    worst = 127 * integer.weight_operands.sign()
+    operands = torch.cat([worst, torch.randint(-128, 128, (12, in_features), generator=generator).double()])
+    exact = operands.long() @ integer.weight_operands.long().T
+    dtypes = []
+    matmul = integer._matmul
+    monkeypatch.setattr(integer, "_matmul", lambda x, w: dtypes.append(x.dtype) or matmul(x, w))
+    assert torch.equal(integer.accumulate(operands), exact.double())
+    assert dtypes == [torch.float32 if float32 else torch.float64]
+    if not float32:  # the bound matters: float32 sums of this layer are not exact
+        assert not torch.equal(matmul(operands.float(), integer.weight_operands.float()).double(), exact.double())
+    torch.set_float32_matmul_precision("medium")  # a user's bf16 matmuls: float64 for every layer
+    try:
+        assert torch.equal(integer.accumulate(operands), exact.double()) and dtypes[-1] == torch.float64
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
 # ---- every method against its fake-quant model ----------------------------------------------------
 
 
