@@ -175,11 +175,12 @@ def test_integer_accumulator_is_exact_in_float32_only_below_2_to_the_24(
     assert dtypes == [torch.float32 if float32 else torch.float64]
     if not float32:  # the bound matters: float32 sums of this layer are not exact
         assert not torch.equal(matmul(operands.float(), integer.weight_operands.float()).double(), exact.double())
+    before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")  # a user's bf16 matmuls: float64 for every layer
     try:
         assert torch.equal(integer.accumulate(operands), exact.double()) and dtypes[-1] == torch.float64
     finally:
-        torch.set_float32_matmul_precision("highest")
+        torch.set_float32_matmul_precision(before)
 
 
 # ---- every method against its fake-quant model ----------------------------------------------------

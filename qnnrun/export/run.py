@@ -174,7 +174,7 @@ class Agreement:
     fake_correct: int
     disagreeing: list[int]  # indices of the images whose predicted class differs
     # The integer model's logits [B, classes] and the labels [B] of each batch, for its test metrics
-    # without a second pass (its float64 layers are the slow part: minutes for 10,000 CIFAR images).
+    # without a second pass (the integer model is the slow one: minutes for 10,000 CIFAR-10 images on a CPU).
     outputs: list[tuple[Tensor, Tensor]]
 
     @property
