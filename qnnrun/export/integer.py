@@ -227,6 +227,13 @@ def _plan(calls: list[_Call], index: int, integer_inputs: set[str]) -> _Plan:
 # ---- records ------------------------------------------------------------------------------------
 
 
+def largest_operand(in_grid: InputGrid) -> float:
+    """The largest ``|operand|`` of an input grid: its own codes and the codes handed to it alike."""
+    if isinstance(in_grid, RoundGrid):
+        return max(abs(v) for v in in_grid.operand_range)
+    return 1.0 / in_grid.scale if isinstance(in_grid, Pow2Grid) else 1.0
+
+
 def bias_fraction_bits(layer: QuantLayer, grid: WeightGrid, in_grid: InputGrid, real_bias: Tensor,
                        most: int = 16) -> int:
     """Fraction bits ``F`` of the int32 bias: the largest ``F <= most`` for which the accumulator
@@ -234,12 +241,8 @@ def bias_fraction_bits(layer: QuantLayer, grid: WeightGrid, in_grid: InputGrid, 
     ``F = 0`` is TFLite's bias in units of ``s_in * s_w``; more bits keep the rounding of a
     BatchNorm-folded bias from moving the layer's output."""
     fan_in = layer.weight[0].numel()
-    if isinstance(in_grid, RoundGrid):
-        largest_input = max(abs(v) for v in in_grid.operand_range)
-    else:
-        largest_input = 1.0 / in_grid.scale if isinstance(in_grid, Pow2Grid) else 1.0
     largest_weight = (grid.levels[:, None] - grid.zero_point[None, :]).abs().max().item()
-    worst = fan_in * largest_input * largest_weight + real_bias.abs().max().item() + 1
+    worst = fan_in * largest_operand(in_grid) * largest_weight + real_bias.abs().max().item() + 1
     return max(0, min(most, math.floor(31 - math.log2(worst)) - 1))
 
 
@@ -371,11 +374,14 @@ class IntegerLayer(nn.Module):
         self.register_buffer("weight_scale", record["weight_scale"].double())
         if self.uniform:
             self.register_buffer("weight_operands", (levels[codes] - zero_point).double())
-            # Largest sum of |weight operands| over one output's inputs: |acc| <= max|x_op| times this.
-            self.weight_l1 = float(self.weight_operands.abs().flatten(1).sum(1).max()) if count else 0.0
         else:
             self.register_buffer("weight_codes", codes)
             self.register_buffer("levels", levels.double())
+        # Whether no partial sum of sum(x_op * w_op) can reach 2^24 (see accumulate).
+        self.float32_exact = False
+        if self.uniform and self.input_grid is not None and count > 0:
+            row_l1 = float(self.weight_operands.abs().flatten(1).sum(1).max())
+            self.float32_exact = largest_operand(self.input_grid) * row_l1 < FLOAT32_EXACT
         self.integer = "bias" in record
         if self.integer:
             self.register_buffer("bias", record["bias"].long())
@@ -407,13 +413,14 @@ class IntegerLayer(nn.Module):
     def accumulate(self, operands: Tensor) -> Tensor:
         """``acc = sum(x_op * w_op)`` per output (float64 holding integers), exact.
 
-        On a CPU in float32 when ``max|x_op| * max_c sum_i |w_op[c, i]| < 2^24`` (every layer of the
-        trained W3A3 / W4A4 CIFAR-10 ResNet-20s tried, 8-bit first and last layers included): every
-        product and every partial sum, in any order, is then an integer that float32 holds exactly. Elsewhere, or when float32 conv / matmul may run at reduced precision
-        (``torch.set_float32_matmul_precision`` below highest, oneDNN bf16), in float64.
+        On a CPU in float32 when ``max|x_op| * max_c sum_i |w_op[c, i]| < 2^24``, ``max|x_op|`` the
+        input grid's largest operand (every layer of the trained W3A3 / W4A4 CIFAR-10 ResNet-20s
+        tried, 8-bit first and last layers included): every product and every partial sum, in any
+        order, is then an integer that float32 holds exactly. Elsewhere, or when float32 conv /
+        matmul may run at reduced precision (``torch.set_float32_matmul_precision`` below highest,
+        oneDNN bf16), in float64.
         """
-        peak = _peak(operands)
-        if operands.device.type == "cpu" and peak * self.weight_l1 < FLOAT32_EXACT and _cpu_float32_is_ieee():
+        if self.float32_exact and operands.device.type == "cpu" and _cpu_float32_is_ieee():
             return self._matmul(operands.float(), self.weight_operands.float()).double()
         return self._matmul(operands, self.weight_operands)
 
