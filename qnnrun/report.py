@@ -12,7 +12,8 @@ accuracy from that net's (``vs init_from``, points: what quantization cost).
 Writes into the output folder::
 
     report.md                 the tables (also printed), failed and unfinished runs with their error
-                              (unfinished: the last epoch logged and its test accuracy)
+                              (unfinished: the last epoch logged and its test accuracy); with
+                              ``--epochs 1,10,30`` also test (and train) accuracy at those epochs
     report.csv                one row per group: counts, mean and std of every metric
     accuracy_vs_bits.png      final test accuracy (%) against weight bits, one line per method
     accuracy_vs_gbops.png     final test accuracy (%) against GBOPs per image (log x), Pareto front marked
@@ -59,6 +60,7 @@ IDENTITY = ("method", "model", "dataset", "bits_w", "bits_a", "epochs")
 NOT_GROUPED = {"seed", "resume", "method", "model", "dataset", "bits", "bits.w", "bits.a", "trainer.epochs",
                "trainer.progress", "trainer.num_threads", "paths.data_dir", "paths.cache_dir"}
 CURVE_TAG = "test/acc"
+TRAIN_CURVE_TAG = "train/acc"
 # Markers cycle with matplotlib's 10 colours so that up to 100 series stay apart.
 MARKERS = "os^Dv<>PX*"
 FLOAT_BITS = 32
@@ -417,6 +419,38 @@ def _plain_ticks_within_a_decade(axis: Any) -> None:
         axis.set_minor_locator(ticker.NullLocator())
 
 
+def _by_epoch(group: Group, tag: str = CURVE_TAG) -> dict[int, list[float]]:
+    """Epoch -> the values of scalar ``tag`` that the group's finished runs logged at that epoch."""
+    by_epoch: dict[int, list[float]] = defaultdict(list)
+    for run in group.done:
+        for epoch, value in read_curve(run.path, tag):
+            by_epoch[epoch].append(value)
+    return by_epoch
+
+
+def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
+    """Test accuracy (%) of each group at the given epochs: mean ± std over its finished runs, the
+    mean train accuracy (%) in brackets; ``-`` where none of them logged that epoch."""
+    shown = _varying_keys(groups)
+    multi_task = len({(g.identity["model"], g.identity["dataset"]) for g in groups}) > 1
+    multi_length = len({g.identity["epochs"] for g in groups}) > 1
+    rows = []
+    for g in groups:
+        name = _label(g, shown) + (f" ({g.identity['model']}, {g.identity['dataset']})" if multi_task else "")
+        name += f" ({g.identity['epochs']} ep)" if multi_length else ""
+        test, train = _by_epoch(g), _by_epoch(g, TRAIN_CURVE_TAG)
+        cells = []
+        for epoch in epochs:
+            values = test.get(epoch)
+            if not values:
+                cells.append("-")
+                continue
+            cell = _fmt(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
+            cells.append(cell + (f" ({statistics.fmean(train[epoch]):.2f})" if train.get(epoch) else ""))
+        rows.append([name, *cells])
+    return _markdown(["test % (train %) at epoch", *[str(e) for e in epochs]], rows)
+
+
 def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
     """Mean test accuracy per epoch of each group (band: ± std over seeds), one panel per method."""
     import matplotlib.pyplot as plt
@@ -429,10 +463,7 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
     for ax, method in zip(axes.flat, methods):
         members = [g for g in groups if str(g.identity["method"]) == method]
         for g in members:
-            by_epoch: dict[int, list[float]] = defaultdict(list)
-            for run in g.done:
-                for epoch, value in read_curve(run.path):
-                    by_epoch[epoch].append(value)
+            by_epoch = _by_epoch(g)
             if not by_epoch:
                 continue
             epochs = sorted(by_epoch)
@@ -461,10 +492,11 @@ PLOTS = {"accuracy_vs_bits.png": plot_accuracy_vs_bits, "accuracy_vs_gbops.png":
          "test_accuracy_curves.png": plot_test_curves}
 
 
-def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignore: Collection[str] = ()) -> str:
+def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignore: Collection[str] = (),
+                 epochs: Sequence[int] = ()) -> str:
     """Read the runs under ``paths``, write report.md, report.csv and the PNGs into ``out_dir``;
     returns the report's text. Runs differing only in their seed and the override keys in
-    ``ignore`` are one group."""
+    ``ignore`` are one group; ``epochs`` (1-based) adds the table of test accuracy at those epochs."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed on clusters and CI
@@ -481,6 +513,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
              + "".join(f", {key}" for key in ignore) + ")."]
     if groups:
         parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups), "## By bits\n\n" + bits_table(groups)]
+    if epochs and any(g.done for g in groups):
+        parts.append("## By epoch\n\n" + epochs_table([g for g in groups if g.done], epochs))
     problems = problems_table(runs)
     if problems:
         parts.append("## Failed and unfinished runs\n\n" + problems)
@@ -495,8 +529,19 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     return text
 
 
+def _epoch_list(text: str) -> list[int]:
+    """``"1,10,30"`` -> ``[1, 10, 30]``; anything but positive integers is an argparse error."""
+    try:
+        epochs = [int(part) for part in text.split(",")]
+    except ValueError:
+        epochs = []
+    if not epochs or min(epochs) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected epoch numbers (from 1) separated by commas, e.g. 1,10,30")
+    return epochs
+
+
 def main(argv: Sequence[str]) -> None:
-    """``qnnrun report PATH... [--out DIR] [--no-plots]``."""
+    """``qnnrun report PATH... [--out DIR] [--no-plots] [--ignore KEY] [--epochs LIST]``."""
     parser = argparse.ArgumentParser(
         prog="qnnrun report",
         description="Tables and plots across runs: reads every run folder under PATH (summary.json and "
@@ -515,9 +560,12 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--ignore", action="append", default=[], metavar="KEY",
                         help="an override key to group over like the seed, e.g. init_from when each seed "
                              "fine-tunes its own float run (repeatable)")
+    parser.add_argument("--epochs", type=_epoch_list, default=(), metavar="LIST",
+                        help="also tabulate test accuracy (train accuracy in brackets) at these epochs, "
+                             "comma-separated, e.g. 1,10,20,30")
     args = parser.parse_args(list(argv))
     out_dir = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
-    text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore)
+    text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore, epochs=args.epochs)
     print(text, end="")
     print(f"\nwritten: {out_dir / 'report.md'}, {out_dir / 'report.csv'}"
           + ("" if args.no_plots else f" and the plots in {out_dir}"))
