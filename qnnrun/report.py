@@ -142,7 +142,7 @@ def _read_run(folder: Path) -> Run:
 def _progress(folder: Path) -> str:
     """``", at epoch 12 of 30 (test acc 79.20%)"`` for a run without summary, from its TensorBoard
     events and its config; empty when it logged no epoch."""
-    curve = read_curve(folder)
+    curve = read_curves(folder)[CURVE_TAG]
     if not curve:
         return ""
     epoch, acc = curve[-1]
@@ -290,16 +290,16 @@ def write_csv(groups: Sequence[Group], path: Path) -> None:
             writer.writerow(row)
 
 
-def read_curve(run_dir: Path, tag: str = CURVE_TAG) -> list[tuple[int, float]]:
-    """(epoch, value) of scalar ``tag`` in the run's TensorBoard events (TensorBoard's own reader,
-    which also drops the steps a resumed run rewrote)."""
+def read_curves(run_dir: Path, tags: Sequence[str] = (CURVE_TAG,)) -> dict[str, list[tuple[int, float]]]:
+    """Tag -> (epoch, value) of each scalar in ``tags`` (empty when not logged), from one read of the
+    run's TensorBoard events (TensorBoard's own reader, which also drops the steps a resumed run
+    rewrote)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    if tag not in events.Tags().get("scalars", []):
-        return []
-    return [(event.step, event.value) for event in events.Scalars(tag)]
+    logged = set(events.Tags().get("scalars", []))
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] if tag in logged else [] for tag in tags}
 
 
 def _series(groups: Sequence[Group], shown: Sequence[str]) -> dict[str, list[Group]]:
@@ -419,12 +419,14 @@ def _plain_ticks_within_a_decade(axis: Any) -> None:
         axis.set_minor_locator(ticker.NullLocator())
 
 
-def _by_epoch(group: Group, tag: str = CURVE_TAG) -> dict[int, list[float]]:
-    """Epoch -> the values of scalar ``tag`` that the group's finished runs logged at that epoch."""
-    by_epoch: dict[int, list[float]] = defaultdict(list)
+def _by_epoch(group: Group, tags: Sequence[str] = (CURVE_TAG,)) -> dict[str, dict[int, list[float]]]:
+    """Tag -> epoch -> the values of that scalar the group's finished runs logged at that epoch
+    (each run's events read once for all ``tags``)."""
+    by_epoch: dict[str, dict[int, list[float]]] = {tag: defaultdict(list) for tag in tags}
     for run in group.done:
-        for epoch, value in read_curve(run.path, tag):
-            by_epoch[epoch].append(value)
+        for tag, curve in read_curves(run.path, tags).items():
+            for epoch, value in curve:
+                by_epoch[tag][epoch].append(value)
     return by_epoch
 
 
@@ -438,7 +440,8 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
     for g in groups:
         name = _label(g, shown) + (f" ({g.identity['model']}, {g.identity['dataset']})" if multi_task else "")
         name += f" ({g.identity['epochs']} ep)" if multi_length else ""
-        test, train = _by_epoch(g), _by_epoch(g, TRAIN_CURVE_TAG)
+        curves = _by_epoch(g, (CURVE_TAG, TRAIN_CURVE_TAG))
+        test, train = curves[CURVE_TAG], curves[TRAIN_CURVE_TAG]
         cells = []
         for epoch in epochs:
             values = test.get(epoch)
@@ -463,7 +466,7 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
     for ax, method in zip(axes.flat, methods):
         members = [g for g in groups if str(g.identity["method"]) == method]
         for g in members:
-            by_epoch = _by_epoch(g)
+            by_epoch = _by_epoch(g)[CURVE_TAG]
             if not by_epoch:
                 continue
             epochs = sorted(by_epoch)
@@ -513,16 +516,17 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
              + "".join(f", {key}" for key in ignore) + ")."]
     if groups:
         parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups), "## By bits\n\n" + bits_table(groups)]
-    if epochs and any(g.done for g in groups):
-        parts.append("## By epoch\n\n" + epochs_table([g for g in groups if g.done], epochs))
+    finished = [g for g in groups if g.done]
+    if epochs and finished:
+        parts.append("## By epoch\n\n" + epochs_table(finished, epochs))
     problems = problems_table(runs)
     if problems:
         parts.append("## Failed and unfinished runs\n\n" + problems)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(groups, out_dir / "report.csv")
-    if plots and any(g.done for g in groups):
+    if plots and finished:
         for name, plot in PLOTS.items():
-            plot([g for g in groups if g.done], out_dir / name)
+            plot(finished, out_dir / name)
         parts.append("## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in PLOTS))
     text = "\n\n".join(parts) + "\n"
     (out_dir / "report.md").write_text(text)
