@@ -252,13 +252,13 @@ def test_report_tabulates_accuracy_at_chosen_epochs(tmp_path: Path, capsys: pyte
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """``--epochs`` adds test accuracy at those epochs from the TensorBoard events: mean ± std over
     a group's seeds, train accuracy in brackets, ``-`` where no run reached the epoch; a resumed
-    run's rewritten epochs count once. Bad lists are one-line errors naming the value."""
+    run's rewritten epochs count once; rows name model, data set and length where those differ.
+    Bad lists are one-line errors naming the value."""
     from torch.utils.tensorboard import SummaryWriter
 
-    curves = {("ste", 0): [(1, 70.0, 60.0), (2, 80.0, 75.0)], ("ste", 1): [(1, 72.0, 62.0), (2, 84.0, 77.0)],
-              ("lsq", 0): [(1, 65.0, 55.0)]}
-    for (method, seed), points in curves.items():
-        folder = tmp_path / "runs" / f"{method}_{seed}"
+    def write_run(method: str, seed: int, points: list[tuple[int, float, float]], model: str = "mlp",
+                  epochs: int = 2) -> None:
+        folder = tmp_path / "runs" / f"{method}_{model}_{seed}"
         writer = SummaryWriter(str(folder))
         writer.add_scalar("test/acc", 10.0, 2)  # an epoch the run rewrote after resuming ...
         writer.close()
@@ -268,16 +268,27 @@ def test_report_tabulates_accuracy_at_chosen_epochs(tmp_path: Path, capsys: pyte
             writer.add_scalar("train/acc", train, epoch)
         writer.close()
         (folder / "summary.json").write_text(json.dumps(
-            {"status": "done", "method": method, "model": "mlp", "dataset": "digits", "bits_w": 2, "bits_a": 2,
-             "epochs": 2, "seed": seed, "test_acc": points[-1][1], "best_test_acc": points[-1][1], "gbops": 1.0,
-             "weight_memory_mb": 0.1, "compression": 10.0, "train_time_s": 1.0}))
-    code, out, err = run_cli(["report", "runs", "--no-plots", "--epochs", "1,2,3"], tmp_path, capsys, monkeypatch)
-    assert code == 0, err
-    table = out.split("## By epoch")[1]
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
-            for line in table.splitlines() if line.startswith("| ") and "W2A2" in line}
-    assert rows["ste W2A2"] == ["71.00 ± 1.41 (61.00)", "82.00 ± 2.83 (76.00)", "-"]
-    assert rows["lsq W2A2"] == ["65.00 (55.00)", "-", "-"]
+            {"status": "done", "method": method, "model": model, "dataset": "digits", "bits_w": 2, "bits_a": 2,
+             "epochs": epochs, "seed": seed, "test_acc": points[-1][1], "best_test_acc": points[-1][1],
+             "gbops": 1.0, "weight_memory_mb": 0.1, "compression": 10.0, "train_time_s": 1.0}))
+
+    def by_epoch_rows() -> dict[str, list[str]]:
+        code, out, err = run_cli(["report", "runs", "--no-plots", "--epochs", "1,2,3"], tmp_path, capsys, monkeypatch)
+        assert code == 0, err
+        table = out.split("## By epoch")[1]
+        return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+                for line in table.splitlines() if line.startswith("| ") and "W2A2" in line}
+
+    write_run("ste", 0, [(1, 70.0, 60.0), (2, 80.0, 75.0)])
+    write_run("ste", 1, [(1, 72.0, 62.0), (2, 84.0, 77.0)])
+    write_run("lsq", 0, [(1, 65.0, 55.0)])
+    assert by_epoch_rows() == {"ste W2A2": ["71.00 ± 1.41 (61.00)", "82.00 ± 2.83 (76.00)", "-"],
+                               "lsq W2A2": ["65.00 (55.00)", "-", "-"]}
+    # A run of another model and length: every row names its model, data set and epoch count.
+    write_run("lsq", 0, [(1, 50.0, 40.0)], model="cnn", epochs=1)
+    assert by_epoch_rows() == {"lsq W2A2 (cnn, digits) (1 ep)": ["50.00 (40.00)", "-", "-"],
+                               "lsq W2A2 (mlp, digits) (2 ep)": ["65.00 (55.00)", "-", "-"],
+                               "ste W2A2 (mlp, digits) (2 ep)": ["71.00 ± 1.41 (61.00)", "82.00 ± 2.83 (76.00)", "-"]}
     assert "By epoch" not in run_cli(["report", "runs", "--no-plots"], tmp_path, capsys, monkeypatch)[1]
     for bad in ("0,10", "1,x", ""):
         code, _, err = run_cli(["report", "runs", "--epochs", bad], tmp_path, capsys, monkeypatch)
