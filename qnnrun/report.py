@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import statistics
 from collections import defaultdict
@@ -61,6 +62,7 @@ NOT_GROUPED = {"seed", "resume", "method", "model", "dataset", "bits", "bits.w",
                "trainer.progress", "trainer.num_threads", "paths.data_dir", "paths.cache_dir"}
 CURVE_TAG = "test/acc"
 TRAIN_CURVE_TAG = "train/acc"
+CURVE_TAGS = (CURVE_TAG, TRAIN_CURVE_TAG)  # what Run.curves reads
 # Markers cycle with matplotlib's 10 colours so that up to 100 series stay apart.
 MARKERS = "os^Dv<>PX*"
 FLOAT_BITS = 32
@@ -80,6 +82,11 @@ class Run:
     @property
     def error(self) -> str:
         return str(self.summary.get("error", f"no summary.json: interrupted or still running{self.progress}"))
+
+    @functools.cached_property
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Tag -> (epoch, value) of each of ``CURVE_TAGS``, its TensorBoard events read once per report."""
+        return read_curves(self.path, CURVE_TAGS)
 
 
 @dataclass
@@ -419,12 +426,12 @@ def _plain_ticks_within_a_decade(axis: Any) -> None:
         axis.set_minor_locator(ticker.NullLocator())
 
 
-def _by_epoch(group: Group, tags: Sequence[str] = (CURVE_TAG,)) -> dict[str, dict[int, list[float]]]:
-    """Tag -> epoch -> the values of that scalar the group's finished runs logged at that epoch
-    (each run's events read once for all ``tags``)."""
-    by_epoch: dict[str, dict[int, list[float]]] = {tag: defaultdict(list) for tag in tags}
+def _by_epoch(group: Group) -> dict[str, dict[int, list[float]]]:
+    """Tag (of ``CURVE_TAGS``) -> epoch -> the values of that scalar the group's finished runs logged
+    at that epoch."""
+    by_epoch: dict[str, dict[int, list[float]]] = {tag: defaultdict(list) for tag in CURVE_TAGS}
     for run in group.done:
-        for tag, curve in read_curves(run.path, tags).items():
+        for tag, curve in run.curves.items():
             for epoch, value in curve:
                 by_epoch[tag][epoch].append(value)
     return by_epoch
@@ -440,7 +447,7 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
     for g in groups:
         name = _label(g, shown) + (f" ({g.identity['model']}, {g.identity['dataset']})" if multi_task else "")
         name += f" ({g.identity['epochs']} ep)" if multi_length else ""
-        curves = _by_epoch(g, (CURVE_TAG, TRAIN_CURVE_TAG))
+        curves = _by_epoch(g)
         test, train = curves[CURVE_TAG], curves[TRAIN_CURVE_TAG]
         cells = []
         for epoch in epochs:
