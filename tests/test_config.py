@@ -142,6 +142,9 @@ def test_experiment_method_settings_reach_that_method_only(tmp_path: Path) -> No
     assert compose_config(["method=ste"], data_dir=tmp_path).quant.init == "maxabs"
     for method in ("nbn", "lbl"):  # the NBN preset fine-tunes every method at optim.lr
         assert compose_config(["experiment=nbn_cifar10", f"method={method}"], data_dir=tmp_path).method.quant_lr_scale == 1.0
+    for method in ("ste", "lbl", "nbn"):  # the paper's QNN module folds BatchNorm for every method it compares
+        assert compose_config(["experiment=nbn_cifar10", f"method={method}"], data_dir=tmp_path).quant.fold_bn is True
+    assert compose_config(["method=ste"], data_dir=tmp_path).quant.fold_bn is False
 
 
 def test_every_method_has_an_options_file() -> None:
