@@ -139,6 +139,8 @@ def quantizer_cases() -> dict[str, Case]:
         # ndtr / ndtri differ from ATen's in the last bits (about 5 ulp of the largest value).
         "kquantile_noise_uniq": case(lambda w: Q.kquantile_noise(w, 2, *fit, noise), weight, grad_ulps=16,
                                      out_ulps=16),
+        "kquantile_noise_uniq_through": case(lambda w: Q.kquantile_noise(w, 2, *fit, noise, "through"), weight,
+                                             grad_ulps=16, out_ulps=16),
     }
 
 

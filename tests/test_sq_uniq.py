@@ -20,7 +20,7 @@ from qnnrun.methods.sq import (
 )
 from qnnrun.methods.uniq import KQuantileQuantizer, Uniq, split_blocks
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import ChannelState, UniformQuantizer, quant_layers
+from qnnrun.quant.layers import ChannelState, QuantLinear, UniformQuantizer, quant_layers
 
 # ---- SQ numerics -------------------------------------------------------------------------------
 
@@ -32,8 +32,28 @@ def test_twn_threshold_scale_and_levels_by_hand() -> None:
     delta, alpha = Q.twn_threshold_and_scale(WEIGHT)
     assert delta.item() == pytest.approx(0.245)
     assert alpha.flatten().tolist() == pytest.approx([0.8, 0.0])
-    quantized = TernaryQuantizer()(WEIGHT)
+    quantized = TernaryQuantizer(centered=False)(WEIGHT)
     assert torch.allclose(quantized, torch.tensor([[0.8, 0.0, 0.8, -0.8], [0.0, 0.0, 0.0, 0.0]]))
+
+
+def test_twn_threshold_is_centred_by_default_as_the_authors_caffe_layers() -> None:
+    """dongyp13/Stochastic-Quantization, TernaryConvolutionLayer::Forward_gpu: delta = 0.7 * mean |W - mean(W)|
+    over the layer, compared with the uncentred weights; alpha_i = mean of the row's |w| above delta."""
+    weight = torch.tensor([[1.0, 0.75, 0.5, 0.25]], dtype=torch.float64)  # mean 0.625
+    # centred: |W - mean| = .375, .125, .125, .375 -> mean 0.25 -> delta 0.175: every entry above
+    delta, alpha = Q.twn_threshold_and_scale(weight, 0.7, centered=True)
+    assert delta.item() == 0.7 * 0.25 and alpha.flatten().tolist() == [0.625]
+    assert torch.equal(TernaryQuantizer()(weight), torch.full_like(weight, 0.625))
+    # uncentred (method.twn_centered=false): delta = 0.7 * 0.625 = 0.4375 drops 0.25
+    delta, alpha = Q.twn_threshold_and_scale(weight, 0.7, centered=False)
+    assert delta.item() == 0.7 * 0.625 and alpha.flatten().tolist() == [0.75]
+    assert torch.equal(TernaryQuantizer(centered=False)(weight), torch.tensor([[0.75, 0.75, 0.75, 0.0]],
+                                                                            dtype=torch.float64))
+    layer = torch.nn.Linear(4, 1)
+    method = StochasticQuantization(compose_config(["method=sq", "bits.w=2", "bits.a=32"]))
+    assert method.weight_quantizer(layer, 2).centered
+    off = StochasticQuantization(compose_config(["method=sq", "bits.w=2", "bits.a=32", "method.twn_centered=false"]))
+    assert not off.weight_quantizer(layer, 2).centered
 
 
 def test_ternary_and_binary_gradients_are_straight_through() -> None:
@@ -120,6 +140,30 @@ def test_sq_stages_restart_the_lr_schedule_unless_shared() -> None:
     assert warm[0] == pytest.approx(0.1) and warm[3] == pytest.approx(0.1)  # step 20 starts stage 2's warm-up
     with pytest.raises(QnnrunError, match="method.stage_schedule='cyclic' is not valid"):
         factors("method.stage_schedule=cyclic")
+
+
+@pytest.mark.parametrize("grid_point,ratios", [("plain", [1.0]), ("sq", [0.5, 0.75, 0.875, 1.0]),
+                                               ("plain_restarts", [1.0, 1.0, 1.0, 1.0])])
+def test_sq_cifar10_arms_run_the_authors_solver_restarted_at_every_stage(grid_point: str,
+                                                                        ratios: list[float]) -> None:
+    """The authors' solver (CIFAR/ResNet-56/*/solver*.prototxt): SGD 0.1, momentum 0.9 (not Nesterov),
+    weight decay 1e-4, lr x0.1 at 50% and 75% of every run (stepvalue 32000, 48000 of 64000), each SQ
+    stage a run of its own. The three arms: plain for one stage, SQ over four, plain over four restarts."""
+    cfg = compose_config(["experiment=sq_cifar10", f"grid_point={grid_point}"])
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum, cfg.optim.nesterov, cfg.optim.weight_decay) == (
+        "sgd", 0.1, 0.9, False, 1e-4)
+    assert list(cfg.method.ratios) == ratios and cfg.trainer.epochs == 40 * len(ratios)
+    method = StochasticQuantization(cfg)
+    steps_per_epoch = 3
+    method.plan(cfg.trainer.epochs, steps_per_epoch)
+    assert method.stage_epochs == [40] * len(ratios)
+    factors = [method_lr_factor(cfg.sched, method, step, steps_per_epoch)
+               for step in range(cfg.trainer.epochs * steps_per_epoch)]
+    one_stage = [1.0] * (20 * steps_per_epoch) + [0.1] * (10 * steps_per_epoch) + [0.1**2] * (10 * steps_per_epoch)
+    assert factors == one_stage * len(ratios)  # exact: the x0.1 drops at 50% and 75% of every stage
+    for epoch, ratio in zip(range(0, cfg.trainer.epochs, 40), ratios, strict=True):
+        method.on_epoch_start(torch.nn.Linear(1, 1), epoch, cfg.trainer.epochs)
+        assert method.ratio == ratio
 
 
 def test_sq_rejects_bad_ratios() -> None:
@@ -268,9 +312,52 @@ def test_uniq_noise_stays_within_half_a_bin_and_inside_the_levels(bits: int) -> 
     shift = (u_noisy - u)[inside]
     assert shift.abs().max() > 0.45 / k and abs(shift.mean().item()) < 0.01 / k
     noisy.sum().backward()
-    assert torch.isfinite(x.grad).all() and (x.grad[inside] > 0).all()
+    assert torch.equal(x.grad, torch.ones_like(x))  # identity gradient (test below)
     quantizer.eval()  # evaluation uses the real quantized weights
     assert torch.equal(quantizer.perturb(x), quantizer(x))
+
+
+def test_uniq_noisy_weight_passes_the_upstream_gradient_unchanged() -> None:
+    """UNIQ's code (UNIQ/quantize.py add_noise / restore_weights, hooked around each forward pass by
+    UNIQNet's save_state / restore_state) writes the noisy copy into the weight's .data and restores the
+    float weight afterwards: the float weight receives the gradient of the noisy weight as it is."""
+    torch.manual_seed(5)
+    quantizer = KQuantileQuantizer(2).train()
+    x = (torch.randn(64, 32) * 3).requires_grad_()  # wide: many entries where the clamp is active
+    upstream = torch.randn(64, 32)
+    noisy = quantizer.perturb(x)
+    assert not torch.equal(noisy, x)
+    noisy.backward(upstream)
+    assert torch.equal(x.grad, upstream)
+    # In a layer in the NOISY state: the float weight's gradient is the noisy weight's, exactly.
+    layer = QuantLinear.from_float(torch.nn.Linear(32, 16), KQuantileQuantizer(2), None).train()
+    layer.set_channel_state(ChannelState.NOISY)
+    inputs, grad_out = torch.randn(8, 32), torch.randn(8, 16)
+    torch.manual_seed(6)
+    layer(inputs).backward(grad_out)
+    torch.manual_seed(6)  # the same noise again, now on a leaf
+    noisy_weight = layer.weight_quant.perturb(layer.weight.detach()).requires_grad_()
+    torch.nn.functional.linear(inputs, noisy_weight, layer.bias.detach()).backward(grad_out)
+    assert torch.equal(layer.weight.grad, noisy_weight.grad)
+
+
+def test_uniq_noise_grad_through_differentiates_the_noise_formula() -> None:
+    torch.manual_seed(5)
+    x = (torch.randn(4000, dtype=torch.float64) * 3).requires_grad_()
+    through = KQuantileQuantizer(2, noise_grad="through").train()
+    torch.manual_seed(7)
+    through.perturb(x).sum().backward()
+    mean, std = Q.gaussian_fit(x)
+    torch.manual_seed(7)
+    noise = (torch.rand_like(x) * 2 - 1) * (0.5 / 4)
+    u = torch.special.ndtr((x - mean) / std).detach() + noise
+    clamped = (u < 1 / 8) | (u > 7 / 8)
+    assert clamped.any() and (x.grad[clamped] == 0).all() and (x.grad[~clamped] > 0).all()
+    assert Uniq(compose_config(["method=uniq", "method.noise_grad=through"])).weight_quantizer(
+        torch.nn.Linear(2, 2), 2).noise_grad == "through"
+    assert Uniq(compose_config(["method=uniq"])).weight_quantizer(torch.nn.Linear(2, 2), 2).noise_grad == "identity"
+    with pytest.raises(QnnrunError, match="method.noise_grad"):
+        Uniq(compose_config(["method=uniq", "method.noise_grad=phi"]))
 
 
 # ---- UNIQ stages -------------------------------------------------------------------------------
@@ -320,6 +407,35 @@ def test_uniq_stage_transitions_freeze_the_right_parameters() -> None:
     assert [b[0].present_states() for b in blocks] == [{ChannelState.FROZEN}, {ChannelState.FROZEN},
                                                        {ChannelState.NOISY}]
     assert all(layer.input_quant.enabled for block in blocks for layer in block)
+
+
+@pytest.mark.parametrize("freeze_bias", [True, False])
+def test_uniq_frozen_blocks_freeze_their_biases_as_the_reference(freeze_bias: bool) -> None:
+    """UNIQ's UNIQNet.switch_stage sets requires_grad=False on every parameter of a frozen block's layers
+    (weight and bias); method.freeze_bias=false keeps the biases training."""
+    model, method, images = _digits_model(["method=uniq", "bits.w=2", "bits.a=8", "model=lenet5",
+                                           "model.batch_norm=false", "method.stages=3",
+                                           f"method.freeze_bias={str(freeze_bias).lower()}"])
+    blocks = method.blocks
+    assert all(layer.bias is not None for block in blocks for layer in block)
+    method.plan(3, 10)
+    method.prepare(model, [images])
+    method.on_epoch_start(model, 1, 3)  # block 0 frozen, block 1 noisy, block 2 float
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    before = [layer.bias.detach().clone() for layer in blocks[0]]
+    model.train()
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        model(images).logsumexp(1).sum().backward()
+        optimizer.step()
+    frozen_biases = [layer.bias for layer in blocks[0]]
+    if freeze_bias:
+        assert all(b.grad is None for b in frozen_biases)
+        assert all(torch.equal(b, old) for b, old in zip(frozen_biases, before, strict=True))
+    else:
+        assert all(b.grad is not None for b in frozen_biases)
+        assert not all(torch.equal(b, old) for b, old in zip(frozen_biases, before, strict=True))
+    assert all(layer.bias.grad is not None for block in blocks[1:] for layer in block)  # later blocks train
 
 
 def test_uniq_and_sq_at_32_bits_quantize_nothing() -> None:

@@ -254,7 +254,7 @@ def weight_grid(layer: QuantLayer, name: str) -> WeightGrid:
         levels = 2**bits - 1
         return WeightGrid(bits, 2 * torch.arange(0, levels + 1) - levels, _per_row(1.0 / levels, rows), zero)
     if isinstance(quantizer, TernaryQuantizer):
-        _, alpha = Q.twn_threshold_and_scale(weight, quantizer.threshold_ratio)
+        _, alpha = quantizer.threshold_and_scale(weight)
         return WeightGrid(2, torch.tensor([-1, 0, 1]), _per_row(alpha, rows), zero)
     if isinstance(quantizer, LevelQuantizer):
         if quantizer.kind == "sign" or (quantizer.kind == "linear" and bits == 1):

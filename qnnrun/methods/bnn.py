@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.config import check_bool
+from qnnrun.config import check_bool, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
@@ -164,7 +164,8 @@ class LatentWeightMethod(Method):
     (quantize the gradient at every quantized layer's output to that many bits; 32 = off),
     ``output_bn`` (a BatchNorm on the logits), ``latent_init`` (``uniform``: latent weights of the
     quantized layers drawn from ``U(-1, 1)`` as BinaryNet does, unless ``init_from`` loaded them;
-    ``keep``: the model's own initialisation).
+    ``keep``: the model's own initialisation), ``bn_eps`` (the epsilon of every BatchNorm, BinaryNet's
+    1e-4 for bnn / qnn; ``null`` keeps the model's).
     """
 
     def __init__(self, cfg: DictConfig) -> None:
@@ -179,6 +180,8 @@ class LatentWeightMethod(Method):
         if not isinstance(self.grad_bits, int) or isinstance(self.grad_bits, bool) or not (
                 2 <= self.grad_bits <= 16 or self.grad_bits == FLOAT_BITS):
             raise QnnrunError(f"method.grad_bits={self.grad_bits!r} is not valid: valid are 2-16, or 32 for off")
+        bn_eps = _option(cfg, "bn_eps", None)
+        self.bn_eps = None if bn_eps is None else check_number("method.bn_eps", bn_eps, 0)
         self.latent_init = str(_option(cfg, "latent_init", "uniform"))
         if self.latent_init not in LATENT_INITS:
             raise QnnrunError(f"method.latent_init={self.latent_init!r} is not valid: "
@@ -208,6 +211,10 @@ class LatentWeightMethod(Method):
             parent_name, _, child = last_name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child,
                     nn.Sequential(last, norm(features, device=last.weight.device)))
+        if self.bn_eps is not None:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eps = self.bn_eps
         if self.shift_bn:
             _replace_modules(model, _shift_batchnorm)
         if self.grad_bits != FLOAT_BITS:

@@ -1,8 +1,9 @@
 """``method=sq``: stochastic quantization (Dong et al., BMVC 2017).
 
 Weights are quantized per output row (conv filter / linear neuron): BWN ``alpha_i * sign(W_i)``
-with ``alpha_i = mean |W_i|`` at 1 bit, TWN at 2 bits (one threshold ``0.7 * mean |W|`` per layer,
-``alpha_i`` the mean of the row's entries above it), symmetric uniform per row at 3+ bits.
+with ``alpha_i = mean |W_i|`` at 1 bit, TWN at 2 bits (one threshold ``0.7 * mean |W - mean(W)|``
+per layer as in the authors' code, ``method.twn_centered=false`` for ``0.7 * mean |W|``; ``alpha_i``
+the mean of the row's entries above it), symmetric uniform per row at 3+ bits.
 
 Before every training forward pass each layer keeps ``floor((1 - r) * rows)`` rows in full
 precision, drawn without replacement with probability proportional to their relative
@@ -37,7 +38,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.config import check_choice, check_number
+from qnnrun.config import check_bool, check_choice, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
@@ -45,20 +46,27 @@ from qnnrun.quant.layers import ChannelState, QuantLayer, Quantizer, UniformQuan
 
 
 class TernaryQuantizer(Quantizer):
-    """TWN weight quantizer: per-tensor threshold ``threshold_ratio * mean |w|``, per-row scale."""
+    """TWN weight quantizer: per-tensor threshold ``threshold_ratio * mean |w - mean(w)|``
+    (``centered``, the SQ authors' code) or ``threshold_ratio * mean |w|``, per-row scale."""
 
-    def __init__(self, threshold_ratio: float = 0.7, estimator: Q.Estimator = "ste") -> None:
+    def __init__(self, threshold_ratio: float = 0.7, estimator: Q.Estimator = "ste", centered: bool = True) -> None:
         super().__init__()
         self.bits = 2
         self.threshold_ratio = threshold_ratio
         self.estimator = estimator
+        self.centered = centered
+
+    def threshold_and_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The threshold (0-d) and per-row scales ``[C, 1, ...]`` of weight ``x`` (export reads them too)."""
+        return Q.twn_threshold_and_scale(x, self.threshold_ratio, self.centered)
 
     def forward(self, x: Tensor) -> Tensor:
-        threshold, scale = Q.twn_threshold_and_scale(x, self.threshold_ratio)
+        threshold, scale = self.threshold_and_scale(x)
         return Q.ternary_quantize(x, threshold, scale, self.estimator)
 
     def extra_repr(self) -> str:
-        return (f"bits=2 (ternary), threshold={self.threshold_ratio} * mean|w|, per_row_scale, "
+        spread = "mean|w - mean(w)|" if self.centered else "mean|w|"
+        return (f"bits=2 (ternary), threshold={self.threshold_ratio} * {spread}, per_row_scale, "
                 f"estimator={self.estimator}")
 
 
@@ -116,6 +124,7 @@ class StochasticQuantization(Method):
             raise QnnrunError(f"method.ratios={list(options.ratios)} is not valid: expected a non-empty list of "
                               f"numbers in (0, 1], e.g. [0.5, 0.75, 0.875, 1.0]")
         self.threshold_ratio = check_number("method.twn_threshold", options.twn_threshold, 0, 1, high_closed=False)
+        self.twn_centered = check_bool("method.twn_centered", options.get("twn_centered", True))
         self.selection = check_choice("method.selection", options.selection, SELECTIONS)
         self.stage_epochs_option = options.stage_epochs
         self.stage_schedule = check_choice("method.stage_schedule", options.get("stage_schedule", "restart"),
@@ -128,7 +137,7 @@ class StochasticQuantization(Method):
     def weight_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
         estimator = self.cfg.quant.estimator
         if bits == 2:
-            return TernaryQuantizer(self.threshold_ratio, estimator)
+            return TernaryQuantizer(self.threshold_ratio, estimator, self.twn_centered)
         # 1 bit: sign times the row's mean |w| (BWN); 3+ bits: symmetric uniform, max |w| per row.
         return UniformQuantizer(bits, signed=True, channels=layer.weight.shape[0], range_mode="dynamic",
                                 narrow=self.cfg.quant.narrow_range, estimator=estimator)

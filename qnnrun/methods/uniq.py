@@ -3,16 +3,20 @@
 Weights use the k-quantile quantizer (``k = 2^bits``) of a normal distribution fitted to each
 weight tensor: every weight becomes the median of its equiprobable bin. In training, a layer in
 the ``NOISY`` state instead gets uniform noise in the CDF domain, ``Phi^-1(Phi(z) + e)`` with
-``e ~ U[-1/(2k), 1/(2k)]``, which is differentiable, so the float weights learn through it.
+``e ~ U[-1/(2k), 1/(2k)]``. The gradient reaches the float weights unchanged, as in UNIQ's code,
+which swaps the noisy copy into the weight's data for the forward pass only
+(``method.noise_grad=identity``); ``through`` differentiates the noise formula instead.
 
 Training is gradual: the quantized layers, in forward order, are split into ``method.stages``
 contiguous blocks; during stage ``i`` (``method.stage_epochs`` epochs each, default an equal
-split) blocks before ``i`` are quantized and ``FROZEN`` (weights fixed; their biases and
-BatchNorm keep training), block ``i`` is ``NOISY``, later blocks are ``FLOAT`` with their input
-quantizers disabled. A ``NOISY`` layer evaluates with its real k-quantile weights, so at the end
-of the last stage the whole network evaluates quantized; evaluations in earlier stages measure
-the partly float network. Activations (inputs of the quantized layers) are uniform at
-``bits.a`` bits, as ``method=ste``.
+split) blocks before ``i`` are quantized and ``FROZEN`` (weights fixed, and their biases too
+with ``method.freeze_bias``, as UNIQ's ``switch_stage`` stops every parameter of a frozen layer;
+BatchNorm keeps training), block ``i`` is ``NOISY``, later blocks are ``FLOAT`` with their input
+quantizers disabled. Biases stay float: UNIQ's code also noises and quantizes them (each with its
+own normal fit), which this framework does not (docs/sq_uniq.md). A ``NOISY`` layer evaluates
+with its real k-quantile weights, so at the end of the last stage the whole network evaluates
+quantized; evaluations in earlier stages measure the partly float network. Activations (inputs
+of the quantized layers) are uniform at ``bits.a`` bits, as ``method=ste``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.config import check_int
+from qnnrun.config import check_bool, check_choice, check_int
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.methods.sq import stage_lengths, stage_of
@@ -40,9 +44,12 @@ class KQuantileQuantizer(Quantizer):
     noise in training and quantizes in evaluation.
     """
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, noise_grad: str = "identity") -> None:
         super().__init__()
+        if noise_grad not in Q.NOISE_GRADIENTS:
+            raise ValueError(f"noise_grad={noise_grad!r}: valid are {Q.NOISE_GRADIENTS}")
         self.bits = bits
+        self.noise_grad = noise_grad
 
     def forward(self, x: Tensor) -> Tensor:
         mean, std = Q.gaussian_fit(x)
@@ -54,10 +61,11 @@ class KQuantileQuantizer(Quantizer):
         mean, std = Q.gaussian_fit(x)
         half_bin = 0.5 / 2**self.bits
         noise = (torch.rand_like(x) * 2 - 1) * half_bin
-        return Q.kquantile_noise(x, self.bits, mean, std, noise)
+        return Q.kquantile_noise(x, self.bits, mean, std, noise, self.noise_grad)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, levels={2 ** self.bits} normal quantiles, per_tensor"
+        return (f"bits={self.bits}, levels={2 ** self.bits} normal quantiles, per_tensor, "
+                f"noise_grad={self.noise_grad}")
 
 
 def split_blocks(count: int, blocks: int) -> list[range]:
@@ -73,11 +81,14 @@ class Uniq(Method):
         super().__init__(cfg)
         self.stages = check_int("method.stages", cfg.method.stages, 1)
         self.stage_epochs_option = cfg.method.stage_epochs
+        self.noise_grad = check_choice("method.noise_grad", cfg.method.get("noise_grad", "identity"),
+                                       Q.NOISE_GRADIENTS)
+        self.freeze_bias = check_bool("method.freeze_bias", cfg.method.get("freeze_bias", True))
         self.blocks: list[list[QuantLayer]] = []
         self.stage = 0
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
-        return KQuantileQuantizer(bits)
+        return KQuantileQuantizer(bits, self.noise_grad)
 
     def input_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
         quant = self.cfg.quant
@@ -112,11 +123,15 @@ class Uniq(Method):
         self.stage = stage_of(epoch, self.stage_epochs)
         for index, block in enumerate(self.blocks):
             for layer in block:
-                if index < self.stage:
+                frozen = index < self.stage
+                if frozen:
                     if layer.weight_quant is not None and layer.present_states() != {ChannelState.FROZEN}:
                         layer.set_channel_state(ChannelState.FROZEN)
                 else:
                     layer.set_channel_state(ChannelState.NOISY if index == self.stage else ChannelState.FLOAT)
+                if self.freeze_bias and layer.bias is not None and layer.weight_quant is not None:
+                    # No gradient: the optimizer skips it (no update, no momentum, no weight decay).
+                    layer.bias.requires_grad_(not frozen)
                 if layer.input_quant is not None:
                     layer.input_quant.enabled = index <= self.stage
 

@@ -290,13 +290,21 @@ def maxabs_scale(amax: Tensor, bits: int, signed: bool, narrow: bool = False, ep
 # The levels come from :func:`ternary_levels` / :func:`ternary_threshold` below (shared with AQE).
 
 
-def twn_threshold_and_scale(x: Tensor, threshold_ratio: float = 0.7) -> tuple[Tensor, Tensor]:
+def twn_threshold_and_scale(x: Tensor, threshold_ratio: float = 0.7,
+                            centered: bool = False) -> tuple[Tensor, Tensor]:
     """TWN parameters of a weight ``x`` [C, ...]: one threshold per tensor, one scale per row.
 
-    ``delta = threshold_ratio * mean |x|`` (0-d); ``alpha_i`` = mean of ``|x|`` over the entries of
-    row ``i`` with ``|x| > delta``, shaped ``[C, 1, ..., 1]`` (0 for a row with no such entry).
+    ``delta = threshold_ratio * mean |x|`` (0-d), or with ``centered`` ``threshold_ratio *
+    mean |x - mean(x)|``, as the SQ authors' Caffe layers compute it (``TernaryConvolutionLayer::
+    Forward_gpu``: ``0.7 / N * (W - mean(W))`` summed by ``caffe_gpu_asum``); the threshold is then
+    compared with the uncentred weights in both cases. ``alpha_i`` = mean of ``|x|`` over the entries
+    of row ``i`` with ``|x| > delta``, shaped ``[C, 1, ..., 1]`` (0 for a row with no such entry).
     """
-    delta = ternary_threshold(x, threshold_ratio)
+    if centered:
+        detached = x.detach()
+        delta = threshold_ratio * (detached - detached.mean()).abs().mean()
+    else:
+        delta = ternary_threshold(x, threshold_ratio)
     rows = x.detach().abs().flatten(1)
     above = rows > delta
     alpha = (rows * above).sum(1) / above.sum(1).clamp_min(1)
@@ -381,18 +389,35 @@ def kquantile_quantize(x: Tensor, bits: int, mean: Tensor, std: Tensor) -> Tenso
     return _StraightThrough.apply(x, value.to(x.dtype))
 
 
-def kquantile_noise(x: Tensor, bits: int, mean: Tensor, std: Tensor, noise: Tensor) -> Tensor:
+NOISE_GRADIENTS: tuple[str, ...] = ("identity", "through")
+
+
+def kquantile_noise(x: Tensor, bits: int, mean: Tensor, std: Tensor, noise: Tensor,
+                    gradient: str = "identity") -> Tensor:
     """UNIQ's training-time stand-in for :func:`kquantile_quantize`: noise in the uniform domain.
 
     ``u = Phi((x - mean) / std)``, ``u~ = clamp(u + noise, 1/(2k), 1 - 1/(2k))``,
     result ``mean + std * Phi^-1(u~)``. ``noise`` (like ``x``) should be ``U[-1/(2k), 1/(2k)]``, the
     spread of ``u`` around its bin centre; the clamp keeps the result inside the range of the
-    quantization levels (``Phi^-1`` is infinite at 0 and 1). Differentiable in ``x`` (``mean`` and
-    ``std`` are constants).
+    quantization levels (``Phi^-1`` is infinite at 0 and 1). ``mean`` and ``std`` are constants.
+
+    ``gradient``: ``"identity"`` (default) passes the gradient to ``x`` unchanged, as UNIQ's code
+    does: its ``add_noise`` writes the noisy copy into the weight's ``.data`` for the forward pass
+    and ``restore_weights`` puts the float weight back before the update, so autograd never sees
+    ``Phi``, ``Phi^-1`` or the clamp. ``"through"`` differentiates the formula (zero gradient where
+    the clamp is active).
     """
+    if gradient not in NOISE_GRADIENTS:
+        raise ValueError(f"gradient={gradient!r}: valid are {NOISE_GRADIENTS}")
     k = 2**bits
-    uniform = torch.special.ndtr((x - mean) / std) + noise
-    return mean + std * torch.special.ndtri(uniform.clamp(0.5 / k, 1 - 0.5 / k))
+
+    def noisy(w: Tensor) -> Tensor:
+        uniform = torch.special.ndtr((w - mean) / std) + noise
+        return mean + std * torch.special.ndtri(uniform.clamp(0.5 / k, 1 - 0.5 / k))
+
+    if gradient == "through":
+        return noisy(x)
+    return _StraightThrough.apply(x, noisy(x.detach()).to(x.dtype))
 
 
 # ---- Level quantizers of the binary / low-bit estimators (BNN, QNN, AQE) ---------------------
