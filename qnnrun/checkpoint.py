@@ -4,7 +4,9 @@ A checkpoint is a dict of tensors and plain Python values::
 
     {"format": 1, "epoch": int (epochs completed), "config": dict (the resolved run config),
      "model": state_dict, "optimizer": ..., "scheduler": ..., "method": ...,
-     "best_acc": float, "history": [per-epoch metric dicts]}
+     "best_acc": float, "history": [per-epoch metric dicts], "info": dict (the data set's shape),
+     "extensions": [{"at_epoch", "epochs_before", "epochs"} for each extend=true resume],
+     "partial": dict (only in a checkpoint written mid-epoch: batches done, tallies, RNG state)}
 """
 
 from __future__ import annotations
@@ -36,6 +38,37 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     replace_atomic(path, lambda f: f.write(text.encode()))
 
 
+def check_output_file(path: str | Path, key: str) -> None:
+    """Raise a one-line QnnrunError naming ``key`` unless ``path`` can be written as a regular file:
+    absent or a regular file (a link to one too), in an existing folder. A special file (``/dev/null``,
+    a FIFO) or a folder is refused: an atomic replace would put a regular file in its place."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a folder" if path.is_dir() else "a special file"
+        raise QnnrunError(f"{key}={path} is {kind}, not a file qnnrun may replace: give a file path")
+    if path.is_symlink() and not path.exists():
+        raise QnnrunError(f"{key}={path} is a link to nothing: give a file path")
+    if not path.parent.is_dir():
+        raise QnnrunError(f"{key}={path}: the folder {path.parent} does not exist")
+
+
+def check_output_folder(path: str | Path, key: str) -> None:
+    """Create the folder ``path`` (and its parents) now, or raise a one-line QnnrunError naming
+    ``key``: a file or special file in the way, no permission, a file system that refuses folders."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise QnnrunError(f"{key}={path} cannot be a folder: {blocker} is not a folder; choose another with "
+                          f"{key}=DIR")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise QnnrunError(f"{key}={path} cannot be written ({err.strerror or err}); choose another with "
+                          f"{key}=DIR") from None
+
+
 def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Create ``path`` by ``write``-ing to a temporary file in the same folder, flushing it to disk,
     and replacing ``path`` with one ``os.replace`` (atomic on POSIX and Windows).
@@ -44,6 +77,7 @@ def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Non
     ``path`` and raises a one-line :class:`QnnrunError` naming the file.
     """
     path = Path(path)
+    check_output_file(path, "the file")
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

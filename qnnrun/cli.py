@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import qnnrun
+from qnnrun.checkpoint import check_output_folder
 from qnnrun.errors import Interrupted, QnnrunError
 
 log = logging.getLogger("qnnrun")
@@ -64,20 +65,25 @@ class OutputFolderCheck(Callback):
     it can be created, so a bad ``hydra.run.dir`` is one line, not Hydra's traceback."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_creatable(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        run_dir = Path(str(config.hydra.run.dir))
+        _exit_on_error(lambda: check_output_folder(run_dir, "hydra.run.dir"))
+        if config.get("resume") is False and config.hydra.job.name == "train":
+            from qnnrun.runs import refuse_existing_run
+
+            # Before Hydra writes its files there: the run's own .hydra/ stays as it is.
+            _exit_on_error(lambda: refuse_existing_run(run_dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check_creatable(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+        _exit_on_error(lambda: check_output_folder(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir"))
 
 
-def _check_creatable(folder: Path, key: str) -> None:
-    existing = folder.absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        what = "not a folder" if not existing.is_dir() else "not writable"
-        print(f"qnnrun: error: output folder {folder} cannot be created: {existing} is {what}; "
-              f"choose another with {key}=DIR", file=sys.stderr, flush=True)
+def _exit_on_error(check: Callable[[], None]) -> None:
+    """Run ``check``; its QnnrunError is one line on stderr and exit code 1 (Hydra's callbacks would
+    print a traceback)."""
+    try:
+        check()
+    except QnnrunError as error:
+        print(f"qnnrun: error: {error}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 
@@ -109,21 +115,47 @@ def _guarded(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @_guarded
 def train_app(cfg: DictConfig) -> None:
-    """Train one run into Hydra's output folder; with resume=true a finished run is skipped untouched."""
+    """Train one run into Hydra's output folder; a resumed run that is finished is skipped untouched.
+
+    A single run that fails before writing anything of its own leaves no folder; a sweep job leaves
+    a failure record. A sweep job that would repeat an earlier job's run records a pointer to it.
+    """
+    from qnnrun.config import validate_train
     from qnnrun.engine import train
-    from qnnrun.sweep import finished_summary, record_failure
+    from qnnrun.runs import check_finished_config, remove_if_disposable, resume_checkpoint, resumed_config
+    from qnnrun.sweep import finished_summary, record_duplicate, record_failure, same_run_in_sweep
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if cfg.resume is True and finished_summary(run_dir, cfg.trainer.epochs) is not None:
-        log.info("resume=true: %s is finished (summary.json status done), skipped", run_dir)
-        return
+    overrides = list(hydra_cfg.overrides.task)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        train(cfg, run_dir)
+        resumed = resume_checkpoint(cfg.resume)
+        if resumed is not None:
+            if sweep:
+                raise QnnrunError(f"resume={cfg.resume} continues one run; a sweep continues with resume=true")
+            cfg = resumed_config(cfg, overrides)
+        target = resumed.parent if resumed is not None else run_dir
+        if cfg.resume is not False and finished_summary(target, cfg.trainer.epochs) is not None:
+            check_finished_config(target, cfg)
+            log.info("%s is finished (summary.json status done, %d epochs): nothing to do", target,
+                     cfg.trainer.epochs)
+            return
+        if sweep:
+            validate_train(cfg)  # a job with a bad value fails as itself, not as another job's duplicate
+            first = same_run_in_sweep(cfg, Path(hydra_cfg.sweep.dir), run_dir)
+            if first is not None:
+                record_duplicate(run_dir, cfg, first, overrides)
+                log.info("the same run as %s (an earlier job of this sweep): not trained again", first)
+                return
+        train(cfg, run_dir, overrides)
     except Interrupted:  # not a failure: last.ckpt is there and resume=true continues the run
         raise
     except Exception as error:
-        record_failure(run_dir, cfg, error, list(hydra_cfg.overrides.task))
+        # A single run's error is on stderr; its folder is removed when the run wrote nothing there, and
+        # a resumed run's folder keeps its resumable checkpoint with no failure record.
+        if sweep or (not remove_if_disposable(run_dir, keep=Path.cwd()) and cfg.resume is False):
+            record_failure(run_dir, cfg, error, overrides)
         raise
 
 
@@ -196,6 +228,63 @@ def _completion(argv: list[str]) -> None:
         print(" ".join(f"{name} " for name in COMMANDS if name.startswith(typed)))
 
 
+# `qnnrun <command> --help`: what each command does, its options, and the groups it reads (the
+# composed config follows, printed by Hydra). Rendered by the `qnnrun_help` resolver of
+# conf/hydra/help/qnnrun.yaml.
+COMMAND_HELP = {
+    "train": ("train one run, or a sweep with -m", [
+        "qnnrun train [group=option ...] [key=value ...]       one run",
+        "qnnrun train -m method=ste,fp bits=2,4 seed=0,1       a sweep (one folder per job)",
+        "qnnrun train -m ... resume=true                       re-run a sweep: finished runs skipped",
+        "qnnrun train resume=RUN_FOLDER                        continue one run with its own config",
+        "qnnrun train resume=RUN_FOLDER trainer.epochs=N extend=true   train a run longer (recorded)",
+        "qnnrun train trainer.devices=N ...                    one run on N data-parallel processes",
+    ], ("model", "dataset", "method", "bits", "optim", "sched", "trainer", "experiment", "hydra/launcher")),
+    "eval": ("evaluate a saved run on its test set, or on another data set of the same shape", [
+        "qnnrun eval checkpoint=PATH                 PATH: a .ckpt file or a run folder (its last.ckpt)",
+        "qnnrun eval checkpoint=PATH dataset=NAME    another data set with the same image shape and classes",
+        "qnnrun eval checkpoint=PATH backend=int     the integer model (as qnnrun export format=int builds it)",
+        "options: device=auto|cpu|cuda, paths.data_dir=DIR",
+    ], ("dataset",)),
+    "export": ("write the integer model or an ONNX QDQ graph of a saved run", [
+        "qnnrun export checkpoint=PATH format=int    packed integer codes: <checkpoint>.int.pt",
+        "qnnrun export checkpoint=PATH format=onnx   QuantizeLinear/DequantizeLinear graph: <checkpoint>.onnx",
+        "options: output=FILE (default beside the checkpoint), device=cpu|cuda",
+    ], ()),
+    "bops": ("print the per-layer BOPs / MACs / weight-memory table of a model, without training", [
+        "qnnrun bops model=NAME dataset=NAME bits=B [method=NAME] [quant.first_layer=fp|8|same ...]",
+        "the data set only gives the input shape and class count: no data is read",
+    ], ("model", "dataset", "method", "bits")),
+}
+# The launchers a user picks (hydra/launcher=...); the rest of Hydra's are what these build on.
+HYDRA_LAUNCHERS = ("basic", "local", "slurm", "submitit_local")
+
+
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group`` in conf/, numbers in numeric order (``bits``: 1, 2, ..., 8, 32)."""
+    if group == "hydra/launcher":
+        return list(HYDRA_LAUNCHERS)
+    names = [p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")]
+    return sorted(names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
+
+
+def command_help(command: str) -> str:
+    """The body of ``qnnrun <command> --help``: what it does, usage lines, the groups it reads."""
+    summary, usage, groups = COMMAND_HELP[command]
+    lines = [f"qnnrun {command}: {summary}.", "", "Usage:", *(f"  {line}" for line in usage)]
+    if groups:
+        lines += ["", "== Configuration groups ==", "Choose one option per group, e.g. model=resnet20 dataset=cifar10.",
+                  "", *(f"{group}: {', '.join(group_options(group))}" for group in groups)]
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("qnnrun_help", command_help, replace=True)
+# conf/train.yaml's log format: "job 3: " before each line of sweep job 3, nothing in a single run.
+OmegaConf.register_new_resolver("qnnrun_job_prefix",
+                                lambda mode, num: f"job {num}: " if str(mode).endswith("MULTIRUN") else "",
+                                replace=True)
+
+
 _OVERRIDE = re.compile(r"^(?P<key>[\w/]+)=(?P<value>[^'\"()\[\]{}$]+)$")
 _NON_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|true|false|True|False|inf|nan")
 
@@ -254,11 +343,120 @@ def check_group_choices(args: list[str]) -> None:
         # hydra/...: Hydra's plugins bring options of their own (hydra/launcher=submitit_local).
         if not match or match["key"].startswith("hydra") or not (Path(CONFIG_DIR) / match["key"]).is_dir():
             continue
-        options = sorted((p.stem for p in (Path(CONFIG_DIR) / match["key"]).glob("*.yaml")),
-                         key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
+        options = group_options(match["key"])
         for value in match["value"].split(","):
             if value.strip("'") not in (*options, "null"):
                 raise QnnrunError(f"{match['key']}={value} is not valid: choose one of {', '.join(options)}")
+
+
+def _first_job(overrides: list[Any]) -> list[str]:
+    """Hydra's parsed ``overrides`` as one job's overrides: a sweep's first value (a range or an
+    interval, which only a sweeper plugin expands, is left out)."""
+    job = []
+    for override in overrides:
+        if not override.is_sweep_override():
+            job.append(override.input_line)
+            continue
+        try:
+            first = next(iter(override.sweep_string_iterator()))
+        except Exception:  # an interval (optuna): no single value to try
+            continue
+        job.append(f"{override.get_key_element()}={first}")
+    return job
+
+
+def _keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a composed config (the values of list-valued keys not descended into)."""
+    keys = []
+    for key in cfg:
+        dotted = f"{prefix}{key}"
+        keys.append(dotted)
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig):
+            keys += _keys(value, dotted + ".")
+    return keys
+
+
+def _did_you_mean(key: str, cfg: DictConfig, groups: list[str]) -> str:
+    """``"; did you mean trainer.epochs?"``: the key of the config (or group name) closest to ``key``,
+    among keys as deep as ``key`` (so ``optim.lrr`` is matched against ``optim.lr``, not ``optim``)."""
+    import difflib
+
+    keys = {k for k in _keys(cfg) if not k.startswith("hydra.") or key.startswith("hydra.")} | set(groups)
+    same_depth = sorted(k for k in keys if k.count(".") == key.count("."))
+    close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def check_overrides(config_name: str, args: list[str]) -> None:
+    """Compose ``config_name`` with ``args``' overrides (a sweep's first job) as Hydra will, and turn
+    what Hydra would report in several lines into one :class:`QnnrunError`: a key the config does not
+    have (with the closest keys), an option no group has (``hydra/launcher=foo`` too), and a
+    ``+key`` that adds a key no code reads (Hydra's own advice for a typo, which would train silently
+    with the default)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, MissingConfigException
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise QnnrunError(str(error).strip().splitlines()[0]) from None
+    job = _first_job(parsed)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            groups = [g for g in GlobalHydra.instance().config_loader().list_groups("") if g != "hydra"]
+            # The groups chosen, without the keys set: what the keys are checked against.
+            chosen = [o for o, p in zip(job, _first_job_parsed(job), strict=True)
+                      if p.key_or_group in groups or "/" in p.key_or_group]
+            base = compose(config_name, overrides=[], return_hydra_config=True)
+            try:
+                base = compose(config_name, overrides=chosen, return_hydra_config=True)
+                compose(config_name, overrides=job, return_hydra_config=True)
+            except MissingConfigException as error:
+                missing = str(error.missing_cfg_file or "")
+                raise QnnrunError(f"{missing.rpartition('/')[0]}={missing.rpartition('/')[2]} is not valid: choose "
+                                  f"one of {', '.join(error.options or []) or 'none'}") from None
+            except HydraException as error:  # a key, or a group this command does not read
+                key = str(error).partition("Could not override '")[2].partition("'")[0]
+                if not key:
+                    raise QnnrunError(str(error).strip().splitlines()[0]) from None
+                value = next((o.partition("=")[2] for o in job if o.partition("=")[0].lstrip("+~") == key), "")
+                raise QnnrunError(f"{key}={value}: no such option{_did_you_mean(key, base, groups)} (qnnrun "
+                                  f"{config_name} --cfg job lists the options)") from None
+            except Exception as error:  # e.g. a group set to null where it is not optional
+                culprit = next(o for i, o in enumerate(job) if not _composes(config_name, job[:i + 1]))
+                key = culprit.partition("=")[0].lstrip("+~")
+                options = f": choose one of {', '.join(group_options(key))}" if key in groups else ""
+                raise QnnrunError(f"{culprit} is not valid{options} ({str(error).strip().splitlines()[0]})") from None
+            for override in (o for o in parsed if o.is_add() or o.is_force_add()):
+                key = override.key_or_group
+                if key in groups or "/" in key or OmegaConf.select(base, key, default=None) is not None:
+                    continue
+                raise QnnrunError(f"{override.input_line}: {key} is not an option of qnnrun {config_name}, no code "
+                                  f"would read it{_did_you_mean(key, base, groups)}")
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _composes(config_name: str, overrides: list[str]) -> bool:
+    """Whether Hydra composes ``config_name`` with ``overrides`` (inside an initialized Hydra)."""
+    from hydra import compose
+
+    try:
+        compose(config_name, overrides=overrides, return_hydra_config=True)
+    except Exception:
+        return False
+    return True
+
+
+def _first_job_parsed(job: list[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(job)
 
 
 def main() -> None:
@@ -280,10 +478,13 @@ def main() -> None:
     try:
         check_group_choices(argv[1:])
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
+        if command != "report" and not any(a in ("--help", "-h", "--hydra-help") for a in argv[1:]):
+            check_overrides(command, sys.argv[1:])
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)
         sys.exit(1)
     if command == "train":
+        from qnnrun.runs import resume_single_run_args
         from qnnrun.sweep import resume_sweep_args
 
         # A joblib worker stopped by a signal leaves its semaphores to loky's resource tracker (a process
@@ -293,7 +494,7 @@ def main() -> None:
         if quiet not in given.split(","):
             os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [given, quiet]))
 
-        sys.argv = [sys.argv[0], *resume_sweep_args(sys.argv[1:])]
+        sys.argv = [sys.argv[0], *resume_single_run_args(resume_sweep_args(sys.argv[1:]))]
     COMMANDS[command]()
     if _failures:
         print(f"qnnrun: {len(_failures)} job(s) of the sweep failed (error and config in their summary.json, "

@@ -139,3 +139,36 @@ def validate_train(cfg: DictConfig) -> None:
             valid = "null or a checkpoint path" if key == "init_from" else "true, false or a checkpoint/run path"
             raise QnnrunError(f"{key}={value!r} is not valid: expected {valid}")
     check_number("optim.lr", cfg.optim.lr, 0)
+    validate_optim_and_sched(cfg)
+    check_number("trainer.grad_clip", cfg.trainer.grad_clip, 0, low_closed=True, high=None)
+    check_number("trainer.label_smoothing", cfg.trainer.label_smoothing, 0, 1, low_closed=True, high_closed=False)
+    check_int("dataset.eval_batch_size", cfg.dataset.eval_batch_size, 1)
+
+
+def validate_optim_and_sched(cfg: DictConfig) -> None:
+    """Check the numbers of ``optim`` and ``sched`` that the chosen options have."""
+    optim, sched = cfg.optim, cfg.sched
+    check_number("optim.weight_decay", optim.weight_decay, 0, low_closed=True, high=None)
+    if "momentum" in optim:
+        check_number("optim.momentum", optim.momentum, 0, 1, low_closed=True, high_closed=False)
+    if "nesterov" in optim:
+        check_bool("optim.nesterov", optim.nesterov)
+    if "betas" in optim:
+        betas = optim.betas
+        if not (OmegaConf.is_list(betas) and len(betas) == 2):
+            raise QnnrunError(f"optim.betas={betas!r} is not valid: expected two numbers in [0, 1)")
+        for index, beta in enumerate(betas):
+            check_number(f"optim.betas[{index}]", beta, 0, 1, low_closed=True, high_closed=False)
+    check_number("sched.warmup_epochs", sched.warmup_epochs, 0, low_closed=True, high=None)
+    if "min_lr_ratio" in sched:
+        check_number("sched.min_lr_ratio", sched.min_lr_ratio, 0, 1, low_closed=True)
+    if "final_lr_ratio" in sched:
+        check_number("sched.final_lr_ratio", sched.final_lr_ratio, 0, 1)
+    if "gamma" in sched:
+        check_number("sched.gamma", sched.gamma, 0, 1)
+    if "milestones" in sched:
+        milestones = sched.milestones
+        if not (OmegaConf.is_list(milestones) and all(_is_int(m) and m >= 0 for m in milestones)
+                and list(milestones) == sorted(milestones)):
+            raise QnnrunError(f"sched.milestones={milestones!r} is not valid: expected increasing epochs >= 0, "
+                              f"e.g. [30, 60]")

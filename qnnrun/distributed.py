@@ -178,17 +178,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def spawn(config: dict[str, Any], run_dir: Path, devices: int) -> dict[str, Any]:
-    """Train ``config`` (a resolved run config) as ``devices`` ranks on this machine; returns rank 0's
-    summary. A rank's QnnrunError (or Interrupted) is re-raised here as one line."""
+def spawn(config: dict[str, Any], run_dir: Path, devices: int, overrides: list[str]) -> dict[str, Any]:
+    """Train ``config`` (a resolved run config, given by command-line ``overrides``) as ``devices``
+    ranks on this machine; returns rank 0's summary. A rank's QnnrunError (or Interrupted) is
+    re-raised here as one line."""
     if torch.cuda.is_available() and str(config["trainer"]["device"]) in ("auto", "cuda"):
         if devices > torch.cuda.device_count():
             raise QnnrunError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s)")
     port = _free_port()
     context = mp.get_context("spawn")
     errors = context.SimpleQueue()
-    processes = mp.start_processes(_worker, args=(devices, port, config, str(run_dir), errors), nprocs=devices,
-                                   join=False, start_method="spawn")
+    processes = mp.start_processes(_worker, args=(devices, port, config, str(run_dir), overrides, errors),
+                                   nprocs=devices, join=False, start_method="spawn")
 
     def forward(signum: int, frame: Any) -> None:  # a scheduler may signal only this parent
         for process in processes.processes:
@@ -211,7 +212,7 @@ def spawn(config: dict[str, Any], run_dir: Path, devices: int) -> dict[str, Any]
     if not errors.empty():  # ranks report QnnrunError/Interrupted here and exit normally
         kind, message, signum = errors.get()
         raise Interrupted(message, signum) if kind == "interrupted" else QnnrunError(message)
-    from qnnrun.sweep import read_summary
+    from qnnrun.runs import read_summary
 
     summary = read_summary(run_dir)
     if summary is None:
@@ -219,7 +220,8 @@ def spawn(config: dict[str, Any], run_dir: Path, devices: int) -> dict[str, Any]
     return summary
 
 
-def _worker(index: int, world: int, port: int, config: dict[str, Any], run_dir: str, errors: Any) -> None:
+def _worker(index: int, world: int, port: int, config: dict[str, Any], run_dir: str, overrides: list[str],
+            errors: Any) -> None:
     """One spawned rank: set the torchrun variables, log like the parent (rank 0 only), train."""
     os.environ.update(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -236,7 +238,7 @@ def _worker(index: int, world: int, port: int, config: dict[str, Any], run_dir: 
     # Errors go to the parent through the queue and the rank exits normally: a non-zero exit would
     # make torch.multiprocessing kill the other ranks, perhaps while rank 0 writes a checkpoint.
     try:
-        train(OmegaConf.create(config), Path(run_dir))
+        train(OmegaConf.create(config), Path(run_dir), overrides)
     except Interrupted as error:
         if index == 0:
             errors.put(("interrupted", str(error), error.signum))

@@ -19,10 +19,10 @@ import math
 import os
 import random
 import signal
-import tempfile
+import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,12 +46,10 @@ from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.models import build_model
 from qnnrun.optim import ShiftAdaMax
 from qnnrun.quant.layers import set_recompute_input
-from qnnrun.sweep import STEP_CURVES
+from qnnrun.runs import (BEST_CKPT, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config, continue_command,
+                         prepare_run_dir, refuse_existing_run, resolve_resume)
 
 log = logging.getLogger("qnnrun")
-
-# Keys of the run config that must agree between a checkpoint and the run that resumes it.
-RESUME_KEYS = ("model", "method", "bits", "quant", "dataset.name")
 
 
 def select_device(spec: str) -> torch.device:
@@ -316,81 +314,13 @@ def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tenso
     return len(norms)
 
 
-def _config_value(cfg: Mapping[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = cfg.get(part) if isinstance(cfg, Mapping) else None
-    return cfg
-
-
-def _flatten(value: Any, prefix: str) -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"prefix.a.b": 1}``; a non-mapping value maps to itself under ``prefix``."""
-    if not isinstance(value, Mapping):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in value.items():
-        flat.update(_flatten(item, f"{prefix}.{key}"))
-    return flat
-
-
-def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], path: Path) -> None:
-    """A checkpoint resumes only a run of the same model, method, bits, quantizers and data set.
-
-    Every option under ``RESUME_KEYS`` that both configs hold must be equal. An option only the
-    current config holds was added to qnnrun after the checkpoint was written: the run resumes with
-    its current value and a warning names it (likewise for an option that no longer exists).
-    """
-    for key in RESUME_KEYS:
-        before = _flatten(_config_value(saved, key), key)
-        now = _flatten(_config_value(current, key), key)
-        for name in before.keys() & now.keys():
-            if before[name] != now[name]:
-                raise QnnrunError(f"cannot resume from {path}: its {name} was {before[name]}, this run has {now[name]}")
-        added = {name: now[name] for name in now.keys() - before.keys()}
-        if added:
-            log.warning("%s predates the options %s: resuming with these values",
-                        path, ", ".join(f"{name}={value}" for name, value in sorted(added.items())))
-        removed = sorted(before.keys() - now.keys())
-        if removed:
-            log.warning("%s sets options this version no longer has, ignored: %s", path, ", ".join(removed))
-
-
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir``, check that files can be written there (before any work is done), and
-    remove temporary files of checkpoint writes a killed process left behind."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as err:
-        raise QnnrunError(f"output folder {run_dir} is not writable ({err.strerror or err}): choose another with "
-                          f"hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)") from None
-    for stale in run_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
-
-
-def resolve_resume(resume: Any, run_dir: Path) -> tuple[Path | None, Path]:
-    """The checkpoint to resume from (or ``None``) and the folder the run writes into."""
-    if resume is False or resume is None:
-        return None, run_dir
-    if resume is True:
-        last = run_dir / "last.ckpt"
-        if not last.is_file():
-            log.info("resume=true but %s has no last.ckpt: starting a new run", run_dir)
-            return None, run_dir
-        return last, run_dir
-    path = Path(str(resume))
-    ckpt = path / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise QnnrunError(f"resume={resume}: no checkpoint at {ckpt} (give true, a .ckpt file or a run folder)")
-    return ckpt, ckpt.parent
-
-
 class _Progress:
-    """tqdm bar over one epoch's batches, or plain iteration when disabled."""
+    """tqdm bar over one epoch's batches, or plain iteration when disabled or when stderr is not a
+    terminal (a redirected log, Slurm, CI: the epoch's log line is all it gets, no ``\r`` frames)."""
 
     def __init__(self, batches: Iterable[Any], total: int, enabled: bool, desc: str, initial: int = 0) -> None:
         self.bar = (tqdm(batches, total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
-                    if enabled else None)
+                    if enabled and sys.stderr.isatty() else None)
         self.batches = batches
 
     def __iter__(self) -> Iterator[Any]:
@@ -405,39 +335,54 @@ class _Progress:
             self.bar.close()
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Run one training described by the composed ``train`` config; returns the summary.
 
     Everything is written into ``run_dir`` (or into the folder of the checkpoint given by
-    ``resume=PATH``). With ``trainer.devices=N > 1`` the run is spawned as N data-parallel ranks;
-    under torchrun this process is one rank (see :mod:`qnnrun.distributed`).
+    ``resume=PATH``); ``overrides`` (the command line's) are kept in ``summary.json``. With
+    ``trainer.devices=N > 1`` the run is spawned as N data-parallel ranks; under torchrun this
+    process is one rank (see :mod:`qnnrun.distributed`).
     """
     validate_train(cfg)
     warn_unused_method_options(cfg, log)
     if cfg.trainer.devices > 1 and not distributed.launched_by_torchrun():
         resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
+        if resume_from is None:
+            refuse_existing_run(run_dir)
         prepare_run_dir(run_dir)
-        return distributed.spawn(OmegaConf.to_container(cfg, resolve=True), run_dir, cfg.trainer.devices)
+        return distributed.spawn(OmegaConf.to_container(cfg, resolve=True), run_dir, cfg.trainer.devices,
+                                 list(overrides))
     ranks, rank_device = distributed.init(cfg.trainer.device)
     try:
         return _train(cfg, distributed.broadcast_path(run_dir, ranks), ranks,
-                      rank_device or select_device(cfg.trainer.device))
+                      rank_device or select_device(cfg.trainer.device), overrides)
     finally:
         distributed.finish(ranks)
 
 
-def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: torch.device) -> dict[str, Any]:
+def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: torch.device,
+           overrides: Sequence[str]) -> dict[str, Any]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
     if ranks.main:
+        if resume_from is None:
+            refuse_existing_run(run_dir)
         prepare_run_dir(run_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = None
+    extensions: list[dict[str, int]] = []
     if resume_from is not None:
         checkpoint = load_checkpoint(resume_from)
-        check_resume_config(checkpoint["config"], config, resume_from)
+        check_resume_config(checkpoint["config"], config, resume_from, extend=cfg.get("extend") is True)
+        extensions = list(checkpoint.get("extensions", []))
+        epochs_before = checkpoint["config"]["trainer"]["epochs"]
+        if epochs_before != cfg.trainer.epochs:  # extend=true: checked above
+            extensions.append({"at_epoch": int(checkpoint["epoch"]), "epochs_before": int(epochs_before),
+                               "epochs": int(cfg.trainer.epochs)})
+            log.info("extending %s from %d to %d epochs at epoch %d", resume_from, epochs_before,
+                     cfg.trainer.epochs, checkpoint["epoch"])
 
     init_from = None if checkpoint is not None else cfg.init_from
     if init_from:
@@ -480,9 +425,10 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
         writer.writeheader()
         writer.writerows(rows)
         write_text_atomic(run_dir / "bops.csv", table.getvalue())
-    log.info("%s %s W%d/A%d on %s (%s): %.4f GBOPs/image, %.3f MiB weights (%.1fx smaller than FP32)",
-             cfg.method.name, cfg.model.name, method.weight_bits, method.act_bits, info.name, device,
-             cost["bops"] / 1e9, cost["weight_memory_mb"], cost["compression"])
+    smaller = f" ({cost['compression']:.1f}x smaller than FP32)" if method.quantizes else " (float)"
+    log.info("%s %s W%d/A%d on %s (%s): %.4f GBOPs/image, %.3f MiB weights%s", cfg.method.name, cfg.model.name,
+             method.weight_bits, method.act_bits, info.name, device, cost["bops"] / 1e9, cost["weight_memory_mb"],
+             smaller)
 
     from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
 
@@ -578,9 +524,10 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                                       acc=100.0 * tally.correct.item() / tally.seen)
                 if stopping and tally.batches < steps_per_epoch:
                     progress.close()
-                    state = _state(config, epoch, model, optimizer, scheduler, method, best_acc, history, info)
+                    state = _state(config, epoch, model, optimizer, scheduler, method, best_acc, history, info,
+                                   extensions)
                     state["partial"] = tally.state(steps_per_epoch, ranks)
-                    save(state, run_dir / "last.ckpt")
+                    save(state, run_dir / LAST_CKPT)
                     raise _interrupted(stop.signum or signal.SIGTERM, run_dir, f"epoch {epoch + 1}, batch "
                                        f"{tally.batches} of {steps_per_epoch}")
             progress.close()
@@ -604,10 +551,11 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
             improved = metrics.get("test_acc", -1.0) > best_acc
             if improved:
                 best_acc = metrics["test_acc"]
-            state = _state(config, epoch + 1, model, optimizer, scheduler, method, best_acc, history, info)
-            save(state, run_dir / "last.ckpt")
+            state = _state(config, epoch + 1, model, optimizer, scheduler, method, best_acc, history, info,
+                                   extensions)
+            save(state, run_dir / LAST_CKPT)
             if improved:
-                save(state, run_dir / "best.ckpt")
+                save(state, run_dir / BEST_CKPT)
             skipped = f"  ({tally.skipped} non-finite batches skipped)" if tally.skipped else ""
             log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %s  %.1fs (%.0f img/s)%s", epoch + 1, epochs,
                      metrics["train_loss"], metrics["train_acc"],
@@ -621,6 +569,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
         history.append({"epoch": epochs, "test_loss": result.loss, "test_acc": result.acc,
                         **({"test_top5": result.top5} if result.top5 is not None else {})})
     summary = _summary(cfg, method, info, history, best_acc, cost, init_test_acc(cfg.init_from))
+    summary.update(extensions=extensions, overrides=list(overrides), run_dir=str(run_dir.resolve()))
     hparams = {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
                "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed}
     change = None if summary["init_test_acc"] is None else summary["test_acc"] - summary["init_test_acc"]
@@ -632,7 +581,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
         writer.close()
         if step_writer is not None:
             step_writer.close()
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
     since = "" if change is None else f"; {change:+.2f} from init_from's {summary['init_test_acc']:.2f}%"
     log.info("done: test accuracy %.2f%% (best %.2f%%%s), results in %s", summary["test_acc"],
              summary["best_test_acc"], since, run_dir)
@@ -679,8 +628,8 @@ class StopRequest:
 
 def _interrupted(signum: int, run_dir: Path, where: str) -> Interrupted:
     name = signal.Signals(signum).name
-    return Interrupted(f"stopped by {name} at {where}: checkpoint written to {run_dir / 'last.ckpt'}; "
-                       f"continue with the same command plus resume=true", signum)
+    return Interrupted(f"stopped by {name} at {where}: checkpoint written to {run_dir / LAST_CKPT}; continue "
+                       f"this run with {continue_command(run_dir)} (a sweep: its command plus resume=true)", signum)
 
 
 class _EpochTally:
@@ -729,7 +678,7 @@ class _EpochTally:
             bad = int(self.first_bad)
         if bad < 0:
             return
-        kept = f"{run_dir / 'last.ckpt'} (epoch {epoch}) is kept" if epoch else "no checkpoint was written"
+        kept = f"{run_dir / LAST_CKPT} (epoch {epoch}) is kept" if epoch else "no checkpoint was written"
         raise QnnrunError(f"training diverged: non-finite loss at epoch {epoch + 1}, batch {bad % steps_per_epoch + 1} "
                           f"(global step {bad}). Likely cause: a learning rate too high for this method and bit "
                           f"width (optim.lr={cfg.optim.lr}) or bad input data; {kept}; trainer.on_nan=skip_batch "
@@ -819,12 +768,13 @@ def finite_everywhere(loss: Tensor) -> bool:
 
 def _state(config: dict[str, Any], epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
            scheduler: Any, method: Method, best_acc: float, history: list[dict[str, Any]],
-           info: DataInfo) -> dict[str, Any]:
+           info: DataInfo, extensions: list[dict[str, int]]) -> dict[str, Any]:
     """A checkpoint after ``epoch`` completed epochs (see :mod:`qnnrun.checkpoint`)."""
     return {
         "format": FORMAT, "epoch": epoch, "config": config, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "method": method.state_dict(), "best_acc": best_acc, "history": history, "info": asdict(info),
+        "extensions": extensions,
     }
 
 

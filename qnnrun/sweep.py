@@ -27,30 +27,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from qnnrun.checkpoint import write_text_atomic
 from qnnrun.errors import QnnrunError
+from qnnrun.runs import SUMMARY, claim_run, read_summary, run_identity
 
 log = logging.getLogger("qnnrun")
 
 # Where `resume=true` looks for earlier sweeps: the default hydra.sweep.dir lives under it.
 OUTPUTS_ROOT = Path("outputs")
-SUMMARY = "summary.json"
-# A run's step curves: TensorBoard events of their own in this sub-folder of the run folder.
-STEP_CURVES = "steps"
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """``run_dir/summary.json`` as a dict, or ``None`` when absent or unreadable (a run cut off mid-write)."""
-    try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
 
 
 def finished_summary(run_dir: Path, epochs: int) -> dict[str, Any] | None:
     """The summary of a run in ``run_dir`` that finished ``epochs`` epochs, else ``None``.
 
-    A done run trained for a different number of epochs is not finished for this config: the
-    engine resumes it from ``last.ckpt`` (a longer schedule continues the run).
+    A done run of a different number of epochs is not finished for this config: the engine refuses
+    to resume it unless ``extend=true`` asks for more epochs (:func:`qnnrun.runs.check_resume_config`).
     """
     summary = read_summary(run_dir)
     if summary is None or summary.get("status") != "done" or summary.get("epochs") != epochs:
@@ -58,32 +47,65 @@ def finished_summary(run_dir: Path, epochs: int) -> dict[str, Any] | None:
     return summary
 
 
-def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException, overrides: list[str]) -> None:
-    """Write ``run_dir/summary.json`` with ``"status": "failed"``, the error line, overrides and config.
+def _record(run_dir: Path, cfg: DictConfig, overrides: list[str], **fields: Any) -> None:
+    """Write ``run_dir/summary.json`` holding ``fields``, the overrides, the folder and the config,
+    unless it holds a finished run's summary, which no other record replaces.
 
     The identifying keys (method, model, dataset, bits_w, bits_a, seed, epochs) are copied from the
-    config when it has them, so a report can place the failed run beside its finished siblings.
+    config when it has them, so a report can place the record beside its finished siblings.
     """
-    text = str(error).strip()
-    if isinstance(error, QnnrunError):  # already a user-facing line
-        message = text.splitlines()[0] if text else type(error).__name__
-    else:
-        message = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    existing = read_summary(run_dir)
+    if existing is not None and existing.get("status") == "done":
+        log.warning("%s holds a finished run: its summary.json is kept (not replaced by a %s record)",
+                    run_dir, fields.get("status"))
+        return
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # the error may be an unresolvable value: keep the config as written
         config = OmegaConf.to_container(cfg, resolve=False)
     keys = {"method": "method.name", "model": "model.name", "dataset": "dataset.name", "bits_w": "bits.w",
             "bits_a": "bits.a", "seed": "seed", "epochs": "trainer.epochs"}
-    record: dict[str, Any] = {"status": "failed", "error": message}
+    record: dict[str, Any] = dict(fields)
     for name, dotted in keys.items():
         try:
             record[name] = OmegaConf.select(cfg, dotted, default=None)
         except Exception:
             record[name] = None
-    record.update(overrides=overrides, config=config)
+    record.update(overrides=overrides, run_dir=str(run_dir.resolve()), config=config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / SUMMARY, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException, overrides: list[str]) -> None:
+    """Record the failed run in ``run_dir`` (``"status": "failed"``, the error line; see :func:`_record`)."""
+    text = str(error).strip()
+    if isinstance(error, QnnrunError):  # already a user-facing line
+        message = text.splitlines()[0] if text else type(error).__name__
+    else:
+        message = f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    _record(run_dir, cfg, overrides, status="failed", error=message)
+
+
+def record_duplicate(run_dir: Path, cfg: DictConfig, first: Path, overrides: list[str]) -> None:
+    """Record that the job in ``run_dir`` is the same run as ``first``'s (``"status": "duplicate"``,
+    ``"same_as"``; see :func:`_record`): it was not trained again, and a report counts it once. A
+    resumed sweep leaves such a record as it is."""
+    existing = read_summary(run_dir)
+    if existing is None or existing.get("status") != "duplicate" or existing.get("same_as") != str(first):
+        _record(run_dir, cfg, overrides, status="duplicate", same_as=str(first))
+
+
+def same_run_in_sweep(cfg: DictConfig, sweep_dir: Path, run_dir: Path) -> Path | None:
+    """The folder of the job of this sweep that trains the same run as ``cfg`` (the first to claim
+    it, :func:`qnnrun.runs.claim_run`), or ``None`` when this job trains it.
+
+    Two jobs are the same run when their resolved configs agree on everything that decides what is
+    computed (:func:`qnnrun.runs.run_identity`): a float run in a bits sweep is one run.
+    """
+    from qnnrun.methods import build_method
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return claim_run(sweep_dir, run_identity(config, build_method(cfg).quantizes), run_dir)
 
 
 def failed_runs(folder: Path) -> list[tuple[Path, str]]:

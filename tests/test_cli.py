@@ -25,7 +25,8 @@ def test_help_lists_groups_and_options(qnnrun) -> None:
     listing = out.split("== Configuration groups ==")[1].split("== Config ==")[0]
     groups = dict(line.split(": ", 1) for line in listing.splitlines() if ": " in line)
     assert {"fp", "ste"} <= set(groups["method"].split(", "))
-    assert groups["bits"].split(", ") == ["1", "2", "3", "32", "4", "5", "6", "7", "8"]
+    assert groups["bits"].split(", ") == ["1", "2", "3", "4", "5", "6", "7", "8", "32"]  # numeric order
+    assert "experiment_method" not in groups  # an internal group, not a user's choice
     assert {"digits", "mnist", "cifar10", "imagefolder"} <= set(groups["dataset"].split(", "))
     assert {"mlp", "resnet20", "resnet18", "mobilenet_v2"} <= set(groups["model"].split(", "))
 
@@ -60,7 +61,9 @@ def test_multirun_sweep_writes_one_folder_per_job(qnnrun, tmp_path: Path) -> Non
     assert code == 0, err
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
     assert len(summaries) == 4
-    assert sorted((s["method"], s["bits_w"]) for s in summaries) == [("fp", 32), ("fp", 32), ("ste", 2), ("ste", 4)]
+    # The float job at bits=4 is the bits=2 one's run: recorded as a pointer to it, not trained again.
+    assert sorted((s["status"], s["method"], s["bits_w"]) for s in summaries) == [
+        ("done", "fp", 32), ("done", "ste", 2), ("done", "ste", 4), ("duplicate", "fp", 4)]
 
 
 def test_a_sweep_jobs_folder_is_a_path_as_given(qnnrun, tmp_path: Path) -> None:
@@ -77,8 +80,7 @@ def test_a_sweep_jobs_folder_is_a_path_as_given(qnnrun, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "tuned/summary.json").read_text())["test_acc"] > 50  # started from the float net
     code, out, err = qnnrun("eval", f"checkpoint={job}/last.ckpt")
     assert code == 0 and "top-1" in out, err
-    code, _, err = qnnrun("train", "method=fp", "bits=32", "trainer.epochs=2", "trainer.progress=false",
-                          f"resume={job}")
+    code, _, err = qnnrun("train", "trainer.epochs=2", "extend=true", "trainer.progress=false", f"resume={job}")
     assert code == 0 and json.loads((tmp_path / job / "summary.json").read_text())["epochs"] == 2, err
 
 
@@ -196,3 +198,114 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
     assert qnnrun("-sc", "query=bash")[1].split() == ["train"]
     monkeypatch.setenv("COMP_LINE", "qnnrun train method=")
     assert {"method=fp", "method=ste"} <= set(qnnrun("-sc", "query=bash")[1].split())
+
+
+@pytest.mark.parametrize(
+    "command,args,expected",
+    [
+        ("train", ["trainer.epoch=3"], "trainer.epoch=3: no such option; did you mean trainer.epochs?"),
+        ("train", ["optim.lrr=0.1"], "optim.lrr=0.1: no such option; did you mean optim.lr?"),
+        ("train", ["methd=ste"], "methd=ste: no such option; did you mean method?"),
+        ("train", ["-m", "method=fp,ste", "trainer.epoch=1"], "trainer.epoch=1: no such option; did you mean"),
+        ("train", ["method=lsq", "method.act_int=mse"], "did you mean method.act_init?"),
+        ("bops", ["model.widht=3"], "model.widht=3: no such option; did you mean model.widths?"),
+        ("eval", ["checkpoint=x", "devcie=cpu"], "devcie=cpu: no such option; did you mean device?"),
+        # Hydra's advice for a typo, +key, would train the default 30 epochs without a word.
+        ("train", ["+trainer.epoch=1"], "+trainer.epoch=1: trainer.epoch is not an option of qnnrun train, no code "
+                                        "would read it; did you mean trainer.epochs?"),
+        ("train", ["method=lsq", "+method.act_int=mse"], "method.act_int is not an option"),
+        ("train", ["hydra/launcher=foo"], "hydra/launcher=foo is not valid: choose one of basic, joblib, local,"),
+        ("train", ["-m", "hydra/sweeper=foo"], "hydra/sweeper=foo is not valid: choose one of basic"),
+        ("train", ["sched.warmup_epochs=-3"], "sched.warmup_epochs=-3 is not valid: expected a number >= 0"),
+        ("train", ["optim.momentum=1.5"], "optim.momentum=1.5 is not valid: expected a number in [0, 1)"),
+        ("train", ["optim=adam", "optim.betas=[1.2,0.9]"], "optim.betas[0]=1.2 is not valid"),
+        ("train", ["optim.weight_decay=-1"], "optim.weight_decay=-1 is not valid"),
+        ("train", ["sched=step", "sched.milestones=[5,2]"], "sched.milestones=[5, 2] is not valid"),
+        ("train", ["trainer.label_smoothing=1"], "trainer.label_smoothing=1 is not valid"),
+        ("train", ["trainer.grad_clip=-1"], "trainer.grad_clip=-1 is not valid"),
+        # One meaning per model option name: ResNet widths are channels, VGG widths a multiplier.
+        ("bops", ["model=resnet20", "model.width=0.25"], "model.width=0.25 is not valid: expected a positive integer"),
+        ("bops", ["model=vgg_small", "model.width_mult=0"], "model.width_mult=0 is not valid: expected a multiplier"),
+        ("bops", ["model=vgg_small", "model.width=0.5"], "model.width=0.5: no such option"),
+    ],
+)
+def test_mistyped_keys_and_senseless_values_are_one_line_and_leave_nothing(qnnrun, tmp_path: Path, command: str,
+                                                                          args: list[str], expected: str) -> None:
+    code, out, err = qnnrun(command, *args, *(["trainer.epochs=1"] if command == "train" else []))
+    assert code == 1 and "Traceback" not in err, err
+    assert err.startswith("qnnrun: error: ") and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "outputs").exists() and "epoch 1/" not in out  # nothing trained, no folder
+
+
+def test_model_options_have_one_meaning_across_models() -> None:
+    """An option name means the same thing (the same type and range) for every model that takes it."""
+    import inspect
+
+    from qnnrun.models import DATA_KWARGS, MODELS
+
+    meanings: dict[str, set[str]] = {}
+    for builder in MODELS.values():
+        for parameter in inspect.signature(builder).parameters.values():
+            if parameter.name not in DATA_KWARGS:
+                meanings.setdefault(parameter.name, set()).add(str(parameter.annotation))
+    assert {name: kinds for name, kinds in meanings.items() if len(kinds) > 1} == {}
+    assert meanings["width"] == {"int"} and meanings["width_mult"] == {"float"}
+
+
+def test_a_saved_config_with_a_renamed_model_option_still_builds() -> None:
+    from qnnrun.models import build_model
+
+    old = build_model({"name": "vgg_small", "width": 0.125, "fc_width": 16}, in_channels=3, num_classes=10,
+                      image_size=32)
+    new = build_model({"name": "vgg_small", "width_mult": 0.125, "fc_width": 16}, in_channels=3, num_classes=10,
+                      image_size=32)
+    assert [p.shape for p in old.parameters()] == [p.shape for p in new.parameters()]
+
+
+def test_special_or_unwritable_output_paths_are_refused(qnnrun, tmp_path: Path) -> None:
+    """export's output, report's --out and the run folder: a special file (here a link to /dev/null)
+    or a folder is never replaced by a regular file, and each is one line."""
+    (tmp_path / "null").symlink_to(os.devnull)
+    (tmp_path / "a_file").write_text("mine")
+    code, _, err = qnnrun("train", "trainer.epochs=1", "trainer.progress=false", "hydra.run.dir=run")
+    assert code == 0, err
+    for args, expected in [
+        (("export", "checkpoint=run", "output=null"), "output=null is a special file"),
+        (("export", "checkpoint=run", "format=onnx", "output=run"), "output=run is a folder"),
+        (("export", "checkpoint=run", "output=nowhere/x.pt"), "the folder nowhere does not exist"),
+        (("report", "run", "--out", "a_file"), "--out=a_file cannot be a folder: a_file is not a folder"),
+        (("train", "hydra.run.dir=a_file/run"), "hydra.run.dir=a_file/run cannot be a folder"),
+        (("train", "-m", "hydra.sweep.dir=null/sweep"), "hydra.sweep.dir=null/sweep cannot be a folder"),
+    ]:
+        code, _, err = qnnrun(*args)
+        assert code == 1 and expected in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert (tmp_path / "null").is_symlink() and Path(os.devnull).is_char_device()
+    assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_each_command_has_its_own_help(qnnrun) -> None:
+    code, out, _ = qnnrun("eval", "--help")
+    assert code == 0 and out.startswith("qnnrun eval: evaluate a saved run")
+    assert "checkpoint=PATH" in out and "backend=int" in out and "method:" not in out and "optim:" not in out
+    code, out, _ = qnnrun("export", "--help")
+    assert code == 0 and out.startswith("qnnrun export:") and "format=onnx" in out and "model:" not in out
+    code, out, _ = qnnrun("bops", "--help")
+    assert code == 0 and out.startswith("qnnrun bops:") and "\nbits: 1, 2, 3, 4, 5, 6, 7, 8, 32\n" in out
+    code, out, _ = qnnrun("train", "--help")
+    assert code == 0 and "experiment_method" not in out and "extend=true" in out
+
+
+def test_redirected_log_has_one_line_per_epoch_and_sweep_jobs_say_their_number(tmp_path: Path) -> None:
+    """No progress-bar frames when stderr is not a terminal (trainer.progress is true by default);
+    a float run does not claim to be smaller than FP32; a sweep job's lines start with its number."""
+    env = {**os.environ, "QNNRUN_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    done = subprocess.run(["qnnrun", "train", "-m", "method=fp,ste", "trainer.epochs=2", "hydra.sweep.dir=sweep"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    log = done.stdout + done.stderr
+    assert "\r" not in log and "it/s" not in log
+    lines = [line for line in log.splitlines() if "][qnnrun][" in line]
+    assert lines and all(" - job 0: " in line or " - job 1: " in line for line in lines), lines
+    assert sum("epoch 2/2" in line for line in lines) == 2
+    assert any("MiB weights (float)" in line for line in lines) and "1.0x smaller" not in log

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -129,37 +130,39 @@ def test_mid_epoch_checkpoint_refuses_another_batch_size(tmp_path: Path, monkeyp
     with pytest.raises(Interrupted):
         _train(tmp_path, "run")
     assert load_checkpoint(tmp_path / "run")["partial"]["batches"] == 6
-    with pytest.raises(QnnrunError, match="mid-epoch.*batch_size"):
+    with pytest.raises(QnnrunError, match="its dataset.batch_size was 64, this run has 32"):
         _train(tmp_path, "run", "resume=true", "dataset.batch_size=32")
 
 
-def test_sigterm_from_outside_exits_143_with_a_checkpoint(tmp_path: Path) -> None:
+def test_sigterm_from_outside_exits_143_and_the_printed_command_continues_the_run(tmp_path: Path) -> None:
     """The real command under a scheduler's SIGTERM: one message line, exit 128 + 15, a loadable
-    checkpoint, and the same command with resume=true continues from it."""
-    run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "qnnrun.cli", "train", *RUN[:3], "trainer.epochs=400",
-               "trainer.progress=false", f"hydra.run.dir={run_dir}"]
+    checkpoint, no summary; the line names the command that continues this run, and that command,
+    run as printed, continues it in its own folder (not a fresh run in a new one)."""
     env = {**os.environ, "QNNRUN_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    command = [sys.executable, "-m", "qnnrun.cli", "train", "model=lenet5", "trainer.epochs=12",
+               "trainer.progress=false", "trainer.num_threads=1"]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     deadline = time.monotonic() + 120
-    while not (run_dir / "last.ckpt").exists() and time.monotonic() < deadline and process.poll() is None:
+    while not list(tmp_path.glob("outputs/*/*/last.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (run_dir / "last.ckpt").exists(), process.communicate()[1]
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, err
-    assert err.strip().splitlines()[-1].startswith("qnnrun: stopped by SIGTERM at ")
-    assert "Traceback" not in err
-    stopped = load_checkpoint(run_dir)
-    assert 1 <= stopped["epoch"] < 400
-    assert not (run_dir / "summary.json").exists()  # not reported as done, nor as failed
-    resumed = subprocess.run([*command[:-2], "trainer.epochs=" + str(stopped["epoch"] + 1), "trainer.progress=false",
-                              f"hydra.run.dir={run_dir}", "resume=true"], cwd=tmp_path, env=env,
+    assert err.strip().splitlines()[-1].startswith("qnnrun: stopped by SIGTERM at ") and "Traceback" not in err
+    [run] = [p.parent for p in tmp_path.glob("outputs/*/*/last.ckpt")]
+    assert 1 <= load_checkpoint(run)["epoch"] < 12
+    assert not (run / "summary.json").exists()  # not reported as done, nor as failed
+    printed = err.strip().splitlines()[-1].split("continue this run with ")[1].split(" (a sweep")[0]
+    words = shlex.split(printed)
+    assert words[:2] == ["qnnrun", "train"]
+    resumed = subprocess.run([sys.executable, "-m", "qnnrun.cli", *words[1:]], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout + resumed.stderr
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "done"
+    assert f"resuming {run / 'last.ckpt'}" in resumed.stdout + resumed.stderr
+    assert json.loads((run / "summary.json").read_text())["status"] == "done" and load_checkpoint(run)["epoch"] == 12
+    assert [p.parent for p in tmp_path.glob("outputs/*/*/summary.json")] == [run]  # no second folder
 
 
 WRITER = textwrap.dedent("""

@@ -79,7 +79,7 @@ def test_basic_sweep_survives_failure_and_interruption_then_resumes(
         run_cli(sweep_args, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(engine, "save_atomic", real_save)
     sweep = only_sweep(tmp_path)
-    first, cut = sorted(p for p in sweep.iterdir() if p.is_dir())[:2]
+    first, cut = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))[:2]
     assert json.loads((first / "summary.json").read_text())["status"] == "done"
     assert not (cut / "summary.json").exists() and torch.load(cut / "last.ckpt")["epoch"] == 1
     untouched = {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file() and p.suffix != ".log"}

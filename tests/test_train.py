@@ -85,14 +85,15 @@ def test_resume_names_the_changed_option_and_accepts_options_added_since(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _train(tmp_path, "run", "bits=2", "trainer.epochs=1")
     with pytest.raises(QnnrunError, match=r"its quant\.calib_batches was 4, this run has 2"):
-        _train(tmp_path, "run", "bits=2", "trainer.epochs=2", "quant.calib_batches=2", "resume=true")
+        _train(tmp_path, "run", "bits=2", "trainer.epochs=2", "quant.calib_batches=2", "resume=true", "extend=true")
     # A checkpoint written before quant.bn_reestimate_batches existed.
     last = tmp_path / "run" / "last.ckpt"
     ckpt = load_checkpoint(last)
     del ckpt["config"]["quant"]["bn_reestimate_batches"]
     save_atomic(ckpt, last)
-    summary = _train(tmp_path, "run", "bits=2", "trainer.epochs=2", "resume=true")
+    summary = _train(tmp_path, "run", "bits=2", "trainer.epochs=2", "resume=true", "extend=true")
     assert summary["epochs"] == 2 and len(load_checkpoint(last)["history"]) == 2
+    assert summary["extensions"] == [{"at_epoch": 1, "epochs_before": 1, "epochs": 2}]
     assert "predates the options quant.bn_reestimate_batches=0" in caplog.text
 
 

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from qnnrun.checkpoint import save_atomic
+from qnnrun.checkpoint import check_output_file, save_atomic
 from qnnrun.data import DataInfo
 from qnnrun.engine import (SavedRun, build_quantized_model, eval_report_line, evaluate, example_input,
                            load_saved_run, saved_run_data, select_device)
@@ -145,17 +145,17 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
     """Write the ``fmt`` export of a checkpoint next to it (or to ``output``); returns a report line."""
     if fmt not in FORMATS:
         raise QnnrunError(f"format '{fmt}' is not valid: valid are {', '.join(FORMATS)}")
-    run = load_saved_run(checkpoint, select_device(device))
     source = Path(checkpoint)
     stem = source / "model" if source.is_dir() else source.with_suffix("")
+    path = Path(output) if output else stem.with_suffix(".onnx" if fmt == "onnx" else ".int.pt")
+    check_output_file(path, "output")
+    run = load_saved_run(checkpoint, select_device(device))
     if fmt == "onnx":
         from qnnrun.export.onnx import export_onnx
 
-        path = Path(output) if output else stem.with_suffix(".onnx")
         export_onnx(run, path)
         return f"wrote {path} ({path.stat().st_size} bytes): QuantizeLinear/DequantizeLinear graph"
     export = integer_export(run)
-    path = Path(output) if output else stem.with_suffix(".int.pt")
     save_integer_export(export, path)
     sizes = export["sizes"]
     return (f"wrote {path} ({path.stat().st_size} bytes): {len(export['layers'])} integer layers, packed weights "

@@ -125,20 +125,22 @@ def totals(model: nn.Module, costs: list[LayerCost]) -> dict[str, float]:
 
 def format_table(costs: list[LayerCost], total: dict[str, float]) -> str:
     """A fixed-width per-layer table with a totals line (BOPs in G, memory in KiB)."""
-    header = f"{'layer':<32} {'kind':<6} {'n':>5} {'m':>5} {'k':>3} {'HxW':>6} {'bw':>3} {'ba':>3} " \
+    header = f"{'layer':<32} {'kind':<6} {'n':>5} {'m':>5} {'kh*kw':>5} {'Ho*Wo':>6} {'bw':>3} {'ba':>3} " \
              f"{'MMACs':>9} {'GBOPs':>9} {'KiB':>9}"
     lines = [header, "-" * len(header)]
     for c in costs:
         lines.append(
-            f"{c.name:<32.32} {c.kind:<6} {c.in_per_group:>5} {c.out_channels:>5} {c.kernel:>3} "
+            f"{c.name:<32.32} {c.kind:<6} {c.in_per_group:>5} {c.out_channels:>5} {c.kernel:>5} "
             f"{c.output_positions:>6} {c.weight_bits:>3} {c.input_bits:>3} {c.macs / 1e6:>9.3f} "
             f"{c.bops / 1e9:>9.4f} {c.weight_memory_bits / 8 / 1024:>9.2f}"
         )
     lines.append("-" * len(header))
     lines.append(
-        f"{'total':<32} {'':<6} {'':>5} {'':>5} {'':>3} {'':>6} {'':>3} {'':>3} {total['macs'] / 1e6:>9.3f} "
+        f"{'total':<32} {'':<6} {'':>5} {'':>5} {'':>5} {'':>6} {'':>3} {'':>3} {total['macs'] / 1e6:>9.3f} "
         f"{total['bops'] / 1e9:>9.4f} {total['weight_memory_bits'] / 8 / 1024:>9.2f}"
     )
     lines.append(f"weight memory {total['weight_memory_mb']:.4f} MiB, compression vs FP32 {total['compression']:.2f}x "
                  f"(biases and BatchNorm at 32 bits)")
+    lines.append("n: input channels per group (fan-in of a linear), m: output channels, kh*kw: kernel positions, "
+                 "Ho*Wo: output positions, bw/ba: weight/input bits (32: float), KiB: conv/linear weights")
     return "\n".join(lines)

@@ -44,6 +44,35 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 # Supplied by the data set rather than by the model config.
 DATA_KWARGS = ("in_channels", "num_classes", "image_size")
+# Options renamed since runs were saved with them: a saved config's old name still builds its model.
+RENAMED = {("vgg_small", "width"): "width_mult", ("aqe_convnet", "width"): "width_mult"}
+# Each option name has one meaning across models (a test checks that the builders agree): what is
+# valid for each kind of option, by the builder's annotation.
+DROPOUT_OPTIONS = ("dropout", "input_dropout")
+
+
+def check_model_option(name: str, option: str, value: Any, annotation: str) -> None:
+    """Raise a one-line QnnrunError when ``value`` is not valid for ``model.<option>`` of model
+    ``name``: a count (``int``) >= 1, a multiplier (``float``) > 0, a dropout rate in [0, 1), a
+    list of counts, a bool; string choices are checked by the builders themselves."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        valid = "a positive integer (channels)"
+    elif annotation == "float" and option in DROPOUT_OPTIONS:
+        ok, valid = is_number and 0 <= value < 1, "a probability in [0, 1)"
+    elif annotation == "float":
+        ok, valid = is_number and value > 0, "a multiplier > 0"
+    elif annotation == "Sequence[int]":
+        ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        valid = "a list of positive integers (channels), e.g. [256, 256]"
+    elif annotation == "bool":
+        ok, valid = isinstance(value, bool), "true or false"
+    else:
+        return
+    if not ok:
+        raise QnnrunError(f"model.{option}={value!r} is not valid: expected {valid} (model {name})")
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -76,6 +105,9 @@ def build_model(
     name = options.pop("name", None)
     if name not in MODELS:
         raise QnnrunError(f"unknown model '{name}': valid models are {', '.join(sorted(MODELS))}")
+    for (model, old), new in RENAMED.items():
+        if model == name and old in options and new not in options:
+            options[new] = options.pop(old)
     valid = sorted(model_options(name))
     unknown = sorted(set(options) - set(valid))
     if unknown:
@@ -83,6 +115,9 @@ def build_model(
             f"model '{name}' has no option '{unknown[0]}': "
             f"valid options are {', '.join(valid) or '(none)'}"
         )
+    annotations = {p.name: str(p.annotation) for p in inspect.signature(MODELS[name]).parameters.values()}
+    for option, value in options.items():
+        check_model_option(name, option, value, annotations[option])
     return MODELS[name](
         in_channels=in_channels, num_classes=num_classes, image_size=image_size, **options
     )

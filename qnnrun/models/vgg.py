@@ -73,12 +73,13 @@ class ConvPairNet(nn.Module):
         return self.classifier(self.features(x))
 
 
-def vgg_small(*, in_channels: int, num_classes: int, image_size: int, width: float = 1.0,
+def vgg_small(*, in_channels: int, num_classes: int, image_size: int, width_mult: float = 1.0,
               fc_width: int = 1024) -> ConvPairNet:
     """VGG-Small, 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-2x1024FC-num_classes.
 
-    ``width`` multiplies the conv channel counts; ``fc_width`` is the width of both hidden linear
-    layers. Input ``[B, C, H, W]`` with ``H = W >= 8``, output ``[B, num_classes]`` logits.
+    ``width_mult`` multiplies the conv channel counts; ``fc_width`` is the width of both hidden
+    linear layers. Input ``[B, C, H, W]`` with ``H = W >= 8``, output ``[B, num_classes]`` logits.
     """
     return ConvPairNet(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
-                       channels=scaled(_CONV_CHANNELS, width), fc_widths=(fc_width, fc_width), name="vgg_small")
+                       channels=scaled(_CONV_CHANNELS, width_mult), fc_widths=(fc_width, fc_width),
+                       name="vgg_small")

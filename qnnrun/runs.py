@@ -1,0 +1,296 @@
+"""The run folder: what a run writes there, when it may write, and how a run is continued.
+
+A run folder holds exactly one run. Its records are never overwritten by a different run:
+
+- a fresh run refuses a folder that already holds a run (:func:`refuse_existing_run`);
+- a resume continues the run with its own saved config: only the settings in :data:`FREE_KEYS`
+  (where and how fast it runs, not what it computes) may be given anew, and ``trainer.epochs`` may
+  grow with ``extend=true``, which the run records (:func:`check_resume_config`, :func:`resumed_config`);
+- a single run that fails before it has written anything of its own leaves no folder behind
+  (:func:`remove_if_disposable`); a sweep job keeps its failure record;
+- two jobs of one sweep that would compute the same run (a float run in a bits sweep) train once:
+  the later job's record points at the first (:func:`run_identity`, :func:`claim_run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from qnnrun.checkpoint import load_checkpoint
+from qnnrun.errors import QnnrunError
+
+log = logging.getLogger("qnnrun")
+
+LAST_CKPT = "last.ckpt"
+BEST_CKPT = "best.ckpt"
+SUMMARY = "summary.json"
+# A run's step curves: TensorBoard events of their own in this sub-folder of the run folder.
+STEP_CURVES = "steps"
+# What Hydra writes into a run folder before the run starts: a folder holding nothing else holds no run.
+HYDRA_FILES = {".hydra", "train.log"}
+HYDRA_CONFIGS = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+# Where a sweep notes which job trains each distinct run (one file per run identity).
+CLAIMS = ".qnnrun-claims"
+
+# Settings that decide where and how fast a run computes, not what it computes: a resume may give
+# them anew. Every other key of the config (and each group choice) is the run's own.
+FREE_KEYS = ("trainer.device", "trainer.num_threads", "trainer.progress", "trainer.compile",
+             "trainer.recompute_quant", "trainer.log_every_steps", "dataset.num_workers", "paths")
+# Keys that say how this command treats the run, not what the run is.
+COMMAND_KEYS = ("resume", "extend")
+
+
+def is_free(key: str) -> bool:
+    """Whether the dotted config ``key`` may differ between a run and its resume (:data:`FREE_KEYS`)."""
+    return any(key == free or key.startswith(free + ".") for free in (*FREE_KEYS, *COMMAND_KEYS))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; a non-mapping value maps to itself under ``prefix``."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], path: Path,
+                        extend: bool = False) -> None:
+    """A checkpoint resumes only the run it was written by: every key both configs hold must be
+    equal, except :data:`FREE_KEYS`; ``trainer.epochs`` may grow when ``extend`` is true.
+
+    An option only the current config holds was added to qnnrun after the checkpoint was written:
+    the run resumes with its current value and a warning names it (likewise for one that was removed).
+    """
+    before, now = _flatten(saved), _flatten(current)
+    epochs = "trainer.epochs"
+    for name in sorted(before.keys() & now.keys()):
+        if is_free(name) or before[name] == now[name]:
+            continue
+        if name == epochs and extend:
+            if not (isinstance(now[name], int) and isinstance(before[name], int) and now[name] > before[name]):
+                raise QnnrunError(f"cannot extend {path}: extend=true needs trainer.epochs above the run's "
+                                  f"{before[name]}, got {now[name]}")
+            continue
+        hint = (" (to train it longer, add extend=true)" if name == epochs else "")
+        raise QnnrunError(f"cannot resume from {path}: its {name} was {before[name]}, this run has {now[name]}; "
+                          f"a resume continues the same run{hint}")
+    added = {name: now[name] for name in now.keys() - before.keys() if not is_free(name)}
+    if added:
+        log.warning("%s predates the options %s: resuming with these values",
+                    path, ", ".join(f"{name}={value}" for name, value in sorted(added.items())))
+    removed = sorted(name for name in before.keys() - now.keys() if not is_free(name))
+    if removed:
+        log.warning("%s sets options this version no longer has, ignored: %s", path, ", ".join(removed))
+
+
+def check_finished_config(run_dir: Path, cfg: DictConfig) -> None:
+    """A resume that finds its run finished checks it is the same run all the same (a sweep resumed
+    after its preset changed must not count the old runs as the new ones)."""
+    ckpt = run_dir / LAST_CKPT
+    if ckpt.is_file():
+        check_resume_config(load_checkpoint(ckpt)["config"], OmegaConf.to_container(cfg, resolve=True), ckpt)
+
+
+def resume_checkpoint(resume: Any) -> Path | None:
+    """The checkpoint ``resume=PATH`` names (``PATH`` itself, or ``last.ckpt`` in a run folder);
+    ``None`` for ``resume=true/false``, which are not paths."""
+    if isinstance(resume, bool) or resume is None:
+        return None
+    path = Path(str(resume))
+    ckpt = path / LAST_CKPT if path.is_dir() else path
+    if not ckpt.is_file():
+        raise QnnrunError(f"resume={resume}: no checkpoint at {ckpt} (give true, a .ckpt file or a run folder)")
+    return ckpt
+
+
+def resolve_resume(resume: Any, run_dir: Path) -> tuple[Path | None, Path]:
+    """The checkpoint to resume from (or ``None``) and the folder the run writes into."""
+    if resume is False or resume is None:
+        return None, run_dir
+    if resume is True:
+        last = run_dir / LAST_CKPT
+        if not last.is_file():
+            log.info("resume=true but %s has no %s: starting a new run", run_dir, LAST_CKPT)
+            return None, run_dir
+        return last, run_dir
+    ckpt = resume_checkpoint(resume)
+    assert ckpt is not None
+    return ckpt, ckpt.parent
+
+
+def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """For ``resume=PATH``: the run's own saved config, with the :data:`FREE_KEYS` given on the
+    command line (``overrides``, Hydra's task overrides) and, with ``extend=true``, ``trainer.epochs``.
+
+    Any other override would make the resume a different run: a one-line error names it.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    ckpt = resume_checkpoint(cfg.resume)
+    assert ckpt is not None
+    saved = load_checkpoint(ckpt)["config"]
+    extend = cfg.get("extend") is True
+    given = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
+    for key in given:
+        if is_free(key) or (key == "trainer.epochs" and extend):
+            continue
+        before = OmegaConf.select(OmegaConf.create(saved), key, default=None) if "/" not in key else None
+        was = f" (its {key} is {before})" if before is not None and not isinstance(before, (dict, list)) else ""
+        raise QnnrunError(f"{key} cannot be given with resume={cfg.resume}: a resume continues the run with its own "
+                          f"config{was}; beside it give only {', '.join(FREE_KEYS)}, or trainer.epochs=N "
+                          f"extend=true to train it longer")
+    resumed = OmegaConf.create(saved)
+    for key in given:
+        if key in ("resume", "extend"):
+            continue
+        OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), force_add=True)
+    OmegaConf.update(resumed, "resume", str(cfg.resume), force_add=True)
+    OmegaConf.update(resumed, "extend", extend, force_add=True)
+    return resumed
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/summary.json`` as a dict, or ``None`` when absent or unreadable (a run cut off mid-write)."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run's records: a checkpoint, or a summary of a finished run."""
+    summary = read_summary(run_dir)
+    return (run_dir / LAST_CKPT).is_file() or (summary is not None and summary.get("status") == "done")
+
+
+def refuse_existing_run(run_dir: Path) -> None:
+    """A fresh run (no ``resume``) never writes over another run's records."""
+    if holds_run(run_dir):
+        raise QnnrunError(f"{run_dir} already holds a run: continue it with {continue_command(run_dir)}, or give "
+                          f"this run another folder (hydra.run.dir=DIR)")
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir``, check that files can be written there (before any work is done), and
+    remove temporary files of checkpoint writes a killed process left behind."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as err:
+        raise QnnrunError(f"output folder {run_dir} is not writable ({err.strerror or err}): choose another with "
+                          f"hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)") from None
+    for stale in run_dir.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def continue_command(run_dir: Path) -> str:
+    """The command that continues the run in ``run_dir``, quoted for a POSIX shell."""
+    return f"qnnrun train resume={shlex.quote(str(run_dir))}"
+
+
+def _only(folder: Path, names: set[str]) -> bool:
+    """Whether ``folder`` is a folder holding no entry but ``names``."""
+    try:
+        return {entry.name for entry in folder.iterdir()} <= names
+    except OSError:
+        return False
+
+
+def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
+    """Remove ``run_dir`` when it holds nothing but what Hydra wrote before the run started
+    (:data:`HYDRA_FILES`), then its parents while they are empty, up to ``keep`` (not included):
+    ``outputs/<date>/<time>`` of a mistyped command leaves no ``outputs/<date>/`` or empty ``outputs/``.
+    Returns whether ``run_dir`` was removed."""
+    try:
+        entries = {entry.name for entry in run_dir.iterdir()}
+    except OSError:
+        return False
+    hydra = run_dir / ".hydra"
+    if not entries <= HYDRA_FILES or (hydra.exists() and not _only(hydra, HYDRA_CONFIGS)):
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    keep = keep.resolve()
+    parent = run_dir.resolve().parent
+    while keep in parent.parents:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+        parent = parent.parent
+    return True
+
+
+def run_identity(config: Mapping[str, Any], quantizes: bool) -> str:
+    """A digest of what a run computes: its resolved config without :data:`FREE_KEYS`; a run that
+    quantizes nothing (``method=fp``, 32 bits) ignores ``bits`` and the quantizer options, so they
+    are left out too (BatchNorm re-estimation, which the loop does, stays)."""
+    flat = {key: value for key, value in _flatten(config).items() if not is_free(key)}
+    if not quantizes:
+        flat = {key: value for key, value in flat.items()
+                if not (key.startswith(("bits.", "quant.")) and key != "quant.bn_reestimate_batches")}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def claim_run(sweep_dir: Path, identity: str, run_dir: Path) -> Path | None:
+    """Claim the run ``identity`` for the job in ``run_dir``; returns ``None`` when this job trains
+    it, or the folder of the job of the same sweep that claimed it first.
+
+    The claim is a hard link to a file already written, so it appears whole or not at all and jobs
+    launched at once agree on one claimant.
+    """
+    claims = sweep_dir / CLAIMS
+    claims.mkdir(parents=True, exist_ok=True)
+    path = claims / identity
+    with tempfile.NamedTemporaryFile("w", dir=claims, prefix=".", suffix=".tmp", delete=False) as file:
+        file.write(f"{run_dir.resolve()}\n")
+    try:
+        os.link(file.name, path)  # fails when the claim exists: the file appears whole or not at all
+    except FileExistsError:
+        first = Path(path.read_text().strip())
+        return None if first == run_dir.resolve() else first
+    finally:
+        os.unlink(file.name)
+    return None
+
+
+def resume_single_run_args(args: list[str]) -> list[str]:
+    """``args`` of ``qnnrun train``, plus what lets a single run's resume write into its own folder:
+    for ``resume=PATH``, ``hydra.run.dir=<the run's folder>`` (unless given); for a resume into a
+    folder that holds Hydra's files already, ``hydra.output_subdir=null``, so that the run's own
+    ``.hydra/`` (its config and overrides) is kept as the run wrote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    if any(arg in ("-m", "--multirun") for arg in args):
+        return args
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])
+    except HydraException:
+        return args  # Hydra reports the syntax error itself
+    values = {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()}
+    resume, run_dir = values.get("resume"), values.get("hydra.run.dir")
+    extra = []
+    if isinstance(resume, str) and Path(resume).exists():
+        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        if run_dir is None:
+            run_dir = str(folder)
+            quote = next((q for q in ("'", '"') if q not in run_dir), "")
+            extra.append(f"hydra.run.dir={quote}{run_dir}{quote}")
+    if resume not in (None, False) and run_dir is not None and (Path(str(run_dir)) / ".hydra").is_dir():
+        extra.append("hydra.output_subdir=null")
+    return [*args, *extra]

@@ -1,0 +1,122 @@
+"""The run folder's rules (qnnrun/runs.py), through the ``qnnrun train`` command: a resume continues
+the same run with its own config, extensions are explicit and recorded, a finished run is never
+overwritten, a single run that fails validation leaves nothing, a sweep trains each distinct run once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra_utils import run_cli
+
+from qnnrun.checkpoint import load_checkpoint
+
+FAST = ["trainer.progress=false", "trainer.num_threads=1"]
+
+
+@pytest.fixture
+def qnnrun(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    return lambda *args: run_cli(list(args), tmp_path, capsys, monkeypatch)
+
+
+def _summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_resume_that_changes_the_run_is_refused_and_leaves_the_run_untouched(qnnrun, tmp_path: Path) -> None:
+    code, _, err = qnnrun("train", "trainer.epochs=3", "hydra.run.dir=outputs/r3", *FAST)
+    assert code == 0, err
+    run = tmp_path / "outputs/r3"
+    before = _files(run)
+    refusals = {
+        ("trainer.epochs=2",): "trainer.epochs cannot be given with resume=outputs/r3",  # shorter: issue 35.1
+        ("trainer.epochs=5",): "extend=true",  # longer, but not asked for
+        ("init_from=outputs/r3/last.ckpt",): "init_from cannot be given with resume",  # the pair: issue 35.2
+        ("method=lsq",): "method cannot be given with resume",
+        ("optim.lr=0.5",): "its optim.lr is",
+        ("trainer.epochs=2", "extend=true"): "extend=true needs trainer.epochs above the run's 3",
+    }
+    for extra, message in refusals.items():
+        code, _, err = qnnrun("train", "resume=outputs/r3", *extra)
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (extra, err)
+    # resume=true composes the config from the command line: a different run there is refused too.
+    code, _, err = qnnrun("train", "hydra.run.dir=outputs/r3", "resume=true", "trainer.epochs=3", "bits=2", *FAST)
+    assert code == 1 and "its bits.a was 4, this run has 2" in err, err
+    assert _files(run) == before  # nothing rewritten: records, checkpoints, .hydra/, log
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["r3"]  # and nothing left beside it
+
+
+def test_resume_path_takes_the_runs_own_config_and_an_extension_is_recorded(qnnrun, tmp_path: Path) -> None:
+    code, _, err = qnnrun("train", "model=lenet5", "bits=3", "trainer.epochs=2", "hydra.run.dir=outputs/run", *FAST)
+    assert code == 0, err
+    run = tmp_path / "outputs/run"
+    hydra_files = _files(run / ".hydra")
+    # Nothing to do for a finished run; free settings may be given anew (issue 35.3: no need to type
+    # model=lenet5 bits=3 again).
+    code, out, err = qnnrun("train", "resume=outputs/run", "trainer.device=cpu")
+    assert code == 0 and "nothing to do" in out, err
+    code, _, err = qnnrun("train", "resume=outputs/run", "trainer.epochs=4", "extend=true", "trainer.device=cpu",
+                          *FAST)
+    assert code == 0, err
+    summary = _summary(run)
+    assert (summary["model"], summary["bits_w"], summary["epochs"]) == ("lenet5", 3, 4)
+    assert summary["extensions"] == [{"at_epoch": 2, "epochs_before": 2, "epochs": 4}]
+    assert summary["overrides"] == ["resume=outputs/run", "trainer.epochs=4", "extend=true", "trainer.device=cpu",
+                                    *FAST]
+    assert summary["run_dir"] == str(run.resolve())  # issue 35.8
+    history = load_checkpoint(run)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert _files(run / ".hydra") == hydra_files  # the run's own config and overrides, as it wrote them
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["run"]
+
+
+def test_a_fresh_run_never_writes_into_a_folder_holding_a_run(qnnrun, tmp_path: Path) -> None:
+    code, _, err = qnnrun("train", "trainer.epochs=1", "hydra.run.dir=outputs/run", *FAST)
+    assert code == 0, err
+    before = _files(tmp_path / "outputs/run")
+    code, _, err = qnnrun("train", "trainer.epochs=1", "method=lsq", "hydra.run.dir=outputs/run", *FAST)
+    assert code == 1 and "already holds a run" in err and "qnnrun train resume=outputs/run" in err, err
+    assert _files(tmp_path / "outputs/run") == before
+
+
+@pytest.mark.parametrize("bad", ["bits.w=0", "trainer.epochs=-1", "dataset=mnist", "optim.lr=-0.1",
+                                 "trainer.epochs=abc", "init_from=nowhere.ckpt", "resume=nowhere"])
+def test_a_single_run_that_fails_validation_leaves_nothing(qnnrun, tmp_path: Path, bad: str) -> None:
+    (tmp_path / "outputs" / "kept").mkdir(parents=True)  # the user's, beside the runs
+    code, _, err = qnnrun("train", bad, *FAST)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["kept"]  # not even the date folder
+    code, _, err = qnnrun("train", bad, "hydra.run.dir=new/run", *FAST)
+    assert code == 1 and not (tmp_path / "new").exists()
+
+
+def test_a_sweep_job_that_fails_keeps_its_record_and_a_float_run_trains_once(qnnrun, tmp_path: Path) -> None:
+    sweep = ["train", "-m", "method=fp", "bits=2,4", "seed=0,1", "trainer.epochs=1", "hydra.sweep.dir=sweep", *FAST]
+    code, _, err = qnnrun(*sweep)
+    assert code == 0, err
+    records = {path.parent.name: json.loads(path.read_text()) for path in (tmp_path / "sweep").glob("*/summary.json")}
+    assert len(records) == 4
+    done = {name for name, r in records.items() if r["status"] == "done"}
+    assert len(done) == 2  # one float run per seed, not per bit width (issue 35.7)
+    for name, record in records.items():
+        if record["status"] == "duplicate":
+            first = Path(record["same_as"])
+            assert first.name in done and records[first.name]["seed"] == record["seed"]
+            assert not (tmp_path / "sweep" / name / "last.ckpt").exists()
+    # resume=true skips the finished jobs and keeps the duplicates pointing at their first
+    code, _, err = qnnrun(*sweep, "resume=true")
+    assert code == 0, err
+    again = {path.parent.name: json.loads(path.read_text()) for path in (tmp_path / "sweep").glob("*/summary.json")}
+    assert again == records
+    # a failing job of a sweep keeps its record (with its overrides and folder)
+    code, _, err = qnnrun("train", "-m", "method=fp", "bits.w=32,0", "trainer.epochs=1", "hydra.sweep.dir=bad", *FAST)
+    assert code == 1
+    [failed] = [json.loads(p.read_text()) for p in (tmp_path / "bad").glob("*/summary.json")
+                if json.loads(p.read_text())["status"] == "failed"]
+    assert "bits.w=0" in failed["error"] and "bits.w=0" in failed["overrides"]
+    assert Path(failed["run_dir"]).parent == (tmp_path / "bad").resolve()
