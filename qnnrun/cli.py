@@ -163,8 +163,11 @@ def train_app(cfg: DictConfig) -> None:
 @_guarded
 def eval_app(cfg: DictConfig) -> None:
     """Evaluate a checkpoint and print its test metrics."""
+    from qnnrun.config import validate_dataset
     from qnnrun.engine import evaluate_checkpoint
 
+    if cfg.get("dataset") is not None:
+        validate_dataset(cfg.dataset)
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise QnnrunError("qnnrun eval needs checkpoint=PATH (a .ckpt file or a run folder holding last.ckpt)")
     backend = str(cfg.get("backend", "fake"))

@@ -89,6 +89,8 @@ def validate_quant(cfg: DictConfig) -> None:
                 raise QnnrunError(f"{key}=1 is not valid with quant.init=mmse (the affine quantizer keeps a "
                                   f"zero level): valid are 2-8 or 32, or quant.init=maxabs")
     check_number("quant.ema_momentum", cfg.quant.ema_momentum, 0, 1)
+    for key in ("per_channel", "narrow_range"):
+        check_bool(f"quant.{key}", cfg.quant[key])
 
 
 def method_options(name: str) -> list[str] | None:
@@ -143,6 +145,25 @@ def validate_train(cfg: DictConfig) -> None:
     check_number("trainer.grad_clip", cfg.trainer.grad_clip, 0, low_closed=True, high=None)
     check_number("trainer.label_smoothing", cfg.trainer.label_smoothing, 0, 1, low_closed=True, high_closed=False)
     check_int("dataset.eval_batch_size", cfg.dataset.eval_batch_size, 1)
+    for key in ("deterministic", "progress", "channels_last", "compile"):
+        check_bool(f"trainer.{key}", cfg.trainer[key])
+    validate_dataset(cfg.dataset)
+
+
+def validate_dataset(dataset: DictConfig) -> None:
+    """Check the ``dataset`` options the chosen data set has (switches, counts, per-channel statistics)."""
+    for key in ("augment", "hflip", "drop_last", "skip_bad", "download"):
+        if key in dataset:
+            check_bool(f"dataset.{key}", dataset[key])
+    for key in ("crop_padding", "num_workers"):
+        if key in dataset:
+            check_int(f"dataset.{key}", dataset[key], 0)
+    for key, low in (("mean", None), ("std", 0.0)):
+        values = dataset[key]
+        if not OmegaConf.is_list(values):
+            raise QnnrunError(f"dataset.{key}={values!r} is not valid: expected a list of numbers, one per channel")
+        for index, value in enumerate(values):
+            check_number(f"dataset.{key}[{index}]", value, low, None)
 
 
 def validate_optim_and_sched(cfg: DictConfig) -> None:

@@ -223,6 +223,11 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
         ("train", ["sched=step", "sched.milestones=[5,2]"], "sched.milestones=[5, 2] is not valid"),
         ("train", ["trainer.label_smoothing=1"], "trainer.label_smoothing=1 is not valid"),
         ("train", ["trainer.grad_clip=-1"], "trainer.grad_clip=-1 is not valid"),
+        ("train", ["trainer.compile=2"], "trainer.compile=2 is not valid: valid are true, false"),
+        ("train", ["quant.per_channel=x"], "quant.per_channel='x' is not valid: valid are true, false"),
+        ("train", ["dataset.crop_padding=-2"], "dataset.crop_padding=-2 is not valid: expected an integer >= 0"),
+        ("train", ["dataset.std=[0]"], "dataset.std[0]=0 is not valid: expected a number > 0"),
+        ("eval", ["checkpoint=x", "dataset=digits", "dataset.hflip=2"], "dataset.hflip=2 is not valid"),
         # One meaning per model option name: ResNet widths are channels, VGG widths a multiplier.
         ("bops", ["model=resnet20", "model.width=0.25"], "model.width=0.25 is not valid: expected a positive integer"),
         ("bops", ["model=vgg_small", "model.width_mult=0"], "model.width_mult=0 is not valid: expected a multiplier"),
