@@ -163,22 +163,17 @@ def train_app(cfg: DictConfig) -> None:
 @_guarded
 def eval_app(cfg: DictConfig) -> None:
     """Evaluate a checkpoint and print its test metrics."""
-    from qnnrun.config import validate_dataset
+    from qnnrun.config import check_choice, validate_dataset
     from qnnrun.engine import evaluate_checkpoint
+    from qnnrun.export.run import BACKENDS, evaluate_integer
 
     if cfg.get("dataset") is not None:
         validate_dataset(cfg.dataset)
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise QnnrunError("qnnrun eval needs checkpoint=PATH (a .ckpt file or a run folder holding last.ckpt)")
-    backend = str(cfg.get("backend", "fake"))
-    if backend == "int":
-        from qnnrun.export.run import evaluate_integer
-
+    if check_choice("backend", cfg.backend, BACKENDS) == "int":  # the integer model of format=int
         print(evaluate_integer(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device))
         return
-    if backend != "fake":
-        raise QnnrunError(f"backend '{backend}' is not valid: valid are fake (the fake-quant model), int (the "
-                          f"integer model)")
     result = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
     print(result)
 

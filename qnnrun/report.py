@@ -49,6 +49,7 @@ import yaml
 
 from qnnrun.checkpoint import check_output_folder
 from qnnrun.errors import QnnrunError
+from qnnrun.quant.convert import FLOAT_BITS
 from qnnrun.runs import STEP_CURVES, SUMMARY, is_free
 
 # Per-run values averaged in a group: summary key -> column title.
@@ -82,7 +83,6 @@ TRAIN_CURVE_TAG = "train/acc"
 CURVE_TAGS = (CURVE_TAG, TRAIN_CURVE_TAG)  # what Run.curves reads
 # Markers cycle with matplotlib's 10 colours so that up to 100 series stay apart.
 MARKERS = "os^Dv<>PX*"
-FLOAT_BITS = 32
 # The statuses of summary.json; a run folder without one is UNFINISHED.
 DONE, FAILED, DUPLICATE, UNFINISHED = "done", "failed", "duplicate", "unfinished"
 # A folder whose record does not fit (a Problem, not a run).

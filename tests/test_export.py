@@ -290,7 +290,7 @@ def test_cli_export_and_eval_backend_int(runs: Runs, tmp_path: Path, capsys, mon
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["eval", "backend=float"], "backend 'float' is not valid: valid are fake"),
+    (["eval", "backend=float"], "backend='float' is not valid: valid are fake, int"),
     (["export", "format=tflite"], "format 'tflite' is not valid: valid are int, onnx"),
 ])
 def test_cli_bad_choices_are_one_line(runs: Runs, tmp_path: Path, capsys, monkeypatch, args, message) -> None:

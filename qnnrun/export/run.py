@@ -35,6 +35,7 @@ from qnnrun.metrics.bops import layer_costs, totals
 from qnnrun.quant.fold import mark_folded
 
 FORMATS = ("int", "onnx")
+# qnnrun eval backend=...: the fake-quant model or the integer model that format=int writes.
 BACKENDS = ("fake", "int")
 INT_FORMAT = "qnnrun-int"
 INT_VERSION = 1

@@ -18,10 +18,8 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from qnnrun.quant.convert import probe_forward
+from qnnrun.quant.convert import FLOAT_BITS, probe_forward
 from qnnrun.quant.layers import QuantLayer
-
-FLOAT_BITS = 32
 
 
 @dataclass(frozen=True)
