@@ -43,19 +43,19 @@ commands:
 # an installed wheel (a module path would need conf/ to be a Python package).
 CONFIG_DIR = str(qnnrun.CONFIG_DIR)
 
-_failures: list[str] = []
-
-
 def _report(error: QnnrunError) -> None:
-    """One line on stderr; in a sweep, the job is recorded as failed and the sweep goes on."""
+    """One line on stderr; in a sweep, the job's failure is noted and the sweep goes on (its
+    :class:`qnnrun.sweep.SweepFailures` callback exits 1 at the end)."""
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         raise error
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
     print(f"qnnrun: error: {message}", file=sys.stderr, flush=True)
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        from qnnrun.runs import note_failure
+
         log.error("job failed: %s", message)
-        # The job's folder: SweepFailures adds the jobs that failed in other processes, once each.
-        _failures.append(str(Path(HydraConfig.get().runtime.output_dir).resolve()))
+        hydra_cfg = HydraConfig.get()
+        note_failure(Path(hydra_cfg.sweep.dir), Path(hydra_cfg.runtime.output_dir), message)
         return
     sys.exit(1)
 
@@ -494,14 +494,7 @@ def main() -> None:
 
         sys.argv = [sys.argv[0], *resume_single_run_args(resume_sweep_args(sys.argv[1:]))]
     COMMANDS[command]()
-    if _failures:
-        print(f"qnnrun: {len(_failures)} job(s) of the sweep failed (error and config in their summary.json, "
-              f"listed by qnnrun report)", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":
-    # `python -m qnnrun.cli`: run the importable module, whose state (_failures) callbacks update.
-    from qnnrun.cli import main as module_main
-
-    module_main()
+    main()

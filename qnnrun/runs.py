@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from qnnrun.checkpoint import load_checkpoint
+from qnnrun.checkpoint import load_checkpoint, write_text_atomic
 from qnnrun.errors import QnnrunError
 
 log = logging.getLogger("qnnrun")
@@ -42,6 +42,8 @@ HYDRA_FILES = {".hydra", "train.log"}
 HYDRA_CONFIGS = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 # Where a sweep notes which job trains each distinct run (one file per run identity).
 CLAIMS = ".qnnrun-claims"
+# Where a sweep's jobs note that they failed (one file per job folder), whichever process ran them.
+FAILURES = ".qnnrun-failures"
 
 # Settings that decide where and how fast a run computes, not what it computes: a resume may give
 # them anew. Every other key of the config (and each group choice) is the run's own.
@@ -266,6 +268,22 @@ def claim_run(sweep_dir: Path, identity: str, run_dir: Path) -> Path | None:
     finally:
         os.unlink(file.name)
     return None
+
+
+def note_failure(sweep_dir: Path, run_dir: Path, message: str) -> None:
+    """Note in ``sweep_dir`` that the job in ``run_dir`` failed with ``message`` (one line)."""
+    folder = sweep_dir / FAILURES
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(folder / run_dir.name, f"{message}\n")
+
+
+def noted_failures(sweep_dir: Path) -> dict[Path, str]:
+    """Job folder -> error line of every job of ``sweep_dir`` that noted its failure."""
+    notes = {}
+    for note in sorted((sweep_dir / FAILURES).glob("*")):
+        if not note.name.startswith("."):  # an atomic write's temporary file
+            notes[(sweep_dir / note.name).resolve()] = note.read_text().strip()
+    return notes
 
 
 def resume_single_run_args(args: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qnnrun.checkpoint import write_text_atomic
 from qnnrun.errors import QnnrunError
-from qnnrun.runs import SUMMARY, claim_run, read_summary, run_identity
+from qnnrun.runs import FAILURES, SUMMARY, claim_run, noted_failures, read_summary, run_identity
 
 log = logging.getLogger("qnnrun")
 
@@ -119,16 +120,22 @@ def failed_runs(folder: Path) -> list[tuple[Path, str]]:
 
 
 class SweepFailures(Callback):
-    """Registered in ``conf/train.yaml`` (``hydra.callbacks``): when a multirun ends, collect the
-    failure records of its jobs in the launching process, whichever launcher ran them."""
+    """Registered in ``conf/train.yaml`` (``hydra.callbacks``): when a multirun ends, the launching
+    process reads the failure records and notes of its jobs (:func:`qnnrun.runs.note_failure`),
+    whichever launcher ran them, names them and exits 1 when there is any."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        shutil.rmtree(Path(str(config.hydra.sweep.dir)) / FAILURES, ignore_errors=True)  # a resumed sweep's old notes
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from qnnrun import cli
-
-        for run_dir, error in failed_runs(Path(str(config.hydra.sweep.dir))):
-            if str(run_dir) not in cli._failures:
-                log.error("job failed: %s: %s", run_dir, error)
-                cli._failures.append(str(run_dir))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        failures = {**dict(failed_runs(sweep_dir)), **noted_failures(sweep_dir)}
+        for run_dir, error in sorted(failures.items()):
+            log.error("job failed: %s: %s", run_dir, error)
+        if failures:
+            print(f"qnnrun: {len(failures)} job(s) of the sweep failed (error and config in their summary.json, "
+                  f"listed by qnnrun report)", file=sys.stderr, flush=True)
+            sys.exit(1)
 
 
 def _canonical(overrides: list[str]) -> list[str] | None:

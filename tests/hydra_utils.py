@@ -42,7 +42,6 @@ def run_cli(args: list[str], cwd: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch.setenv("QNNRUN_DATA", str(cwd / "data"))
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
-    monkeypatch.setattr(cli, "_failures", [])
     code = 0
     try:
         cli.main()

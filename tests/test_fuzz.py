@@ -46,7 +46,6 @@ def test_any_override_list_runs_or_fails_cleanly(overrides: list[str], tmp_path:
     args = [a for a in args if not (a.startswith("trainer.epochs=") and a.split("=")[1].isdigit()
                                     and int(a.split("=")[1]) > 1)]
     monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
-    monkeypatch.setattr(cli, "_failures", [])
     capsys.readouterr()
     try:
         cli.main()
@@ -94,7 +93,6 @@ COMMAND_KEYS = {
 def _run(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
          monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
-    monkeypatch.setattr(cli, "_failures", [])
     capsys.readouterr()
     try:
         cli.main()
