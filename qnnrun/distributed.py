@@ -26,6 +26,7 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -178,17 +179,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def spawn(config: dict[str, Any], run_dir: Path, devices: int, overrides: list[str]) -> dict[str, Any]:
-    """Train ``config`` (a resolved run config, given by command-line ``overrides``) as ``devices``
-    ranks on this machine; returns rank 0's summary. A rank's QnnrunError (or Interrupted) is
-    re-raised here as one line."""
+def spawn(train: Callable[..., Any], config: dict[str, Any], run_dir: Path, devices: int,
+          overrides: list[str]) -> dict[str, Any]:
+    """Run ``train(cfg, run_dir, overrides)`` (a module-level function: the ranks import it by name)
+    on ``config`` (a resolved run config, given by command-line ``overrides``) as ``devices`` ranks
+    on this machine; returns rank 0's summary. A rank's QnnrunError (or Interrupted) is re-raised
+    here as one line."""
     if torch.cuda.is_available() and str(config["trainer"]["device"]) in ("auto", "cuda"):
         if devices > torch.cuda.device_count():
             raise QnnrunError(f"trainer.devices={devices} but this machine has {torch.cuda.device_count()} GPU(s)")
     port = _free_port()
     context = mp.get_context("spawn")
     errors = context.SimpleQueue()
-    processes = mp.start_processes(_worker, args=(devices, port, config, str(run_dir), overrides, errors),
+    processes = mp.start_processes(_worker, args=(train, devices, port, config, str(run_dir), overrides, errors),
                                    nprocs=devices, join=False, start_method="spawn")
 
     def forward(signum: int, frame: Any) -> None:  # a scheduler may signal only this parent
@@ -220,8 +223,8 @@ def spawn(config: dict[str, Any], run_dir: Path, devices: int, overrides: list[s
     return summary
 
 
-def _worker(index: int, world: int, port: int, config: dict[str, Any], run_dir: str, overrides: list[str],
-            errors: Any) -> None:
+def _worker(index: int, train: Callable[..., Any], world: int, port: int, config: dict[str, Any], run_dir: str,
+            overrides: list[str], errors: Any) -> None:
     """One spawned rank: set the torchrun variables, log like the parent (rank 0 only), train."""
     os.environ.update(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -232,8 +235,6 @@ def _worker(index: int, world: int, port: int, config: dict[str, Any], run_dir: 
             log.addHandler(handler)
         log.setLevel(logging.INFO)
     from omegaconf import OmegaConf
-
-    from qnnrun.engine import train
 
     # Errors go to the parent through the queue and the rank exits normally: a non-zero exit would
     # make torch.multiprocessing kill the other ranks, perhaps while rank 0 writes a checkpoint.

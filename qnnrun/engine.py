@@ -350,7 +350,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
         if resume_from is None:
             refuse_existing_run(run_dir)
         prepare_run_dir(run_dir)
-        return distributed.spawn(OmegaConf.to_container(cfg, resolve=True), run_dir, cfg.trainer.devices,
+        return distributed.spawn(train, OmegaConf.to_container(cfg, resolve=True), run_dir, cfg.trainer.devices,
                                  list(overrides))
     ranks, rank_device = distributed.init(cfg.trainer.device)
     try:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.dorefa import DorefaActivationQuantizer, DorefaWeightQuantizer
 from qnnrun.methods.lsq import LsqQuantizer
@@ -33,6 +34,12 @@ from qnnrun.quant import calibrate as C
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import (AffineQuantizer, ChannelState, LevelQuantizer, PactQuantizer, QuantLayer, Quantizer,
                                  UniformQuantizer)
+
+
+def probe_batch(info: DataInfo, device: torch.device, batch: int = 4) -> Tensor:
+    """A fixed random batch [batch, C, H, W] (standard normal, seed 0) that traces the model's structure."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(batch, info.in_channels, info.image_size, info.image_size, generator=generator).to(device)
 
 
 # ---- inputs --------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qnnrun.errors import QnnrunError
-from qnnrun.export.grids import RoundGrid, input_grid, weight_codes, weight_grid
+from qnnrun.export.grids import RoundGrid, input_grid, probe_batch, weight_codes, weight_grid
 from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
 
 if TYPE_CHECKING:
@@ -167,8 +167,6 @@ def export_onnx(run: SavedRun, path: Path) -> None:
         import onnx
     except ImportError:
         raise QnnrunError("format=onnx needs the onnx package: pip install 'qnnrun[export]'") from None
-    from qnnrun.export.run import probe_batch
-
     device = next(run.model.parameters()).device
     example = probe_batch(run.info, device)
     if not quant_layers(run.model):

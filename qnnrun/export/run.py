@@ -30,6 +30,7 @@ from qnnrun.data import DataInfo
 from qnnrun.engine import (SavedRun, build_quantized_model, eval_report_line, evaluate, example_input,
                            load_saved_run, saved_run_data, select_device)
 from qnnrun.errors import QnnrunError
+from qnnrun.export.grids import probe_batch
 from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
 from qnnrun.metrics.bops import layer_costs, totals
 from qnnrun.quant.fold import mark_folded
@@ -39,12 +40,6 @@ FORMATS = ("int", "onnx")
 BACKENDS = ("fake", "int")
 INT_FORMAT = "qnnrun-int"
 INT_VERSION = 1
-
-
-def probe_batch(info: DataInfo, device: torch.device, batch: int = 4) -> Tensor:
-    """A fixed random batch [batch, C, H, W] (standard normal, seed 0) that traces the model's structure."""
-    generator = torch.Generator().manual_seed(0)
-    return torch.randn(batch, info.in_channels, info.image_size, info.image_size, generator=generator).to(device)
 
 
 def weight_sizes(run: SavedRun, records: dict[str, dict[str, Any]]) -> dict[str, int]:
