@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from qnnrun.checkpoint import load_checkpoint, write_text_atomic
+from qnnrun.checkpoint import check_output_folder, load_checkpoint, write_text_atomic
 from qnnrun.errors import QnnrunError
 
 log = logging.getLogger("qnnrun")
@@ -189,13 +189,7 @@ def refuse_existing_run(run_dir: Path) -> None:
 def prepare_run_dir(run_dir: Path) -> None:
     """Create ``run_dir``, check that files can be written there (before any work is done), and
     remove temporary files of checkpoint writes a killed process left behind."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as err:
-        raise QnnrunError(f"output folder {run_dir} is not writable ({err.strerror or err}): choose another with "
-                          f"hydra.run.dir=DIR (hydra.sweep.dir=DIR with -m)") from None
+    check_output_folder(run_dir, "hydra.run.dir")
     for stale in run_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
 

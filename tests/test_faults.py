@@ -246,7 +246,7 @@ def test_bad_on_nan_value_is_one_line(tmp_path: Path) -> None:
 def test_output_folder_that_cannot_be_written_fails_before_training(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(QnnrunError, match=f"output folder {blocker / 'run'} is not writable"):
+    with pytest.raises(QnnrunError, match=f"hydra.run.dir={blocker / 'run'} cannot be a folder: {blocker} is not"):
         _train(tmp_path, "a-file/run")
 
 

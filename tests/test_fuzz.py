@@ -31,6 +31,18 @@ VALUES = st.one_of(
 OVERRIDE = st.builds(lambda key, value: f"{key}={value}", st.sampled_from(KEYS), VALUES)
 
 
+def _run(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """``qnnrun ARGS`` in this process: (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
+    capsys.readouterr()
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    return code, capsys.readouterr().err
+
+
 # Derandomized so CI sees the same examples every run; explore more locally with
 # `python -m pytest tests/test_fuzz.py --hypothesis-seed=N` after raising max_examples.
 @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -45,14 +57,7 @@ def test_any_override_list_runs_or_fails_cleanly(overrides: list[str], tmp_path:
     args = ["train", *overrides, "trainer.progress=false", "hydra.run.dir=run", "hydra/job_logging=disabled"]
     args = [a for a in args if not (a.startswith("trainer.epochs=") and a.split("=")[1].isdigit()
                                     and int(a.split("=")[1]) > 1)]
-    monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    err = capsys.readouterr().err
+    code, err = _run(args, capsys, monkeypatch)
     assert "Traceback" not in err, (overrides, err)
     assert code in (0, 1), (overrides, code, err)
     if code != 0:
@@ -90,18 +95,6 @@ COMMAND_KEYS = {
 }
 
 
-def _run(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-         monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["qnnrun", *args])
-    capsys.readouterr()
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    return code, capsys.readouterr().err
-
-
 @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 @pytest.mark.parametrize("command", ["eval", "export", "bops", "report"])
@@ -136,7 +129,7 @@ def test_every_command_ends_in_a_result_or_one_line(command: str, data: st.DataO
         keys, values = COMMAND_KEYS[command]
         pairs = data.draw(st.lists(st.tuples(st.sampled_from(keys), values), max_size=3))
         args = [command, *(f"{key}={path(value)}" for key, value in pairs)]
-    code, err = _run(args, tmp_path, capsys, monkeypatch)
+    code, err = _run(args, capsys, monkeypatch)
     assert "Traceback" not in err, (args, err)
     assert code in (0, 1), (args, code, err)
     if code:
