@@ -95,7 +95,7 @@ COMMAND_KEYS = {
 }
 
 
-@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 @pytest.mark.parametrize("command", ["eval", "export", "bops", "report"])
 def test_every_command_ends_in_a_result_or_one_line(command: str, data: st.DataObject, saved_run: Path,

@@ -381,7 +381,7 @@ def check_random_folders(real_runs: dict[str, Path], data: st.DataObject, option
 
 
 # Derandomized so CI sees the same examples every run; the slow variant explores further.
-@settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_records_beside_real_runs(real_runs: dict[str, Path], data: st.DataObject) -> None:
     options = data.draw(st.sampled_from([["--no-plots"], ["--no-plots", "--epochs", "1,3"]]))
