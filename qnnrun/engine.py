@@ -38,16 +38,18 @@ from tqdm import tqdm
 
 from qnnrun.checkpoint import FORMAT, checkpoint_file, load_checkpoint, save_atomic, write_text_atomic
 from qnnrun import distributed
-from qnnrun.config import validate_quant, validate_train, warn_unused_method_options
+from qnnrun.config import PRECISIONS, validate_quant, validate_train, warn_unused_method_options
 from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
 from qnnrun.errors import Interrupted, QnnrunError
-from qnnrun.methods import Method, build_method
+from qnnrun.methods import METHODS, Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.models import build_model
 from qnnrun.optim import ShiftAdaMax
+from qnnrun.quant.convert import LAYER_POLICIES
 from qnnrun.quant.layers import set_recompute_input
-from qnnrun.runs import (BEST_CKPT, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config, continue_command,
-                         prepare_run_dir, refuse_existing_run, resolve_resume)
+from qnnrun.runs import (BEST_CKPT, BITS_DOMAIN, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
+                         continue_command, log_costs, log_epoch, log_hparams, prepare_run_dir, refuse_existing_run,
+                         resolve_resume)
 
 log = logging.getLogger("qnnrun")
 
@@ -406,6 +408,7 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
         optimizer, lambda step: method_lr_factor(cfg.sched, method, step, steps_per_epoch))
     method.set_calibration_source(lambda: (images for images, _ in _take(data.train, cfg.quant.calib_batches)))
     start_epoch, best_acc, history = 0, -1.0, []
+    init_acc = init_test_acc(cfg.init_from)  # what test/vs_init is measured from
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -433,6 +436,8 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
 
     writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None) if ranks.main else None
+    if writer is not None and checkpoint is None:
+        log_costs(writer, cost)
     if cfg.trainer.compile:
         _allow_recompiles(64)
         if data.train.num_samples % data.train.batch_size and not cfg.dataset.get("drop_last", False):
@@ -545,12 +550,13 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
                 if result.top5 is not None:
                     metrics["test_top5"] = result.top5
             metrics.update({f"quant/{k}": v for k, v in method.scalars(model).items()})
-            history.append(metrics)
-            if writer is not None:
-                _log_epoch(writer, metrics, cost)
             improved = metrics.get("test_acc", -1.0) > best_acc
             if improved:
                 best_acc = metrics["test_acc"]
+            metrics.update(_accuracy_marks(metrics, best_acc, init_acc))
+            history.append(metrics)
+            if writer is not None:
+                log_epoch(writer, metrics)
             state = _state(config, epoch + 1, model, optimizer, scheduler, method, best_acc, history, info,
                                    extensions)
             save(state, run_dir / LAST_CKPT)
@@ -566,18 +572,17 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
 
     if not history or "test_acc" not in history[-1]:  # epochs=0: evaluate the starting point
         result = evaluate_test()
-        history.append({"epoch": epochs, "test_loss": result.loss, "test_acc": result.acc,
-                        **({"test_top5": result.top5} if result.top5 is not None else {})})
-    summary = _summary(cfg, method, info, history, best_acc, cost, init_test_acc(cfg.init_from))
+        entry = {"epoch": epochs, "test_loss": result.loss, "test_acc": result.acc,
+                 **({"test_top5": result.top5} if result.top5 is not None else {})}
+        entry.update(_accuracy_marks(entry, max(best_acc, result.acc), init_acc))
+        history.append(entry)
+        if writer is not None:
+            log_epoch(writer, entry)
+    summary = _summary(cfg, method, info, history, best_acc, cost, init_acc)
     summary.update(extensions=extensions, overrides=list(overrides), run_dir=str(run_dir.resolve()))
-    hparams = {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
-               "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed}
     change = None if summary["init_test_acc"] is None else summary["test_acc"] - summary["init_test_acc"]
     if writer is not None:
-        results = {f"hparam/{k}": summary[k] for k in ("test_acc", "best_test_acc", "gbops")}
-        if change is not None:  # points of test accuracy from the init_from net's
-            results["hparam/vs_init"] = change
-        writer.add_hparams(hparams, results, run_name=".")
+        log_hparams(writer, _hparams(cfg, method, info, summary), HPARAM_DOMAINS)
         writer.close()
         if step_writer is not None:
             step_writer.close()
@@ -795,21 +800,33 @@ def _log_step(writer: Any, step: int, loss: Tensor, lr: float, scalars: Mapping[
         writer.add_scalar(f"step/quant/{key}", value, step)
 
 
-def _log_epoch(writer: Any, metrics: Mapping[str, Any], cost: Mapping[str, float]) -> None:
-    step = metrics["epoch"]
-    names = {"train_loss": "train/loss", "train_acc": "train/acc", "test_loss": "test/loss",
-             "test_acc": "test/acc", "test_top5": "test/top5", "lr": "train/lr",
-             "epoch_time_s": "time/epoch_s", "images_per_s": "time/images_per_s", "compile_s": "time/compile_s"}
-    for key, value in metrics.items():
-        if key in names:
-            writer.add_scalar(names[key], value, step)
-        elif key.startswith("quant/"):
-            writer.add_scalar(key, value, step)
-    writer.add_scalar("cost/gbops", cost["bops"] / 1e9, step)
-    writer.add_scalar("cost/gbit_macs", cost["bit_macs"] / 1e9, step)
-    writer.add_scalar("cost/weight_memory_mb", cost["weight_memory_mb"], step)
-    writer.add_scalar("cost/compression", cost["compression"], step)
-    writer.flush()
+def _accuracy_marks(metrics: Mapping[str, Any], best_acc: float, init_acc: float | None) -> dict[str, float]:
+    """An evaluated epoch's best test accuracy so far and, from an ``init_from`` net, the change from
+    its accuracy (points): the curves the HParams view reads its metrics from."""
+    if "test_acc" not in metrics:
+        return {}
+    marks = {"test_best_acc": best_acc}
+    if init_acc is not None:
+        marks["test_vs_init"] = metrics["test_acc"] - init_acc
+    return marks
+
+
+# Discrete HParams domains of the settings that take few values (qnnrun.runs.log_hparams).
+HPARAM_DOMAINS = {"bits_w": BITS_DOMAIN, "bits_a": BITS_DOMAIN, "method": sorted(METHODS),
+                  "first_layer": list(LAYER_POLICIES), "last_layer": list(LAYER_POLICIES),
+                  "precision": list(PRECISIONS)}
+
+
+def _hparams(cfg: DictConfig, method: Method, info: DataInfo, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting that tells runs apart, and the costs, as TensorBoard HParams columns."""
+    init_from = Path(str(cfg.init_from)) if cfg.init_from else None
+    short = "none" if init_from is None else (init_from.parent.name if init_from.suffix == ".ckpt" else init_from.name)
+    return {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
+            "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed, "epochs": cfg.trainer.epochs,
+            "lr": float(cfg.optim.lr), "optimizer": str(cfg.optim.name),
+            "first_layer": str(cfg.quant.first_layer), "last_layer": str(cfg.quant.last_layer),
+            "init_from": short, "precision": str(cfg.trainer.precision), "gbops": summary["gbops"],
+            "weight_mb": summary["weight_memory_mb"]}
 
 
 def _summary(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict[str, Any]], best_acc: float,

@@ -37,6 +37,15 @@ BEST_CKPT = "best.ckpt"
 SUMMARY = "summary.json"
 # A run's step curves: TensorBoard events of their own in this sub-folder of the run folder.
 STEP_CURVES = "steps"
+# TensorBoard tags of the per-epoch curves: history key -> tag. Constant costs are no curves: they
+# are written once, as text and as HParams columns (log_costs, log_hparams).
+EPOCH_TAGS = {"test_acc": "test/acc", "test_best_acc": "test/best_acc", "test_vs_init": "test/vs_init",
+              "test_loss": "test/loss", "test_top5": "test/top5", "train_acc": "train/acc",
+              "train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "time/epoch_s",
+              "images_per_s": "time/images_per_s", "compile_s": "time/compile_s"}
+# The HParams view's metrics: curves above, whose last value is the run's (final test accuracy, best
+# so far, change from the init_from net's), so no scalar is written for HParams alone.
+HPARAM_METRICS = ("test/acc", "test/best_acc", "test/vs_init")
 # What Hydra writes into a run folder before the run starts: a folder holding nothing else holds no run.
 HYDRA_FILES = {".hydra", "train.log"}
 HYDRA_CONFIGS = {"config.yaml", "hydra.yaml", "overrides.yaml"}
@@ -192,6 +201,43 @@ def prepare_run_dir(run_dir: Path) -> None:
     check_output_folder(run_dir, "hydra.run.dir")
     for stale in run_dir.glob(".*.tmp"):
         stale.unlink(missing_ok=True)
+
+
+def log_epoch(writer: Any, metrics: Mapping[str, Any]) -> None:
+    """Write one epoch's curves (:data:`EPOCH_TAGS`, and the method's ``quant/*`` scalars) at step
+    ``metrics["epoch"]``."""
+    step = metrics["epoch"]
+    for key, value in metrics.items():
+        if key in EPOCH_TAGS:
+            writer.add_scalar(EPOCH_TAGS[key], value, step)
+        elif key.startswith("quant/"):
+            writer.add_scalar(key, value, step)
+    writer.flush()
+
+
+def log_costs(writer: Any, cost: Mapping[str, float]) -> None:
+    """Write the run's costs once, as a text table (TensorBoard's Text dashboard, tag ``cost``)."""
+    rows = [("GBOPs per image", f"{cost['bops'] / 1e9:.4f}"), ("GBit-MACs per image", f"{cost['bit_macs'] / 1e9:.4f}"),
+            ("weight memory (MiB)", f"{cost['weight_memory_mb']:.4f}"),
+            ("compression vs FP32", f"{cost['compression']:.2f}x")]
+    writer.add_text("cost", "| cost | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows))
+
+
+# HParams columns that take few values: discrete domains, so that TensorBoard spaces them evenly
+# (bits 1-8 beside 32 on a linear axis would squeeze under it) and shows them as they are.
+BITS_DOMAIN = [*range(1, 9), 32]
+
+
+def log_hparams(writer: Any, hparams: Mapping[str, Any], domains: Mapping[str, list[Any]]) -> None:
+    """Write the run's HParams (settings ``hparams``, with ``domains`` for the discrete ones) with
+    :data:`HPARAM_METRICS` as metrics. Only the HParams records are written (``add_hparams`` would
+    also write each metric as a lone scalar at step 0)."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+    records = hparams_summary(dict(hparams), {tag: 0.0 for tag in HPARAM_METRICS}, dict(domains))
+    for record in records:
+        writer.file_writer.add_summary(record)
+    writer.flush()
 
 
 def continue_command(run_dir: Path) -> str:

@@ -108,9 +108,9 @@ def test_init_from_float_checkpoint(tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tmp_path / "quant")).Reload()
-    [change] = events.Scalars("hparam/vs_init")
+    [change] = events.Scalars("test/vs_init")
     assert change.value == pytest.approx(summary["test_acc"] - float_run["test_acc"])
-    assert "hparam/vs_init" not in EventAccumulator(str(tmp_path / "float")).Reload().Tags()["scalars"]
+    assert "test/vs_init" not in EventAccumulator(str(tmp_path / "float")).Reload().Tags()["scalars"]
     # ... only where the checkpoint's weights are the ones its last logged test accuracy measured.
     ckpt = load_checkpoint(tmp_path / "float" / "last.ckpt")
     save_atomic({**ckpt, "partial": {"batches": 3}}, tmp_path / "mid_epoch.ckpt")
