@@ -2,7 +2,7 @@
 
 One run writes into its folder (``run_dir``)::
 
-    events.out.tfevents.*   TensorBoard: train/test metrics, lr, cost/*, time/*, quant/*, hparams
+    events.out.tfevents.*   TensorBoard: train/test curves, lr, time/*, quant/*, the costs (text), hparams
     last.ckpt, best.ckpt    checkpoints (atomic writes; ``resume=true`` continues from last.ckpt)
     bops.txt, bops.csv      per-layer BOPs / MACs / weight memory table
     summary.json            final metrics, costs, timing; ``"status": "done"`` once finished
