@@ -1,4 +1,4 @@
-"""Training throughput of every method against float, side by side in one process (issue 8).
+"""Training throughput of every method against float, side by side in one process.
 
 For every model x method x bits it times the engine's own train step (``qnnrun.engine.train_step``:
 the method's hooks, forward, loss, backward, optimizer) on random CIFAR-shaped batches held on the

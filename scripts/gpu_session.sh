@@ -12,19 +12,19 @@
 #     carry [".carry", "outputs/float/resnet20_cifar10"], timeout_s 570
 #
 # Plans (each ends its work BUDGET_S seconds after it starts, default 480, then packs):
-#   speed      issue 8: the CUDA-only tests (fused fake-quantize kernel, on-device batches, XNOR Triton
+#   speed      the CUDA-only tests (fused fake-quantize kernel, on-device batches, XNOR Triton
 #              kernel); every method at W2A2 eager and compiled (the compiled rows first compiled 8 at once,
 #              bench --precompile, so that the timed rows compile from inductor's caches); fp / ste W2A2 and
 #              W4A4 compiled with whole epochs; every method eager with trainer.recompute_quant; fp / ste
 #              W2A2 compiled with CUDA graphs (reduce-overhead). Each bench writes its JSON after every row:
 #              a step cut short keeps its rows
-#   baselines  issue 6: the float ResNet-20 (60 epochs; skipped when outputs/float/resnet20_cifar10 holds a
+#   baselines  the float ResNet-20 (60 epochs; skipped when outputs/float/resnet20_cifar10 holds a
 #              finished run: carry that folder, last.ckpt and summary.json) and, once it is written, the
 #              experiment=baselines_cifar10 sweep (METHODS x 2, 3, 4 bits x SEEDS, N_JOBS runs at once on
 #              the GPU). Runs cut by the budget stop as a Ctrl-C would (mid-epoch checkpoint) and show as
-#              unfinished in the report. On the H100 (2026-11-23) ten eager runs at once trained lsq at
-#              about 3.4k images/s each, 450 s for 30 epochs: the whole table may not fit one session even
-#              with the float run carried; METHODS=lsq,ste and then dorefa,pact split it over two.
+#              unfinished in the report. The whole table may not fit one session even with the float run
+#              carried (docs/baselines.md has the rates measured): METHODS=lsq,ste and then dorefa,pact
+#              split it over two.
 #              The runs compile (COMPILE=true): processes sharing a GPU take turns on it, so what counts is
 #              the GPU time of a step, and an eager step of ResNet-20 at batch 128 is 700-1150 small
 #              kernels where a compiled one fuses the element-wise work (not measured on a GPU yet;
