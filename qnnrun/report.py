@@ -24,7 +24,7 @@ Writes into the output folder::
     report.csv                one row per group: counts, mean and std of every metric
     accuracy_vs_bits.png      final test accuracy (%) against weight bits, one line per method
     accuracy_vs_gbops.png     final test accuracy (%) against GBOPs per image (log x), Pareto front marked
-    test_accuracy_curves.png  test accuracy (%) per epoch from the TensorBoard events, one panel per method
+    test_accuracy_curves.png  test accuracy (%) per epoch from the TensorBoard events, one panel per bit width (shared axes), methods overlaid
 
 The bits plot and the curves mark the init_from net's accuracy (dotted) when every run started from one.
 """
@@ -49,6 +49,7 @@ import yaml
 
 from qnnrun.checkpoint import check_output_folder
 from qnnrun.errors import QnnrunError
+from qnnrun.methods import METHODS
 from qnnrun.quant.convert import FLOAT_BITS
 from qnnrun.runs import STEP_CURVES, SUMMARY, is_free
 
@@ -81,8 +82,12 @@ NOT_GROUPED = {"seed", "method", "model", "dataset", "bits", "bits.w", "bits.a",
 CURVE_TAG = "test/acc"
 TRAIN_CURVE_TAG = "train/acc"
 CURVE_TAGS = (CURVE_TAG, TRAIN_CURVE_TAG)  # what Run.curves reads
-# Markers cycle with matplotlib's 10 colours so that up to 100 series stay apart.
-MARKERS = "os^Dv<>PX*"
+# One colour and one marker per method qnnrun knows, in every plot of every report (two reports
+# agree); a method not known here is drawn grey. Series of one method in a plot differ by line style.
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#843c39")
+MARKERS = "os^Dv<>PX*hpd"
+LINE_STYLES = ("-", "--", ":", "-.")
 # The statuses of summary.json; a run folder without one is UNFINISHED.
 DONE, FAILED, DUPLICATE, UNFINISHED = "done", "failed", "duplicate", "unfinished"
 # A folder whose record does not fit (a Problem, not a run).
@@ -573,6 +578,27 @@ def _series(groups: Sequence[Group], shown: Sequence[str]) -> dict[str, list[Gro
     return series
 
 
+def method_style(method: str) -> tuple[str, str]:
+    """The (colour, marker) of ``method`` in every plot."""
+    names = sorted(METHODS)
+    if method not in names:
+        return "#999999", "."
+    index = names.index(method)
+    return COLOURS[index % len(COLOURS)], MARKERS[index % len(MARKERS)]
+
+
+def _series_styles(series: Mapping[str, list[Group]]) -> dict[str, dict[str, str]]:
+    """matplotlib keyword arguments of each series: its method's colour and marker, and a line style
+    that tells apart the series of one method."""
+    styles, seen = {}, defaultdict(int)
+    for name, members in sorted(series.items()):
+        method = members[0].identity.method
+        colour, marker = method_style(method)
+        styles[name] = {"color": colour, "marker": marker, "linestyle": LINE_STYLES[seen[method] % len(LINE_STYLES)]}
+        seen[method] += 1
+    return styles
+
+
 def _literal(text: str) -> str:
     """``text`` for a plot as written: an override value holding ``$`` would start matplotlib's mathtext."""
     return text.replace("$", r"\$")
@@ -605,7 +631,9 @@ def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
 
     shown = _varying_keys(groups)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for index, (name, members) in enumerate(sorted(_series(groups, shown).items())):
+    series = _series(groups, shown)
+    styles = _series_styles(series)
+    for name, members in sorted(series.items()):
         points = sorted((g.identity.bits_w, g.mean("test_acc"), g.std("test_acc") or 0.0)
                         for g in members if g.mean("test_acc") is not None)
         quantized = [p for p in points if p[0] != FLOAT_BITS]
@@ -615,7 +643,7 @@ def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
                         va="bottom", color="gray")
         if quantized:
             xs, ys, errs = zip(*quantized)
-            ax.errorbar(xs, ys, yerr=errs, marker=MARKERS[index // 10 % len(MARKERS)], capsize=3, label=name)
+            ax.errorbar(xs, ys, yerr=errs, capsize=3, label=name, **styles[name])
     ax.margins(y=0.1)
     _mark_init_from(ax, groups)
     ax.set_xlabel("weight bits")
@@ -637,12 +665,13 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
     shown = _varying_keys(groups)
     placed = [g for g in groups if g.mean("test_acc") is not None and (g.mean("gbops") or 0) > 0]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for index, (name, members) in enumerate(sorted(_series(placed, shown).items())):
+    series = _series(placed, shown)
+    styles = _series_styles(series)
+    for name, members in sorted(series.items()):
         xs = [g.mean("gbops") for g in members]
         ys = [g.mean("test_acc") for g in members]
         errs = [g.std("test_acc") or 0.0 for g in members]
-        ax.errorbar(xs, ys, yerr=errs, marker=MARKERS[index // 10 % len(MARKERS)], linestyle="none", capsize=3,
-                    label=name)
+        ax.errorbar(xs, ys, yerr=errs, capsize=3, label=name, **{**styles[name], "linestyle": "none"})
         for g, x, y in zip(members, xs, ys):
             ax.annotate(_literal(_label(g, shown)), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
     points = [(g.mean("gbops"), g.mean("test_acc")) for g in placed]
@@ -716,36 +745,40 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
 
 
 def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
-    """Mean test accuracy per epoch of each group (band: ± std over seeds), one panel per method."""
+    """Mean test accuracy per epoch of each group (band: ± std over seeds), one panel per bit width
+    with the methods overlaid in their colours, every panel on the same axes."""
     import matplotlib.pyplot as plt
 
     shown = _varying_keys(groups)
-    methods = sorted({g.identity.method for g in groups})
-    columns = min(3, max(1, len(methods)))
-    rows = math.ceil(len(methods) / columns) if methods else 1
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
-    for ax, method in zip(axes.flat, methods):
-        members = [g for g in groups if g.identity.method == method]
-        for g in members:
+    widths = sorted({(g.identity.bits_w, g.identity.bits_a) for g in groups})
+    columns = min(3, max(1, len(widths)))
+    rows = math.ceil(len(widths) / columns) if widths else 1
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False, sharex=True,
+                             sharey=True)
+    for ax, bits in zip(axes.flat, widths):
+        members = [g for g in groups if (g.identity.bits_w, g.identity.bits_a) == bits]
+        series = {_literal(_label(g, shown, with_bits=False)): [g] for g in members}
+        styles = _series_styles(series)
+        for name, (g,) in sorted(series.items()):
             by_epoch = _by_epoch(g)[CURVE_TAG]
             if not by_epoch:
                 continue
             epochs = sorted(by_epoch)
             means = [statistics.fmean(by_epoch[e]) for e in epochs]
             stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
-            line = ax.plot(epochs, means, marker="." if len(epochs) < 30 else None,
-                           label=_literal(_label(g, shown).removeprefix(method).strip() or method))[0]
+            style = {**styles[name], "marker": styles[name]["marker"] if len(epochs) < 30 else None}
+            ax.plot(epochs, means, label=name, markersize=4, **style)
             ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                            color=line.get_color(), alpha=0.15)
+                            color=style["color"], alpha=0.15)
         _mark_init_from(ax, members)
-        ax.set_title(method)
+        ax.set_title(members[0].bits_label)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(methods):]:
+    for ax in list(axes.flat)[len(widths):]:
         ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
