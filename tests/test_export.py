@@ -6,6 +6,7 @@ agreement is against the fake-quant model of the same checkpoint on the 360 test
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from fractions import Fraction
@@ -326,7 +327,14 @@ def test_onnx_qdq_graph_predicts_like_pytorch(runs: Runs, digits_test, tmp_path:
     path = tmp_path / f"{name}.onnx"
     line = export_checkpoint(str(runs.folder(name)), "onnx", str(path), "cpu")
     assert "QuantizeLinear/DequantizeLinear" in line
-    graph = onnx.load(str(path)).graph
+    proto = onnx.load(str(path))
+    meta = {prop.key: prop.value for prop in proto.metadata_props}  # what a deployment needs to feed it
+    assert json.loads(meta["qnnrun.class_names"]) == [str(i) for i in range(10)]
+    assert json.loads(meta["qnnrun.mean"]) == [0.3054] and meta["qnnrun.image_size"] == "8"
+    assert meta["qnnrun.method"] == run.config.method.name and meta["qnnrun.bits_w"] == str(run.method.weight_bits)
+    assert meta["qnnrun.source_checkpoint"] == str((runs.folder(name) / "last.ckpt").resolve())
+    assert "divided by 255" in meta["qnnrun.preprocessing"]
+    graph = proto.graph
     ops = [node.op_type for node in graph.node]
     quantized = [layer for _, layer in quant_layers(run.model)]
     assert ops.count("DequantizeLinear") == len(quantized) + sum(l.input_quant is not None for l in quantized)

@@ -24,6 +24,7 @@ more than 8 bits as integers (DoReFa at 8 bits, power-of-two weights above 4 bit
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,8 +162,35 @@ def _fold_weight_quantize(graph: Any) -> None:
             graph.initializer.remove(initializers[node.input[0]])
 
 
-def export_onnx(run: SavedRun, path: Path) -> None:
-    """Write the QDQ graph of ``run`` to ``path`` (input ``images`` [N, C, H, W], output ``logits`` [N, classes])."""
+# Class names of the data sets whose classes are fixed (label index order); others store indices.
+CLASS_NAMES = {
+    "digits": [str(i) for i in range(10)], "mnist": [str(i) for i in range(10)],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+    "cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
+
+
+def model_metadata(run: SavedRun, source: Path) -> dict[str, str]:
+    """What a deployment needs to feed the graph and read its output (ONNX ``metadata_props``, all
+    text): the preprocessing of the input, its shape, the class names, and where the model came from."""
+    dataset = run.config.dataset
+    classes = CLASS_NAMES.get(run.info.name, [str(i) for i in range(run.info.num_classes)])
+    return {
+        "qnnrun.preprocessing": "images [N, C, H, W] float32: pixels (0-255) divided by 255, then per channel "
+                                "(x - mean) / std",
+        "qnnrun.mean": json.dumps(list(dataset.mean)), "qnnrun.std": json.dumps(list(dataset.std)),
+        "qnnrun.in_channels": str(run.info.in_channels), "qnnrun.image_size": str(run.info.image_size),
+        "qnnrun.class_names": json.dumps(classes), "qnnrun.dataset": run.info.name,
+        "qnnrun.method": str(run.config.method.name), "qnnrun.bits_w": str(run.method.weight_bits),
+        "qnnrun.bits_a": str(run.method.act_bits), "qnnrun.model": str(run.config.model.name),
+        "qnnrun.source_checkpoint": str(source.resolve()), "qnnrun.epoch": str(run.epoch),
+    }
+
+
+def export_onnx(run: SavedRun, path: Path, source: Path) -> None:
+    """Write the QDQ graph of ``run`` (read from ``source``) to ``path`` (input ``images`` [N, C, H, W],
+    output ``logits`` [N, classes]), with :func:`model_metadata` in its ``metadata_props``."""
     try:
         import onnx
     except ImportError:
@@ -186,6 +214,7 @@ def export_onnx(run: SavedRun, path: Path) -> None:
         for graph_input in [i for i in proto.graph.input if i.name in stored]:
             proto.graph.input.remove(graph_input)
         _fold_weight_quantize(proto.graph)
+        onnx.helper.set_model_props(proto, model_metadata(run, source))
         onnx.checker.check_model(proto)
         onnx.save(proto, str(temporary))
         temporary.replace(path)

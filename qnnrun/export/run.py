@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from qnnrun.checkpoint import check_output_file, save_atomic
+from qnnrun.checkpoint import check_output_file, checkpoint_file, save_atomic
 from qnnrun.data import DataInfo
 from qnnrun.engine import (SavedRun, build_quantized_model, eval_report_line, evaluate, example_input,
                            load_saved_run, saved_run_data, select_device)
@@ -149,7 +149,7 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
     if fmt == "onnx":
         from qnnrun.export.onnx import export_onnx
 
-        export_onnx(run, path)
+        export_onnx(run, path, checkpoint_file(source))
         return f"wrote {path} ({path.stat().st_size} bytes): QuantizeLinear/DequantizeLinear graph"
     export = integer_export(run)
     save_integer_export(export, path)
