@@ -164,7 +164,7 @@ def train_app(cfg: DictConfig) -> None:
 def eval_app(cfg: DictConfig) -> None:
     """Evaluate a checkpoint and print its test metrics."""
     from qnnrun.config import check_choice, validate_dataset
-    from qnnrun.engine import evaluate_checkpoint
+    from qnnrun.evaluate import evaluate_checkpoint
     from qnnrun.export.run import BACKENDS, evaluate_integer
 
     if cfg.get("dataset") is not None:
@@ -193,7 +193,7 @@ def export_app(cfg: DictConfig) -> None:
 @_guarded
 def bops_app(cfg: DictConfig) -> None:
     """Print the per-layer BOPs / size table of a model at the given bits."""
-    from qnnrun.engine import bops_report
+    from qnnrun.evaluate import bops_report
 
     print(bops_report(cfg))
 

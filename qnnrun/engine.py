@@ -1,4 +1,4 @@
-"""The training and evaluation loop: data, model, method hooks, logging, checkpoints.
+"""The training loop: the epoch loop and the order of the method hooks, logging, checkpoints, signals.
 
 One run writes into its folder (``run_dir``)::
 
@@ -16,190 +16,40 @@ import io
 import json
 import logging
 import math
-import os
-import random
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qnnrun.checkpoint import FORMAT, checkpoint_file, load_checkpoint, save_atomic, write_text_atomic
+from qnnrun.checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
 from qnnrun import distributed
-from qnnrun.config import PRECISIONS, validate_quant, validate_train, warn_unused_method_options
-from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
+from qnnrun.build import (build_quantized_model, check_init_from, example_input, init_test_acc, seed_everything,
+                          select_device)
+from qnnrun.config import PRECISIONS, validate_train, warn_unused_method_options
+from qnnrun.data import DataInfo, build_data
 from qnnrun.errors import Interrupted, QnnrunError
-from qnnrun.methods import METHODS, Method, build_method
+# Imported into this namespace because _train calls them from here (tests patch ``engine.evaluate``).
+from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
+from qnnrun.methods import METHODS, Method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
-from qnnrun.models import build_model
-from qnnrun.optim import ShiftAdaMax
+from qnnrun.optim import build_optimizer, method_lr_factor
 from qnnrun.quant.convert import LAYER_POLICIES
-from qnnrun.quant.layers import set_recompute_input
 from qnnrun.runs import (BEST_CKPT, BITS_DOMAIN, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
                          continue_command, log_costs, log_epoch, log_hparams, prepare_run_dir, refuse_existing_run,
                          resolve_resume)
 
 log = logging.getLogger("qnnrun")
-
-
-def select_device(spec: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cpu`` | ``cuda`` | ``cuda:N`` as given."""
-    spec = str(spec)
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise QnnrunError(f"device '{spec}' is not valid: valid are auto, cpu, cuda, cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise QnnrunError(f"device '{spec}' asked for but CUDA is not available here: use device=cpu or auto")
-    return device
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch; optionally force deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def example_input(info: DataInfo, device: torch.device, batch: int = 2) -> Tensor:
-    """A zero batch [batch, C, H, W] shaped like the data set's images."""
-    return torch.zeros(batch, info.in_channels, info.image_size, info.image_size, device=device)
-
-
-def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
-                          init_from: str | None = None) -> tuple[nn.Module, Method]:
-    """The float model of ``cfg.model`` (optionally loaded from ``init_from``), converted by ``cfg.method``.
-
-    ``init_from``'s weights go into the float model; a checkpoint that does not fit it but fits the
-    converted model (a run of the same method, when the method changes the layout) goes into that."""
-    model = build_model(cfg.model, in_channels=info.in_channels, num_classes=info.num_classes,
-                        image_size=info.image_size).to(device)
-    state = load_checkpoint(init_from)["model"] if init_from else None
-    misfit = _misfit(model, state, init_from) if state is not None else None
-    if state is not None and misfit is None:
-        _load_own_keys(model, state)
-    method = build_method(cfg)
-    model = method.build(model, example_input(info, device)).to(device)
-    if misfit is not None:
-        # A run whose method changed the float layout (bnn/qnn/aqe wrap the last layer with an output
-        # BatchNorm) fits the model as this method builds it, when it is the same method.
-        if _misfit(model, state, init_from) is not None:
-            raise QnnrunError(misfit)
-        _load_own_keys(model, state)
-    set_recompute_input(model, bool(cfg.trainer.get("recompute_quant", False)))
-    return model, method
-
-
-def check_init_from(path: str) -> None:
-    """Fail before the data set is read when ``init_from`` names no checkpoint. Where a preset set
-    ``init_from`` (``conf/experiment/<name>.yaml``), the error points at that file, whose header
-    gives the command that makes the float run."""
-    try:
-        checkpoint_file(path)
-    except QnnrunError as error:
-        from hydra.core.hydra_config import HydraConfig
-
-        experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
-        hint = (f"; experiment={experiment} starts from a float run: the command that makes it is in the "
-                f"header of conf/experiment/{experiment}.yaml" if experiment else "")
-        raise QnnrunError(f"init_from={path}: {error}{hint}") from None
-
-
-def init_test_acc(init_from: str | None) -> float | None:
-    """Test accuracy (%) of the weights in ``init_from``: what its run logged at the end of the epoch
-    it was saved after. ``None`` without ``init_from``, for a checkpoint saved mid-epoch or after an
-    epoch that was not evaluated, and for one that cannot be read any more (a resumed run whose
-    starting checkpoint has moved): the summary's baseline for "how much did quantization cost"."""
-    if not init_from:
-        return None
-    try:
-        checkpoint = load_checkpoint(init_from)
-    except QnnrunError:
-        return None
-    history = checkpoint.get("history") or []
-    if "partial" in checkpoint or not history or "test_acc" not in history[-1]:
-        return None
-    return float(history[-1]["test_acc"])
-
-
-def _load_own_keys(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Load ``model``'s own keys from ``state``, leaving the others (quantizer state) behind."""
-    model.load_state_dict({k: state[k] for k in model.state_dict()})
-
-
-def _misfit(model: nn.Module, state: Mapping[str, Tensor], path: str) -> str | None:
-    """Why checkpoint weights ``state`` cannot be loaded into ``model`` (a key of the model missing
-    from it, or of another shape: another architecture), or ``None`` when they can. Keys of the
-    checkpoint that the model lacks (a quantized run's quantizer state) do not matter."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    wrong = [k for k in own if k in state and isinstance(own[k], Tensor)
-             and (not isinstance(state[k], Tensor) or state[k].shape != own[k].shape)]
-    if not missing and not wrong:
-        return None
-    return (f"init_from={path} does not fit this model ({len(missing)} missing, {len(wrong)} mis-shaped "
-            f"parameters, e.g. '{(missing + wrong)[0]}'): was it trained with another model or data set?")
-
-
-def build_optimizer(cfg: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """The optimizer of ``cfg`` (the ``optim`` group) over parameter ``groups`` (``Method.param_groups``)."""
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    if cfg.name == "shift_adamax":
-        return ShiftAdaMax(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    raise QnnrunError(f"unknown optimizer '{cfg.name}': valid are sgd, adam, adamw, shift_adamax")
-
-
-def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Learning-rate multiplier at global ``step`` for the ``sched`` group ``cfg`` (per-step schedules)."""
-    total = max(1, steps_per_epoch * epochs)
-    warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    if cfg.name == "constant":
-        return 1.0
-    if cfg.name == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        floor = cfg.min_lr_ratio
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    if cfg.name == "step":
-        epoch = step // max(1, steps_per_epoch)
-        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    if cfg.name == "exp":
-        epoch = (step - warmup) // max(1, steps_per_epoch)
-        return cfg.final_lr_ratio ** (epoch / max(1, epochs))
-    raise QnnrunError(f"unknown schedule '{cfg.name}': valid are cosine, step, exp, constant")
-
-
-def method_lr_factor(cfg: DictConfig, method: Method, step: int, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier at global ``step``: the ``sched`` group ``cfg`` over the method's
-    training run (:meth:`Method.schedule_span`, after :meth:`Method.plan`) times its ``lr_scale``."""
-    run_step, run_epochs = method.schedule_span(step)
-    return lr_factor(cfg, run_step, steps_per_epoch, run_epochs) * method.lr_scale(step)
 
 
 def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
@@ -243,77 +93,6 @@ def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: 
     optimizer.step()
     method.after_optimizer_step(model, step)
     return loss.detach(), logits.detach()
-
-
-@dataclass
-class EvalResult:
-    loss: float
-    acc: float  # top-1, percent
-    top5: float | None  # percent, only for more than 10 classes
-
-
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
-             autocast: Any = nullcontext, channels_last: bool = False) -> EvalResult:
-    """Mean cross-entropy, top-1 and (for > 10 classes) top-5 accuracy over ``batches``."""
-    was_training = model.training
-    model.eval()
-    totals_: Tensor | None = None  # [loss sum, top-1 hits, top-5 hits], on the device: one sync at the end
-    count = 0
-    with torch.no_grad():
-        for images, labels in batches:
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                logits = model(images)
-            logits = logits.float()
-            hits = logits.topk(min(5, num_classes), dim=1).indices == labels[:, None]  # [B, k]
-            batch = torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(),
-                                 hits[:, 0].sum().double(), hits.any(1).sum().double()])
-            totals_ = batch if totals_ is None else totals_ + batch
-            count += labels.numel()
-    model.train(was_training)
-    if totals_ is None:
-        raise QnnrunError("the evaluation set is empty")
-    if dist.is_available() and dist.is_initialized():  # each rank evaluated its slice of every batch
-        totals_ = torch.cat([totals_, torch.tensor([float(count)], device=totals_.device, dtype=torch.float64)])
-        dist.all_reduce(totals_)
-        count = int(totals_[3].item())
-    loss_sum, correct, correct5 = totals_[:3].tolist()
-    top5 = 100.0 * correct5 / count if num_classes > 10 else None
-    return EvalResult(loss_sum / count, 100.0 * correct / count, top5)
-
-
-def reestimate_batchnorm(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], autocast: Any = nullcontext,
-                         channels_last: bool = False) -> int:
-    """Replace the running mean and variance of every BatchNorm of ``model`` by their plain average
-    over ``batches`` ([B, ...] images; labels unused), computed on the network as it evaluates.
-
-    Every other module stays in evaluation mode: SQ's rows all quantized, AQE's ``h`` alone, UNIQ's
-    noisy block quantized, dropout off, activation ranges fixed. (``torch.optim.swa_utils.update_bn``
-    puts the whole model in training mode, which would measure the training network instead and
-    move the activation ranges.) Momenta and the training flag are restored; returns the number of
-    BatchNorm layers re-estimated.
-    """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms:
-        return 0
-    was_training = model.training
-    momenta = [bn.momentum for bn in norms]
-    model.eval()
-    for bn in norms:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches
-        bn.train()
-    with torch.no_grad():
-        for images, _ in batches:
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                model(images)
-    for bn, momentum in zip(norms, momenta):
-        bn.momentum = momentum
-    model.train(was_training)
-    return len(norms)
 
 
 class _Progress:
@@ -859,72 +638,6 @@ def _summary(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict
         "compression": cost["compression"],
         "train_time_s": train_time,
         "compile_s": sum(h.get("compile_s", 0.0) for h in history),
-        "images_per_s": sum(h["images_per_s"] * h["epoch_time_s"] for h in trained) / train_time if train_time else None,
+        "images_per_s": (sum(h["images_per_s"] * h["epoch_time_s"] for h in trained) / train_time
+                         if train_time else None),
     }
-
-
-@dataclass
-class SavedRun:
-    """A saved run rebuilt for evaluation: its config, data-set shape, model (eval mode), method, epoch."""
-
-    config: DictConfig
-    info: DataInfo
-    model: nn.Module
-    method: Method
-    epoch: int
-
-
-def load_saved_run(checkpoint: str | Path, device: torch.device) -> SavedRun:
-    """Rebuild the (fake-quant) model of a checkpoint (a ``.ckpt`` file or a run folder) on ``device``,
-    with its method state (:meth:`Method.restore_model`: a progressive run's folded BatchNorms)."""
-    ckpt = load_checkpoint(checkpoint)
-    config = OmegaConf.create(ckpt["config"])
-    info = DataInfo(**ckpt["info"])
-    model, method = build_quantized_model(config, info, device)
-    model.load_state_dict(ckpt["model"])
-    if ckpt.get("method"):
-        method.load_state_dict(ckpt["method"])
-        method.restore_model(model)
-    return SavedRun(config, info, model.eval(), method, int(ckpt["epoch"]))
-
-
-def evaluate_checkpoint(checkpoint: str, dataset: DictConfig | None, paths: DictConfig, device: str) -> str:
-    """Evaluate a saved run on its own test set, or on ``dataset`` when given; returns a report line."""
-    torch_device = select_device(device)
-    run = load_saved_run(checkpoint, torch_device)
-    data = saved_run_data(run, dataset, paths, torch_device)
-    return eval_report_line(run, data, evaluate(run.model, data.test, run.info.num_classes))
-
-
-def saved_run_data(run: SavedRun, dataset: DictConfig | None, paths: DictConfig, device: torch.device) -> DataBundle:
-    """The data to evaluate a saved run on: its own data set, or ``dataset`` when it fits the model."""
-    data = build_data(dataset if dataset is not None else run.config.dataset, data_dir=paths.data_dir,
-                      cache_dir=paths.cache_dir, device=device, seed=run.config.seed)
-    shape = (data.info.in_channels, data.info.image_size, data.info.num_classes)
-    info = run.info
-    if shape != (info.in_channels, info.image_size, info.num_classes):
-        raise QnnrunError(f"data set '{data.info.name}' (channels, size, classes) = {shape} does not fit the "
-                          f"checkpoint's model, trained on '{info.name}' = "
-                          f"{(info.in_channels, info.image_size, info.num_classes)}")
-    return data
-
-
-def eval_report_line(run: SavedRun, data: DataBundle, result: EvalResult) -> str:
-    """``<method> <model> W/A (epoch N) on <data set> test (N images): top-1 ...`` for ``qnnrun eval``."""
-    top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
-    return (f"{run.config.method.name} {run.config.model.name} W{run.method.weight_bits}/A{run.method.act_bits} "
-            f"(epoch {run.epoch}) on {data.info.name} test ({data.test.num_samples} images): "
-            f"top-1 {result.acc:.2f}%{top5}  loss {result.loss:.4f}")
-
-
-def bops_report(cfg: DictConfig) -> str:
-    """The per-layer BOPs / size table of ``cfg``'s model, method and bits (no data is read)."""
-    validate_quant(cfg)
-    info = dataset_info(cfg.dataset)
-    device = torch.device("cpu")
-    model, method = build_quantized_model(cfg, info, device)
-    costs = layer_costs(model, example_input(info, device, 1))
-    header = (f"{cfg.model.name} on {info.name} ({info.in_channels}x{info.image_size}x{info.image_size}, "
-              f"{info.num_classes} classes), method={cfg.method.name} W{method.weight_bits}/A{method.act_bits}, "
-              f"first/last layer {cfg.quant.first_layer}/{cfg.quant.last_layer}")
-    return header + "\n" + format_table(costs, totals(model, costs))

@@ -1,13 +1,18 @@
-"""Optimizers beyond ``torch.optim``: BinaryNet's shift-based AdaMax."""
+"""Optimizers and learning-rate schedules: the ``optim`` group's optimizers (BinaryNet's shift-based
+AdaMax among them) and the ``sched`` group's per-step schedules."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
+from qnnrun.errors import QnnrunError
+from qnnrun.methods import Method
 from qnnrun.quant.functional import power_of_two
 
 
@@ -63,3 +68,44 @@ class ShiftAdaMax(torch.optim.Optimizer):
                 param.sub_(exp_avg * power_of_two((exp_inf + group["eps"]).reciprocal()),
                            alpha=group["lr"] * bias_correction)
         return loss
+
+
+def build_optimizer(cfg: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg`` (the ``optim`` group) over parameter ``groups`` (``Method.param_groups``)."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    if cfg.name == "shift_adamax":
+        return ShiftAdaMax(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    raise QnnrunError(f"unknown optimizer '{cfg.name}': valid are sgd, adam, adamw, shift_adamax")
+
+
+def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier at global ``step`` for the ``sched`` group ``cfg`` (per-step schedules)."""
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.name == "constant":
+        return 1.0
+    if cfg.name == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        floor = cfg.min_lr_ratio
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.name == "step":
+        epoch = step // max(1, steps_per_epoch)
+        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+    if cfg.name == "exp":
+        epoch = (step - warmup) // max(1, steps_per_epoch)
+        return cfg.final_lr_ratio ** (epoch / max(1, epochs))
+    raise QnnrunError(f"unknown schedule '{cfg.name}': valid are cosine, step, exp, constant")
+
+
+def method_lr_factor(cfg: DictConfig, method: Method, step: int, steps_per_epoch: int) -> float:
+    """Learning-rate multiplier at global ``step``: the ``sched`` group ``cfg`` over the method's
+    training run (:meth:`Method.schedule_span`, after :meth:`Method.plan`) times its ``lr_scale``."""
+    run_step, run_epochs = method.schedule_span(step)
+    return lr_factor(cfg, run_step, steps_per_epoch, run_epochs) * method.lr_scale(step)

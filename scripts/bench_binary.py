@@ -36,7 +36,7 @@ from hydra import compose, initialize_config_dir
 
 from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
 from qnnrun.data import dataset_info
-from qnnrun.engine import build_quantized_model
+from qnnrun.build import build_quantized_model
 from qnnrun.kernels import BinaryLinear, binarize_linear_layers, pack_signs, xnor_matmul, xnor_matmul_cpu
 from qnnrun.quant.layers import QuantLinear
 

@@ -25,8 +25,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
+from qnnrun.build import select_device
 from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
-from qnnrun.engine import select_device, train
+from qnnrun.engine import train
 
 
 def main() -> None:

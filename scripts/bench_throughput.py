@@ -49,13 +49,15 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from qnnrun.build import build_quantized_model, select_device
 from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
 from qnnrun.data import TensorLoader, dataset_info
-from qnnrun.engine import build_optimizer, build_quantized_model, method_lr_factor, select_device, train_step
+from qnnrun.engine import train_step
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
 from qnnrun.metrics.memory import KernelTraffic, SavedForBackward
 from qnnrun.models import build_model
+from qnnrun.optim import build_optimizer, method_lr_factor
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import set_recompute_input
 
@@ -516,7 +518,7 @@ def main() -> None:
     device = select_device(args.device)
     if args.gpu_kernels:
         Q.FUSED_KERNEL_DEVICES = Q.FUSED_KERNEL_DEVICES | {device.type}
-    torch.backends.cudnn.benchmark = True  # as qnnrun.engine.seed_everything sets it for training
+    torch.backends.cudnn.benchmark = True  # as qnnrun.build.seed_everything sets it for training
     print(f"{device.type}: {device_name(device)}; torch {torch.__version__}; {date.today()}; batch {args.batch}, "
           f"{args.steps} timed steps after {args.warmup} warm-up"
           + (f"; compile mode {args.compile_mode}" if args.compile and args.compile_mode else "")

@@ -11,8 +11,9 @@ from hydra_utils import compose_config
 from torch import Tensor, nn
 
 from qnnrun.checkpoint import load_checkpoint
-from qnnrun.engine import evaluate_checkpoint, train
+from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
+from qnnrun.evaluate import evaluate_checkpoint
 from qnnrun.methods import build_method
 from qnnrun.methods.base import batch_statistics
 from qnnrun.methods.dorefa import DorefaActivationQuantizer
@@ -442,7 +443,7 @@ def test_batch_statistics_normalises_by_the_batch_and_keeps_the_running_statisti
 
 def _model_and_method(tmp_path: Path, *overrides: str) -> tuple[nn.Module, object]:
     from qnnrun.data import dataset_info
-    from qnnrun.engine import build_quantized_model
+    from qnnrun.build import build_quantized_model
 
     cfg = compose_config(list(overrides), data_dir=tmp_path)
     return build_quantized_model(cfg, dataset_info(cfg.dataset), torch.device("cpu"))

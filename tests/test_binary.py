@@ -10,15 +10,16 @@ import torch
 from hydra_utils import compose_config
 from torch import nn
 
+from qnnrun.build import build_quantized_model, example_input
 from qnnrun.data import dataset_info
 from qnnrun.data.loader import TensorLoader
-from qnnrun.engine import build_optimizer, build_quantized_model, example_input, lr_factor, train
+from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
 from qnnrun.methods.aqe import AsymptoticQuantizer
 from qnnrun.methods.bnn import ShiftBatchNorm1d, ShiftBatchNorm2d, SquaredHinge, glorot_lr_scale
 from qnnrun.models import build_model
-from qnnrun.optim import ShiftAdaMax
+from qnnrun.optim import ShiftAdaMax, build_optimizer, lr_factor
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import LevelQuantizer, quant_layers
 

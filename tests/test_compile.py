@@ -38,7 +38,7 @@ from hydra_utils import compose_config
 from torch import Tensor, nn
 
 from qnnrun.data import dataset_info
-from qnnrun.engine import build_quantized_model
+from qnnrun.build import build_quantized_model
 from qnnrun.methods.aqe import AsymptoticQuantizer
 from qnnrun.methods.lsq import LsqQuantizer
 from qnnrun.quant import functional as Q

@@ -9,11 +9,12 @@ import torch
 from hydra_utils import compose_config
 from omegaconf import DictConfig
 
+from qnnrun.build import build_quantized_model, example_input
 from qnnrun.cli import CONFIG_DIR
 from qnnrun.config import method_options, unused_method_options, validate_train, warn_unused_method_options
 from qnnrun.data import DataInfo, dataset_info
-from qnnrun.engine import build_optimizer, build_quantized_model, example_input, lr_factor
 from qnnrun.methods import METHODS
+from qnnrun.optim import build_optimizer, lr_factor
 
 GROUPS = ("model", "dataset", "method", "bits", "optim", "sched", "trainer")
 # Models too large to build for every option in the default suite are built once on small input.

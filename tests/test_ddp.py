@@ -16,7 +16,8 @@ import torch
 from hydra_utils import compose_config
 
 from qnnrun.checkpoint import load_checkpoint
-from qnnrun.engine import evaluate_checkpoint, train
+from qnnrun.engine import train
+from qnnrun.evaluate import evaluate_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with the gloo backend")

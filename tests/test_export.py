@@ -20,9 +20,9 @@ from hydra_utils import compose_config, run_cli
 from qnnrun.data import build_data
 from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
+from qnnrun.evaluate import SavedRun, load_saved_run
 from qnnrun.export.grids import pack_codes, unpack_codes
 from qnnrun.export.integer import IntegerLayer, integer_records, quantize_multiplier, requantize
-from qnnrun.engine import SavedRun, load_saved_run
 from qnnrun.export.onnx import SATURATION_FREE
 from qnnrun.export.run import compare_predictions, export_checkpoint, integer_export, integer_model, load_integer_export
 from qnnrun.quant.layers import QuantLinear, UniformQuantizer, quant_layers

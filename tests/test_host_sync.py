@@ -22,9 +22,11 @@ import torch
 from hydra_utils import compose_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from qnnrun.build import build_quantized_model
 from qnnrun.data import dataset_info
-from qnnrun.engine import build_optimizer, build_quantized_model, train_step
+from qnnrun.engine import train_step
 from qnnrun.methods import METHODS
+from qnnrun.optim import build_optimizer
 
 # A value read back, host data lifted, and ops whose output size depends on the data (a GPU must
 # tell the host how big the result is).

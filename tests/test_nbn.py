@@ -11,10 +11,12 @@ import torch
 from hydra_utils import compose_config, train_interrupted_then_resumed
 from torch import nn
 
+from qnnrun.build import build_quantized_model
 from qnnrun.checkpoint import load_checkpoint
 from qnnrun.data import dataset_info
-from qnnrun.engine import build_quantized_model, evaluate_checkpoint, train
+from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
+from qnnrun.evaluate import evaluate_checkpoint
 from qnnrun.methods.progressive import NeuronByNeuron, ProgressiveQuantization
 from qnnrun.models import build_model
 from qnnrun.quant import calibrate as C

@@ -17,7 +17,7 @@ from hydra_utils import compose_config
 from torch import Tensor, nn
 
 from qnnrun.data import dataset_info
-from qnnrun.engine import build_quantized_model
+from qnnrun.build import build_quantized_model
 from qnnrun.methods.bnn import HardTanh
 from qnnrun.metrics.memory import SavedForBackward
 from qnnrun.methods import METHODS

@@ -10,15 +10,18 @@ import torch
 from hydra_utils import compose_config, train_interrupted_then_resumed
 from scipy import stats
 
+from qnnrun.build import build_quantized_model
 from qnnrun.checkpoint import load_checkpoint
 from qnnrun.data import dataset_info
-from qnnrun.engine import build_quantized_model, evaluate_checkpoint, method_lr_factor, train
+from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
+from qnnrun.evaluate import evaluate_checkpoint
 from qnnrun.methods.sq import (
     StochasticQuantization, TernaryQuantizer, float_row_count, sample_rows, split_epochs, stage_lengths,
     stage_of,
 )
 from qnnrun.methods.uniq import KQuantileQuantizer, Uniq, split_blocks
+from qnnrun.optim import method_lr_factor
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import ChannelState, QuantLinear, UniformQuantizer, quant_layers
 

@@ -11,9 +11,11 @@ import torch
 from hydra_utils import compose_config, train_interrupted_then_resumed
 from omegaconf import OmegaConf
 
+from qnnrun.build import init_test_acc
 from qnnrun.checkpoint import load_checkpoint, save_atomic
-from qnnrun.engine import evaluate_checkpoint, init_test_acc, reestimate_batchnorm, train
+from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
+from qnnrun.evaluate import evaluate_checkpoint, reestimate_batchnorm
 from qnnrun.methods.ste import DirectSTE
 
 

@@ -17,8 +17,8 @@ import torch
 from hydra_utils import compose_config
 from torch import Tensor
 
+from qnnrun.build import build_quantized_model
 from qnnrun.data import build_data, dataset_info
-from qnnrun.engine import build_optimizer, build_quantized_model
 from qnnrun.errors import QnnrunError
 from qnnrun.kernels import (
     BinaryLinear,
@@ -30,6 +30,7 @@ from qnnrun.kernels import (
     xnor_matmul,
     xnor_matmul_cpu,
 )
+from qnnrun.optim import build_optimizer
 from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import ChannelState, LevelQuantizer, QuantLinear, quant_layers
 

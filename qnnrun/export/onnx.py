@@ -39,7 +39,7 @@ from qnnrun.export.grids import RoundGrid, input_grid, probe_batch, weight_codes
 from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
 
 if TYPE_CHECKING:
-    from qnnrun.engine import SavedRun
+    from qnnrun.evaluate import SavedRun
 
 OPSET = 13
 # Largest |code| of int8 weights that onnxruntime's u8s8 integer kernels multiply exactly. On x86

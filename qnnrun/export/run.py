@@ -25,11 +25,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from qnnrun.build import build_quantized_model, example_input, select_device
 from qnnrun.checkpoint import check_output_file, checkpoint_file, save_atomic
 from qnnrun.data import DataInfo
-from qnnrun.engine import (SavedRun, build_quantized_model, eval_report_line, evaluate, example_input,
-                           load_saved_run, saved_run_data, select_device)
 from qnnrun.errors import QnnrunError
+from qnnrun.evaluate import SavedRun, eval_report_line, evaluate, load_saved_run, saved_run_data
 from qnnrun.export.grids import probe_batch
 from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
 from qnnrun.metrics.bops import layer_costs, totals
