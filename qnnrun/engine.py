@@ -18,11 +18,10 @@ import logging
 import math
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +31,43 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from qnnrun.checkpoint import FORMAT, load_checkpoint, save_atomic, write_text_atomic
 from qnnrun import distributed
-from qnnrun.build import (build_quantized_model, check_init_from, example_input, init_test_acc, seed_everything,
-                          select_device)
-from qnnrun.config import PRECISIONS, validate_train, warn_unused_method_options
-from qnnrun.data import DataInfo, build_data
-from qnnrun.errors import Interrupted, QnnrunError
-# Imported into this namespace because _train calls them from here (tests patch ``engine.evaluate``).
+from qnnrun.build import (
+    build_quantized_model,
+    check_init_from,
+    example_input,
+    init_test_acc,
+    seed_everything,
+    select_device,
+)
+from qnnrun.checkpoint import load_checkpoint, save_atomic, write_text_atomic
+from qnnrun.config import validate_train, warn_unused_method_options
+from qnnrun.data import build_data
+from qnnrun.errors import QnnrunError
+
+# Imported into this namespace because the loop calls them from here (tests patch ``engine.evaluate``).
 from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
-from qnnrun.methods import METHODS, Method
+from qnnrun.methods import Method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.optim import build_optimizer, method_lr_factor
-from qnnrun.quant.convert import LAYER_POLICIES
-from qnnrun.runs import (BEST_CKPT, BITS_DOMAIN, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
-                         continue_command, log_costs, log_epoch, log_hparams, prepare_run_dir, refuse_existing_run,
-                         resolve_resume)
+from qnnrun.runs import (
+    BEST_CKPT,
+    HPARAM_DOMAINS,
+    LAST_CKPT,
+    STEP_CURVES,
+    SUMMARY,
+    check_resume_config,
+    checkpoint_state,
+    hparams_record,
+    log_costs,
+    log_epoch,
+    log_hparams,
+    prepare_run_dir,
+    refuse_existing_run,
+    resolve_resume,
+    summary_record,
+)
+from qnnrun.stop import StopRequest, interrupted
 
 log = logging.getLogger("qnnrun")
 
@@ -143,277 +163,327 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
 
 def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: torch.device,
            overrides: Sequence[str]) -> dict[str, Any]:
+    """One process's training: open the run folder, build, then epochs; the hooks' order is in :class:`_Loop`."""
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
+    loop = _Loop(cfg, _open_run(cfg, run_dir, ranks), ranks, device)
+    with StopRequest() as stop:
+        for epoch in range(loop.start_epoch, cfg.trainer.epochs):
+            loop.train_epoch(epoch, stop)
+            loop.end_epoch(epoch, stop)
+    return loop.finish(overrides)
+
+
+@dataclass
+class _Start:
+    """Where one training starts: its folder and, when it continues a run, the checkpoint it continues."""
+
+    run_dir: Path
+    config: dict[str, Any]  # the composed config, resolved: what the checkpoints store
+    resume_from: Path | None = None
+    checkpoint: dict[str, Any] | None = None
+    extensions: list[dict[str, int]] = field(default_factory=list)  # extend=true steps, oldest first
+
+
+def _open_run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks) -> _Start:
+    """Resolve ``resume``, refuse a folder that holds another run, prepare the folder (rank 0), and
+    check a resumed run's config against its checkpoint (``extend=true`` notes the longer run)."""
     resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
     if ranks.main:
         if resume_from is None:
             refuse_existing_run(run_dir)
         prepare_run_dir(run_dir)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    checkpoint = None
-    extensions: list[dict[str, int]] = []
-    if resume_from is not None:
-        checkpoint = load_checkpoint(resume_from)
-        check_resume_config(checkpoint["config"], config, resume_from, extend=cfg.get("extend") is True)
-        extensions = list(checkpoint.get("extensions", []))
-        epochs_before = checkpoint["config"]["trainer"]["epochs"]
-        if epochs_before != cfg.trainer.epochs:  # extend=true: checked above
-            extensions.append({"at_epoch": int(checkpoint["epoch"]), "epochs_before": int(epochs_before),
-                               "epochs": int(cfg.trainer.epochs)})
-            log.info("extending %s from %d to %d epochs at epoch %d", resume_from, epochs_before,
-                     cfg.trainer.epochs, checkpoint["epoch"])
-
-    init_from = None if checkpoint is not None else cfg.init_from
-    if init_from:
-        check_init_from(init_from)
-    data = build_data(cfg.dataset, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir,
-                      device=device, seed=cfg.seed)
-    if ranks.active:  # every rank draws the same global batches and trains on its share
-        data.train.shard(ranks.rank, ranks.world)
-        data.test.shard(ranks.rank, ranks.world)
-    info = data.info
-    model, method = build_quantized_model(cfg, info, device, init_from)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    costs = layer_costs(model, example_input(info, device, 1))
-    cost = totals(model, costs)
-    optimizer = build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
-    epochs = cfg.trainer.epochs
-    steps_per_epoch = len(data.train)
-    method.plan(epochs, steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: method_lr_factor(cfg.sched, method, step, steps_per_epoch))
-    method.set_calibration_source(lambda: (images for images, _ in _take(data.train, cfg.quant.calib_batches)))
-    start_epoch, best_acc, history = 0, -1.0, []
-    init_acc = init_test_acc(cfg.init_from)  # what test/vs_init is measured from
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        method.load_state_dict(checkpoint["method"])
-        method.restore_model(model)
-        start_epoch, best_acc, history = checkpoint["epoch"], checkpoint["best_acc"], checkpoint["history"]
-        log.info("resuming %s at epoch %d of %d", resume_from, start_epoch, epochs)
-    else:
-        method.prepare(model, (images for images, _ in _take(data.train, cfg.quant.calib_batches)))
-
-    if ranks.main:
-        write_text_atomic(run_dir / "bops.txt", format_table(costs, cost) + "\n")
-        table = io.StringIO()
-        rows = [c.row() for c in costs]
-        writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["name"])
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(run_dir / "bops.csv", table.getvalue())
-    smaller = f" ({cost['compression']:.1f}x smaller than FP32)" if method.quantizes else " (float)"
-    log.info("%s %s W%d/A%d on %s (%s): %.4f GBOPs/image, %.3f MiB weights%s", cfg.method.name, cfg.model.name,
-             method.weight_bits, method.act_bits, info.name, device, cost["bops"] / 1e9, cost["weight_memory_mb"],
-             smaller)
-
-    from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
-
-    writer = SummaryWriter(str(run_dir), purge_step=start_epoch + 1 if start_epoch else None) if ranks.main else None
-    if writer is not None and checkpoint is None:
-        log_costs(writer, cost)
-    if cfg.trainer.compile:
-        _allow_recompiles(64)
-        if data.train.num_samples % data.train.batch_size and not cfg.dataset.get("drop_last", False):
-            log.info("trainer.compile: the last batch of each epoch is short (%d samples); dataset.drop_last=true "
-                     "saves its extra compilation", data.train.num_samples % data.train.batch_size)
-    compiled = torch.compile(model) if cfg.trainer.compile else model  # evaluation (and training on one rank)
-    forward = compiled
-    if ranks.active:  # after prepare/resume: DDP starts every rank from rank 0's weights and buffers
-        forward = distributed.wrap(model, ranks, device, method.static_parameters)
-        forward = torch.compile(forward) if cfg.trainer.compile else forward
-    use_bf16 = cfg.trainer.precision == "bf16"
-
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-    criterion = method.criterion(cfg.trainer.label_smoothing)
-    skip_nonfinite = cfg.trainer.on_nan == "skip_batch"
-    partial = checkpoint.get("partial") if checkpoint is not None else None
-    if partial is not None and partial["steps_per_epoch"] != steps_per_epoch:
-        raise QnnrunError(f"cannot resume {resume_from} mid-epoch: it was saved with {partial['steps_per_epoch']} "
-                          f"batches per epoch, this run has {steps_per_epoch} (same dataset.batch_size needed)")
-    step = start_epoch * steps_per_epoch
-    save = save_atomic if ranks.main else _no_save
-    warming_up = bool(cfg.trainer.compile)  # the first step compiles: timed apart from the epoch
-    log_every = int(cfg.trainer.get("log_every_steps", 0))
-    bn_batches = int(cfg.quant.get("bn_reestimate_batches", 0))
-
-    def evaluate_test() -> EvalResult:
-        if bn_batches:  # BatchNorm statistics of the network as evaluated (rank 0's for every rank)
-            reestimate_batchnorm(model, _take(data.train, bn_batches), autocast, cfg.trainer.channels_last)
-            distributed.sync_buffers(model, ranks)
-        return evaluate(compiled, data.test, info.num_classes, autocast, cfg.trainer.channels_last)
-
-    resumed_at = step + (partial["batches"] if partial is not None else 0)
-    # Step curves have event files of their own (TensorBoard run "<run>/steps"): a resume purges the
-    # epoch curves from an epoch number, these from a step number.
-    step_writer = (SummaryWriter(str(run_dir / STEP_CURVES), purge_step=resumed_at + 1 if resumed_at else None)
-                   if log_every and ranks.main else None)
-    with StopRequest() as stop:
-        for epoch in range(start_epoch, epochs):
-            # Per-epoch seeds make an epoch's randomness (order, augmentation, dropout, noise) the same
-            # whether the run was interrupted before it or not.
-            torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-            data.train.set_epoch(epoch)
-            method.on_epoch_start(model, epoch, epochs)
-            model.train()
-            tally = _EpochTally(device)
-            batches = iter(data.train)
-            if partial is not None:  # resume mid-epoch: replay the epoch up to where it stopped
-                for _ in range(partial["batches"]):
-                    next(batches)
-                tally.restore(partial, ranks)
-                method.load_state_dict(checkpoint["method"])  # after on_epoch_start rebuilt the epoch's state
-                _set_rng_state(partial["rng"])
-                step += partial["batches"]
-                log.info("resuming epoch %d at batch %d of %d", epoch + 1, partial["batches"], steps_per_epoch)
-                partial = None
-            progress = _Progress(batches, steps_per_epoch, cfg.trainer.progress and ranks.main,
-                                 f"epoch {epoch + 1}/{epochs}", initial=tally.batches)
-            for images, labels in progress:
-                if cfg.trainer.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                if warming_up:
-                    _synchronize(device)
-                    compile_start = time.perf_counter()
-                loss, logits = train_step(model, forward, method, optimizer, criterion, images, labels, step,
-                                          autocast, cfg.trainer.grad_clip, skip_nonfinite)
-                if warming_up:
-                    _synchronize(device)
-                    tally.compile_s = time.perf_counter() - compile_start
-                    log.info("torch.compile warm-up (first step): %.1f s, left out of the epoch's time",
-                             tally.compile_s)
-                    warming_up = False
-                distributed.sync_buffers(model, ranks)
-                scheduler.step()
-                tally.add(loss, logits, labels, step, skip_nonfinite)
-                step += 1
-                if step_writer is not None and step % log_every == 0:
-                    _log_step(step_writer, step, loss, optimizer.param_groups[0]["lr"], method.scalars(model))
-                due = step % 10 == 0 or tally.batches == steps_per_epoch
-                if ranks.active:  # the ranks agree on stopping every 10 steps (a collective)
-                    stopping = due and distributed.any_rank(stop.signum is not None, device, ranks)
-                else:
-                    stopping = stop.signum is not None
-                if due or stopping:
-                    tally.check_finite(epoch, steps_per_epoch, cfg, run_dir, ranks)
-                    if progress.bar is not None and tally.seen:
-                        progress.show(loss=tally.loss_sum.item() / tally.seen,
-                                      acc=100.0 * tally.correct.item() / tally.seen)
-                if stopping and tally.batches < steps_per_epoch:
-                    progress.close()
-                    state = _state(config, epoch, model, optimizer, scheduler, method, best_acc, history, info,
-                                   extensions)
-                    state["partial"] = tally.state(steps_per_epoch, ranks)
-                    save(state, run_dir / LAST_CKPT)
-                    raise _interrupted(stop.signum or signal.SIGTERM, run_dir, f"epoch {epoch + 1}, batch "
-                                       f"{tally.batches} of {steps_per_epoch}")
-            progress.close()
-            _synchronize(device)
-            tally.check_finite(epoch, steps_per_epoch, cfg, run_dir, ranks)
-            distributed.check_agreement(model, ranks, device)
-            metrics = tally.metrics(epoch, optimizer.param_groups[0]["lr"], ranks)
-            if metrics["train_samples"] == 0:
-                raise QnnrunError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "
-                                  f"(trainer.on_nan=skip_batch): the weights have diverged; lower optim.lr "
-                                  f"(now {cfg.optim.lr}) and resume from a checkpoint before the divergence")
-            if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
-                result = evaluate_test()
-                metrics.update(test_loss=result.loss, test_acc=result.acc)
-                if result.top5 is not None:
-                    metrics["test_top5"] = result.top5
-            metrics.update({f"quant/{k}": v for k, v in method.scalars(model).items()})
-            improved = metrics.get("test_acc", -1.0) > best_acc
-            if improved:
-                best_acc = metrics["test_acc"]
-            metrics.update(_accuracy_marks(metrics, best_acc, init_acc))
-            history.append(metrics)
-            if writer is not None:
-                log_epoch(writer, metrics)
-            state = _state(config, epoch + 1, model, optimizer, scheduler, method, best_acc, history, info,
-                                   extensions)
-            save(state, run_dir / LAST_CKPT)
-            if improved:
-                save(state, run_dir / BEST_CKPT)
-            skipped = f"  ({tally.skipped} non-finite batches skipped)" if tally.skipped else ""
-            log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %s  %.1fs (%.0f img/s)%s", epoch + 1, epochs,
-                     metrics["train_loss"], metrics["train_acc"],
-                     f"{metrics['test_acc']:.2f}%" if "test_acc" in metrics else "-", metrics["epoch_time_s"],
-                     metrics["images_per_s"], skipped)
-            if epoch + 1 < epochs and distributed.any_rank(stop.signum is not None, device, ranks):
-                raise _interrupted(stop.signum or signal.SIGTERM, run_dir, f"the end of epoch {epoch + 1}")
-
-    if not history or "test_acc" not in history[-1]:  # epochs=0: evaluate the starting point
-        result = evaluate_test()
-        entry = {"epoch": epochs, "test_loss": result.loss, "test_acc": result.acc,
-                 **({"test_top5": result.top5} if result.top5 is not None else {})}
-        entry.update(_accuracy_marks(entry, max(best_acc, result.acc), init_acc))
-        history.append(entry)
-        if writer is not None:
-            log_epoch(writer, entry)
-    summary = _summary(cfg, method, info, history, best_acc, cost, init_acc)
-    summary.update(extensions=extensions, overrides=list(overrides), run_dir=str(run_dir.resolve()))
-    change = None if summary["init_test_acc"] is None else summary["test_acc"] - summary["init_test_acc"]
-    if writer is not None:
-        log_hparams(writer, _hparams(cfg, method, info, summary), HPARAM_DOMAINS)
-        writer.close()
-        if step_writer is not None:
-            step_writer.close()
-        write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
-    since = "" if change is None else f"; {change:+.2f} from init_from's {summary['init_test_acc']:.2f}%"
-    log.info("done: test accuracy %.2f%% (best %.2f%%%s), results in %s", summary["test_acc"],
-             summary["best_test_acc"], since, run_dir)
-    return summary
+    start = _Start(run_dir, OmegaConf.to_container(cfg, resolve=True), resume_from)
+    if resume_from is None:
+        return start
+    start.checkpoint = checkpoint = load_checkpoint(resume_from)
+    check_resume_config(checkpoint["config"], start.config, resume_from, extend=cfg.get("extend") is True)
+    start.extensions = list(checkpoint.get("extensions", []))
+    epochs_before = checkpoint["config"]["trainer"]["epochs"]
+    if epochs_before != cfg.trainer.epochs:  # extend=true: checked above
+        start.extensions.append({"at_epoch": int(checkpoint["epoch"]), "epochs_before": int(epochs_before),
+                                 "epochs": int(cfg.trainer.epochs)})
+        log.info("extending %s from %d to %d epochs at epoch %d", resume_from, epochs_before,
+                 cfg.trainer.epochs, checkpoint["epoch"])
+    return start
 
 
-class StopRequest:
-    """Turns SIGINT/SIGTERM (what a cluster scheduler sends before pre-emption) into a request that
-    the training loop honours after the current step: it writes ``last.ckpt`` and stops.
+class _Loop:
+    """One training's objects and progress, and its phases in order: build (:meth:`__init__`), then per
+    epoch :meth:`train_epoch` and :meth:`end_epoch`, then :meth:`finish`.
 
-    Installed only in the main thread, where Python delivers signals. A second signal more than
-    ``REPEAT_S`` seconds after the first restores the previous handler and re-delivers itself, so
-    the process stops at once (checkpoint writes are atomic: ``last.ckpt`` stays whole); a repeat
-    within that time is the same request arriving twice (to the process group and forwarded by a
-    ``trainer.devices`` parent) and is ignored.
+    The method's hooks run in this order: ``plan``, ``set_calibration_source``, then ``prepare`` (a
+    fresh run) or ``load_state_dict`` + ``restore_model`` (a resume); per epoch ``on_epoch_start``,
+    per step ``before_step`` / ``regularization`` / ``after_optimizer_step`` (:func:`train_step`),
+    ``scalars`` after each epoch.
     """
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-    REPEAT_S = 2.0
+    def __init__(self, cfg: DictConfig, start: _Start, ranks: distributed.Ranks, device: torch.device) -> None:
+        self.cfg, self.start, self.ranks, self.device = cfg, start, ranks, device
+        self.run_dir = start.run_dir
+        self._build()
+        self._restore()
+        self._write_costs()
+        self._prepare_forward()
+        self._open_writers()
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._first_at = 0.0
-        self._previous: dict[int, Any] = {}
+    def _build(self) -> None:
+        """Data, model, method, optimizer and schedule from the config."""
+        cfg, device = self.cfg, self.device
+        init_from = None if self.start.checkpoint is not None else cfg.init_from
+        if init_from:
+            check_init_from(init_from)
+        self.data = build_data(cfg.dataset, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir,
+                               device=device, seed=cfg.seed)
+        if self.ranks.active:  # every rank draws the same global batches and trains on its share
+            self.data.train.shard(self.ranks.rank, self.ranks.world)
+            self.data.test.shard(self.ranks.rank, self.ranks.world)
+        self.info = self.data.info
+        model, self.method = build_quantized_model(cfg, self.info, device, init_from)
+        self.model = model.to(memory_format=torch.channels_last) if cfg.trainer.channels_last else model
+        self.costs = layer_costs(self.model, example_input(self.info, device, 1))
+        self.cost = totals(self.model, self.costs)
+        self.optimizer = build_optimizer(cfg.optim, self.method.param_groups(self.model, cfg.optim.weight_decay))
+        self.steps_per_epoch = steps = len(self.data.train)
+        self.method.plan(cfg.trainer.epochs, steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: method_lr_factor(cfg.sched, self.method, step, steps))
+        self.method.set_calibration_source(lambda: self._calibration_images())
+        self.init_acc = init_test_acc(cfg.init_from)  # what test/vs_init is measured from
 
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
+    def _calibration_images(self) -> Iterator[Tensor]:
+        return (images for images, _ in _take(self.data.train, self.cfg.quant.calib_batches))
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum, self._first_at = signum, time.monotonic()
-        elif time.monotonic() - self._first_at > self.REPEAT_S:
-            signal.signal(signum, self._previous[signum] or signal.SIG_DFL)
-            signal.raise_signal(signum)
+    def _restore(self) -> None:
+        """A resume loads the checkpoint (a mid-epoch one also its partial epoch); a fresh run calibrates."""
+        self.start_epoch, self.best_acc, self.history = 0, -1.0, []
+        self.partial: dict[str, Any] | None = None
+        checkpoint = self.start.checkpoint
+        if checkpoint is None:
+            self.method.prepare(self.model, self._calibration_images())
+            self.step = 0
+            return
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.method.load_state_dict(checkpoint["method"])
+        self.method.restore_model(self.model)
+        self.start_epoch, self.best_acc = checkpoint["epoch"], checkpoint["best_acc"]
+        self.history = checkpoint["history"]
+        log.info("resuming %s at epoch %d of %d", self.start.resume_from, self.start_epoch, self.cfg.trainer.epochs)
+        self.partial = checkpoint.get("partial")
+        if self.partial is not None and self.partial["steps_per_epoch"] != self.steps_per_epoch:
+            raise QnnrunError(f"cannot resume {self.start.resume_from} mid-epoch: it was saved with "
+                              f"{self.partial['steps_per_epoch']} batches per epoch, this run has "
+                              f"{self.steps_per_epoch} (same dataset.batch_size needed)")
+        self.step = self.start_epoch * self.steps_per_epoch
 
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler or signal.SIG_DFL)
-        self._previous.clear()
+    def _write_costs(self) -> None:
+        """bops.txt and bops.csv (rank 0) and the run's one-line description in the log."""
+        cost, method, cfg = self.cost, self.method, self.cfg
+        if self.ranks.main:
+            write_text_atomic(self.run_dir / "bops.txt", format_table(self.costs, cost) + "\n")
+            table = io.StringIO()
+            rows = [c.row() for c in self.costs]
+            writer = csv.DictWriter(table, fieldnames=list(rows[0]) if rows else ["name"])
+            writer.writeheader()
+            writer.writerows(rows)
+            write_text_atomic(self.run_dir / "bops.csv", table.getvalue())
+        smaller = f" ({cost['compression']:.1f}x smaller than FP32)" if method.quantizes else " (float)"
+        log.info("%s %s W%d/A%d on %s (%s): %.4f GBOPs/image, %.3f MiB weights%s", cfg.method.name,
+                 cfg.model.name, method.weight_bits, method.act_bits, self.info.name, self.device,
+                 cost["bops"] / 1e9, cost["weight_memory_mb"], smaller)
 
+    def _prepare_forward(self) -> None:
+        """What computes the logits: the model, compiled (``trainer.compile``) and wrapped in DDP (ranks)."""
+        cfg, data = self.cfg, self.data
+        if cfg.trainer.compile:
+            _allow_recompiles(64)
+            if data.train.num_samples % data.train.batch_size and not cfg.dataset.get("drop_last", False):
+                log.info("trainer.compile: the last batch of each epoch is short (%d samples); dataset.drop_last=true "
+                         "saves its extra compilation", data.train.num_samples % data.train.batch_size)
+        self.compiled = torch.compile(self.model) if cfg.trainer.compile else self.model  # evaluation, one rank
+        self.forward = self.compiled
+        if self.ranks.active:  # after prepare/resume: DDP starts every rank from rank 0's weights and buffers
+            forward = distributed.wrap(self.model, self.ranks, self.device, self.method.static_parameters)
+            self.forward = torch.compile(forward) if cfg.trainer.compile else forward
+        self.criterion = self.method.criterion(cfg.trainer.label_smoothing)
+        self.warming_up = bool(cfg.trainer.compile)  # the first step compiles: timed apart from the epoch
 
-def _interrupted(signum: int, run_dir: Path, where: str) -> Interrupted:
-    name = signal.Signals(signum).name
-    return Interrupted(f"stopped by {name} at {where}: checkpoint written to {run_dir / LAST_CKPT}; continue "
-                       f"this run with {continue_command(run_dir)} (a sweep: its command plus resume=true)", signum)
+    def _open_writers(self) -> None:
+        """TensorBoard writers (rank 0): epoch curves in the run folder, step curves in its own sub-folder.
+
+        A resume purges the epoch curves from an epoch number, the step curves from a step number."""
+        from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
+
+        self.writer = self.step_writer = None
+        self.log_every = int(self.cfg.trainer.get("log_every_steps", 0))
+        if not self.ranks.main:
+            return
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=self.start_epoch + 1 if self.start_epoch else None)
+        if self.start.checkpoint is None:
+            log_costs(self.writer, self.cost)
+        resumed_at = self.step + (self.partial["batches"] if self.partial is not None else 0)
+        if self.log_every:
+            self.step_writer = SummaryWriter(str(self.run_dir / STEP_CURVES),
+                                             purge_step=resumed_at + 1 if resumed_at else None)
+
+    def autocast(self) -> Any:
+        """bf16 autocast when ``trainer.precision=bf16``, else a context that does nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.trainer.precision == "bf16")
+
+    def evaluate_test(self) -> EvalResult:
+        """Test-set evaluation, after re-estimating BatchNorm (rank 0's for every rank) when asked to."""
+        cfg = self.cfg
+        bn_batches = int(cfg.quant.get("bn_reestimate_batches", 0))
+        if bn_batches:
+            reestimate_batchnorm(self.model, _take(self.data.train, bn_batches), self.autocast,
+                                 cfg.trainer.channels_last)
+            distributed.sync_buffers(self.model, self.ranks)
+        return evaluate(self.compiled, self.data.test, self.info.num_classes, self.autocast, cfg.trainer.channels_last)
+
+    def _checkpoint(self, epoch: int) -> dict[str, Any]:
+        return checkpoint_state(self.start.config, epoch, self.model, self.optimizer, self.scheduler, self.method,
+                      self.best_acc, self.history, self.info, self.start.extensions)
+
+    def _save(self, state: dict[str, Any], name: str) -> None:
+        if self.ranks.main:  # other ranks write no files
+            save_atomic(state, self.run_dir / name)
+
+    def _epoch_batches(self, epoch: int, tally: _EpochTally) -> Iterator[Any]:
+        """The epoch's batches; resuming mid-epoch, those after where it stopped (the rest replayed)."""
+        batches = iter(self.data.train)
+        partial, self.partial = self.partial, None
+        if partial is not None:
+            for _ in range(partial["batches"]):
+                next(batches)
+            tally.restore(partial, self.ranks)
+            self.method.load_state_dict(self.start.checkpoint["method"])  # after on_epoch_start rebuilt it
+            _set_rng_state(partial["rng"])
+            self.step += partial["batches"]
+            log.info("resuming epoch %d at batch %d of %d", epoch + 1, partial["batches"], self.steps_per_epoch)
+        return batches
+
+    def train_epoch(self, epoch: int, stop: StopRequest) -> None:
+        """Train one epoch; on a stop request mid-epoch, write a mid-epoch checkpoint and raise Interrupted."""
+        cfg, epochs = self.cfg, self.cfg.trainer.epochs
+        # Per-epoch seeds make an epoch's randomness (order, augmentation, dropout, noise) the same
+        # whether the run was interrupted before it or not.
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        self.data.train.set_epoch(epoch)
+        self.method.on_epoch_start(self.model, epoch, epochs)
+        self.model.train()
+        self.tally = tally = _EpochTally(self.device)
+        batches = self._epoch_batches(epoch, tally)
+        progress = _Progress(batches, self.steps_per_epoch, cfg.trainer.progress and self.ranks.main,
+                             f"epoch {epoch + 1}/{epochs}", initial=tally.batches)
+        for images, labels in progress:
+            self._step(images, labels)
+            due = self.step % 10 == 0 or tally.batches == self.steps_per_epoch
+            if self.ranks.active:  # the ranks agree on stopping every 10 steps (a collective)
+                stopping = due and distributed.any_rank(stop.signum is not None, self.device, self.ranks)
+            else:
+                stopping = stop.signum is not None
+            if due or stopping:
+                tally.check_finite(epoch, self.steps_per_epoch, cfg, self.run_dir, self.ranks)
+                if progress.bar is not None and tally.seen:
+                    progress.show(loss=tally.loss_sum.item() / tally.seen,
+                                  acc=100.0 * tally.correct.item() / tally.seen)
+            if stopping and tally.batches < self.steps_per_epoch:
+                progress.close()
+                state = self._checkpoint(epoch)
+                state["partial"] = tally.state(self.steps_per_epoch, self.ranks)
+                self._save(state, LAST_CKPT)
+                raise interrupted(stop.signum or signal.SIGTERM, self.run_dir,
+                                   f"epoch {epoch + 1}, batch {tally.batches} of {self.steps_per_epoch}")
+        progress.close()
+
+    def _step(self, images: Tensor, labels: Tensor) -> None:
+        """One optimizer step (:func:`train_step`), the schedule's step and the step's bookkeeping."""
+        cfg = self.cfg
+        if cfg.trainer.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if self.warming_up:
+            _synchronize(self.device)
+            compile_start = time.perf_counter()
+        skip_nonfinite = cfg.trainer.on_nan == "skip_batch"
+        loss, logits = train_step(self.model, self.forward, self.method, self.optimizer, self.criterion, images,
+                                  labels, self.step, self.autocast, cfg.trainer.grad_clip, skip_nonfinite)
+        if self.warming_up:
+            _synchronize(self.device)
+            self.tally.compile_s = time.perf_counter() - compile_start
+            log.info("torch.compile warm-up (first step): %.1f s, left out of the epoch's time", self.tally.compile_s)
+            self.warming_up = False
+        distributed.sync_buffers(self.model, self.ranks)
+        self.scheduler.step()
+        self.tally.add(loss, logits, labels, self.step, skip_nonfinite)
+        self.step += 1
+        if self.step_writer is not None and self.step % self.log_every == 0:
+            _log_step(self.step_writer, self.step, loss, self.optimizer.param_groups[0]["lr"],
+                      self.method.scalars(self.model))
+
+    def end_epoch(self, epoch: int, stop: StopRequest) -> None:
+        """The epoch's metrics, evaluation, curves, checkpoints and log line; then honour a stop request."""
+        cfg, epochs, tally = self.cfg, self.cfg.trainer.epochs, self.tally
+        _synchronize(self.device)
+        tally.check_finite(epoch, self.steps_per_epoch, cfg, self.run_dir, self.ranks)
+        distributed.check_agreement(self.model, self.ranks, self.device)
+        metrics = tally.metrics(epoch, self.optimizer.param_groups[0]["lr"], self.ranks)
+        if metrics["train_samples"] == 0:
+            raise QnnrunError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "
+                              f"(trainer.on_nan=skip_batch): the weights have diverged; lower optim.lr "
+                              f"(now {cfg.optim.lr}) and resume from a checkpoint before the divergence")
+        if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
+            result = self.evaluate_test()
+            metrics.update(test_loss=result.loss, test_acc=result.acc)
+            if result.top5 is not None:
+                metrics["test_top5"] = result.top5
+        metrics.update({f"quant/{k}": v for k, v in self.method.scalars(self.model).items()})
+        improved = metrics.get("test_acc", -1.0) > self.best_acc
+        if improved:
+            self.best_acc = metrics["test_acc"]
+        metrics.update(_accuracy_marks(metrics, self.best_acc, self.init_acc))
+        self.history.append(metrics)
+        if self.writer is not None:
+            log_epoch(self.writer, metrics)
+        state = self._checkpoint(epoch + 1)
+        self._save(state, LAST_CKPT)
+        if improved:
+            self._save(state, BEST_CKPT)
+        skipped = f"  ({tally.skipped} non-finite batches skipped)" if tally.skipped else ""
+        log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %s  %.1fs (%.0f img/s)%s", epoch + 1, epochs,
+                 metrics["train_loss"], metrics["train_acc"],
+                 f"{metrics['test_acc']:.2f}%" if "test_acc" in metrics else "-", metrics["epoch_time_s"],
+                 metrics["images_per_s"], skipped)
+        if epoch + 1 < epochs and distributed.any_rank(stop.signum is not None, self.device, self.ranks):
+            raise interrupted(stop.signum or signal.SIGTERM, self.run_dir, f"the end of epoch {epoch + 1}")
+
+    def finish(self, overrides: Sequence[str]) -> dict[str, Any]:
+        """Evaluate a run that ended without (``epochs=0``), then the summary, HParams and the last log line."""
+        cfg, history = self.cfg, self.history
+        if not history or "test_acc" not in history[-1]:  # epochs=0: evaluate the starting point
+            result = self.evaluate_test()
+            entry = {"epoch": cfg.trainer.epochs, "test_loss": result.loss, "test_acc": result.acc,
+                     **({"test_top5": result.top5} if result.top5 is not None else {})}
+            entry.update(_accuracy_marks(entry, max(self.best_acc, result.acc), self.init_acc))
+            history.append(entry)
+            if self.writer is not None:
+                log_epoch(self.writer, entry)
+        summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc)
+        summary.update(extensions=self.start.extensions, overrides=list(overrides),
+                       run_dir=str(self.run_dir.resolve()))
+        if self.writer is not None:
+            log_hparams(self.writer, hparams_record(cfg, self.method, self.info, summary), HPARAM_DOMAINS)
+            self.writer.close()
+            if self.step_writer is not None:
+                self.step_writer.close()
+            write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        change = None if summary["init_test_acc"] is None else summary["test_acc"] - summary["init_test_acc"]
+        since = "" if change is None else f"; {change:+.2f} from init_from's {summary['init_test_acc']:.2f}%"
+        log.info("done: test accuracy %.2f%% (best %.2f%%%s), results in %s", summary["test_acc"],
+                 summary["best_test_acc"], since, self.run_dir)
+        return summary
 
 
 class _EpochTally:
@@ -538,28 +608,12 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _no_save(state: dict[str, Any], path: Path) -> None:
-    """Ranks other than 0 write no files."""
-
-
 def finite_everywhere(loss: Tensor) -> bool:
     """True when ``loss`` (0-d) is finite on this process and, when distributed, on every rank."""
     finite = torch.isfinite(loss.detach()).double().reshape(1)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
-
-
-def _state(config: dict[str, Any], epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-           scheduler: Any, method: Method, best_acc: float, history: list[dict[str, Any]],
-           info: DataInfo, extensions: list[dict[str, int]]) -> dict[str, Any]:
-    """A checkpoint after ``epoch`` completed epochs (see :mod:`qnnrun.checkpoint`)."""
-    return {
-        "format": FORMAT, "epoch": epoch, "config": config, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "method": method.state_dict(), "best_acc": best_acc, "history": history, "info": asdict(info),
-        "extensions": extensions,
-    }
 
 
 def _take(batches: Iterable[Any], count: int) -> Iterator[Any]:
@@ -588,56 +642,3 @@ def _accuracy_marks(metrics: Mapping[str, Any], best_acc: float, init_acc: float
     if init_acc is not None:
         marks["test_vs_init"] = metrics["test_acc"] - init_acc
     return marks
-
-
-# Discrete HParams domains of the settings that take few values (qnnrun.runs.log_hparams).
-HPARAM_DOMAINS = {"bits_w": BITS_DOMAIN, "bits_a": BITS_DOMAIN, "method": sorted(METHODS),
-                  "first_layer": list(LAYER_POLICIES), "last_layer": list(LAYER_POLICIES),
-                  "precision": list(PRECISIONS)}
-
-
-def _hparams(cfg: DictConfig, method: Method, info: DataInfo, summary: Mapping[str, Any]) -> dict[str, Any]:
-    """Every setting that tells runs apart, and the costs, as TensorBoard HParams columns."""
-    init_from = Path(str(cfg.init_from)) if cfg.init_from else None
-    short = "none" if init_from is None else (init_from.parent.name if init_from.suffix == ".ckpt" else init_from.name)
-    return {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
-            "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed, "epochs": cfg.trainer.epochs,
-            "lr": float(cfg.optim.lr), "optimizer": str(cfg.optim.name),
-            "first_layer": str(cfg.quant.first_layer), "last_layer": str(cfg.quant.last_layer),
-            "init_from": short, "precision": str(cfg.trainer.precision), "gbops": summary["gbops"],
-            "weight_mb": summary["weight_memory_mb"]}
-
-
-def _summary(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict[str, Any]], best_acc: float,
-             cost: Mapping[str, float], init_acc: float | None) -> dict[str, Any]:
-    last = history[-1]
-    trained = [h for h in history if "epoch_time_s" in h]
-    train_time = sum(h["epoch_time_s"] for h in trained)
-    best = max((h for h in history if "test_acc" in h), key=lambda h: h["test_acc"])
-    return {
-        "status": "done",
-        "method": cfg.method.name,
-        "model": cfg.model.name,
-        "dataset": info.name,
-        "bits_w": method.weight_bits,
-        "bits_a": method.act_bits,
-        "seed": cfg.seed,
-        "epochs": cfg.trainer.epochs,
-        "test_acc": last["test_acc"],
-        "test_top5": last.get("test_top5"),
-        "test_loss": last["test_loss"],
-        "best_test_acc": max(best_acc, best["test_acc"]),
-        "best_epoch": best["epoch"],
-        "init_test_acc": init_acc,
-        "train_loss": last.get("train_loss"),
-        "train_acc": last.get("train_acc"),
-        "gbops": cost["bops"] / 1e9,
-        "gmacs": cost["macs"] / 1e9,
-        "gbit_macs": cost["bit_macs"] / 1e9,
-        "weight_memory_mb": cost["weight_memory_mb"],
-        "compression": cost["compression"],
-        "train_time_s": train_time,
-        "compile_s": sum(h.get("compile_s", 0.0) for h in history),
-        "images_per_s": (sum(h["images_per_s"] * h["epoch_time_s"] for h in trained) / train_time
-                         if train_time else None),
-    }

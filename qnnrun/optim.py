@@ -70,38 +70,57 @@ class ShiftAdaMax(torch.optim.Optimizer):
         return loss
 
 
+# The optimizers of conf/optim by name: (optim config, parameter groups) -> optimizer.
+OPTIMIZERS: dict[str, Callable[[DictConfig, list[dict[str, Any]]], torch.optim.Optimizer]] = {
+    "sgd": lambda cfg, groups: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                               nesterov=cfg.nesterov and cfg.momentum > 0),
+    "adam": lambda cfg, groups: torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas)),
+    "adamw": lambda cfg, groups: torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas)),
+    "shift_adamax": lambda cfg, groups: ShiftAdaMax(groups, lr=cfg.lr, betas=tuple(cfg.betas)),
+}
+
+
 def build_optimizer(cfg: DictConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     """The optimizer of ``cfg`` (the ``optim`` group) over parameter ``groups`` (``Method.param_groups``)."""
-    if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    if cfg.name == "shift_adamax":
-        return ShiftAdaMax(groups, lr=cfg.lr, betas=tuple(cfg.betas))
-    raise QnnrunError(f"unknown optimizer '{cfg.name}': valid are sgd, adam, adamw, shift_adamax")
+    if cfg.name not in OPTIMIZERS:
+        raise QnnrunError(f"unknown optimizer '{cfg.name}': valid are {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[cfg.name](cfg, groups)
+
+
+def _cosine(cfg: DictConfig, step: int, warmup: int, steps_per_epoch: int, epochs: int) -> float:
+    progress = min(1.0, (step - warmup) / max(1, steps_per_epoch * epochs - warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _step(cfg: DictConfig, step: int, warmup: int, steps_per_epoch: int, epochs: int) -> float:
+    epoch = step // max(1, steps_per_epoch)
+    return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+
+
+def _exp(cfg: DictConfig, step: int, warmup: int, steps_per_epoch: int, epochs: int) -> float:
+    epoch = (step - warmup) // max(1, steps_per_epoch)
+    return cfg.final_lr_ratio ** (epoch / max(1, epochs))
+
+
+# The schedules of conf/sched by name: (sched config, step, warmup steps, steps per epoch, epochs) ->
+# the learning-rate multiplier after the warm-up.
+SCHEDULES: dict[str, Callable[[DictConfig, int, int, int, int], float]] = {
+    "constant": lambda cfg, step, warmup, steps_per_epoch, epochs: 1.0,
+    "cosine": _cosine,
+    "step": _step,
+    "exp": _exp,
+}
 
 
 def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """Learning-rate multiplier at global ``step`` for the ``sched`` group ``cfg`` (per-step schedules)."""
-    total = max(1, steps_per_epoch * epochs)
+    """Learning-rate multiplier at global ``step`` for the ``sched`` group ``cfg`` (per-step schedules):
+    a linear warm-up over ``sched.warmup_epochs``, then the schedule's own factor."""
+    if cfg.name not in SCHEDULES:
+        raise QnnrunError(f"unknown schedule '{cfg.name}': valid are {', '.join(SCHEDULES)}")
     warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
-    if cfg.name == "constant":
-        return 1.0
-    if cfg.name == "cosine":
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        floor = cfg.min_lr_ratio
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    if cfg.name == "step":
-        epoch = step // max(1, steps_per_epoch)
-        return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
-    if cfg.name == "exp":
-        epoch = (step - warmup) // max(1, steps_per_epoch)
-        return cfg.final_lr_ratio ** (epoch / max(1, epochs))
-    raise QnnrunError(f"unknown schedule '{cfg.name}': valid are cosine, step, exp, constant")
+    return SCHEDULES[cfg.name](cfg, step, warmup, steps_per_epoch, epochs)
 
 
 def method_lr_factor(cfg: DictConfig, method: Method, step: int, steps_per_epoch: int) -> float:

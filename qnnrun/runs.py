@@ -22,13 +22,20 @@ import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
-from qnnrun.checkpoint import check_output_folder, load_checkpoint, write_text_atomic
+from qnnrun.checkpoint import FORMAT, check_output_folder, load_checkpoint, write_text_atomic
+from qnnrun.config import PRECISIONS
+from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
+from qnnrun.methods import METHODS, Method
+from qnnrun.quant.convert import LAYER_POLICIES
 
 log = logging.getLogger("qnnrun")
 
@@ -352,3 +359,70 @@ def resume_single_run_args(args: list[str]) -> list[str]:
     if resume not in (None, False) and run_dir is not None and (Path(str(run_dir)) / ".hydra").is_dir():
         extra.append("hydra.output_subdir=null")
     return [*args, *extra]
+
+
+def checkpoint_state(config: dict[str, Any], epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: Any, method: Method, best_acc: float, history: list[dict[str, Any]],
+                     info: DataInfo, extensions: list[dict[str, int]]) -> dict[str, Any]:
+    """A checkpoint after ``epoch`` completed epochs (see :mod:`qnnrun.checkpoint`)."""
+    return {
+        "format": FORMAT, "epoch": epoch, "config": config, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "method": method.state_dict(), "best_acc": best_acc, "history": history, "info": asdict(info),
+        "extensions": extensions,
+    }
+
+
+# Discrete HParams domains of the settings that take few values (log_hparams).
+HPARAM_DOMAINS = {"bits_w": BITS_DOMAIN, "bits_a": BITS_DOMAIN, "method": sorted(METHODS),
+                  "first_layer": list(LAYER_POLICIES), "last_layer": list(LAYER_POLICIES),
+                  "precision": list(PRECISIONS)}
+
+
+def hparams_record(cfg: DictConfig, method: Method, info: DataInfo, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting that tells runs apart, and the costs, as TensorBoard HParams columns."""
+    init_from = Path(str(cfg.init_from)) if cfg.init_from else None
+    short = "none" if init_from is None else (init_from.parent.name if init_from.suffix == ".ckpt" else init_from.name)
+    return {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
+            "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed, "epochs": cfg.trainer.epochs,
+            "lr": float(cfg.optim.lr), "optimizer": str(cfg.optim.name),
+            "first_layer": str(cfg.quant.first_layer), "last_layer": str(cfg.quant.last_layer),
+            "init_from": short, "precision": str(cfg.trainer.precision), "gbops": summary["gbops"],
+            "weight_mb": summary["weight_memory_mb"]}
+
+
+def summary_record(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict[str, Any]],
+                   best_acc: float, cost: Mapping[str, float], init_acc: float | None) -> dict[str, Any]:
+    """``summary.json`` of a finished run (without the keys the caller adds: extensions, overrides,
+    run_dir): its setting, final and best test accuracy (%), costs per image and timing."""
+    last = history[-1]
+    trained = [h for h in history if "epoch_time_s" in h]
+    train_time = sum(h["epoch_time_s"] for h in trained)
+    best = max((h for h in history if "test_acc" in h), key=lambda h: h["test_acc"])
+    return {
+        "status": "done",
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "dataset": info.name,
+        "bits_w": method.weight_bits,
+        "bits_a": method.act_bits,
+        "seed": cfg.seed,
+        "epochs": cfg.trainer.epochs,
+        "test_acc": last["test_acc"],
+        "test_top5": last.get("test_top5"),
+        "test_loss": last["test_loss"],
+        "best_test_acc": max(best_acc, best["test_acc"]),
+        "best_epoch": best["epoch"],
+        "init_test_acc": init_acc,
+        "train_loss": last.get("train_loss"),
+        "train_acc": last.get("train_acc"),
+        "gbops": cost["bops"] / 1e9,
+        "gmacs": cost["macs"] / 1e9,
+        "gbit_macs": cost["bit_macs"] / 1e9,
+        "weight_memory_mb": cost["weight_memory_mb"],
+        "compression": cost["compression"],
+        "train_time_s": train_time,
+        "compile_s": sum(h.get("compile_s", 0.0) for h in history),
+        "images_per_s": (sum(h["images_per_s"] * h["epoch_time_s"] for h in trained) / train_time
+                         if train_time else None),
+    }

@@ -16,11 +16,12 @@ from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate_checkpoint
 from qnnrun.methods import build_method
 from qnnrun.methods.base import batch_statistics
-from qnnrun.methods.dorefa import DorefaActivationQuantizer
-from qnnrun.methods.lsq import LsqQuantizer, raise_to_floor
+from qnnrun.methods.lsq import raise_to_floor
 from qnnrun.quant import functional as Q
 from qnnrun.quant.calibrate import MSE_GRID
-from qnnrun.quant.layers import PactQuantizer, quant_layers
+from qnnrun.quant.layers import quant_layers
+from qnnrun.quant.learned import LsqQuantizer, PactQuantizer
+from qnnrun.quant.quantizers import DorefaActivationQuantizer
 
 D = torch.float64
 
@@ -442,8 +443,8 @@ def test_batch_statistics_normalises_by_the_batch_and_keeps_the_running_statisti
 
 
 def _model_and_method(tmp_path: Path, *overrides: str) -> tuple[nn.Module, object]:
-    from qnnrun.data import dataset_info
     from qnnrun.build import build_quantized_model
+    from qnnrun.data import dataset_info
 
     cfg = compose_config(list(overrides), data_dir=tmp_path)
     return build_quantized_model(cfg, dataset_info(cfg.dataset), torch.device("cpu"))

@@ -16,12 +16,12 @@ from qnnrun.data.loader import TensorLoader
 from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
-from qnnrun.methods.aqe import AsymptoticQuantizer
-from qnnrun.methods.bnn import ShiftBatchNorm1d, ShiftBatchNorm2d, SquaredHinge, glorot_lr_scale
+from qnnrun.methods.bnn import SquaredHinge, glorot_lr_scale
 from qnnrun.models import build_model
 from qnnrun.optim import ShiftAdaMax, build_optimizer, lr_factor
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import LevelQuantizer, quant_layers
+from qnnrun.quant.layers import ShiftBatchNorm1d, ShiftBatchNorm2d, quant_layers
+from qnnrun.quant.quantizers import AsymptoticQuantizer, LevelQuantizer
 
 
 @pytest.fixture(autouse=True)

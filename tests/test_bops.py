@@ -10,7 +10,8 @@ from torch import nn
 
 from qnnrun.metrics.bops import layer_costs, totals
 from qnnrun.models import build_model
-from qnnrun.quant.layers import QuantConv2d, QuantLinear, UniformQuantizer
+from qnnrun.quant.layers import QuantConv2d, QuantLinear
+from qnnrun.quant.quantizers import UniformQuantizer
 
 
 def _quant_net() -> nn.Module:

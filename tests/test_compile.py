@@ -37,12 +37,12 @@ import torch._dynamo
 from hydra_utils import compose_config
 from torch import Tensor, nn
 
-from qnnrun.data import dataset_info
 from qnnrun.build import build_quantized_model
-from qnnrun.methods.aqe import AsymptoticQuantizer
-from qnnrun.methods.lsq import LsqQuantizer
+from qnnrun.data import dataset_info
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import ChannelState, PactQuantizer, QuantConv2d, UniformQuantizer
+from qnnrun.quant.layers import ChannelState, QuantConv2d
+from qnnrun.quant.learned import LsqQuantizer, PactQuantizer
+from qnnrun.quant.quantizers import AsymptoticQuantizer, UniformQuantizer
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
                                 reason="inductor on the CPU needs a C++ compiler (g++ or clang++)")

@@ -25,7 +25,8 @@ from qnnrun.export.grids import pack_codes, unpack_codes
 from qnnrun.export.integer import IntegerLayer, integer_records, quantize_multiplier, requantize
 from qnnrun.export.onnx import SATURATION_FREE
 from qnnrun.export.run import compare_predictions, export_checkpoint, integer_export, integer_model, load_integer_export
-from qnnrun.quant.layers import QuantLinear, UniformQuantizer, quant_layers
+from qnnrun.quant.layers import QuantLinear, quant_layers
+from qnnrun.quant.quantizers import UniformQuantizer
 
 CPU = torch.device("cpu")
 RUNS: dict[str, list[str]] = {

@@ -51,3 +51,25 @@ def test_no_import_circle_among_qnnruns_modules() -> None:
 
     circles = [reaches(b, a) for a in graph for b in graph[a] if reaches(b, a)]
     assert circles == [], " ; ".join(" -> ".join(c) for c in circles if c)
+
+
+def test_export_asks_quantizers_and_imports_no_method_module() -> None:
+    """Quantizers answer for their own integer forms (qnnrun.quant), so export depends on no method."""
+    graph = import_graph()
+    export = {name: imports for name, imports in graph.items() if name.startswith("qnnrun.export")}
+    assert "qnnrun.quant.grids" in export["qnnrun.export.integer"]  # the graph sees export's imports
+    methods = {name: sorted(i for i in imports if i.startswith("qnnrun.methods")) for name, imports in export.items()}
+    assert all(not found for found in methods.values()), methods
+
+
+def test_every_quantizer_class_lives_in_quant() -> None:
+    """Every quantizer class (a class deriving from one named ``*Quantizer``) is defined in qnnrun.quant:
+    methods configure quantizers, they do not define them."""
+    homes: dict[str, str] = {}
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    ast.unparse(base).split(".")[-1].endswith("Quantizer") for base in node.bases):
+                homes[node.name] = _module_name(path)
+    assert {"LsqQuantizer", "PactQuantizer", "KQuantileQuantizer", "TernaryQuantizer"} <= set(homes)
+    assert all(module.startswith("qnnrun.quant.") for module in homes.values()), homes

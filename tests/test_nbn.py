@@ -21,7 +21,8 @@ from qnnrun.methods.progressive import NeuronByNeuron, ProgressiveQuantization
 from qnnrun.models import build_model
 from qnnrun.quant import calibrate as C
 from qnnrun.quant.fold import FoldedBatchNorm, batchnorm_pairs, fold_batchnorm
-from qnnrun.quant.layers import AffineQuantizer, ChannelState, quant_layers
+from qnnrun.quant.layers import ChannelState, quant_layers
+from qnnrun.quant.quantizers import AffineQuantizer
 
 
 @pytest.fixture(autouse=True)

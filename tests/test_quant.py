@@ -9,7 +9,8 @@ from torch import nn
 from qnnrun.metrics.memory import KernelTraffic
 from qnnrun.quant import functional as Q
 from qnnrun.quant.convert import LayerBits, convert, forward_order, layer_bits
-from qnnrun.quant.layers import ChannelState, QuantConv2d, QuantLinear, UniformQuantizer
+from qnnrun.quant.layers import ChannelState, QuantConv2d, QuantLinear
+from qnnrun.quant.quantizers import UniformQuantizer
 
 
 @pytest.fixture(autouse=True)

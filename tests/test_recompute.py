@@ -16,12 +16,13 @@ import torch
 from hydra_utils import compose_config
 from torch import Tensor, nn
 
-from qnnrun.data import dataset_info
 from qnnrun.build import build_quantized_model
+from qnnrun.data import dataset_info
+from qnnrun.methods import METHODS
 from qnnrun.methods.bnn import HardTanh
 from qnnrun.metrics.memory import SavedForBackward
-from qnnrun.methods import METHODS
-from qnnrun.quant.layers import QuantConv2d, QuantLinear, UniformQuantizer, quant_layers, set_recompute_input
+from qnnrun.quant.layers import QuantConv2d, QuantLinear, quant_layers, set_recompute_input
+from qnnrun.quant.quantizers import UniformQuantizer
 
 
 def prepared(method: str, overrides: list[str]) -> tuple[nn.Module, Tensor, Tensor, nn.Module]:

@@ -17,13 +17,18 @@ from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate_checkpoint
 from qnnrun.methods.sq import (
-    StochasticQuantization, TernaryQuantizer, float_row_count, sample_rows, split_epochs, stage_lengths,
+    StochasticQuantization,
+    float_row_count,
+    sample_rows,
+    split_epochs,
+    stage_lengths,
     stage_of,
 )
-from qnnrun.methods.uniq import KQuantileQuantizer, Uniq, split_blocks
+from qnnrun.methods.uniq import Uniq, split_blocks
 from qnnrun.optim import method_lr_factor
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import ChannelState, QuantLinear, UniformQuantizer, quant_layers
+from qnnrun.quant.layers import ChannelState, QuantLinear, quant_layers
+from qnnrun.quant.quantizers import KQuantileQuantizer, TernaryQuantizer, UniformQuantizer
 
 # ---- SQ numerics -------------------------------------------------------------------------------
 

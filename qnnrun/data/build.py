@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ def build_data(
     if info.name == "imagefolder":
         return _build_imagefolder(cfg, info, data_dir, device, seed)
 
-    train, test = _read_small(info.name, cfg, data_dir, Path(cache_dir).expanduser())
+    train, test = SOURCES[info.name](cfg, data_dir, Path(cache_dir).expanduser())
     loaded = replace(
         info,
         in_channels=train.images.shape[1],
@@ -139,16 +139,18 @@ def build_data(
     return DataBundle(loaded, train_loader, test_loader)
 
 
-def _read_small(name: str, cfg: Mapping, data_dir: Path, cache_dir: Path) -> tuple[Split, Split]:
-    download = bool(cfg.get("download", False))
-    if name == "digits":
-        return load_digits_splits()
-    if name in ("mnist", "fashion_mnist"):
-        return load_mnist_splits(data_dir, fashion=name == "fashion_mnist", download=download)
-    if name == "cifar10":
-        return load_cifar10_splits(data_dir, cache_dir, download=download,
-                                   skip_bad=bool(cfg.get("skip_bad", False)))
-    return load_cifar100_splits(data_dir, download=download)
+# The in-memory data sets by name: (dataset config, data folder, cache folder) -> (train, test).
+SOURCES: dict[str, Callable[[Mapping, Path, Path], tuple[Split, Split]]] = {
+    "digits": lambda cfg, data_dir, cache_dir: load_digits_splits(),
+    "mnist": lambda cfg, data_dir, cache_dir: load_mnist_splits(
+        data_dir, fashion=False, download=bool(cfg.get("download", False))),
+    "fashion_mnist": lambda cfg, data_dir, cache_dir: load_mnist_splits(
+        data_dir, fashion=True, download=bool(cfg.get("download", False))),
+    "cifar10": lambda cfg, data_dir, cache_dir: load_cifar10_splits(
+        data_dir, cache_dir, download=bool(cfg.get("download", False)), skip_bad=bool(cfg.get("skip_bad", False))),
+    "cifar100": lambda cfg, data_dir, cache_dir: load_cifar100_splits(
+        data_dir, download=bool(cfg.get("download", False))),
+}
 
 
 def _build_imagefolder(

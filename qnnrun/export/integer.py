@@ -50,12 +50,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qnnrun.errors import QnnrunError
-from qnnrun.export.grids import (InputGrid, Pow2Grid, RoundGrid, SignGrid, WeightGrid, grid_from_state, input_grid,
-                                 pack_codes, unpack_codes, weight_codes, weight_grid)
-from qnnrun.methods.bnn import _ShiftBatchNorm
+from qnnrun.export.grids import pack_codes, unpack_codes, weight_codes
 from qnnrun.quant import functional as Q
 from qnnrun.quant.fold import FoldedBatchNorm
-from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
+from qnnrun.quant.grids import InputGrid, Pow2Grid, RoundGrid, SignGrid, WeightGrid, grid_from_state
+from qnnrun.quant.layers import QuantConv2d, QuantLayer, ShiftBatchNorm, quant_layers
 
 INT32_MAX = 2**31 - 1
 FLOAT32_EXACT = 2**24  # float32 holds every integer of smaller magnitude exactly
@@ -141,7 +140,7 @@ def _bn_affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
     mean, var = norm.running_mean.double(), norm.running_var.double()
     inv_std = (var + norm.eps).rsqrt()
     weight = norm.weight.detach().double() if norm.weight is not None else torch.ones_like(mean)
-    if isinstance(norm, _ShiftBatchNorm):  # BinaryNet's: every factor rounded to a power of two
+    if isinstance(norm, ShiftBatchNorm):  # BinaryNet's: every factor rounded to a power of two
         inv_std, weight = Q.power_of_two(inv_std.float()).double(), Q.power_of_two(weight.float()).double()
     gain = inv_std * weight
     shift = -mean * gain + (norm.bias.detach().double() if norm.bias is not None else 0.0)
@@ -265,8 +264,8 @@ def integer_records(model: nn.Module, example: Tensor) -> dict[str, dict[str, An
         for call in calls:
             layer = call.module
             if call.name in exported and _integer_input(layer) and call.name not in inputs:
-                inputs[call.name] = input_grid(layer.input_quant, call.name, call.inputs[0][1])
-        weights = {name: weight_grid(layers[name], name) for name in exported}
+                inputs[call.name] = layer.input_grid(call.name, call.inputs[0][1])
+        weights = {name: layers[name].weight_grid(name) for name in exported}
         # Requantization targets: integer layers whose input grid is monotone non-decreasing in the
         # input (a learned step that went negative reverses it, and ReLU no longer commutes).
         integer_inputs = {name for name, grid in inputs.items() if weights[name].uniform and (

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from qnnrun.errors import QnnrunError
-from qnnrun.export.grids import RoundGrid, input_grid, probe_batch, weight_codes, weight_grid
+from qnnrun.export.grids import probe_batch, weight_codes
+from qnnrun.quant.grids import RoundGrid
 from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ class QdqLayer(nn.Module):
 
     def __init__(self, name: str, layer: QuantLayer, example: Tensor) -> None:
         super().__init__()
-        grid = weight_grid(layer, name)
+        grid = layer.weight_grid(name)
         if not grid.uniform:
             raise QnnrunError(f"{name}: non-uniform (UNIQ) weights have no QuantizeLinear form: use format=int")
         codes = weight_codes(grid, layer.effective_weight(), name)
@@ -92,7 +93,7 @@ class QdqLayer(nn.Module):
         self.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False) if layer.bias is not None else None
         self.input_range: tuple[float, float] | None = None
         if layer.input_quant is not None and layer.input_quant.enabled:
-            grid_in = input_grid(layer.input_quant, name, example)
+            grid_in = layer.input_grid(name, example)
             if not isinstance(grid_in, RoundGrid):
                 raise QnnrunError(f"{name}: a {type(grid_in).__name__.removesuffix('Grid').lower()} input has no "
                                   f"QuantizeLinear form: format=onnx takes 2-8 bit uniform inputs (use format=int)")

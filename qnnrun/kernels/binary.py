@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from qnnrun.errors import QnnrunError
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import LevelQuantizer, QuantLinear
+from qnnrun.quant.layers import QuantLinear
+from qnnrun.quant.quantizers import LevelQuantizer
 
 WORD_BITS = 64
 # Bound on the eager path's [chunk, words, N] int64 intermediate (about 64 MiB per tensor).

@@ -15,33 +15,13 @@ from :class:`~qnnrun.methods.bnn.LatentWeightMethod`.
 
 from __future__ import annotations
 
-
 from omegaconf import DictConfig
-from torch import Tensor, nn
+from torch import nn
 
 from qnnrun.config import check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.bnn import LatentWeightMethod
-from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import LevelQuantizer
-
-
-class AsymptoticQuantizer(LevelQuantizer):
-    """:class:`LevelQuantizer` whose training output is ``alpha * h(x) + (1 - alpha) * x`` with the
-    gradient ``2 * alpha * g * 1{|x| <= 1}``; in evaluation (``training`` false) it is ``h(x)``."""
-
-    def __init__(self, kind: str, bits: int, alpha: float, threshold_momentum: float | None = None) -> None:
-        super().__init__(kind, bits, threshold_momentum)
-        self.alpha = alpha
-
-    def forward(self, x: Tensor) -> Tensor:
-        levels = self.levels(x)
-        if not self.training:
-            return Q.clipped_ste(x, levels)
-        return Q.clipped_ste(x, self.alpha * levels + (1.0 - self.alpha) * x.detach(), grad_scale=2.0 * self.alpha)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, alpha={self.alpha}"
+from qnnrun.quant.quantizers import AsymptoticQuantizer
 
 
 def level_kind(bits: int) -> str:

@@ -26,7 +26,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qnnrun.quant.convert import FLOAT_BITS, convert, layer_bits
-from qnnrun.quant.layers import Quantizer, quant_layers
+from qnnrun.quant.layers import quant_layers
+from qnnrun.quant.quantizers import Quantizer
 
 
 class Method:

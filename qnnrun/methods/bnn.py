@@ -29,7 +29,8 @@ from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
 from qnnrun.quant.convert import FLOAT_BITS, forward_order
-from qnnrun.quant.layers import LevelQuantizer, quant_layers
+from qnnrun.quant.layers import ShiftBatchNorm, ShiftBatchNorm1d, ShiftBatchNorm2d, quant_layers
+from qnnrun.quant.quantizers import LevelQuantizer
 
 log = logging.getLogger("qnnrun")
 
@@ -45,44 +46,6 @@ class SquaredHinge(nn.Module):
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
         targets = 2.0 * F.one_hot(labels, logits.shape[1]).to(logits.dtype) - 1.0
         return torch.clamp(1.0 - targets * logits, min=0.0).square().mean()
-
-
-class _ShiftBatchNorm:
-    """BinaryNet's shift-based BatchNorm (Algorithm 3): every multiplication is by a power of two.
-
-    ``c = x - mean``; variance ``mean(c * AP2(c))``; ``y = AP2(gamma) * (c * AP2(1 / sqrt(var + eps)))
-    + beta``, with ``AP2`` the nearest power of two (identity gradient). Running mean and variance
-    are kept as in ``nn.BatchNorm`` and used, through the same ``AP2``, in evaluation.
-    """
-
-    def forward(self, x: Tensor) -> Tensor:
-        self._check_input_dim(x)
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1, *([1] * (x.dim() - 2))]
-        if self.training:
-            mean = x.mean(dims)
-            centered = x - mean.view(shape)
-            var = (centered * Q.power_of_two(centered.detach())).mean(dims)
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(var.detach(), momentum)
-        else:
-            centered = x - self.running_mean.view(shape)
-            var = self.running_var
-        out = centered * Q.power_of_two_ste((var + self.eps).rsqrt()).view(shape)
-        if self.affine:
-            out = out * Q.power_of_two_ste(self.weight).view(shape) + self.bias.view(shape)
-        return out
-
-
-class ShiftBatchNorm1d(_ShiftBatchNorm, nn.BatchNorm1d):
-    """Shift-based BatchNorm over [B, C] or [B, C, L]."""
-
-
-class ShiftBatchNorm2d(_ShiftBatchNorm, nn.BatchNorm2d):
-    """Shift-based BatchNorm over [B, C, H, W]."""
 
 
 def _replace_modules(model: nn.Module, make: Any) -> None:
@@ -128,7 +91,7 @@ def _hardtanh_for_relu(module: nn.Module) -> nn.Module | None:
 
 
 def _shift_batchnorm(module: nn.Module) -> nn.Module | None:
-    if isinstance(module, _ShiftBatchNorm) or not isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    if isinstance(module, ShiftBatchNorm) or not isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return None
     cls = ShiftBatchNorm1d if isinstance(module, nn.BatchNorm1d) else ShiftBatchNorm2d
     shifted = cls(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,

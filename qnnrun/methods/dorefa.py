@@ -32,35 +32,9 @@ from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
 from qnnrun.quant.convert import FLOAT_BITS
-from qnnrun.quant.layers import PactQuantizer, Quantizer, clip_levels, quant_layers
-
-
-class DorefaWeightQuantizer(Quantizer):
-    """DoReFa weight quantizer (no state): :func:`qnnrun.quant.functional.dorefa_weight`."""
-
-    def __init__(self, bits: int) -> None:
-        super().__init__()
-        self.bits = bits
-
-    def forward(self, w: Tensor) -> Tensor:
-        return Q.dorefa_weight(w, self.bits)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}"
-
-
-class DorefaActivationQuantizer(Quantizer):
-    """DoReFa activation quantizer (no state): :func:`qnnrun.quant.functional.dorefa_activation`."""
-
-    def __init__(self, bits: int) -> None:
-        super().__init__()
-        self.bits = bits
-
-    def forward(self, x: Tensor) -> Tensor:
-        return Q.dorefa_activation(x, self.bits)
-
-    def extra_repr(self) -> str:
-        return f"bits={self.bits}"
+from qnnrun.quant.layers import clip_levels, quant_layers
+from qnnrun.quant.learned import PactQuantizer
+from qnnrun.quant.quantizers import DorefaActivationQuantizer, DorefaWeightQuantizer
 
 
 class _OutputGradientQuantizer:

@@ -24,8 +24,10 @@ from torch import Tensor, nn
 
 from qnnrun.config import check_number
 from qnnrun.methods.base import Method
-from qnnrun.methods.dorefa import DorefaWeightQuantizer, check_clip_level
-from qnnrun.quant.layers import PactQuantizer, clip_levels
+from qnnrun.methods.dorefa import check_clip_level
+from qnnrun.quant.layers import clip_levels
+from qnnrun.quant.learned import PactQuantizer
+from qnnrun.quant.quantizers import DorefaWeightQuantizer
 
 
 class PACT(Method):

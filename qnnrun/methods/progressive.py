@@ -47,7 +47,8 @@ from qnnrun.methods.base import Method
 from qnnrun.methods.ste import DirectSTE
 from qnnrun.quant.convert import FLOAT_BITS, forward_order
 from qnnrun.quant.fold import batchnorm_pairs, fold_batchnorm, mark_folded
-from qnnrun.quant.layers import AffineQuantizer, ChannelState, QuantLayer, Quantizer, quant_layers
+from qnnrun.quant.layers import ChannelState, QuantLayer, quant_layers
+from qnnrun.quant.quantizers import AffineQuantizer, Quantizer
 
 AFTER_QUANTIZE = ("ste", "freeze")
 ORDERS = ("error", "index")

@@ -42,32 +42,8 @@ from qnnrun.config import check_bool, check_choice, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import ChannelState, QuantLayer, Quantizer, UniformQuantizer, quant_layers
-
-
-class TernaryQuantizer(Quantizer):
-    """TWN weight quantizer: per-tensor threshold ``threshold_ratio * mean |w - mean(w)|``
-    (``centered``, the SQ authors' code) or ``threshold_ratio * mean |w|``, per-row scale."""
-
-    def __init__(self, threshold_ratio: float = 0.7, estimator: Q.Estimator = "ste", centered: bool = True) -> None:
-        super().__init__()
-        self.bits = 2
-        self.threshold_ratio = threshold_ratio
-        self.estimator = estimator
-        self.centered = centered
-
-    def threshold_and_scale(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The threshold (0-d) and per-row scales ``[C, 1, ...]`` of weight ``x`` (export reads them too)."""
-        return Q.twn_threshold_and_scale(x, self.threshold_ratio, self.centered)
-
-    def forward(self, x: Tensor) -> Tensor:
-        threshold, scale = self.threshold_and_scale(x)
-        return Q.ternary_quantize(x, threshold, scale, self.estimator)
-
-    def extra_repr(self) -> str:
-        spread = "mean|w - mean(w)|" if self.centered else "mean|w|"
-        return (f"bits=2 (ternary), threshold={self.threshold_ratio} * {spread}, per_row_scale, "
-                f"estimator={self.estimator}")
+from qnnrun.quant.layers import ChannelState, QuantLayer, quant_layers
+from qnnrun.quant.quantizers import Quantizer, TernaryQuantizer, UniformQuantizer
 
 
 def split_epochs(epochs: int, stages: int) -> list[int]:

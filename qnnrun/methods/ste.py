@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from qnnrun.methods.base import Method
 from qnnrun.quant.fold import batchnorm_pairs, fold_batchnorm
-from qnnrun.quant.layers import AffineQuantizer, Quantizer, UniformQuantizer
+from qnnrun.quant.quantizers import AffineQuantizer, Quantizer, UniformQuantizer
 
 
 class DirectSTE(Method):

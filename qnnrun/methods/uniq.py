@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -34,38 +33,8 @@ from qnnrun.methods.base import Method
 from qnnrun.methods.sq import stage_lengths, stage_of
 from qnnrun.quant import functional as Q
 from qnnrun.quant.convert import forward_order
-from qnnrun.quant.layers import ChannelState, QuantLayer, Quantizer, UniformQuantizer
-
-
-class KQuantileQuantizer(Quantizer):
-    """k-quantile weight quantizer (``k = 2^bits``) under a normal fit of the whole tensor.
-
-    ``forward`` quantizes (straight-through gradient); ``perturb`` adds UNIQ's uniform-domain
-    noise in training and quantizes in evaluation.
-    """
-
-    def __init__(self, bits: int, noise_grad: str = "identity") -> None:
-        super().__init__()
-        if noise_grad not in Q.NOISE_GRADIENTS:
-            raise ValueError(f"noise_grad={noise_grad!r}: valid are {Q.NOISE_GRADIENTS}")
-        self.bits = bits
-        self.noise_grad = noise_grad
-
-    def forward(self, x: Tensor) -> Tensor:
-        mean, std = Q.gaussian_fit(x)
-        return Q.kquantile_quantize(x, self.bits, mean, std)
-
-    def perturb(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return self(x)
-        mean, std = Q.gaussian_fit(x)
-        half_bin = 0.5 / 2**self.bits
-        noise = (torch.rand_like(x) * 2 - 1) * half_bin
-        return Q.kquantile_noise(x, self.bits, mean, std, noise, self.noise_grad)
-
-    def extra_repr(self) -> str:
-        return (f"bits={self.bits}, levels={2 ** self.bits} normal quantiles, per_tensor, "
-                f"noise_grad={self.noise_grad}")
+from qnnrun.quant.layers import ChannelState, QuantLayer
+from qnnrun.quant.quantizers import KQuantileQuantizer, Quantizer, UniformQuantizer
 
 
 def split_blocks(count: int, blocks: int) -> list[range]:

@@ -1,1 +1,3 @@
-"""Quantization numerics: pure functions (``functional``), stateful modules (``layers``), model conversion (``convert``)."""
+"""Quantization numerics: pure functions (``functional``), quantizer modules (``quantizers``,
+``learned``) with their integer forms (``grids``), quantized layers (``layers``), calibration,
+BatchNorm folding and model conversion (``convert``)."""

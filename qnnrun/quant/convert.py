@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from qnnrun.errors import QnnrunError
-from qnnrun.quant.layers import QuantConv2d, QuantLayer, QuantLinear, Quantizer
+from qnnrun.quant.layers import QuantConv2d, QuantLayer, QuantLinear
+from qnnrun.quant.quantizers import Quantizer
 
 FLOAT_BITS = 32
 LAYER_POLICIES = ("fp", "8", "same")

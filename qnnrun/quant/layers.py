@@ -1,6 +1,5 @@
-"""Quantizer modules and quantized layers.
-
-Modules only hold state and call the pure functions of :mod:`qnnrun.quant.functional`.
+"""Quantized layers (the quantizers they hold are in :mod:`qnnrun.quant.quantizers` and
+:mod:`qnnrun.quant.learned`).
 
 A quantized layer (:class:`QuantConv2d`, :class:`QuantLinear`) quantizes its *input* with
 ``input_quant`` and its *weight* with ``weight_quant`` (``None`` = float). It also holds a
@@ -18,8 +17,7 @@ more element-wise kernels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from enum import IntEnum
 from typing import Any
 
@@ -27,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from qnnrun.quant import calibrate as C
+from qnnrun.errors import QnnrunError
 from qnnrun.quant import functional as Q
+from qnnrun.quant.grids import InputGrid, WeightGrid
+from qnnrun.quant.learned import PactQuantizer
+from qnnrun.quant.quantizers import Quantizer
 
 
 class ChannelState(IntEnum):
@@ -38,158 +39,6 @@ class ChannelState(IntEnum):
     NOISY = 1  # the float row plus the quantizer's training-time noise (UNIQ-style)
     QUANT = 2  # the quantized row; the float shadow keeps training through the estimator
     FROZEN = 3  # the quantized row captured at freeze time; no gradient reaches it
-
-
-class Quantizer(nn.Module):
-    """Base class: maps a float tensor to its fake-quantized value at ``bits`` bits."""
-
-    bits: int
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calibrating = False  # set by Method.prepare while it runs the calibration batches
-        # A disabled input quantizer passes its input through (a method's float phase). Weights
-        # have the finer per-channel state of QuantLayer instead.
-        self.enabled = True
-        self.replay = False  # see replaying()
-
-    @contextmanager
-    def replaying(self) -> Iterator[None]:
-        """Within it, ``forward`` replays a call already made on the same input in this step (a
-        quantized layer's backward with ``recompute_input``): it must return the same value with the
-        same gradients and update no state (range statistics, thresholds)."""
-        self.replay = True
-        try:
-            yield
-        finally:
-            self.replay = False
-
-    def reset(self) -> None:
-        """Forget calibrated state before a new calibration (nothing to forget by default)."""
-
-    def perturb(self, x: Tensor) -> Tensor:
-        """Training-time noise standing in for quantization (the ``NOISY`` channel state)."""
-        raise NotImplementedError(f"{type(self).__name__} defines no noise model")
-
-
-class UniformQuantizer(Quantizer):
-    """Symmetric uniform quantizer (zero point 0) with a max-abs range.
-
-    Args:
-        bits: 1 to 8 (16 allowed for tests).
-        signed: ``True`` for signed codes, ``False`` for unsigned (after ReLU), ``None`` to detect
-            it from data: signed once any observed input is negative.
-        channels: number of output channels for a per-channel (axis 0) range, ``None`` for one
-            range per tensor.
-        range_mode: how the range statistic ``stat`` (max ``|x|``; mean ``|x|`` for signed 1 bit)
-            is obtained: ``"dynamic"`` recomputes it from every input (weights), ``"ema"`` keeps an
-            exponential moving average updated in training and fixed in eval (activations, as
-            PyTorch's ``MovingAverageMinMaxObserver``), ``"fixed"`` keeps what calibration or a
-            method set. Calibration (``calibrating = True``, see ``Method.prepare``) takes the
-            largest value over its batches.
-        momentum: EMA weight of the newest observation.
-        narrow: drop the most negative signed code (symmetric grid).
-        estimator: ``"clipped"`` or ``"ste"``, see :mod:`qnnrun.quant.functional`.
-
-    The scale is ``stat / qmax`` (``stat`` itself for signed 1 bit, where ``stat = mean |x|``).
-    Until a range has been observed the quantizer takes it from each input without storing it,
-    so an evaluation before calibration changes no state.
-    """
-
-    def __init__(
-        self,
-        bits: int,
-        signed: bool | None = True,
-        channels: int | None = None,
-        range_mode: str = "dynamic",
-        momentum: float = 0.01,
-        narrow: bool = False,
-        estimator: Q.Estimator = "clipped",
-    ) -> None:
-        super().__init__()
-        if range_mode not in ("dynamic", "ema", "fixed"):
-            raise ValueError(f"range_mode={range_mode!r}: valid are dynamic, ema, fixed")
-        self.bits = bits
-        self.signed = signed
-        self.auto_signed = signed is None
-        self.per_channel = channels is not None
-        self.range_mode = range_mode
-        self.momentum = momentum
-        self.narrow = narrow
-        self.estimator = estimator
-        self.observed = False
-        self.register_buffer("stat", torch.zeros(channels) if channels is not None else torch.tensor(0.0))
-
-    def _is_signed(self, x: Tensor) -> bool:
-        if self.signed is not None:
-            return self.signed
-        return bool((x.detach().amin() < 0).item())
-
-    def _measure(self, x: Tensor, signed: bool) -> Tensor:
-        if signed and self.bits == 1:
-            return Q.channel_mean_abs(x, self.per_channel)
-        return Q.channel_amax(x, self.per_channel)
-
-    def reset(self) -> None:
-        """Forget the observed range (and the detected sign, when it is detected from data)."""
-        self.observed = False
-        if self.auto_signed:
-            self.signed = None
-        self.stat.zero_()
-
-    def observe(self, x: Tensor) -> None:
-        """Update the range statistic from ``x``: the largest value over the calibration batches
-        while ``calibrating``, else an EMA (the first observation is taken as it is)."""
-        # The sign is detected on the first observation and on every calibration batch, never in
-        # the training loop (it costs a device sync).
-        if self.auto_signed and (self.signed is None or (self.calibrating and not self.signed)):
-            self.signed = bool((x.detach().amin() < 0).item())
-        value = self._measure(x, bool(self.signed)).reshape(self.stat.shape).to(self.stat.dtype)
-        if not self.observed:
-            self.stat.copy_(value)
-            self.observed = True
-        elif self.calibrating:
-            torch.maximum(self.stat, value, out=self.stat)
-        else:
-            self.stat.lerp_(value, self.momentum)
-
-    def scale(self, x: Tensor) -> Tensor:
-        """Step size for input ``x``, shaped to broadcast against it (``[C, 1, ...]`` per channel)."""
-        signed = self._is_signed(x)
-        stat = self.stat if self.observed and self.range_mode != "dynamic" else self._measure(x, signed)
-        if self.per_channel:
-            stat = stat.reshape(-1, *([1] * (x.dim() - 1)))
-        if signed and self.bits == 1:
-            return stat.clamp_min(1e-8)
-        return Q.maxabs_scale(stat, self.bits, signed, self.narrow)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # A replay (see Quantizer.replaying) finds the range already updated by the call it replays.
-        updating = self.calibrating or (self.training and self.range_mode == "ema")
-        if self.range_mode != "dynamic" and updating and not self.replay:
-            with torch.no_grad():
-                self.observe(x)
-        return Q.uniform_quantize(x, self.scale(x), self.bits, self._is_signed(x), self.narrow, self.estimator)
-
-    def perturb(self, x: Tensor) -> Tensor:
-        """``x + e`` with ``e ~ U[-s/2, s/2]``: the additive-noise model of uniform rounding."""
-        step = self.scale(x).detach()
-        return x + (torch.rand_like(x) - 0.5) * step
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"signed": self.signed, "observed": self.observed, "enabled": self.enabled}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.signed = state["signed"]
-        self.observed = state["observed"]
-        self.enabled = state.get("enabled", True)  # absent in checkpoints written before it was saved
-
-    def extra_repr(self) -> str:
-        granularity = "channel" if self.per_channel else "tensor"
-        return (
-            f"bits={self.bits}, signed={self.signed}, per_{granularity}, range={self.range_mode}, "
-            f"estimator={self.estimator}"
-        )
 
 
 class QuantLayer(nn.Module):
@@ -278,6 +127,27 @@ class QuantLayer(nn.Module):
         if self.weight_quant is None:
             return 0.0
         return float((self.channel_state >= ChannelState.QUANT).float().mean())
+
+    def input_grid(self, name: str, like: Tensor) -> InputGrid:
+        """The integer form of this layer's (quantized) input in evaluation; ``name`` names the layer in
+        errors, ``like`` is a tensor of the input's rank."""
+        if self.input_quant is None:
+            raise QnnrunError(f"{name} has a float input: it has no integer form")
+        return self.input_quant.input_grid(name, like)
+
+    def weight_grid(self, name: str) -> WeightGrid:
+        """The grid of this layer's quantized weight as it evaluates, asked of its weight quantizer.
+
+        Raises a :class:`QnnrunError` when the weight is float, a row of it is still float (a
+        progressive run that did not reach its end), or the quantizer has no integer form."""
+        if self.weight_quant is None:
+            raise QnnrunError(f"{name} has float weights: they have no integer form")
+        if ChannelState.FLOAT in self.present_states():
+            raise QnnrunError(f"{name} still has float weight rows (channel state FLOAT): export the checkpoint of "
+                              f"a finished run")
+        with torch.no_grad():
+            weight = self.weight.detach()
+            return self.weight_quant.weight_grid(weight, self.effective_weight().detach(), name)
 
     def effective_weight(self) -> Tensor:
         """The weight the layer computes with, row by row according to ``channel_state``."""
@@ -427,7 +297,8 @@ class QuantLinear(nn.Linear, QuantLayer):
         self._init_quant(weight_quant, input_quant)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, weight_quant: Quantizer | None, input_quant: Quantizer | None) -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, weight_quant: Quantizer | None,
+                   input_quant: Quantizer | None) -> QuantLinear:
         """A quantized copy of ``linear`` (weights copied)."""
         layer = cls(
             linear.in_features, linear.out_features, bias=linear.bias is not None,
@@ -463,89 +334,6 @@ def set_recompute_input(model: nn.Module, on: bool) -> None:
         layer.recompute_input = on
 
 
-class PactQuantizer(Quantizer):
-    """PACT activation quantizer with a learned clipping level ``alpha`` (0-d ``nn.Parameter``, or a
-    buffer held fixed with ``learned=False``), :func:`qnnrun.quant.functional.pact_quantize`.
-
-    Args:
-        bits: 1 to 8 (2 to 8 for an input with negative values).
-        alpha_init: starting clipping level (> 0, units of the input), or ``"mse"``: the level with
-            the least squared quantization error, found over all calibration batches (see
-            ``Method.prepare``), else on the first training input; an evaluation before that
-            searches on each input and stores nothing.
-        learned: ``False`` holds ``alpha`` as a buffer at its start, never trained: DoReFa's input
-            quantizer ``quantize_k(clamp(x, 0, 1))`` on ``[0, alpha]`` (DoReFa's ``method.act_clip``).
-
-    The sign is detected like :class:`UniformQuantizer`'s: signed once a calibration batch (or,
-    without calibration, the first input) holds a negative value.
-    """
-
-    def __init__(self, bits: int, alpha_init: float | str = 10.0, learned: bool = True) -> None:
-        super().__init__()
-        if alpha_init != "mse" and not (isinstance(alpha_init, (int, float)) and alpha_init > 0):
-            raise ValueError(f"alpha_init={alpha_init!r}: a level > 0 or 'mse'")
-        self.bits = bits
-        self.init = "mse" if alpha_init == "mse" else "fixed"
-        alpha = torch.tensor(1.0 if alpha_init == "mse" else float(alpha_init))
-        if learned:
-            self.alpha = nn.Parameter(alpha)
-        else:
-            self.register_buffer("alpha", alpha)
-        self.signed: bool | None = None
-        self.initialized = self.init == "fixed"
-        self._search: tuple[C.SquaredErrorSearch, bool] | None = None  # MSE start over calibration, its sign
-
-    def reset(self) -> None:
-        """Forget the detected sign (and a start searched from data) before a new calibration."""
-        self.signed = None
-        self._search = None
-        if self.init == "mse":
-            self.initialized = False
-
-    def _least_error_alpha(self, x: Tensor, signed: bool) -> Tensor:
-        """The searched level (0-d) after folding ``x`` into the search (kept while calibrating)."""
-        qmax = Q.code_range(self.bits, signed)[1]  # Qp: 2^k - 1, or 2^(k-1) - 1 signed
-        rows = x.reshape(1, -1)
-        if not self.calibrating or self._search is None or self._search[1] != signed:
-            reference = (2 * rows.detach().float().abs().mean(1) * qmax**0.5).clamp_min(1e-8)
-            self._search = (C.SquaredErrorSearch(reference), signed)
-        alpha = self._search[0].add(rows, lambda v, a: Q.pact_quantize(v, a.reshape(()), self.bits, signed))
-        if not self.calibrating:
-            self._search = None
-        return alpha.reshape(())
-
-    def forward(self, x: Tensor) -> Tensor:
-        signed = self.signed
-        learning = self.calibrating or self.training  # an evaluation before calibration stores nothing
-        if signed is None or (self.calibrating and not signed):
-            signed = bool((x.detach().amin() < 0).item())
-            if learning:
-                self.signed = signed
-        alpha = self.alpha
-        if self.init == "mse" and (self.calibrating or not self.initialized):
-            with torch.no_grad():
-                found = self._least_error_alpha(x, signed)
-                if learning:
-                    self.alpha.copy_(found)
-                    self.initialized = True
-                else:
-                    alpha = found
-        return Q.pact_quantize(x, alpha, self.bits, signed)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"signed": self.signed, "enabled": self.enabled, "initialized": self.initialized}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.signed = state["signed"]
-        self.enabled = state["enabled"]
-        self.initialized = state.get("initialized", True)  # checkpoints before alpha_init=mse: set
-
-    def extra_repr(self) -> str:
-        init = ", init=mse" if self.init == "mse" else ""
-        fixed = "" if isinstance(self.alpha, nn.Parameter) else ", fixed"
-        return f"bits={self.bits}, signed={self.signed}{init}{fixed}"
-
-
 def clip_levels(model: nn.Module) -> dict[str, float]:
     """The clipping level ``alpha`` (units of the layer input) of each quantized layer of ``model``
     whose input quantizer is a :class:`PactQuantizer`, by layer name (PACT's and DoReFa's scalars)."""
@@ -553,179 +341,39 @@ def clip_levels(model: nn.Module) -> dict[str, float]:
             if isinstance(layer.input_quant, PactQuantizer)}
 
 
-LEVEL_KINDS = ("sign", "ternary", "pow2", "linear")
+class ShiftBatchNorm:
+    """BinaryNet's shift-based BatchNorm (Algorithm 3): every multiplication is by a power of two.
 
-
-class LevelQuantizer(Quantizer):
-    """Scale-free quantizer onto fixed levels in ``[-1, 1]`` with the clipped STE (BNN, QNN).
-
-    Args:
-        kind: ``"sign"`` (``{-1, +1}``), ``"ternary"`` (``{-1, 0, +1}`` with threshold
-            ``0.7 * mean|x|``), ``"pow2"`` (``{0, +-2^-p}``, :func:`~qnnrun.quant.functional.pow2_levels`)
-            or ``"linear"`` (step ``2^(1-b)``, :func:`~qnnrun.quant.functional.linear_levels`).
-        bits: the code width (1 for sign, 2 for ternary, >= 2 for pow2 and linear).
-        threshold_momentum: for ``ternary`` on activations: the threshold is the batch's
-            ``0.7 * mean|x|`` in training, kept as an EMA with this weight and used fixed in
-            evaluation (so a test prediction does not depend on the rest of its batch). ``None``
-            (weights) computes it from every input.
-
-    Backward: ``dL/dx = dL/dy * 1{|x| <= 1}``.
+    ``c = x - mean``; variance ``mean(c * AP2(c))``; ``y = AP2(gamma) * (c * AP2(1 / sqrt(var + eps)))
+    + beta``, with ``AP2`` the nearest power of two (identity gradient). Running mean and variance
+    are kept as in ``nn.BatchNorm`` and used, through the same ``AP2``, in evaluation.
     """
-
-    def __init__(self, kind: str, bits: int, threshold_momentum: float | None = None) -> None:
-        super().__init__()
-        if kind not in LEVEL_KINDS:
-            raise ValueError(f"kind={kind!r}: valid are {LEVEL_KINDS}")
-        self.kind = kind
-        self.bits = bits
-        self.threshold_momentum = threshold_momentum
-        self.observed = False
-        self.register_buffer("threshold", torch.tensor(0.0))
-
-    def reset(self) -> None:
-        self.observed = False
-        self.threshold.zero_()
-
-    def _delta(self, x: Tensor) -> Tensor:
-        if self.threshold_momentum is None:
-            return Q.ternary_threshold(x)
-        if not (self.training or self.calibrating):
-            return self.threshold if self.observed else Q.ternary_threshold(x)
-        batch = Q.ternary_threshold(x)
-        if self.replay:
-            return batch
-        if self.observed:
-            self.threshold.lerp_(batch, self.threshold_momentum)
-        else:
-            self.threshold.copy_(batch)
-            self.observed = True
-        return batch
-
-    def levels(self, x: Tensor) -> Tensor:
-        """The quantized value ``h(x)`` (no autograd)."""
-        with torch.no_grad():
-            if self.kind == "sign":
-                return Q.binary_levels(x)
-            if self.kind == "ternary":
-                return Q.ternary_levels(x, self._delta(x))
-            if self.kind == "pow2":
-                return Q.pow2_levels(x, self.bits)
-            return Q.linear_levels(x, self.bits)
 
     def forward(self, x: Tensor) -> Tensor:
-        return Q.clipped_ste(x, self.levels(x))
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"observed": self.observed}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.observed = state["observed"]
-
-    def extra_repr(self) -> str:
-        return f"kind={self.kind}, bits={self.bits}"
-
-
-class AffineQuantizer(Quantizer):
-    """Affine quantizer with MMSE parameters (the Neuron-by-Neuron paper's; ``quant.init=mmse``).
-
-    ``x_hat = (clamp(round(x / s) + z, 0, 2^b - 1) - z) * s`` with a scale ``s`` and an integer zero
-    point ``z`` (see :mod:`qnnrun.quant.calibrate` for how they are found).
-
-    Args:
-        bits: 2 to 8 (16 allowed for tests); one code is always 0, so 1 bit is not offered.
-        source: ``"tensor"``: the parameters minimise the squared error on the quantized tensor
-            itself (weights, :func:`~qnnrun.quant.calibrate.mmse_tensor_params`); ``"histogram"``:
-            on a histogram of the inputs seen while ``calibrating`` (activations,
-            :func:`~qnnrun.quant.calibrate.mmse_histogram_params`). Calibration passes
-            activations through unquantized, so a later layer sees float inputs while it collects.
-        channels: number of output channels for per-channel (axis 0) parameters, ``None`` for one
-            scale and zero point per tensor (``"tensor"`` source only).
-        estimator: ``"clipped"`` or ``"ste"``, see :mod:`qnnrun.quant.functional`.
-
-    The parameters are fixed once found: by :meth:`fit`, by a calibrating forward pass (tensor
-    source), or when calibration ends (``calibrating = False``, histogram source). Until then each
-    input is quantized with parameters solved from that input alone, without storing them.
-    """
-
-    def __init__(self, bits: int, source: str = "tensor", channels: int | None = None,
-                 estimator: Q.Estimator = "clipped") -> None:
-        super().__init__()
-        if source not in ("tensor", "histogram"):
-            raise ValueError(f"source={source!r}: valid are tensor, histogram")
-        if source == "histogram" and channels is not None:
-            raise ValueError("per-channel parameters need source='tensor'")
-        C.affine_qmax(bits)  # validates bits
-        self.bits = bits
-        self.source = source
-        self.per_channel = channels is not None
-        self.estimator = estimator
-        self.fitted = False
-        shape = (channels,) if channels is not None else ()
-        self.register_buffer("scale", torch.ones(shape))
-        self.register_buffer("zero_point", torch.zeros(shape))
-        self._histogram: tuple[Tensor, float, float] | None = None
-
-    @property
-    def calibrating(self) -> bool:
-        return self._calibrating
-
-    @calibrating.setter
-    def calibrating(self, value: bool) -> None:
-        # The end of calibration solves the MMSE problem over the collected histogram.
-        self._calibrating = value
-        if not value and getattr(self, "_histogram", None) is not None:
-            scale, zero_point = C.mmse_histogram_params(*self._histogram, self.bits)
-            self._store(scale, zero_point)
-            self._histogram = None
-
-    def _store(self, scale: Tensor, zero_point: Tensor) -> None:
-        self.scale.copy_(scale.reshape(self.scale.shape))
-        self.zero_point.copy_(zero_point.reshape(self.zero_point.shape))
-        self.fitted = True
-
-    def _solve(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.source == "tensor":
-            return C.mmse_tensor_params(x, self.bits, self.per_channel)
-        return C.mmse_histogram_params(*C.histogram_update(None, 0.0, 0.0, x), self.bits)
-
-    def reset(self) -> None:
-        """Forget the parameters and any collected histogram."""
-        self.fitted = False
-        self._histogram = None
-
-    @torch.no_grad()
-    def fit(self, x: Tensor) -> None:
-        """Fix the parameters to the MMSE solution for ``x`` (the tensor source's rule)."""
-        self._store(*C.mmse_tensor_params(x, self.bits, self.per_channel))
-
-    def parameters_for(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Scale and zero point for input ``x``, shaped to broadcast against it."""
-        if self.fitted:
-            scale, zero_point = self.scale, self.zero_point
-        else:
+        self._check_input_dim(x)
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1, *([1] * (x.dim() - 2))]
+        if self.training:
+            mean = x.mean(dims)
+            centered = x - mean.view(shape)
+            var = (centered * Q.power_of_two(centered.detach())).mean(dims)
             with torch.no_grad():
-                scale, zero_point = self._solve(x)
-        if self.per_channel:
-            shape = (-1,) + (1,) * (x.dim() - 1)
-            return scale.reshape(shape), zero_point.reshape(shape)
-        return scale.reshape(()), zero_point.reshape(())
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach(), momentum)
+        else:
+            centered = x - self.running_mean.view(shape)
+            var = self.running_var
+        out = centered * Q.power_of_two_ste((var + self.eps).rsqrt()).view(shape)
+        if self.affine:
+            out = out * Q.power_of_two_ste(self.weight).view(shape) + self.bias.view(shape)
+        return out
 
-    def forward(self, x: Tensor) -> Tensor:
-        if self.calibrating:
-            if self.source == "histogram":
-                self._histogram = C.histogram_update(*(self._histogram or (None, 0.0, 0.0)), x)
-                return x
-            self.fit(x)
-        scale, zero_point = self.parameters_for(x)
-        return C.affine_quantize(x, scale, zero_point, self.bits, self.estimator)
 
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"fitted": self.fitted, "enabled": self.enabled}
+class ShiftBatchNorm1d(ShiftBatchNorm, nn.BatchNorm1d):
+    """Shift-based BatchNorm over [B, C] or [B, C, L]."""
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.fitted = state["fitted"]
-        self.enabled = state["enabled"]
 
-    def extra_repr(self) -> str:
-        granularity = "channel" if self.per_channel else "tensor"
-        return f"bits={self.bits}, affine MMSE from {self.source}, per_{granularity}, estimator={self.estimator}"
+class ShiftBatchNorm2d(ShiftBatchNorm, nn.BatchNorm2d):
+    """Shift-based BatchNorm over [B, C, H, W]."""
