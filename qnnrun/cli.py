@@ -1,4 +1,4 @@
-"""``qnnrun <command> [overrides]``: one Hydra app per command (train, eval, bops, export).
+"""``qnnrun <command> [overrides]``: one Hydra app per command (train, eval, bops, export, sensitivity).
 
 Each command is an ordinary ``@hydra.main`` app with its own primary config in ``conf/``, so
 every Hydra feature (overrides, ``-m`` sweeps, ``--cfg``, ``--help``, shell completion, launchers)
@@ -36,6 +36,7 @@ commands:
   eval    evaluate a saved run: qnnrun eval checkpoint=PATH [dataset=...] [backend=fake|int]
   export  integer model or ONNX graph of a saved run: qnnrun export checkpoint=PATH format=int|onnx
   bops    per-layer BOPs / size table: qnnrun bops model=... bits=... [method=...]
+  sensitivity  each layer of a saved run quantized alone: qnnrun sensitivity checkpoint=PATH bits=2 [budget_gbops=X]
   report  tables and plots across runs: qnnrun report PATH... (qnnrun report --help)
 """
 
@@ -87,11 +88,11 @@ def _exit_on_error(check: Callable[[], None]) -> None:
         sys.exit(1)
 
 
-def _guarded(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+def _guarded(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     @functools.wraps(task)
-    def run(cfg: DictConfig) -> None:
+    def run(cfg: DictConfig) -> Any:
         try:
-            task(cfg)
+            return task(cfg)
         except Interrupted as error:  # stops a whole sweep too: the scheduler wants the node back
             print(f"qnnrun: {error}", file=sys.stderr, flush=True)
             if multiprocessing.parent_process() is not None:
@@ -114,15 +115,17 @@ def _guarded(task: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 @_guarded
-def train_app(cfg: DictConfig) -> None:
+def train_app(cfg: DictConfig) -> list[float] | None:
     """Train one run into Hydra's output folder; a resumed run that is finished is skipped untouched.
 
     A single run that fails before writing anything of its own leaves no folder; a sweep job leaves
     a failure record. A sweep job that would repeat an earlier job's run records a pointer to it.
+    Returns the run's objectives for a search sweeper (:func:`qnnrun.search.objectives`).
     """
     from qnnrun.config import validate_train
     from qnnrun.engine import train
-    from qnnrun.runs import check_finished_config, remove_if_disposable, resume_checkpoint, resumed_config
+    from qnnrun.runs import (check_finished_config, objectives, read_summary, remove_if_disposable,
+                             resume_checkpoint, resumed_config)
     from qnnrun.sweep import finished_summary, record_duplicate, record_failure, same_run_in_sweep
 
     hydra_cfg = HydraConfig.get()
@@ -136,19 +139,21 @@ def train_app(cfg: DictConfig) -> None:
                 raise QnnrunError(f"resume={cfg.resume} continues one run; a sweep continues with resume=true")
             cfg = resumed_config(cfg, overrides)
         target = resumed.parent if resumed is not None else run_dir
-        if cfg.resume is not False and finished_summary(target, cfg.trainer.epochs) is not None:
+        finished = finished_summary(target, cfg.trainer.epochs) if cfg.resume is not False else None
+        if finished is not None:
             check_finished_config(target, cfg)
             log.info("%s is finished (summary.json status done, %d epochs): nothing to do", target,
                      cfg.trainer.epochs)
-            return
+            return objectives(finished)
         if sweep:
             validate_train(cfg)  # a job with a bad value fails as itself, not as another job's duplicate
             first = same_run_in_sweep(cfg, Path(hydra_cfg.sweep.dir), run_dir)
             if first is not None:
                 record_duplicate(run_dir, cfg, first, overrides)
                 log.info("the same run as %s (an earlier job of this sweep): not trained again", first)
-                return
-        train(cfg, run_dir, overrides)
+                summary = read_summary(first)
+                return objectives(summary) if summary is not None and summary.get("status") == "done" else None
+        return objectives(train(cfg, run_dir, overrides))
     except Interrupted:  # not a failure: last.ckpt is there and resume=true continues the run
         raise
     except Exception as error:
@@ -186,7 +191,7 @@ def export_app(cfg: DictConfig) -> None:
 
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise QnnrunError("qnnrun export needs checkpoint=PATH (a .ckpt file or a run folder holding last.ckpt)")
-    print(export_checkpoint(cfg.checkpoint, str(cfg.format), cfg.get("output"), cfg.device))
+    print(export_checkpoint(cfg.checkpoint, str(cfg.format), cfg.get("output"), cfg.device, cfg.check, cfg.paths))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="bops")
@@ -196,6 +201,16 @@ def bops_app(cfg: DictConfig) -> None:
     from qnnrun.evaluate import bops_report
 
     print(bops_report(cfg))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="sensitivity")
+@_guarded
+def sensitivity_app(cfg: DictConfig) -> None:
+    """Print (and write as text, CSV and PNG) the accuracy drop of each layer of a checkpoint quantized
+    alone, and with ``budget_gbops`` a ``quant.layer_bits`` proposal under that budget."""
+    from qnnrun.sensitivity import sensitivity_report
+
+    print(sensitivity_report(cfg, list(HydraConfig.get().overrides.task)))
 
 
 def report_app() -> None:
@@ -210,7 +225,8 @@ def report_app() -> None:
 
 
 COMMANDS: dict[str, Callable[[], None]] = {"train": train_app, "eval": eval_app, "bops": bops_app,
-                                           "export": export_app, "report": report_app}
+                                           "export": export_app, "sensitivity": sensitivity_app,
+                                           "report": report_app}
 
 
 def _completion(argv: list[str]) -> None:
@@ -247,12 +263,26 @@ COMMAND_HELP = {
     "export": ("write the integer model or an ONNX QDQ graph of a saved run", [
         "qnnrun export checkpoint=PATH format=int    packed integer codes: <checkpoint>.int.pt",
         "qnnrun export checkpoint=PATH format=onnx   QuantizeLinear/DequantizeLinear graph: <checkpoint>.onnx",
-        "options: output=FILE (default beside the checkpoint), device=cpu|cuda",
+        "qnnrun export checkpoint=PATH format=onnx check=true   and count the test predictions onnxruntime changes",
+        "options: output=FILE (default beside the checkpoint), device=cpu|cuda, check=false|true, paths.data_dir=DIR",
     ], ()),
     "bops": ("print the per-layer BOPs / MACs / weight-memory table of a model, without training", [
         "qnnrun bops model=NAME dataset=NAME bits=B [method=NAME] [quant.first_layer=fp|8|same ...]",
         "the data set only gives the input shape and class count: no data is read",
     ], ("model", "dataset", "method", "bits")),
+    "sensitivity": ("test accuracy lost when each conv/linear layer of a saved run alone is quantized, without "
+                    "training", [
+        "qnnrun sensitivity checkpoint=PATH bits=B [method=ste]     each layer alone at B (1-8) bits: weights,",
+        "    inputs, both; a table on stdout, sensitivity.txt, .csv and .png in the output folder",
+        "qnnrun sensitivity checkpoint=PATH bits=B budget_gbops=X   and a quant.layer_bits (8 or B bits per layer)",
+        "    under X GBOPs per image: greedy, least accuracy drop per GBOP saved first",
+        "PATH: a .ckpt file or a run folder (its last.ckpt), usually a float run; the model and data set are its own",
+        "options: batches=N (the first N test batches; null: all), output=DIR (default <run folder>/sensitivity_w<B>,",
+        "  sensitivity_<method>_w<B> for another method), device=auto|cpu|cuda, paths.data_dir=DIR, quant.*, method.*",
+        "nothing is trained: each quantized layer gets what the method's calibration (quant.calib_batches training",
+        "  batches) gives it; learned steps and clip levels (lsq, pact) and schedules (nbn, fbf, lbl, sq, uniq, aqe)",
+        "  start as calibrated, every channel quantized. Not method=bnn (every layer binary) or fp.",
+    ], ("method", "bits")),
 }
 # The launchers a user picks (hydra/launcher=...); the rest of Hydra's are what these build on.
 HYDRA_LAUNCHERS = ("basic", "local", "slurm", "submitit_local")
@@ -283,6 +313,25 @@ OmegaConf.register_new_resolver("qnnrun_job_prefix",
                                 replace=True)
 
 
+def _job_folder(num: Any, overrides: Any, sweep_dir: Any) -> str:
+    from qnnrun.sweep import job_folder_name
+
+    return job_folder_name(int(num), [str(o) for o in overrides], Path(str(sweep_dir)))
+
+
+def _run_folder(prefix: Any, method: Any, weight_bits: Any, act_bits: Any, overrides: Any) -> str:
+    from qnnrun.runs import run_folder_name
+
+    return run_folder_name(str(prefix), None if method is None else str(method), weight_bits, act_bits,
+                           [str(o) for o in overrides])
+
+
+# conf/train.yaml's folder names, from the settings that tell a run apart: a sweep job's
+# (hydra.sweep.subdir: 3_ste_w2a2_seed1) and a single run's (hydra.run.dir: <date>/12-00-00_ste_w4a4).
+OmegaConf.register_new_resolver("qnnrun_job_folder", _job_folder, replace=True)
+OmegaConf.register_new_resolver("qnnrun_run_folder", _run_folder, replace=True)
+
+
 _OVERRIDE = re.compile(r"^(?P<key>[\w/]+)=(?P<value>[^'\"()\[\]{}$]+)$")
 _NON_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|true|false|True|False|inf|nan")
 
@@ -309,9 +358,9 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
 
 def quote_paths(args: list[str]) -> list[str]:
     """Quote an override's value that names an existing file or folder but does not read as that
-    one plain string in Hydra's grammar. A sweep job's folder (``init_from=outputs/multirun/<date>/
-    <time>/0_bits='2',method=fp``) holds ``=``, ``,`` and quotes: Hydra would fail on it with a syntax
-    error or read a sweep list."""
+    one plain string in Hydra's grammar. The job folder of a sweep made before the readable names
+    (``init_from=outputs/multirun/<date>/<time>/0_bits='2',method=fp``) holds ``=``, ``,`` and quotes:
+    Hydra would fail on it with a syntax error or read a sweep list."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -413,7 +462,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
             base = compose(config_name, overrides=[], return_hydra_config=True)
             try:
                 base = compose(config_name, overrides=chosen, return_hydra_config=True)
-                compose(config_name, overrides=job, return_hydra_config=True)
+                composed = compose(config_name, overrides=job, return_hydra_config=True)
             except MissingConfigException as error:
                 missing = str(error.missing_cfg_file or "")
                 raise QnnrunError(f"{missing.rpartition('/')[0]}={missing.rpartition('/')[2]} is not valid: choose "
@@ -430,6 +479,11 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 key = culprit.partition("=")[0].lstrip("+~")
                 options = f": choose one of {', '.join(group_options(key))}" if key in groups else ""
                 raise QnnrunError(f"{culprit} is not valid{options} ({str(error).strip().splitlines()[0]})") from None
+            missing = _missing_keys(composed)
+            if missing and config_name == "train":  # eval and export name their own (checkpoint=PATH)
+                raise QnnrunError(f"{missing[0]} has no value and this run needs one: give {missing[0]}=VALUE"
+                                  + (" (the checkpoint to start from: a .ckpt file or a run folder)"
+                                     if missing[0] == "init_from" else ""))
             for override in (o for o in parsed if o.is_add() or o.is_force_add()):
                 key = override.key_or_group
                 if key in groups or "/" in key or OmegaConf.select(base, key, default=None) is not None:
@@ -438,6 +492,19 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                                   f"would read it{_did_you_mean(key, base, groups)}")
     finally:
         GlobalHydra.instance().clear()
+
+
+def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Dotted keys of ``cfg`` (``hydra`` aside) set to ``???``, without resolving any interpolation."""
+    missing = []
+    for key in cfg.keys():
+        if not prefix and key == "hydra":
+            continue
+        if OmegaConf.is_missing(cfg, key):
+            missing.append(f"{prefix}{key}")
+        elif OmegaConf.is_dict(cfg._get_node(key)):
+            missing += _missing_keys(cfg._get_node(key), f"{prefix}{key}.")
+    return sorted(missing)
 
 
 def _composes(config_name: str, overrides: list[str]) -> bool:
@@ -474,6 +541,10 @@ def main() -> None:
               file=sys.stderr)
         sys.exit(2)
     try:
+        if command == "sensitivity":  # its bits are 1-8: one line saying so before the bits group's own check
+            from qnnrun.sensitivity import check_width_overrides
+
+            check_width_overrides(argv[1:])
         check_group_choices(argv[1:])
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
         if command != "report" and not any(a in ("--help", "-h", "--hydra-help") for a in argv[1:]):

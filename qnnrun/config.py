@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qnnrun import CONFIG_DIR
 from qnnrun.errors import QnnrunError
-from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
+from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES, LayerBits, LayerRule
 
 VALID_BITS = "integers 1-8, or 32 for float"
 PRECISIONS = ("fp32", "bf16")
@@ -71,6 +71,30 @@ def check_number(key: str, value: Any, low: float | None = None, high: float | N
     raise QnnrunError(f"{key}={value!r} is not valid: expected a number{bound}")
 
 
+def layer_rules(cfg: DictConfig) -> list[LayerRule]:
+    """``quant.layer_bits`` of the config as rules, in order: each ``pattern: bits`` (both sides) or
+    ``pattern: {w: bits, a: bits}`` (a side left out keeps the run's ``bits.w`` / ``bits.a``).
+    A bad entry is a QnnrunError naming it and what is valid."""
+    value = cfg.quant.get("layer_bits") or {}
+    if not OmegaConf.is_dict(value) and not isinstance(value, dict):
+        raise QnnrunError(f"quant.layer_bits={value!r} is not valid: expected a mapping from layer-name patterns "
+                          f"to bits, e.g. {{layer3.*: 4, fc: {{w: 8, a: 8}}}}")
+    rules = []
+    for pattern, bits in value.items():
+        key = f"quant.layer_bits[{pattern!r}]"
+        if OmegaConf.is_dict(bits) or isinstance(bits, dict):
+            extra = sorted(set(bits) - {"w", "a"})
+            if extra or not bits:
+                raise QnnrunError(f"{key}={OmegaConf.to_container(bits) if OmegaConf.is_dict(bits) else bits} is "
+                                  f"not valid: expected bits or {{w: bits, a: bits}} (valid keys are w and a)")
+            weight = check_bits(f"{key}.w", bits.get("w", cfg.bits.w))
+            inputs = check_bits(f"{key}.a", bits.get("a", cfg.bits.a))
+        else:
+            weight = inputs = check_bits(key, bits)
+        rules.append(LayerRule(str(pattern), LayerBits(weight, inputs)))
+    return rules
+
+
 def validate_quant(cfg: DictConfig) -> None:
     """Check ``bits`` and ``quant`` (shared by train and bops)."""
     check_bits("bits.w", cfg.bits.w)
@@ -83,8 +107,12 @@ def validate_quant(cfg: DictConfig) -> None:
     check_int("quant.bn_reestimate_batches", cfg.quant.get("bn_reestimate_batches", 0), 0)
     check_choice("quant.init", cfg.quant.get("init", "maxabs"), ("maxabs", "mmse"))
     check_bool("quant.fold_bn", cfg.quant.get("fold_bn", False))
+    rules = layer_rules(cfg)
     if cfg.quant.get("init", "maxabs") == "mmse":
-        for key, value in (("bits.w", cfg.bits.w), ("bits.a", cfg.bits.a)):
+        widths = [("bits.w", cfg.bits.w), ("bits.a", cfg.bits.a)]
+        widths += [(f"quant.layer_bits[{rule.pattern!r}]", bits) for rule in rules
+                   for bits in (rule.bits.weight, rule.bits.input)]
+        for key, value in widths:
             if value == 1:
                 raise QnnrunError(f"{key}=1 is not valid with quant.init=mmse (the affine quantizer keeps a "
                                   f"zero level): valid are 2-8 or 32, or quant.init=maxabs")
@@ -147,6 +175,10 @@ def validate_train(cfg: DictConfig) -> None:
     check_int("dataset.eval_batch_size", cfg.dataset.eval_batch_size, 1)
     for key in ("deterministic", "progress", "channels_last", "compile"):
         check_bool(f"trainer.{key}", cfg.trainer[key])
+    distill = cfg.trainer.get("distill")
+    if distill is not None and distill.teacher is not None:
+        check_number("trainer.distill.weight", distill.weight, 0, low_closed=True, high=None)
+        check_number("trainer.distill.temperature", distill.temperature, 0, high=None)
     validate_dataset(cfg.dataset)
 
 

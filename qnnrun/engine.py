@@ -2,7 +2,7 @@
 
 One run writes into its folder (``run_dir``)::
 
-    events.out.tfevents.*   TensorBoard: train/test curves, lr, time/*, quant/*, the costs (text), hparams
+    events.out.tfevents.*   TensorBoard: test/*, train/* (lr, train/quant/*), time/*, the costs (text), hparams
     last.ckpt, best.ckpt    checkpoints (atomic writes; ``resume=true`` continues from last.ckpt)
     bops.txt, bops.csv      per-layer BOPs / MACs / weight memory table
     summary.json            final metrics, costs, timing; ``"status": "done"`` once finished
@@ -32,41 +32,21 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from qnnrun import distributed
-from qnnrun.build import (
-    build_quantized_model,
-    check_init_from,
-    example_input,
-    init_test_acc,
-    seed_everything,
-    select_device,
-)
+from qnnrun.build import (build_quantized_model, check_init_from, example_input, init_test_acc, seed_everything,
+                          select_device)
 from qnnrun.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from qnnrun.config import validate_train, warn_unused_method_options
 from qnnrun.data import build_data
+from qnnrun.distill import Distillation, distillation
 from qnnrun.errors import QnnrunError
-
 # Imported into this namespace because the loop calls them from here (tests patch ``engine.evaluate``).
 from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
 from qnnrun.methods import Method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.optim import build_optimizer, method_lr_factor
-from qnnrun.runs import (
-    BEST_CKPT,
-    HPARAM_DOMAINS,
-    LAST_CKPT,
-    STEP_CURVES,
-    SUMMARY,
-    check_resume_config,
-    checkpoint_state,
-    hparams_record,
-    log_costs,
-    log_epoch,
-    log_hparams,
-    prepare_run_dir,
-    refuse_existing_run,
-    resolve_resume,
-    summary_record,
-)
+from qnnrun.runs import (BEST_CKPT, HPARAM_DOMAINS, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
+                         checkpoint_state, hparams_record, log_costs, log_epoch, log_hparams, log_step, prepare_run_dir,
+                         refuse_existing_run, resolve_resume, summary_record)
 from qnnrun.stop import StopRequest, interrupted
 
 log = logging.getLogger("qnnrun")
@@ -74,8 +54,8 @@ log = logging.getLogger("qnnrun")
 
 def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
                criterion: nn.Module, images: Tensor, labels: Tensor, step: int,
-               autocast: Any = nullcontext, grad_clip: float = 0.0,
-               skip_nonfinite: bool = False) -> tuple[Tensor, Tensor]:
+               autocast: Any = nullcontext, grad_clip: float = 0.0, skip_nonfinite: bool = False,
+               distill: Distillation | None = None) -> tuple[Tensor, Tensor]:
     """One optimizer step with the method's hooks around it.
 
     Args:
@@ -86,6 +66,7 @@ def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: 
         skip_nonfinite: when the loss is NaN or infinite, leave the weights, buffers (running
             statistics) and optimizer untouched (a buffer copy and one host sync per step); the
             method's after-step hook still runs, so its per-step state (e.g. SQ's float rows) is reset.
+        distill: adds the distillation term of the teacher's logits on ``images`` to the loss.
 
     Returns:
         The loss (0-d, detached; NaN on every rank when the step was skipped) and the logits
@@ -100,6 +81,8 @@ def train_step(model: nn.Module, forward: nn.Module, method: Method, optimizer: 
         extra = method.regularization(model)
         if extra is not None:
             loss = loss + extra
+        if distill is not None:
+            loss = loss + distill(images, logits.float())
     optimizer.zero_grad(set_to_none=True)
     if skip_nonfinite and not finite_everywhere(loss):
         with torch.no_grad():
@@ -251,6 +234,7 @@ class _Loop:
             self.optimizer, lambda step: method_lr_factor(cfg.sched, self.method, step, steps))
         self.method.set_calibration_source(lambda: self._calibration_images())
         self.init_acc = init_test_acc(cfg.init_from)  # what test/vs_init is measured from
+        self.distill = distillation(cfg, self.info, device)
 
     def _calibration_images(self) -> Iterator[Tensor]:
         return (images for images, _ in _take(self.data.train, self.cfg.quant.calib_batches))
@@ -291,9 +275,8 @@ class _Loop:
             writer.writerows(rows)
             write_text_atomic(self.run_dir / "bops.csv", table.getvalue())
         smaller = f" ({cost['compression']:.1f}x smaller than FP32)" if method.quantizes else " (float)"
-        log.info("%s %s W%d/A%d on %s (%s): %.4f GBOPs/image, %.3f MiB weights%s", cfg.method.name,
-                 cfg.model.name, method.weight_bits, method.act_bits, self.info.name, self.device,
-                 cost["bops"] / 1e9, cost["weight_memory_mb"], smaller)
+        log.info("%s %s %s on %s (%s): %.4f GBOPs/image, %.3f MiB weights%s", cfg.method.name, cfg.model.name,
+                 method.bits_label, self.info.name, self.device, cost["bops"] / 1e9, cost["weight_memory_mb"], smaller)
 
     def _prepare_forward(self) -> None:
         """What computes the logits: the model, compiled (``trainer.compile``) and wrapped in DDP (ranks)."""
@@ -409,7 +392,8 @@ class _Loop:
             compile_start = time.perf_counter()
         skip_nonfinite = cfg.trainer.on_nan == "skip_batch"
         loss, logits = train_step(self.model, self.forward, self.method, self.optimizer, self.criterion, images,
-                                  labels, self.step, self.autocast, cfg.trainer.grad_clip, skip_nonfinite)
+                                  labels, self.step, self.autocast, cfg.trainer.grad_clip, skip_nonfinite,
+                                  self.distill)
         if self.warming_up:
             _synchronize(self.device)
             self.tally.compile_s = time.perf_counter() - compile_start
@@ -417,11 +401,12 @@ class _Loop:
             self.warming_up = False
         distributed.sync_buffers(self.model, self.ranks)
         self.scheduler.step()
-        self.tally.add(loss, logits, labels, self.step, skip_nonfinite)
+        self.tally.add(loss, logits, labels, self.step, skip_nonfinite,
+                       self.distill.last if self.distill is not None else None)
         self.step += 1
         if self.step_writer is not None and self.step % self.log_every == 0:
-            _log_step(self.step_writer, self.step, loss, self.optimizer.param_groups[0]["lr"],
-                      self.method.scalars(self.model))
+            log_step(self.step_writer, self.step, loss, self.optimizer.param_groups[0]["lr"],
+                     self.method.scalars(self.model))
 
     def end_epoch(self, epoch: int, stop: StopRequest) -> None:
         """The epoch's metrics, evaluation, curves, checkpoints and log line; then honour a stop request."""
@@ -429,7 +414,7 @@ class _Loop:
         _synchronize(self.device)
         tally.check_finite(epoch, self.steps_per_epoch, cfg, self.run_dir, self.ranks)
         distributed.check_agreement(self.model, self.ranks, self.device)
-        metrics = tally.metrics(epoch, self.optimizer.param_groups[0]["lr"], self.ranks)
+        metrics = tally.metrics(epoch, self.optimizer.param_groups[0]["lr"], self.ranks, self.distill is not None)
         if metrics["train_samples"] == 0:
             raise QnnrunError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "
                               f"(trainer.on_nan=skip_batch): the weights have diverged; lower optim.lr "
@@ -470,7 +455,8 @@ class _Loop:
             history.append(entry)
             if self.writer is not None:
                 log_epoch(self.writer, entry)
-        summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc)
+        widths = {c.name: {"w": c.weight_bits, "a": c.input_bits} for c in self.costs}
+        summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc, widths)
         summary.update(extensions=self.start.extensions, overrides=list(overrides),
                        run_dir=str(self.run_dir.resolve()))
         if self.writer is not None:
@@ -496,6 +482,7 @@ class _EpochTally:
 
     def __init__(self, device: torch.device) -> None:
         self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        self.distill_sum = torch.zeros((), device=device, dtype=torch.float64)  # trainer.distill's term
         self.correct = torch.zeros((), device=device, dtype=torch.int64)
         self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
         self.seen = 0  # samples that trained
@@ -509,8 +496,10 @@ class _EpochTally:
         """Training seconds of this epoch so far (before a resume too), the compile warm-up left out."""
         return self.elapsed + time.perf_counter() - self.start - self.compile_s
 
-    def add(self, loss: Tensor, logits: Tensor, labels: Tensor, step: int, skip: bool) -> None:
-        """Count one batch; with ``skip``, a NaN ``loss`` is :func:`train_step`'s mark of a skipped step."""
+    def add(self, loss: Tensor, logits: Tensor, labels: Tensor, step: int, skip: bool,
+            distill: Tensor | None = None) -> None:
+        """Count one batch; with ``skip``, a NaN ``loss`` is :func:`train_step`'s mark of a skipped step.
+        ``distill``: the batch's distillation term (0-d), part of ``loss``."""
         self.batches += 1
         if skip and not bool(torch.isfinite(loss)):
             self.skipped += 1
@@ -518,6 +507,8 @@ class _EpochTally:
         if not skip:
             self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad < 0), step, self.first_bad)
         self.loss_sum += loss.double() * labels.numel()
+        if distill is not None:
+            self.distill_sum += distill.double() * labels.numel()
         self.correct += (logits.argmax(1) == labels).sum()
         self.seen += labels.numel()
 
@@ -538,16 +529,18 @@ class _EpochTally:
                           f"width (optim.lr={cfg.optim.lr}) or bad input data; {kept}; trainer.on_nan=skip_batch "
                           f"skips such batches instead")
 
-    def totals(self, ranks: distributed.Ranks) -> tuple[float, int, int]:
-        """(loss sum, correct, samples) of this epoch so far, summed over ranks."""
+    def totals(self, ranks: distributed.Ranks) -> tuple[float, int, int, float]:
+        """(loss sum, correct, samples, distillation-term sum) of this epoch so far, summed over ranks."""
         values = torch.stack([self.loss_sum, self.correct.double(),
-                              torch.tensor(float(self.seen), device=self.loss_sum.device, dtype=torch.float64)])
-        loss_sum, correct, seen = distributed.sum_over_ranks(values, ranks).tolist()
-        return loss_sum, int(correct), int(seen)
+                              torch.tensor(float(self.seen), device=self.loss_sum.device, dtype=torch.float64),
+                              self.distill_sum])
+        loss_sum, correct, seen, distill_sum = distributed.sum_over_ranks(values, ranks).tolist()
+        return loss_sum, int(correct), int(seen), distill_sum
 
-    def metrics(self, epoch: int, lr: float, ranks: distributed.Ranks) -> dict[str, Any]:
-        """The epoch's train metrics over all ranks (every rank must call this)."""
-        loss_sum, correct, seen = self.totals(ranks)
+    def metrics(self, epoch: int, lr: float, ranks: distributed.Ranks, distilling: bool = False) -> dict[str, Any]:
+        """The epoch's train metrics over all ranks (every rank must call this); ``distilling`` adds
+        the mean distillation term (``train_distill``)."""
+        loss_sum, correct, seen, distill_sum = self.totals(ranks)
         seconds = self.seconds()
         metrics = {
             "epoch": epoch + 1,
@@ -558,6 +551,8 @@ class _EpochTally:
             "epoch_time_s": seconds,
             "images_per_s": seen / seconds,
         }
+        if distilling:
+            metrics["train_distill"] = distill_sum / max(1, seen)
         if self.skipped:
             metrics["skipped_batches"] = self.skipped
         if self.compile_s:
@@ -566,15 +561,16 @@ class _EpochTally:
 
     def state(self, steps_per_epoch: int, ranks: distributed.Ranks) -> dict[str, Any]:
         """What a mid-epoch checkpoint needs to finish this epoch as if never stopped (sums over ranks)."""
-        loss_sum, correct, seen = self.totals(ranks)
+        loss_sum, correct, seen, distill_sum = self.totals(ranks)
         return {"batches": self.batches, "steps_per_epoch": steps_per_epoch, "loss_sum": loss_sum,
-                "correct": correct, "seen": seen, "skipped": self.skipped,
+                "correct": correct, "seen": seen, "skipped": self.skipped, "distill_sum": distill_sum,
                 "elapsed_s": self.seconds(), "rng": _rng_state()}
 
     def restore(self, state: Mapping[str, Any], ranks: distributed.Ranks) -> None:
         """Continue from :meth:`state`; the sums over ranks go to rank 0, so they are counted once."""
         if ranks.main:
             self.loss_sum.fill_(state["loss_sum"])
+            self.distill_sum.fill_(state.get("distill_sum", 0.0))  # absent in checkpoints before distillation
             self.correct.fill_(state["correct"])
             self.seen = state["seen"]
         self.batches, self.skipped = state["batches"], state["skipped"]
@@ -621,16 +617,6 @@ def _take(batches: Iterable[Any], count: int) -> Iterator[Any]:
         if index >= count:
             return
         yield batch
-
-
-def _log_step(writer: Any, step: int, loss: Tensor, lr: float, scalars: Mapping[str, float]) -> None:
-    """``trainer.log_every_steps``: the last batch's loss, the learning rate and the method's scalars
-    (``Method.scalars``: LSQ steps, PACT clip levels, ...) against the number of optimizer steps
-    done, under ``step/``. Costs a host sync per scalar."""
-    writer.add_scalar("step/train_loss", float(loss), step)
-    writer.add_scalar("step/lr", lr, step)
-    for key, value in scalars.items():
-        writer.add_scalar(f"step/quant/{key}", value, step)
 
 
 def _accuracy_marks(metrics: Mapping[str, Any], best_acc: float, init_acc: float | None) -> dict[str, float]:

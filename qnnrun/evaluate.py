@@ -144,7 +144,7 @@ def saved_run_data(run: SavedRun, dataset: DictConfig | None, paths: DictConfig,
 def eval_report_line(run: SavedRun, data: DataBundle, result: EvalResult) -> str:
     """``<method> <model> W/A (epoch N) on <data set> test (N images): top-1 ...`` for ``qnnrun eval``."""
     top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
-    return (f"{run.config.method.name} {run.config.model.name} W{run.method.weight_bits}/A{run.method.act_bits} "
+    return (f"{run.config.method.name} {run.config.model.name} {run.method.bits_label} "
             f"(epoch {run.epoch}) on {data.info.name} test ({data.test.num_samples} images): "
             f"top-1 {result.acc:.2f}%{top5}  loss {result.loss:.4f}")
 
@@ -157,6 +157,6 @@ def bops_report(cfg: DictConfig) -> str:
     model, method = build_quantized_model(cfg, info, device)
     costs = layer_costs(model, example_input(info, device, 1))
     header = (f"{cfg.model.name} on {info.name} ({info.in_channels}x{info.image_size}x{info.image_size}, "
-              f"{info.num_classes} classes), method={cfg.method.name} W{method.weight_bits}/A{method.act_bits}, "
+              f"{info.num_classes} classes), method={cfg.method.name} {method.bits_label}, "
               f"first/last layer {cfg.quant.first_layer}/{cfg.quant.last_layer}")
     return header + "\n" + format_table(costs, totals(model, costs))

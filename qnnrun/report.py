@@ -23,10 +23,19 @@ Writes into the output folder::
                               those epochs
     report.csv                one row per group: counts, mean and std of every metric
     accuracy_vs_bits.png      final test accuracy (%) against weight bits, one line per method
-    accuracy_vs_gbops.png     final test accuracy (%) against GBOPs per image (log x), Pareto front marked
-    test_accuracy_curves.png  test accuracy (%) per epoch from the TensorBoard events, one panel per bit width (shared axes), methods overlaid
+    accuracy_vs_gbops.png     final test accuracy (%) against GBOPs per image (log x), Pareto front
+                              marked, every point labelled
+    test_accuracy_curves.png  test accuracy (%) per epoch from the TensorBoard events, one panel per
+                              bit width (shared axes), methods overlaid
 
+Every plot draws a method in one colour and marker (the same in every report), error bars (sample
+std over seeds) where a group has several finished runs, markers of equal or near-equal value side
+by side rather than over each other, labels that overlap nothing, and its legend beside the data.
 The bits plot and the curves mark the init_from net's accuracy (dotted) when every run started from one.
+Where the quantized runs compared differ in their first/last-layer policy (``quant.first_layer`` /
+``quant.last_layer``: float, 8 bits or the run's own bits, read from ``.hydra/config.yaml``; GBOPs
+and weight size change several-fold with it), the report says so in a note, and tables and plot
+labels name each run's policy (``first/last=fp``).
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ import yaml
 from qnnrun.checkpoint import check_output_folder
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS
-from qnnrun.quant.convert import FLOAT_BITS
+from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
 from qnnrun.runs import STEP_CURVES, SUMMARY, is_free
 
 # Per-run values averaged in a group: summary key -> column title.
@@ -78,16 +87,39 @@ NUMBERS = {"test_acc": (0.0, 100.0), "best_test_acc": (0.0, 100.0), "init_test_a
            "train_time_s": (0.0, MAX_COST)}
 # Overrides that identify a run already through its Identity (the settings that do not change a
 # run's result, qnnrun.runs.FREE_KEYS, are not grouped either).
-NOT_GROUPED = {"seed", "method", "model", "dataset", "bits", "bits.w", "bits.a", "trainer.epochs"}
+NOT_GROUPED = {"seed", "method", "model", "dataset", "bits", "bits.w", "bits.a", "trainer.epochs", "quant.layer_bits"}
+# A search preset's variables (search.<name>) set a mixed run's widths, which its identity holds already.
+SEARCH_PREFIX = "search."
 CURVE_TAG = "test/acc"
 TRAIN_CURVE_TAG = "train/acc"
 CURVE_TAGS = (CURVE_TAG, TRAIN_CURVE_TAG)  # what Run.curves reads
 # One colour and one marker per method qnnrun knows, in every plot of every report (two reports
 # agree); a method not known here is drawn grey. Series of one method in a plot differ by line style.
+# matplotlib's ten, then black, magenta and indigo: any two at least 27 CIELAB units apart (the closest
+# pair, purple and pink, is matplotlib's own).
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#393b79", "#637939", "#843c39")
+           "#17becf", "#ff00ff", "#000000", "#4b0082")
 MARKERS = "os^Dv<>PX*hpd"
 LINE_STYLES = ("-", "--", ":", "-.")
+# Plot geometry (sizes in points unless said otherwise).
+DPI = 120  # of the PNGs
+MARKER_SIZE = 6.0
+DODGE_GAP = 1.5  # between markers set side by side so that none hides another
+CAP_SIZE = 3.0  # error bar caps, half across
+FRONT_CIRCLE = 12.0  # around a point of the Pareto front, across
+BITS_SLOT = 0.8  # of the gap between two bit widths, the most that the markers set side by side at one take
+MAX_WIDTH = 16.0  # inches: the widest a crowded accuracy-vs-bits plot grows to give them that room
+LEGEND_ROWS = 24  # entries per legend column
+# Point labels (accuracy vs GBOPs): font size (points); pixels kept free around a label, and beside
+# another label (so that two side by side do not read as one); how far a label may go from its point
+# (label heights); how near other points make a point crowded (its label is placed first; points);
+# points along a line joining a label to its point that later labels keep clear of.
+LABEL_FONT = 6.5
+LABEL_PAD = 1.5
+LABEL_SPACE = 6.0
+LABEL_REACH = 12
+CROWD = 36.0
+LEADER_SAMPLES = 12
 # The statuses of summary.json; a run folder without one is UNFINISHED.
 DONE, FAILED, DUPLICATE, UNFINISHED = "done", "failed", "duplicate", "unfinished"
 # A folder whose record does not fit (a Problem, not a run).
@@ -99,6 +131,10 @@ NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 UNREADABLE = (OSError, ValueError, yaml.YAMLError, RecursionError)
 OVERRIDES_FILE = Path(".hydra", "overrides.yaml")
 CONFIG_FILE = Path(".hydra", "config.yaml")
+# The first/last-layer policy (float, 8 bits or the run's own bits: GBOPs and weight size change
+# several-fold with it): the config keys, and the name labels and tables give it where runs differ in it.
+LAYER_KEYS = ("quant.first_layer", "quant.last_layer")
+LAYERS = "first/last"
 
 
 @dataclass(frozen=True, order=True)
@@ -112,9 +148,17 @@ class Identity:
     bits_w: int
     bits_a: int
     epochs: int
+    layer_bits: str = ""  # a mixed run's widths per layer, forward order: "w 8,4,2 a 8,4,8"; "" for one width
+
+    @property
+    def mixed(self) -> bool:
+        """Whether per-layer rules (quant.layer_bits) set the widths; ``bits_w`` / ``bits_a`` do not tell them."""
+        return bool(self.layer_bits)
 
     @property
     def bits_label(self) -> str:
+        if self.mixed:
+            return f"mixed[{self.layer_bits}]"
         return "FP32" if self.bits_w == self.bits_a == FLOAT_BITS else f"W{self.bits_w}A{self.bits_a}"
 
 
@@ -131,6 +175,7 @@ class Run:
     identity: Identity | None = None  # None: a failed or unfinished run no group can hold
     seed: int | None = None
     notes: list[str] = field(default_factory=list)  # what could not be read beside the record
+    layers: tuple[str, str] | None = None  # done runs: (first, last) layer policy of .hydra/config.yaml, if told
 
     @functools.cached_property
     def curves(self) -> dict[str, list[tuple[int, float]]]:
@@ -180,6 +225,17 @@ class Group:
     @property
     def bits_label(self) -> str:
         return self.identity.bits_label
+
+    @property
+    def layers(self) -> str | None:
+        """The first/last-layer policy of the finished runs as tables show it: ``fp``, ``8`` or ``same``
+        when both layers share it, else ``first/last`` (``8/fp``); None for float runs (where it changes
+        nothing) and where no run's config tells it."""
+        if self.identity.mixed or self.identity.bits_w == self.identity.bits_a == FLOAT_BITS:
+            return None  # float: it changes nothing; mixed: the widths say what each layer ran at
+        told = sorted({first if first == last else f"{first}/{last}" for first, last in
+                       (r.layers for r in self.done if r.layers)})
+        return " or ".join(told) or None
 
 
 class _Unfit(Exception):
@@ -242,7 +298,20 @@ def _identity(record: Mapping[str, Any], done: bool) -> Identity:
     bits: tuple[float, float] = (1, FLOAT_BITS) if done else (-math.inf, math.inf)
     return Identity(dataset=_name(record, "dataset"), model=_name(record, "model"), method=_name(record, "method"),
                     bits_w=_integer(record, "bits_w", *bits), bits_a=_integer(record, "bits_a", *bits),
-                    epochs=_integer(record, "epochs", 0 if done else -math.inf))
+                    epochs=_integer(record, "epochs", 0 if done else -math.inf), layer_bits=_layer_bits(record))
+
+
+def _layer_bits(record: Mapping[str, Any]) -> str:
+    """``layer_bits`` of a record (layer -> {w, a} in forward order; null or absent: none) as one text:
+    the weight widths, then the input widths, layer by layer (``w 8,4,2 a 8,4,8``)."""
+    rules = record.get("layer_bits")
+    if rules is None:
+        return ""
+    if not isinstance(rules, Mapping) or not all(
+            isinstance(bits, Mapping) and all(isinstance(bits.get(k), int) and not isinstance(bits.get(k), bool)
+                                              for k in ("w", "a")) for bits in rules.values()):
+        raise _Unfit(f"layer_bits {_show(rules)} is not a mapping of layer patterns to {{w, a}} bits")
+    return " ".join(f"{side} " + ",".join(str(bits[side]) for bits in rules.values()) for side in ("w", "a"))
 
 
 def _present(file: Path) -> bool:
@@ -328,7 +397,22 @@ def _done(folder: Path, record: Mapping[str, Any]) -> Run:
     if "init_test_acc" in metrics:
         metrics["vs_init"] = metrics["test_acc"] - metrics["init_test_acc"]
     lines = _read_command_line(folder, record)
-    return Run(folder, DONE, metrics, _parse_overrides(lines), lines, identity=identity, seed=seed)
+    notes: list[str] = []
+    layers = _layer_policy(_read_config(folder, notes))
+    return Run(folder, DONE, metrics, _parse_overrides(lines), lines, identity=identity, seed=seed, notes=notes,
+               layers=layers)
+
+
+def _layer_policy(config: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(first, last) layer policy (each one of ``LAYER_POLICIES``) of a run's config; None where it
+    does not tell both."""
+    quant = config.get("quant")
+    if not isinstance(quant, dict):
+        return None
+    # YAML reads the policy 8 as an integer.
+    policy = tuple(str(value) for value in (quant.get("first_layer"), quant.get("last_layer"))
+                   if isinstance(value, (str, int)) and not isinstance(value, bool))
+    return (policy[0], policy[1]) if len(policy) == 2 and set(policy) <= set(LAYER_POLICIES) else None
 
 
 def _failed(folder: Path, record: Mapping[str, Any]) -> Run:
@@ -379,17 +463,22 @@ def _progress(run: Run) -> str:
     return f", at epoch {epoch}{total} (test acc {acc:.2f}%)"
 
 
-def _planned_epochs(run: Run) -> str:
-    """``" of 30"`` from the run's ``.hydra/config.yaml``; empty (with a note when unreadable) if unknown."""
-    file = run.path / CONFIG_FILE
+def _read_config(folder: Path, notes: list[str]) -> dict[str, Any]:
+    """The run's ``.hydra/config.yaml``; empty when absent, not a mapping or unreadable (with a note)."""
+    file = folder / CONFIG_FILE
     if not _present(file):
-        return ""
+        return {}
     try:
         config = yaml.safe_load(file.read_text(encoding="utf-8"))
     except UNREADABLE as error:
-        run.notes.append(f"{CONFIG_FILE}: unreadable ({_error_line(error)})")
-        return ""
-    trainer = config.get("trainer") if isinstance(config, dict) else None
+        notes.append(f"{CONFIG_FILE}: unreadable ({_error_line(error)})")
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _planned_epochs(run: Run) -> str:
+    """``" of 30"`` from the run's ``.hydra/config.yaml``; empty (with a note when unreadable) if unknown."""
+    trainer = _read_config(run.path, run.notes).get("trainer")
     try:
         epochs = _integer(trainer if isinstance(trainer, dict) else {}, "epochs", 0)
     except _Unfit:
@@ -426,24 +515,50 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
     for run in runs:
         if run.identity is None:
             continue
-        extras = {k: v for k, v in run.overrides.items() if k not in ignore}
+        extras = {k: v for k, v in run.overrides.items()
+                  if k not in ignore and not (run.identity.mixed and k.startswith(SEARCH_PREFIX))}
         key = (run.identity, tuple(sorted(extras.items())))
         groups.setdefault(key, Group(run.identity, extras)).runs.append(run)
     return [groups[key] for key in sorted(groups)]
 
 
 def _varying_keys(groups: Sequence[Group]) -> list[str]:
-    """Override keys whose value is not the same in every group: the columns worth showing."""
+    """Override keys whose value is not the same in every group: the columns worth showing; last
+    ``LAYERS`` (in place of the override keys that set it) when the quantized groups differ in their
+    first/last-layer policy."""
     keys = sorted({k for g in groups for k in g.extras})
-    return [k for k in keys if len({g.extras.get(k, "") for g in groups}) > 1]
+    varying = [k for k in keys if len({g.extras.get(k, "") for g in groups}) > 1]
+    if len({g.layers for g in groups if g.layers}) > 1:
+        varying = [k for k in varying if k not in LAYER_KEYS] + [LAYERS]
+    return varying
+
+
+def _shown_value(group: Group, key: str) -> str:
+    """The group's value of a key of ``_varying_keys``; empty where it has none."""
+    return (group.layers or "") if key == LAYERS else group.extras.get(key, "")
 
 
 def _label(group: Group, shown: Sequence[str], with_bits: bool = True) -> str:
     parts = [group.identity.method]
     if with_bits:
         parts.append(group.bits_label)
-    parts += [f"{k}={group.extras[k]}" for k in shown if k in group.extras]
+    parts += [f"{k}={_shown_value(group, k)}" for k in shown if _shown_value(group, k)]
     return " ".join(parts)
+
+
+def layer_policy_note(groups: Sequence[Group]) -> str:
+    """A note naming the first/last-layer policies of the quantized groups and the methods of each,
+    when they differ (their GBOPs and weight sizes are then not those of one network); empty otherwise."""
+    methods: dict[str, set[str]] = defaultdict(set)
+    for g in groups:
+        if g.layers:
+            methods[g.layers].add(g.identity.method)
+    if len(methods) < 2:
+        return ""
+    each = "; ".join(f"{LAYERS}={policy}: {', '.join(sorted(names))}" for policy, names in sorted(methods.items()))
+    return (f"**Note: the rows compared differ in their first/last-layer policy** ({' / '.join(LAYER_KEYS)}: "
+            f"fp = float, 8 = 8 bits, same = the run's own bits), which changes GBOPs and weight size "
+            f"several-fold: {each}. Tables and plot labels give it as {LAYERS}=...")
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
@@ -476,15 +591,37 @@ def summary_table(groups: Sequence[Group]) -> str:
     """One row per group: identity, varying overrides, run counts, mean ± std of every metric."""
     shown = _varying_keys(groups)
     metrics = _metrics(groups)
-    header = ["method", "model", "dataset", "bits", "epochs", *shown, "runs", "failed", *[METRICS[m] for m in metrics]]
+    header = ["method", "model", "dataset", "bits", "epochs", *shown, "runs", "failed", *[METRICS[m] for m in metrics],
+              FRONT_COLUMN]
     digits = {"gbops": 4, "weight_memory_mb": 3, "compression": 1, "train_time_s": 1}
+    front = set(front_groups(groups))
     rows = []
-    for g in groups:
+    for index, g in enumerate(groups):
         i = g.identity
         rows.append([i.method, i.model, i.dataset, g.bits_label, i.epochs,
-                     *[g.extras.get(k, "") for k in shown], len(g.done), len(g.runs) - len(g.done),
-                     *[_fmt(g.mean(m), g.std(m) if m in SPREAD else None, digits.get(m, 2)) for m in metrics]])
+                     *[_shown_value(g, k) for k in shown], len(g.done), len(g.runs) - len(g.done),
+                     *[_fmt(g.mean(m), g.std(m) if m in SPREAD else None, digits.get(m, 2)) for m in metrics],
+                     "yes" if index in front else ""])
     return _markdown(header, rows)
+
+
+# The summary table's column marking the groups no other group beats in both accuracy and GBOPs.
+FRONT_COLUMN = "Pareto"
+
+
+def front_groups(groups: Sequence[Group]) -> list[int]:
+    """Indices of the groups on the accuracy-vs-GBOPs Pareto front (mean final test accuracy against
+    mean GBOPs per image; quantized and float, uniform and mixed alike), by increasing GBOPs. Groups
+    of different models or data sets are not compared: the front is taken per (model, data set)."""
+    by_task: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, g in enumerate(groups):
+        if g.mean("test_acc") is not None and g.mean("gbops") is not None:
+            by_task[(g.identity.model, g.identity.dataset)].append(index)
+    front = []
+    for members in by_task.values():
+        points = [(groups[i].mean("gbops"), groups[i].mean("test_acc")) for i in members]
+        front += [members[i] for i in pareto_front(points)]
+    return front
 
 
 def bits_table(groups: Sequence[Group]) -> str:
@@ -493,7 +630,8 @@ def bits_table(groups: Sequence[Group]) -> str:
     tables = []
     by_task: dict[tuple[str, str], list[Group]] = defaultdict(list)
     for g in groups:
-        by_task[(g.identity.model, g.identity.dataset)].append(g)
+        if not g.identity.mixed:  # no one bit width: in the runs table (and on the GBOPs plot) only
+            by_task[(g.identity.model, g.identity.dataset)].append(g)
     for (model, dataset), task_groups in sorted(by_task.items()):
         columns = sorted({(g.identity.bits_w, g.identity.bits_a) for g in task_groups})
         labels = ["FP32" if c == (FLOAT_BITS, FLOAT_BITS) else f"W{c[0]}A{c[1]}" for c in columns]
@@ -536,14 +674,15 @@ def _cut(text: str) -> str:
 
 def write_csv(groups: Sequence[Group], path: Path) -> None:
     shown = _varying_keys(groups)
-    fields = ["method", "model", "dataset", "bits_w", "bits_a", "epochs", *shown, "runs", "failed", "seeds"]
+    fields = ["method", "model", "dataset", "bits_w", "bits_a", "epochs", "layer_bits", *shown, "runs", "failed",
+              "seeds"]
     for metric in METRICS:
         fields += [f"{metric}_mean", f"{metric}_std"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for g in groups:
-            row: dict[str, Any] = {**dataclasses.asdict(g.identity), **{k: g.extras.get(k, "") for k in shown},
+            row: dict[str, Any] = {**dataclasses.asdict(g.identity), **{k: _shown_value(g, k) for k in shown},
                                    "runs": len(g.done), "failed": len(g.runs) - len(g.done),
                                    "seeds": " ".join(str(r.seed) for r in g.done)}
             for metric in METRICS:
@@ -565,15 +704,21 @@ def read_curves(run_dir: Path, tags: Sequence[str] = (CURVE_TAG,)) -> dict[str, 
 
 
 def _series(groups: Sequence[Group], shown: Sequence[str]) -> dict[str, list[Group]]:
-    """Groups that form one line of a plot: same method, model, data set, overrides and A/W relation."""
+    """Groups that form one line of a plot: same method, model, data set, overrides, A/W relation and
+    epochs; the name is the line's label."""
     multi_task = len({(g.identity.model, g.identity.dataset) for g in groups}) > 1
+    multi_length = len({g.identity.epochs for g in groups}) > 1
     series: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
         name = _label(g, shown, with_bits=False)
-        if g.identity.bits_a != g.identity.bits_w:
+        if g.identity.mixed:
+            name += " mixed"
+        elif g.identity.bits_a != g.identity.bits_w:
             name += f" A{g.identity.bits_a}"
         if multi_task:
             name += f" ({g.identity.model}, {g.identity.dataset})"
+        if multi_length:
+            name += f" ({g.identity.epochs} ep)"
         series[_literal(name)].append(g)
     return series
 
@@ -587,14 +732,15 @@ def method_style(method: str) -> tuple[str, str]:
     return COLOURS[index % len(COLOURS)], MARKERS[index % len(MARKERS)]
 
 
-def _series_styles(series: Mapping[str, list[Group]]) -> dict[str, dict[str, str]]:
+def _series_styles(series: Mapping[str, list[Group]]) -> dict[str, dict[str, Any]]:
     """matplotlib keyword arguments of each series: its method's colour and marker, and a line style
     that tells apart the series of one method."""
     styles, seen = {}, defaultdict(int)
     for name, members in sorted(series.items()):
         method = members[0].identity.method
         colour, marker = method_style(method)
-        styles[name] = {"color": colour, "marker": marker, "linestyle": LINE_STYLES[seen[method] % len(LINE_STYLES)]}
+        styles[name] = {"color": colour, "marker": marker, "markersize": MARKER_SIZE,
+                        "linestyle": LINE_STYLES[seen[method] % len(LINE_STYLES)]}
         seen[method] += 1
     return styles
 
@@ -615,83 +761,364 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _mark_init_from(ax: Any, groups: Sequence[Group]) -> None:
+def dodge(xs: Sequence[float], lows: Sequence[float], highs: Sequence[float], width: float,
+          widest: float = math.inf, bounds: tuple[float, float] = (-math.inf, math.inf)) -> list[float]:
+    """Horizontal centres for markers drawn at ``xs``, each covering ``[lows[i], highs[i]]`` vertically
+    (its marker and error bar), so that none hides another: markers whose vertical extents overlap end
+    up at least ``width`` apart. Markers that would come closer form a cluster, laid out side by side
+    in the order of their xs (then of their index), centred on the mean of their xs as far as
+    ``bounds`` (lowest, highest centre) allow; the others keep their x. A cluster is at most ``widest``
+    from its first centre to its last: a larger one is laid out closer than ``width``, its markers
+    overlapping in part. All lengths in one unit (display pixels for a plot).
+    """
+    clusters = [[i] for i in range(len(xs))]
+    positions = [float(x) for x in xs]
+    while (clash := _clash(positions, lows, highs, width, clusters)) is not None:
+        merged = sorted(clusters[clash[0]] + clusters[clash[1]], key=lambda i: (xs[i], i))
+        step = min(width, widest / (len(merged) - 1))
+        half = step * (len(merged) - 1) / 2
+        centre = min(max(statistics.fmean(xs[i] for i in merged), bounds[0] + half), bounds[1] - half)
+        for rank, i in enumerate(merged):
+            positions[i] = centre - half + rank * step
+        clusters = [c for k, c in enumerate(clusters) if k not in clash] + [merged]
+    return positions
+
+
+def _clash(positions: Sequence[float], lows: Sequence[float], highs: Sequence[float], width: float,
+           clusters: Sequence[Sequence[int]]) -> tuple[int, int] | None:
+    """The indices of two clusters holding markers that would overlap (:func:`dodge`), or None."""
+    owner = {i: k for k, members in enumerate(clusters) for i in members}
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    for rank, i in enumerate(order):
+        for j in order[rank + 1:]:
+            if positions[j] - positions[i] >= width * (1 - 1e-9):  # laid-out neighbours touch, no more
+                break
+            if owner[i] != owner[j] and lows[i] < highs[j] and lows[j] < highs[i]:
+                return owner[i], owner[j]
+    return None
+
+
+def _dodged_xs(ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Sequence[float],
+               widest: float = math.inf) -> list[float]:
+    """Data x at which to draw each marker (data ``xs``, ``ys``, error bar half-lengths ``errs``, 0 for
+    none) so that none hides another (:func:`dodge` in the axes' pixels, a cluster at most ``widest``
+    pixels across and inside the axes; their limits and size final)."""
+    import numpy as np
+
+    pixels_per_point = ax.figure.dpi / 72
+    half = MARKER_SIZE / 2 * pixels_per_point
+    markers, bars = _marker_boxes(ax, xs, ys, errs, [half] * len(xs))
+    placed = dodge(((markers[:, 0] + markers[:, 2]) / 2).tolist(), np.minimum(markers[:, 1], bars[:, 1]).tolist(),
+                   np.maximum(markers[:, 3], bars[:, 3]).tolist(), (MARKER_SIZE + DODGE_GAP) * pixels_per_point,
+                   widest, (ax.bbox.x0 + 2 * half, ax.bbox.x1 - 2 * half))
+    heights = (markers[:, 1] + markers[:, 3]) / 2
+    return ax.transData.inverted().transform(np.column_stack([placed, heights]).reshape(-1, 2))[:, 0].tolist()
+
+
+def _draw_points(ax: Any, name: str, points: Sequence[tuple[float, float, float | None]],
+                 style: Mapping[str, Any], **line: Any) -> None:
+    """The markers of series ``name`` at its (x, accuracy %, std % or None) ``points``, joined as
+    ``style`` says unless ``line`` overrides it, and an error bar (± the sample std over seeds) at each
+    point whose group has several finished runs."""
+    xs, ys, stds = zip(*points)
+    ax.plot(xs, ys, label=name, **{**style, **line})
+    bars = [(x, y, std) for x, y, std in points if std is not None]
+    if bars:
+        bar_xs, bar_ys, bar_stds = zip(*bars)
+        ax.errorbar(bar_xs, bar_ys, yerr=bar_stds, fmt="none", ecolor=style["color"], elinewidth=1, capsize=CAP_SIZE,
+                    label=name)
+
+
+def _legend_beside(ax: Any, styles: Mapping[str, Mapping[str, Any]], names: Iterable[str],
+                   extra: Sequence[tuple[Any, str]] = ()) -> None:
+    """A legend right of ``ax`` (never over the data): one entry per series in ``names`` drawn in its
+    style, then the (handle, label) pairs of ``extra``."""
+    from matplotlib.lines import Line2D
+
+    entries = [(Line2D([], [], **styles[name]), name) for name in names] + list(extra)
+    if entries:
+        handles, labels = zip(*entries)
+        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
+                  ncols=math.ceil(len(entries) / LEGEND_ROWS))
+
+
+def _fix_layout(fig: Any, ax: Any) -> None:
+    """Lay the figure out and keep the axes' limits as they are now, so that pixel positions computed
+    from here on stay where they are drawn."""
+    fig.tight_layout()
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+
+
+def _mark_init_from(ax: Any, groups: Sequence[Group]) -> list[tuple[Any, str]]:
     """A dotted line at the test accuracy (%) of the net the finished runs started from
-    (``init_from``), when they all started from one."""
+    (``init_from``), when they all started from one; its (line, label) for the legend, or none."""
     starts = {r.metrics["init_test_acc"] for g in groups for r in g.done if "init_test_acc" in r.metrics}
-    if len(starts) == 1:
-        start = starts.pop()
-        ax.axhline(start, linestyle=":", linewidth=1, color="black")
-        ax.annotate(f"init_from net: {start:.2f}%", (0.99, start), xycoords=("axes fraction", "data"), fontsize=7,
-                    ha="right", va="bottom")
+    if len(starts) != 1:
+        return []
+    start = starts.pop()
+    line = ax.axhline(start, linestyle=":", linewidth=1, color="black", label=f"init_from net: {start:.2f}%")
+    return [(line, line.get_label())]
 
 
 def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
+    """Final test accuracy (%: mean over seeds, error bar ± std where a group has several finished
+    runs) against weight bits, one line per series, float runs as dashed lines. Markers that would hide
+    each other are set side by side around their bit width (:func:`dodge`); a crowded plot is widened
+    until those of one bit width fit within ``BITS_SLOT`` of the gap to the next."""
     import matplotlib.pyplot as plt
 
-    shown = _varying_keys(groups)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    series = _series(groups, shown)
+    series = _series(groups, _varying_keys(groups))
     styles = _series_styles(series)
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=DPI)
+    points = []  # (series, weight bits, mean %, std % or None)
+    references = []  # the legend's (line, label) of the float runs' and the init_from net's accuracies
     for name, members in sorted(series.items()):
-        points = sorted((g.identity.bits_w, g.mean("test_acc"), g.std("test_acc") or 0.0)
-                        for g in members if g.mean("test_acc") is not None)
-        quantized = [p for p in points if p[0] != FLOAT_BITS]
-        for _, acc, _ in [p for p in points if p[0] == FLOAT_BITS]:
-            ax.axhline(acc, linestyle="--", linewidth=1, color="gray")
-            ax.annotate(f"{name} FP32", (0.01, acc), xycoords=("axes fraction", "data"), fontsize=7,
-                        va="bottom", color="gray")
-        if quantized:
-            xs, ys, errs = zip(*quantized)
-            ax.errorbar(xs, ys, yerr=errs, capsize=3, label=name, **styles[name])
-    ax.margins(y=0.1)
-    _mark_init_from(ax, groups)
+        for g in sorted(members, key=lambda g: g.identity.bits_w):
+            acc = g.mean("test_acc")
+            if g.identity.mixed:  # no one bit width to place it at
+                continue
+            if acc is not None and g.identity.bits_w == FLOAT_BITS:
+                line = ax.axhline(acc, linestyle="--", linewidth=1, color=styles[name]["color"], alpha=0.7,
+                                  label=f"{name} FP32: {acc:.2f}%")
+                references.append((line, line.get_label()))
+            elif acc is not None:
+                points.append((name, g.identity.bits_w, acc, g.std("test_acc")))
+    references += _mark_init_from(ax, groups)
+    bits = sorted({p[1] for p in points})
+    gap = min((b - a for a, b in zip(bits, bits[1:])), default=1)
+    if points:
+        ax.update_datalim([(p[1], p[2] + sign * (p[3] or 0.0)) for p in points for sign in (-1, 1)])
+        ax.set_xlim(bits[0] - gap * 0.6, bits[-1] + gap * 0.6)
+        ax.margins(y=0.1)
+        ax.autoscale_view(scalex=False)
     ax.set_xlabel("weight bits")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("Accuracy vs bits")
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
     ax.xaxis.get_major_locator().set_params(integer=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _legend_beside(ax, styles, sorted({p[0] for p in points}), references)
+    _fix_layout(fig, ax)
+    columns = ([p[1] for p in points], [p[2] for p in points], [p[3] or 0.0 for p in points])
+    spread = max((abs(x - p[1]) for x, p in zip(_dodged_xs(ax, *columns), points)), default=0.0)
+    if spread > BITS_SLOT * gap / 2:
+        fig.set_figwidth(min(MAX_WIDTH, fig.get_figwidth() * spread / (BITS_SLOT * gap / 2)))
+        _fix_layout(fig, ax)
+    slot = BITS_SLOT * gap * ax.bbox.width / (ax.get_xlim()[1] - ax.get_xlim()[0])  # pixels
+    xs = _dodged_xs(ax, *columns, widest=slot)
+    for name in sorted({p[0] for p in points}):
+        _draw_points(ax, name, [(x, p[2], p[3]) for x, p in zip(xs, points) if p[0] == name], styles[name])
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
 def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
-    """UNIQ-style: accuracy against GBOPs per image on a log axis, the Pareto front joined."""
+    """UNIQ-style: final test accuracy (%: mean over seeds, error bar ± std where a group has several
+    finished runs) against GBOPs per image on a log axis; the Pareto front circled and joined. Markers
+    that would hide each other are set side by side (:func:`dodge`); every point is labelled, no label
+    over another or over a marker, as few as room allows over an error bar or a line
+    (:func:`_place_labels`); the title counts the labels left out for want of room."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     shown = _varying_keys(groups)
     placed = [g for g in groups if g.mean("test_acc") is not None and (g.mean("gbops") or 0) > 0]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
     series = _series(placed, shown)
     styles = _series_styles(series)
-    for name, members in sorted(series.items()):
-        xs = [g.mean("gbops") for g in members]
-        ys = [g.mean("test_acc") for g in members]
-        errs = [g.std("test_acc") or 0.0 for g in members]
-        ax.errorbar(xs, ys, yerr=errs, capsize=3, label=name, **{**styles[name], "linestyle": "none"})
-        for g, x, y in zip(members, xs, ys):
-            ax.annotate(_literal(_label(g, shown)), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=6)
-    points = [(g.mean("gbops"), g.mean("test_acc")) for g in placed]
-    front = [points[i] for i in pareto_front(points)]
-    if front:
-        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black", linewidth=1,
-                alpha=0.6, label="Pareto front")
-        ax.scatter([p[0] for p in front], [p[1] for p in front], s=140, facecolors="none", edgecolors="black")
+    fig, ax = plt.subplots(figsize=(7.6, 5.0), dpi=DPI)
+    points = [(name, g, g.mean("gbops"), g.mean("test_acc"), g.std("test_acc"))
+              for name, members in sorted(series.items()) for g in members]
     ax.set_xscale("log")
-    ax.margins(x=0.1, y=0.1)  # room for the labels of the outermost points
+    if points:
+        ax.update_datalim([(p[2], p[3] + sign * (p[4] or 0.0)) for p in points for sign in (-1, 1)])
+        ax.margins(x=0.1, y=0.1)  # room for the labels of the outermost points
+        ax.autoscale_view()
     _plain_ticks_within_a_decade(ax.xaxis)
     ax.set_xlabel("GBOPs per image (log)")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("Accuracy vs compute")
     ax.grid(alpha=0.3, which="both")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    front_handle = Line2D([], [], color="black", linewidth=1, alpha=0.6, marker="o", markersize=FRONT_CIRCLE,
+                          markerfacecolor="none", markeredgecolor="black")
+    _legend_beside(ax, styles, sorted(series), [(front_handle, "Pareto front")] if points else [])
+    _fix_layout(fig, ax)
+    xs = _dodged_xs(ax, [p[2] for p in points], [p[3] for p in points], [p[4] or 0.0 for p in points],
+                    widest=ax.bbox.width / 4)
+    ys = [p[3] for p in points]
+    for name in sorted(series):
+        _draw_points(ax, name, [(x, p[3], p[4]) for x, p in zip(xs, points) if p[0] == name], styles[name],
+                     linestyle="none")
+    front = pareto_front([(p[2], p[3]) for p in points])
+    front_xs, front_ys = [xs[i] for i in front], [ys[i] for i in front]
+    ax.step(front_xs, front_ys, where="post", color="black", linewidth=1, alpha=0.6, zorder=1)  # under the bars
+    ax.scatter(front_xs, front_ys, s=FRONT_CIRCLE ** 2, facecolors="none", edgecolors="black")
+    radii = [(FRONT_CIRCLE if i in front else MARKER_SIZE) / 2 * fig.dpi / 72 for i, _ in enumerate(points)]
+    left_out = _place_labels(ax, xs, ys, [_literal(_label(p[1], shown)) for p in points], radii,
+                             *_marker_boxes(ax, xs, ys, [p[4] or 0.0 for p in points], radii),
+                             _step_samples(ax, front_xs, front_ys))
+    if left_out:
+        ax.set_title(f"Accuracy vs compute ({left_out} of {len(points)} labels left out: no room)")
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def _marker_boxes(ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Sequence[float],
+                  radii: Sequence[float]) -> tuple[Any, Any]:
+    """Boxes (pixels, [N, 4] as x0, y0, x1, y1) around each marker (``radii`` pixels, half across), and
+    around each error bar (data half-lengths ``errs``, 0 for none), of the points at data ``xs``, ``ys``."""
+    import numpy as np
+
+    to_pixels = ax.transData.transform
+    centres = to_pixels(np.column_stack([xs, ys]).reshape(-1, 2))
+    lows = to_pixels(np.column_stack([xs, np.subtract(ys, errs)]).reshape(-1, 2))[:, 1]
+    highs = to_pixels(np.column_stack([xs, np.add(ys, errs)]).reshape(-1, 2))[:, 1]
+    radii = np.asarray(radii, float)
+    cap = CAP_SIZE * ax.figure.dpi / 72
+    return (np.column_stack([centres - radii[:, None], centres + radii[:, None]]).reshape(-1, 4),
+            np.column_stack([centres[:, 0] - cap, lows, centres[:, 0] + cap, highs]).reshape(-1, 4))
+
+
+def _place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], radii: Sequence[float],
+                  solid: Any, thin: Any, lines: Any) -> int:
+    """Label each point (data ``xs``, ``ys``; drawn ``radii`` pixels across, half) beside it, or as near
+    as there is room, joined to it by a thin line: most crowded point first, each label goes to a spot
+    of a grid around its point (:func:`_label_spot`) inside the axes and clear of the ``solid`` boxes
+    (pixels, [N, 4] as x0, y0, x1, y1: the markers) and of the labels placed before, over as few of the
+    ``thin`` boxes (error bars) and ``lines`` (pixels, [N, 2]: lines as points a few pixels apart; and
+    the lines joining labels placed before) as there may be. A label with no such spot is left out:
+    returns how many."""
+    import numpy as np
+
+    renderer = ax.figure.canvas.get_renderer()
+    centres = ax.transData.transform(np.column_stack([xs, ys]).reshape(-1, 2))
+    # A label may lie over an error bar or a line: a half-white ground keeps it legible, the line visible.
+    ground = {"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0}
+    texts = [ax.text(x, y, label, fontsize=LABEL_FONT, ha="left", va="bottom", bbox=ground)
+             for x, y, label in zip(xs, ys, labels)]
+    crowd = (np.linalg.norm(centres[:, None] - centres[None], axis=2) < CROWD * ax.figure.dpi / 72).sum(axis=1)
+    solid, thin = np.asarray(solid, float).reshape(-1, 4), np.asarray(thin, float).reshape(-1, 4)
+    lines = np.asarray(lines, float).reshape(-1, 2)
+    left_out = 0
+    for index in sorted(range(len(texts)), key=lambda i: (-crowd[i], i)):
+        extent = texts[index].get_window_extent(renderer)
+        box, leader = _label_spot(ax, centres[index], radii[index], (extent.width, extent.height),
+                                  np.delete(centres, index, axis=0), solid, thin, lines)
+        if box is None:
+            texts[index].remove()
+            left_out += 1
+            continue
+        texts[index].set_position(ax.transData.inverted().transform(box[:2]))
+        # Labels side by side would read as one: a few pixels more between them across than up and down.
+        solid = np.vstack([solid, box + [-LABEL_SPACE, -1, LABEL_SPACE, 1]])
+        if leader is not None:
+            ax.plot(*ax.transData.inverted().transform(leader).T, color="0.5", linewidth=0.5)
+            lines = np.vstack([lines, np.linspace(*leader, LEADER_SAMPLES)])
+    return left_out
+
+
+def _label_spot(ax: Any, centre: Any, radius: float, size: tuple[float, float], others: Any, solid: Any, thin: Any,
+                lines: Any) -> tuple[Any, Any]:
+    """The box (pixels: x0, y0, x1, y1) of a label of ``size`` (pixels) for the point at ``centre``, and
+    the line joining them ([2, 2] pixels; None when they touch); (None, None) where no spot of the grid
+    is inside the axes and clear of the ``solid`` boxes (:func:`_place_labels`). Of those, the spot
+    taken is the first by: its line crosses fewest solid boxes; unless joined to its point by a line, it
+    is nearer to its own point than to any of the ``others`` (pixels, [N, 2]), so that it is not read as
+    another point's; it and its line cross (or run along) fewest ``thin`` boxes and ``lines`` points;
+    it is nearest to the point."""
+    import numpy as np
+
+    (width, height), gap = size, radius + LABEL_PAD + 1
+    offsets = gap + height * np.arange(LABEL_REACH)
+    reach = np.hypot(offsets[-1] + width, offsets[-1] + height) + 1  # the farthest any spot (or line) gets
+    solid, thin = (boxes[_box_distances(boxes, centre[None])[:, 0] < reach] for boxes in (solid, thin))
+    lines, others = (near[np.linalg.norm(near - centre, axis=1) < reach] for near in (lines, others))
+    # Vertically centred and right of the point first: of spots otherwise equal, the first is taken.
+    lefts = np.concatenate([centre[0] + offsets, centre[0] - offsets - width, [centre[0] - width / 2]])
+    bottoms = np.concatenate([[centre[1] - height / 2], centre[1] + offsets, centre[1] - offsets - height])
+    x0, y0 = (grid.ravel() for grid in np.meshgrid(lefts, bottoms))
+    spots = np.column_stack([x0, y0, x0 + width, y0 + height])
+    padded = spots + [-LABEL_PAD, -LABEL_PAD, LABEL_PAD, LABEL_PAD]
+    distance = _box_distances(spots, centre[None])[:, 0]
+    frame = ax.bbox.extents
+    blocked = ((spots[:, :2] < frame[:2] + 2).any(axis=1) | (spots[:, 2:] > frame[2:] - 2).any(axis=1)
+               | (distance < gap) | _overlaps(padded, solid).any(axis=1))
+    if blocked.all():
+        return None, None
+    nearest = np.column_stack([np.clip(centre[0], x0, x0 + width), np.clip(centre[1], y0, y0 + height)])
+    ends = centre + (nearest - centre) * (gap / np.maximum(distance, gap))[:, None]  # the lines leave the marker
+    crossing = _crossings(ends, nearest, solid).sum(axis=1)
+    joined = distance > gap + 1  # drawn with a line to its point
+    ambiguous = ~joined & (_box_distances(spots, others) < distance[:, None]).any(axis=1)
+    clutter = (_overlaps(padded, thin).sum(axis=1) + _inside(padded, lines).sum(axis=1)
+               + _crossings(ends, nearest, thin).sum(axis=1) + _along(ends, nearest, lines).sum(axis=1))
+    best = int(np.lexsort((distance, clutter, ambiguous, crossing, blocked))[0])
+    leader = np.array([ends[best], nearest[best]]) if joined[best] else None
+    return spots[best], leader
+
+
+def _box_distances(boxes: Any, points: Any) -> Any:
+    """[M, N] the distance from ``points[n]`` (x, y) to the nearest point of ``boxes[m]`` (x0, y0, x1, y1)."""
+    import numpy as np
+
+    dx = np.maximum(np.maximum(boxes[:, None, 0] - points[None, :, 0], points[None, :, 0] - boxes[:, None, 2]), 0)
+    dy = np.maximum(np.maximum(boxes[:, None, 1] - points[None, :, 1], points[None, :, 1] - boxes[:, None, 3]), 0)
+    return np.hypot(dx, dy)
+
+
+def _crossings(starts: Any, ends: Any, boxes: Any) -> Any:
+    """[M, N] whether the segment from ``starts[m]`` to ``ends[m]`` (x, y) passes through the inside of
+    ``boxes[n]`` (x0, y0, x1, y1): the slab test, each axis bounding the part of the segment within the box."""
+    import numpy as np
+
+    entry, leave = np.zeros((len(starts), len(boxes))), np.ones((len(starts), len(boxes)))
+    for axis in (0, 1):
+        start, step = starts[:, axis, None], (ends - starts)[:, axis, None]
+        low, high = boxes[None, :, axis], boxes[None, :, axis + 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            first, second = (low - start) / step, (high - start) / step
+        parallel = step == 0  # inside the slab throughout, or never
+        within = (start > low) & (start < high)
+        entry = np.maximum(entry, np.where(parallel, np.where(within, 0.0, np.inf), np.minimum(first, second)))
+        leave = np.minimum(leave, np.where(parallel, np.where(within, 1.0, -np.inf), np.maximum(first, second)))
+    return entry < leave
+
+
+def _along(starts: Any, ends: Any, points: Any) -> Any:
+    """[M, N] whether ``points[n]`` lies within ``LABEL_PAD`` (pixels) of the segment from ``starts[m]`` to
+    ``ends[m]`` (x, y): a line joining a label that would run along (or across) another line."""
+    import numpy as np
+
+    step = (ends - starts)[:, None]
+    length = np.maximum((step ** 2).sum(axis=2), 1e-12)
+    share = np.clip(((points[None] - starts[:, None]) * step).sum(axis=2) / length, 0, 1)
+    return np.linalg.norm(starts[:, None] + share[..., None] * step - points[None], axis=2) < LABEL_PAD
+
+
+def _overlaps(a: Any, b: Any) -> Any:
+    """[M, N] whether box ``a[m]`` and box ``b[n]`` overlap (x0, y0, x1, y1 each)."""
+    return ((a[:, None, 0] < b[None, :, 2]) & (a[:, None, 2] > b[None, :, 0])
+            & (a[:, None, 1] < b[None, :, 3]) & (a[:, None, 3] > b[None, :, 1]))
+
+
+def _inside(boxes: Any, points: Any) -> Any:
+    """[M, N] whether ``points[n]`` (x, y) lies inside ``boxes[m]`` (x0, y0, x1, y1)."""
+    return ((points[None, :, 0] > boxes[:, None, 0]) & (points[None, :, 0] < boxes[:, None, 2])
+            & (points[None, :, 1] > boxes[:, None, 1]) & (points[None, :, 1] < boxes[:, None, 3]))
+
+
+def _step_samples(ax: Any, xs: Sequence[float], ys: Sequence[float]) -> Any:
+    """Points (pixels, [N, 2]) a few pixels apart along the steps drawn through data (``xs``, ``ys``)
+    with ``where="post"``."""
+    import numpy as np
+
+    corners = []
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        if k:
+            corners.append((x, ys[k - 1]))
+        corners.append((x, y))
+    pixels = ax.transData.transform(np.array(corners, float).reshape(-1, 2))
+    return np.concatenate([pixels[:1]] + [np.linspace(a, b, max(2, int(np.hypot(*(b - a)) / 4)))[1:]
+                                          for a, b in zip(pixels, pixels[1:])])
 
 
 def _plain_ticks_within_a_decade(axis: Any) -> None:
@@ -745,44 +1172,53 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
 
 
 def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
-    """Mean test accuracy per epoch of each group (band: ± std over seeds), one panel per bit width
-    with the methods overlaid in their colours, every panel on the same axes."""
+    """Mean test accuracy (%) per epoch of each group (band: ± std over seeds), one panel per bit width
+    with the series overlaid in the styles of the other plots, every panel on the same axes; one
+    legend, right of the panels."""
     import matplotlib.pyplot as plt
 
-    shown = _varying_keys(groups)
+    series = _series(groups, _varying_keys(groups))
+    styles = _series_styles(series)
     widths = sorted({(g.identity.bits_w, g.identity.bits_a) for g in groups})
     columns = min(3, max(1, len(widths)))
     rows = math.ceil(len(widths) / columns) if widths else 1
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False, sharex=True,
-                             sharey=True)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.8, 3.2 * rows), squeeze=False, sharex=True,
+                             sharey=True, dpi=DPI)
+    drawn, references = set(), {}
     for ax, bits in zip(axes.flat, widths):
         members = [g for g in groups if (g.identity.bits_w, g.identity.bits_a) == bits]
-        series = {_literal(_label(g, shown, with_bits=False)): [g] for g in members}
-        styles = _series_styles(series)
-        for name, (g,) in sorted(series.items()):
-            by_epoch = _by_epoch(g)[CURVE_TAG]
-            if not by_epoch:
-                continue
-            epochs = sorted(by_epoch)
-            means = [statistics.fmean(by_epoch[e]) for e in epochs]
-            stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
-            style = {**styles[name], "marker": styles[name]["marker"] if len(epochs) < 30 else None}
-            ax.plot(epochs, means, label=name, markersize=4, **style)
-            ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                            color=style["color"], alpha=0.15)
-        _mark_init_from(ax, members)
+        for name, of_series in sorted(series.items()):
+            for g in of_series:
+                if (g.identity.bits_w, g.identity.bits_a) == bits and _draw_curve(ax, name, g, styles[name]):
+                    drawn.add(name)
+        references.update((label, line) for line, label in _mark_init_from(ax, members))
         ax.set_title(members[0].bits_label)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(widths):]:
         ax.set_visible(False)
+    _legend_beside(axes[0, -1], styles, sorted(drawn), [(line, label) for label, line in references.items()])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+def _draw_curve(ax: Any, name: str, group: Group, style: Mapping[str, Any]) -> bool:
+    """The mean test accuracy (%) per epoch of ``group`` (of series ``name``), a band of ± the std over
+    its runs; False when no run logged any."""
+    by_epoch = _by_epoch(group)[CURVE_TAG]
+    if not by_epoch:
+        return False
+    epochs = sorted(by_epoch)
+    means = [statistics.fmean(by_epoch[e]) for e in epochs]
+    stds = [statistics.stdev(by_epoch[e]) if len(by_epoch[e]) > 1 else 0.0 for e in epochs]
+    ax.plot(epochs, means, label=name,
+            **{**style, "marker": style["marker"] if len(epochs) < 30 else None, "markersize": 4})
+    ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                    color=style["color"], alpha=0.15)
+    return True
 
 
 PLOTS = {"accuracy_vs_bits.png": plot_accuracy_vs_bits, "accuracy_vs_gbops.png": plot_accuracy_vs_gbops,
@@ -804,7 +1240,7 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
             raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
     groups = group_runs(runs, ignore)
     finished = [g for g in groups if g.done]
-    parts = [_headline(paths, runs, problems, groups, ignore)]
+    parts = [_headline(paths, runs, problems, groups, ignore), layer_policy_note(finished)]
     if groups:
         parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups), "## By bits\n\n" + bits_table(groups)]
     if epochs and finished:
@@ -821,7 +1257,7 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     if plots and finished:
         parts.append("## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in PLOTS))
     # Folder names that are not UTF-8 (surrogates in str(path)) are written as escapes, not refused.
-    text = ("\n\n".join(parts) + "\n").encode("utf-8", "backslashreplace").decode("utf-8")
+    text = ("\n\n".join(filter(None, parts)) + "\n").encode("utf-8", "backslashreplace").decode("utf-8")
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
 
@@ -866,7 +1302,8 @@ def main(argv: Sequence[str]) -> None:
                     "test_accuracy_curves.png; prints the tables. Failed, unfinished, unreadable and "
                     "duplicate runs are listed with the reason.",
         epilog="examples: qnnrun report outputs/multirun/2026-11-22/12-00-00 | qnnrun report outputs/a outputs/b "
-               "--out cmp/ | qnnrun report outputs/2026-11-22/10-00-00 (one run) | qnnrun report runs/ --ignore init_from")
+               "--out cmp/ | qnnrun report outputs/2026-11-22/10-00-00 (one run) | "
+               "qnnrun report runs/ --ignore init_from")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="a run folder, a sweep folder, or any folder above runs (e.g. outputs/)")
     parser.add_argument("--out", type=Path, default=None,

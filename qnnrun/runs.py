@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
+from torch import Tensor, nn
 
 from qnnrun.checkpoint import FORMAT, check_output_folder, load_checkpoint, write_text_atomic
 from qnnrun.config import PRECISIONS
@@ -48,8 +49,13 @@ STEP_CURVES = "steps"
 # are written once, as text and as HParams columns (log_costs, log_hparams).
 EPOCH_TAGS = {"test_acc": "test/acc", "test_best_acc": "test/best_acc", "test_vs_init": "test/vs_init",
               "test_loss": "test/loss", "test_top5": "test/top5", "train_acc": "train/acc",
-              "train_loss": "train/loss", "lr": "train/lr", "epoch_time_s": "time/epoch_s",
-              "images_per_s": "time/images_per_s", "compile_s": "time/compile_s"}
+              "train_loss": "train/loss", "train_distill": "train/distill", "lr": "train/lr",
+              "epoch_time_s": "time/epoch_s", "images_per_s": "time/images_per_s", "compile_s": "time/compile_s"}
+# The method's scalars (``quant/<name>`` in a run's history) as curves in the train section: TensorBoard
+# orders its sections by the tag's first part, alphabetically, and the first a user sees is test (accuracy).
+QUANT_TAG_PREFIX = "train/quant/"
+# The step curves' section (trainer.log_every_steps), after train's for the same reason.
+STEP_TAG_PREFIX = "train_step/"
 # The HParams view's metrics: curves above, whose last value is the run's (final test accuracy, best
 # so far, change from the init_from net's), so no scalar is written for HParams alone.
 HPARAM_METRICS = ("test/acc", "test/best_acc", "test/vs_init")
@@ -210,16 +216,121 @@ def prepare_run_dir(run_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+# Run folder names: the settings that tell a run apart, the most telling first, as short parts that any
+# file system, shell and Hydra override takes unquoted; a name longer than NAME_LENGTH characters names
+# the settings that do not fit by a hash of them, a value longer than VALUE_LENGTH is cut likewise.
+BITS_KEYS = ("bits", "bits.w", "bits.a")
+NAME_FIRST = ("method", *BITS_KEYS, "seed")
+NAME_LENGTH = 100
+VALUE_LENGTH = 32
+HASH_LENGTH = 8
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def _safe(text: str) -> str:
+    """``text`` with each run of characters other than ASCII letters, digits and ``_ . + -`` as one ``-``."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-") or "none"
+
+
+def _name_value(value: Any) -> str:
+    """A setting's value in a folder name: a path as the name of the run folder (or file) it names,
+    a list as its items, at most :data:`VALUE_LENGTH` characters (a longer value cut, with its hash)."""
+    if value is None or isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, Mapping):
+        text = "-".join(f"{key}-{_name_value(item)}" for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        text = "-".join(_name_value(item) for item in value)
+    else:
+        text = str(value)
+    if "/" in text:  # a checkpoint: its run folder's name (init_from=outputs/.../0_fp_seed0/last.ckpt)
+        text = short_run_name(text.rstrip("/"))
+    text = _safe(text)
+    if len(text) > VALUE_LENGTH:
+        text = f"{text[:VALUE_LENGTH - HASH_LENGTH - 1]}-{_hash(text)}"
+    return text
+
+
+def name_settings(overrides: Sequence[str]) -> dict[str, Any]:
+    """Key -> value of the task ``overrides`` (Hydra's ``key=value`` lines) that decide what a run
+    computes: :data:`FREE_KEYS` and :data:`COMMAND_KEYS` are left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return {o.key_or_group: o.value() for o in parsed if not o.is_hydra_override() and not is_free(o.key_or_group)}
+
+
+def name_parts(settings: Mapping[str, Any]) -> list[str]:
+    """The parts of a folder name for ``settings`` (key -> value): the method, the bits (``w2a4``;
+    ``w2`` when only ``bits.w`` is set), the seed (``seed1``), then the other settings by key, a config
+    group's choice as itself (``resnet20``), any other key as ``key-value`` (``optim.lr-0.05``)."""
+    from qnnrun import CONFIG_DIR
+
+    text = {key: _name_value(value) for key, value in settings.items()}
+    weight, act = text.get("bits.w", text.get("bits")), text.get("bits.a", text.get("bits"))
+    bits = (f"w{weight}" if weight else "") + (f"a{act}" if act else "")
+    parts = [text["method"]] if "method" in text else []
+    parts += [bits] if bits else []
+    parts += [f"seed{text['seed']}"] if "seed" in text else []
+    for key in sorted(text.keys() - set(NAME_FIRST)):
+        parts.append(text[key] if (CONFIG_DIR / key).is_dir() else f"{_safe(key)}-{text[key]}")
+    return parts
+
+
+def bounded_name(prefix: str, parts: Sequence[str]) -> str:
+    """``prefix_part_part...`` in at most :data:`NAME_LENGTH` characters: the parts that do not fit are
+    replaced by ``etc-<hash of them>``."""
+    name = "_".join([prefix, *parts])
+    if len(name) <= NAME_LENGTH:
+        return name
+    tail = len("_etc-") + HASH_LENGTH
+    kept = [prefix]
+    for part in parts:
+        if len("_".join([*kept, part])) + tail > NAME_LENGTH:
+            break
+        kept.append(part)
+    return "_".join([*kept, f"etc-{_hash('_'.join(parts[len(kept) - 1:]))}"])
+
+
+def run_folder_name(prefix: str, method: str | None, weight_bits: Any, act_bits: Any,
+                    overrides: Sequence[str]) -> str:
+    """A single run's folder name (``hydra.run.dir`` in ``conf/train.yaml``): ``prefix`` (its start
+    time), the method, its bits (none for the float method) and the other settings the command line
+    gives, e.g. ``12-00-00_lsq_w2a2_cifar10_resnet20_optim.lr-0.05``. ``method`` is ``None`` where
+    Hydra composes its own config alone (``--cfg hydra``): the name then holds what the command line gives."""
+    from qnnrun.methods.fp import FloatMethod
+
+    settings: dict[str, Any] = {} if method is None else {"method": method}
+    if method not in (None, FloatMethod.name):
+        settings.update({"bits.w": weight_bits, "bits.a": act_bits})
+    given = name_settings(overrides)
+    settings.update({key: value for key, value in given.items() if key not in ("method", *BITS_KEYS)})
+    return bounded_name(prefix, name_parts(settings))
+
+
 def log_epoch(writer: Any, metrics: Mapping[str, Any]) -> None:
-    """Write one epoch's curves (:data:`EPOCH_TAGS`, and the method's ``quant/*`` scalars) at step
-    ``metrics["epoch"]``."""
+    """Write one epoch's curves (:data:`EPOCH_TAGS`, and the method's ``quant/*`` scalars under
+    :data:`QUANT_TAG_PREFIX`) at step ``metrics["epoch"]``."""
     step = metrics["epoch"]
     for key, value in metrics.items():
         if key in EPOCH_TAGS:
             writer.add_scalar(EPOCH_TAGS[key], value, step)
         elif key.startswith("quant/"):
-            writer.add_scalar(key, value, step)
+            writer.add_scalar(QUANT_TAG_PREFIX + key.removeprefix("quant/"), value, step)
     writer.flush()
+
+
+def log_step(writer: Any, step: int, loss: Tensor, lr: float, scalars: Mapping[str, float]) -> None:
+    """``trainer.log_every_steps``: the last batch's loss, the learning rate and the method's scalars
+    (``Method.scalars``: LSQ steps, PACT clip levels, ...) against the number of optimizer steps
+    done, under :data:`STEP_TAG_PREFIX`. Costs a host sync per scalar."""
+    writer.add_scalar(f"{STEP_TAG_PREFIX}loss", float(loss), step)
+    writer.add_scalar(f"{STEP_TAG_PREFIX}lr", lr, step)
+    for key, value in scalars.items():
+        writer.add_scalar(f"{STEP_TAG_PREFIX}quant/{key}", value, step)
 
 
 def log_costs(writer: Any, cost: Mapping[str, float]) -> None:
@@ -381,20 +492,45 @@ HPARAM_DOMAINS = {"bits_w": BITS_DOMAIN, "bits_a": BITS_DOMAIN, "method": sorted
 
 def hparams_record(cfg: DictConfig, method: Method, info: DataInfo, summary: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting that tells runs apart, and the costs, as TensorBoard HParams columns."""
-    init_from = Path(str(cfg.init_from)) if cfg.init_from else None
-    short = "none" if init_from is None else (init_from.parent.name if init_from.suffix == ".ckpt" else init_from.name)
+    distill = summary.get("distill")
     return {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
             "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed, "epochs": cfg.trainer.epochs,
             "lr": float(cfg.optim.lr), "optimizer": str(cfg.optim.name),
             "first_layer": str(cfg.quant.first_layer), "last_layer": str(cfg.quant.last_layer),
-            "init_from": short, "precision": str(cfg.trainer.precision), "gbops": summary["gbops"],
-            "weight_mb": summary["weight_memory_mb"]}
+            "init_from": short_run_name(cfg.init_from), "precision": str(cfg.trainer.precision),
+            "distill": "none" if distill is None else short_run_name(distill["teacher"]), "gbops": summary["gbops"],
+            "weight_mb": summary["weight_memory_mb"], "layer_bits": _layer_bits_text(summary["layer_bits"])}
+
+
+def _distill_record(cfg: DictConfig) -> dict[str, Any] | None:
+    """``trainer.distill`` as recorded in ``summary.json``: teacher, weight, temperature; ``None`` when off."""
+    distill = cfg.trainer.get("distill")
+    if distill is None or distill.teacher is None:
+        return None
+    return {"teacher": str(distill.teacher), "weight": float(distill.weight), "temperature": float(distill.temperature)}
+
+
+def short_run_name(checkpoint: Any) -> str:
+    """A checkpoint path (a ``.ckpt`` file or a run folder) as its run folder's name; ``none`` for none."""
+    if not checkpoint:
+        return "none"
+    path = Path(str(checkpoint))
+    return path.parent.name if path.suffix == ".ckpt" else path.name
+
+
+def _layer_bits_text(layer_bits: Mapping[str, Mapping[str, int]] | None) -> str:
+    """A mixed run's per-layer widths as one HParams value: ``conv1=W8A8;fc=W4A8``, or ``none``."""
+    if not layer_bits:
+        return "none"
+    return ";".join(f"{pattern}=W{bits['w']}A{bits['a']}" for pattern, bits in layer_bits.items())
 
 
 def summary_record(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict[str, Any]],
-                   best_acc: float, cost: Mapping[str, float], init_acc: float | None) -> dict[str, Any]:
+                   best_acc: float, cost: Mapping[str, float], init_acc: float | None,
+                   layer_bits: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
     """``summary.json`` of a finished run (without the keys the caller adds: extensions, overrides,
-    run_dir): its setting, final and best test accuracy (%), costs per image and timing."""
+    run_dir): its setting, final and best test accuracy (%), costs per image and timing. ``layer_bits``:
+    a mixed-precision run's real width of every conv/linear layer (name -> {w, a}, forward order)."""
     last = history[-1]
     trained = [h for h in history if "epoch_time_s" in h]
     train_time = sum(h["epoch_time_s"] for h in trained)
@@ -406,8 +542,11 @@ def summary_record(cfg: DictConfig, method: Method, info: DataInfo, history: lis
         "dataset": info.name,
         "bits_w": method.weight_bits,
         "bits_a": method.act_bits,
+        # A mixed run (quant.layer_bits): each layer's real widths; null when one width runs throughout.
+        "layer_bits": dict(layer_bits) if method.mixed and layer_bits else None,
         "seed": cfg.seed,
         "epochs": cfg.trainer.epochs,
+        "distill": _distill_record(cfg),
         "test_acc": last["test_acc"],
         "test_top5": last.get("test_top5"),
         "test_loss": last["test_loss"],
@@ -426,3 +565,13 @@ def summary_record(cfg: DictConfig, method: Method, info: DataInfo, history: lis
         "images_per_s": (sum(h["images_per_s"] * h["epoch_time_s"] for h in trained) / train_time
                          if train_time else None),
     }
+
+
+# What a training job returns to the sweeper, in the order of hydra.sweeper.direction.
+OBJECTIVES = ("test_acc", "gbops")
+
+
+def objectives(summary: Mapping[str, Any]) -> list[float]:
+    """A run's objectives for the search, from its ``summary.json``: final test accuracy (%), to
+    maximize, and GBOPs per image, to minimize (:data:`OBJECTIVES`)."""
+    return [float(summary[key]) for key in OBJECTIVES]

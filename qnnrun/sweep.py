@@ -9,6 +9,10 @@ back in the launching process when the sweep ends and the command exits non-zero
 ``resume=true`` in a sweep reuses the sweep folder of an earlier run of the same command
 (:func:`resume_sweep_args`), skips its finished jobs (:func:`finished_summary`) and lets the
 engine resume the others from their ``last.ckpt``.
+
+A job's folder is ``<job number>_<what tells the job apart>`` (:func:`job_folder_name`); a job that an
+earlier run of the sweep left under another name (before, ``<job number>_<every override>``) is
+continued in that folder.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from qnnrun.checkpoint import write_text_atomic
 from qnnrun.errors import QnnrunError
-from qnnrun.runs import FAILURES, SUMMARY, claim_run, noted_failures, read_summary, run_identity
+from qnnrun.runs import (FAILURES, SUMMARY, bounded_name, claim_run, is_free, name_parts, name_settings,
+                         noted_failures, read_summary, run_identity)
 
 log = logging.getLogger("qnnrun")
 
@@ -182,6 +187,65 @@ def find_sweep(overrides: list[str], root: Path = OUTPUTS_ROOT) -> Path | None:
         if _canonical([str(o) for o in saved]) == wanted:
             matches.append(path)
     return max(matches, key=lambda p: p.stat().st_mtime).parent if matches else None
+
+
+def constant_keys(sweep_dir: Path) -> set[str]:
+    """The keys that take one value in every job of the sweep in ``sweep_dir``, read from its
+    ``multirun.yaml`` (the sweeper's ``params``, then the command line's overrides, combined as
+    Hydra's basic sweeper does); none when that cannot be read."""
+    try:
+        saved = OmegaConf.load(sweep_dir / "multirun.yaml")
+        params = OmegaConf.select(saved, "hydra.sweeper.params", default=None)
+        lines = [f"{key}={value}" for key, value in (params.items_ex(resolve=False) if params else [])]
+        parsed = OverridesParser.create().parse_overrides([*lines, *map(str, saved.hydra.overrides.task)])
+    except Exception:  # no such file, not a Hydra sweep record, another sweeper's params
+        return set()
+    values: dict[str, int] = {}  # the last override of a key wins, as in the sweep
+    for override in parsed:
+        try:
+            count = len(set(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+        except HydraException:  # an interval (optuna): many values
+            count = 2
+        values[override.key_or_group] = count
+    return {key for key, count in values.items() if count == 1}
+
+
+def job_folder_name(num: int, overrides: list[str], sweep_dir: Path) -> str:
+    """The folder name of job ``num`` (task ``overrides``) of the sweep in ``sweep_dir``
+    (``hydra.sweep.subdir`` in ``conf/train.yaml``): ``<num>_`` and the job's settings that other jobs
+    of the sweep set otherwise (:func:`qnnrun.runs.name_parts`; all of them when none do), e.g.
+    ``3_ste_w2a2_seed1``. When that folder does not exist but an earlier run of the same job left one
+    under another name (``3_bits='2',method=ste,seed=1,...`` from before), that folder's name: a resumed
+    sweep continues each job where it is and never starts a second copy beside it."""
+    settings = name_settings(overrides)
+    constant = constant_keys(sweep_dir)
+    distinct = {key: value for key, value in settings.items() if key not in constant}
+    name = bounded_name(str(num), name_parts(distinct or settings))
+    if (sweep_dir / name).exists():
+        return name
+    return _earlier_folder(num, overrides, sweep_dir) or name
+
+
+def _run_overrides(overrides: list[str]) -> list[str] | None:
+    """:func:`_canonical` without the settings that do not change what a run computes."""
+    canonical = _canonical(overrides)
+    return None if canonical is None else [o for o in canonical if not is_free(o.partition("=")[0].lstrip("+~"))]
+
+
+def _earlier_folder(num: int, overrides: list[str], sweep_dir: Path) -> str | None:
+    """The name of a folder ``<num>_...`` in ``sweep_dir`` whose ``.hydra/overrides.yaml`` holds the
+    same run as ``overrides``, or ``None``."""
+    wanted = _run_overrides(overrides)
+    if wanted is None:
+        return None
+    for folder in sorted(sweep_dir.glob(f"{num}_*")):
+        try:
+            saved = [str(o) for o in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
+        except Exception:  # no Hydra record there (or not a list): not a job's folder
+            continue
+        if _run_overrides(saved) == wanted:
+            return folder.name
+    return None
 
 
 def resume_sweep_args(args: list[str], root: Path = OUTPUTS_ROOT) -> list[str]:

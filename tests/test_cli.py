@@ -59,6 +59,9 @@ def test_multirun_sweep_writes_one_folder_per_job(qnnrun, tmp_path: Path) -> Non
     code, _, err = qnnrun("train", "-m", "method=fp,ste", "bits=2,4", "trainer.epochs=1", "trainer.progress=false",
                           "hydra.sweep.dir=sweep")
     assert code == 0, err
+    # Named by what tells the jobs apart, in the order of the sweep: threads and progress left out.
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        "0_fp_w2a2", "1_fp_w4a4", "2_ste_w2a2", "3_ste_w4a4"]
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
     assert len(summaries) == 4
     # The float job at bits=4 is the bits=2 one's run: recorded as a pointer to it, not trained again.
@@ -67,10 +70,11 @@ def test_multirun_sweep_writes_one_folder_per_job(qnnrun, tmp_path: Path) -> Non
 
 
 def test_a_sweep_jobs_folder_is_a_path_as_given(qnnrun, tmp_path: Path) -> None:
-    """A sweep job's folder name holds '=', ',' and quotes, which Hydra's override grammar rejects
-    unquoted; init_from, resume and checkpoint take it as typed."""
+    """The job folders of sweeps made before the readable names (``<n>_<every override>``) hold '=', ','
+    and quotes, which Hydra's override grammar rejects unquoted; init_from, resume and checkpoint take
+    them as typed."""
     code, _, err = qnnrun("train", "-m", "method=fp", "bits=32", "trainer.epochs=1", "trainer.progress=false",
-                          "hydra.sweep.dir=sweep")
+                          "hydra.sweep.dir=sweep", "hydra.sweep.subdir=${hydra.job.num}_${hydra.job.override_dirname}")
     assert code == 0, err
     job = f"sweep/{next((tmp_path / 'sweep').glob('0_*')).name}"
     assert "=" in job and "," in job and "'" in job, job

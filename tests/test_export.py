@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from hydra_utils import compose_config, run_cli
+from torch import nn
 
 from qnnrun.data import build_data
 from qnnrun.engine import train
@@ -294,11 +295,17 @@ def test_cli_export_and_eval_backend_int(runs: Runs, tmp_path: Path, capsys, mon
 @pytest.mark.parametrize(("args", "message"), [
     (["eval", "backend=float"], "backend='float' is not valid: valid are fake, int"),
     (["export", "format=tflite"], "format 'tflite' is not valid: valid are int, onnx"),
+    (["export", "format=onnx", "check=yes"], "check='yes' is not valid: valid are true, false"),
+    (["export", "format=onnx", "check=1"], "check=1 is not valid: valid are true, false"),
+    (["export", "check=true"], "check=true runs the ONNX graph in onnxruntime: valid with format=onnx"),
 ])
 def test_cli_bad_choices_are_one_line(runs: Runs, tmp_path: Path, capsys, monkeypatch, args, message) -> None:
-    code, _, err = run_cli([args[0], f"checkpoint={runs.folder('lsq')}", *args[1:]], tmp_path, capsys, monkeypatch)
+    output = [f"output={tmp_path / 'model.out'}"] if args[0] == "export" else []
+    code, _, err = run_cli([args[0], f"checkpoint={runs.folder('lsq')}", *args[1:], *output], tmp_path, capsys,
+                           monkeypatch)
     assert code == 1
     assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "model.out").exists()  # refused before anything is written
 
 
 def test_unsupported_runs_name_what_is_valid(runs: Runs, tmp_path: Path) -> None:
@@ -339,6 +346,10 @@ def test_onnx_qdq_graph_predicts_like_pytorch(runs: Runs, digits_test, tmp_path:
     ops = [node.op_type for node in graph.node]
     quantized = [layer for _, layer in quant_layers(run.model)]
     assert ops.count("DequantizeLinear") == len(quantized) + sum(l.input_quant is not None for l in quantized)
+    # Every BatchNorm is a node of its own, as in the model: none is folded into a float Conv by the
+    # exporter (its folded weights round differently from PyTorch's conv then BatchNorm).
+    assert ops.count("BatchNormalization") == sum(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
+                                                  for m in run.model.modules())
     integer_weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type in (2, 3)]  # uint8, int8
     assert sum(w.ndim >= 2 for w in integer_weights) == len(quantized)  # every quantized weight stored as 8-bit
     # int8 weights stay within +-64, where onnxruntime's u8s8 kernels cannot saturate on AVX2 CPUs
@@ -369,3 +380,31 @@ def test_onnx_refuses_what_has_no_qdq_form(runs: Runs, tmp_path: Path) -> None:
     with pytest.raises(QnnrunError, match="a sign input has no QuantizeLinear form"):
         export_checkpoint(str(runs.folder("bnn")), "onnx", str(tmp_path / "b.onnx"), "cpu")
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_onnx_check_counts_differing_predictions_at_both_optimization_levels(
+        runs: Runs, digits_test, tmp_path: Path, capsys, monkeypatch) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "ste.onnx"
+    code, out, err = run_cli(["export", f"checkpoint={runs.folder('ste')}", "format=onnx", "check=true",
+                              f"output={path}"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    wrote, *checks = out.strip().splitlines()
+    assert wrote.startswith(f"wrote {path} (") and path.is_file()
+    pattern = (r"check: (\d+) of 360 test predictions differ between onnxruntime [\w.]+ \((graph optimizations off|"
+               r"default graph optimizations), (ORT_DISABLE_ALL|ORT_ENABLE_ALL)\) and the PyTorch fake-quant model"
+               r"( \(test images [\d, .]+\))?")
+    matches = [re.fullmatch(pattern, line) for line in checks]
+    assert all(matches), checks
+    assert [match.group(3) for match in matches] == ["ORT_DISABLE_ALL", "ORT_ENABLE_ALL"]
+    # The counts are onnxruntime's own predictions against PyTorch's, counted here again.
+    run = runs.run("ste")
+    for match in matches:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, match.group(3))
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            differ = sum(int((run.model(x).argmax(1) != torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+                              .argmax(1)).sum()) for x, _ in digits_test)
+        assert int(match.group(1)) == differ
+    assert matches[0].group(1) == "0"  # the graph as written: as test_onnx_qdq_graph_predicts_like_pytorch

@@ -276,7 +276,7 @@ def test_convert_swaps_layers_and_keeps_float_function_at_high_bits() -> None:
     net = _Net()
     x = torch.randn(4, 1, 6, 6)
     ref = net(x)
-    convert(net, x, lambda i, n: layer_bits(i, n, 16, 16, "fp", "same"),
+    convert(net, x, lambda name, i, n: layer_bits(i, n, 16, 16, "fp", "same"),
             lambda layer, bits: UniformQuantizer(bits, channels=layer.weight.shape[0]),
             lambda layer, bits: UniformQuantizer(bits, signed=None, range_mode="ema"))
     assert type(net.conv) is nn.Conv2d  # first layer float under policy fp

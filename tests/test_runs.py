@@ -1,16 +1,21 @@
 """The run folder's rules (qnnrun/runs.py), through the ``qnnrun train`` command: a resume continues
 the same run with its own config, extensions are explicit and recorded, a finished run is never
-overwritten, a single run that fails validation leaves nothing, a sweep trains each distinct run once."""
+overwritten, a single run that fails validation leaves nothing, a sweep trains each distinct run once;
+a run's folder name says what the run is."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 from hydra_utils import run_cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qnnrun.checkpoint import load_checkpoint
+from qnnrun.runs import NAME_LENGTH, bounded_name, name_parts, run_folder_name
 
 FAST = ["trainer.progress=false", "trainer.num_threads=1"]
 
@@ -121,3 +126,34 @@ def test_a_sweep_job_that_fails_keeps_its_record_and_a_float_run_trains_once(qnn
                 if json.loads(p.read_text())["status"] == "failed"]
     assert "bits.w=0" in failed["error"] and "bits.w=0" in failed["overrides"]
     assert Path(failed["run_dir"]).parent == (tmp_path / "bad").resolve()
+
+
+def test_a_single_runs_folder_says_what_the_run_is(qnnrun, tmp_path: Path) -> None:
+    code, _, err = qnnrun("train", "bits.a=8", "model.widths=[32,16]", "trainer.epochs=0", *FAST)
+    assert code == 0, err
+    [run] = [p.parent for p in (tmp_path / "outputs").glob("*/*/summary.json")]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", run.parent.name), run
+    assert re.fullmatch(r"\d\d-\d\d-\d\d_ste_w4a8_model.widths-32-16_trainer.epochs-0", run.name), run
+
+
+def test_run_folder_names_put_method_bits_and_seed_first_and_shorten_paths() -> None:
+    assert run_folder_name("12-00-00", "ste", 4, 4, []) == "12-00-00_ste_w4a4"
+    assert run_folder_name("12-00-00", "fp", 4, 4, ["bits=4"]) == "12-00-00_fp"  # a float run has no bits
+    old_job = "outputs/multirun/d/t/0_bits='2',method=fp"  # quoted, as qnnrun's quote_paths passes it to Hydra
+    given = ["trainer.num_threads=1", "resume=true", "paths.data_dir=/data", "optim.lr=0.05", "model=resnet20",
+             "seed=1", "bits=2", "method=lsq", f'init_from="{old_job}/last.ckpt"']
+    assert run_folder_name("12-00-00", "lsq", 2, 2, given) == \
+        "12-00-00_lsq_w2a2_seed1_init_from-0_bits-2-method-fp_resnet20_optim.lr-0.05"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=20), st.one_of(
+    st.text(max_size=300), st.integers(), st.floats(), st.booleans(), st.lists(st.integers(), max_size=5)),
+    max_size=12))
+def test_folder_names_are_safe_and_bounded(named: dict) -> None:
+    """Any settings make a name of letters, digits and ``_ . + -`` within NAME_LENGTH characters; two
+    sets of settings that differ only past that length still get different names."""
+    name = bounded_name("3", name_parts(named))
+    assert re.fullmatch(r"[A-Za-z0-9_.+-]+", name) and len(name) <= NAME_LENGTH, name
+    long = {f"key{i}": "value" for i in range(20)}
+    assert bounded_name("3", name_parts(long)) != bounded_name("3", name_parts({**long, "key19": "other"}))

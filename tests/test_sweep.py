@@ -18,10 +18,10 @@ import torch
 from hydra_utils import run_cli
 from omegaconf import OmegaConf
 
-from qnnrun import engine
+from qnnrun import CONFIG_DIR, engine
 from qnnrun.methods import METHODS
 from qnnrun.report import Group, Run, _mark_init_from, _plain_ticks_within_a_decade, pareto_front
-from qnnrun.sweep import resume_sweep_args
+from qnnrun.sweep import job_folder_name, resume_sweep_args
 
 # Tiny runs: an MLP whose one hidden-to-hidden layer is quantized, one thread, no progress bar.
 # bits.w=9 is a job that fails.
@@ -113,7 +113,7 @@ def test_joblib_sweep_records_a_failed_worker_job_and_resumes(
     assert "Joblib.Parallel(n_jobs=2" in out + err
     sweep = only_sweep(tmp_path)
     # A job killed after its last checkpoint but before its summary: resume finishes it from last.ckpt.
-    finished = next(p.parent for p in sweep.glob("*/summary.json") if "bits.w=2" in p.parent.name)
+    finished = sweep / "0_w2"  # named by the one setting its jobs set otherwise (bits.w=2,9)
     (finished / "summary.json").unlink()
     code, _, err = run_cli([*args, "resume=true"], tmp_path, capsys, monkeypatch)
     assert code == 1 and "1 job(s) of the sweep failed" in err, err
@@ -262,6 +262,12 @@ def test_report_tabulates_accuracy_at_chosen_epochs(tmp_path: Path, capsys: pyte
         writer = SummaryWriter(str(folder))
         writer.add_scalar("test/acc", 10.0, 2)  # an epoch the run rewrote after resuming ...
         writer.close()
+        # TensorBoard reads a folder's event files in name order: events.out.tfevents.<second>.<host>.<pid>.<n>.
+        # Written in the same second by one process, a 10th file would sort before a 9th; a resumed run is a
+        # later process (or second), so date the first file a second earlier, as it would be.
+        (first,) = folder.glob("events.out.tfevents.*")
+        stamp = first.name.split(".")[3]
+        first.rename(first.with_name(first.name.replace(f".{stamp}.", f".{int(stamp) - 1}.", 1)))
         writer = SummaryWriter(str(folder), purge_step=1)  # ... from the start, as the engine does
         for epoch, test, train in points:
             writer.add_scalar("test/acc", test, epoch)
@@ -336,7 +342,7 @@ def test_plots_mark_the_init_from_accuracy_only_when_every_run_shares_it(
     fig, ax = plt.subplots()
     _mark_init_from(ax, [Group({}, {}, runs[:1]), Group({}, {}, [*runs[1:], failed])])
     assert [line.get_ydata()[0] for line in ax.lines] == marked
-    assert [t.get_text() for t in ax.texts] == [f"init_from net: {m:.2f}%" for m in marked]
+    assert [line.get_label() for line in ax.lines] == [f"init_from net: {m:.2f}%" for m in marked]
     plt.close(fig)
 
 
@@ -360,3 +366,46 @@ def test_resume_finds_the_sweep_of_the_same_overrides_only(tmp_path: Path) -> No
     assert resume_sweep_args(["-m", "method=fp", "resume=true"], tmp_path)[-1] == "resume=true"  # no such sweep
     given = ["-m", "method=fp,ste", "seed=0,1", "resume=true", "hydra.sweep.dir=mine"]
     assert resume_sweep_args(given, tmp_path) == given
+
+
+def test_job_folders_are_named_by_what_tells_the_jobs_apart(tmp_path: Path) -> None:
+    """The nbn_cifar10 preset's sweep (its sweeper params, seeds on the command line): a job's folder
+    holds its method, bits and seed, not the preset, the thread count or the other settings every job shares."""
+    params = OmegaConf.load(CONFIG_DIR / "experiment" / "nbn_cifar10.yaml").hydra.sweeper.params
+    task = ["experiment=nbn_cifar10", "seed=0,1,2", "trainer.num_threads=1", "optim.lr=0.02", "resume=true"]
+    OmegaConf.save({"hydra": {"sweeper": {"params": params}, "overrides": {"task": task}}}, tmp_path / "multirun.yaml")
+    job = ["bits='3'", "experiment=nbn_cifar10", "method=ste", "seed=2", "trainer.num_threads=1", "optim.lr=0.02",
+           "resume=true"]
+    assert job_folder_name(17, job, tmp_path) == "17_ste_w3a3_seed2"
+    # Without a sweep record nothing is known to be shared: every setting but the free ones, method first.
+    assert job_folder_name(0, job, tmp_path / "elsewhere") == "0_ste_w3a3_seed2_nbn_cifar10_optim.lr-0.02"
+    # init_from by its run folder's name; a sweep whose one job sets nothing apart still says what it is.
+    OmegaConf.save({"hydra": {"overrides": {"task": ["method=lsq", "bits.w=2", "init_from=a/0_fp_seed0/last.ckpt,"
+                                                     "a/1_fp_seed1/last.ckpt"]}}}, tmp_path / "multirun.yaml")
+    assert job_folder_name(1, ["method=lsq", "bits.w=2", "init_from=a/1_fp_seed1/last.ckpt"],
+                           tmp_path) == "1_init_from-1_fp_seed1"
+    (tmp_path / "multirun.yaml").write_text("hydra: {overrides: {task: [seed=4]}}\n")
+    assert job_folder_name(0, ["seed=4"], tmp_path) == "0_seed4"
+
+
+def test_a_sweep_named_the_old_way_resumes_each_job_in_its_own_folder(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sweep made before the readable names (``<n>_<every override>``), its job 1 cut off after its last
+    checkpoint but before its summary: ``resume=true`` skips job 0 untouched and finishes job 1 in its
+    old folder; no folder of the new names appears beside them."""
+    sweep_args = ["train", "-m", *TINY, "trainer.epochs=1", "seed=0,1", "hydra.sweep.dir=sweep"]
+    old_names = ["hydra.sweep.subdir=${hydra.job.num}_${hydra.job.override_dirname}"]
+    code, _, err = run_cli([*sweep_args, *old_names], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    sweep = tmp_path / "sweep"
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name[:2] for p in jobs] == ["0_", "1_"] and all("seed=" in p.name and "'" in p.name for p in jobs)
+    (jobs[1] / "summary.json").unlink()
+    untouched = {p.name: p.stat().st_mtime_ns for p in jobs[0].iterdir() if p.is_file() and p.suffix != ".log"}
+
+    code, _, err = run_cli([*sweep_args, "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")) == jobs
+    assert {p.name: p.stat().st_mtime_ns for p in jobs[0].iterdir() if p.name in untouched} == untouched
+    assert "at epoch 1 of 1" in (jobs[1] / "train.log").read_text()
+    assert [json.loads((job / "summary.json").read_text())["status"] for job in jobs] == ["done", "done"]

@@ -12,7 +12,7 @@ import pytest
 from hydra_utils import run_cli
 
 HPARAMS = {"method", "bits_w", "bits_a", "model", "dataset", "seed", "epochs", "lr", "optimizer", "first_layer",
-           "last_layer", "init_from", "precision", "gbops", "weight_mb"}
+           "last_layer", "init_from", "precision", "gbops", "weight_mb", "layer_bits", "distill"}
 
 
 def _tensorboard(logdir: Path):
@@ -68,5 +68,9 @@ def test_tensorboard_shows_every_run_setting_and_metric_of_a_sweep(
     for run_tags in tags.values():  # curves only: no lone HParams dots, no flat cost lines
         assert {"test/acc", "test/best_acc", "train/acc"} <= set(run_tags)
         assert not [tag for tag in run_tags if tag.startswith(("hparam/", "cost/"))]
+    # Scalars shows one section per tag prefix, in alphabetical order: the first is test (accuracy), and
+    # the method's own curves (quantized fraction, learned steps) sit in train, after train/acc and loss.
+    sections = sorted({tag.partition("/")[0] for run_tags in tags.values() for tag in run_tags})
+    assert sections[0] == "test" and "train/quant/quantized_fraction" in tags[next(r for r in tags if "ste" in r)]
     text = json.loads(client.get("/data/plugin/text/tags").get_data(as_text=True))
     assert all(run_tags == ["cost/text_summary"] for run_tags in text.values()) and len(text) == 2

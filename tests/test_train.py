@@ -174,9 +174,9 @@ def test_log_every_steps_writes_step_curves_that_survive_a_crash(tmp_path: Path,
     args = ["method=lsq", "bits=2", "trainer.epochs=2", "trainer.log_every_steps=5", "trainer.deterministic=true"]
     _train(tmp_path, "straight", *args)
     steps_per_epoch = math.ceil(load_checkpoint(tmp_path / "straight")["history"][0]["train_samples"] / 64)
-    straight = _step_curve(tmp_path / "straight", "step/train_loss")
+    straight = _step_curve(tmp_path / "straight", "train_step/loss")
     assert [s for s, _ in straight] == list(range(5, 2 * steps_per_epoch + 1, 5))
-    lsq_step = _step_curve(tmp_path / "straight", "step/quant/lsq/step/classifier/weight")
+    lsq_step = _step_curve(tmp_path / "straight", "train_step/quant/lsq/step/classifier/weight")
     assert [s for s, _ in lsq_step] == [s for s, _ in straight]
     assert len({v for _, v in lsq_step}) > 1  # the learned step moves within the run
 
@@ -192,9 +192,9 @@ def test_log_every_steps_writes_step_curves_that_survive_a_crash(tmp_path: Path,
         with pytest.raises(Interrupt):
             _train(tmp_path, "crashed", *args)
     # Logged past the end-of-epoch-1 checkpoint the resume starts from: stale once it resumes.
-    assert max(s for s, _ in _step_curve(tmp_path / "crashed", "step/train_loss")) > steps_per_epoch + 5
+    assert max(s for s, _ in _step_curve(tmp_path / "crashed", "train_step/loss")) > steps_per_epoch + 5
     _train(tmp_path, "crashed", *args, "resume=true")
-    assert _step_curve(tmp_path / "crashed", "step/train_loss") == straight
+    assert _step_curve(tmp_path / "crashed", "train_step/loss") == straight
 
 
 def test_reestimate_batchnorm_averages_the_evaluated_network_exactly() -> None:

@@ -9,14 +9,17 @@ Every quantized conv/linear layer becomes, in opset 13:
 * weight: an int8 (uint8 with the affine zero points of ``quant.init=mmse``) initializer holding
   the ``b``-bit integer weights, ``DequantizeLinear`` with one scale per output channel (``axis=0``);
 * the float ``Conv`` / ``MatMul`` (+ bias) and every other module (BatchNorm, ReLU, pooling,
-  residual adds) as the float model has them.
+  residual adds) as the float model has them: a BatchNorm stays a node of its own, also after a
+  float conv, where the exporter's eval mode would fold it into the conv's weights.
 
 The graph is traced by PyTorch's TorchScript ONNX exporter (``dynamo=False``: no onnxscript
 needed) from a copy of the model whose quantized layers call ``torch.fake_quantize_per_*_affine``;
 the weights' ``QuantizeLinear`` is then folded into integer initializers with ``onnx``.
-ONNX ``QuantizeLinear`` divides by the scale where PyTorch multiplies by ``1 / s``, so a value at
-a rounding tie can land on the neighbouring code: predictions agree with PyTorch on nearly, not
-provably, every input (the test measures it). Layers whose input is binary, ternary or
+The graph computes what PyTorch computes, in float32 summed in another order (onnxruntime's conv
+kernels are not PyTorch's; ONNX ``QuantizeLinear`` divides by the scale where PyTorch multiplies by
+``1 / s``): a value within an ulp or two of a rounding tie can land on the neighbouring code, so
+predictions agree with PyTorch on nearly, not provably, every input (``check=true`` counts them;
+docs/export.md has the numbers). Layers whose input is binary, ternary or
 power-of-two (BNN, AQE, QNN's log activations), UNIQ's non-uniform weights and weights that need
 more than 8 bits as integers (DoReFa at 8 bits, power-of-two weights above 4 bits) have no QDQ form.
 """
@@ -204,11 +207,17 @@ def export_onnx(run: SavedRun, path: Path, source: Path) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         # keep_initializers_as_inputs skips the exporter's initializer deduplication, which (torch
-        # 2.14) drops one of two equal scale buffers but keeps the node that reads it.
+        # 2.14) drops one of two equal scale buffers but keeps the node that reads it. TrainingMode.PRESERVE
+        # (the model is in eval mode, so BatchNorm and dropout export for inference) skips the exporter's
+        # eval-only pass that folds a BatchNorm into a preceding float Conv: the folded weights round
+        # differently from PyTorch's conv then BatchNorm (docs/export.md, check=true).
         with warnings.catch_warnings():  # the TorchScript exporter is deprecated, and chosen on purpose
             warnings.simplefilter("ignore", DeprecationWarning)
+            # PRESERVE's advice to turn constant folding off is for models in training mode, not this one.
+            warnings.filterwarnings("ignore", "It is recommended that constant folding be turned off", UserWarning)
             torch.onnx.export(model, (example,), str(temporary), dynamo=False, opset_version=OPSET,
                               input_names=["images"], output_names=["logits"], keep_initializers_as_inputs=True,
+                              training=torch.onnx.TrainingMode.PRESERVE,
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
         proto = onnx.load(str(temporary))
         stored = {init.name for init in proto.graph.initializer}
@@ -221,3 +230,29 @@ def export_onnx(run: SavedRun, path: Path, source: Path) -> None:
         temporary.replace(path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+# check=true: onnxruntime's graph as written (QDQ semantics op by op) and its default session,
+# whose rewrites (Conv + BatchNorm fusion, QDQ pairs fused into integer kernels, float biases
+# rounded to int32) change the arithmetic; each maps to the words the check's report prints.
+OPTIMIZATION_LEVELS = {"ORT_DISABLE_ALL": "graph optimizations off", "ORT_ENABLE_ALL": "default graph optimizations"}
+
+
+class OnnxRuntimeModel(nn.Module):
+    """The ONNX file at ``path`` run by onnxruntime's CPU provider with the graph optimization
+    ``level`` (a key of :data:`OPTIMIZATION_LEVELS`) and ``torch.get_num_threads()`` threads, called
+    as the PyTorch model is: images [N, C, H, W] float32 -> logits [N, classes] float32 on the
+    images' device."""
+
+    def __init__(self, path: Path, level: str) -> None:
+        super().__init__()
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel, level)
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, images: Tensor) -> Tensor:
+        logits = self.session.run(None, {"images": images.detach().cpu().numpy()})[0]
+        return torch.from_numpy(logits).to(images.device)

@@ -1,4 +1,5 @@
-"""``qnnrun export`` and ``qnnrun eval backend=int``: load a run, write or run its integer model.
+"""``qnnrun export`` and ``qnnrun eval backend=int``: load a run, write or run its integer model
+(or write its ONNX graph and, with ``check=true``, count the test predictions onnxruntime changes).
 
 The integer export (``format=int``) is the dict below. On disk (:func:`save_integer_export`,
 written atomically by :func:`qnnrun.checkpoint.save_atomic`, read with ``torch.load(weights_only=True)``)
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 
 from qnnrun.build import build_quantized_model, example_input, select_device
 from qnnrun.checkpoint import check_output_file, checkpoint_file, save_atomic
-from qnnrun.data import DataInfo
+from qnnrun.config import check_bool
+from qnnrun.data import DataBundle, DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import SavedRun, eval_report_line, evaluate, load_saved_run, saved_run_data
 from qnnrun.export.grids import probe_batch
@@ -137,20 +139,34 @@ def integer_model(export: dict[str, Any], device: torch.device) -> nn.Module:
     return build_integer_model(model.eval(), export["layers"])
 
 
-def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str) -> str:
-    """Write the ``fmt`` export of a checkpoint next to it (or to ``output``); returns a report line."""
+def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str, check: bool = False,
+                      paths: DictConfig | None = None) -> str:
+    """Write the ``fmt`` export of a checkpoint next to it (or to ``output``); returns a report line.
+    ``check=True`` (format=onnx; anything but a bool is refused, as the command line may give one)
+    adds :func:`check_onnx`'s lines, on the run's test set read from ``paths`` (``data_dir``,
+    ``cache_dir``; needed with ``check``), which is loaded before anything is written."""
     if fmt not in FORMATS:
         raise QnnrunError(f"format '{fmt}' is not valid: valid are {', '.join(FORMATS)}")
+    if check_bool("check", check) and fmt != "onnx":
+        raise QnnrunError("check=true runs the ONNX graph in onnxruntime: valid with format=onnx (the integer "
+                          "model is checked by qnnrun eval backend=int)")
     source = Path(checkpoint)
     stem = source / "model" if source.is_dir() else source.with_suffix("")
     path = Path(output) if output else stem.with_suffix(".onnx" if fmt == "onnx" else ".int.pt")
     check_output_file(path, "output")
+    if check:
+        try:
+            import onnxruntime  # noqa: F401 - refused here, before the graph is written
+        except ImportError:
+            raise QnnrunError("check=true needs the onnxruntime package: pip install 'qnnrun[export]'") from None
     run = load_saved_run(checkpoint, select_device(device))
     if fmt == "onnx":
         from qnnrun.export.onnx import export_onnx
 
+        data = saved_run_data(run, None, paths, next(run.model.parameters()).device) if check else None
         export_onnx(run, path, checkpoint_file(source))
-        return f"wrote {path} ({path.stat().st_size} bytes): QuantizeLinear/DequantizeLinear graph"
+        line = f"wrote {path} ({path.stat().st_size} bytes): QuantizeLinear/DequantizeLinear graph"
+        return "\n".join([line, *check_onnx(run, path, data)]) if data is not None else line
     export = integer_export(run)
     save_integer_export(export, path)
     sizes = export["sizes"]
@@ -162,7 +178,8 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
 
 @dataclass
 class Agreement:
-    """Predictions of the integer model against the fake-quant model on one test set."""
+    """Predictions of another model (the integer model, onnxruntime's graph) against the fake-quant
+    model on one test set."""
 
     images: int
     disagreements: int
@@ -180,7 +197,8 @@ class Agreement:
 
 @torch.no_grad()
 def compare_predictions(fake: nn.Module, integer: nn.Module, batches: Any) -> Agreement:
-    """Top-1 predictions of both models on every batch ``(images [B, C, H, W], labels [B])``."""
+    """Top-1 predictions of both models on every batch ``(images [B, C, H, W], labels [B])``; ``integer``
+    is the model compared with the fake-quant one (the integer model, or an :class:`OnnxRuntimeModel`)."""
     fake.eval()
     integer.eval()
     images = wrong = int_correct = fake_correct = 0
@@ -197,6 +215,25 @@ def compare_predictions(fake: nn.Module, integer: nn.Module, batches: Any) -> Ag
         fake_correct += int((a == labels).sum())
         images += labels.numel()
     return Agreement(images, wrong, int_correct, fake_correct, disagreeing, outputs)
+
+
+def check_onnx(run: SavedRun, path: Path, data: DataBundle) -> list[str]:
+    """One line per onnxruntime graph optimization level (off, then the default): how many of the
+    test images of ``data`` the ONNX file at ``path`` classifies (top-1) unlike the PyTorch fake-quant
+    model of ``run``, and which (test-set indices, the first 10)."""
+    import onnxruntime
+
+    from qnnrun.export.onnx import OPTIMIZATION_LEVELS, OnnxRuntimeModel
+
+    lines = []
+    for level, words in OPTIMIZATION_LEVELS.items():
+        agreement = compare_predictions(run.model, OnnxRuntimeModel(path, level), data.test)
+        shown = ", ".join(str(i) for i in agreement.disagreeing[:10])
+        which = f" (test images {shown}{', ...' if agreement.disagreements > 10 else ''})" if shown else ""
+        lines.append(f"check: {agreement.disagreements} of {agreement.images} test predictions differ between "
+                     f"onnxruntime {onnxruntime.__version__} ({words}, {level}) and the PyTorch fake-quant "
+                     f"model{which}")
+    return lines
 
 
 def evaluate_integer(checkpoint: str, dataset: DictConfig | None, paths: DictConfig, device: str) -> str:

@@ -17,6 +17,8 @@ acts through hooks; it never reaches into the training loop. The engine calls, i
 
 from __future__ import annotations
 
+import fnmatch
+
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
@@ -25,7 +27,9 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.quant.convert import FLOAT_BITS, convert, layer_bits
+from qnnrun.config import layer_rules
+from qnnrun.errors import QnnrunError
+from qnnrun.quant.convert import FLOAT_BITS, LayerBits, convert, forward_order, layer_bits, matching_rule
 from qnnrun.quant.layers import quant_layers
 from qnnrun.quant.quantizers import Quantizer
 
@@ -47,15 +51,42 @@ class Method:
     # as DoReFa's do). The running statistics are left as they are.
     calibrate_with_batch_statistics: ClassVar[bool] = False
 
+    # The bit widths (below 32) the method's quantizers run at; None: any of 1-8.
+    layer_widths: ClassVar[tuple[int, ...] | None] = None
+
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
         self.weight_bits = int(cfg.bits.w)
         self.act_bits = int(cfg.bits.a)
+        self.layer_rules = layer_rules(cfg)  # quant.layer_bits, in order
+        if self.layer_widths is not None:
+            for rule in self.layer_rules:
+                bad = [b for b in (rule.bits.weight, rule.bits.input) if b not in (*self.layer_widths, FLOAT_BITS)]
+                if bad:
+                    valid = ", ".join(str(b) for b in (*self.layer_widths, FLOAT_BITS))
+                    raise QnnrunError(f"quant.layer_bits[{rule.pattern!r}] asks method={self.name} for {bad[0]} bits: "
+                                      f"its layers run at {valid} (float)")
 
     @property
     def quantizes(self) -> bool:
         """Whether this method at these bits quantizes anything."""
-        return self.weight_bits != FLOAT_BITS or self.act_bits != FLOAT_BITS
+        return (self.weight_bits != FLOAT_BITS or self.act_bits != FLOAT_BITS
+                or any(bits != FLOAT_BITS for rule in self.layer_rules for bits in (rule.bits.weight, rule.bits.input)))
+
+    @property
+    def mixed(self) -> bool:
+        """Whether ``quant.layer_bits`` sets some layers' widths: the run is labelled mixed, not ``W<w>A<a>``."""
+        return bool(self.layer_rules)
+
+    @property
+    def bits_label(self) -> str:
+        """The widths for logs: ``W2/A2``, or for a mixed run each rule's and the rest's, e.g.
+        ``mixed (conv1 W8/A8, layer3.* W4/A4, others W2/A2)``."""
+        plain = f"W{self.weight_bits}/A{self.act_bits}"
+        if not self.mixed:
+            return plain
+        rules = ", ".join(f"{r.pattern} W{r.bits.weight}/A{r.bits.input}" for r in self.layer_rules)
+        return f"mixed ({rules}, others {plain})"
 
     # ---- building -------------------------------------------------------------------------
     def weight_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
@@ -67,20 +98,31 @@ class Method:
         raise NotImplementedError
 
     def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
-        """Swap the float layers of ``model`` for quantized ones under ``cfg.quant``'s layer policy."""
+        """Swap the float layers of ``model`` for quantized ones: each layer at its ``quant.layer_bits``
+        rule's bits when one matches its name, else at ``bits`` under ``cfg.quant``'s layer policy.
+        A rule that matches no layer is an error listing the layers' names."""
         if not self.quantizes:
             return model
-        quant = self.cfg.quant
-        return convert(
-            model,
-            example_input,
-            lambda index, count: layer_bits(
-                index, count, self.weight_bits, self.act_bits, quant.first_layer, quant.last_layer,
-                int(quant.image_input_bits),
-            ),
-            self.weight_quantizer,
-            self.input_quantizer,
-        )
+        quant, matched = self.cfg.quant, set()
+
+        def bits_of(name: str, index: int, count: int) -> LayerBits:
+            rule = matching_rule(name, self.layer_rules)
+            if rule is not None:
+                matched.add(rule.pattern)
+            return layer_bits(index, count, self.weight_bits, self.act_bits, quant.first_layer, quant.last_layer,
+                              int(quant.image_input_bits), rule.bits if rule is not None else None)
+
+        names = forward_order(model, example_input) if self.layer_rules else []
+        model = convert(model, example_input, bits_of, self.weight_quantizer, self.input_quantizer)
+        unmatched = [rule.pattern for rule in self.layer_rules if rule.pattern not in matched]
+        if unmatched:
+            pattern = unmatched[0]
+            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                raise QnnrunError(f"quant.layer_bits: every layer {pattern!r} matches is matched by an earlier "
+                                  f"pattern (the first match wins): put it before them")
+            raise QnnrunError(f"quant.layer_bits: {pattern!r} matches no layer of model={self.cfg.model.name}: "
+                              f"its layers are {', '.join(names)}")
+        return model
 
     # ---- hooks ----------------------------------------------------------------------------
     def plan(self, epochs: int, steps_per_epoch: int) -> None:

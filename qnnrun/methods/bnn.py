@@ -222,6 +222,7 @@ class BinarizedNet(LatentWeightMethod):
     """``method=bnn``: W1/A1 whatever ``bits`` says (``bits`` is ignored, as ``method=fp`` ignores it)."""
 
     name = "bnn"
+    layer_widths = (1,)
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)

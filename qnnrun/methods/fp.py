@@ -8,10 +8,12 @@ from qnnrun.methods.base import Method
 
 
 class FloatMethod(Method):
-    """Trains the float model as it is; ``bits`` are ignored (counted as 32 in BOPs and size)."""
+    """Trains the float model as it is; ``bits`` and ``quant.layer_bits`` are ignored (counted as 32 in
+    BOPs and size)."""
 
     name = "fp"
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         self.weight_bits = self.act_bits = 32
+        self.layer_rules = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,20 @@ class LayerBits:
 
     weight: int
     input: int
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """One entry of ``quant.layer_bits``: the layers whose qualified name matches ``pattern`` (a
+    ``fnmatch`` glob, e.g. ``layer3.*``) run at ``bits``, whatever ``bits`` and the layer policy say."""
+
+    pattern: str
+    bits: LayerBits
+
+
+def matching_rule(name: str, rules: list[LayerRule]) -> LayerRule | None:
+    """The first of ``rules`` whose pattern matches layer ``name`` (case-sensitive), or ``None``."""
+    return next((rule for rule in rules if fnmatch.fnmatchcase(name, rule.pattern)), None)
 
 
 def probe_forward(model: nn.Module, example_input: Tensor, hooks: Mapping[nn.Module, Callable[..., Any]] = {},
@@ -76,20 +91,23 @@ def policy_bits(policy: str | int, bits: int) -> int:
 
 def layer_bits(
     index: int, count: int, weight_bits: int, input_bits: int, first_layer: str | int, last_layer: str | int,
-    image_input_bits: int = 8,
+    image_input_bits: int = 8, rule: LayerBits | None = None,
 ) -> LayerBits:
-    """Bits of layer ``index`` of ``count`` (forward order) under the first/last layer policy.
+    """Bits of layer ``index`` of ``count`` (forward order): a ``quant.layer_bits`` ``rule``'s when one
+    matches the layer, else the run's bits under the first/last layer policy.
 
     The image input of the first layer is never quantized below ``image_input_bits`` (8, or 32 to
-    keep it float as BNN, AQE and SQ do).
+    keep it float as BNN, AQE and SQ do), whichever decided its bits.
     """
     weight, inputs = weight_bits, input_bits
-    if index == count - 1:
-        weight, inputs = policy_bits(last_layer, weight_bits), policy_bits(last_layer, input_bits)
-    if index == 0:
+    if rule is not None:
+        weight, inputs = rule.weight, rule.input
+    elif index == 0:
         weight, inputs = policy_bits(first_layer, weight_bits), policy_bits(first_layer, input_bits)
-        if inputs != FLOAT_BITS:
-            inputs = FLOAT_BITS if image_input_bits == FLOAT_BITS else max(inputs, image_input_bits)
+    elif index == count - 1:
+        weight, inputs = policy_bits(last_layer, weight_bits), policy_bits(last_layer, input_bits)
+    if index == 0 and inputs != FLOAT_BITS:
+        inputs = FLOAT_BITS if image_input_bits == FLOAT_BITS else max(inputs, image_input_bits)
     return LayerBits(weight, inputs)
 
 
@@ -99,7 +117,7 @@ QuantizerFactory = Callable[[nn.Module, int], "Quantizer | None"]
 def convert(
     model: nn.Module,
     example_input: Tensor,
-    bits_of: Callable[[int, int], LayerBits],
+    bits_of: Callable[[str, int, int], LayerBits],
     make_weight_quant: QuantizerFactory,
     make_input_quant: QuantizerFactory,
 ) -> nn.Module:
@@ -108,7 +126,7 @@ def convert(
     Args:
         model: float model.
         example_input: one input batch [B, C, H, W] used to find the forward order.
-        bits_of: ``(index, count) -> LayerBits`` for the layer at ``index`` in forward order.
+        bits_of: ``(name, index, count) -> LayerBits`` for layer ``name`` at ``index`` in forward order.
         make_weight_quant, make_input_quant: ``(float_layer, bits) -> Quantizer``; called only for
             bits below 32 (a 32-bit side stays float).
 
@@ -126,7 +144,7 @@ def convert(
     order = [name for name in leaves if isinstance(model.get_submodule(name), (nn.Conv2d, nn.Linear))]
     for index, name in enumerate(order):
         layer = model.get_submodule(name)
-        chosen = bits_of(index, len(order))
+        chosen = bits_of(name, index, len(order))
         if chosen.weight == FLOAT_BITS and chosen.input == FLOAT_BITS:
             continue
         weight_quant = make_weight_quant(layer, chosen.weight) if chosen.weight != FLOAT_BITS else None

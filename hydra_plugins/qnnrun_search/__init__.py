@@ -1,0 +1,1 @@
+"""qnnrun's Hydra sweeper plugin (Hydra loads plugins from the ``hydra_plugins`` namespace only)."""

@@ -1,0 +1,59 @@
+"""Knowledge distillation from a teacher net into the run being trained (``trainer.distill``)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from qnnrun.data import DataInfo
+from qnnrun.errors import QnnrunError
+from qnnrun.evaluate import load_saved_run
+
+log = logging.getLogger("qnnrun")
+
+
+class Distillation:
+    """Knowledge distillation (Hinton et al., 2015) from a teacher net (``trainer.distill``): the term
+    ``weight * T^2 * KL(softmax(t / T) || softmax(s / T))`` over teacher logits ``t`` and student
+    logits ``s`` of the same (augmented) batch, averaged over the batch. The teacher runs in eval mode
+    without gradients; ``T^2`` keeps the gradient's scale independent of ``T``.
+
+    Args:
+        teacher: the teacher model (eval mode, on the student's device).
+        weight: the term's weight (>= 0); temperature: ``T`` (> 0).
+    """
+
+    def __init__(self, teacher: nn.Module, weight: float, temperature: float) -> None:
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.weight, self.temperature = weight, temperature
+        self.last = torch.zeros(())  # the last batch's term (detached), for the epoch's mean
+
+    def __call__(self, images: Tensor, logits: Tensor) -> Tensor:
+        """The term (0-d) for ``images`` [B, C, H, W] and the student's ``logits`` [B, classes]."""
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher(images).float() / self.temperature, dim=1)
+        student = F.log_softmax(logits / self.temperature, dim=1)
+        term = F.kl_div(student, target, reduction="batchmean", log_target=True) * self.temperature**2
+        self.last = term.detach()
+        return self.weight * term
+
+
+def distillation(cfg: DictConfig, info: DataInfo, device: torch.device) -> Distillation | None:
+    """``trainer.distill``'s teacher (any qnnrun checkpoint) on ``device``, or ``None`` when off; a
+    teacher for another data set's shape or classes is refused."""
+    distill = cfg.trainer.get("distill")
+    if distill is None or distill.teacher is None:
+        return None
+    teacher = load_saved_run(str(distill.teacher), device)
+    shape = (info.in_channels, info.image_size, info.num_classes)
+    theirs = (teacher.info.in_channels, teacher.info.image_size, teacher.info.num_classes)
+    if theirs != shape:
+        raise QnnrunError(f"trainer.distill.teacher={distill.teacher} was trained on {teacher.info.name} "
+                          f"(channels, size, classes {theirs}); this run's data is {shape}")
+    log.info("distilling from %s (%s, epoch %d): weight %g, temperature %g", distill.teacher,
+             teacher.config.method.name, teacher.epoch, distill.weight, distill.temperature)
+    return Distillation(teacher.model, float(distill.weight), float(distill.temperature))

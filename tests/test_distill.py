@@ -1,0 +1,77 @@
+"""Knowledge distillation from a teacher net (``trainer.distill``): the term, and runs that use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config
+from torch import nn
+
+from qnnrun.data import DataInfo
+from qnnrun.distill import Distillation, distillation
+from qnnrun.engine import train
+from qnnrun.errors import QnnrunError
+
+
+class _Fixed(nn.Module):
+    """A 'teacher' whose logits are given."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits
+
+
+def test_the_term_is_weight_t_squared_kl_of_softened_distributions_and_only_the_student_learns() -> None:
+    teacher_logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    student = torch.tensor([[0.0, 1.0, 0.0], [1.0, -1.0, 0.0]], requires_grad=True)
+    distill = Distillation(_Fixed(teacher_logits), weight=0.5, temperature=2.0)
+    term = distill(torch.zeros(2, 1, 8, 8), student)
+    p = torch.softmax(teacher_logits / 2.0, dim=1)
+    q = torch.softmax(student.detach() / 2.0, dim=1)
+    by_hand = 0.5 * 4.0 * (p * (p.log() - q.log())).sum(1).mean()
+    assert term.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert distill.last.item() == pytest.approx(by_hand.item() / 0.5, rel=1e-6)
+    term.backward()
+    assert student.grad is not None and student.grad.abs().sum() > 0
+    assert Distillation(_Fixed(teacher_logits), 1.0, 3.0)(torch.zeros(2), teacher_logits.clone()).item() == \
+        pytest.approx(0.0, abs=1e-7)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("teacher")
+    train(compose_config(["method=fp", "trainer.epochs=2"], data_dir=root / "data"), root / "fp")
+    return root / "fp"
+
+
+@pytest.mark.parametrize("method", ["ste", "lsq", "bnn"])
+def test_a_distilled_run_records_the_teacher_and_the_term(teacher: Path, tmp_path: Path, method: str) -> None:
+    overrides = [f"method={method}", "bits=2", "trainer.epochs=2", f"init_from={teacher}",
+                 f"trainer.distill.teacher={teacher}", "trainer.distill.weight=0.7"]
+    summary = train(compose_config(overrides, data_dir=teacher.parent / "data"), tmp_path / "run")
+    assert summary["distill"] == {"teacher": str(teacher), "weight": 0.7, "temperature": 4.0}
+    history = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["history"]
+    assert all(entry["train_distill"] > 0 for entry in history)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["distill"]["weight"] == 0.7
+
+
+def test_a_teacher_for_other_data_is_refused(teacher: Path) -> None:
+    cfg = compose_config([f"trainer.distill.teacher={teacher}"])
+    cifar = DataInfo("cifar10", 3, 32, 10, 50000, 10000)
+    with pytest.raises(QnnrunError, match=r"trained on digits \(channels, size, classes \(1, 8, 10\)\); this run's"):
+        distillation(cfg, cifar, torch.device("cpu"))
+    assert distillation(compose_config([]), cifar, torch.device("cpu")) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["trainer.precision=bf16"], ["trainer.compile=true"], ["trainer.devices=2"]])
+def test_distillation_with_bf16_compile_and_two_processes(teacher: Path, tmp_path: Path, extra: list[str]) -> None:
+    overrides = ["bits=2", "trainer.epochs=1", "trainer.device=cpu", f"trainer.distill.teacher={teacher}", *extra]
+    summary = train(compose_config(overrides, data_dir=teacher.parent / "data"), tmp_path / "run")
+    assert summary["distill"]["teacher"] == str(teacher) and summary["test_acc"] > 50

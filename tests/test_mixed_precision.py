@@ -1,0 +1,138 @@
+"""Per-layer bit widths (``quant.layer_bits``): which layer runs at which width, for every method,
+and what a mixed run reports, records and exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra_utils import compose_config, run_cli
+
+from qnnrun.build import build_quantized_model, example_input
+from qnnrun.data import build_data, dataset_info
+from qnnrun.engine import train
+from qnnrun.errors import QnnrunError
+from qnnrun.evaluate import load_saved_run
+from qnnrun.export.run import compare_predictions, integer_export, integer_model
+from qnnrun.methods import METHODS
+from qnnrun.metrics.bops import layer_costs, totals
+from qnnrun.quant.convert import LayerBits, layer_bits
+from qnnrun.quant.layers import quant_layers
+
+CPU = torch.device("cpu")
+# The default MLP on digits: features.1 (first), features.4, classifier (last).
+RULES = "quant.layer_bits={features.4: {w: 4, a: 3}, classifier: 6}"
+
+
+def _widths(overrides: list[str]) -> dict[str, tuple[int, int]]:
+    """(weight bits, input bits) of each conv/linear layer as built, by name (32: float)."""
+    cfg = compose_config(overrides)
+    info = dataset_info(cfg.dataset)
+    model, _ = build_quantized_model(cfg, info, CPU)
+    return {c.name: (c.weight_bits, c.input_bits) for c in layer_costs(model, example_input(info, CPU, 1))}
+
+
+def test_a_rule_overrides_bits_and_the_layer_policy_and_the_first_match_wins() -> None:
+    assert _widths(["bits=2"]) == {"features.1": (32, 32), "features.4": (2, 2), "classifier": (32, 32)}
+    assert _widths(["bits=2", RULES]) == {"features.1": (32, 32), "features.4": (4, 3), "classifier": (6, 6)}
+    # A side left out keeps the run's bits; the first matching pattern wins.
+    assert _widths(["bits=2", "quant.layer_bits={features.4: 8, features.*: {w: 5}}"]) == {
+        "features.1": (5, 8), "features.4": (8, 8), "classifier": (32, 32)}  # the image input stays >= 8 bits
+    assert layer_bits(0, 3, 2, 2, "fp", "fp", rule=LayerBits(4, 4)) == LayerBits(4, 8)
+    assert layer_bits(0, 3, 2, 2, "fp", "fp", image_input_bits=32, rule=LayerBits(4, 4)) == LayerBits(4, 32)
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"fp"}))
+def test_every_method_runs_each_layer_at_its_rules_widths(method: str) -> None:
+    rule, width = ("features.4", 1) if method == "bnn" else ("features.4", 3)
+    widths = _widths([f"method={method}", "bits=2", f"quant.layer_bits={{{rule}: {width}}}"])
+    assert widths[rule] == (width, width), widths
+    cfg = compose_config([f"method={method}", "bits=2", f"quant.layer_bits={{{rule}: {width}}}"])
+    model, built = build_quantized_model(cfg, dataset_info(cfg.dataset), CPU)
+    layer = dict(quant_layers(model))[rule]
+    assert (layer.weight_quant.bits, layer.input_quant.bits) == (width, width)
+    assert built.mixed and built.bits_label.startswith(f"mixed ({rule} W{width}/A{width}")
+
+
+def test_float_runs_ignore_the_rules() -> None:
+    cfg = compose_config(["method=fp", RULES])
+    model, method = build_quantized_model(cfg, dataset_info(cfg.dataset), CPU)
+    assert not method.quantizes and not quant_layers(model)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["quant.layer_bits={layer9: 4}"],
+     "quant.layer_bits: 'layer9' matches no layer of model=mlp: its layers are features.1, features.4, classifier"),
+    (["quant.layer_bits={features.*: 4, features.1: 8}"],
+     "every layer 'features.1' matches is matched by an earlier pattern (the first match wins)"),
+    (["method=bnn", "quant.layer_bits={features.4: 4}"],
+     "quant.layer_bits['features.4'] asks method=bnn for 4 bits: its layers run at 1, 32 (float)"),
+    (["quant.layer_bits={features.4: 9}"],
+     "quant.layer_bits['features.4']=9 is not a valid bit width: valid are integers 1-8, or 32 for float"),
+    (["quant.layer_bits={features.4: {w: 2, b: 3}}"], "valid keys are w and a"),
+    (["quant.layer_bits=4"], "expected a mapping from layer-name patterns to bits"),
+    (["quant.init=mmse", "quant.layer_bits={features.4: {w: 1}}"],
+     "quant.layer_bits['features.4']=1 is not valid with quant.init=mmse"),
+])
+def test_bad_rules_are_one_line_on_every_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch, overrides: list[str],
+                                                 message: str) -> None:
+    # Every case on bops (nothing trained); train, which builds the model the same way, on two.
+    for command in ("bops", "train") if "layer9" in message or "bnn" in str(overrides) else ("bops",):
+        code, out, err = run_cli([command, *overrides], tmp_path, capsys, monkeypatch)
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1, (command, err)
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_mixed_run_records_its_widths_and_exports_them(tmp_path: Path) -> None:
+    cfg = compose_config(["bits=2", "trainer.epochs=2", RULES], data_dir=tmp_path / "data")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["layer_bits"] == {"features.1": {"w": 32, "a": 32}, "features.4": {"w": 4, "a": 3},
+                                     "classifier": {"w": 6, "a": 6}}  # every layer's real widths
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["layer_bits"] == summary["layer_bits"]
+    csv = (tmp_path / "run" / "bops.csv").read_text().splitlines()
+    assert any(line.startswith("features.4,") and ",4,3," in line for line in csv), csv
+    run = load_saved_run(tmp_path / "run", CPU)
+    assert summary["gbops"] == pytest.approx(totals(run.model, layer_costs(run.model, example_input(run.info, CPU, 1)))
+                                             ["bops"] / 1e9)
+    export = integer_export(run)
+    assert {name: record["weight_bits"] for name, record in export["layers"].items()} == {"features.4": 4,
+                                                                                         "classifier": 6}
+    test = build_data(cfg.dataset, data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", device=CPU, seed=0).test
+    agreement = compare_predictions(run.model, integer_model(export, CPU), test)
+    assert agreement.images == 360 and agreement.disagreements == 0
+
+
+def test_rules_the_method_refuses_fail_before_training(tmp_path: Path) -> None:
+    cfg = compose_config(["method=bnn", "quant.layer_bits={classifier: 2}"], data_dir=tmp_path / "data")
+    with pytest.raises(QnnrunError, match="asks method=bnn for 2 bits"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_report_labels_mixed_runs_marks_the_front_and_keeps_them_out_of_the_bits_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def write(name: str, acc: float, gbops: float, bits: int = 2, layer_bits: dict | None = None) -> None:
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(
+            {"status": "done", "method": "ste", "model": "mlp", "dataset": "digits", "bits_w": bits, "bits_a": bits,
+             "epochs": 5, "seed": 0, "test_acc": acc, "best_test_acc": acc, "gbops": gbops,
+             "weight_memory_mb": 0.1, "compression": 8.0, "train_time_s": 1.0, "layer_bits": layer_bits}))
+
+    write("w2", 97.0, 0.0016)
+    write("w8", 98.0, 0.0074, bits=8)
+    write("mixed", 98.1, 0.0030, bits=4, layer_bits={"features.1": {"w": 4, "a": 8}, "features.4": {"w": 4, "a": 4},
+                                                     "classifier": {"w": 3, "a": 3}})
+    write("broken", 90.0, 0.001, layer_bits={"features.1": 4})
+    code, out, err = run_cli(["report", "runs", "--no-plots"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    rows = {line.split("|")[4].strip(): line for line in out.split("## By bits")[0].splitlines()
+            if line.startswith("| ste")}
+    assert set(rows) == {"W2A2", "W8A8", "mixed[w 4,4,3 a 8,4,3]"}
+    front = {label for label, row in rows.items() if row.rstrip(" |").endswith("yes")}
+    assert front == {"W2A2", "mixed[w 4,4,3 a 8,4,3]"}  # W8A8 is beaten by the mixed run in both
+    assert "mixed" not in out.split("## By bits")[1].split("##")[0]
+    assert 'layer_bits {"features.1": 4} is not a mapping of layer patterns to {w, a} bits' in out
