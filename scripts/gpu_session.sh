@@ -34,7 +34,7 @@
 # DEVICE (cuda), DATA (/tmp/data), TRAIN_EXTRA / BENCH_EXTRA (arguments added to every qnnrun train /
 # bench command; a dry run on a CPU: DEVICE=cpu TRAIN_EXTRA="dataset=digits model=mlp trainer.epochs=1"
 # BENCH_EXTRA="--batch 8 --steps 1 --warmup 1 --epoch-samples 64 --methods fp ste").
-# tests/test_scripts.py dry-runs the baselines plan that way (-m slow).
+# tests/scripts/test_scripts.py dry-runs the baselines plan that way (-m slow).
 #
 # Comes back: $OUT/<plan>.log (all output), $OUT/<plan>.tar.gz (bench JSON, or the runs' summary.json,
 # train.log, TensorBoard events and report.md / report.csv, no checkpoints) and, for baselines, the float
@@ -77,7 +77,7 @@ speed)
     BENCH="python3 scripts/bench_throughput.py --device $DEVICE --batch 512 --no-brevitas"
     step "CUDA-only tests"
     timeout "$(left)" python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
-        tests/test_quant.py tests/test_data.py tests/test_xnor.py
+        tests/quant/test_quant.py tests/data/test_data.py tests/kernels/test_xnor.py
     step "every method at W2A2, eager and compiled (compiled rows precompiled 8 at once)"
     timeout "$(left)" $BENCH --bits 2 --compile --precompile 8 --steps 50 --warmup 5 --json "$WORK/methods.json" \
         $BENCH_EXTRA

@@ -15,7 +15,10 @@ from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+# The GPU runbook and the benchmarks, not the product: run with `python -m pytest -m slow`.
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_session.sh"
 CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 

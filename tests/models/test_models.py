@@ -13,7 +13,7 @@ from torch import nn
 from qnnrun.errors import QnnrunError
 from qnnrun.models import DATA_KWARGS, MODELS, build_model, model_options
 
-MODEL_CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+MODEL_CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 BATCH = 2
 
 SMALL_INPUTS = [(1, 8, 10), (1, 28, 10), (3, 32, 10)]  # sklearn digits, MNIST, CIFAR-10

@@ -24,7 +24,7 @@ from qnnrun.data import (
 )
 from qnnrun.errors import QnnrunError
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
 
 def dataset_cfg(name: str, **overrides):

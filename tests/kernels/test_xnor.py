@@ -35,7 +35,7 @@ from qnnrun.quant import functional as Q
 from qnnrun.quant.layers import ChannelState, QuantLinear, quant_layers
 from qnnrun.quant.quantizers import LevelQuantizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHAPES = [(1, 1, 1), (3, 4, 1), (5, 7, 63), (5, 7, 64), (5, 7, 65), (2, 9, 127), (17, 3, 128), (33, 40, 200),
           (1, 70, 1000)]
 
