@@ -83,7 +83,7 @@ class _StopWhenAllFail:
         import optuna
 
         returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
-        self.results += [ret.status.name == "COMPLETED" and ret._return_value is not None for ret in returns]
+        self.results += [ret.status.name == "COMPLETED" and ret.return_value is not None for ret in returns]
         if len(self.results) >= self.count and not any(self.results[:self.count]):
             study = optuna.load_study(study_name=self.study_name, storage=self.storage)
             for trial in study.trials:  # this batch's: failed, not cut off
