@@ -293,6 +293,7 @@ class _Loop:
             self.forward = torch.compile(forward) if cfg.trainer.compile else forward
         self.criterion = self.method.criterion(cfg.trainer.label_smoothing)
         self.warming_up = bool(cfg.trainer.compile)  # the first step compiles: timed apart from the epoch
+        self.skip_nonfinite = cfg.trainer.on_nan == "skip_batch"
 
     def _open_writers(self) -> None:
         """TensorBoard writers (rank 0): epoch curves in the run folder, step curves in its own sub-folder.
@@ -390,9 +391,8 @@ class _Loop:
         if self.warming_up:
             _synchronize(self.device)
             compile_start = time.perf_counter()
-        skip_nonfinite = cfg.trainer.on_nan == "skip_batch"
         loss, logits = train_step(self.model, self.forward, self.method, self.optimizer, self.criterion, images,
-                                  labels, self.step, self.autocast, cfg.trainer.grad_clip, skip_nonfinite,
+                                  labels, self.step, self.autocast, cfg.trainer.grad_clip, self.skip_nonfinite,
                                   self.distill)
         if self.warming_up:
             _synchronize(self.device)
@@ -401,7 +401,7 @@ class _Loop:
             self.warming_up = False
         distributed.sync_buffers(self.model, self.ranks)
         self.scheduler.step()
-        self.tally.add(loss, logits, labels, self.step, skip_nonfinite,
+        self.tally.add(loss, logits, labels, self.step, self.skip_nonfinite,
                        self.distill.last if self.distill is not None else None)
         self.step += 1
         if self.step_writer is not None and self.step % self.log_every == 0:
