@@ -72,7 +72,7 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
         if _misfit(model, state, init_from) is not None:
             raise QnnrunError(misfit)
         _load_own_keys(model, state)
-    set_recompute_input(model, bool(cfg.trainer.get("recompute_quant", False)))
+    set_recompute_input(model, bool(cfg.trainer.recompute_quant))
     return model, method
 
 

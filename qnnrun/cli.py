@@ -21,7 +21,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf
+from omegaconf.errors import ValidationError
 
 import qnnrun
 from qnnrun.checkpoint import check_output_folder
@@ -462,18 +463,25 @@ def check_overrides(config_name: str, args: list[str]) -> None:
             base = compose(config_name, overrides=[], return_hydra_config=True)
             try:
                 base = compose(config_name, overrides=chosen, return_hydra_config=True)
+                _check_typed_values(parsed, base)
                 composed = compose(config_name, overrides=job, return_hydra_config=True)
             except MissingConfigException as error:
                 missing = str(error.missing_cfg_file or "")
                 raise QnnrunError(f"{missing.rpartition('/')[0]}={missing.rpartition('/')[2]} is not valid: choose "
                                   f"one of {', '.join(error.options or []) or 'none'}") from None
             except HydraException as error:  # a key, or a group this command does not read
+                if isinstance(error.__cause__, ValidationError):  # a value the schema's type cannot hold
+                    cause = error.__cause__
+                    raise QnnrunError(f"{cause.full_key}={cause.value!r} is not valid: "
+                                      f"{str(cause.msg).splitlines()[0]}") from None
                 key = str(error).partition("Could not override '")[2].partition("'")[0]
                 if not key:
                     raise QnnrunError(str(error).strip().splitlines()[0]) from None
                 value = next((o.partition("=")[2] for o in job if o.partition("=")[0].lstrip("+~") == key), "")
                 raise QnnrunError(f"{key}={value}: no such option{_did_you_mean(key, base, groups)} (qnnrun "
                                   f"{config_name} --cfg job lists the options)") from None
+            except QnnrunError:
+                raise
             except Exception as error:  # e.g. a group set to null where it is not optional
                 culprit = next(o for i, o in enumerate(job) if not _composes(config_name, job[:i + 1]))
                 key = culprit.partition("=")[0].lstrip("+~")
@@ -492,6 +500,33 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                                   f"would read it{_did_you_mean(key, base, groups)}")
     finally:
         GlobalHydra.instance().clear()
+
+
+# A schema-typed option's values (qnnrun/schema.py): what each type takes, and the line that says so.
+# Stricter than OmegaConf's conversions, which read trainer.compile=2 as true.
+_TYPED: tuple[tuple[type, Callable[[Any], bool], str], ...] = (
+    (BooleanNode, lambda v: isinstance(v, bool), "valid are true, false"),
+    (IntegerNode, lambda v: isinstance(v, int) and not isinstance(v, bool), "expected an integer"),
+    (FloatNode, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "expected a number"),
+)
+
+
+def _check_typed_values(parsed: list[Any], cfg: DictConfig) -> None:
+    """A value given for a typed option that its type does not take (every value of a sweep list
+    ``trainer.epochs=5,abc``): one QnnrunError naming the key, the value and what is valid."""
+    for override in parsed:
+        node: Any = cfg
+        for part in override.key_or_group.split("."):
+            node = node._get_node(part) if isinstance(node, DictConfig) and part in node else None
+        kind = next((k for k in _TYPED if isinstance(node, k[0])), None)
+        if kind is None or override.is_delete() or (override.is_sweep_override() and not override.is_choice_sweep()):
+            continue
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if kind[1](value) or (value is None and node._is_optional()) or "${" in str(value):
+                continue
+            shown = "null" if value is None else repr(value)
+            raise QnnrunError(f"{override.key_or_group}={shown} is not valid: {kind[2]}")
 
 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:

@@ -75,7 +75,7 @@ def layer_rules(cfg: DictConfig) -> list[LayerRule]:
     """``quant.layer_bits`` of the config as rules, in order: each ``pattern: bits`` (both sides) or
     ``pattern: {w: bits, a: bits}`` (a side left out keeps the run's ``bits.w`` / ``bits.a``).
     A bad entry is a QnnrunError naming it and what is valid."""
-    value = cfg.quant.get("layer_bits") or {}
+    value = cfg.quant.layer_bits or {}
     if not OmegaConf.is_dict(value) and not isinstance(value, dict):
         raise QnnrunError(f"quant.layer_bits={value!r} is not valid: expected a mapping from layer-name patterns "
                           f"to bits, e.g. {{layer3.*: 4, fc: {{w: 8, a: 8}}}}")
@@ -104,11 +104,10 @@ def validate_quant(cfg: DictConfig) -> None:
     check_choice("quant.image_input_bits", cfg.quant.image_input_bits, ("8", "32"))
     check_choice("quant.estimator", cfg.quant.estimator, ("clipped", "ste"))
     check_int("quant.calib_batches", cfg.quant.calib_batches, 0)
-    check_int("quant.bn_reestimate_batches", cfg.quant.get("bn_reestimate_batches", 0), 0)
-    check_choice("quant.init", cfg.quant.get("init", "maxabs"), ("maxabs", "mmse"))
-    check_bool("quant.fold_bn", cfg.quant.get("fold_bn", False))
+    check_int("quant.bn_reestimate_batches", cfg.quant.bn_reestimate_batches, 0)
+    check_choice("quant.init", cfg.quant.init, ("maxabs", "mmse"))
     rules = layer_rules(cfg)
-    if cfg.quant.get("init", "maxabs") == "mmse":
+    if cfg.quant.init == "mmse":
         widths = [("bits.w", cfg.bits.w), ("bits.a", cfg.bits.a)]
         widths += [(f"quant.layer_bits[{rule.pattern!r}]", bits) for rule in rules
                    for bits in (rule.bits.weight, rule.bits.input)]
@@ -117,8 +116,6 @@ def validate_quant(cfg: DictConfig) -> None:
                 raise QnnrunError(f"{key}=1 is not valid with quant.init=mmse (the affine quantizer keeps a "
                                   f"zero level): valid are 2-8 or 32, or quant.init=maxabs")
     check_number("quant.ema_momentum", cfg.quant.ema_momentum, 0, 1)
-    for key in ("per_channel", "narrow_range"):
-        check_bool(f"quant.{key}", cfg.quant[key])
 
 
 def method_options(name: str) -> list[str] | None:
@@ -154,15 +151,14 @@ def validate_train(cfg: DictConfig) -> None:
     """Check a composed ``train`` config before anything is built."""
     validate_quant(cfg)
     check_int("trainer.epochs", cfg.trainer.epochs, 0)
-    check_int("trainer.devices", cfg.trainer.get("devices", 1), 1)
+    check_int("trainer.devices", cfg.trainer.devices, 1)
     check_int("trainer.eval_every", cfg.trainer.eval_every, 1)
     check_int("trainer.num_threads", cfg.trainer.num_threads, 0)
-    check_int("trainer.log_every_steps", cfg.trainer.get("log_every_steps", 0), 0)
+    check_int("trainer.log_every_steps", cfg.trainer.log_every_steps, 0)
     check_int("seed", cfg.seed, 0)
     check_int("dataset.batch_size", cfg.dataset.batch_size, 1)
     check_choice("trainer.precision", cfg.trainer.precision, PRECISIONS)
-    check_choice("trainer.on_nan", cfg.trainer.get("on_nan", "stop"), ON_NAN)
-    check_bool("trainer.recompute_quant", cfg.trainer.get("recompute_quant", False))
+    check_choice("trainer.on_nan", cfg.trainer.on_nan, ON_NAN)
     for key in ("init_from", "resume"):
         value = cfg[key]
         if not (value is None or isinstance(value, str) or (key == "resume" and isinstance(value, bool))):
@@ -173,10 +169,8 @@ def validate_train(cfg: DictConfig) -> None:
     check_number("trainer.grad_clip", cfg.trainer.grad_clip, 0, low_closed=True, high=None)
     check_number("trainer.label_smoothing", cfg.trainer.label_smoothing, 0, 1, low_closed=True, high_closed=False)
     check_int("dataset.eval_batch_size", cfg.dataset.eval_batch_size, 1)
-    for key in ("deterministic", "progress", "channels_last", "compile"):
-        check_bool(f"trainer.{key}", cfg.trainer[key])
-    distill = cfg.trainer.get("distill")
-    if distill is not None and distill.teacher is not None:
+    distill = cfg.trainer.distill
+    if distill.teacher is not None:
         check_number("trainer.distill.weight", distill.weight, 0, low_closed=True, high=None)
         check_number("trainer.distill.temperature", distill.temperature, 0, high=None)
     validate_dataset(cfg.dataset)

@@ -302,7 +302,7 @@ class _Loop:
         from torch.utils.tensorboard import SummaryWriter  # tensorboard is slow to import
 
         self.writer = self.step_writer = None
-        self.log_every = int(self.cfg.trainer.get("log_every_steps", 0))
+        self.log_every = int(self.cfg.trainer.log_every_steps)
         if not self.ranks.main:
             return
         self.writer = SummaryWriter(str(self.run_dir), purge_step=self.start_epoch + 1 if self.start_epoch else None)
@@ -320,7 +320,7 @@ class _Loop:
     def evaluate_test(self) -> EvalResult:
         """Test-set evaluation, after re-estimating BatchNorm (rank 0's for every rank) when asked to."""
         cfg = self.cfg
-        bn_batches = int(cfg.quant.get("bn_reestimate_batches", 0))
+        bn_batches = int(cfg.quant.bn_reestimate_batches)
         if bn_batches:
             reestimate_batchnorm(self.model, _take(self.data.train, bn_batches), self.autocast,
                                  cfg.trainer.channels_last)

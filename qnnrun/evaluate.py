@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qnnrun.build import build_quantized_model, example_input, select_device
@@ -22,6 +22,7 @@ from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import Method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
+from qnnrun.schema import saved_config
 
 
 @dataclass
@@ -110,7 +111,7 @@ def load_saved_run(checkpoint: str | Path, device: torch.device) -> SavedRun:
     """Rebuild the (fake-quant) model of a checkpoint (a ``.ckpt`` file or a run folder) on ``device``,
     with its method state (:meth:`Method.restore_model`: a progressive run's folded BatchNorms)."""
     ckpt = load_checkpoint(checkpoint)
-    config = OmegaConf.create(ckpt["config"])
+    config = saved_config(ckpt["config"])
     info = DataInfo(**ckpt["info"])
     model, method = build_quantized_model(config, info, device)
     model.load_state_dict(ckpt["model"])

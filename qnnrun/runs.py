@@ -37,6 +37,7 @@ from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS, Method
 from qnnrun.quant.convert import LAYER_POLICIES
+from qnnrun.schema import saved_config
 
 log = logging.getLogger("qnnrun")
 
@@ -176,7 +177,7 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         raise QnnrunError(f"{key} cannot be given with resume={cfg.resume}: a resume continues the run with its own "
                           f"config{was}; beside it give only {', '.join(FREE_KEYS)}, or trainer.epochs=N "
                           f"extend=true to train it longer")
-    resumed = OmegaConf.create(saved)
+    resumed = saved_config(saved)
     for key in given:
         if key in ("resume", "extend"):
             continue

@@ -41,6 +41,7 @@ from qnnrun.metrics.bops import layer_costs
 from qnnrun.quant.convert import FLOAT_BITS, LayerBits, forward_order
 from qnnrun.quant.fold import batchnorm_pairs, fold_batchnorm
 from qnnrun.quant.layers import ChannelState, QuantLayer, quant_layers
+from qnnrun.schema import saved_config
 
 log = logging.getLogger("qnnrun")
 
@@ -149,7 +150,7 @@ def check_width(cfg: DictConfig) -> int:
     if widths is not None and weight not in widths:
         raise QnnrunError(f"bits={weight} is not valid with method={cfg.method.name}: valid are "
                           f"{', '.join(map(str, widths))}")
-    if weight == 1 and cfg.quant.get("init", "maxabs") == "mmse":
+    if weight == 1 and cfg.quant.init == "mmse":
         raise QnnrunError(f"bits=1 is not valid with quant.init=mmse (method={cfg.method.name}; the affine quantizer "
                           f"keeps a zero level): valid are 2-8, or quant.init=maxabs")
     return weight
@@ -165,7 +166,7 @@ def check_options(cfg: DictConfig) -> Options:
         reason = f": {UNSUITED_METHODS[method]}" if method in UNSUITED_METHODS else ""
         raise QnnrunError(f"method={method} is not valid for qnnrun sensitivity{reason}; valid are {', '.join(valid)}")
     bits = check_width(cfg)
-    if cfg.quant.get("layer_bits") is not None:
+    if cfg.quant.layer_bits is not None:
         raise QnnrunError(f"quant.layer_bits={OmegaConf.to_container(cfg.quant.layer_bits)} is not valid here: qnnrun "
                           f"sensitivity sets one rule per measurement (every other layer float); valid is null")
     budget = cfg.budget_gbops
@@ -186,7 +187,7 @@ def check_options(cfg: DictConfig) -> Options:
 def run_config(saved: Mapping[str, Any], cfg: DictConfig, checkpoint: Path) -> DictConfig:
     """The checkpoint's run config with this command's method, method options and quant options,
     every layer float (bits 32, no ``quant.layer_bits``) and the checkpoint as ``init_from``."""
-    run = OmegaConf.create(dict(saved))
+    run = saved_config(saved)
     with open_dict(run):
         run.method = {**OmegaConf.to_container(cfg.method, resolve=True),
                       **TRAINING_ONLY_OPTIONS.get(str(cfg.method.name), {})}
@@ -214,7 +215,7 @@ def float_model(run: DictConfig, info: DataInfo, device: torch.device) -> nn.Mod
     """The checkpoint's network, every layer float, in eval mode; with ``quant.fold_bn`` its
     BatchNorms folded into the layers before them (exact in evaluation), as the method would."""
     model, _ = build_quantized_model(run, info, device, init_from=str(run.init_from))
-    if run.quant.get("fold_bn", False):
+    if run.quant.fold_bn:
         example = example_input(info, device)
         fold_batchnorm(model, batchnorm_pairs(model, example))
     return model.eval()
@@ -301,7 +302,7 @@ class Bench:
     def accuracy(self, model: nn.Module) -> float:
         """Test top-1 (percent) of ``model``, after re-estimating its BatchNorms when the method asks
         (``quant.bn_reestimate_batches``), as its runs evaluate."""
-        reestimate = int(self.run.quant.get("bn_reestimate_batches", 0) or 0)
+        reestimate = int(self.run.quant.bn_reestimate_batches)
         if reestimate:
             reestimate_batchnorm(model, self.train_batches[:reestimate])
         return evaluate(model, self.test(), self.info.num_classes).acc
@@ -580,7 +581,7 @@ def read_data(cfg: DictConfig, options: Options, run: DictConfig, info: DataInfo
     drawn once so every measurement calibrates (and re-estimates BatchNorm) on the same images."""
     data = build_data(run.dataset, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, device=options.device,
                       seed=run.seed)
-    draws = max(int(run.quant.calib_batches), int(run.quant.get("bn_reestimate_batches", 0) or 0))
+    draws = max(int(run.quant.calib_batches), int(run.quant.bn_reestimate_batches))
     train_batches = list(itertools.islice(data.train, draws))
     return Bench(run, base, info, data, options.device, train_batches, options.batches)
 

@@ -36,6 +36,7 @@ from qnnrun.export.grids import probe_batch
 from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
 from qnnrun.metrics.bops import layer_costs, totals
 from qnnrun.quant.fold import mark_folded
+from qnnrun.schema import saved_config
 
 FORMATS = ("int", "onnx")
 # qnnrun eval backend=...: the fake-quant model or the integer model that format=int writes.
@@ -126,7 +127,7 @@ def load_integer_export(path: str | Path) -> dict[str, Any]:
 
 def integer_model(export: dict[str, Any], device: torch.device) -> nn.Module:
     """The integer model of an export, rebuilt from its config and records on ``device``."""
-    config = OmegaConf.create(export["config"])
+    config = saved_config(export["config"])
     info = DataInfo(**export["info"])
     model, method = build_quantized_model(config, info, device)
     missing, unexpected = model.load_state_dict(export["float_state"], strict=False)

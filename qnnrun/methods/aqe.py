@@ -34,8 +34,8 @@ class AsymptoticQuantizedEstimator(LatentWeightMethod):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.alpha_start = check_number("method.alpha", cfg.method.get("alpha", 0.5), 0, 1)
-        alpha_end = cfg.method.get("alpha_end", None)
+        self.alpha_start = check_number("method.alpha", cfg.method.alpha, 0, 1)
+        alpha_end = cfg.method.alpha_end
         self.alpha_end = None if alpha_end is None else check_number("method.alpha_end", alpha_end)
         if self.alpha_end is not None and not self.alpha_start <= self.alpha_end <= 1:
             raise QnnrunError(f"method.alpha_end={self.alpha_end} is not valid: expected null or a number in "

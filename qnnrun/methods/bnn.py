@@ -115,10 +115,6 @@ def latent_weights(model: nn.Module) -> list[Tensor]:
     return [layer.weight for _, layer in quant_layers(model) if layer.weight_quant is not None]
 
 
-def _option(cfg: DictConfig, key: str, default: Any) -> Any:
-    return cfg.method.get(key, default)
-
-
 class LatentWeightMethod(Method):
     """Shared base of BNN, QNN and AQE: scale-free quantizers on clipped latent weights.
 
@@ -133,19 +129,19 @@ class LatentWeightMethod(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.loss = str(_option(cfg, "loss", "ce"))
+        self.loss = str(cfg.method.loss)
         if self.loss not in LOSSES:
             raise QnnrunError(f"method.loss={self.loss!r} is not valid: valid are {', '.join(LOSSES)}")
-        self.glorot_lr = check_bool("method.glorot_lr", _option(cfg, "glorot_lr", True))
-        self.shift_bn = check_bool("method.shift_bn", _option(cfg, "shift_bn", False))
-        self.output_bn = check_bool("method.output_bn", _option(cfg, "output_bn", True))
-        self.grad_bits = _option(cfg, "grad_bits", FLOAT_BITS)
+        self.glorot_lr = check_bool("method.glorot_lr", cfg.method.glorot_lr)
+        self.shift_bn = check_bool("method.shift_bn", cfg.method.shift_bn)
+        self.output_bn = check_bool("method.output_bn", cfg.method.output_bn)
+        self.grad_bits = cfg.method.grad_bits
         if not isinstance(self.grad_bits, int) or isinstance(self.grad_bits, bool) or not (
                 2 <= self.grad_bits <= 16 or self.grad_bits == FLOAT_BITS):
             raise QnnrunError(f"method.grad_bits={self.grad_bits!r} is not valid: valid are 2-16, or 32 for off")
-        bn_eps = _option(cfg, "bn_eps", None)
+        bn_eps = cfg.method.bn_eps
         self.bn_eps = None if bn_eps is None else check_number("method.bn_eps", bn_eps, 0)
-        self.latent_init = str(_option(cfg, "latent_init", "uniform"))
+        self.latent_init = str(cfg.method.latent_init)
         if self.latent_init not in LATENT_INITS:
             raise QnnrunError(f"method.latent_init={self.latent_init!r} is not valid: "
                               f"valid are {', '.join(LATENT_INITS)}")
@@ -246,7 +242,7 @@ class QuantizedNet(LatentWeightMethod):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.act_quant = str(_option(cfg, "act_quant", "linear"))
+        self.act_quant = str(cfg.method.act_quant)
         if self.act_quant not in ACT_QUANTS:
             raise QnnrunError(f"method.act_quant={self.act_quant!r} is not valid: valid are {', '.join(ACT_QUANTS)}")
 

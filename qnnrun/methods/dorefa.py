@@ -74,8 +74,8 @@ class DoReFa(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.grad_bits = check_grad_bits(cfg.method.get("grad_bits", FLOAT_BITS))
-        self.act_clip = check_clip_level("method.act_clip", cfg.method.get("act_clip", 1.0))
+        self.grad_bits = check_grad_bits(cfg.method.grad_bits)
+        self.act_clip = check_clip_level("method.act_clip", cfg.method.act_clip)
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> DorefaWeightQuantizer:
         return DorefaWeightQuantizer(bits)

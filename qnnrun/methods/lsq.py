@@ -46,7 +46,7 @@ from torch import nn
 from qnnrun.config import check_bool, check_choice, check_number
 from qnnrun.methods.base import Method
 from qnnrun.quant.layers import quant_layers
-from qnnrun.quant.learned import INITS, MIN_STEP_RATIO, LsqQuantizer
+from qnnrun.quant.learned import INITS, LsqQuantizer
 
 log = logging.getLogger("qnnrun")
 
@@ -66,11 +66,11 @@ class LearnedStepSize(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.learned_offset = check_bool("method.learned_offset", cfg.method.get("learned_offset", False))
+        self.learned_offset = check_bool("method.learned_offset", cfg.method.learned_offset)
         self.low_bit_weight_decay = check_bool("method.low_bit_weight_decay",
-                                               cfg.method.get("low_bit_weight_decay", True))
-        self.act_init = check_choice("method.act_init", cfg.method.get("act_init", "lsq"), INITS)
-        self.min_step_ratio = check_number("method.min_step_ratio", cfg.method.get("min_step_ratio", MIN_STEP_RATIO),
+                                               cfg.method.low_bit_weight_decay)
+        self.act_init = check_choice("method.act_init", cfg.method.act_init, INITS)
+        self.min_step_ratio = check_number("method.min_step_ratio", cfg.method.min_step_ratio,
                                            0, 1, low_closed=True, high_closed=False)
         self._floored: list[LsqQuantizer] | None = None
 

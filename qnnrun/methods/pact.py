@@ -38,8 +38,8 @@ class PACT(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.alpha_init = check_clip_level("method.alpha_init", cfg.method.get("alpha_init", 10.0))
-        self.alpha_decay = check_number("method.alpha_decay", cfg.method.get("alpha_decay", 0.0), 0, low_closed=True)
+        self.alpha_init = check_clip_level("method.alpha_init", cfg.method.alpha_init)
+        self.alpha_decay = check_number("method.alpha_decay", cfg.method.alpha_decay, 0, low_closed=True)
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> DorefaWeightQuantizer:
         return DorefaWeightQuantizer(bits)

@@ -66,11 +66,11 @@ class Group:
 
 
 def _optional_int(options: DictConfig, key: str, minimum: int) -> int | None:
-    return check_int(f"method.{key}", options.get(key), minimum, optional=True)
+    return check_int(f"method.{key}", options[key], minimum, optional=True)
 
 
 def _choice(options: DictConfig, key: str, choices: tuple[str, ...]) -> str:
-    return check_choice(f"method.{key}", str(options.get(key, choices[0])), choices)
+    return check_choice(f"method.{key}", str(options[key]), choices)
 
 
 def schedule_groups(layers: list[tuple[str, int]], group_size: int | str | None) -> list[Group]:
@@ -103,7 +103,7 @@ class ProgressiveQuantization(DirectSTE):
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         options = cfg.method
-        group_size = options.get("group_size")
+        group_size = options.group_size
         if group_size != "layer":
             group_size = _optional_int(options, "group_size", 1)
         self.group_size: int | str | None = group_size
@@ -113,7 +113,7 @@ class ProgressiveQuantization(DirectSTE):
         self.after_quantize = _choice(options, "after_quantize", AFTER_QUANTIZE)
         self.order = _choice(options, "order", ORDERS)
         self.act_schedule = _choice(options, "act_schedule", ACT_SCHEDULES)
-        self.quant_lr_scale = check_number("method.quant_lr_scale", options.get("quant_lr_scale", 1.0), 0, 1)
+        self.quant_lr_scale = check_number("method.quant_lr_scale", options.quant_lr_scale, 0, 1)
         if self.weight_bits == FLOAT_BITS and self.act_bits != FLOAT_BITS:
             raise QnnrunError(f"method={self.name} with bits.w=32 has no weights to quantize progressively: "
                               f"set bits.w below 32 or use method=ste")

@@ -100,10 +100,10 @@ class StochasticQuantization(Method):
             raise QnnrunError(f"method.ratios={list(options.ratios)} is not valid: expected a non-empty list of "
                               f"numbers in (0, 1], e.g. [0.5, 0.75, 0.875, 1.0]")
         self.threshold_ratio = check_number("method.twn_threshold", options.twn_threshold, 0, 1, high_closed=False)
-        self.twn_centered = check_bool("method.twn_centered", options.get("twn_centered", True))
+        self.twn_centered = check_bool("method.twn_centered", options.twn_centered)
         self.selection = check_choice("method.selection", options.selection, SELECTIONS)
         self.stage_epochs_option = options.stage_epochs
-        self.stage_schedule = check_choice("method.stage_schedule", options.get("stage_schedule", "restart"),
+        self.stage_schedule = check_choice("method.stage_schedule", options.stage_schedule,
                                            STAGE_SCHEDULES)
         self.seed = int(cfg.seed)
         self.ratio = self.ratios[0]

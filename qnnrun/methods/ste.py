@@ -29,10 +29,10 @@ class DirectSTE(Method):
     @property
     def mmse(self) -> bool:
         """Whether ``quant.init=mmse`` asks for the affine MMSE quantizer (else max-abs uniform)."""
-        return self.cfg.quant.get("init", "maxabs") == "mmse"
+        return self.cfg.quant.init == "mmse"
 
     def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
-        if self.quantizes and self.cfg.quant.get("fold_bn", False):
+        if self.quantizes and self.cfg.quant.fold_bn:
             fold_batchnorm(model, batchnorm_pairs(model, example_input))
         return super().build(model, example_input)
 

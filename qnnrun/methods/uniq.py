@@ -50,9 +50,9 @@ class Uniq(Method):
         super().__init__(cfg)
         self.stages = check_int("method.stages", cfg.method.stages, 1)
         self.stage_epochs_option = cfg.method.stage_epochs
-        self.noise_grad = check_choice("method.noise_grad", cfg.method.get("noise_grad", "identity"),
+        self.noise_grad = check_choice("method.noise_grad", cfg.method.noise_grad,
                                        Q.NOISE_GRADIENTS)
-        self.freeze_bias = check_bool("method.freeze_bias", cfg.method.get("freeze_bias", True))
+        self.freeze_bias = check_bool("method.freeze_bias", cfg.method.freeze_bias)
         self.blocks: list[list[QuantLayer]] = []
         self.stage = 0
 

@@ -1,0 +1,137 @@
+"""The typed schemas of the config groups every run has (``trainer``, ``quant``): each option's one
+default, and its type, which Hydra checks when it composes a config (``trainer.epochs=abc`` fails
+there, one line via :func:`qnnrun.cli.check_overrides`).
+
+They are stored in Hydra's ConfigStore under ``schema/``; ``conf/trainer/default.yaml`` extends
+``schema/trainer`` and ``conf/train.yaml`` places ``schema/quant`` at ``quant``. Ranges and choices
+are checked in :mod:`qnnrun.config`, whose messages list the valid values.
+
+A run's config is saved in its checkpoints; :func:`saved_config` reads one back with every option
+this version has, so code reads options directly, never with a default of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+
+@dataclass
+class DistillConf:
+    """Knowledge distillation from a teacher net (usually the ``init_from`` float net)."""
+
+    teacher: Optional[str] = None  # a qnnrun checkpoint (.ckpt or run folder); null: off
+    weight: float = 1.0  # loss = task loss + weight * T^2 * KL(teacher || student), both softened by T
+    temperature: float = 4.0  # T > 0
+
+
+@dataclass
+class TrainerConf:
+    """The training loop."""
+
+    epochs: int = 30  # 0: evaluate the starting point only (the quantized init_from net, calibrated)
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    devices: int = 1  # N > 1: one run on N data-parallel processes (DDP; GPUs, or gloo on CPU); see README
+    deterministic: bool = False  # true: deterministic algorithms (same config, seed and machine -> same metrics)
+    progress: bool = True  # progress bar; false for plain log lines (clusters, CI)
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    # eager: quantized layers save their float input and replay the input quantizer in backward
+    recompute_quant: bool = False
+    on_nan: str = "stop"  # stop (error naming the step, last good checkpoint kept) | skip_batch (no update, counted)
+    grad_clip: float = 0.0  # max gradient norm, 0 = off
+    label_smoothing: float = 0.0
+    eval_every: int = 1  # evaluate every N epochs (and always after the last)
+    # N > 0: log the batch loss, lr and method scalars every N steps (TensorBoard run <run>/steps)
+    log_every_steps: int = 0
+    num_threads: int = 0  # CPU threads for torch, 0 = torch's default
+    distill: DistillConf = field(default_factory=DistillConf)
+
+
+@dataclass
+class QuantConf:
+    """Quantizer options shared by all methods; a method's config sets its own defaults over these."""
+
+    first_layer: Any = "fp"  # fp | 8 | same: bits of the first layer (weights and input)
+    last_layer: Any = "fp"  # fp | 8 | same
+    image_input_bits: Any = 8  # the image input of the first layer: 8, or 32 to keep it float
+    per_channel: bool = True  # weight ranges per output channel (false: per tensor)
+    narrow_range: bool = False  # signed codes [-(2^(b-1)-1), 2^(b-1)-1] instead of [-2^(b-1), 2^(b-1)-1]
+    estimator: str = "clipped"  # clipped (gradient zero outside the range) | ste (identity)
+    ema_momentum: float = 0.01  # activation range: EMA weight of each new batch's max |x|
+    calib_batches: int = 4  # batches that initialise the activation ranges before training
+    # > 0: before each evaluation, BatchNorm statistics recomputed over N training batches of the network
+    # as it evaluates (sq, aqe: 50; their training nets keep rows float / mix h(x) with x)
+    bn_reestimate_batches: int = 0
+    init: str = "maxabs"  # maxabs (symmetric, max |x|) | mmse (affine, scale + zero point minimising the squared error)
+    fold_bn: bool = False  # fold BatchNorm into the preceding conv/linear before quantizing (true for nbn/fbf/lbl)
+    # Per-layer bit widths (mixed precision): layer-name pattern (glob) -> bits, or {w: bits, a: bits};
+    # the first matching pattern wins over bits and the first/last layer policy. `qnnrun bops` lists the
+    # layer names. E.g. 'quant.layer_bits={"conv1": 8, "layer3.*": {w: 4, a: 4}}'
+    layer_bits: Any = None
+
+
+# The schemas by the config node they type.
+SCHEMAS: dict[str, type] = {"trainer": TrainerConf, "quant": QuantConf}
+
+# What a method option meant in a saved config written before the option existed: the behaviour
+# of that version, which is not always today's default (nbn's quant_lr_scale is 0.1 now; runs saved
+# before it trained at 1.0).
+_LATENT = {"loss": "ce", "glorot_lr": True, "shift_bn": False, "output_bn": True, "grad_bits": 32, "bn_eps": None,
+           "latent_init": "uniform"}
+_PROGRESSIVE = {"group_size": None, "steps_per_group": None, "float_epochs": None, "final_epochs": None,
+                "after_quantize": "ste", "order": "error", "act_schedule": "layer", "quant_lr_scale": 1.0}
+ABSENT_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "lsq": {"learned_offset": False, "low_bit_weight_decay": True, "act_init": "lsq", "min_step_ratio": 1.0e-3},
+    "pact": {"alpha_init": 10.0, "alpha_decay": 0.0},
+    "dorefa": {"grad_bits": 32, "act_clip": 1.0},
+    "bnn": _LATENT,
+    "qnn": {**_LATENT, "act_quant": "linear"},
+    "aqe": {**_LATENT, "alpha": 0.5, "alpha_end": None},
+    "uniq": {"noise_grad": "identity", "freeze_bias": True},
+    "sq": {"twn_centered": True, "stage_schedule": "restart"},
+    "nbn": _PROGRESSIVE,
+    "lbl": _PROGRESSIVE,
+    "fbf": _PROGRESSIVE,
+}
+
+
+def register() -> None:
+    """Store the schemas in Hydra's ConfigStore as ``schema/<node>`` (idempotent)."""
+    store = ConfigStore.instance()
+    for name, schema in SCHEMAS.items():
+        store.store(group="schema", name=name, node=schema)
+
+
+def saved_config(saved: Mapping[str, Any] | DictConfig) -> DictConfig:
+    """A config saved by any version of qnnrun (a checkpoint's ``config``) with every option this
+    version reads: the schemas' defaults and :data:`ABSENT_METHOD_OPTIONS` fill the options it
+    lacks; the values it has are kept as they are. Options this version no longer has are dropped."""
+    cfg = OmegaConf.create(OmegaConf.to_container(saved) if OmegaConf.is_config(saved) else dict(saved))
+    with open_dict(cfg):
+        for node, schema in SCHEMAS.items():
+            if node in cfg:
+                cfg[node] = _onto(schema, cfg[node])
+        method = cfg.get("method")
+        if method is not None:
+            for key, value in ABSENT_METHOD_OPTIONS.get(str(method.get("name")), {}).items():
+                if key not in method:
+                    method[key] = value
+    return cfg
+
+
+def _onto(schema: type, values: DictConfig) -> DictConfig:
+    """``values`` merged onto ``schema``'s defaults, keys the schema lacks left out, untyped again
+    (a saved config is edited later, e.g. by resume)."""
+    names = {f.name for f in fields(schema)}
+    known = {k: v for k, v in OmegaConf.to_container(values).items() if k in names}
+    nested = {f.name: f.default_factory for f in fields(schema) if callable(f.default_factory)}  # type: ignore[misc]
+    for key, factory in nested.items():
+        if isinstance(known.get(key), dict):
+            known[key] = OmegaConf.to_container(_onto(type(factory()), OmegaConf.create(known[key])))
+    merged = OmegaConf.merge(OmegaConf.structured(schema), known)
+    return OmegaConf.create(OmegaConf.to_container(merged))
