@@ -177,10 +177,7 @@ def validate_train(cfg: DictConfig) -> None:
 
 
 def validate_dataset(dataset: DictConfig) -> None:
-    """Check the ``dataset`` options the chosen data set has (switches, counts, per-channel statistics)."""
-    for key in ("augment", "hflip", "drop_last", "skip_bad", "download"):
-        if key in dataset:
-            check_bool(f"dataset.{key}", dataset[key])
+    """Check the ``dataset`` options the chosen data set has (counts, per-channel statistics)."""
     for key in ("crop_padding", "num_workers"):
         if key in dataset:
             check_int(f"dataset.{key}", dataset[key], 0)

@@ -283,7 +283,7 @@ class _Loop:
         cfg, data = self.cfg, self.data
         if cfg.trainer.compile:
             _allow_recompiles(64)
-            if data.train.num_samples % data.train.batch_size and not cfg.dataset.get("drop_last", False):
+            if data.train.num_samples % data.train.batch_size and not cfg.dataset.drop_last:
                 log.info("trainer.compile: the last batch of each epoch is short (%d samples); dataset.drop_last=true "
                          "saves its extra compilation", data.train.num_samples % data.train.batch_size)
         self.compiled = torch.compile(self.model) if cfg.trainer.compile else self.model  # evaluation, one rank

@@ -1,9 +1,10 @@
-"""The typed schemas of the config groups every run has (``trainer``, ``quant``): each option's one
-default, and its type, which Hydra checks when it composes a config (``trainer.epochs=abc`` fails
+"""The typed schemas of the config groups every run has (``trainer``, ``quant``, ``dataset``): each
+option's one default, and its type, which Hydra checks when it composes a config (``trainer.epochs=abc`` fails
 there, one line via :func:`qnnrun.cli.check_overrides`).
 
 They are stored in Hydra's ConfigStore under ``schema/``; ``conf/trainer/default.yaml`` extends
-``schema/trainer`` and ``conf/train.yaml`` places ``schema/quant`` at ``quant``. Ranges and choices
+``schema/trainer``, ``conf/train.yaml`` places ``schema/quant`` at ``quant``, and each
+``conf/dataset/<name>.yaml`` extends its kind's schema with the data set's own facts. Ranges and choices
 are checked in :mod:`qnnrun.config`, whose messages list the valid values.
 
 A run's config is saved in its checkpoints; :func:`saved_config` reads one back with every option
@@ -13,10 +14,10 @@ this version has, so code reads options directly, never with a default of its ow
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
 
 
 @dataclass
@@ -75,8 +76,67 @@ class QuantConf:
     layer_bits: Any = None
 
 
-# The schemas by the config node they type.
+@dataclass
+class DatasetConf:
+    """An image data set read whole into memory, batches made on the device (``digits``). The data
+    set's own facts (``???`` here) are in its ``conf/dataset/<name>.yaml``."""
+
+    name: str = MISSING
+    in_channels: int = MISSING  # what the model is built for: channels, square side in pixels, classes
+    image_size: int = MISSING
+    num_classes: int = MISSING
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    augment: bool = False  # training batches: random crop after zero padding (crop_padding), hflip
+    crop_padding: int = 0  # pixels of zero padding before the random crop
+    hflip: bool = False  # random horizontal flip
+    mean: List[float] = MISSING  # per-channel statistics of the training split, in [0, 1] units
+    std: List[float] = MISSING
+    drop_last: bool = False  # leave out the last, smaller training batch
+
+
+@dataclass
+class DownloadedConf(DatasetConf):
+    """A torchvision data set (``mnist``, ``fashion_mnist``, ``cifar100``)."""
+
+    download: bool = False  # fetch it into paths.data_dir when it is not there
+
+
+@dataclass
+class Cifar10Conf(DownloadedConf):
+    """CIFAR-10: torchvision's python format, or else a JPEG tree decoded once and cached."""
+
+    # Unreadable (or wrong-sized) image files: false = an error naming the file; true = left out,
+    # with a count in the log.
+    skip_bad: bool = False
+
+
+@dataclass
+class ImageFolderConf:
+    """Any ``<root>/{train,val}/<class>/*.jpg`` tree, streamed from disk by DataLoader workers."""
+
+    name: str = "imagefolder"
+    root: str = MISSING  # a relative root is taken under paths.data_dir
+    train_split: str = "train"
+    val_split: str = "val"
+    in_channels: int = 3
+    image_size: int = 224
+    num_classes: int = 1000  # the count of class folders once loaded; this value is used only before
+    batch_size: int = 256
+    eval_batch_size: int = 256
+    num_workers: int = 8
+    augment: bool = True  # RandomResizedCrop + horizontal flip; false: the evaluation resize + center crop
+    mean: List[float] = MISSING
+    std: List[float] = MISSING
+    drop_last: bool = False
+    skip_bad: bool = False  # as Cifar10Conf.skip_bad
+
+
+# The schemas by the config node they type; a dataset's by its name.
 SCHEMAS: dict[str, type] = {"trainer": TrainerConf, "quant": QuantConf}
+DATASET_SCHEMAS: dict[str, type] = {"digits": DatasetConf, "mnist": DownloadedConf, "fashion_mnist": DownloadedConf,
+                                    "cifar10": Cifar10Conf, "cifar100": DownloadedConf,
+                                    "imagefolder": ImageFolderConf}
 
 # What a method option meant in a saved config written before the option existed: the behaviour
 # of that version, which is not always today's default (nbn's quant_lr_scale is 0.1 now; runs saved
@@ -105,6 +165,8 @@ def register() -> None:
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         store.store(group="schema", name=name, node=schema)
+    for schema in set(DATASET_SCHEMAS.values()):
+        store.store(group="schema/dataset", name=schema.__name__, node=schema)
 
 
 def saved_config(saved: Mapping[str, Any] | DictConfig) -> DictConfig:
@@ -116,6 +178,9 @@ def saved_config(saved: Mapping[str, Any] | DictConfig) -> DictConfig:
         for node, schema in SCHEMAS.items():
             if node in cfg:
                 cfg[node] = _onto(schema, cfg[node])
+        dataset = cfg.get("dataset")
+        if dataset is not None and str(dataset.get("name")) in DATASET_SCHEMAS:
+            cfg.dataset = _onto(DATASET_SCHEMAS[str(dataset.name)], dataset)
         method = cfg.get("method")
         if method is not None:
             for key, value in ABSENT_METHOD_OPTIONS.get(str(method.get("name")), {}).items():

@@ -230,7 +230,7 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
         ("train", ["trainer.compile=2"], "trainer.compile=2 is not valid: valid are true, false"),
         ("train", ["quant.per_channel=x"], "quant.per_channel='x' is not valid: valid are true, false"),
         ("train", ["dataset.crop_padding=-2"], "dataset.crop_padding=-2 is not valid: expected an integer >= 0"),
-        ("train", ["dataset.std=[0]"], "dataset.std[0]=0 is not valid: expected a number > 0"),
+        ("train", ["dataset.std=[0]"], "dataset.std[0]=0.0 is not valid: expected a number > 0"),
         ("eval", ["checkpoint=x", "dataset=digits", "dataset.hflip=2"], "dataset.hflip=2 is not valid"),
         # One meaning per model option name: ResNet widths are channels, VGG widths a multiplier.
         ("bops", ["model=resnet20", "model.width=0.25"], "model.width=0.25 is not valid: expected a positive integer"),

@@ -1,4 +1,4 @@
-"""The typed schemas of ``trainer`` and ``quant``, and saved configs of older versions read back."""
+"""The typed schemas of ``trainer``, ``quant`` and ``dataset``, and saved configs of older versions read back."""
 
 from __future__ import annotations
 
@@ -48,6 +48,11 @@ def test_a_saved_config_of_an_older_version_gets_every_option_and_keeps_its_own_
     # A method option added since means what that version did, not today's default (nbn: 0.1).
     assert cfg.method.group_size == "layer" and cfg.method.quant_lr_scale == 1.0
     assert compose_config(["method=nbn"]).method.quant_lr_scale == 0.1
+    # A data set's options by its kind: a CIFAR-10 config from before skip_bad existed.
+    cifar = OmegaConf.to_container(compose_config(["dataset=cifar10"]).dataset)
+    del cifar["skip_bad"]
+    old = saved_config({"dataset": {**cifar, "batch_size": 50}}).dataset
+    assert (old.skip_bad, old.batch_size, old.crop_padding) == (False, 50, 4)
     # Half a distill node (a config edited by hand) is completed too; the result is editable.
     partial = saved_config({"trainer": {"distill": {"teacher": "t.ckpt"}}})
     assert (partial.trainer.distill.teacher, partial.trainer.distill.weight) == ("t.ckpt", 1.0)
@@ -76,6 +81,10 @@ def test_a_checkpoint_of_an_older_version_evaluates(tmp_path: Path) -> None:
     (["-m", "trainer.compile=false,1"], "trainer.compile=1 is not valid: valid are true, false"),
     (["trainer.distill.weight=null"], "trainer.distill.weight=null is not valid: expected a number"),
     (["quant.calib_batches=1.5"], "quant.calib_batches=1.5 is not valid: expected an integer"),
+    (["dataset=cifar10", "dataset.skip_bad=maybe"], "dataset.skip_bad='maybe' is not valid: valid are true, false"),
+    # digits has no skip_bad (it reads no files): an option of another data set is no option here.
+    (["dataset.skip_bad=true"], "dataset.skip_bad=true: no such option; did you mean dataset.std? "
+                                "(qnnrun train --cfg job lists the options)"),
 ])
 def test_a_value_its_option_type_cannot_hold_is_one_line_before_anything_runs(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

@@ -127,14 +127,14 @@ def build_data(
         train.labels,
         batch_size=int(_require(cfg, "batch_size")),
         shuffle=True,
-        drop_last=bool(cfg.get("drop_last", False)),
-        augment=bool(cfg.get("augment", False)),
-        crop_padding=int(cfg.get("crop_padding", 0)),
-        hflip=bool(cfg.get("hflip", False)),
+        drop_last=bool(cfg["drop_last"]),
+        augment=bool(cfg["augment"]),
+        crop_padding=int(cfg["crop_padding"]),
+        hflip=bool(cfg["hflip"]),
         **common,
     )
     test_loader = TensorLoader(
-        test.images, test.labels, batch_size=int(cfg.get("eval_batch_size", 1000)), **common
+        test.images, test.labels, batch_size=int(cfg["eval_batch_size"]), **common
     )
     return DataBundle(loaded, train_loader, test_loader)
 
@@ -143,13 +143,13 @@ def build_data(
 SOURCES: dict[str, Callable[[Mapping, Path, Path], tuple[Split, Split]]] = {
     "digits": lambda cfg, data_dir, cache_dir: load_digits_splits(),
     "mnist": lambda cfg, data_dir, cache_dir: load_mnist_splits(
-        data_dir, fashion=False, download=bool(cfg.get("download", False))),
+        data_dir, fashion=False, download=bool(cfg["download"])),
     "fashion_mnist": lambda cfg, data_dir, cache_dir: load_mnist_splits(
-        data_dir, fashion=True, download=bool(cfg.get("download", False))),
+        data_dir, fashion=True, download=bool(cfg["download"])),
     "cifar10": lambda cfg, data_dir, cache_dir: load_cifar10_splits(
-        data_dir, cache_dir, download=bool(cfg.get("download", False)), skip_bad=bool(cfg.get("skip_bad", False))),
+        data_dir, cache_dir, download=bool(cfg["download"]), skip_bad=bool(cfg["skip_bad"])),
     "cifar100": lambda cfg, data_dir, cache_dir: load_cifar100_splits(
-        data_dir, download=bool(cfg.get("download", False))),
+        data_dir, download=bool(cfg["download"])),
 }
 
 
@@ -161,11 +161,11 @@ def _build_imagefolder(
     root = data_dir / Path(str(_require(cfg, "root"))).expanduser()
     mean, std = _floats(cfg, "mean"), _floats(cfg, "std")
     train_set = open_imagefolder(
-        root / str(cfg.get("train_split", "train")),
-        imagefolder_transform(info.image_size, mean, std, train=bool(cfg.get("augment", True))),
+        root / str(cfg["train_split"]),
+        imagefolder_transform(info.image_size, mean, std, train=bool(cfg["augment"])),
     )
     val_set = open_imagefolder(
-        root / str(cfg.get("val_split", "val")),
+        root / str(cfg["val_split"]),
         imagefolder_transform(info.image_size, mean, std, train=False),
     )
     if val_set.classes != train_set.classes:
@@ -174,13 +174,13 @@ def _build_imagefolder(
             f"and {val_set.root} ({len(val_set.classes)})"
         )
     batch_size = int(_require(cfg, "batch_size"))
-    common = dict(device=device, seed=seed, num_workers=int(cfg.get("num_workers", 0)),
-                  skip_bad=bool(cfg.get("skip_bad", False)))
+    common = dict(device=device, seed=seed, num_workers=int(cfg["num_workers"]),
+                  skip_bad=bool(cfg["skip_bad"]))
     train_loader = ImageFolderLoader(
-        train_set, batch_size=batch_size, shuffle=True, drop_last=bool(cfg.get("drop_last", False)), **common
+        train_set, batch_size=batch_size, shuffle=True, drop_last=bool(cfg["drop_last"]), **common
     )
     test_loader = ImageFolderLoader(
-        val_set, batch_size=int(cfg.get("eval_batch_size", batch_size)), shuffle=False, **common
+        val_set, batch_size=int(cfg["eval_batch_size"]), shuffle=False, **common
     )
     loaded = replace(
         info, num_classes=len(train_set.classes), train_size=len(train_set), test_size=len(val_set)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra_utils import compose_config
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -28,7 +29,7 @@ CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 
 
 def dataset_cfg(name: str, **overrides):
-    return OmegaConf.merge(OmegaConf.load(CONF / f"{name}.yaml"), overrides)
+    return OmegaConf.merge(compose_config([f"dataset={name}"]).dataset, overrides)
 
 
 def build(name: str, tmp_path: Path, data_dir: Path | None = None, **overrides):
@@ -213,9 +214,7 @@ def test_cuda_batches_equal_cpu_batches():
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 def test_dataset_info_for_every_config(path):
-    cfg = OmegaConf.load(path)
-    if cfg.name == "imagefolder":
-        cfg.root = "/nowhere"
+    cfg = dataset_cfg(path.stem)
     info = dataset_info(cfg)
     assert info.name == path.stem
     assert (info.in_channels, info.image_size, info.num_classes) == (cfg.in_channels, cfg.image_size, cfg.num_classes)
