@@ -68,7 +68,9 @@ def check_number(key: str, value: Any, low: float | None = None, high: float | N
         bound = f" {'<=' if high_closed else '<'} {high:g}"
     else:
         bound = ""
-    raise QnnrunError(f"{key}={value!r} is not valid: expected a number{bound}")
+    # A typed option holds 1 as 1.0: shown as given on the command line.
+    shown = f"{value:g}" if isinstance(value, float) and value.is_integer() else repr(value)
+    raise QnnrunError(f"{key}={shown} is not valid: expected a number{bound}")
 
 
 def layer_rules(cfg: DictConfig) -> list[LayerRule]:
@@ -195,8 +197,6 @@ def validate_optim_and_sched(cfg: DictConfig) -> None:
     check_number("optim.weight_decay", optim.weight_decay, 0, low_closed=True, high=None)
     if "momentum" in optim:
         check_number("optim.momentum", optim.momentum, 0, 1, low_closed=True, high_closed=False)
-    if "nesterov" in optim:
-        check_bool("optim.nesterov", optim.nesterov)
     if "betas" in optim:
         betas = optim.betas
         if not (OmegaConf.is_list(betas) and len(betas) == 2):

@@ -117,7 +117,7 @@ def lr_factor(cfg: DictConfig, step: int, steps_per_epoch: int, epochs: int) -> 
     a linear warm-up over ``sched.warmup_epochs``, then the schedule's own factor."""
     if cfg.name not in SCHEDULES:
         raise QnnrunError(f"unknown schedule '{cfg.name}': valid are {', '.join(SCHEDULES)}")
-    warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if step < warmup:
         return (step + 1) / warmup
     return SCHEDULES[cfg.name](cfg, step, warmup, steps_per_epoch, epochs)

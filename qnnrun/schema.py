@@ -1,10 +1,12 @@
-"""The typed schemas of the config groups every run has (``trainer``, ``quant``, ``dataset``): each
-option's one default, and its type, which Hydra checks when it composes a config (``trainer.epochs=abc`` fails
-there, one line via :func:`qnnrun.cli.check_overrides`).
+"""The typed schemas of the config groups every run has (``trainer``, ``quant``, ``dataset``,
+``optim``, ``sched``): each option's one default, and its type, which Hydra checks when it composes
+a config (``trainer.epochs=abc`` fails there, one line via :func:`qnnrun.cli.check_overrides`).
 
 They are stored in Hydra's ConfigStore under ``schema/``; ``conf/trainer/default.yaml`` extends
-``schema/trainer``, ``conf/train.yaml`` places ``schema/quant`` at ``quant``, and each
-``conf/dataset/<name>.yaml`` extends its kind's schema with the data set's own facts. Ranges and choices
+``schema/trainer``, ``conf/train.yaml`` places ``schema/quant`` at ``quant``, each
+``conf/dataset/<name>.yaml`` extends its kind's schema with the data set's own facts, and each
+``conf/optim`` and ``conf/sched`` option extends its own. ``model`` and ``method`` stay untyped YAML:
+their options differ per choice and a preset may pick the method by interpolation. Ranges and choices
 are checked in :mod:`qnnrun.config`, whose messages list the valid values.
 
 A run's config is saved in its checkpoints; :func:`saved_config` reads one back with every option
@@ -132,11 +134,87 @@ class ImageFolderConf:
     skip_bad: bool = False  # as Cifar10Conf.skip_bad
 
 
-# The schemas by the config node they type; a dataset's by its name.
+@dataclass
+class SgdConf:
+    """SGD with (Nesterov) momentum; weight decay on conv/linear weights only (not BatchNorm, biases)."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5.0e-4
+
+
+@dataclass
+class AdamConf:
+    """Adam: L2 weight decay on conv/linear weights only."""
+
+    name: str = "adam"
+    lr: float = 1.0e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamWConf(AdamConf):
+    """AdamW: decoupled weight decay on conv/linear weights only."""
+
+    name: str = "adamw"
+    weight_decay: float = 0.01
+
+
+@dataclass
+class ShiftAdamaxConf(AdamConf):
+    """Shift-based AdaMax (BinaryNet, Algorithm 4): AdaMax whose multiplications are power-of-two
+    shifts; weight_decay is an L2 term added to the gradient of conv/linear weights only."""
+
+    name: str = "shift_adamax"
+    lr: float = 2.0e-3
+
+
+@dataclass
+class ConstantConf:
+    """A constant learning rate after an optional linear warm-up."""
+
+    name: str = "constant"
+    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (fractions allowed), every step
+
+
+@dataclass
+class CosineConf(ConstantConf):
+    """Linear warm-up, then cosine decay to min_lr_ratio * lr, updated every step."""
+
+    name: str = "cosine"
+    min_lr_ratio: float = 0.0
+
+
+@dataclass
+class ExpConf(ConstantConf):
+    """Exponential decay once per epoch, as BinaryNet trains (lr_start -> lr_fin over the run): epoch e
+    (0-based) runs at lr * final_lr_ratio^(e / epochs)."""
+
+    name: str = "exp"
+    final_lr_ratio: float = 1.0e-4
+
+
+@dataclass
+class StepConf(ConstantConf):
+    """The learning rate multiplied by gamma at each milestone epoch."""
+
+    name: str = "step"
+    milestones: List[int] = field(default_factory=lambda: [30, 60, 80])
+    gamma: float = 0.1
+
+
+# The schemas by the config node they type, and of the groups whose options differ by choice, by
+# the ``name`` their configs hold (the data set, optimizer or schedule).
 SCHEMAS: dict[str, type] = {"trainer": TrainerConf, "quant": QuantConf}
-DATASET_SCHEMAS: dict[str, type] = {"digits": DatasetConf, "mnist": DownloadedConf, "fashion_mnist": DownloadedConf,
-                                    "cifar10": Cifar10Conf, "cifar100": DownloadedConf,
-                                    "imagefolder": ImageFolderConf}
+NAMED_SCHEMAS: dict[str, dict[str, type]] = {
+    "dataset": {"digits": DatasetConf, "mnist": DownloadedConf, "fashion_mnist": DownloadedConf,
+                "cifar10": Cifar10Conf, "cifar100": DownloadedConf, "imagefolder": ImageFolderConf},
+    "optim": {"sgd": SgdConf, "adam": AdamConf, "adamw": AdamWConf, "shift_adamax": ShiftAdamaxConf},
+    "sched": {"constant": ConstantConf, "cosine": CosineConf, "exp": ExpConf, "step": StepConf},
+}
 
 # What a method option meant in a saved config written before the option existed: the behaviour
 # of that version, which is not always today's default (nbn's quant_lr_scale is 0.1 now; runs saved
@@ -165,8 +243,9 @@ def register() -> None:
     store = ConfigStore.instance()
     for name, schema in SCHEMAS.items():
         store.store(group="schema", name=name, node=schema)
-    for schema in set(DATASET_SCHEMAS.values()):
-        store.store(group="schema/dataset", name=schema.__name__, node=schema)
+    for group, schemas in NAMED_SCHEMAS.items():
+        for schema in set(schemas.values()):
+            store.store(group=f"schema/{group}", name=schema.__name__, node=schema)
 
 
 def saved_config(saved: Mapping[str, Any] | DictConfig) -> DictConfig:
@@ -178,9 +257,10 @@ def saved_config(saved: Mapping[str, Any] | DictConfig) -> DictConfig:
         for node, schema in SCHEMAS.items():
             if node in cfg:
                 cfg[node] = _onto(schema, cfg[node])
-        dataset = cfg.get("dataset")
-        if dataset is not None and str(dataset.get("name")) in DATASET_SCHEMAS:
-            cfg.dataset = _onto(DATASET_SCHEMAS[str(dataset.name)], dataset)
+        for node, schemas in NAMED_SCHEMAS.items():
+            values = cfg.get(node)
+            if values is not None and str(values.get("name")) in schemas:
+                cfg[node] = _onto(schemas[str(values.name)], values)
         method = cfg.get("method")
         if method is not None:
             for key, value in ABSENT_METHOD_OPTIONS.get(str(method.get("name")), {}).items():

@@ -53,6 +53,9 @@ def test_a_saved_config_of_an_older_version_gets_every_option_and_keeps_its_own_
     del cifar["skip_bad"]
     old = saved_config({"dataset": {**cifar, "batch_size": 50}}).dataset
     assert (old.skip_bad, old.batch_size, old.crop_padding) == (False, 50, 4)
+    # Likewise an optimizer's and a schedule's, by name.
+    sched = saved_config({"optim": {"name": "adam", "lr": 0.01}, "sched": {"name": "cosine"}})
+    assert (sched.optim.lr, list(sched.optim.betas), sched.sched.warmup_epochs) == (0.01, [0.9, 0.999], 0.0)
     # Half a distill node (a config edited by hand) is completed too; the result is editable.
     partial = saved_config({"trainer": {"distill": {"teacher": "t.ckpt"}}})
     assert (partial.trainer.distill.teacher, partial.trainer.distill.weight) == ("t.ckpt", 1.0)
