@@ -21,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, OmegaConf
+from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, ListConfig, OmegaConf, StringNode
 from omegaconf.errors import ValidationError
 
 import qnnrun
@@ -127,7 +127,7 @@ def train_app(cfg: DictConfig) -> list[float] | None:
     from qnnrun.engine import train
     from qnnrun.runs import (check_finished_config, objectives, read_summary, remove_if_disposable,
                              resume_checkpoint, resumed_config)
-    from qnnrun.sweep import finished_summary, record_duplicate, record_failure, same_run_in_sweep
+    from qnnrun.sweep import finished_summary, kept_duplicate, record_duplicate, record_failure, same_run_in_sweep
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -148,7 +148,7 @@ def train_app(cfg: DictConfig) -> list[float] | None:
             return objectives(finished)
         if sweep:
             validate_train(cfg)  # a job with a bad value fails as itself, not as another job's duplicate
-            first = same_run_in_sweep(cfg, Path(hydra_cfg.sweep.dir), run_dir)
+            first = kept_duplicate(cfg, run_dir) or same_run_in_sweep(cfg, Path(hydra_cfg.sweep.dir), run_dir)
             if first is not None:
                 record_duplicate(run_dir, cfg, first, overrides)
                 log.info("the same run as %s (an earlier job of this sweep): not trained again", first)
@@ -472,7 +472,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
             except HydraException as error:  # a key, or a group this command does not read
                 if isinstance(error.__cause__, ValidationError):  # a value the schema's type cannot hold
                     cause = error.__cause__
-                    raise QnnrunError(f"{cause.full_key}={cause.value!r} is not valid: "
+                    raise QnnrunError(f"{cause.full_key}={_shown(cause.value)} is not valid: "
                                       f"{str(cause.msg).splitlines()[0]}") from None
                 key = str(error).partition("Could not override '")[2].partition("'")[0]
                 if not key:
@@ -508,12 +508,21 @@ _TYPED: tuple[tuple[type, Callable[[Any], bool], str], ...] = (
     (BooleanNode, lambda v: isinstance(v, bool), "valid are true, false"),
     (IntegerNode, lambda v: isinstance(v, int) and not isinstance(v, bool), "expected an integer"),
     (FloatNode, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "expected a number"),
+    (StringNode, lambda v: not isinstance(v, (list, dict)), "expected text"),
+    (ListConfig, lambda v: isinstance(v, list), "expected a list in brackets, [a, b, ...]"),
 )
+
+
+def _shown(value: Any) -> str:
+    """A value as the command line writes it: null, true, false, 'text', 3."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def _check_typed_values(parsed: list[Any], cfg: DictConfig) -> None:
     """A value given for a typed option that its type does not take (every value of a sweep list
-    ``trainer.epochs=5,abc``): one QnnrunError naming the key, the value and what is valid."""
+    ``trainer.epochs=5,abc``; null where the option needs a value): one QnnrunError naming the key,
+    the value and what is valid. Values from YAML files and interpolations get OmegaConf's own
+    conversions (``"5"`` for an integer is 5)."""
     for override in parsed:
         node: Any = cfg
         for part in override.key_or_group.split("."):
@@ -523,10 +532,9 @@ def _check_typed_values(parsed: list[Any], cfg: DictConfig) -> None:
             continue
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
-            if kind[1](value) or (value is None and node._is_optional()) or "${" in str(value):
+            if value is None and node._is_optional() or value is not None and kind[1](value) or "${" in str(value):
                 continue
-            shown = "null" if value is None else repr(value)
-            raise QnnrunError(f"{override.key_or_group}={shown} is not valid: {kind[2]}")
+            raise QnnrunError(f"{override.key_or_group}={_shown(value)} is not valid: {kind[2]}")
 
 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:

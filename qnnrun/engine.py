@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -47,6 +47,7 @@ from qnnrun.optim import build_optimizer, method_lr_factor
 from qnnrun.runs import (BEST_CKPT, HPARAM_DOMAINS, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
                          checkpoint_state, hparams_record, log_costs, log_epoch, log_hparams, log_step, prepare_run_dir,
                          refuse_existing_run, resolve_resume, summary_record)
+from qnnrun.schema import absent_method_options
 from qnnrun.stop import StopRequest, interrupted
 from qnnrun.tally import EpochTally, set_rng_state
 
@@ -182,6 +183,11 @@ def _open_run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks) -> _Star
     if resume_from is None:
         return start
     start.checkpoint = checkpoint = load_checkpoint(resume_from)
+    absent = absent_method_options(checkpoint["config"])
+    if absent:  # the run goes on as the version that wrote it ran, not with today's defaults
+        with open_dict(cfg):
+            cfg.method.update(absent)
+        start.config = OmegaConf.to_container(cfg, resolve=True)
     check_resume_config(checkpoint["config"], start.config, resume_from, extend=cfg.get("extend") is True)
     start.extensions = list(checkpoint.get("extensions", []))
     epochs_before = checkpoint["config"]["trainer"]["epochs"]

@@ -396,14 +396,21 @@ def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
     return True
 
 
-def run_identity(config: Mapping[str, Any], quantizes: bool) -> str:
-    """A digest of what a run computes: its resolved config without :data:`FREE_KEYS`; a run that
-    quantizes nothing (``method=fp``, 32 bits) ignores ``bits`` and the quantizer options, so they
-    are left out too (BatchNorm re-estimation, which the loop does, stays)."""
+def identity_fields(config: Mapping[str, Any], quantizes: bool) -> dict[str, Any]:
+    """What a run computes, flat: its resolved config without :data:`FREE_KEYS`; a run that quantizes
+    nothing (``method=fp``, 32 bits) ignores ``bits`` and the quantizer options, so they are left
+    out too (BatchNorm re-estimation, which the loop does, stays)."""
     flat = {key: value for key, value in _flatten(config).items() if not is_free(key)}
     if not quantizes:
         flat = {key: value for key, value in flat.items()
                 if not (key.startswith(("bits.", "quant.")) and key != "quant.bn_reestimate_batches")}
+    return flat
+
+
+def run_identity(config: Mapping[str, Any], quantizes: bool) -> str:
+    """A digest of :func:`identity_fields`. It changes with the config's form too (an option added to
+    qnnrun, ``0`` written ``0.0``): :func:`qnnrun.sweep.kept_duplicate` compares by value instead."""
+    flat = identity_fields(config, quantizes)
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -20,6 +20,9 @@ from typing import Any, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ValidationError
+
+from qnnrun.errors import QnnrunError
 
 
 @dataclass
@@ -177,7 +180,7 @@ class ConstantConf:
     """A constant learning rate after an optional linear warm-up."""
 
     name: str = "constant"
-    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (fractions allowed), every step
+    warmup_epochs: float = 0.0  # the rate rises linearly to lr over this many epochs (fractions allowed), per step
 
 
 @dataclass
@@ -248,24 +251,35 @@ def register() -> None:
             store.store(group=f"schema/{group}", name=schema.__name__, node=schema)
 
 
+def absent_method_options(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of its method that a saved config lacks, each with what it meant when the config
+    was written (:data:`ABSENT_METHOD_OPTIONS`)."""
+    method = saved.get("method") or {}
+    return {key: value for key, value in ABSENT_METHOD_OPTIONS.get(str(method.get("name")), {}).items()
+            if key not in method}
+
+
 def saved_config(saved: Mapping[str, Any] | DictConfig) -> DictConfig:
     """A config saved by any version of qnnrun (a checkpoint's ``config``) with every option this
-    version reads: the schemas' defaults and :data:`ABSENT_METHOD_OPTIONS` fill the options it
-    lacks; the values it has are kept as they are. Options this version no longer has are dropped."""
+    version reads: the schemas' defaults and :func:`absent_method_options` fill the options it
+    lacks; the values it has are kept as they are. Options this version no longer has are dropped.
+    A value this version cannot hold is a QnnrunError naming it."""
     cfg = OmegaConf.create(OmegaConf.to_container(saved) if OmegaConf.is_config(saved) else dict(saved))
     with open_dict(cfg):
-        for node, schema in SCHEMAS.items():
-            if node in cfg:
-                cfg[node] = _onto(schema, cfg[node])
-        for node, schemas in NAMED_SCHEMAS.items():
-            values = cfg.get(node)
-            if values is not None and str(values.get("name")) in schemas:
-                cfg[node] = _onto(schemas[str(values.name)], values)
-        method = cfg.get("method")
-        if method is not None:
-            for key, value in ABSENT_METHOD_OPTIONS.get(str(method.get("name")), {}).items():
-                if key not in method:
-                    method[key] = value
+        try:
+            for node, schema in SCHEMAS.items():
+                if node in cfg:
+                    cfg[node] = _onto(schema, cfg[node])
+            for node, schemas in NAMED_SCHEMAS.items():
+                values = cfg.get(node)
+                if values is not None and str(values.get("name")) in schemas:
+                    cfg[node] = _onto(schemas[str(values.name)], values)
+        except ValidationError as error:
+            shown = "null" if error.value is None else repr(error.value)
+            raise QnnrunError(f"the saved config's {node}.{error.full_key}={shown} cannot be read by this version "
+                              f"of qnnrun: {str(error.msg).splitlines()[0]}") from None
+        if cfg.get("method") is not None:
+            cfg.method.update(absent_method_options(cfg))
     return cfg
 
 
@@ -278,5 +292,7 @@ def _onto(schema: type, values: DictConfig) -> DictConfig:
     for key, factory in nested.items():
         if isinstance(known.get(key), dict):
             known[key] = OmegaConf.to_container(_onto(type(factory()), OmegaConf.create(known[key])))
+        elif key in known and known[key] is None:  # trainer.distill=null was "off" before the schema
+            del known[key]
     merged = OmegaConf.merge(OmegaConf.structured(schema), known)
     return OmegaConf.create(OmegaConf.to_container(merged))

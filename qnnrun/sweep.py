@@ -30,10 +30,10 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from qnnrun.checkpoint import write_text_atomic
+from qnnrun.checkpoint import load_checkpoint, write_text_atomic
 from qnnrun.errors import QnnrunError
-from qnnrun.runs import (FAILURES, SUMMARY, bounded_name, claim_run, is_free, name_parts, name_settings,
-                         noted_failures, read_summary, run_identity)
+from qnnrun.runs import (FAILURES, LAST_CKPT, SUMMARY, bounded_name, claim_run, identity_fields, is_free, name_parts,
+                         name_settings, noted_failures, read_summary, run_identity)
 
 log = logging.getLogger("qnnrun")
 
@@ -112,6 +112,26 @@ def same_run_in_sweep(cfg: DictConfig, sweep_dir: Path, run_dir: Path) -> Path |
 
     config = OmegaConf.to_container(cfg, resolve=True)
     return claim_run(sweep_dir, run_identity(config, build_method(cfg).quantizes), run_dir)
+
+
+def kept_duplicate(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The earlier job that a resumed job's duplicate record names, when that job's run is finished
+    and is still this job's run: the options both configs hold are equal by value
+    (:func:`qnnrun.runs.identity_fields`), so the record stands although this version's
+    :func:`qnnrun.runs.run_identity` may differ from the one the sweep claimed with. ``None``
+    otherwise (the job claims its run again)."""
+    from qnnrun.methods import build_method
+
+    record = read_summary(run_dir)
+    if record is None or record.get("status") != "duplicate" or not record.get("same_as"):
+        return None
+    first = Path(str(record["same_as"]))
+    if finished_summary(first, cfg.trainer.epochs) is None or not (first / LAST_CKPT).is_file():
+        return None
+    quantizes = build_method(cfg).quantizes
+    mine = identity_fields(OmegaConf.to_container(cfg, resolve=True), quantizes)
+    theirs = identity_fields(load_checkpoint(first / LAST_CKPT)["config"], quantizes)
+    return first if all(mine[key] == theirs[key] for key in mine.keys() & theirs.keys()) else None
 
 
 def failed_runs(folder: Path) -> list[tuple[Path, str]]:

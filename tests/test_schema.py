@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,11 @@ from omegaconf import OmegaConf
 from qnnrun.checkpoint import load_checkpoint, save_atomic
 from qnnrun.config import method_options
 from qnnrun.engine import train
+from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate_checkpoint
+from qnnrun.runs import CLAIMS
 from qnnrun.schema import ABSENT_METHOD_OPTIONS, QuantConf, TrainerConf, saved_config
+from qnnrun.sweep import kept_duplicate
 
 
 def test_the_composed_trainer_and_quant_are_the_schemas_defaults(tmp_path: Path) -> None:
@@ -61,6 +66,11 @@ def test_a_saved_config_of_an_older_version_gets_every_option_and_keeps_its_own_
     assert (partial.trainer.distill.teacher, partial.trainer.distill.weight) == ("t.ckpt", 1.0)
     partial.trainer.new_key = 1
     assert saved_config(OmegaConf.create(saved)) == cfg
+    # trainer.distill=null meant "off" before the schema; a value no option can hold is one line.
+    assert saved_config({"trainer": {"distill": None}}).trainer.distill.teacher is None
+    with pytest.raises(QnnrunError, match=r"^the saved config's trainer.epochs='many' cannot be read by this "
+                                          r"version of qnnrun: Value 'many' of type 'str' could not be converted"):
+        saved_config({"trainer": {"epochs": "many"}})
 
 
 def test_a_checkpoint_of_an_older_version_evaluates(tmp_path: Path) -> None:
@@ -78,12 +88,53 @@ def test_a_checkpoint_of_an_older_version_evaluates(tmp_path: Path) -> None:
     assert f"{summary['test_acc']:.2f}%" in line
 
 
+def test_resume_true_of_an_older_run_keeps_its_method_options(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    args = ["method=nbn", "bits=3", "trainer.epochs=2", "model.widths=[16]"]
+    train(compose_config(args, data_dir=tmp_path / "data"), tmp_path / "run")
+    last = tmp_path / "run" / "last.ckpt"
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["method"]["quant_lr_scale"]  # written before the option existed: the run used 1.0
+    save_atomic(ckpt, last)
+    cfg = compose_config([*args[:2], "trainer.epochs=3", "model.widths=[16]", "resume=true", "extend=true"],
+                         data_dir=tmp_path / "data")
+    assert cfg.method.quant_lr_scale == 0.1  # today's default
+    train(cfg, tmp_path / "run")
+    assert load_checkpoint(last)["config"]["method"]["quant_lr_scale"] == 1.0
+    assert "predates the options method.quant_lr_scale=1.0" in caplog.text
+
+
+def test_a_resumed_sweep_keeps_its_duplicate_records_when_the_run_identities_change(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ["train", "-m", "method=fp", "bits=2,4", "trainer.epochs=1", "trainer.progress=false",
+            "hydra.sweep.dir=sweep"]
+    code, _, err = run_cli(args, tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    duplicate = tmp_path / "sweep" / "1_w4a4"
+    assert json.loads((duplicate / "summary.json").read_text())["status"] == "duplicate"
+    # A newer version writes the configs otherwise (sched.warmup_epochs 0 -> 0.0): other identities.
+    shutil.rmtree(tmp_path / "sweep" / CLAIMS)
+    code, _, err = run_cli([*args, "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    record = json.loads((duplicate / "summary.json").read_text())
+    assert record["status"] == "duplicate" and not (duplicate / "last.ckpt").exists()
+    # A duplicate whose earlier run no longer is this job's run claims it again and trains.
+    first = tmp_path / "sweep" / "0_w2a2" / "last.ckpt"
+    ckpt = load_checkpoint(first)
+    ckpt["config"]["optim"]["lr"] = 0.5
+    save_atomic(ckpt, first)
+    assert kept_duplicate(compose_config(["method=fp", "bits=4", "trainer.epochs=1"]), duplicate) is None
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["trainer.epochs=abc"], "trainer.epochs='abc' is not valid: expected an integer"),
     (["-m", "trainer.epochs=1,abc"], "trainer.epochs='abc' is not valid: expected an integer"),  # every sweep value
     (["-m", "trainer.compile=false,1"], "trainer.compile=1 is not valid: valid are true, false"),
     (["trainer.distill.weight=null"], "trainer.distill.weight=null is not valid: expected a number"),
     (["quant.calib_batches=1.5"], "quant.calib_batches=1.5 is not valid: expected an integer"),
+    (["trainer.epochs=true"], "trainer.epochs=true is not valid: expected an integer"),
+    (["trainer.device=null"], "trainer.device=null is not valid: expected text"),
+    (["sched=step", "sched.milestones=30"], "sched.milestones=30 is not valid: expected a list in brackets, "
+                                            "[a, b, ...]"),
     (["dataset=cifar10", "dataset.skip_bad=maybe"], "dataset.skip_bad='maybe' is not valid: valid are true, false"),
     # digits has no skip_bad (it reads no files): an option of another data set is no option here.
     (["dataset.skip_bad=true"], "dataset.skip_bad=true: no such option; did you mean dataset.std? "
