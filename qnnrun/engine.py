@@ -43,6 +43,7 @@ from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
 from qnnrun.methods import Method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
+from qnnrun.quant.layers import fully_quantized
 from qnnrun.optim import build_optimizer, method_lr_factor
 from qnnrun.runs import (BEST_CKPT, HPARAM_DOMAINS, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
                          checkpoint_state, hparams_record, log_costs, log_epoch, log_hparams, log_step, prepare_run_dir,
@@ -432,7 +433,9 @@ class _Loop:
             if result.top5 is not None:
                 metrics["test_top5"] = result.top5
         metrics.update({f"quant/{k}": v for k, v in self.method.scalars(self.model).items()})
-        improved = metrics.get("test_acc", -1.0) > self.best_acc
+        # Best only among evaluations of the whole quantized network, never a partly float one.
+        metrics["quantized"] = fully_quantized(self.model)
+        improved = metrics["quantized"] and metrics.get("test_acc", -1.0) > self.best_acc
         if improved:
             self.best_acc = metrics["test_acc"]
         metrics.update(_accuracy_marks(metrics, self.best_acc, self.init_acc))
@@ -457,8 +460,10 @@ class _Loop:
         if not history or "test_acc" not in history[-1]:  # epochs=0: evaluate the starting point
             result = self.evaluate_test()
             entry = {"epoch": cfg.trainer.epochs, "test_loss": result.loss, "test_acc": result.acc,
+                     "quantized": fully_quantized(self.model),
                      **({"test_top5": result.top5} if result.top5 is not None else {})}
-            entry.update(_accuracy_marks(entry, max(self.best_acc, result.acc), self.init_acc))
+            best = max(self.best_acc, result.acc) if entry["quantized"] else self.best_acc
+            entry.update(_accuracy_marks(entry, best, self.init_acc))
             history.append(entry)
             if self.writer is not None:
                 log_epoch(self.writer, entry)
@@ -474,8 +479,9 @@ class _Loop:
             write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
         change = None if summary["init_test_acc"] is None else summary["test_acc"] - summary["init_test_acc"]
         since = "" if change is None else f"; {change:+.2f} from init_from's {summary['init_test_acc']:.2f}%"
-        log.info("done: test accuracy %.2f%% (best %.2f%%%s), results in %s", summary["test_acc"],
-                 summary["best_test_acc"], since, self.run_dir)
+        best = "none fully quantized" if summary["best_test_acc"] is None else f"{summary['best_test_acc']:.2f}%"
+        log.info("done: test accuracy %.2f%% (best %s%s), results in %s", summary["test_acc"], best, since,
+                 self.run_dir)
         return summary
 
 
@@ -514,7 +520,7 @@ def _accuracy_marks(metrics: Mapping[str, Any], best_acc: float, init_acc: float
     its accuracy (points): the curves the HParams view reads its metrics from."""
     if "test_acc" not in metrics:
         return {}
-    marks = {"test_best_acc": best_acc}
+    marks = {"test_best_acc": best_acc} if best_acc >= 0 else {}  # none yet: no fully quantized evaluation
     if init_acc is not None:
         marks["test_vs_init"] = metrics["test_acc"] - init_acc
     return marks

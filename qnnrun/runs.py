@@ -538,11 +538,16 @@ def summary_record(cfg: DictConfig, method: Method, info: DataInfo, history: lis
                    layer_bits: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
     """``summary.json`` of a finished run (without the keys the caller adds: extensions, overrides,
     run_dir): its setting, final and best test accuracy (%), costs per image and timing. ``layer_bits``:
-    a mixed-precision run's real width of every conv/linear layer (name -> {w, a}, forward order)."""
+    a mixed-precision run's real width of every conv/linear layer (name -> {w, a}, forward order).
+
+    The best is among evaluations of the whole quantized network (``"quantized"`` in the history,
+    absent in runs saved before it: counted); null when there is none (``epochs=0`` of a progressive
+    method from a float net)."""
     last = history[-1]
     trained = [h for h in history if "epoch_time_s" in h]
     train_time = sum(h["epoch_time_s"] for h in trained)
-    best = max((h for h in history if "test_acc" in h), key=lambda h: h["test_acc"])
+    best = max((h for h in history if "test_acc" in h and h.get("quantized", True)), key=lambda h: h["test_acc"],
+               default=None)
     return {
         "status": "done",
         "method": cfg.method.name,
@@ -558,8 +563,8 @@ def summary_record(cfg: DictConfig, method: Method, info: DataInfo, history: lis
         "test_acc": last["test_acc"],
         "test_top5": last.get("test_top5"),
         "test_loss": last["test_loss"],
-        "best_test_acc": max(best_acc, best["test_acc"]),
-        "best_epoch": best["epoch"],
+        "best_test_acc": None if best is None else max(best_acc, best["test_acc"]),
+        "best_epoch": None if best is None else best["epoch"],
         "init_test_acc": init_acc,
         "train_loss": last.get("train_loss"),
         "train_acc": last.get("train_acc"),

@@ -328,6 +328,19 @@ def quant_layers(model: nn.Module) -> list[tuple[str, QuantLayer]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, QuantLayer)]
 
 
+def fully_quantized(model: nn.Module) -> bool:
+    """Whether ``model`` evaluates as its method's final quantized network: no quantized layer has a
+    float weight row or an input quantizer switched off. Progressive methods and UNIQ reach that during
+    the run (before, an evaluation measures a partly float network); SQ's float rows live only within
+    a training step."""
+    for _, layer in quant_layers(model):
+        if layer.weight_quant is not None and ChannelState.FLOAT in layer.present_states():
+            return False
+        if layer.input_quant is not None and not layer.input_quant.enabled:
+            return False
+    return True
+
+
 def set_recompute_input(model: nn.Module, on: bool) -> None:
     """Turn :class:`_ReplayedInput` on or off for every quantized layer (``trainer.recompute_quant``)."""
     for _, layer in quant_layers(model):

@@ -16,12 +16,12 @@ from qnnrun.checkpoint import load_checkpoint
 from qnnrun.data import dataset_info
 from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
-from qnnrun.evaluate import evaluate_checkpoint
+from qnnrun.evaluate import evaluate_checkpoint, load_saved_run
 from qnnrun.methods.progressive import NeuronByNeuron, ProgressiveQuantization
 from qnnrun.models import build_model
 from qnnrun.quant import calibrate as C
 from qnnrun.quant.fold import FoldedBatchNorm, batchnorm_pairs, fold_batchnorm
-from qnnrun.quant.layers import ChannelState, quant_layers
+from qnnrun.quant.layers import ChannelState, fully_quantized, quant_layers
 from qnnrun.quant.quantizers import AffineQuantizer
 
 
@@ -294,6 +294,13 @@ def test_progressive_methods_learn_on_digits(tmp_path: Path, name: str) -> None:
     fractions = [h["quant/quantized_fraction"] for h in ckpt["history"]]
     assert fractions[2] == 0.0 and fractions[-1] == 1.0  # float phase (3 epochs), then all quantized
     assert fractions == sorted(fractions)
+    # The best is an evaluation of the whole quantized net, never one of the float phase or of a partly
+    # quantized one, and best.ckpt holds it.
+    quantized = [h["quantized"] for h in ckpt["history"]]
+    assert quantized == [fraction == 1.0 for fraction in fractions]
+    assert summary["best_test_acc"] == max(h["test_acc"] for h in ckpt["history"] if h["quantized"])
+    assert ckpt["history"][summary["best_epoch"] - 1]["quantized"]
+    assert fully_quantized(load_saved_run(tmp_path / name / "best.ckpt", torch.device("cpu")).model)
     # `qnnrun eval` rebuilds the model unfolded and with float input quantizers, then loads the checkpoint.
     cfg = compose_config([f"checkpoint={tmp_path / name}"], config_name="eval", data_dir=tmp_path / "data")
     assert f"top-1 {summary['test_acc']:.2f}%" in evaluate_checkpoint(cfg.checkpoint, None, cfg.paths, cfg.device)

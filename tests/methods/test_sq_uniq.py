@@ -27,7 +27,7 @@ from qnnrun.methods.sq import (
 from qnnrun.methods.uniq import Uniq, split_blocks
 from qnnrun.optim import method_lr_factor
 from qnnrun.quant import functional as Q
-from qnnrun.quant.layers import ChannelState, QuantLinear, quant_layers
+from qnnrun.quant.layers import ChannelState, QuantLinear, fully_quantized, quant_layers
 from qnnrun.quant.quantizers import KQuantileQuantizer, TernaryQuantizer, UniformQuantizer
 
 # ---- SQ numerics -------------------------------------------------------------------------------
@@ -389,6 +389,7 @@ def test_uniq_stage_transitions_freeze_the_right_parameters() -> None:
     assert [b[0].present_states() for b in blocks] == [{ChannelState.NOISY}, {ChannelState.FLOAT},
                                                        {ChannelState.FLOAT}]
     assert [b[0].input_quant.enabled for b in blocks] == [True, False, False]
+    assert not fully_quantized(model)  # later blocks float: what an evaluation now measures
     method.on_epoch_start(model, 1, 3)
     assert [b[0].present_states() for b in blocks] == [{ChannelState.FROZEN}, {ChannelState.NOISY},
                                                        {ChannelState.FLOAT}]
@@ -415,6 +416,7 @@ def test_uniq_stage_transitions_freeze_the_right_parameters() -> None:
     assert [b[0].present_states() for b in blocks] == [{ChannelState.FROZEN}, {ChannelState.FROZEN},
                                                        {ChannelState.NOISY}]
     assert all(layer.input_quant.enabled for block in blocks for layer in block)
+    assert fully_quantized(model)  # the last stage's noisy block evaluates quantized
 
 
 @pytest.mark.parametrize("freeze_bias", [True, False])
@@ -487,6 +489,10 @@ def test_uniq_w2a8_learns_on_digits(tmp_path: Path) -> None:
     cfg = compose_config(["method=uniq", "bits.w=2", "bits.a=8", "trainer.epochs=3"], data_dir=tmp_path / "data")
     summary = train(cfg, tmp_path / "uniq")
     assert summary["test_acc"] >= 90.0 and (summary["bits_w"], summary["bits_a"]) == (2, 8)
+    # Only the last stage evaluates the whole quantized network: the best is from there.
+    history = load_checkpoint(tmp_path / "uniq" / "last.ckpt")["history"]
+    assert [h["quantized"] for h in history] == [False, False, True]
+    assert (summary["best_epoch"], summary["best_test_acc"]) == (3, summary["test_acc"])
     # The last stage's noisy block evaluates quantized: the saved run reproduces its test accuracy.
     eval_cfg = compose_config([f"checkpoint={tmp_path / 'uniq'}"], config_name="eval", data_dir=tmp_path / "data")
     line = evaluate_checkpoint(eval_cfg.checkpoint, eval_cfg.get("dataset"), eval_cfg.paths, eval_cfg.device)
