@@ -15,7 +15,7 @@ this version has, so code reads options directly, never with a default of its ow
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -288,10 +288,11 @@ def _onto(schema: type, values: DictConfig) -> DictConfig:
     (a saved config is edited later, e.g. by resume)."""
     names = {f.name for f in fields(schema)}
     known = {k: v for k, v in OmegaConf.to_container(values).items() if k in names}
-    nested = {f.name: f.default_factory for f in fields(schema) if callable(f.default_factory)}  # type: ignore[misc]
-    for key, factory in nested.items():
+    defaults = {f.name: f.default_factory() for f in fields(schema) if callable(f.default_factory)}  # type: ignore[misc]
+    nested = {key: type(value) for key, value in defaults.items() if is_dataclass(value)}
+    for key, kind in nested.items():
         if isinstance(known.get(key), dict):
-            known[key] = OmegaConf.to_container(_onto(type(factory()), OmegaConf.create(known[key])))
+            known[key] = OmegaConf.to_container(_onto(kind, OmegaConf.create(known[key])))
         elif key in known and known[key] is None:  # trainer.distill=null was "off" before the schema
             del known[key]
     merged = OmegaConf.merge(OmegaConf.structured(schema), known)
