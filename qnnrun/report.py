@@ -94,13 +94,17 @@ CURVE_TAG = "test/acc"
 TRAIN_CURVE_TAG = "train/acc"
 CURVE_TAGS = (CURVE_TAG, TRAIN_CURVE_TAG)  # what Run.curves reads
 # One colour and one marker per method qnnrun knows, in every plot of every report (two reports
-# agree); a method not known here is drawn grey. Series of one method in a plot differ by line style.
+# agree); a method not known here is drawn grey. Series of one method in a plot differ by line style
+# and by a shade of the method's colour (SHADES).
 # matplotlib's ten, then black, magenta and indigo: any two at least 27 CIELAB units apart (the closest
 # pair, purple and pink, is matplotlib's own).
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#ff00ff", "#000000", "#4b0082")
 MARKERS = "os^Dv<>PX*hpd"
 LINE_STYLES = ("-", "--", ":", "-.")
+# The k-th series of one method in a plot: its colour mixed towards white (> 0) or black (< 0) by this
+# fraction; the first keeps the method's own colour.
+SHADES = (0.0, 0.45, -0.35, 0.25, -0.2, 0.6)
 # Plot geometry (sizes in points unless said otherwise).
 DPI = 120  # of the PNGs
 MARKER_SIZE = 6.0
@@ -732,15 +736,26 @@ def method_style(method: str) -> tuple[str, str]:
     return COLOURS[index % len(COLOURS)], MARKERS[index % len(MARKERS)]
 
 
+def shade(colour: str, amount: float) -> str:
+    """``colour`` (``#rrggbb``) mixed towards white by ``amount`` in [0, 1], or towards black by
+    ``-amount``; a colour too dark to darken visibly (every channel below 64) is lightened instead."""
+    channels = [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+    if max(channels) < 64:
+        amount = abs(amount)
+    target = 255 if amount > 0 else 0
+    return "#" + "".join(f"{round(c + (target - c) * abs(amount)):02x}" for c in channels)
+
+
 def _series_styles(series: Mapping[str, list[Group]]) -> dict[str, dict[str, Any]]:
-    """matplotlib keyword arguments of each series: its method's colour and marker, and a line style
-    that tells apart the series of one method."""
+    """matplotlib keyword arguments of each series: its method's marker, and its method's colour in a
+    shade and a line style that tell apart the series of one method (SQ's three arms, say)."""
     styles, seen = {}, defaultdict(int)
     for name, members in sorted(series.items()):
         method = members[0].identity.method
         colour, marker = method_style(method)
-        styles[name] = {"color": colour, "marker": marker, "markersize": MARKER_SIZE,
-                        "linestyle": LINE_STYLES[seen[method] % len(LINE_STYLES)]}
+        k = seen[method]
+        styles[name] = {"color": shade(colour, SHADES[k % len(SHADES)]), "marker": marker,
+                        "markersize": MARKER_SIZE, "linestyle": LINE_STYLES[k % len(LINE_STYLES)]}
         seen[method] += 1
     return styles
 

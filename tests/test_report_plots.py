@@ -17,7 +17,7 @@ import pytest
 from qnnrun.methods import METHODS
 from qnnrun.report import (DPI, FRONT_CIRCLE, MARKER_SIZE, Group, Identity, Run, build_report, dodge,
                            layer_policy_note, method_style, plot_accuracy_vs_bits, plot_accuracy_vs_gbops,
-                           plot_test_curves, read_folder)
+                           plot_test_curves, read_folder, shade)
 
 matplotlib.use("Agg")
 MARKER_PIXELS = MARKER_SIZE * DPI / 72
@@ -226,6 +226,27 @@ def test_no_note_and_no_policy_in_labels_where_the_compared_runs_share_it(tmp_pa
 def test_every_method_has_a_colour_and_a_marker_of_its_own() -> None:
     styles = [method_style(method) for method in sorted(METHODS)]
     assert len({colour for colour, _ in styles}) == len({marker for _, marker in styles}) == len(METHODS)
+
+
+def test_shade_mixes_towards_white_or_black_and_lightens_what_is_too_dark_to_darken() -> None:
+    assert shade("#ff7f0e", 0.0) == "#ff7f0e"
+    assert shade("#ff7f0e", 0.5) == "#ffbf86"  # halfway to white: 255, (127+255)/2, (14+255)/2 = 134.5 -> 134
+    assert shade("#ff7f0e", -0.5) == "#804007"  # halfway to black
+    assert shade("#000000", -0.5) == shade("#000000", 0.5) == "#808080"
+
+
+def test_series_of_one_method_differ_in_shade_and_line_style(figures: list[Any], tmp_path: Path) -> None:
+    mixed = group("ste", 2, [90.0])
+    mixed.identity = Identity("digits", "mlp", "ste", 2, 8, 3)  # W2A8: a second series of ste
+    plot_accuracy_vs_bits([group("ste", 2, [90.0]), mixed, group("lsq", 2, [91.0])], tmp_path / "bits.png")
+    figures[0].canvas.draw()
+    lines = {line.get_label(): line for ax in figures[0].axes for line in ax.lines
+             if not line.get_label().startswith("_")}
+    assert set(lines) == {"ste", "ste A8", "lsq"}
+    assert lines["ste"].get_color() == method_style("ste")[0] and lines["lsq"].get_color() == method_style("lsq")[0]
+    assert lines["ste A8"].get_color() not in {method_style(m)[0] for m in METHODS}
+    assert lines["ste A8"].get_linestyle() != lines["ste"].get_linestyle()
+    assert lines["ste A8"].get_marker() == lines["ste"].get_marker()
 
 
 def test_the_curves_share_one_legend_beside_the_panels(figures: list[Any], tmp_path: Path) -> None:
