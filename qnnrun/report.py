@@ -20,7 +20,8 @@ Writes into the output folder::
     report.md                 the tables (also printed), failed, unfinished, unreadable and duplicate
                               runs with the reason (unfinished: the last epoch logged and its test
                               accuracy); with ``--epochs 1,10,30`` also test (and train) accuracy at
-                              those epochs
+                              those epochs; with ``--paired method=ste`` also each group's paired
+                              difference from its baseline group (below)
     report.csv                one row per group: counts, mean and std of every metric
     accuracy_vs_bits.png      final test accuracy (%) against weight bits, one line per method
     accuracy_vs_gbops.png     final test accuracy (%) against GBOPs per image (log x), Pareto front
@@ -36,6 +37,13 @@ Where the quantized runs compared differ in their first/last-layer policy (``qua
 ``quant.last_layer``: float, 8 bits or the run's own bits, read from ``.hydra/config.yaml``; GBOPs
 and weight size change several-fold with it), the report says so in a note, and tables and plot
 labels name each run's policy (``first/last=fp``).
+
+``--paired KEY=VALUE`` compares each group with its baseline: the group whose ``KEY`` (``method`` or
+an override key) is ``VALUE`` and which agrees with it in everything else (data set, model, bits,
+every other override; bits are not compared against a float baseline, and epochs only where
+several baselines differ in them, as SQ's arms do). Runs are paired by seed: the difference in
+final test accuracy (points) per seed both finished, its mean ± sample std, and in how many seeds
+the group is above its baseline.
 """
 
 from __future__ import annotations
@@ -1186,6 +1194,59 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
     return _markdown(["test % (train %) at epoch", *[str(e) for e in epochs]], rows)
 
 
+def _baseline_key(group: Group, key: str, float_baseline: bool) -> tuple[Any, ...]:
+    """What a group and its baseline share: every field but ``key`` (and the epochs, compared apart;
+    and the bits, where the baseline is float)."""
+    i = group.identity
+    bits = () if float_baseline else (i.bits_w, i.bits_a, i.layer_bits)
+    extras = tuple(sorted((k, v) for k, v in group.extras.items() if k != key))
+    return (i.dataset, i.model, i.method if key != "method" else "", *bits, extras)
+
+
+def _key_value(group: Group, key: str) -> str:
+    return group.identity.method if key == "method" else group.extras.get(key, "")
+
+
+def _baseline(group: Group, baselines: Sequence[Group], key: str) -> Group | None:
+    """The group ``group`` is compared with (see the module's ``--paired``), or None: none, or several
+    that its epochs do not tell apart."""
+    matches = [b for b in baselines if b is not group
+               and _baseline_key(b, key, b.bits_label == "FP32")
+               == _baseline_key(group, key, b.bits_label == "FP32")]
+    if len(matches) > 1:
+        matches = [b for b in matches if b.identity.epochs == group.identity.epochs]
+    return matches[0] if len(matches) == 1 else None
+
+
+def paired_table(groups: Sequence[Group], key: str, value: str) -> str:
+    """Each group beside its baseline (``key`` = ``value``, everything else alike; both named with their
+    epochs where these differ): final test accuracy difference (points) of the runs paired by seed,
+    mean ± sample std over the seeds both finished, each seed's difference, and in how many seeds the
+    group is above; a line saying so where no group has a baseline with a seed in common."""
+    shown = _varying_keys(groups)
+    baselines = [g for g in groups if _key_value(g, key) == value]
+    rows = []
+    for g in groups:
+        base = _baseline(g, baselines, key) if _key_value(g, key) != value else None
+        if base is None:
+            continue
+        ours = {r.seed: r.metrics["test_acc"] for r in g.done}
+        theirs = {r.seed: r.metrics["test_acc"] for r in base.done}
+        seeds = sorted(set(ours) & set(theirs))
+        if not seeds:
+            continue
+        diffs = [ours[seed] - theirs[seed] for seed in seeds]
+        spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+        lengths = g.identity.epochs != base.identity.epochs
+        names = [_label(x, shown) + f" ({x.identity.epochs} ep)" * lengths for x in (g, base)]
+        rows.append([*names, len(seeds), f"{statistics.fmean(diffs):+.2f}{spread}",
+                     ", ".join(f"{d:+.2f}" for d in diffs), f"{sum(d > 0 for d in diffs)} of {len(diffs)}",
+                     " ".join(str(seed) for seed in seeds)])
+    if not rows:
+        return f"No group has a baseline with {key}={value} and a seed in common."
+    return _markdown(["group", "baseline", "paired seeds", "difference (points)", "per seed", "above", "seeds"], rows)
+
+
 def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
     """Mean test accuracy (%) per epoch of each group (band: ± std over seeds), one panel per bit width
     with the series overlaid in the styles of the other plots, every panel on the same axes; one
@@ -1241,10 +1302,11 @@ PLOTS = {"accuracy_vs_bits.png": plot_accuracy_vs_bits, "accuracy_vs_gbops.png":
 
 
 def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignore: Collection[str] = (),
-                 epochs: Sequence[int] = ()) -> str:
+                 epochs: Sequence[int] = (), paired: Sequence[tuple[str, str]] = ()) -> str:
     """Read the runs under ``paths``, write report.md, report.csv and the PNGs into ``out_dir``;
     returns the report's text. Runs differing only in their seed and the override keys in
-    ``ignore`` are one group; ``epochs`` (1-based) adds the table of test accuracy at those epochs."""
+    ``ignore`` are one group; ``epochs`` (1-based) adds the table of test accuracy at those epochs;
+    each ``(key, value)`` of ``paired`` the table of paired differences from that baseline."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed on clusters and CI
@@ -1255,11 +1317,15 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
             raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
     groups = group_runs(runs, ignore)
     finished = [g for g in groups if g.done]
+    for key, value in paired:
+        _check_baseline(groups, key, value, keys)
     parts = [_headline(paths, runs, problems, groups, ignore), layer_policy_note(finished)]
     if groups:
         parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups), "## By bits\n\n" + bits_table(groups)]
     if epochs and finished:
         parts.append("## By epoch\n\n" + epochs_table(finished, epochs))
+    for key, value in paired:
+        parts.append(f"## Paired with {key}={value}, by seed\n\n" + paired_table(finished, key, value))
     check_output_folder(out_dir, "--out")
     write_csv(groups, out_dir / "report.csv")
     if plots and finished:
@@ -1275,6 +1341,16 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     text = ("\n\n".join(filter(None, parts)) + "\n").encode("utf-8", "backslashreplace").decode("utf-8")
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
+
+
+def _check_baseline(groups: Sequence[Group], key: str, value: str, keys: Sequence[str]) -> None:
+    """One line naming what is wrong with ``--paired key=value``: a key no run sets, or a value none has."""
+    if key != "method" and key not in keys:
+        raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
+                          + "".join(f", {k}" for k in keys))
+    values = sorted({_key_value(g, key) for g in groups} - {""})
+    if value not in values:
+        raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; the runs have {', '.join(values)}")
 
 
 def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],
@@ -1299,6 +1375,14 @@ def _epoch_list(text: str) -> list[int]:
     return epochs
 
 
+def _key_equals_value(text: str) -> tuple[str, str]:
+    """``"method=ste"`` -> ``("method", "ste")``; anything without a key and a value is an argparse error."""
+    key, sep, value = text.partition("=")
+    if not (sep and key and value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. method=ste or grid_point=plain")
+    return key, value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse whose usage errors are one QnnrunError line, like every other qnnrun command's."""
 
@@ -1307,7 +1391,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: Sequence[str]) -> None:
-    """``qnnrun report PATH... [--out DIR] [--no-plots] [--ignore KEY] [--epochs LIST]``."""
+    """``qnnrun report PATH... [--out DIR] [--no-plots] [--ignore KEY] [--epochs LIST] [--paired KEY=VALUE]``."""
     parser = _Parser(
         prog="qnnrun report",
         description="Tables and plots across runs: reads every run folder under PATH (summary.json and "
@@ -1318,7 +1402,7 @@ def main(argv: Sequence[str]) -> None:
                     "duplicate runs are listed with the reason.",
         epilog="examples: qnnrun report outputs/multirun/2026-11-22/12-00-00 | qnnrun report outputs/a outputs/b "
                "--out cmp/ | qnnrun report outputs/2026-11-22/10-00-00 (one run) | "
-               "qnnrun report runs/ --ignore init_from")
+               "qnnrun report runs/ --ignore init_from | qnnrun report runs/nbn_w3_s* --paired method=ste")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="a run folder, a sweep folder, or any folder above runs (e.g. outputs/)")
     parser.add_argument("--out", type=Path, default=None,
@@ -1330,9 +1414,13 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--epochs", type=_epoch_list, default=(), metavar="LIST",
                         help="also tabulate test accuracy (train accuracy in brackets) at these epochs, "
                              "comma-separated, e.g. 1,10,20,30")
+    parser.add_argument("--paired", type=_key_equals_value, action="append", default=[], metavar="KEY=VALUE",
+                        help="also tabulate each group's difference from its baseline (KEY, method or an "
+                             "override key, at VALUE; all else alike), paired by seed (repeatable)")
     args = parser.parse_args(list(argv))
     out_dir = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
-    text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore, epochs=args.epochs)
+    text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore, epochs=args.epochs,
+                        paired=args.paired)
     print(text, end="")
     print(f"\nwritten: {out_dir / 'report.md'}, {out_dir / 'report.csv'}"
           + ("" if args.no_plots else f" and the plots in {out_dir}"))

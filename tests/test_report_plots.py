@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import statistics
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,10 @@ import matplotlib
 import numpy as np
 import pytest
 
+from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS
 from qnnrun.report import (DPI, FRONT_CIRCLE, MARKER_SIZE, Group, Identity, Run, build_report, dodge,
-                           layer_policy_note, method_style, plot_accuracy_vs_bits, plot_accuracy_vs_gbops,
+                           layer_policy_note, main, method_style, plot_accuracy_vs_bits, plot_accuracy_vs_gbops,
                            plot_test_curves, read_folder, shade)
 
 matplotlib.use("Agg")
@@ -263,3 +265,75 @@ def test_the_curves_share_one_legend_beside_the_panels(figures: list[Any], tmp_p
     colours = {line.get_label(): line.get_color() for ax in axes for line in ax.lines}
     assert colours == {"ste": method_style("ste")[0], "lsq": method_style("lsq")[0]}
     assert np.ptp([ax.get_ylim() for ax in axes], axis=0).tolist() == [0, 0]  # one y-axis for all panels
+
+
+# --- paired differences from a baseline (--paired) ------------------------------------------------
+
+def write_seeds(root: Path, name: str, method: str, accs: Sequence[float], overrides: Sequence[str] = (),
+                **record: Any) -> None:
+    """Finished runs of one group, seeds 0, 1, ... with the given test accuracies (%)."""
+    for seed, acc in enumerate(accs):
+        write_run(root / f"{name}_{seed}", method, "fp", "fp", seed=seed, test_acc=acc,
+                  overrides=[f"method={method}", f"seed={seed}", *overrides], **record)
+
+
+def paired_rows(text: str, key_value: str) -> list[list[str]]:
+    table = text.split(f"## Paired with {key_value}, by seed\n\n")[1].split("\n\n")[0].splitlines()
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in table[2:]]
+
+
+def test_paired_differences_from_a_method_are_per_seed_and_at_equal_bits(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_seeds(runs, "ste2", "ste", [70.0, 71.0, 72.0])
+    write_seeds(runs, "nbn2", "nbn", [70.5, 70.0, 73.0])
+    write_seeds(runs, "nbn4", "nbn", [80.0, 80.0], bits_w=4, bits_a=4)  # no ste at 4 bits: no row
+    write_seeds(runs, "ste4", "ste", [79.0, 79.0, 79.0], bits_w=4, bits_a=4, epochs=9)  # the only one: named so
+    write_seeds(runs, "lsq2", "lsq", [60.0, 60.0], bits_w=2, bits_a=2, overrides=["optim.lr=0.1"])  # no such ste
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[("method", "ste")])
+    assert paired_rows(text, "method=ste") == [
+        ["nbn W2A2", "ste W2A2", "3", f"+0.17 ± {statistics.stdev([0.5, -1.0, 1.0]):.2f}", "+0.50, -1.00, +1.00",
+         "2 of 3", "0 1 2"],
+        ["nbn W4A4 (3 ep)", "ste W4A4 (9 ep)", "2", "+1.00 ± 0.00", "+1.00, +1.00", "2 of 2", "0 1"]]
+
+
+def test_a_float_baseline_pairs_with_every_width_and_seeds_pair_only_where_both_finished(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_seeds(runs, "fp", "fp", [75.0, 74.0], bits_w=32, bits_a=32)
+    write_seeds(runs, "uniq2", "uniq", [72.0, 71.5, 60.0], bits_a=8)
+    write_seeds(runs, "uniq4", "uniq", [74.5, 74.5], bits_w=4, bits_a=8)
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[("method", "fp")])
+    assert [row[:6] for row in paired_rows(text, "method=fp")] == [
+        ["uniq W2A8", "fp FP32", "2", "-2.75 ± 0.35", "-3.00, -2.50", "0 of 2"],
+        ["uniq W4A8", "fp FP32", "2", "+0.00 ± 0.71", "-0.50, +0.50", "1 of 2"]]
+
+
+def test_arms_of_an_override_pair_with_the_baseline_arm_whatever_their_length(tmp_path: Path) -> None:
+    """SQ's arms: grid_point sets the epochs (4 for plain, 16 for the others)."""
+    runs = tmp_path / "runs"
+    arms = [("plain", 4, [58.0, 57.0]), ("sq", 16, [62.0, 63.0]), ("plain_restarts", 16, [64.0, 64.0])]
+    for arm, epochs, accs in arms:
+        for bits in (1, 2):
+            write_seeds(runs, f"{arm}{bits}", "sq", [a + bits for a in accs], [f"grid_point={arm}"],
+                        bits_w=bits, bits_a=32, epochs=epochs)
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[("grid_point", "plain")])
+    rows = paired_rows(text, "grid_point=plain")
+    assert [(row[0], row[1], row[3]) for row in rows] == [
+        ("sq W1A32 grid_point=plain_restarts (16 ep)", "sq W1A32 grid_point=plain (4 ep)", "+6.50 ± 0.71"),
+        ("sq W1A32 grid_point=sq (16 ep)", "sq W1A32 grid_point=plain (4 ep)", "+5.00 ± 1.41"),
+        ("sq W2A32 grid_point=plain_restarts (16 ep)", "sq W2A32 grid_point=plain (4 ep)", "+6.50 ± 0.71"),
+        ("sq W2A32 grid_point=sq (16 ep)", "sq W2A32 grid_point=plain (4 ep)", "+5.00 ± 1.41")]
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("grid_point=plain", "--paired grid_point=plain: no run sets grid_point; valid keys are method"),
+    ("method=lsq", "--paired method=lsq: no group has method=lsq; the runs have nbn, ste"),
+    ("method", "argument --paired: 'method': expected KEY=VALUE, e.g. method=ste or grid_point=plain "
+               "(qnnrun report --help)")])
+def test_a_baseline_no_run_has_is_one_line_naming_the_valid_ones(option: str, message: str, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_seeds(runs, "ste", "ste", [70.0])
+    write_seeds(runs, "nbn", "nbn", [71.0])
+    with pytest.raises(QnnrunError) as error:
+        main([str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--paired", option])
+    assert str(error.value) == message
+    assert not (tmp_path / "out").exists()

@@ -384,7 +384,8 @@ def check_random_folders(real_runs: dict[str, Path], data: st.DataObject, option
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_records_beside_real_runs(real_runs: dict[str, Path], data: st.DataObject) -> None:
-    options = data.draw(st.sampled_from([["--no-plots"], ["--no-plots", "--epochs", "1,3"]]))
+    options = data.draw(st.sampled_from([["--no-plots"], ["--no-plots", "--epochs", "1,3"],
+                                         ["--no-plots", "--paired", "method=ste"]]))
     check_random_folders(real_runs, data, options)
 
 
