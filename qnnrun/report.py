@@ -1350,7 +1350,8 @@ def _check_baseline(groups: Sequence[Group], key: str, value: str, keys: Sequenc
                           + "".join(f", {k}" for k in keys))
     values = sorted({_key_value(g, key) for g in groups} - {""})
     if value not in values:
-        raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; the runs have {', '.join(values)}")
+        raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; "
+                          f"the runs have {', '.join(values) or 'none'}")
 
 
 def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],
