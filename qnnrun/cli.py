@@ -583,6 +583,10 @@ def main() -> None:
         print(f"qnnrun: error: unknown command '{command}': valid commands are {', '.join(COMMANDS)}",
               file=sys.stderr)
         sys.exit(2)
+    if command == "report":  # argparse, not Hydra: its arguments are paths and options, never overrides
+        sys.argv = [sys.argv[0], *argv[1:]]
+        report_app()
+        return
     try:
         if command == "sensitivity":  # its bits are 1-8: one line saying so before the bits group's own check
             from qnnrun.sensitivity import check_width_overrides
@@ -590,7 +594,7 @@ def main() -> None:
             check_width_overrides(argv[1:])
         check_group_choices(argv[1:])
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
-        if command != "report" and not any(a in ("--help", "-h", "--hydra-help") for a in argv[1:]):
+        if not any(a in ("--help", "-h", "--hydra-help") for a in argv[1:]):
             check_overrides(command, sys.argv[1:])
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)

@@ -41,9 +41,10 @@ labels name each run's policy (``first/last=fp``).
 ``--paired KEY=VALUE`` compares each group with its baseline: the group whose ``KEY`` (``method`` or
 an override key) is ``VALUE`` and which agrees with it in everything else (data set, model, bits,
 every other override; bits are not compared against a float baseline, and epochs only where
-several baselines differ in them, as SQ's arms do). Runs are paired by seed: the difference in
-final test accuracy (points) per seed both finished, its mean ± sample std, and in how many seeds
-the group is above its baseline.
+several baselines differ in them, as SQ's arms do). Several pairs in one argument name a baseline
+by all of them (``--paired "method=ste trainer.grad_clip=1.0"``). Runs are paired by seed: the
+difference in final test accuracy (points) per seed both finished, its mean ± sample std, and in
+how many seeds the group is above its baseline.
 """
 
 from __future__ import annotations
@@ -1194,40 +1195,53 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
     return _markdown(["test % (train %) at epoch", *[str(e) for e in epochs]], rows)
 
 
-def _baseline_key(group: Group, key: str, float_baseline: bool) -> tuple[Any, ...]:
-    """What a group and its baseline share: every field but ``key`` (and the epochs, compared apart;
-    and the bits, where the baseline is float)."""
+# A baseline as --paired names it: (key, value) pairs, key ``method`` or an override key.
+Selector = tuple[tuple[str, str], ...]
+
+
+def _baseline_key(group: Group, selector: Selector, float_baseline: bool) -> tuple[Any, ...]:
+    """What a group and its baseline share: every field but the selector's keys (and the epochs,
+    compared apart; and the bits, where the baseline is float)."""
     i = group.identity
+    keys = {key for key, _ in selector}
     bits = () if float_baseline else (i.bits_w, i.bits_a, i.layer_bits)
-    extras = tuple(sorted((k, v) for k, v in group.extras.items() if k != key))
-    return (i.dataset, i.model, i.method if key != "method" else "", *bits, extras)
+    extras = tuple(sorted((k, v) for k, v in group.extras.items() if k not in keys))
+    return (i.dataset, i.model, "" if "method" in keys else i.method, *bits, extras)
 
 
 def _key_value(group: Group, key: str) -> str:
     return group.identity.method if key == "method" else group.extras.get(key, "")
 
 
-def _baseline(group: Group, baselines: Sequence[Group], key: str) -> Group | None:
+def _selects(group: Group, selector: Selector) -> bool:
+    return all(_key_value(group, key) == value for key, value in selector)
+
+
+def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> Group | None:
     """The group ``group`` is compared with (see the module's ``--paired``), or None: none, or several
     that its epochs do not tell apart."""
     matches = [b for b in baselines if b is not group
-               and _baseline_key(b, key, b.bits_label == "FP32")
-               == _baseline_key(group, key, b.bits_label == "FP32")]
+               and _baseline_key(b, selector, b.bits_label == "FP32")
+               == _baseline_key(group, selector, b.bits_label == "FP32")]
     if len(matches) > 1:
         matches = [b for b in matches if b.identity.epochs == group.identity.epochs]
     return matches[0] if len(matches) == 1 else None
 
 
-def paired_table(groups: Sequence[Group], key: str, value: str) -> str:
-    """Each group beside its baseline (``key`` = ``value``, everything else alike; both named with their
-    epochs where these differ): final test accuracy difference (points) of the runs paired by seed,
-    mean ± sample std over the seeds both finished, each seed's difference, and in how many seeds the
-    group is above; a line saying so where no group has a baseline with a seed in common."""
+def _selector_text(selector: Selector) -> str:
+    return " ".join(f"{key}={value}" for key, value in selector)
+
+
+def paired_table(groups: Sequence[Group], selector: Selector) -> str:
+    """Each group beside its baseline (the group ``selector`` names, everything else alike; both named
+    with their epochs where these differ): final test accuracy difference (points) of the runs paired
+    by seed, mean ± sample std over the seeds both finished, each seed's difference, and in how many
+    seeds the group is above; a line saying so where no group has a baseline with a seed in common."""
     shown = _varying_keys(groups)
-    baselines = [g for g in groups if _key_value(g, key) == value]
+    baselines = [g for g in groups if _selects(g, selector)]
     rows = []
     for g in groups:
-        base = _baseline(g, baselines, key) if _key_value(g, key) != value else None
+        base = None if _selects(g, selector) else _baseline(g, baselines, selector)
         if base is None:
             continue
         ours = {r.seed: r.metrics["test_acc"] for r in g.done}
@@ -1243,7 +1257,7 @@ def paired_table(groups: Sequence[Group], key: str, value: str) -> str:
                      ", ".join(f"{d:+.2f}" for d in diffs), f"{sum(d > 0 for d in diffs)} of {len(diffs)}",
                      " ".join(str(seed) for seed in seeds)])
     if not rows:
-        return f"No group has a baseline with {key}={value} and a seed in common."
+        return f"No group has a baseline with {_selector_text(selector)} and a seed in common."
     return _markdown(["group", "baseline", "paired seeds", "difference (points)", "per seed", "above", "seeds"], rows)
 
 
@@ -1302,11 +1316,11 @@ PLOTS = {"accuracy_vs_bits.png": plot_accuracy_vs_bits, "accuracy_vs_gbops.png":
 
 
 def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignore: Collection[str] = (),
-                 epochs: Sequence[int] = (), paired: Sequence[tuple[str, str]] = ()) -> str:
+                 epochs: Sequence[int] = (), paired: Sequence[Selector] = ()) -> str:
     """Read the runs under ``paths``, write report.md, report.csv and the PNGs into ``out_dir``;
     returns the report's text. Runs differing only in their seed and the override keys in
     ``ignore`` are one group; ``epochs`` (1-based) adds the table of test accuracy at those epochs;
-    each ``(key, value)`` of ``paired`` the table of paired differences from that baseline."""
+    each selector of ``paired`` the table of paired differences from the baselines it names."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed on clusters and CI
@@ -1317,15 +1331,15 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
             raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
     groups = group_runs(runs, ignore)
     finished = [g for g in groups if g.done]
-    for key, value in paired:
-        _check_baseline(groups, key, value, keys)
+    for selector in paired:
+        _check_baseline(groups, selector, keys)
     parts = [_headline(paths, runs, problems, groups, ignore), layer_policy_note(finished)]
     if groups:
         parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups), "## By bits\n\n" + bits_table(groups)]
     if epochs and finished:
         parts.append("## By epoch\n\n" + epochs_table(finished, epochs))
-    for key, value in paired:
-        parts.append(f"## Paired with {key}={value}, by seed\n\n" + paired_table(finished, key, value))
+    for selector in paired:
+        parts.append(f"## Paired with {_selector_text(selector)}, by seed\n\n" + paired_table(finished, selector))
     check_output_folder(out_dir, "--out")
     write_csv(groups, out_dir / "report.csv")
     if plots and finished:
@@ -1343,15 +1357,18 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     return text
 
 
-def _check_baseline(groups: Sequence[Group], key: str, value: str, keys: Sequence[str]) -> None:
-    """One line naming what is wrong with ``--paired key=value``: a key no run sets, or a value none has."""
-    if key != "method" and key not in keys:
-        raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
-                          + "".join(f", {k}" for k in keys))
-    values = sorted({_key_value(g, key) for g in groups} - {""})
-    if value not in values:
-        raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; "
-                          f"the runs have {', '.join(values) or 'none'}")
+def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[str]) -> None:
+    """One line naming what is wrong with a ``--paired`` baseline: a key no run sets, or a value none has."""
+    for key, value in selector:
+        if key != "method" and key not in keys:
+            raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
+                              + "".join(f", {k}" for k in keys))
+        values = sorted({_key_value(g, key) for g in groups} - {""})
+        if value not in values:
+            raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; "
+                              f"the runs have {', '.join(values) or 'none'}")
+    if not any(_selects(g, selector) for g in groups):
+        raise QnnrunError(f"--paired {_selector_text(selector)}: no group has all of these")
 
 
 def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],
@@ -1376,12 +1393,14 @@ def _epoch_list(text: str) -> list[int]:
     return epochs
 
 
-def _key_equals_value(text: str) -> tuple[str, str]:
-    """``"method=ste"`` -> ``("method", "ste")``; anything without a key and a value is an argparse error."""
-    key, sep, value = text.partition("=")
-    if not (sep and key and value):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. method=ste or grid_point=plain")
-    return key, value
+def _selector(text: str) -> Selector:
+    """``"method=ste"`` -> ``(("method", "ste"),)``; several pairs apart by spaces name a baseline by
+    all of them; anything else is an argparse error."""
+    pairs = [item.partition("=") for item in text.split()]
+    if not pairs or not all(sep and key and value for key, sep, value in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. method=ste or grid_point=plain, "
+                                         "or several apart by spaces")
+    return tuple((key, value) for key, _, value in pairs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -1415,9 +1434,10 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--epochs", type=_epoch_list, default=(), metavar="LIST",
                         help="also tabulate test accuracy (train accuracy in brackets) at these epochs, "
                              "comma-separated, e.g. 1,10,20,30")
-    parser.add_argument("--paired", type=_key_equals_value, action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--paired", type=_selector, action="append", default=[], metavar="KEY=VALUE",
                         help="also tabulate each group's difference from its baseline (KEY, method or an "
-                             "override key, at VALUE; all else alike), paired by seed (repeatable)")
+                             "override key, at VALUE; all else alike), paired by seed (repeatable; "
+                             "several pairs in quotes, apart by spaces, name a baseline by all of them)")
     args = parser.parse_args(list(argv))
     out_dir = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
     text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore, epochs=args.epochs,

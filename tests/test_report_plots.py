@@ -14,6 +14,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 import pytest
+from hydra_utils import run_cli
 
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS
@@ -289,7 +290,7 @@ def test_paired_differences_from_a_method_are_per_seed_and_at_equal_bits(tmp_pat
     write_seeds(runs, "nbn4", "nbn", [80.0, 80.0], bits_w=4, bits_a=4)  # no ste at 4 bits: no row
     write_seeds(runs, "ste4", "ste", [79.0, 79.0, 79.0], bits_w=4, bits_a=4, epochs=9)  # the only one: named so
     write_seeds(runs, "lsq2", "lsq", [60.0, 60.0], bits_w=2, bits_a=2, overrides=["optim.lr=0.1"])  # no such ste
-    text = build_report([runs], tmp_path / "out", plots=False, paired=[("method", "ste")])
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
     assert paired_rows(text, "method=ste") == [
         ["nbn W2A2", "ste W2A2", "3", f"+0.17 ± {statistics.stdev([0.5, -1.0, 1.0]):.2f}", "+0.50, -1.00, +1.00",
          "2 of 3", "0 1 2"],
@@ -301,7 +302,7 @@ def test_a_float_baseline_pairs_with_every_width_and_seeds_pair_only_where_both_
     write_seeds(runs, "fp", "fp", [75.0, 74.0], bits_w=32, bits_a=32)
     write_seeds(runs, "uniq2", "uniq", [72.0, 71.5, 60.0], bits_a=8)
     write_seeds(runs, "uniq4", "uniq", [74.5, 74.5], bits_w=4, bits_a=8)
-    text = build_report([runs], tmp_path / "out", plots=False, paired=[("method", "fp")])
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "fp"),)])
     assert [row[:6] for row in paired_rows(text, "method=fp")] == [
         ["uniq W2A8", "fp FP32", "2", "-2.75 ± 0.35", "-3.00, -2.50", "0 of 2"],
         ["uniq W4A8", "fp FP32", "2", "+0.00 ± 0.71", "-0.50, +0.50", "1 of 2"]]
@@ -315,7 +316,7 @@ def test_arms_of_an_override_pair_with_the_baseline_arm_whatever_their_length(tm
         for bits in (1, 2):
             write_seeds(runs, f"{arm}{bits}", "sq", [a + bits for a in accs], [f"grid_point={arm}"],
                         bits_w=bits, bits_a=32, epochs=epochs)
-    text = build_report([runs], tmp_path / "out", plots=False, paired=[("grid_point", "plain")])
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("grid_point", "plain"),)])
     rows = paired_rows(text, "grid_point=plain")
     assert [(row[0], row[1], row[3]) for row in rows] == [
         ("sq W1A32 grid_point=plain_restarts (16 ep)", "sq W1A32 grid_point=plain (4 ep)", "+6.50 ± 0.71"),
@@ -324,15 +325,35 @@ def test_arms_of_an_override_pair_with_the_baseline_arm_whatever_their_length(tm
         ("sq W2A32 grid_point=sq (16 ep)", "sq W2A32 grid_point=plain (4 ep)", "+5.00 ± 1.41")]
 
 
+def test_a_baseline_named_by_two_keys_pairs_groups_that_differ_in_both(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """nbn against ste run with gradient clipping: the two differ in the method and in an override.
+    Through the ``qnnrun`` command, which hands report its arguments as given (not as overrides)."""
+    runs = tmp_path / "runs"
+    write_seeds(runs, "nbn", "nbn", [80.0, 80.5])
+    write_seeds(runs, "ste", "ste", [75.0, 71.0])
+    write_seeds(runs, "clip", "ste", [80.25, 80.0], ["trainer.grad_clip=1.0"])
+    options = ["--paired", "method=ste trainer.grad_clip=1.0", "--paired", "method=ste"]
+    code, text, err = run_cli(["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots", *options],
+                              tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert [row[:5] for row in paired_rows(text, "method=ste trainer.grad_clip=1.0")] == [
+        ["nbn W2A2", "ste W2A2 trainer.grad_clip=1.0", "2", "+0.12 ± 0.53", "-0.25, +0.50"],
+        ["ste W2A2", "ste W2A2 trainer.grad_clip=1.0", "2", "-7.12 ± 2.65", "-5.25, -9.00"]]
+    assert [row[:2] for row in paired_rows(text, "method=ste")] == [["nbn W2A2", "ste W2A2"]]  # the plain ste only
+
+
 @pytest.mark.parametrize(("option", "message"), [
-    ("grid_point=plain", "--paired grid_point=plain: no run sets grid_point; valid keys are method"),
+    ("grid_point=plain", "--paired grid_point=plain: no run sets grid_point; valid keys are method, optim.lr"),
     ("method=lsq", "--paired method=lsq: no group has method=lsq; the runs have nbn, ste"),
-    ("method", "argument --paired: 'method': expected KEY=VALUE, e.g. method=ste or grid_point=plain "
-               "(qnnrun report --help)")])
+    ("method ste", "argument --paired: 'method ste': expected KEY=VALUE, e.g. method=ste or grid_point=plain, "
+                   "or several apart by spaces (qnnrun report --help)"),
+    ("method=ste x=1", "--paired x=1: no run sets x; valid keys are method, optim.lr"),
+    ("method=ste optim.lr=0.1", "--paired method=ste optim.lr=0.1: no group has all of these")])
 def test_a_baseline_no_run_has_is_one_line_naming_the_valid_ones(option: str, message: str, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write_seeds(runs, "ste", "ste", [70.0])
-    write_seeds(runs, "nbn", "nbn", [71.0])
+    write_seeds(runs, "nbn", "nbn", [71.0], ["optim.lr=0.1"])
     with pytest.raises(QnnrunError) as error:
         main([str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--paired", option])
     assert str(error.value) == message
