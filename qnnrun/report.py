@@ -40,11 +40,13 @@ labels name each run's policy (``first/last=fp``).
 
 ``--paired KEY=VALUE`` compares each group with its baseline: the group whose ``KEY`` (``method`` or
 an override key) is ``VALUE`` and which agrees with it in everything else (data set, model, bits,
-every other override; bits are not compared against a float baseline, and epochs only where
-several baselines differ in them, as SQ's arms do). Several pairs in one argument name a baseline
-by all of them (``--paired "method=ste trainer.grad_clip=1.0"``). Runs are paired by seed: the
-difference in final test accuracy (points) per seed both finished, its mean ± sample std, and in
-how many seeds the group is above its baseline.
+every other override; bits are not compared against a float baseline, which counts only where no
+baseline at the group's bits does; epochs only where several baselines differ in them, so SQ's arms,
+4 and 16 epochs long, pair). Several pairs in one argument name a baseline by all of them
+(``--paired "method=ste trainer.grad_clip=1.0"``). Runs are paired by seed: the difference in final
+test accuracy (points) per seed both finished, its mean ± sample std, and in how many seeds the group
+is above its baseline; groups whose lengths differ are named with them. Groups left unpaired are
+listed with the reason.
 """
 
 from __future__ import annotations
@@ -1217,37 +1219,59 @@ def _selects(group: Group, selector: Selector) -> bool:
     return all(_key_value(group, key) == value for key, value in selector)
 
 
-def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> Group | None:
-    """The group ``group`` is compared with (see the module's ``--paired``), or None: none, or several
-    that its epochs do not tell apart."""
-    matches = [b for b in baselines if b is not group
-               and _baseline_key(b, selector, b.bits_label == "FP32")
+def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> tuple[Group | None, str]:
+    """The group ``group`` is compared with (see the module's ``--paired``), or None and why: none, or
+    several that neither their bits (one at the group's bits before a float one) nor their epochs
+    tell apart."""
+    matches = [b for b in baselines if _baseline_key(b, selector, b.bits_label == "FP32")
                == _baseline_key(group, selector, b.bits_label == "FP32")]
-    if len(matches) > 1:
-        matches = [b for b in matches if b.identity.epochs == group.identity.epochs]
-    return matches[0] if len(matches) == 1 else None
+    for prefer in (lambda b: b.bits_label == group.bits_label, lambda b: b.identity.epochs == group.identity.epochs):
+        if len(matches) > 1 and any(prefer(b) for b in matches):
+            matches = [b for b in matches if prefer(b)]
+    if len(matches) == 1:
+        return matches[0], ""
+    if not matches:
+        return None, "no baseline alike in everything else"
+    return None, "several baselines: " + "; ".join(f"{b.identity.method} {b.bits_label} ({b.identity.epochs} ep)"
+                                                   + "".join(f" {k}={v}" for k, v in sorted(b.extras.items()))
+                                                   for b in matches)
 
 
 def _selector_text(selector: Selector) -> str:
     return " ".join(f"{key}={value}" for key, value in selector)
 
 
+def _accuracy_by_seed(group: Group) -> tuple[dict[int, float], list[int]]:
+    """Seed -> final test accuracy (%) of the group's finished runs, and the seeds finished twice
+    (the same run in two folders given together), which cannot be paired."""
+    by_seed: dict[int, float] = {}
+    twice = []
+    for run in group.done:
+        if run.seed in by_seed:
+            twice.append(run.seed)
+        by_seed[run.seed] = run.metrics["test_acc"]
+    return by_seed, sorted(set(twice))
+
+
 def paired_table(groups: Sequence[Group], selector: Selector) -> str:
     """Each group beside its baseline (the group ``selector`` names, everything else alike; both named
     with their epochs where these differ): final test accuracy difference (points) of the runs paired
     by seed, mean ± sample std over the seeds both finished, each seed's difference, and in how many
-    seeds the group is above; a line saying so where no group has a baseline with a seed in common."""
+    seeds the group is above; then the groups left unpaired and why."""
     shown = _varying_keys(groups)
     baselines = [g for g in groups if _selects(g, selector)]
-    rows = []
+    rows, unpaired = [], []
     for g in groups:
-        base = None if _selects(g, selector) else _baseline(g, baselines, selector)
-        if base is None:
+        if _selects(g, selector):
             continue
-        ours = {r.seed: r.metrics["test_acc"] for r in g.done}
-        theirs = {r.seed: r.metrics["test_acc"] for r in base.done}
-        seeds = sorted(set(ours) & set(theirs))
-        if not seeds:
+        base, why = _baseline(g, baselines, selector)
+        if base is not None:
+            (ours, twice), (theirs, twice_base) = _accuracy_by_seed(g), _accuracy_by_seed(base)
+            seeds = sorted(set(ours) & set(theirs))
+            why = (f"seed {twice[0]} finished twice" if twice else f"its baseline's seed {twice_base[0]} finished twice"
+                   if twice_base else "" if seeds else "no seed in common with its baseline")
+        if why:
+            unpaired.append(f"{_label(g, shown)} ({why})")
             continue
         diffs = [ours[seed] - theirs[seed] for seed in seeds]
         spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
@@ -1256,9 +1280,11 @@ def paired_table(groups: Sequence[Group], selector: Selector) -> str:
         rows.append([*names, len(seeds), f"{statistics.fmean(diffs):+.2f}{spread}",
                      ", ".join(f"{d:+.2f}" for d in diffs), f"{sum(d > 0 for d in diffs)} of {len(diffs)}",
                      " ".join(str(seed) for seed in seeds)])
-    if not rows:
-        return f"No group has a baseline with {_selector_text(selector)} and a seed in common."
-    return _markdown(["group", "baseline", "paired seeds", "difference (points)", "per seed", "above", "seeds"], rows)
+    parts = [_markdown(["group", "baseline", "paired seeds", "difference (points)", "per seed", "above", "seeds"], rows)
+             if rows else f"No group has a baseline with {_selector_text(selector)} and a seed in common."]
+    if unpaired:
+        parts.append("Not paired: " + "; ".join(unpaired) + ".")
+    return "\n\n".join(parts)
 
 
 def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
@@ -1332,7 +1358,7 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     groups = group_runs(runs, ignore)
     finished = [g for g in groups if g.done]
     for selector in paired:
-        _check_baseline(groups, selector, keys)
+        _check_baseline(groups, selector, keys, ignore)
     parts = [_headline(paths, runs, problems, groups, ignore), layer_policy_note(finished)]
     if groups:
         parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups), "## By bits\n\n" + bits_table(groups)]
@@ -1357,12 +1383,15 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     return text
 
 
-def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[str]) -> None:
-    """One line naming what is wrong with a ``--paired`` baseline: a key no run sets, or a value none has."""
+def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[str], ignore: Collection[str]) -> None:
+    """One line naming what is wrong with a ``--paired`` baseline: a key given to ``--ignore``, a key no
+    run sets, a value no group has, or values no one group has together."""
     for key, value in selector:
+        if key in ignore:
+            raise QnnrunError(f"--paired {key}={value}: {key} is given to --ignore too, so no group differs in it")
         if key != "method" and key not in keys:
             raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
-                              + "".join(f", {k}" for k in keys))
+                              + "".join(f", {k}" for k in keys if k not in ignore))
         values = sorted({_key_value(g, key) for g in groups} - {""})
         if value not in values:
             raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; "

@@ -76,7 +76,8 @@ case $PLAN in
 speed)
     BENCH="python3 scripts/bench_throughput.py --device $DEVICE --batch 512 --no-brevitas"
     step "CUDA-only tests"
-    timeout "$(left)" python3 -m pytest -q -p no:cacheprovider -k "cuda or gpu" \
+    # -o addopts: the device has no pytest-xdist (pyproject's -n auto); three files need no workers
+    timeout "$(left)" python3 -m pytest -q -p no:cacheprovider -o addopts="-ra -m 'not slow'" -k "cuda or gpu" \
         tests/quant/test_quant.py tests/data/test_data.py tests/kernels/test_xnor.py
     step "every method at W2A2, eager and compiled (compiled rows precompiled 8 at once)"
     timeout "$(left)" $BENCH --bits 2 --compile --precompile 8 --steps 50 --warmup 5 --json "$WORK/methods.json" \

@@ -13,10 +13,12 @@ import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-# pytest-xdist runs one worker per core (pyproject's addopts): each worker's torch gets its share of
-# the cores, not all of them (four threads on two cores would slow every worker down).
+# pytest-xdist runs one worker per usable core (pyproject's addopts): each worker's torch gets its
+# share of those cores, not all of them (four threads on two cores would slow every worker down).
+# Tests that start qnnrun in a subprocess set OMP_NUM_THREADS=1 for it themselves.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 def _unpack(archive: Path, dest: Path) -> Path:

@@ -295,6 +295,26 @@ def test_paired_differences_from_a_method_are_per_seed_and_at_equal_bits(tmp_pat
         ["nbn W2A2", "ste W2A2", "3", f"+0.17 ± {statistics.stdev([0.5, -1.0, 1.0]):.2f}", "+0.50, -1.00, +1.00",
          "2 of 3", "0 1 2"],
         ["nbn W4A4 (3 ep)", "ste W4A4 (9 ep)", "2", "+1.00 ± 0.00", "+1.00, +1.00", "2 of 2", "0 1"]]
+    assert "Not paired: lsq W2A2 optim.lr=0.1 (no baseline alike in everything else)." in text
+
+
+def test_a_baseline_at_the_groups_bits_comes_before_a_float_one_and_ambiguity_is_named(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_seeds(runs, "fp", "ste", [75.0, 75.0], bits_w=32, bits_a=32)  # a float run of the method compared with
+    write_seeds(runs, "ste2", "ste", [70.0, 71.0])
+    write_seeds(runs, "nbn2", "nbn", [71.0, 71.0])
+    write_seeds(runs, "ste4", "ste", [79.0], bits_w=4, bits_a=4, epochs=3)
+    write_seeds(runs, "ste4long", "ste", [79.5], bits_w=4, bits_a=4, epochs=9)
+    write_seeds(runs, "nbn4", "nbn", [80.0], bits_w=4, bits_a=4, epochs=5)  # 3 or 9 epochs: neither
+    write_seeds(runs, "nbn8", "nbn", [80.0, 80.5], bits_w=8, bits_a=8)  # only the float one
+    (runs / "nbn8_again").mkdir()
+    (runs / "nbn8_again" / "summary.json").write_text((runs / "nbn8_1" / "summary.json").read_text())
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
+    assert [row[:4] for row in paired_rows(text, "method=ste")] == [["nbn W2A2", "ste W2A2", "2", "+0.50 ± 0.71"]]
+    assert ("Not paired: nbn W4A4 (several baselines: ste W4A4 (3 ep); ste W4A4 (9 ep)); "
+            "nbn W8A8 (seed 1 finished twice).") in text
+
+
 
 
 def test_a_float_baseline_pairs_with_every_width_and_seeds_pair_only_where_both_finished(tmp_path: Path) -> None:
@@ -349,12 +369,14 @@ def test_a_baseline_named_by_two_keys_pairs_groups_that_differ_in_both(
     ("method ste", "argument --paired: 'method ste': expected KEY=VALUE, e.g. method=ste or grid_point=plain, "
                    "or several apart by spaces (qnnrun report --help)"),
     ("method=ste x=1", "--paired x=1: no run sets x; valid keys are method, optim.lr"),
-    ("method=ste optim.lr=0.1", "--paired method=ste optim.lr=0.1: no group has all of these")])
+    ("method=ste optim.lr=0.1", "--paired method=ste optim.lr=0.1: no group has all of these"),
+    ("optim.lr=0.1", "--paired optim.lr=0.1: optim.lr is given to --ignore too, so no group differs in it")])
 def test_a_baseline_no_run_has_is_one_line_naming_the_valid_ones(option: str, message: str, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write_seeds(runs, "ste", "ste", [70.0])
     write_seeds(runs, "nbn", "nbn", [71.0], ["optim.lr=0.1"])
     with pytest.raises(QnnrunError) as error:
-        main([str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--paired", option])
+        ignore = ["--ignore", "optim.lr"] if option == "optim.lr=0.1" else []
+        main([str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--paired", option, *ignore])
     assert str(error.value) == message
     assert not (tmp_path / "out").exists()
