@@ -171,10 +171,15 @@ class Identity:
         return bool(self.layer_bits)
 
     @property
+    def is_float(self) -> bool:
+        """Whether weights and inputs are float (a float run)."""
+        return self.bits_w == self.bits_a == FLOAT_BITS
+
+    @property
     def bits_label(self) -> str:
         if self.mixed:
             return f"mixed[{self.layer_bits}]"
-        return "FP32" if self.bits_w == self.bits_a == FLOAT_BITS else f"W{self.bits_w}A{self.bits_a}"
+        return "FP32" if self.is_float else f"W{self.bits_w}A{self.bits_a}"
 
 
 @dataclass
@@ -246,7 +251,7 @@ class Group:
         """The first/last-layer policy of the finished runs as tables show it: ``fp``, ``8`` or ``same``
         when both layers share it, else ``first/last`` (``8/fp``); None for float runs (where it changes
         nothing) and where no run's config tells it."""
-        if self.identity.mixed or self.identity.bits_w == self.identity.bits_a == FLOAT_BITS:
+        if self.identity.mixed or self.identity.is_float:
             return None  # float: it changes nothing; mixed: the widths say what each layer ran at
         told = sorted({first if first == last else f"{first}/{last}" for first, last in
                        (r.layers for r in self.done if r.layers)})
@@ -1223,8 +1228,8 @@ def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> t
     """The group ``group`` is compared with (see the module's ``--paired``), or None and why: none, or
     several that neither their bits (one at the group's bits before a float one) nor their epochs
     tell apart."""
-    matches = [b for b in baselines if _baseline_key(b, selector, b.bits_label == "FP32")
-               == _baseline_key(group, selector, b.bits_label == "FP32")]
+    matches = [b for b in baselines if _baseline_key(b, selector, b.identity.is_float)
+               == _baseline_key(group, selector, b.identity.is_float)]
     for prefer in (lambda b: b.bits_label == group.bits_label, lambda b: b.identity.epochs == group.identity.epochs):
         if len(matches) > 1 and any(prefer(b) for b in matches):
             matches = [b for b in matches if prefer(b)]
@@ -1268,8 +1273,12 @@ def paired_table(groups: Sequence[Group], selector: Selector) -> str:
         if base is not None:
             (ours, twice), (theirs, twice_base) = _accuracy_by_seed(g), _accuracy_by_seed(base)
             seeds = sorted(set(ours) & set(theirs))
-            why = (f"seed {twice[0]} finished twice" if twice else f"its baseline's seed {twice_base[0]} finished twice"
-                   if twice_base else "" if seeds else "no seed in common with its baseline")
+            if twice:
+                why = f"seed {twice[0]} finished twice"
+            elif twice_base:
+                why = f"its baseline's seed {twice_base[0]} finished twice"
+            elif not seeds:
+                why = "no seed in common with its baseline"
         if why:
             unpaired.append(f"{_label(g, shown)} ({why})")
             continue
