@@ -62,14 +62,15 @@ def test_gpu_session_parses_and_rejects_an_unknown_plan(tmp_path: Path) -> None:
 @pytest.mark.skipif(not CIFAR.is_file(), reason=f"needs {CIFAR} (the plan unpacks it)")
 def test_gpu_session_baselines_dry_run_on_digits(tmp_path: Path) -> None:
     """The baselines plan end to end on a CPU, with digits and one epoch in place of CIFAR-10: the float
-    run, the preset's lsq and pact rows (METHODS) two at a time, the report, and what comes back in $OUT."""
+    run, the preset's lsq and pact rows (METHODS) at 2 bits (SWEEP_EXTRA, not given to the float run) with
+    and without the float run as the teacher (DISTILL), two at a time, the report, and what comes back."""
     work, out = tmp_path / "repo", tmp_path / "out"
     shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".git", ".venv", "data", "outputs", "__pycache__"))
     (work / ".carry").mkdir()
     shutil.copy(CIFAR, work / ".carry")
     out.mkdir()
     env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "DATA": str(tmp_path / "data"), "N_JOBS": "2",
-           "METHODS": "lsq,pact",
+           "METHODS": "lsq,pact", "DISTILL": "true", "SWEEP_EXTRA": "bits='2'",
            "TRAIN_EXTRA": "trainer.epochs=1 dataset=digits model=mlp trainer.num_threads=1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(["bash", "scripts/gpu_session.sh", "baselines"], cwd=work, env=env, capture_output=True,
@@ -80,10 +81,15 @@ def test_gpu_session_baselines_dry_run_on_digits(tmp_path: Path) -> None:
     with tarfile.open(out / "baselines.tar.gz") as tar:
         names = tar.getnames()
         report = tar.extractfile("./baselines/report.md").read().decode()
+        summaries = [n for n in names if n.endswith("/summary.json") and n.startswith("./baselines/")]
+        records = [json.load(tar.extractfile(n)) for n in summaries]
     assert not [n for n in names if n.endswith(".ckpt")]
-    summaries = [n for n in names if n.endswith("/summary.json") and n.startswith("./baselines/")]
-    assert len(summaries) == 6 and all("method=lsq" in n or "method=pact" in n for n in summaries), summaries
-    assert "6 done, 0 failed, 0 unfinished" in report
+    assert len(summaries) == 4 and sorted(r["method"] for r in records) == ["lsq", "lsq", "pact", "pact"], summaries
+    assert {(r["bits_w"], r["bits_a"]) for r in records} == {(2, 2)}
+    teachers = [(r["distill"] or {}).get("teacher") for r in records]
+    float_run = str(work / "outputs/float/resnet20_cifar10")
+    assert teachers.count(None) == 2 and teachers.count(float_run) == 2, teachers
+    assert "4 done, 0 failed, 0 unfinished" in report
     assert json.loads((work / "outputs/float/resnet20_cifar10/summary.json").read_text())["status"] == "done"
 
 
