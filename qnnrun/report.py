@@ -5,9 +5,12 @@ A run is a folder holding ``summary.json`` (written by the engine when a run is 
 TensorBoard events without one. Runs are grouped by everything but the seed: method, model, data
 set, weight and activation bits, epochs and every other key set on the command line
 (``.hydra/overrides.yaml``), except the keys given to ``--ignore`` (e.g. ``init_from`` when each
-seed fine-tunes its own float run). Each group reports mean and sample standard deviation over its
-finished runs; runs that started from a trained net (``init_from``) also the change in final test
-accuracy from that net's (``vs init_from``, points: what quantization cost).
+seed fine-tunes its own float run). A run that leaves such a key (one other runs set) at its default
+takes the value its ``.hydra/config.yaml`` holds, where that is a plain value: so ``method.stages=3``
+typed and the default 3 are one group, and ``--paired method.stages=3`` finds the runs at the default.
+Each group reports mean and sample standard deviation over its finished runs; runs that started
+from a trained net (``init_from``) also the change in final test accuracy from that net's
+(``vs init_from``, points: what quantization cost).
 
 Every folder is read once, by :func:`read_folder`, into either a :class:`Run` whose values have
 their types and ranges (an :class:`Identity` of names and integers, metrics that are finite numbers
@@ -196,6 +199,11 @@ class Run:
     seed: int | None = None
     notes: list[str] = field(default_factory=list)  # what could not be read beside the record
     layers: tuple[str, str] | None = None  # done runs: (first, last) layer policy of .hydra/config.yaml, if told
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """The run's ``.hydra/config.yaml``, read once per report (empty, with a note, when unreadable)."""
+        return _read_config(self.path, self.notes)
 
     @functools.cached_property
     def curves(self) -> dict[str, list[tuple[int, float]]]:
@@ -417,10 +425,9 @@ def _done(folder: Path, record: Mapping[str, Any]) -> Run:
     if "init_test_acc" in metrics:
         metrics["vs_init"] = metrics["test_acc"] - metrics["init_test_acc"]
     lines = _read_command_line(folder, record)
-    notes: list[str] = []
-    layers = _layer_policy(_read_config(folder, notes))
-    return Run(folder, DONE, metrics, _parse_overrides(lines), lines, identity=identity, seed=seed, notes=notes,
-               layers=layers)
+    run = Run(folder, DONE, metrics, _parse_overrides(lines), lines, identity=identity, seed=seed)
+    run.layers = _layer_policy(run.config)
+    return run
 
 
 def _layer_policy(config: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -496,9 +503,23 @@ def _read_config(folder: Path, notes: list[str]) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+def _config_text(config: Mapping[str, Any], key: str) -> str | None:
+    """The plain value (number, text, true/false, null) at dotted ``key`` of a run's config as an
+    override would spell it (``3``, ``0.01``, ``true``, ``null``); None where the config has no plain
+    value there (no such key, a group or a list)."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value) if isinstance(value, (int, float, str)) else None
+
+
 def _planned_epochs(run: Run) -> str:
     """``" of 30"`` from the run's ``.hydra/config.yaml``; empty (with a note when unreadable) if unknown."""
-    trainer = _read_config(run.path, run.notes).get("trainer")
+    trainer = run.config.get("trainer")
     try:
         epochs = _integer(trainer if isinstance(trainer, dict) else {}, "epochs", 0)
     except _Unfit:
@@ -532,11 +553,13 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
     """Runs with a known identity, grouped by it and by their other overrides (seed and the override
     keys in ``ignore`` aside), in the order of their identities and overrides."""
     groups: dict[tuple[Identity, tuple[tuple[str, str], ...]], Group] = {}
+    keys = sorted({key for run in runs for key in run.overrides if key not in ignore})
     for run in runs:
         if run.identity is None:
             continue
-        extras = {k: v for k, v in run.overrides.items()
-                  if k not in ignore and not (run.identity.mixed and k.startswith(SEARCH_PREFIX))}
+        values = ((k, run.overrides[k] if k in run.overrides else _config_text(run.config, k)) for k in keys)
+        extras = {k: v for k, v in values
+                  if v is not None and not (run.identity.mixed and k.startswith(SEARCH_PREFIX))}
         key = (run.identity, tuple(sorted(extras.items())))
         groups.setdefault(key, Group(run.identity, extras)).runs.append(run)
     return [groups[key] for key in sorted(groups)]

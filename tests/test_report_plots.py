@@ -18,7 +18,7 @@ from hydra_utils import run_cli
 
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS
-from qnnrun.report import (DPI, FRONT_CIRCLE, MARKER_SIZE, Group, Identity, Run, build_report, dodge,
+from qnnrun.report import (DPI, FRONT_CIRCLE, MARKER_SIZE, Group, Identity, Run, _config_text, build_report, dodge,
                            layer_policy_note, main, method_style, plot_accuracy_vs_bits, plot_accuracy_vs_gbops,
                            plot_test_curves, read_folder, shade)
 
@@ -361,6 +361,37 @@ def test_a_baseline_named_by_two_keys_pairs_groups_that_differ_in_both(
         ["nbn W2A2", "ste W2A2 trainer.grad_clip=1.0", "2", "+0.12 ± 0.53", "-0.25, +0.50"],
         ["ste W2A2", "ste W2A2 trainer.grad_clip=1.0", "2", "-7.12 ± 2.65", "-5.25, -9.00"]]
     assert [row[:2] for row in paired_rows(text, "method=ste")] == [["nbn W2A2", "ste W2A2"]]  # the plain ste only
+
+
+def test_a_key_left_at_its_default_takes_its_config_value_in_groups_and_pairs(tmp_path: Path) -> None:
+    """UNIQ's one-stage arm against the default three stages: the default runs never typed
+    method.stages, so their value comes from .hydra/config.yaml; typing the default changes nothing."""
+    runs = tmp_path / "runs"
+    write_seeds(runs, "one", "uniq", [66.0, 67.0, 68.0], ["method.stages=1"])
+    write_seeds(runs, "staged", "uniq", [72.0, 72.5])
+    write_run(runs / "typed_2", "uniq", "fp", "fp", seed=2, test_acc=73.0,
+              overrides=["method=uniq", "seed=2", "method.stages=3"])  # the default, typed: the same group
+    write_seeds(runs, "ste", "ste", [70.0, 70.0, 70.0])  # ste has no method.stages: none to take
+    for name, stages in [("one", "1"), ("staged", "3"), ("typed", "3")]:
+        for folder in runs.glob(f"{name}_*"):
+            config = folder / ".hydra" / "config.yaml"
+            config.write_text(config.read_text() + f"method:\n  stages: {stages}\n")
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method.stages", "3"),)])
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in text.splitlines()
+            if line.startswith(("| uniq ", "| ste "))][:3]
+    assert [(row[0], row[5], row[6]) for row in rows] == [("ste", "", "3"), ("uniq", "1", "3"), ("uniq", "3", "3")]
+    assert [row[:5] for row in paired_rows(text, "method.stages=3")] == [
+        ["uniq W2A2 method.stages=1", "uniq W2A2 method.stages=3", "3", "-5.50 ± 0.50", "-6.00, -5.50, -5.00"]]
+
+
+@pytest.mark.parametrize(("config", "key", "text"), [
+    ({"optim": {"lr": 0.01}}, "optim.lr", "0.01"), ({"trainer": {"grad_clip": None}}, "trainer.grad_clip", "null"),
+    ({"quant": {"fold_bn": False}}, "quant.fold_bn", "false"), ({"method": {"name": "uniq"}}, "method.name", "uniq"),
+    ({"sched": {"milestones": [2, 3]}}, "sched.milestones", None), ({"optim": {"lr": 0.01}}, "optim.lr.x", None),
+    ({"optim": {"lr": 0.01}}, "optim", None), ({}, "init_from", None)])
+def test_a_default_is_spelled_as_an_override_would_be_or_not_taken(config: dict[str, Any], key: str,
+                                                                    text: str | None) -> None:
+    assert _config_text(config, key) == text
 
 
 @pytest.mark.parametrize(("option", "message"), [
