@@ -8,6 +8,7 @@ set, weight and activation bits, epochs and every other key set on the command l
 seed fine-tunes its own float run). A run that leaves such a key (one other runs set) at its default
 takes the value its ``.hydra/config.yaml`` holds, where that is a plain value: so ``method.stages=3``
 typed and the default 3 are one group, and ``--paired method.stages=3`` finds the runs at the default.
+Numbers and true/false have one spelling (:func:`canonical`: ``optim.lr=1e-2`` and ``0.01`` are one).
 Each group reports mean and sample standard deviation over its finished runs; runs that started
 from a trained net (``init_from``) also the change in final test accuracy from that net's
 (``vs init_from``, points: what quantization cost).
@@ -148,6 +149,9 @@ NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 # not UTF-8, text that is not JSON / YAML, nesting too deep to parse.
 UNREADABLE = (OSError, ValueError, yaml.YAMLError, RecursionError)
 OVERRIDES_FILE = Path(".hydra", "overrides.yaml")
+# Override values that are numbers (canonical): an integer, or a decimal / exponent float.
+INTEGER = re.compile(r"[+-]?[0-9]+")
+NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 CONFIG_FILE = Path(".hydra", "config.yaml")
 # The first/last-layer policy (float, 8 bits or the run's own bits: GBOPs and weight size change
 # several-fold with it): the config keys, and the name labels and tables give it where runs differ in it.
@@ -380,14 +384,28 @@ def _read_command_line(folder: Path, record: Mapping[str, Any]) -> list[str]:
 
 
 def _parse_overrides(lines: Iterable[str]) -> dict[str, str]:
-    """``key=value`` override lines -> {key: value} without the grouping-neutral keys."""
+    """``key=value`` override lines -> {key: value} (the value in its :func:`canonical` spelling)
+    without the grouping-neutral keys."""
     parsed = {}
     for line in lines:
         key, sep, value = line.partition("=")
         key = key.lstrip("+~")
         if sep and key not in NOT_GROUPED and not is_free(key) and not key.startswith("hydra"):
-            parsed[key] = value
+            parsed[key] = canonical(value)
     return parsed
+
+
+def canonical(value: str) -> str:
+    """One spelling per value an override can give: integers as ``3``, other numbers as Python writes
+    the float (``1e-2`` and ``0.01`` are ``0.01``), ``true`` / ``false`` in lower case; other text as
+    given. Config values are written alike (:func:`_config_text`), so a typed value and a default meet."""
+    if value.lower() in ("true", "false"):
+        return value.lower()
+    if INTEGER.fullmatch(value):
+        return str(int(value))
+    if NUMBER.fullmatch(value):
+        return repr(float(value))
+    return value
 
 
 def read_folder(folder: Path) -> Run | Problem:
@@ -504,9 +522,9 @@ def _read_config(folder: Path, notes: list[str]) -> dict[str, Any]:
 
 
 def _config_text(config: Mapping[str, Any], key: str) -> str | None:
-    """The plain value (number, text, true/false, null) at dotted ``key`` of a run's config as an
-    override would spell it (``3``, ``0.01``, ``true``, ``null``); None where the config has no plain
-    value there (no such key, a group or a list)."""
+    """The plain value (number, text, true/false, null) at dotted ``key`` of a run's config in the
+    :func:`canonical` spelling of an override (``3``, ``0.01``, ``true``, ``null``); None where the
+    config has no plain value there (no such key, a group or a list)."""
     value: Any = config
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
@@ -514,7 +532,9 @@ def _config_text(config: Mapping[str, Any], key: str) -> str | None:
         value = value[part]
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
-    return str(value) if isinstance(value, (int, float, str)) else None
+    if isinstance(value, (int, float)):
+        return str(value) if isinstance(value, int) else repr(value)
+    return canonical(value) if isinstance(value, str) else None
 
 
 def _planned_epochs(run: Run) -> str:
@@ -1383,6 +1403,7 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
 
     matplotlib.use("Agg")  # files only: no display needed on clusters and CI
     runs, problems = find_runs(paths)
+    paired = [tuple((key, canonical(value)) for key, value in selector) for selector in paired]
     keys = sorted({key for run in runs for key in run.overrides})
     for key in ignore:
         if key not in keys:

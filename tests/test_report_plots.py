@@ -18,9 +18,9 @@ from hydra_utils import run_cli
 
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS
-from qnnrun.report import (DPI, FRONT_CIRCLE, MARKER_SIZE, Group, Identity, Run, _config_text, build_report, dodge,
-                           layer_policy_note, main, method_style, plot_accuracy_vs_bits, plot_accuracy_vs_gbops,
-                           plot_test_curves, read_folder, shade)
+from qnnrun.report import (DPI, FRONT_CIRCLE, MARKER_SIZE, Group, Identity, Run, _config_text, build_report,
+                           canonical, dodge, layer_policy_note, main, method_style, plot_accuracy_vs_bits,
+                           plot_accuracy_vs_gbops, plot_test_curves, read_folder, shade)
 
 matplotlib.use("Agg")
 MARKER_PIXELS = MARKER_SIZE * DPI / 72
@@ -392,6 +392,26 @@ def test_a_key_left_at_its_default_takes_its_config_value_in_groups_and_pairs(tm
 def test_a_default_is_spelled_as_an_override_would_be_or_not_taken(config: dict[str, Any], key: str,
                                                                     text: str | None) -> None:
     assert _config_text(config, key) == text
+
+
+@pytest.mark.parametrize(("typed", "spelled"), [
+    ("1e-2", "0.01"), ("0.010", "0.01"), (".5", "0.5"), ("1.", "1.0"), ("+3", "3"), ("003", "3"), ("-2", "-2"),
+    ("1e3", "1000.0"), ("True", "true"), ("FALSE", "false"), ("null", "null"), ("plain", "plain"), ("'2'", "'2'"),
+    ("[2,3]", "[2,3]"), ("1e", "1e"), ("1.2.3", "1.2.3")])
+def test_an_override_value_has_one_spelling(typed: str, spelled: str) -> None:
+    assert canonical(typed) == spelled
+
+
+def test_one_value_typed_two_ways_is_one_group_and_a_baseline_either_way(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_seeds(runs, "a", "ste", [70.0], ["optim.lr=1e-2"])
+    write_run(runs / "b_1", "ste", "fp", "fp", seed=1, test_acc=71.0,
+              overrides=["method=ste", "seed=1", "optim.lr=0.01"])
+    write_seeds(runs, "lsq", "lsq", [72.0, 73.0], ["optim.lr=.01"])
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"), ("optim.lr", "1e-2"))])
+    assert "2 groups" in text  # the three spellings of 0.01 are one value (so no label names it)
+    assert [row[:5] for row in paired_rows(text, "method=ste optim.lr=0.01")] == [
+        ["lsq W2A2", "ste W2A2", "2", "+2.00 ± 0.00", "+2.00, +2.00"]]
 
 
 @pytest.mark.parametrize(("option", "message"), [
