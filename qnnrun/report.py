@@ -8,7 +8,7 @@ set, weight and activation bits, epochs and every other key set on the command l
 seed fine-tunes its own float run). A run that leaves such a key (one other runs set) at its default
 takes the value its ``.hydra/config.yaml`` holds, where that is a plain value: so ``method.stages=3``
 typed and the default 3 are one group, and ``--paired method.stages=3`` finds the runs at the default.
-Numbers and true/false have one spelling (:func:`canonical`: ``optim.lr=1e-2`` and ``0.01`` are one).
+Values have one spelling (:func:`canonical`: ``optim.lr=1e-2`` and ``0.01`` are one).
 Each group reports mean and sample standard deviation over its finished runs; runs that started
 from a trained net (``init_from``) also the change in final test accuracy from that net's
 (``vs init_from``, points: what quantization cost).
@@ -47,10 +47,11 @@ an override key) is ``VALUE`` and which agrees with it in everything else (data 
 every other override; bits are not compared against a float baseline, which counts only where no
 baseline at the group's bits does; epochs only where several baselines differ in them, so SQ's arms,
 4 and 16 epochs long, pair). Several pairs in one argument name a baseline by all of them
-(``--paired "method=ste trainer.grad_clip=1.0"``). Runs are paired by seed: the difference in final
-test accuracy (points) per seed both finished, its mean ± sample std, and in how many seeds the group
-is above its baseline; groups whose lengths differ are named with them. Groups left unpaired are
-listed with the reason.
+(``--paired "method=ste trainer.grad_clip=1.0"``). A method's own option that a group left at its
+default (read from its config) is no difference from a baseline without that option. Runs are paired
+by seed: the difference in final test accuracy (points) per seed both finished, its mean ± sample
+std, and in how many seeds the group is above its baseline; groups whose lengths differ are named
+with them. Groups left unpaired are listed with the reason.
 """
 
 from __future__ import annotations
@@ -149,9 +150,6 @@ NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 # not UTF-8, text that is not JSON / YAML, nesting too deep to parse.
 UNREADABLE = (OSError, ValueError, yaml.YAMLError, RecursionError)
 OVERRIDES_FILE = Path(".hydra", "overrides.yaml")
-# Override values that are numbers (canonical): an integer, or a decimal / exponent float.
-INTEGER = re.compile(r"[+-]?[0-9]+")
-NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 CONFIG_FILE = Path(".hydra", "config.yaml")
 # The first/last-layer policy (float, 8 bits or the run's own bits: GBOPs and weight size change
 # several-fold with it): the config keys, and the name labels and tables give it where runs differ in it.
@@ -238,6 +236,7 @@ class Group:
     identity: Identity
     extras: dict[str, str]
     runs: list[Run] = field(default_factory=list)
+    defaults: set[str] = field(default_factory=set)  # keys of extras no run typed (read from their configs)
 
     @property
     def done(self) -> list[Run]:
@@ -396,16 +395,35 @@ def _parse_overrides(lines: Iterable[str]) -> dict[str, str]:
 
 
 def canonical(value: str) -> str:
-    """One spelling per value an override can give: integers as ``3``, other numbers as Python writes
-    the float (``1e-2`` and ``0.01`` are ``0.01``), ``true`` / ``false`` in lower case; other text as
+    """One spelling per value an override can give, as Hydra's override parser reads it: whole
+    numbers as integers (``3``, ``1.0`` -> ``1``, ``1_000`` -> ``1000``), other numbers as Python
+    writes the float (``1e-2`` and ``.01`` are ``0.01``), ``true`` / ``false`` / ``null`` in lower
+    case, a quoted text without its quotes; anything else (lists, sweeps, what does not parse) as
     given. Config values are written alike (:func:`_config_text`), so a typed value and a default meet."""
-    if value.lower() in ("true", "false"):
-        return value.lower()
-    if INTEGER.fullmatch(value):
-        return str(int(value))
-    if NUMBER.fullmatch(value):
-        return repr(float(value))
-    return value
+    try:
+        parsed = _override_parser().parse_override(f"key={value}").value()
+    except Exception:  # Hydra's grammar errors: left as typed (the run was started with it)
+        return value
+    text = _plain_text(parsed)
+    return value if text is None else text
+
+
+@functools.cache
+def _override_parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _plain_text(value: Any) -> str | None:
+    """A plain value (number, text, true/false, null) as :func:`canonical` spells it; None for others."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return value if isinstance(value, str) else None
 
 
 def read_folder(folder: Path) -> Run | Problem:
@@ -530,11 +548,9 @@ def _config_text(config: Mapping[str, Any], key: str) -> str | None:
         if not isinstance(value, dict) or part not in value:
             return None
         value = value[part]
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, (int, float)):
-        return str(value) if isinstance(value, int) else repr(value)
-    return canonical(value) if isinstance(value, str) else None
+    if isinstance(value, str) and "${" in value:  # an interpolation Hydra left unresolved is no value
+        return None
+    return _plain_text(value)
 
 
 def _planned_epochs(run: Run) -> str:
@@ -577,11 +593,16 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
     for run in runs:
         if run.identity is None:
             continue
-        values = ((k, run.overrides[k] if k in run.overrides else _config_text(run.config, k)) for k in keys)
-        extras = {k: v for k, v in values
-                  if v is not None and not (run.identity.mixed and k.startswith(SEARCH_PREFIX))}
+        # A mixed run's widths are its identity: the search variables and the first/last-layer policy
+        # (which its layer rules override) tell nothing more.
+        wanted = [k for k in keys if not (run.identity.mixed and (k.startswith(SEARCH_PREFIX) or k in LAYER_KEYS))]
+        typed = {k: run.overrides[k] for k in wanted if k in run.overrides}
+        defaults = {k: v for k in wanted if k not in typed and (v := _config_text(run.config, k)) is not None}
+        extras = {**typed, **defaults}
         key = (run.identity, tuple(sorted(extras.items())))
-        groups.setdefault(key, Group(run.identity, extras)).runs.append(run)
+        group = groups.setdefault(key, Group(run.identity, extras, defaults=set(defaults)))
+        group.runs.append(run)
+        group.defaults &= set(defaults)
     return [groups[key] for key in sorted(groups)]
 
 
@@ -1249,14 +1270,23 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
 Selector = tuple[tuple[str, str], ...]
 
 
-def _baseline_key(group: Group, selector: Selector, float_baseline: bool) -> tuple[Any, ...]:
-    """What a group and its baseline share: every field but the selector's keys (and the epochs,
-    compared apart; and the bits, where the baseline is float)."""
-    i = group.identity
+def _alike(group: Group, baseline: Group, selector: Selector) -> bool:
+    """Whether ``baseline`` agrees with ``group`` in every field but the selector's keys (and the
+    epochs, compared apart; and the bits, where the baseline is float). A key only one of them has
+    does not count where that one left it at its default (a method's own option, e.g. uniq's
+    ``method.stages``, read from its config): it is no difference."""
     keys = {key for key, _ in selector}
-    bits = () if float_baseline else (i.bits_w, i.bits_a, i.layer_bits)
-    extras = tuple(sorted((k, v) for k, v in group.extras.items() if k not in keys))
-    return (i.dataset, i.model, "" if "method" in keys else i.method, *bits, extras)
+    a, b = group.identity, baseline.identity
+    if (a.dataset, a.model) != (b.dataset, b.model) or ("method" not in keys and a.method != b.method):
+        return False
+    if not b.is_float and (a.bits_w, a.bits_a, a.layer_bits) != (b.bits_w, b.bits_a, b.layer_bits):
+        return False
+    for key in (group.extras.keys() | baseline.extras.keys()) - keys:
+        mine, theirs = group.extras.get(key), baseline.extras.get(key)
+        if mine != theirs and not (mine is None and key in baseline.defaults
+                                   or theirs is None and key in group.defaults):
+            return False
+    return True
 
 
 def _key_value(group: Group, key: str) -> str:
@@ -1264,15 +1294,14 @@ def _key_value(group: Group, key: str) -> str:
 
 
 def _selects(group: Group, selector: Selector) -> bool:
-    return all(_key_value(group, key) == value for key, value in selector)
+    return all(_key_value(group, key) == canonical(value) for key, value in selector)
 
 
 def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> tuple[Group | None, str]:
     """The group ``group`` is compared with (see the module's ``--paired``), or None and why: none, or
     several that neither their bits (one at the group's bits before a float one) nor their epochs
     tell apart."""
-    matches = [b for b in baselines if _baseline_key(b, selector, b.identity.is_float)
-               == _baseline_key(group, selector, b.identity.is_float)]
+    matches = [b for b in baselines if _alike(group, b, selector)]
     for prefer in (lambda b: b.bits_label == group.bits_label, lambda b: b.identity.epochs == group.identity.epochs):
         if len(matches) > 1 and any(prefer(b) for b in matches):
             matches = [b for b in matches if prefer(b)]
@@ -1403,7 +1432,6 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
 
     matplotlib.use("Agg")  # files only: no display needed on clusters and CI
     runs, problems = find_runs(paths)
-    paired = [tuple((key, canonical(value)) for key, value in selector) for selector in paired]
     keys = sorted({key for run in runs for key in run.overrides})
     for key in ignore:
         if key not in keys:
@@ -1446,7 +1474,7 @@ def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[
             raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
                               + "".join(f", {k}" for k in keys if k not in ignore))
         values = sorted({_key_value(g, key) for g in groups} - {""})
-        if value not in values:
+        if canonical(value) not in values:
             raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; "
                               f"the runs have {', '.join(values) or 'none'}")
     if not any(_selects(g, selector) for g in groups):

@@ -19,8 +19,8 @@ from hydra_utils import run_cli
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS
 from qnnrun.report import (DPI, FRONT_CIRCLE, MARKER_SIZE, Group, Identity, Run, _config_text, build_report,
-                           canonical, dodge, layer_policy_note, main, method_style, plot_accuracy_vs_bits,
-                           plot_accuracy_vs_gbops, plot_test_curves, read_folder, shade)
+                           canonical, dodge, find_runs, group_runs, layer_policy_note, main, method_style,
+                           plot_accuracy_vs_bits, plot_accuracy_vs_gbops, plot_test_curves, read_folder, shade)
 
 matplotlib.use("Agg")
 MARKER_PIXELS = MARKER_SIZE * DPI / 72
@@ -358,8 +358,8 @@ def test_a_baseline_named_by_two_keys_pairs_groups_that_differ_in_both(
                               tmp_path, capsys, monkeypatch)
     assert code == 0, err
     assert [row[:5] for row in paired_rows(text, "method=ste trainer.grad_clip=1.0")] == [
-        ["nbn W2A2", "ste W2A2 trainer.grad_clip=1.0", "2", "+0.12 ± 0.53", "-0.25, +0.50"],
-        ["ste W2A2", "ste W2A2 trainer.grad_clip=1.0", "2", "-7.12 ± 2.65", "-5.25, -9.00"]]
+        ["nbn W2A2", "ste W2A2 trainer.grad_clip=1", "2", "+0.12 ± 0.53", "-0.25, +0.50"],
+        ["ste W2A2", "ste W2A2 trainer.grad_clip=1", "2", "-7.12 ± 2.65", "-5.25, -9.00"]]
     assert [row[:2] for row in paired_rows(text, "method=ste")] == [["nbn W2A2", "ste W2A2"]]  # the plain ste only
 
 
@@ -388,18 +388,49 @@ def test_a_key_left_at_its_default_takes_its_config_value_in_groups_and_pairs(tm
     ({"optim": {"lr": 0.01}}, "optim.lr", "0.01"), ({"trainer": {"grad_clip": None}}, "trainer.grad_clip", "null"),
     ({"quant": {"fold_bn": False}}, "quant.fold_bn", "false"), ({"method": {"name": "uniq"}}, "method.name", "uniq"),
     ({"sched": {"milestones": [2, 3]}}, "sched.milestones", None), ({"optim": {"lr": 0.01}}, "optim.lr.x", None),
-    ({"optim": {"lr": 0.01}}, "optim", None), ({}, "init_from", None)])
+    ({"optim": {"lr": 0.01}}, "optim", None), ({}, "init_from", None), ({"trainer": {"grad_clip": 1.0}},
+    "trainer.grad_clip", "1"), ({"init_from": "${hydra:runtime.cwd}/outputs/x"}, "init_from", None)])
 def test_a_default_is_spelled_as_an_override_would_be_or_not_taken(config: dict[str, Any], key: str,
                                                                     text: str | None) -> None:
     assert _config_text(config, key) == text
 
 
 @pytest.mark.parametrize(("typed", "spelled"), [
-    ("1e-2", "0.01"), ("0.010", "0.01"), (".5", "0.5"), ("1.", "1.0"), ("+3", "3"), ("003", "3"), ("-2", "-2"),
-    ("1e3", "1000.0"), ("True", "true"), ("FALSE", "false"), ("null", "null"), ("plain", "plain"), ("'2'", "'2'"),
-    ("[2,3]", "[2,3]"), ("1e", "1e"), ("1.2.3", "1.2.3")])
+    ("1e-2", "0.01"), ("0.010", "0.01"), (".5", "0.5"), ("1.", "1"), ("1.0", "1"), ("+3", "3"), ("1_000", "1000"),
+    ("-2", "-2"), ("1e3", "1000"), ("-Inf", "-inf"), ("True", "true"), ("FALSE", "false"), ("NULL", "null"),
+    ("plain", "plain"), ("'2'", "2"), ('"a b"', "a b"), ("003", "003"), ("[2,3]", "[2,3]"), ("a,b", "a,b"),
+    ("1e", "1e"), ("${x}", "${x}")])
 def test_an_override_value_has_one_spelling(typed: str, spelled: str) -> None:
     assert canonical(typed) == spelled
+
+
+def test_a_methods_own_option_at_its_default_does_not_keep_it_from_a_baseline_without_it(tmp_path: Path) -> None:
+    """uniq's one-stage arm beside its default and ste: method.stages, typed by the arm only, is read
+    from the default uniq runs' configs; ste has no such option, so uniq still pairs with ste, and the
+    typed arm (a real difference) does not."""
+    runs = tmp_path / "runs"
+    write_seeds(runs, "one", "uniq", [66.0, 67.0], ["method.stages=1"])
+    write_seeds(runs, "staged", "uniq", [72.0, 72.5])
+    write_seeds(runs, "ste", "ste", [70.0, 71.0])
+    for folder in runs.glob("*_*"):
+        config = folder / ".hydra" / "config.yaml"
+        stages = {"one": 1, "staged": 3}.get(folder.name.split("_")[0])
+        config.write_text(config.read_text() + (f"method:\n  stages: {stages}\n" if stages else ""))
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
+    assert [row[:4] for row in paired_rows(text, "method=ste")] == [
+        ["uniq W2A2 method.stages=3", "ste W2A2", "2", "+1.75 ± 0.35"]]
+    assert "Not paired: uniq W2A2 method.stages=1 (no baseline alike in everything else)." in text
+
+
+def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> None:
+    """Its layer rules override the first/last-layer policy, so the policy typed by uniform runs beside
+    it is not read into its group (nor are the search variables that set its widths)."""
+    runs = tmp_path / "runs"
+    widths = {"features.0": {"w": 8, "a": 8}, "features.4": {"w": 2, "a": 2}}
+    write_run(runs / "mixed", "lsq", 8, 8, layer_bits=widths, overrides=["method=lsq", "search.conv1=8"])
+    write_run(runs / "uniform", "lsq", "same", "same", overrides=["method=lsq", "quant.first_layer=same"])
+    groups = group_runs(find_runs([runs])[0])
+    assert [(g.identity.mixed, g.extras) for g in groups] == [(False, {"quant.first_layer": "same"}), (True, {})]
 
 
 def test_one_value_typed_two_ways_is_one_group_and_a_baseline_either_way(tmp_path: Path) -> None:
@@ -410,7 +441,7 @@ def test_one_value_typed_two_ways_is_one_group_and_a_baseline_either_way(tmp_pat
     write_seeds(runs, "lsq", "lsq", [72.0, 73.0], ["optim.lr=.01"])
     text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"), ("optim.lr", "1e-2"))])
     assert "2 groups" in text  # the three spellings of 0.01 are one value (so no label names it)
-    assert [row[:5] for row in paired_rows(text, "method=ste optim.lr=0.01")] == [
+    assert [row[:5] for row in paired_rows(text, "method=ste optim.lr=1e-2")] == [
         ["lsq W2A2", "ste W2A2", "2", "+2.00 ± 0.00", "+2.00, +2.00"]]
 
 
