@@ -10,8 +10,9 @@
 #     cp -r <the finished 60-epoch float run folder> outputs/float/resnet20_cifar10
 #     command "METHODS=lsq,ste bash scripts/gpu_session.sh baselines",
 #     carry [".carry", "outputs/float/resnet20_cifar10"], timeout_s 570
-#   issue 39's distillation rows (lsq and ste W2A2 from that float net, with and without it as the teacher):
-#     command "METHODS=lsq,ste SEEDS=0,1,2 DISTILL=true SWEEP_EXTRA=\"bits='2'\" bash scripts/gpu_session.sh baselines"
+#   issue 39's distillation rows (lsq and ste W2A2 from that float net, with and without it as the teacher;
+#   seed 0 first, 4 runs, then SEEDS=1,2 in a later call):
+#     command "METHODS=lsq,ste SEEDS=0 DISTILL=true SWEEP_EXTRA=bits=2 bash scripts/gpu_session.sh baselines"
 #
 # Plans (each ends its work BUDGET_S seconds after it starts, default 480, then packs):
 #   speed      the CUDA-only tests (fused fake-quantize kernel, on-device batches, XNOR Triton
@@ -34,7 +35,7 @@
 # Knobs (environment): BUDGET_S, METHODS (baselines: ste,lsq,dorefa,pact), SEEDS (baselines: 0),
 # N_JOBS (baselines: 12), COMPILE (baselines: true), DISTILL (baselines: false; true runs every row of the
 # sweep twice, without and with trainer.distill.teacher=<the float run>), SWEEP_EXTRA (arguments added to the
-# baselines sweep only, not to the float run: e.g. bits="'2'" for one width),
+# baselines sweep only, not to the float run: e.g. bits=2 for one width; not glob-expanded),
 # DEVICE (cuda), DATA (/tmp/data), TRAIN_EXTRA / BENCH_EXTRA (arguments added to every qnnrun train /
 # bench command; a dry run on a CPU: DEVICE=cpu TRAIN_EXTRA="dataset=digits model=mlp trainer.epochs=1"
 # BENCH_EXTRA="--batch 8 --steps 1 --warmup 1 --epoch-samples 64 --methods fp ste").
@@ -114,13 +115,15 @@ baselines)
             $COMMON hydra.run.dir=$FLOAT $TRAIN_EXTRA
     fi
     if [ -f $FLOAT/summary.json ]; then
-        [ "$DISTILL" = true ] && SWEEP_EXTRA="$SWEEP_EXTRA trainer.distill.teacher=null,$PWD/$FLOAT"
+        [ "$DISTILL" = true ] && SWEEP_EXTRA="$SWEEP_EXTRA trainer.distill.teacher=null,'$PWD/$FLOAT'"
         cp $FLOAT/last.ckpt "$OUT/float_resnet20_cifar10.ckpt"
         step "experiment=baselines_cifar10 method=$METHODS seed=$SEEDS $SWEEP_EXTRA, $N_JOBS at once"
         # N_JOBS runs compile at once: a share of the cores each, not a pool of compile workers per core each.
+        set -f  # the overrides' words are not file patterns ([2,3], *)
         TORCHINDUCTOR_COMPILE_THREADS=$(( $(nproc) / N_JOBS > 0 ? $(nproc) / N_JOBS : 1 )) \
         timeout "$(left)" python3 -m qnnrun.cli train experiment=baselines_cifar10 method=$METHODS seed=$SEEDS \
             hydra/launcher=local hydra.launcher.n_jobs=$N_JOBS $COMMON hydra.sweep.dir="$WORK/baselines" $TRAIN_EXTRA $SWEEP_EXTRA
+        set +f
         python3 -m qnnrun.cli report "$WORK/baselines"
     fi
     cp -r $FLOAT "$WORK/float"

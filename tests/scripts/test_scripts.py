@@ -70,7 +70,7 @@ def test_gpu_session_baselines_dry_run_on_digits(tmp_path: Path) -> None:
     shutil.copy(CIFAR, work / ".carry")
     out.mkdir()
     env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "DATA": str(tmp_path / "data"), "N_JOBS": "2",
-           "METHODS": "lsq,pact", "DISTILL": "true", "SWEEP_EXTRA": "bits='2'",
+           "METHODS": "lsq,pact", "DISTILL": "true", "SWEEP_EXTRA": "bits=2",
            "TRAIN_EXTRA": "trainer.epochs=1 dataset=digits model=mlp trainer.num_threads=1",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     done = subprocess.run(["bash", "scripts/gpu_session.sh", "baselines"], cwd=work, env=env, capture_output=True,
