@@ -236,6 +236,11 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
         ("bops", ["model=resnet20", "model.width=0.25"], "model.width=0.25 is not valid: expected a positive integer"),
         ("bops", ["model=vgg_small", "model.width_mult=0"], "model.width_mult=0 is not valid: expected a multiplier"),
         ("bops", ["model=vgg_small", "model.width=0.5"], "model.width=0.5: no such option"),
+        # Hydra's grammar errors name the override and the way out.
+        ("train", ["hydra.run.dir=/tmp/a=b"], "hydra.run.dir=/tmp/a=b is not an override Hydra can read (mismatched "
+                                              "input '=' expecting <EOF>); a value that holds =, spaces, commas or "
+                                              "brackets as text needs quotes, e.g. hydra.run.dir='/tmp/a=b'"),
+        ("train", ["-m", "seed=0,1", "optim.lr=[1"], "optim.lr=[1 is not an override Hydra can read"),
     ],
 )
 def test_mistyped_keys_and_senseless_values_are_one_line_and_leave_nothing(qnnrun, tmp_path: Path, command: str,
