@@ -1442,7 +1442,9 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
         _check_baseline(groups, selector, keys, ignore)
     parts = [_headline(paths, runs, problems, groups, ignore), layer_policy_note(finished)]
     if groups:
-        parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups), "## By bits\n\n" + bits_table(groups)]
+        by_bits = bits_table(groups)  # empty where every group is mixed (no one bit width)
+        parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups)]
+        parts += ["## By bits\n\n" + by_bits] if by_bits else []
     if epochs and finished:
         parts.append("## By epoch\n\n" + epochs_table(finished, epochs))
     for selector in paired:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import statistics
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -431,6 +432,9 @@ def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> No
     write_run(runs / "uniform", "lsq", "same", "same", overrides=["method=lsq", "quant.first_layer=same"])
     groups = group_runs(find_runs([runs])[0])
     assert [(g.identity.mixed, g.extras) for g in groups] == [(False, {"quant.first_layer": "same"}), (True, {})]
+    shutil.rmtree(runs / "uniform")  # a search alone: no bits table, and no empty heading for one
+    text = build_report([runs], tmp_path / "out", plots=False)
+    assert "mixed[w 8,2 a 8,2]" in text and "## By bits" not in text
 
 
 def test_one_value_typed_two_ways_is_one_group_and_a_baseline_either_way(tmp_path: Path) -> None:
