@@ -483,7 +483,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                                       f"{str(cause.msg).splitlines()[0]}") from None
                 key = str(error).partition("Could not override '")[2].partition("'")[0]
                 if not key:
-                    raise QnnrunError(str(error).strip().splitlines()[0]) from None
+                    raise QnnrunError(_composition_error_line(error)) from None
                 value = next((o.partition("=")[2] for o in job if o.partition("=")[0].lstrip("+~") == key), "")
                 raise QnnrunError(f"{key}={value}: no such option{_did_you_mean(key, base, groups)} (qnnrun "
                                   f"{config_name} --cfg job lists the options)") from None
@@ -507,6 +507,16 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                                   f"would read it{_did_you_mean(key, base, groups)}")
     finally:
         GlobalHydra.instance().clear()
+
+
+def _composition_error_line(error: Exception) -> str:
+    """Hydra's several-line composition error as one line that keeps the key it is about: ``In
+    'experiment/mp_search': Key 'n_trials' not in 'BasicSweeperConf' (hydra.sweeper.n_trials)``."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    head = lines[0].replace(" ConfigKeyError raised while composing config:", "").rstrip(":")
+    detail = next((line for line in lines[1:] if not line.startswith(("full_key:", "object_type="))), "")
+    full_key = next((line.partition(":")[2].strip() for line in lines[1:] if line.startswith("full_key:")), "")
+    return head + (f": {detail}" if detail else "") + (f" ({full_key})" if full_key else "")
 
 
 # A schema-typed option's values (qnnrun/schema.py): what each type takes, and the line that says so.

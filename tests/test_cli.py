@@ -241,6 +241,9 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
                                               "input '=' expecting <EOF>); a value that holds =, spaces, commas or "
                                               "brackets as text needs quotes, e.g. hydra.run.dir='/tmp/a=b'"),
         ("train", ["-m", "seed=0,1", "optim.lr=[1"], "optim.lr=[1 is not an override Hydra can read"),
+        # A preset's option of another choice of a group: the key is named.
+        ("train", ["-m", "experiment=mp_search", "hydra/sweeper=basic"],
+         "In 'experiment/mp_search': Key 'n_trials' not in 'BasicSweeperConf' (hydra.sweeper.n_trials)"),
     ],
 )
 def test_mistyped_keys_and_senseless_values_are_one_line_and_leave_nothing(qnnrun, tmp_path: Path, command: str,
