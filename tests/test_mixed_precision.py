@@ -56,6 +56,16 @@ def test_every_method_runs_each_layer_at_its_rules_widths(method: str) -> None:
     assert built.mixed and built.bits_label.startswith(f"mixed ({rule} W{width}/A{width}")
 
 
+@pytest.mark.parametrize(("rules", "label"), [
+    (RULES, "mixed (features.4 W4/A3, classifier W6/A6, others float)"),  # features.1: float, the layer policy
+    ("quant.layer_bits={features.4: 4}", "mixed (features.4 W4/A4, others float)"),
+    ("quant.layer_bits={features.*: 4, classifier: 8}", "mixed (features.* W4/A4, classifier W8/A8)")])
+def test_the_log_label_names_what_the_layers_no_rule_matched_run_at(rules: str, label: str) -> None:
+    cfg = compose_config(["bits=2", rules])
+    _, built = build_quantized_model(cfg, dataset_info(cfg.dataset), CPU)
+    assert built.bits_label == label
+
+
 def test_float_runs_ignore_the_rules() -> None:
     cfg = compose_config(["method=fp", RULES])
     model, method = build_quantized_model(cfg, dataset_info(cfg.dataset), CPU)

@@ -59,6 +59,8 @@ class Method:
         self.weight_bits = int(cfg.bits.w)
         self.act_bits = int(cfg.bits.a)
         self.layer_rules = layer_rules(cfg)  # quant.layer_bits, in order
+        # The widths of the layers no rule matched, as build set them (the layer policy); None before build.
+        self.rest_bits: set[LayerBits] | None = None
         if self.layer_widths is not None:
             for rule in self.layer_rules:
                 bad = [b for b in (rule.bits.weight, rule.bits.input) if b not in (*self.layer_widths, FLOAT_BITS)]
@@ -81,12 +83,17 @@ class Method:
     @property
     def bits_label(self) -> str:
         """The widths for logs: ``W2/A2``, or for a mixed run each rule's and the rest's, e.g.
-        ``mixed (conv1 W8/A8, layer3.* W4/A4, others W2/A2)``."""
+        ``mixed (conv1 W8/A8, layer3.* W4/A4, others W2/A2)``; once built, the rest as the layers no
+        rule matched run (``others W2/A2 or float``), and none where the rules cover every layer."""
         plain = f"W{self.weight_bits}/A{self.act_bits}"
         if not self.mixed:
             return plain
         rules = ", ".join(f"{r.pattern} W{r.bits.weight}/A{r.bits.input}" for r in self.layer_rules)
-        return f"mixed ({rules}, others {plain})"
+        if self.rest_bits is None:
+            return f"mixed ({rules}, others {plain})"
+        rest = sorted({"float" if b == LayerBits(FLOAT_BITS, FLOAT_BITS) else f"W{b.weight}/A{b.input}"
+                       for b in self.rest_bits})
+        return f"mixed ({rules}" + (f", others {' or '.join(rest)}" if rest else "") + ")"
 
     # ---- building -------------------------------------------------------------------------
     def weight_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
@@ -103,17 +110,21 @@ class Method:
         A rule that matches no layer is an error listing the layers' names."""
         if not self.quantizes:
             return model
-        quant, matched = self.cfg.quant, set()
+        quant, matched, rest = self.cfg.quant, set(), set()
 
         def bits_of(name: str, index: int, count: int) -> LayerBits:
             rule = matching_rule(name, self.layer_rules)
             if rule is not None:
                 matched.add(rule.pattern)
-            return layer_bits(index, count, self.weight_bits, self.act_bits, quant.first_layer, quant.last_layer,
+            bits = layer_bits(index, count, self.weight_bits, self.act_bits, quant.first_layer, quant.last_layer,
                               int(quant.image_input_bits), rule.bits if rule is not None else None)
+            if rule is None:
+                rest.add(bits)
+            return bits
 
         names = forward_order(model, example_input) if self.layer_rules else []
         model = convert(model, example_input, bits_of, self.weight_quantizer, self.input_quantizer)
+        self.rest_bits = rest
         unmatched = [rule.pattern for rule in self.layer_rules if rule.pattern not in matched]
         if unmatched:
             pattern = unmatched[0]
