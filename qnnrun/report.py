@@ -394,6 +394,7 @@ def _parse_overrides(lines: Iterable[str]) -> dict[str, str]:
     return parsed
 
 
+@functools.lru_cache(maxsize=4096)  # a sweep's runs repeat the same few values; a parse is about 0.5 ms
 def canonical(value: str) -> str:
     """One spelling per value an override can give, as Hydra's override parser reads it: whole
     numbers as integers (``3``, ``1.0`` -> ``1``, ``1_000`` -> ``1000``), other numbers as Python
