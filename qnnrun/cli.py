@@ -448,17 +448,16 @@ def check_overrides(config_name: str, args: list[str]) -> None:
     from hydra.errors import HydraException, MissingConfigException
 
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
-    parser = OverridesParser.create()
+    parser, parsed = OverridesParser.create(), []
     for override in overrides:  # one at a time, so that the message names the one Hydra cannot read
         try:
-            parser.parse_overrides([override])
+            parsed += parser.parse_overrides([override])
         except HydraException as error:
             key, _, value = override.partition("=")
             quote = "'" if "'" not in value else '"'
             raise QnnrunError(f"{override} is not an override Hydra can read ({str(error).strip().splitlines()[0]});"
                               f" a value that holds =, spaces, commas or brackets as text needs quotes, e.g. "
                               f"{key}={quote}{value}{quote}") from None
-    parsed = parser.parse_overrides(overrides)
     job = _first_job(parsed)
     GlobalHydra.instance().clear()
     try:

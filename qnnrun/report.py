@@ -236,7 +236,11 @@ class Group:
     identity: Identity
     extras: dict[str, str]
     runs: list[Run] = field(default_factory=list)
-    defaults: set[str] = field(default_factory=set)  # keys of extras no run typed (read from their configs)
+
+    @property
+    def defaults(self) -> set[str]:
+        """The keys of ``extras`` no run of the group typed: values read from their configs."""
+        return {key for key in self.extras if not any(key in run.overrides for run in self.runs)}
 
     @property
     def done(self) -> list[Run]:
@@ -597,13 +601,10 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
         # A mixed run's widths are its identity: the search variables and the first/last-layer policy
         # (which its layer rules override) tell nothing more.
         wanted = [k for k in keys if not (run.identity.mixed and (k.startswith(SEARCH_PREFIX) or k in LAYER_KEYS))]
-        typed = {k: run.overrides[k] for k in wanted if k in run.overrides}
-        defaults = {k: v for k in wanted if k not in typed and (v := _config_text(run.config, k)) is not None}
-        extras = {**typed, **defaults}
+        values = ((k, run.overrides[k] if k in run.overrides else _config_text(run.config, k)) for k in wanted)
+        extras = {k: v for k, v in values if v is not None}
         key = (run.identity, tuple(sorted(extras.items())))
-        group = groups.setdefault(key, Group(run.identity, extras, defaults=set(defaults)))
-        group.runs.append(run)
-        group.defaults &= set(defaults)
+        groups.setdefault(key, Group(run.identity, extras)).runs.append(run)
     return [groups[key] for key in sorted(groups)]
 
 
