@@ -111,7 +111,7 @@ TRAIN_CURVE_TAG = "train/acc"
 CURVE_TAGS = (CURVE_TAG, TRAIN_CURVE_TAG)  # what Run.curves reads
 # One colour and one marker per method qnnrun knows, in every plot of every report (two reports
 # agree); a method not known here is drawn grey. Series of one method in a plot differ by line style
-# and by a shade of the method's colour (SHADES).
+# and by a shade of the method's colour (SHADES); a mixed-precision series has hollow markers.
 # matplotlib's ten, then black, magenta and indigo: any two at least 27 CIELAB units apart (the closest
 # pair, purple and pink, is matplotlib's own).
 COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -830,7 +830,8 @@ def shade(colour: str, amount: float) -> str:
 
 def _series_styles(series: Mapping[str, list[Group]]) -> dict[str, dict[str, Any]]:
     """matplotlib keyword arguments of each series: its method's marker, and its method's colour in a
-    shade and a line style that tell apart the series of one method (SQ's three arms, say)."""
+    shade and a line style that tell apart the series of one method (SQ's three arms, say); the markers
+    of a mixed-precision series are hollow (white inside), so that it never reads as a uniform one."""
     styles, seen = {}, defaultdict(int)
     for name, members in sorted(series.items()):
         method = members[0].identity.method
@@ -838,6 +839,8 @@ def _series_styles(series: Mapping[str, list[Group]]) -> dict[str, dict[str, Any
         k = seen[method]
         styles[name] = {"color": shade(colour, SHADES[k % len(SHADES)]), "marker": marker,
                         "markersize": MARKER_SIZE, "linestyle": LINE_STYLES[k % len(LINE_STYLES)]}
+        if members[0].identity.mixed:
+            styles[name]["markerfacecolor"] = "white"
         seen[method] += 1
     return styles
 

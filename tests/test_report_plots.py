@@ -253,6 +253,24 @@ def test_series_of_one_method_differ_in_shade_and_line_style(figures: list[Any],
     assert lines["ste A8"].get_marker() == lines["ste"].get_marker()
 
 
+def test_a_mixed_series_has_hollow_markers_in_the_plot_and_its_legend(figures: list[Any], tmp_path: Path) -> None:
+    """Beside a uniform series of the same method (the same marker, a near shade) it stays apart."""
+    mixed = group("lsq", 8, [92.0], gbops=0.03)
+    mixed.identity = Identity("digits", "mlp", "lsq", 8, 8, 3, layer_bits="w 8,4,2 a 8,4,8")
+    plot_accuracy_vs_gbops([group("lsq", 2, [90.0]), group("lsq", 4, [93.0], gbops=0.05), mixed],
+                           tmp_path / "gbops.png")
+    figures[0].canvas.draw()
+    ax = figures[0].axes[0]
+    lines = {line.get_label(): line for line in ax.lines if not line.get_label().startswith("_")}
+    assert set(lines) == {"lsq", "lsq mixed"}
+    assert lines["lsq"].get_markerfacecolor() == lines["lsq"].get_color()
+    assert lines["lsq mixed"].get_markerfacecolor() == "white"
+    handles = {text.get_text(): handle for text, handle in zip(ax.get_legend().get_texts(),
+                                                                ax.get_legend().legend_handles)}
+    assert handles["lsq mixed"].get_markerfacecolor() == "white"
+    assert handles["lsq"].get_markerfacecolor() == lines["lsq"].get_color()
+
+
 def test_the_curves_share_one_legend_beside_the_panels(figures: list[Any], tmp_path: Path) -> None:
     groups = [group("ste", 2, [90.0]), group("lsq", 2, [91.0]), group("ste", 4, [93.0])]
     for g in groups:
