@@ -123,3 +123,44 @@ def test_gpu_session_speed_dry_run_on_cpu(tmp_path: Path) -> None:
     assert all(r["epoch_images_per_s"] > 0 and r["cold_compile_s"] is not None for r in epochs
                if r["variant"] == "compile")
     assert {r["variant"] for r in benches["recompute"]["rows"]} == {"eager", "eager+recompute"}
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_aqe_gap_measures_the_evaluated_and_the_trained_network(tmp_path: Path) -> None:
+    """On a saved aqe run: 'h alone' is the network qnnrun evaluates (its output is the model's in
+    evaluation mode), 'mixture' the one it trains (every AQE quantizer as in training, BatchNorm
+    still evaluating), and the table has each network's accuracy on the test set and training batches."""
+    import torch
+
+    from hydra_utils import compose_config
+    from qnnrun.engine import train
+    from qnnrun.evaluate import load_saved_run
+    from qnnrun.quant.quantizers import AsymptoticQuantizer
+
+    gap = load_script("aqe_gap")
+    summary = train(compose_config(["method=aqe", "trainer.epochs=2", "trainer.num_threads=1"],
+                                   data_dir=tmp_path / "data"), tmp_path / "run")
+    model = load_saved_run(tmp_path / "run", torch.device("cpu")).model
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        evaluated = model(x)
+        assert torch.equal(gap.AsTrained(model, ()).eval()(x), evaluated)
+        mixed = gap.AsTrained(model, ("weight_quant", "input_quant")).eval()(x)
+        for quantizer in model.modules():
+            if isinstance(quantizer, AsymptoticQuantizer):
+                quantizer.train()
+        assert torch.equal(mixed, model(x)) and not torch.equal(mixed, evaluated)
+
+    rows = gap.measure(str(tmp_path / "run"), str(tmp_path / "data"), batches=1000, alpha=None)
+    assert [name for name, *_ in rows] == list(gap.NETWORKS)
+    assert all(0 <= acc <= 100 for _, *accs in rows for acc in accs)
+    # the run re-estimated BatchNorm on its whole training set too, shuffled into other batches
+    assert abs(rows[0][1] - summary["test_acc"]) < 2.0, (rows, summary["test_acc"])

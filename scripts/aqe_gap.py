@@ -1,0 +1,91 @@
+"""AQE's train/evaluation gap: the network ``method=aqe`` trains against the one it evaluates.
+
+AQE trains the mixture ``alpha * h(x) + (1 - alpha) * x`` in every quantized weight and layer input
+and evaluates ``h(x)`` alone (docs/binary.md). This script rebuilds a saved aqe run and measures
+top-1 accuracy (%) of four networks on its test set and on training batches: ``h`` alone (what
+qnnrun reports), the mixture everywhere (what the optimizer saw), and the mixture in the weights
+only or in the layer inputs only. Before each measurement the BatchNorm statistics are re-estimated
+on the same training batches with the network in that mode, so that each network is judged at its
+own statistics. A gap on the training batches as large as on the test set says the low evaluated
+accuracy is the mismatch between the two networks, not overfitting.
+
+    python scripts/aqe_gap.py RUN_OR_CKPT [RUN_OR_CKPT ...] [--data-dir DIR] [--batches 50] [--alpha A]
+
+Prints one Markdown table row per network and checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Iterable
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from qnnrun.evaluate import evaluate, load_saved_run, reestimate_batchnorm, saved_run_data
+from qnnrun.quant.quantizers import AsymptoticQuantizer
+
+# Which quantizers train as the mixture in each measured network (the others evaluate as h).
+NETWORKS = {"h alone (reported)": (), "mixture": ("weight_quant", "input_quant"),
+            "mixture in weights only": ("weight_quant",), "mixture in inputs only": ("input_quant",)}
+
+
+class AsTrained(nn.Module):
+    """``model`` with the AQE quantizers whose names end in one of ``mixed`` kept in training mode
+    (the mixture) whatever mode the caller sets; everything else follows the caller."""
+
+    def __init__(self, model: nn.Module, mixed: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.quantizers = [(m, name.endswith(mixed)) for name, m in model.named_modules()
+                           if isinstance(m, AsymptoticQuantizer)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        for quantizer, mix in self.quantizers:
+            quantizer.train(mix)
+        return self.model(x)
+
+
+def measure(checkpoint: str, data_dir: str, batches: int, alpha: float | None) -> list[tuple[str, float, float]]:
+    """(network, test %, training-batches %) for each of :data:`NETWORKS`, one thread, on the CPU."""
+    run = load_saved_run(checkpoint, torch.device("cpu"))
+    if run.config.method.name != "aqe":
+        raise SystemExit(f"{checkpoint}: method={run.config.method.name}, expected an aqe run")
+    paths = OmegaConf.create({"data_dir": data_dir, "cache_dir": "${data_dir}/.qnnrun-cache"})  # as `qnnrun eval`
+    data = saved_run_data(run, None, paths, torch.device("cpu"))
+    if alpha is not None:
+        for module in run.model.modules():
+            if isinstance(module, AsymptoticQuantizer):
+                module.alpha = alpha
+
+    def train_batches() -> Iterable[tuple[Tensor, Tensor]]:
+        return itertools.islice(iter(data.train), batches)
+
+    rows = []
+    for name, mixed in NETWORKS.items():
+        model = AsTrained(run.model, mixed)
+        reestimate_batchnorm(model, train_batches())
+        rows.append((name, evaluate(model, data.test, run.info.num_classes).acc,
+                     evaluate(model, train_batches(), run.info.num_classes).acc))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="aqe run folders or .ckpt files")
+    parser.add_argument("--data-dir", default="data", help="paths.data_dir of the runs' data set")
+    parser.add_argument("--batches", type=int, default=50,
+                        help="training batches to re-estimate BatchNorm on and to measure on (default 50)")
+    parser.add_argument("--alpha", type=float, default=None, help="the mixture's alpha (default: the run's last)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print("| checkpoint | network | test % | training batches % |\n|---|---|---:|---:|")
+    for checkpoint in args.checkpoints:
+        for name, test, train in measure(checkpoint, args.data_dir, args.batches, args.alpha):
+            print(f"| {checkpoint} | {name} | {test:.2f} | {train:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
