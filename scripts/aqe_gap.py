@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 from collections.abc import Iterable
 
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate, load_saved_run, reestimate_batchnorm, saved_run_data
 from qnnrun.quant.quantizers import AsymptoticQuantizer
 
@@ -75,15 +77,21 @@ def measure(checkpoint: str, data_dir: str, batches: int, alpha: float | None) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="aqe run folders or .ckpt files")
-    parser.add_argument("--data-dir", default="data", help="paths.data_dir of the runs' data set")
+    parser.add_argument("--data-dir", default=os.environ.get("QNNRUN_DATA", "data"),
+                        help="paths.data_dir of the runs' data set (default: $QNNRUN_DATA, else ./data, as qnnrun)")
     parser.add_argument("--batches", type=int, default=50,
                         help="training batches to re-estimate BatchNorm on and to measure on (default 50)")
     parser.add_argument("--alpha", type=float, default=None, help="the mixture's alpha (default: the run's last)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print("| checkpoint | network | test % | training batches % |\n|---|---|---:|---:|")
-    for checkpoint in args.checkpoints:
-        for name, test, train in measure(checkpoint, args.data_dir, args.batches, args.alpha):
+    for index, checkpoint in enumerate(args.checkpoints):
+        try:
+            rows = measure(checkpoint, args.data_dir, args.batches, args.alpha)
+        except QnnrunError as error:  # a missing or unreadable run, a data set not there: one line
+            raise SystemExit(f"{checkpoint}: {error}") from None
+        if index == 0:
+            print("| checkpoint | network | test % | training batches % |\n|---|---|---:|---:|")
+        for name, test, train in rows:
             print(f"| {checkpoint} | {name} | {test:.2f} | {train:.2f} |")
 
 

@@ -164,3 +164,8 @@ def test_aqe_gap_measures_the_evaluated_and_the_trained_network(tmp_path: Path) 
     assert all(0 <= acc <= 100 for _, *accs in rows for acc in accs)
     # the run re-estimated BatchNorm on its whole training set too, shuffled into other batches
     assert abs(rows[0][1] - summary["test_acc"]) < 2.0, (rows, summary["test_acc"])
+
+    train(compose_config(["method=ste", "trainer.epochs=1", "trainer.num_threads=1"], data_dir=tmp_path / "data"),
+          tmp_path / "ste")
+    with pytest.raises(SystemExit, match="method=ste, expected an aqe run"):
+        gap.measure(str(tmp_path / "ste"), str(tmp_path / "data"), batches=1, alpha=None)
