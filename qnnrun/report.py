@@ -47,8 +47,11 @@ an override key) is ``VALUE`` and which agrees with it in everything else (data 
 every other override; bits are not compared against a float baseline, which counts only where no
 baseline at the group's bits does; epochs only where several baselines differ in them, so SQ's arms,
 4 and 16 epochs long, pair). Several pairs in one argument name a baseline by all of them
-(``--paired "method=ste trainer.grad_clip=1.0"``). A method's own option that a group left at its
-default (read from its config) is no difference from a baseline without that option. Runs are paired
+(``--paired "method=ste trainer.grad_clip=1.0"``). A ``method.<option>`` that one of the two runs'
+methods does not read (not in its ``conf/method/<name>.yaml``) is no difference: between two methods
+it is part of the method compared (UNIQ's one-stage arm and AQE's rising alpha pair with ste or bnn),
+and a method ignores it in its own runs (a preset's shared option block). Another key only one group
+has is no difference where that group left it at its default (read from its config). Runs are paired
 by seed: the difference in final test accuracy (points) per seed both finished, its mean ± sample
 std, and in how many seeds the group is above its baseline; groups whose lengths differ are named
 with them. Groups left unpaired are listed with the reason.
@@ -73,6 +76,7 @@ from typing import Any, NoReturn
 import yaml
 
 from qnnrun.checkpoint import check_output_folder
+from qnnrun.config import method_options
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS
 from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
@@ -599,8 +603,9 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
         if run.identity is None:
             continue
         # A mixed run's widths are its identity: the search variables and the first/last-layer policy
-        # (which its layer rules override) tell nothing more.
-        wanted = [k for k in keys if not (run.identity.mixed and (k.startswith(SEARCH_PREFIX) or k in LAYER_KEYS))]
+        # (which its layer rules override) tell nothing more; nor does an option its method ignores.
+        wanted = [k for k in keys if _reads(run.identity.method, k)
+                  and not (run.identity.mixed and (k.startswith(SEARCH_PREFIX) or k in LAYER_KEYS))]
         values = ((k, run.overrides[k] if k in run.overrides else _config_text(run.config, k)) for k in wanted)
         extras = {k: v for k, v in values if v is not None}
         key = (run.identity, tuple(sorted(extras.items())))
@@ -1275,11 +1280,22 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
 Selector = tuple[tuple[str, str], ...]
 
 
+@functools.lru_cache(maxsize=256)
+def _reads(method: str, key: str) -> bool:
+    """Whether runs of ``method`` read override ``key``: every key but a ``method.<option>`` that is
+    not among :func:`~qnnrun.config.method_options` (``method.alpha_end`` for bnn, ``method.stages``
+    for ste); a method without a config file reads every key."""
+    if not key.startswith("method."):
+        return True
+    options = method_options(method)
+    return options is None or key.split(".")[1] in options
+
+
 def _alike(group: Group, baseline: Group, selector: Selector) -> bool:
     """Whether ``baseline`` agrees with ``group`` in every field but the selector's keys (and the
-    epochs, compared apart; and the bits, where the baseline is float). A key only one of them has
-    does not count where that one left it at its default (a method's own option, e.g. uniq's
-    ``method.stages``, read from its config): it is no difference."""
+    epochs, compared apart; and the bits, where the baseline is float). A ``method.<option>`` that
+    either group's method does not read is no difference (:func:`_reads`); nor is another key only
+    one of them has where that one left it at its default (read from its config)."""
     keys = {key for key, _ in selector}
     a, b = group.identity, baseline.identity
     if (a.dataset, a.model) != (b.dataset, b.model) or ("method" not in keys and a.method != b.method):
@@ -1287,6 +1303,8 @@ def _alike(group: Group, baseline: Group, selector: Selector) -> bool:
     if not b.is_float and (a.bits_w, a.bits_a, a.layer_bits) != (b.bits_w, b.bits_a, b.layer_bits):
         return False
     for key in (group.extras.keys() | baseline.extras.keys()) - keys:
+        if not (_reads(a.method, key) and _reads(b.method, key)):
+            continue
         mine, theirs = group.extras.get(key), baseline.extras.get(key)
         if mine != theirs and not (mine is None and key in baseline.defaults
                                    or theirs is None and key in group.defaults):

@@ -423,10 +423,9 @@ def test_an_override_value_has_one_spelling(typed: str, spelled: str) -> None:
     assert canonical(typed) == spelled
 
 
-def test_a_methods_own_option_at_its_default_does_not_keep_it_from_a_baseline_without_it(tmp_path: Path) -> None:
-    """uniq's one-stage arm beside its default and ste: method.stages, typed by the arm only, is read
-    from the default uniq runs' configs; ste has no such option, so uniq still pairs with ste, and the
-    typed arm (a real difference) does not."""
+def test_a_methods_own_option_is_part_of_the_method_a_baseline_without_it_is_compared_with(tmp_path: Path) -> None:
+    """uniq's one-stage arm beside its default and ste: ste has no method.stages, so both uniq groups
+    pair with ste, the default one (which never typed it) and the typed arm alike."""
     runs = tmp_path / "runs"
     write_seeds(runs, "one", "uniq", [66.0, 67.0], ["method.stages=1"])
     write_seeds(runs, "staged", "uniq", [72.0, 72.5])
@@ -437,8 +436,30 @@ def test_a_methods_own_option_at_its_default_does_not_keep_it_from_a_baseline_wi
         config.write_text(config.read_text() + (f"method:\n  stages: {stages}\n" if stages else ""))
     text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
     assert [row[:4] for row in paired_rows(text, "method=ste")] == [
+        ["uniq W2A2 method.stages=1", "ste W2A2", "2", "-4.00 ± 0.00"],
         ["uniq W2A2 method.stages=3", "ste W2A2", "2", "+1.75 ± 0.35"]]
-    assert "Not paired: uniq W2A2 method.stages=1 (no baseline alike in everything else)." in text
+    assert "Not paired" not in text
+
+
+def test_an_option_a_method_ignores_is_no_difference_but_one_both_read_is(tmp_path: Path) -> None:
+    """AQE's rising-alpha arm beside its constant alpha and BinaryNet's STE run from one preset whose
+    option block both share (as experiment=aqe_cifar10 does): bnn ignores method.alpha_end, so both
+    aqe arms pair with bnn; aqe reads it, so the two aqe arms differ in it (and pair by it)."""
+    runs = tmp_path / "runs"
+    write_seeds(runs, "rise", "aqe", [71.0, 72.0], ["method.alpha_end=1.0"])
+    write_seeds(runs, "fixed", "aqe", [69.0, 70.0])
+    write_seeds(runs, "bnn", "bnn", [70.0, 70.5])
+    for folder in runs.glob("*_*"):
+        config = folder / ".hydra" / "config.yaml"
+        end = "1.0" if folder.name.startswith("rise") else "null"
+        config.write_text(config.read_text() + f"method:\n  alpha: 0.5\n  alpha_end: {end}\n")
+    text = build_report([runs], tmp_path / "out", plots=False,
+                        paired=[(("method", "bnn"),), (("method.alpha_end", "null"),)])
+    assert [row[:4] for row in paired_rows(text, "method=bnn")] == [
+        ["aqe W2A2 method.alpha_end=1", "bnn W2A2", "2", "+1.25 ± 0.35"],
+        ["aqe W2A2 method.alpha_end=null", "bnn W2A2", "2", "-0.75 ± 0.35"]]
+    assert [row[:4] for row in paired_rows(text, "method.alpha_end=null")] == [
+        ["aqe W2A2 method.alpha_end=1", "aqe W2A2 method.alpha_end=null", "2", "+2.00 ± 0.00"]]
 
 
 def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> None:
