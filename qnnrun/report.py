@@ -594,6 +594,17 @@ def find_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Problem]]:
     return [r for r in ordered if isinstance(r, Run)], [r for r in ordered if isinstance(r, Problem)]
 
 
+@functools.lru_cache(maxsize=256)
+def _reads(method: str, key: str) -> bool:
+    """Whether runs of ``method`` read override ``key``: every key but a ``method.<option>`` that is
+    not among :func:`~qnnrun.config.method_options` (``method.alpha_end`` for bnn, ``method.stages``
+    for ste); a method without a config file reads every key."""
+    if not key.startswith("method."):
+        return True
+    options = method_options(method)
+    return options is None or key.split(".")[1] in options
+
+
 def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]:
     """Runs with a known identity, grouped by it and by their other overrides (seed and the override
     keys in ``ignore`` aside), in the order of their identities and overrides."""
@@ -1278,17 +1289,6 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
 
 # A baseline as --paired names it: (key, value) pairs, key ``method`` or an override key.
 Selector = tuple[tuple[str, str], ...]
-
-
-@functools.lru_cache(maxsize=256)
-def _reads(method: str, key: str) -> bool:
-    """Whether runs of ``method`` read override ``key``: every key but a ``method.<option>`` that is
-    not among :func:`~qnnrun.config.method_options` (``method.alpha_end`` for bnn, ``method.stages``
-    for ste); a method without a config file reads every key."""
-    if not key.startswith("method."):
-        return True
-    options = method_options(method)
-    return options is None or key.split(".")[1] in options
 
 
 def _alike(group: Group, baseline: Group, selector: Selector) -> bool:
