@@ -1321,9 +1321,12 @@ def _selects(group: Group, selector: Selector) -> bool:
 
 
 def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> tuple[Group | None, str]:
-    """The group ``group`` is compared with (see the module's ``--paired``), or None and why: none, or
-    several that neither their bits (one at the group's bits before a float one) nor their epochs
-    tell apart."""
+    """The group ``group`` is compared with (see the module's ``--paired``), or None and why: its method
+    lacks an option the selector names, or no baseline, or several that neither their bits (one at the
+    group's bits before a float one) nor their epochs tell apart."""
+    ignored = [key for key, _ in selector if not _reads(group.identity.method, key)]
+    if ignored:
+        return None, f"{group.identity.method} has no option {ignored[0]}"
     matches = [b for b in baselines if _alike(group, b, selector)]
     for prefer in (lambda b: b.bits_label == group.bits_label, lambda b: b.identity.epochs == group.identity.epochs):
         if len(matches) > 1 and any(prefer(b) for b in matches):

@@ -460,6 +460,7 @@ def test_an_option_a_method_ignores_is_no_difference_but_one_both_read_is(tmp_pa
         ["aqe W2A2 method.alpha_end=null", "bnn W2A2", "2", "-0.75 ± 0.35"]]
     assert [row[:4] for row in paired_rows(text, "method.alpha_end=null")] == [
         ["aqe W2A2 method.alpha_end=1", "aqe W2A2 method.alpha_end=null", "2", "+2.00 ± 0.00"]]
+    assert "Not paired: bnn W2A2 (bnn has no option method.alpha_end)." in text
 
 
 def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> None:
