@@ -598,8 +598,8 @@ def find_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Problem]]:
 def _reads(method: str, key: str) -> bool:
     """Whether runs of ``method`` read override ``key``: every key but a ``method.<option>`` that is
     not among :func:`~qnnrun.config.method_options` (``method.alpha_end`` for bnn, ``method.stages``
-    for ste); a method without a config file reads every key."""
-    if not key.startswith("method."):
+    for ste; ``method.name`` is read); a method without a config file reads every key."""
+    if not key.startswith("method.") or key == "method.name":
         return True
     options = method_options(method)
     return options is None or key.split(".")[1] in options
@@ -1322,9 +1322,12 @@ def _selects(group: Group, selector: Selector) -> bool:
 
 def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> tuple[Group | None, str]:
     """The group ``group`` is compared with (see the module's ``--paired``), or None and why: its method
-    lacks an option the selector names, or no baseline, or several that neither their bits (one at the
-    group's bits before a float one) nor their epochs tell apart."""
-    ignored = [key for key, _ in selector if not _reads(group.identity.method, key)]
+    lacks an option the selector names (unless the selector names a method that has it), or no
+    baseline, or several that neither their bits (one at the group's bits before a float one) nor their
+    epochs tell apart."""
+    named = dict(selector).get("method")  # a baseline method's own option is part of that method
+    ignored = [key for key, _ in selector
+               if not _reads(group.identity.method, key) and (named is None or not _reads(named, key))]
     if ignored:
         return None, f"{group.identity.method} has no option {ignored[0]}"
     matches = [b for b in baselines if _alike(group, b, selector)]
@@ -1494,13 +1497,18 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
 
 def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[str], ignore: Collection[str]) -> None:
     """One line naming what is wrong with a ``--paired`` baseline: a key given to ``--ignore``, a key no
-    run sets, a value no group has, or values no one group has together."""
+    run sets (or only runs of methods without that option), a value no group has, or values no one
+    group has together."""
     for key, value in selector:
         if key in ignore:
             raise QnnrunError(f"--paired {key}={value}: {key} is given to --ignore too, so no group differs in it")
         if key != "method" and key not in keys:
             raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
                               + "".join(f", {k}" for k in keys if k not in ignore))
+        if not any(key == "method" or key in g.extras for g in groups):
+            methods = sorted({r.identity.method for g in groups for r in g.runs if key in r.overrides})
+            raise QnnrunError(f"--paired {key}={value}: only runs of {', '.join(methods)} set {key}, and "
+                              f"{'that method has' if len(methods) == 1 else 'those methods have'} no such option")
         values = sorted({_key_value(g, key) for g in groups} - {""})
         if canonical(value) not in values:
             raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; "

@@ -4,10 +4,12 @@ AQE trains the mixture ``alpha * h(x) + (1 - alpha) * x`` in every quantized wei
 and evaluates ``h(x)`` alone (docs/binary.md). This script rebuilds a saved aqe run and measures
 top-1 accuracy (%) of four networks on its test set and on training batches: ``h`` alone (what
 qnnrun reports), the mixture everywhere (what the optimizer saw), and the mixture in the weights
-only or in the layer inputs only. Before each measurement the BatchNorm statistics are re-estimated
-on the same training batches with the network in that mode, so that each network is judged at its
-own statistics. A gap on the training batches as large as on the test set says the low evaluated
-accuracy is the mismatch between the two networks, not overfitting.
+only or in the layer inputs only, at the alpha of the checkpoint's last epoch (or ``--alpha``).
+Before each measurement the BatchNorm statistics are re-estimated with the network in that mode, on
+one draw of training batches (shuffled and augmented as the run trained) that every network shares,
+so that each network is judged at its own statistics. A gap on the training batches as large as on
+the test set says the low evaluated accuracy is the mismatch between the two networks, not
+overfitting.
 
     python scripts/aqe_gap.py RUN_OR_CKPT [RUN_OR_CKPT ...] [--data-dir DIR] [--batches 50] [--alpha A]
 
@@ -19,8 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-from collections.abc import Iterable
-
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
@@ -51,26 +51,27 @@ class AsTrained(nn.Module):
 
 
 def measure(checkpoint: str, data_dir: str, batches: int, alpha: float | None) -> list[tuple[str, float, float]]:
-    """(network, test %, training-batches %) for each of :data:`NETWORKS`, one thread, on the CPU."""
+    """(network, test %, training-batches %) for each of :data:`NETWORKS`, on the CPU: ``batches``
+    training batches (drawn once) re-estimate BatchNorm and are measured on; ``alpha`` None takes the
+    alpha of the checkpoint's last trained epoch."""
     run = load_saved_run(checkpoint, torch.device("cpu"))
     if run.config.method.name != "aqe":
         raise SystemExit(f"{checkpoint}: method={run.config.method.name}, expected an aqe run")
     paths = OmegaConf.create({"data_dir": data_dir, "cache_dir": "${data_dir}/.qnnrun-cache"})  # as `qnnrun eval`
     data = saved_run_data(run, None, paths, torch.device("cpu"))
-    if alpha is not None:
+    if alpha is None:  # the alpha of the last epoch the checkpoint trained (a rising alpha's included)
+        run.method.on_epoch_start(run.model, max(run.epoch - 1, 0), int(run.config.trainer.epochs))
+    else:
         for module in run.model.modules():
             if isinstance(module, AsymptoticQuantizer):
                 module.alpha = alpha
-
-    def train_batches() -> Iterable[tuple[Tensor, Tensor]]:
-        return itertools.islice(iter(data.train), batches)
-
+    fixed = list(itertools.islice(iter(data.train), batches))  # one draw, the same for every network
     rows = []
     for name, mixed in NETWORKS.items():
         model = AsTrained(run.model, mixed)
-        reestimate_batchnorm(model, train_batches())
+        reestimate_batchnorm(model, fixed)
         rows.append((name, evaluate(model, data.test, run.info.num_classes).acc,
-                     evaluate(model, train_batches(), run.info.num_classes).acc))
+                     evaluate(model, fixed, run.info.num_classes).acc))
     return rows
 
 
@@ -81,7 +82,8 @@ def main() -> None:
                         help="paths.data_dir of the runs' data set (default: $QNNRUN_DATA, else ./data, as qnnrun)")
     parser.add_argument("--batches", type=int, default=50,
                         help="training batches to re-estimate BatchNorm on and to measure on (default 50)")
-    parser.add_argument("--alpha", type=float, default=None, help="the mixture's alpha (default: the run's last)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="the mixture's alpha (default: that of the checkpoint's last trained epoch)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for index, checkpoint in enumerate(args.checkpoints):

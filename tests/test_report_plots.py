@@ -439,6 +439,11 @@ def test_a_methods_own_option_is_part_of_the_method_a_baseline_without_it_is_com
         ["uniq W2A2 method.stages=1", "ste W2A2", "2", "-4.00 ± 0.00"],
         ["uniq W2A2 method.stages=3", "ste W2A2", "2", "+1.75 ± 0.35"]]
     assert "Not paired" not in text
+    # a baseline named by a method and its own option: ste, which has no stages, pairs with it too
+    text = build_report([runs], tmp_path / "out2", plots=False, paired=[(("method", "uniq"), ("method.stages", "3"))])
+    assert [row[:4] for row in paired_rows(text, "method=uniq method.stages=3")] == [
+        ["ste W2A2", "uniq W2A2 method.stages=3", "2", "-1.75 ± 0.35"],
+        ["uniq W2A2 method.stages=1", "uniq W2A2 method.stages=3", "2", "-5.75 ± 0.35"]]
 
 
 def test_an_option_a_method_ignores_is_no_difference_but_one_both_read_is(tmp_path: Path) -> None:
@@ -461,6 +466,10 @@ def test_an_option_a_method_ignores_is_no_difference_but_one_both_read_is(tmp_pa
     assert [row[:4] for row in paired_rows(text, "method.alpha_end=null")] == [
         ["aqe W2A2 method.alpha_end=1", "aqe W2A2 method.alpha_end=null", "2", "+2.00 ± 0.00"]]
     assert "Not paired: bnn W2A2 (bnn has no option method.alpha_end)." in text
+    write_seeds(runs, "bnn_typed", "bnn", [70.0], ["method.alpha_end=1.0"])  # typed, and ignored by bnn
+    with pytest.raises(QnnrunError, match=r"^--paired method.alpha_end=1.0: only runs of bnn set method.alpha_end, "
+                                          r"and that method has no such option$"):
+        build_report([runs / "bnn_typed_0"], tmp_path / "out3", plots=False, paired=[(("method.alpha_end", "1.0"),)])
 
 
 def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> None:
