@@ -13,7 +13,7 @@ overfitting.
 
     python scripts/aqe_gap.py RUN_OR_CKPT [RUN_OR_CKPT ...] [--data-dir DIR] [--batches 50] [--alpha A]
 
-Prints one Markdown table row per network and checkpoint.
+Prints one Markdown table row per network and checkpoint, with the epochs the checkpoint trained.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ class AsTrained(nn.Module):
         return self.model(x)
 
 
-def measure(checkpoint: str, data_dir: str, batches: int, alpha: float | None) -> list[tuple[str, float, float]]:
-    """(network, test %, training-batches %) for each of :data:`NETWORKS`, on the CPU: ``batches``
+def measure(checkpoint: str, data_dir: str, batches: int,
+            alpha: float | None) -> tuple[int, list[tuple[str, float, float]]]:
+    """The epochs the checkpoint trained, and (network, test %, training-batches %) for each of
+    :data:`NETWORKS`, on the CPU: ``batches``
     training batches (drawn once) re-estimate BatchNorm and are measured on; ``alpha`` None takes the
     alpha of the checkpoint's last trained epoch."""
     run = load_saved_run(checkpoint, torch.device("cpu"))
@@ -72,7 +74,7 @@ def measure(checkpoint: str, data_dir: str, batches: int, alpha: float | None) -
         reestimate_batchnorm(model, fixed)
         rows.append((name, evaluate(model, data.test, run.info.num_classes).acc,
                      evaluate(model, fixed, run.info.num_classes).acc))
-    return rows
+    return run.epoch, rows
 
 
 def main() -> None:
@@ -88,13 +90,13 @@ def main() -> None:
     torch.set_num_threads(1)
     for index, checkpoint in enumerate(args.checkpoints):
         try:
-            rows = measure(checkpoint, args.data_dir, args.batches, args.alpha)
+            epoch, rows = measure(checkpoint, args.data_dir, args.batches, args.alpha)
         except QnnrunError as error:  # a missing or unreadable run, a data set not there: one line
             raise SystemExit(f"{checkpoint}: {error}") from None
         if index == 0:
-            print("| checkpoint | network | test % | training batches % |\n|---|---|---:|---:|")
+            print("| checkpoint | epochs | network | test % | training batches % |\n|---|---:|---|---:|---:|")
         for name, test, train in rows:
-            print(f"| {checkpoint} | {name} | {test:.2f} | {train:.2f} |")
+            print(f"| {checkpoint} | {epoch} | {name} | {test:.2f} | {train:.2f} |")
 
 
 if __name__ == "__main__":

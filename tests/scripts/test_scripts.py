@@ -154,10 +154,11 @@ def test_aqe_gap_measures_the_evaluated_and_the_trained_network(tmp_path: Path) 
         assert torch.equal(mixed, model(x)) and not torch.equal(mixed, evaluated)
 
     data = str(tmp_path / "data")
-    rising = gap.measure(str(tmp_path / "rising"), data, batches=5, alpha=None)
+    epochs, rising = gap.measure(str(tmp_path / "rising"), data, batches=5, alpha=None)
+    assert epochs == 2
     assert [name for name, *_ in rising] == list(gap.NETWORKS)
     assert len({tuple(accs) for _, *accs in rising}) == 1, rising
-    at_one = gap.measure(str(tmp_path / "constant"), data, batches=5, alpha=1.0)
+    _, at_one = gap.measure(str(tmp_path / "constant"), data, batches=5, alpha=1.0)
     assert len({tuple(accs) for _, *accs in at_one}) == 1, at_one
 
     train(compose_config(["method=ste", "trainer.epochs=1", "trainer.num_threads=1"], data_dir=tmp_path / "data"),
