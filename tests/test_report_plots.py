@@ -302,6 +302,17 @@ def paired_rows(text: str, key_value: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.split("|")[1:-1]] for line in table[2:]]
 
 
+def add_method_options(runs: Path, options: dict[str, str]) -> None:
+    """Append ``method:`` options (YAML lines, two spaces in) to the .hydra/config.yaml of each run under
+    ``runs`` whose folder is named ``<group>_<seed>``, by its group: what a run's config holds where
+    the command line left an option at its default."""
+    for folder in runs.glob("*_*"):
+        text = options.get(folder.name.rsplit("_", 1)[0])
+        if text:
+            config = folder / ".hydra" / "config.yaml"
+            config.write_text(config.read_text() + "method:\n" + text)
+
+
 def test_paired_differences_from_a_method_are_per_seed_and_at_equal_bits(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write_seeds(runs, "ste2", "ste", [70.0, 71.0, 72.0])
@@ -391,10 +402,7 @@ def test_a_key_left_at_its_default_takes_its_config_value_in_groups_and_pairs(tm
     write_run(runs / "typed_2", "uniq", "fp", "fp", seed=2, test_acc=73.0,
               overrides=["method=uniq", "seed=2", "method.stages=3"])  # the default, typed: the same group
     write_seeds(runs, "ste", "ste", [70.0, 70.0, 70.0])  # ste has no method.stages: none to take
-    for name, stages in [("one", "1"), ("staged", "3"), ("typed", "3")]:
-        for folder in runs.glob(f"{name}_*"):
-            config = folder / ".hydra" / "config.yaml"
-            config.write_text(config.read_text() + f"method:\n  stages: {stages}\n")
+    add_method_options(runs, {"one": "  stages: 1\n", "staged": "  stages: 3\n", "typed": "  stages: 3\n"})
     text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method.stages", "3"),)])
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in text.splitlines()
             if line.startswith(("| uniq ", "| ste "))][:3]
@@ -430,10 +438,7 @@ def test_a_methods_own_option_is_part_of_the_method_a_baseline_without_it_is_com
     write_seeds(runs, "one", "uniq", [66.0, 67.0], ["method.stages=1"])
     write_seeds(runs, "staged", "uniq", [72.0, 72.5])
     write_seeds(runs, "ste", "ste", [70.0, 71.0])
-    for folder in runs.glob("*_*"):
-        config = folder / ".hydra" / "config.yaml"
-        stages = {"one": 1, "staged": 3}.get(folder.name.split("_")[0])
-        config.write_text(config.read_text() + (f"method:\n  stages: {stages}\n" if stages else ""))
+    add_method_options(runs, {"one": "  stages: 1\n", "staged": "  stages: 3\n"})
     text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
     assert [row[:4] for row in paired_rows(text, "method=ste")] == [
         ["uniq W2A2 method.stages=1", "ste W2A2", "2", "-4.00 ± 0.00"],
@@ -454,10 +459,8 @@ def test_an_option_a_method_ignores_is_no_difference_but_one_both_read_is(tmp_pa
     write_seeds(runs, "rise", "aqe", [71.0, 72.0], ["method.alpha_end=1.0"])
     write_seeds(runs, "fixed", "aqe", [69.0, 70.0])
     write_seeds(runs, "bnn", "bnn", [70.0, 70.5])
-    for folder in runs.glob("*_*"):
-        config = folder / ".hydra" / "config.yaml"
-        end = "1.0" if folder.name.startswith("rise") else "null"
-        config.write_text(config.read_text() + f"method:\n  alpha: 0.5\n  alpha_end: {end}\n")
+    add_method_options(runs, {group: f"  alpha: 0.5\n  alpha_end: {end}\n"
+                              for group, end in [("rise", "1.0"), ("fixed", "null"), ("bnn", "null")]})
     text = build_report([runs], tmp_path / "out", plots=False,
                         paired=[(("method", "bnn"),), (("method.alpha_end", "null"),)])
     assert [row[:4] for row in paired_rows(text, "method=bnn")] == [
