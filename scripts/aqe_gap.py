@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
@@ -53,9 +54,8 @@ class AsTrained(nn.Module):
 def measure(checkpoint: str, data_dir: str, batches: int,
             alpha: float | None) -> tuple[int, list[tuple[str, float, float]]]:
     """The epochs the checkpoint trained, and (network, test %, training-batches %) for each of
-    :data:`NETWORKS`, on the CPU: ``batches``
-    training batches (drawn once) re-estimate BatchNorm and are measured on; ``alpha`` None takes the
-    alpha of the checkpoint's last trained epoch."""
+    :data:`NETWORKS`, on the CPU: ``batches`` training batches (drawn once) re-estimate BatchNorm and
+    are measured on; ``alpha`` None takes the alpha of the checkpoint's last trained epoch."""
     run = load_saved_run(checkpoint, torch.device("cpu"))
     if run.config.method.name != "aqe":
         raise SystemExit(f"{checkpoint}: method={run.config.method.name}, expected an aqe run")
@@ -87,6 +87,10 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=None,
                         help="the mixture's alpha (default: that of the checkpoint's last trained epoch)")
     args = parser.parse_args()
+    if args.batches < 1:
+        parser.error(f"--batches {args.batches}: expected a whole number of at least 1")
+    if args.alpha is not None and not 0 < args.alpha <= 1:
+        parser.error(f"--alpha {args.alpha}: expected a number in (0, 1]")
     torch.set_num_threads(1)
     for index, checkpoint in enumerate(args.checkpoints):
         try:
