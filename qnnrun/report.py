@@ -1505,8 +1505,8 @@ def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[
         if key != "method" and key not in keys:
             raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
                               + "".join(f", {k}" for k in keys if k not in ignore))
-        if not any(key == "method" or key in g.extras for g in groups):
-            methods = sorted({r.identity.method for g in groups for r in g.runs if key in r.overrides})
+        methods = sorted({r.identity.method for g in groups for r in g.runs if key in r.overrides})
+        if methods and not any(key == "method" or key in g.extras for g in groups):
             raise QnnrunError(f"--paired {key}={value}: only runs of {', '.join(methods)} set {key}, and "
                               f"{'that method has' if len(methods) == 1 else 'those methods have'} no such option")
         values = sorted({_key_value(g, key) for g in groups} - {""})
