@@ -1467,8 +1467,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
             raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
     groups = group_runs(runs, ignore)
     finished = [g for g in groups if g.done]
-    for selector in paired:
-        _check_baseline(groups, selector, keys, ignore)
+    unfinished = sum(r.status == UNFINISHED for r in runs)
+    waiting = {selector: _check_baseline(groups, selector, keys, ignore, unfinished) for selector in paired}
     parts = [_headline(paths, runs, problems, groups, ignore), layer_policy_note(finished)]
     if groups:
         by_bits = bits_table(groups)  # empty where every group is mixed (no one bit width)
@@ -1477,7 +1477,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     if epochs and finished:
         parts.append("## By epoch\n\n" + epochs_table(finished, epochs))
     for selector in paired:
-        parts.append(f"## Paired with {_selector_text(selector)}, by seed\n\n" + paired_table(finished, selector))
+        parts.append(f"## Paired with {_selector_text(selector)}, by seed\n\n"
+                     + (waiting[selector] or paired_table(finished, selector)))
     check_output_folder(out_dir, "--out")
     write_csv(groups, out_dir / "report.csv")
     if plots and finished:
@@ -1495,10 +1496,18 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     return text
 
 
-def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[str], ignore: Collection[str]) -> None:
+def _waiting(unfinished: int) -> str:
+    return (f"{unfinished} {'run is' if unfinished == 1 else 'runs are'} unfinished "
+            "(a baseline among them pairs once it finishes)")
+
+
+def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[str], ignore: Collection[str],
+                    unfinished: int = 0) -> str:
     """One line naming what is wrong with a ``--paired`` baseline: a key given to ``--ignore``, a key no
     run sets (or only runs of methods without that option), a value no group has, or values no one
-    group has together."""
+    group has together. Where ``unfinished`` runs could still be that baseline (a sweep in progress),
+    the last two are no error: returns the note the report prints in place of the table ("" when the
+    baseline is there)."""
     for key, value in selector:
         if key in ignore:
             raise QnnrunError(f"--paired {key}={value}: {key} is given to --ignore too, so no group differs in it")
@@ -1511,10 +1520,15 @@ def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[
                               f"{'that method has' if len(methods) == 1 else 'those methods have'} no such option")
         values = sorted({_key_value(g, key) for g in groups} - {""})
         if canonical(value) not in values:
-            raise QnnrunError(f"--paired {key}={value}: no group has {key}={value}; "
-                              f"the runs have {', '.join(values) or 'none'}")
+            missing = f"no group has {key}={value}; the runs have {', '.join(values) or 'none'}"
+            if unfinished:
+                return f"Not paired yet: {missing}, and {_waiting(unfinished)}."
+            raise QnnrunError(f"--paired {key}={value}: {missing}")
     if not any(_selects(g, selector) for g in groups):
+        if unfinished:
+            return f"Not paired yet: no group has {_selector_text(selector)} together, and {_waiting(unfinished)}."
         raise QnnrunError(f"--paired {_selector_text(selector)}: no group has all of these")
+    return ""
 
 
 def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],
@@ -1525,7 +1539,8 @@ def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Pro
                 + f"; {invalid} unreadable records" * bool(invalid))
     return (f"# qnnrun report\n\n{len(runs)} runs under {', '.join(str(p) for p in paths)}: "
             f"{counts[DONE]} done, {counts[FAILED]} failed, {counts[UNFINISHED]} unfinished{not_runs}; "
-            f"{len(groups)} groups (runs that differ only in their seed" + "".join(f", {key}" for key in ignore) + ").")
+            f"{len(groups)} group{'' if len(groups) == 1 else 's'} (runs that differ only in their seed"
+            + "".join(f", {key}" for key in ignore) + ").")
 
 
 def _epoch_list(text: str) -> list[int]:

@@ -489,6 +489,22 @@ def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> No
     assert "mixed[w 8,2 a 8,2]" in text and "## By bits" not in text
 
 
+def test_a_baseline_still_running_is_waited_for_and_a_missing_one_refused(tmp_path: Path) -> None:
+    """Mid-sweep the baseline's runs may all be unfinished: the report is written and says so; with no
+    run unfinished, a baseline no group has is a typo and refused in one line."""
+    runs = tmp_path / "runs"
+    write_seeds(runs, "lsq", "lsq", [72.0])
+    with pytest.raises(QnnrunError, match=r"^--paired method=ste: no group has method=ste; the runs have lsq$"):
+        build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
+    (runs / "ste_0" / ".hydra").mkdir(parents=True)
+    (runs / "ste_0" / ".hydra" / "overrides.yaml").write_text("- method=ste\n")
+    (runs / "ste_0" / "last.ckpt").write_bytes(b"cut before its first epoch ended")
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
+    assert "1 done, 0 failed, 1 unfinished; 1 group (" in text
+    assert ("## Paired with method=ste, by seed\n\nNot paired yet: no group has method=ste; the runs have lsq, and "
+            "1 run is unfinished (a baseline among them pairs once it finishes).") in text
+
+
 def test_one_value_typed_two_ways_is_one_group_and_a_baseline_either_way(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write_seeds(runs, "a", "ste", [70.0], ["optim.lr=1e-2"])
