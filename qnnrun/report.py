@@ -54,7 +54,8 @@ and a method ignores it in its own runs (a preset's shared option block). Anothe
 has is no difference where that group left it at its default (read from its config). Runs are paired
 by seed: the difference in final test accuracy (points) per seed both finished, its mean ± sample
 std, and in how many seeds the group is above its baseline; groups whose lengths differ are named
-with them. Groups left unpaired are listed with the reason.
+with them. Groups left unpaired are listed with the reason. A baseline no finished group has is
+refused as a typo unless some runs are unfinished (a sweep in progress): then the section says so.
 """
 
 from __future__ import annotations
