@@ -1303,14 +1303,14 @@ def _alike(group: Group, baseline: Group, selector: Selector) -> bool:
         return False
     if not b.is_float and (a.bits_w, a.bits_a, a.layer_bits) != (b.bits_w, b.bits_a, b.layer_bits):
         return False
-    for key in (group.extras.keys() | baseline.extras.keys()) - keys:
-        if not (_reads(a.method, key) and _reads(b.method, key)):
-            continue
-        mine, theirs = group.extras.get(key), baseline.extras.get(key)
-        if mine != theirs and not (mine is None and key in baseline.defaults
-                                   or theirs is None and key in group.defaults):
-            return False
-    return True
+    differing = [key for key in (group.extras.keys() | baseline.extras.keys()) - keys
+                 if _reads(a.method, key) and _reads(b.method, key)
+                 and group.extras.get(key) != baseline.extras.get(key)]
+    if not differing:
+        return True
+    mine_default, theirs_default = group.defaults, baseline.defaults  # each read from the runs once
+    return all(key not in group.extras and key in theirs_default or key not in baseline.extras and key in mine_default
+               for key in differing)
 
 
 def _key_value(group: Group, key: str) -> str:
@@ -1515,8 +1515,9 @@ def _check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[
         if key != "method" and key not in keys:
             raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
                               + "".join(f", {k}" for k in keys if k not in ignore))
-        methods = sorted({r.identity.method for g in groups for r in g.runs if key in r.overrides})
-        if methods and not any(key == "method" or key in g.extras for g in groups):
+        methods = [] if key == "method" or any(key in g.extras for g in groups) else sorted(
+            {r.identity.method for g in groups for r in g.runs if key in r.overrides})
+        if methods:
             raise QnnrunError(f"--paired {key}={value}: only runs of {', '.join(methods)} set {key}, and "
                               f"{'that method has' if len(methods) == 1 else 'those methods have'} no such option")
         values = sorted({_key_value(g, key) for g in groups} - {""})

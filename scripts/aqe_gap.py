@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from qnnrun import CONFIG_DIR
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate, load_saved_run, reestimate_batchnorm, saved_run_data
 from qnnrun.quant.quantizers import AsymptoticQuantizer
@@ -59,8 +60,9 @@ def measure(checkpoint: str, data_dir: str, batches: int,
     run = load_saved_run(checkpoint, torch.device("cpu"))
     if run.config.method.name != "aqe":
         raise SystemExit(f"{checkpoint}: method={run.config.method.name}, expected an aqe run")
-    paths = OmegaConf.create({"data_dir": data_dir, "cache_dir": "${data_dir}/.qnnrun-cache"})  # as `qnnrun eval`
-    data = saved_run_data(run, None, paths, torch.device("cpu"))
+    config = OmegaConf.load(CONFIG_DIR / "eval.yaml")  # `qnnrun eval`'s paths: its cache folder under data_dir
+    config.paths.data_dir = data_dir
+    data = saved_run_data(run, None, config.paths, torch.device("cpu"))
     if alpha is None:  # the alpha of the last epoch the checkpoint trained (a rising alpha's included)
         run.method.on_epoch_start(run.model, max(run.epoch - 1, 0), int(run.config.trainer.epochs))
     else:
