@@ -20,7 +20,9 @@ from omegaconf import OmegaConf
 
 from qnnrun import CONFIG_DIR, engine
 from qnnrun.methods import METHODS
-from qnnrun.report import Group, Run, _mark_init_from, _plain_ticks_within_a_decade, pareto_front
+from qnnrun.report.groups import Group, pareto_front
+from qnnrun.report.plots import _mark_init_from, _plain_ticks_within_a_decade
+from qnnrun.report.records import Run
 from qnnrun.sweep import job_folder_name, resume_sweep_args
 
 # Tiny runs: an MLP whose one hidden-to-hidden layer is quantized, one thread, no progress bar.

@@ -23,7 +23,9 @@ from hypothesis import strategies as st
 
 from qnnrun import engine
 from qnnrun.errors import QnnrunError
-from qnnrun.report import NUMBERS, PROBLEMS_TITLE, Identity, Problem, Run, main, read_folder
+from qnnrun.report import main
+from qnnrun.report.records import NUMBERS, Identity, Problem, Run, read_folder
+from qnnrun.report.tables import PROBLEMS_TITLE
 
 # Two seeds of one tiny finished run: one group of two.
 TINY = ["method=ste", "bits=2", "model.widths=[32,32]", "trainer.num_threads=1", "trainer.progress=false",

@@ -1,0 +1,172 @@
+"""``qnnrun report PATH...``: one table and three plots across runs.
+
+Every run folder under the paths is read into a validated record (:mod:`qnnrun.report.records`).
+Runs are grouped by everything but the seed (:mod:`qnnrun.report.groups`): method, model, data set,
+weight and activation bits, epochs and every other key set on the command line
+(``.hydra/overrides.yaml``), except the keys given to ``--ignore`` (e.g. ``init_from`` when each
+seed fine-tunes its own float run). A run that leaves such a key (one other runs set) at its default
+takes the value its ``.hydra/config.yaml`` holds, where that is a plain value: so ``method.stages=3``
+typed and the default 3 are one group, and ``--paired method.stages=3`` finds the runs at the default.
+Values have one spelling (``optim.lr=1e-2`` and ``0.01`` are one). Each group reports mean and
+sample standard deviation over its finished runs; runs that started from a trained net
+(``init_from``) also the change in final test accuracy from that net's (``vs init_from``, points:
+what quantization cost).
+
+Writes into the output folder::
+
+    report.md                 the tables (also printed), failed, unfinished, unreadable and duplicate
+                              runs with the reason (unfinished: the last epoch logged and its test
+                              accuracy); with ``--epochs 1,10,30`` also test (and train) accuracy at
+                              those epochs; with ``--paired method=ste`` also each group's paired
+                              difference from its baseline group (:mod:`qnnrun.report.paired`)
+    report.csv                one row per group: counts, mean and std of every metric
+    accuracy_vs_bits.png      final test accuracy (%) against weight bits, one line per method
+    accuracy_vs_gbops.png     final test accuracy (%) against GBOPs per image (log x), Pareto front
+                              marked, every point labelled
+    test_accuracy_curves.png  test accuracy (%) per epoch from the TensorBoard events, one panel per
+                              bit width (shared axes), methods overlaid
+
+(tables and CSV: :mod:`qnnrun.report.tables`; plots: :mod:`qnnrun.report.plots`). Where the quantized
+runs compared differ in their first/last-layer policy (``quant.first_layer`` / ``quant.last_layer``:
+float, 8 bits or the run's own bits, read from ``.hydra/config.yaml``; GBOPs and weight size change
+several-fold with it), the report says so in a note, and tables and plot labels name each run's
+policy (``first/last=fp``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from qnnrun.checkpoint import check_output_folder
+from qnnrun.errors import QnnrunError
+from qnnrun.report.groups import Group, group_runs
+from qnnrun.report.paired import Selector, check_baseline, paired_table, selector_text
+from qnnrun.report.plots import PLOTS
+from qnnrun.report.records import DONE, DUPLICATE, FAILED, INVALID, UNFINISHED, Problem, Run, find_runs
+from qnnrun.report.tables import PROBLEMS_TITLE, bits_table, epochs_table, layer_policy_note, problems_table, \
+    summary_table, write_csv
+
+
+def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignore: Collection[str] = (),
+                 epochs: Sequence[int] = (), paired: Sequence[Selector] = ()) -> str:
+    """Read the runs under ``paths``, write report.md, report.csv and the PNGs into ``out_dir``;
+    returns the report's text. Runs differing only in their seed and the override keys in
+    ``ignore`` are one group; ``epochs`` (1-based) adds the table of test accuracy at those epochs;
+    each selector of ``paired`` the table of paired differences from the baselines it names."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed on clusters and CI
+    runs, problems = find_runs(paths)
+    keys = sorted({key for run in runs for key in run.overrides})
+    for key in ignore:
+        if key not in keys:
+            raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
+    groups = group_runs(runs, ignore)
+    finished = [g for g in groups if g.done]
+    unfinished = sum(r.status == UNFINISHED for r in runs)
+    waiting = {selector: check_baseline(groups, selector, keys, ignore, unfinished) for selector in paired}
+    parts = [_headline(paths, runs, problems, groups, ignore), layer_policy_note(finished)]
+    if groups:
+        by_bits = bits_table(groups)  # empty where every group is mixed (no one bit width)
+        parts += ["## Runs, mean ± std over seeds\n\n" + summary_table(groups)]
+        parts += ["## By bits\n\n" + by_bits] if by_bits else []
+    if epochs and finished:
+        parts.append("## By epoch\n\n" + epochs_table(finished, epochs))
+    for selector in paired:
+        parts.append(f"## Paired with {selector_text(selector)}, by seed\n\n"
+                     + (waiting[selector] or paired_table(finished, selector)))
+    check_output_folder(out_dir, "--out")
+    write_csv(groups, out_dir / "report.csv")
+    if plots and finished:
+        for name, plot in PLOTS.items():
+            plot(finished, out_dir / name)
+    # Last: reading the curves (epochs table, plots) may have added notes about unreadable events.
+    table = problems_table(runs, problems)
+    if table:
+        parts.append(f"{PROBLEMS_TITLE}\n\n{table}")
+    if plots and finished:
+        parts.append("## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in PLOTS))
+    # Folder names that are not UTF-8 (surrogates in str(path)) are written as escapes, not refused.
+    text = ("\n\n".join(filter(None, parts)) + "\n").encode("utf-8", "backslashreplace").decode("utf-8")
+    (out_dir / "report.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],
+              ignore: Collection[str]) -> str:
+    counts = {s: sum(r.status == s for r in runs) for s in (DONE, FAILED, UNFINISHED)}
+    duplicates, invalid = (sum(p.kind == kind for p in problems) for kind in (DUPLICATE, INVALID))
+    not_runs = (f"; {duplicates} duplicate records (each counted once, as the run it repeats)" * bool(duplicates)
+                + f"; {invalid} unreadable records" * bool(invalid))
+    return (f"# qnnrun report\n\n{len(runs)} runs under {', '.join(str(p) for p in paths)}: "
+            f"{counts[DONE]} done, {counts[FAILED]} failed, {counts[UNFINISHED]} unfinished{not_runs}; "
+            f"{len(groups)} group{'' if len(groups) == 1 else 's'} (runs that differ only in their seed"
+            + "".join(f", {key}" for key in ignore) + ").")
+
+
+def _epoch_list(text: str) -> list[int]:
+    """``"1,10,30"`` -> ``[1, 10, 30]``; anything but positive integers is an argparse error."""
+    try:
+        epochs = [int(part) for part in text.split(",")]
+    except ValueError:
+        epochs = []
+    if not epochs or min(epochs) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected epoch numbers (from 1) separated by commas, e.g. 1,10,30")
+    return epochs
+
+
+def _selector(text: str) -> Selector:
+    """``"method=ste"`` -> ``(("method", "ste"),)``; several pairs apart by spaces name a baseline by
+    all of them; anything else is an argparse error."""
+    pairs = [item.partition("=") for item in text.split()]
+    if not pairs or not all(sep and key and value for key, sep, value in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. method=ste or grid_point=plain, "
+                                         "or several apart by spaces")
+    return tuple((key, value) for key, _, value in pairs)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one QnnrunError line, like every other qnnrun command's."""
+
+    def error(self, message: str) -> NoReturn:
+        raise QnnrunError(f"{message} (qnnrun report --help)")
+
+
+def main(argv: Sequence[str]) -> None:
+    """``qnnrun report PATH... [--out DIR] [--no-plots] [--ignore KEY] [--epochs LIST] [--paired KEY=VALUE]``."""
+    parser = _Parser(
+        prog="qnnrun report",
+        description="Tables and plots across runs: reads every run folder under PATH (summary.json and "
+                    "TensorBoard events), groups runs that differ only in their seed, and reports mean ± std "
+                    "and run counts of final test accuracy, GBOPs, weight size and train time. Writes "
+                    "report.md, report.csv, accuracy_vs_bits.png, accuracy_vs_gbops.png and "
+                    "test_accuracy_curves.png; prints the tables. Failed, unfinished, unreadable and "
+                    "duplicate runs are listed with the reason.",
+        epilog="examples: qnnrun report outputs/multirun/2026-11-22/12-00-00 | qnnrun report outputs/a outputs/b "
+               "--out cmp/ | qnnrun report outputs/2026-11-22/10-00-00 (one run) | "
+               "qnnrun report runs/ --ignore init_from | qnnrun report runs/nbn_w3_s* --paired method=ste")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="a run folder, a sweep folder, or any folder above runs (e.g. outputs/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where report.md/.csv/.png go (default: PATH when one is given, else ./report)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    parser.add_argument("--ignore", action="append", default=[], metavar="KEY",
+                        help="an override key to group over like the seed, e.g. init_from when each seed "
+                             "fine-tunes its own float run (repeatable)")
+    parser.add_argument("--epochs", type=_epoch_list, default=(), metavar="LIST",
+                        help="also tabulate test accuracy (train accuracy in brackets) at these epochs, "
+                             "comma-separated, e.g. 1,10,20,30")
+    parser.add_argument("--paired", type=_selector, action="append", default=[], metavar="KEY=VALUE",
+                        help="also tabulate each group's difference from its baseline (KEY, method or an "
+                             "override key, at VALUE; all else alike), paired by seed (repeatable; "
+                             "several pairs in quotes, apart by spaces, name a baseline by all of them)")
+    args = parser.parse_args(list(argv))
+    out_dir = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
+    text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore, epochs=args.epochs,
+                        paired=args.paired)
+    print(text, end="")
+    print(f"\nwritten: {out_dir / 'report.md'}, {out_dir / 'report.csv'}"
+          + ("" if args.no_plots else f" and the plots in {out_dir}"))

@@ -1,0 +1,159 @@
+"""Runs grouped by everything but their seed (the rule is in :mod:`qnnrun.report`), how a group is
+named in tables and plots, and the accuracy-vs-GBOPs Pareto front of the groups."""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from qnnrun.config import method_options
+from qnnrun.report.records import CURVE_TAGS, DONE, Identity, Run, config_text
+
+
+# A search preset's variables (search.<name>) set a mixed run's widths, which its identity holds already.
+SEARCH_PREFIX = "search."
+
+
+# The first/last-layer policy (float, 8 bits or the run's own bits: GBOPs and weight size change
+# several-fold with it): the config keys, and the name labels and tables give it where runs differ in it.
+LAYER_KEYS = ("quant.first_layer", "quant.last_layer")
+LAYERS = "first/last"
+
+
+@dataclass
+class Group:
+    """Runs that differ at most in their seed."""
+
+    identity: Identity
+    extras: dict[str, str]
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def defaults(self) -> set[str]:
+        """The keys of ``extras`` no run of the group typed: values read from their configs."""
+        return {key for key in self.extras if not any(key in run.overrides for run in self.runs)}
+
+    @property
+    def done(self) -> list[Run]:
+        return [r for r in self.runs if r.status == DONE]
+
+    def values(self, metric: str) -> list[float]:
+        return [r.metrics[metric] for r in self.done if metric in r.metrics]
+
+    def mean(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.fmean(values) if values else None
+
+    def std(self, metric: str) -> float | None:
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else None
+
+    @property
+    def bits_label(self) -> str:
+        return self.identity.bits_label
+
+    @property
+    def layers(self) -> str | None:
+        """The first/last-layer policy of the finished runs as tables show it: ``fp``, ``8`` or ``same``
+        when both layers share it, else ``first/last`` (``8/fp``); None for float runs (where it changes
+        nothing) and where no run's config tells it."""
+        if self.identity.mixed or self.identity.is_float:
+            return None  # float: it changes nothing; mixed: the widths say what each layer ran at
+        told = sorted({first if first == last else f"{first}/{last}" for first, last in
+                       (r.layers for r in self.done if r.layers)})
+        return " or ".join(told) or None
+
+
+@functools.lru_cache(maxsize=256)
+def reads(method: str, key: str) -> bool:
+    """Whether runs of ``method`` read override ``key``: every key but a ``method.<option>`` that is
+    not among :func:`~qnnrun.config.method_options` (``method.alpha_end`` for bnn, ``method.stages``
+    for ste; ``method.name`` is read); a method without a config file reads every key."""
+    if not key.startswith("method.") or key == "method.name":
+        return True
+    options = method_options(method)
+    return options is None or key.split(".")[1] in options
+
+
+def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]:
+    """Runs with a known identity, grouped by it and by their other overrides (seed and the override
+    keys in ``ignore`` aside), in the order of their identities and overrides."""
+    groups: dict[tuple[Identity, tuple[tuple[str, str], ...]], Group] = {}
+    keys = sorted({key for run in runs for key in run.overrides if key not in ignore})
+    for run in runs:
+        if run.identity is None:
+            continue
+        # A mixed run's widths are its identity: the search variables and the first/last-layer policy
+        # (which its layer rules override) tell nothing more; nor does an option its method ignores.
+        wanted = [k for k in keys if reads(run.identity.method, k)
+                  and not (run.identity.mixed and (k.startswith(SEARCH_PREFIX) or k in LAYER_KEYS))]
+        values = ((k, run.overrides[k] if k in run.overrides else config_text(run.config, k)) for k in wanted)
+        extras = {k: v for k, v in values if v is not None}
+        key = (run.identity, tuple(sorted(extras.items())))
+        groups.setdefault(key, Group(run.identity, extras)).runs.append(run)
+    return [groups[key] for key in sorted(groups)]
+
+
+def varying_keys(groups: Sequence[Group]) -> list[str]:
+    """Override keys whose value is not the same in every group: the columns worth showing; last
+    ``LAYERS`` (in place of the override keys that set it) when the quantized groups differ in their
+    first/last-layer policy."""
+    keys = sorted({k for g in groups for k in g.extras})
+    varying = [k for k in keys if len({g.extras.get(k, "") for g in groups}) > 1]
+    if len({g.layers for g in groups if g.layers}) > 1:
+        varying = [k for k in varying if k not in LAYER_KEYS] + [LAYERS]
+    return varying
+
+
+def shown_value(group: Group, key: str) -> str:
+    """The group's value of a key of ``varying_keys``; empty where it has none."""
+    return (group.layers or "") if key == LAYERS else group.extras.get(key, "")
+
+
+def group_label(group: Group, shown: Sequence[str], with_bits: bool = True) -> str:
+    parts = [group.identity.method]
+    if with_bits:
+        parts.append(group.bits_label)
+    parts += [f"{k}={shown_value(group, k)}" for k in shown if shown_value(group, k)]
+    return " ".join(parts)
+
+
+def front_groups(groups: Sequence[Group]) -> list[int]:
+    """Indices of the groups on the accuracy-vs-GBOPs Pareto front (mean final test accuracy against
+    mean GBOPs per image; quantized and float, uniform and mixed alike), by increasing GBOPs. Groups
+    of different models or data sets are not compared: the front is taken per (model, data set)."""
+    by_task: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, g in enumerate(groups):
+        if g.mean("test_acc") is not None and g.mean("gbops") is not None:
+            by_task[(g.identity.model, g.identity.dataset)].append(index)
+    front = []
+    for members in by_task.values():
+        points = [(groups[i].mean("gbops"), groups[i].mean("test_acc")) for i in members]
+        front += [members[i] for i in pareto_front(points)]
+    return front
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points (cost, accuracy) no other point beats in both, by increasing cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -math.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def values_by_epoch(group: Group) -> dict[str, dict[int, list[float]]]:
+    """Tag (of ``CURVE_TAGS``) -> epoch -> the values of that scalar the group's finished runs logged
+    at that epoch."""
+    by_epoch: dict[str, dict[int, list[float]]] = {tag: defaultdict(list) for tag in CURVE_TAGS}
+    for run in group.done:
+        for tag, curve in run.curves.items():
+            for epoch, value in curve:
+                by_epoch[tag][epoch].append(value)
+    return by_epoch

@@ -1,0 +1,173 @@
+"""``qnnrun report --paired KEY=VALUE``: each group beside its baseline, paired by seed.
+
+The baseline of a group is the group whose ``KEY`` (``method`` or an override key) is ``VALUE`` and
+which agrees with it in everything else (data set, model, bits, every other override; bits are not
+compared against a float baseline, which counts only where no baseline at the group's bits does;
+epochs only where several baselines differ in them, so SQ's arms, 4 and 16 epochs long, pair).
+Several pairs in one argument name a baseline by all of them (``--paired "method=ste
+trainer.grad_clip=1.0"``). A ``method.<option>`` that one of the two runs' methods does not read (not
+in its ``conf/method/<name>.yaml``) is no difference: between two methods it is part of the method
+compared (UNIQ's one-stage arm and AQE's rising alpha pair with ste or bnn), and a method ignores it
+in its own runs (a preset's shared option block). Another key only one group has is no difference
+where that group left it at its default (read from its config). Runs are paired by seed: the
+difference in final test accuracy (points) per seed both finished, its mean ± sample std, and in how
+many seeds the group is above its baseline; groups whose lengths differ are named with them. Groups
+left unpaired are listed with the reason. A baseline no finished group has is refused as a typo
+unless some runs are unfinished (a sweep in progress): then the section says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Collection, Sequence
+
+from qnnrun.errors import QnnrunError
+from qnnrun.report.groups import Group, group_label, reads, varying_keys
+from qnnrun.report.records import canonical
+from qnnrun.report.tables import markdown
+
+
+# A baseline as --paired names it: (key, value) pairs, key ``method`` or an override key.
+Selector = tuple[tuple[str, str], ...]
+
+
+def _alike(group: Group, baseline: Group, selector: Selector) -> bool:
+    """Whether ``baseline`` agrees with ``group`` in every field but the selector's keys (and the
+    epochs, compared apart; and the bits, where the baseline is float). A ``method.<option>`` that
+    either group's method does not read is no difference (:func:`~qnnrun.report.groups.reads`); nor is another key only
+    one of them has where that one left it at its default (read from its config)."""
+    keys = {key for key, _ in selector}
+    a, b = group.identity, baseline.identity
+    if (a.dataset, a.model) != (b.dataset, b.model) or ("method" not in keys and a.method != b.method):
+        return False
+    if not b.is_float and (a.bits_w, a.bits_a, a.layer_bits) != (b.bits_w, b.bits_a, b.layer_bits):
+        return False
+    differing = [key for key in (group.extras.keys() | baseline.extras.keys()) - keys
+                 if reads(a.method, key) and reads(b.method, key)
+                 and group.extras.get(key) != baseline.extras.get(key)]
+    if not differing:
+        return True
+    mine_default, theirs_default = group.defaults, baseline.defaults  # each read from the runs once
+    return all(key not in group.extras and key in theirs_default or key not in baseline.extras and key in mine_default
+               for key in differing)
+
+
+def _key_value(group: Group, key: str) -> str:
+    return group.identity.method if key == "method" else group.extras.get(key, "")
+
+
+def _selects(group: Group, selector: Selector) -> bool:
+    return all(_key_value(group, key) == canonical(value) for key, value in selector)
+
+
+def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> tuple[Group | None, str]:
+    """The group ``group`` is compared with (the rule of this module's docstring), or None and why: its method
+    lacks an option the selector names (unless the selector names a method that has it), or no
+    baseline, or several that neither their bits (one at the group's bits before a float one) nor their
+    epochs tell apart."""
+    named = dict(selector).get("method")  # a baseline method's own option is part of that method
+    ignored = [key for key, _ in selector
+               if not reads(group.identity.method, key) and (named is None or not reads(named, key))]
+    if ignored:
+        return None, f"{group.identity.method} has no option {ignored[0]}"
+    matches = [b for b in baselines if _alike(group, b, selector)]
+    for prefer in (lambda b: b.bits_label == group.bits_label, lambda b: b.identity.epochs == group.identity.epochs):
+        if len(matches) > 1 and any(prefer(b) for b in matches):
+            matches = [b for b in matches if prefer(b)]
+    if len(matches) == 1:
+        return matches[0], ""
+    if not matches:
+        return None, "no baseline alike in everything else"
+    return None, "several baselines: " + "; ".join(f"{b.identity.method} {b.bits_label} ({b.identity.epochs} ep)"
+                                                   + "".join(f" {k}={v}" for k, v in sorted(b.extras.items()))
+                                                   for b in matches)
+
+
+def selector_text(selector: Selector) -> str:
+    return " ".join(f"{key}={value}" for key, value in selector)
+
+
+def _accuracy_by_seed(group: Group) -> tuple[dict[int, float], list[int]]:
+    """Seed -> final test accuracy (%) of the group's finished runs, and the seeds finished twice
+    (the same run in two folders given together), which cannot be paired."""
+    by_seed: dict[int, float] = {}
+    twice = []
+    for run in group.done:
+        if run.seed in by_seed:
+            twice.append(run.seed)
+        by_seed[run.seed] = run.metrics["test_acc"]
+    return by_seed, sorted(set(twice))
+
+
+def paired_table(groups: Sequence[Group], selector: Selector) -> str:
+    """Each group beside its baseline (the group ``selector`` names, everything else alike; both named
+    with their epochs where these differ): final test accuracy difference (points) of the runs paired
+    by seed, mean ± sample std over the seeds both finished, each seed's difference, and in how many
+    seeds the group is above; then the groups left unpaired and why."""
+    shown = varying_keys(groups)
+    baselines = [g for g in groups if _selects(g, selector)]
+    rows, unpaired = [], []
+    for g in groups:
+        if _selects(g, selector):
+            continue
+        base, why = _baseline(g, baselines, selector)
+        if base is not None:
+            (ours, twice), (theirs, twice_base) = _accuracy_by_seed(g), _accuracy_by_seed(base)
+            seeds = sorted(set(ours) & set(theirs))
+            if twice:
+                why = f"seed {twice[0]} finished twice"
+            elif twice_base:
+                why = f"its baseline's seed {twice_base[0]} finished twice"
+            elif not seeds:
+                why = "no seed in common with its baseline"
+        if why:
+            unpaired.append(f"{group_label(g, shown)} ({why})")
+            continue
+        diffs = [ours[seed] - theirs[seed] for seed in seeds]
+        spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
+        lengths = g.identity.epochs != base.identity.epochs
+        names = [group_label(x, shown) + f" ({x.identity.epochs} ep)" * lengths for x in (g, base)]
+        rows.append([*names, len(seeds), f"{statistics.fmean(diffs):+.2f}{spread}",
+                     ", ".join(f"{d:+.2f}" for d in diffs), f"{sum(d > 0 for d in diffs)} of {len(diffs)}",
+                     " ".join(str(seed) for seed in seeds)])
+    parts = [markdown(["group", "baseline", "paired seeds", "difference (points)", "per seed", "above", "seeds"], rows)
+             if rows else f"No group has a baseline with {selector_text(selector)} and a seed in common."]
+    if unpaired:
+        parts.append("Not paired: " + "; ".join(unpaired) + ".")
+    return "\n\n".join(parts)
+
+
+def _waiting(unfinished: int) -> str:
+    return (f"{unfinished} {'run is' if unfinished == 1 else 'runs are'} unfinished "
+            "(a baseline among them pairs once it finishes)")
+
+
+def check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[str], ignore: Collection[str],
+                   unfinished: int = 0) -> str:
+    """One line naming what is wrong with a ``--paired`` baseline: a key given to ``--ignore``, a key no
+    run sets (or only runs of methods without that option), a value no group has, or values no one
+    group has together. Where ``unfinished`` runs could still be that baseline (a sweep in progress),
+    the last two are no error: returns the note the report prints in place of the table ("" when the
+    baseline is there)."""
+    for key, value in selector:
+        if key in ignore:
+            raise QnnrunError(f"--paired {key}={value}: {key} is given to --ignore too, so no group differs in it")
+        if key != "method" and key not in keys:
+            raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
+                              + "".join(f", {k}" for k in keys if k not in ignore))
+        methods = [] if key == "method" or any(key in g.extras for g in groups) else sorted(
+            {r.identity.method for g in groups for r in g.runs if key in r.overrides})
+        if methods:
+            raise QnnrunError(f"--paired {key}={value}: only runs of {', '.join(methods)} set {key}, and "
+                              f"{'that method has' if len(methods) == 1 else 'those methods have'} no such option")
+        values = sorted({_key_value(g, key) for g in groups} - {""})
+        if canonical(value) not in values:
+            missing = f"no group has {key}={value}; the runs have {', '.join(values) or 'none'}"
+            if unfinished:
+                return f"Not paired yet: {missing}, and {_waiting(unfinished)}."
+            raise QnnrunError(f"--paired {key}={value}: {missing}")
+    if not any(_selects(g, selector) for g in groups):
+        if unfinished:
+            return f"Not paired yet: no group has {selector_text(selector)} together, and {_waiting(unfinished)}."
+        raise QnnrunError(f"--paired {selector_text(selector)}: no group has all of these")
+    return ""

@@ -1,0 +1,462 @@
+"""Run folders read into validated records.
+
+A run is a folder holding ``summary.json`` (written by the engine when a run is done, or by
+:mod:`qnnrun.sweep` when it failed) or, for a run cut off before it finished, ``last.ckpt`` /
+TensorBoard events without one. Every folder is read once, by :func:`read_folder`, into either a
+:class:`Run` whose values have their types and ranges (an :class:`Identity` of names and integers,
+metrics that are finite numbers in their range) or a :class:`Problem` naming what did not fit:
+unreadable or hand-edited records, and duplicate records (a sweep job that repeated an earlier job's
+run points at it with ``same_as``; the run counts once, there). Grouping, tables and plots only ever
+see validated values. Override values have one spelling (:func:`canonical`), and a run's config
+values are written alike (:func:`config_text`), so that a typed value and a default meet.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qnnrun.errors import QnnrunError
+from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
+from qnnrun.runs import STEP_CURVES, SUMMARY, is_free
+
+
+# The largest cost or time a record may hold: far above any real run, and far enough below the
+# float range that sums, standard deviations and log axes over many runs stay finite.
+MAX_COST = 1e15
+# The numbers of a finished run's summary.json the report reads: key -> (lowest, highest) valid
+# value (accuracies are percentages); test_acc is required, the others may be absent or null.
+NUMBERS = {"test_acc": (0.0, 100.0), "best_test_acc": (0.0, 100.0), "init_test_acc": (0.0, 100.0),
+           "gbops": (0.0, MAX_COST), "weight_memory_mb": (0.0, MAX_COST), "compression": (0.0, MAX_COST),
+           "train_time_s": (0.0, MAX_COST)}
+# Overrides that identify a run already through its Identity (the settings that do not change a
+# run's result, qnnrun.runs.FREE_KEYS, are not grouped either).
+NOT_GROUPED = {"seed", "method", "model", "dataset", "bits", "bits.w", "bits.a", "trainer.epochs", "quant.layer_bits"}
+
+
+CURVE_TAG = "test/acc"
+TRAIN_CURVE_TAG = "train/acc"
+CURVE_TAGS = (CURVE_TAG, TRAIN_CURVE_TAG)  # what Run.curves reads
+
+
+# The statuses of summary.json; a run folder without one is UNFINISHED.
+DONE, FAILED, DUPLICATE, UNFINISHED = "done", "failed", "duplicate", "unfinished"
+# A folder whose record does not fit (a Problem, not a run).
+INVALID = "invalid"
+# Method, model and data set names as qnnrun's configs spell them.
+NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+# How a reader of a file that may hold anything fails: missing or unreadable file, bytes that are
+# not UTF-8, text that is not JSON / YAML, nesting too deep to parse.
+UNREADABLE = (OSError, ValueError, yaml.YAMLError, RecursionError)
+OVERRIDES_FILE = Path(".hydra", "overrides.yaml")
+CONFIG_FILE = Path(".hydra", "config.yaml")
+
+
+@dataclass(frozen=True, order=True)
+class Identity:
+    """What a run computes, its seed aside; the fields are in the order groups are sorted by, and
+    each has one type, so that identities always compare."""
+
+    dataset: str
+    model: str
+    method: str
+    bits_w: int
+    bits_a: int
+    epochs: int
+    layer_bits: str = ""  # a mixed run's widths per layer, forward order: "w 8,4,2 a 8,4,8"; "" for one width
+
+    @property
+    def mixed(self) -> bool:
+        """Whether per-layer rules (quant.layer_bits) set the widths; ``bits_w`` / ``bits_a`` do not tell them."""
+        return bool(self.layer_bits)
+
+    @property
+    def is_float(self) -> bool:
+        """Whether weights and inputs are float (a float run)."""
+        return self.bits_w == self.bits_a == FLOAT_BITS
+
+    @property
+    def bits_label(self) -> str:
+        if self.mixed:
+            return f"mixed[{self.layer_bits}]"
+        return "FP32" if self.is_float else f"W{self.bits_w}A{self.bits_a}"
+
+
+@dataclass
+class Run:
+    """One run folder, validated: ``status`` is done, failed or unfinished (no summary.json yet)."""
+
+    path: Path
+    status: str
+    metrics: dict[str, float]  # done runs: the NUMBERS their summary.json holds, and vs_init
+    overrides: dict[str, str]  # the grouping ones
+    command_line: list[str]  # every override as given
+    reason: str = ""  # failed: the error line; unfinished: how far it got
+    identity: Identity | None = None  # None: a failed or unfinished run no group can hold
+    seed: int | None = None
+    notes: list[str] = field(default_factory=list)  # what could not be read beside the record
+    layers: tuple[str, str] | None = None  # done runs: (first, last) layer policy of .hydra/config.yaml, if told
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        """The run's ``.hydra/config.yaml``, read once per report (empty, with a note, when unreadable)."""
+        return _read_config(self.path, self.notes)
+
+    @functools.cached_property
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """Tag -> (epoch, value) of each of ``CURVE_TAGS``, its TensorBoard events read once per report;
+        empty, with a note, when the events cannot be read."""
+        try:
+            return read_curves(self.path, CURVE_TAGS)
+        except Exception as error:  # TensorBoard's reader over whatever bytes the files hold
+            self.notes.append(f"TensorBoard events: unreadable ({error_line(error)}), no curves")
+            return {tag: [] for tag in CURVE_TAGS}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A folder that holds no run to count: a record that does not fit (``invalid``: the reason
+    says which value), or a ``duplicate`` record pointing at the run it repeats."""
+
+    path: Path
+    kind: str
+    reason: str
+    command_line: tuple[str, ...] = ()
+
+
+class _Unfit(Exception):
+    """A file, or a value in it, that does not fit the record; the message is the reason shown in
+    the report: ``summary.json: bits_w "2" is not an integer in [1, 32]``."""
+
+    def __init__(self, reason: str, file: Path | str = SUMMARY) -> None:
+        super().__init__(f"{file}: {reason}")
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    """``value`` as summary.json spells it, cut to ``limit`` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def error_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _name(record: Mapping[str, Any], key: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise _Unfit(f"{key} {_show(value)} is not a name (letters, digits, _ . + -)")
+    return value
+
+
+def _integer(record: Mapping[str, Any], key: str, low: float = -math.inf, high: float = math.inf) -> int:
+    value = record.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _Unfit(f"{key} {_show(value)} is not an integer{_bounds(low, high)}")
+    return value
+
+
+def _bounds(low: float, high: float) -> str:
+    if high == math.inf:
+        return "" if low == -math.inf else f" >= {low:g}"
+    return f" in [{low:g}, {high:g}]"
+
+
+def _number(record: Mapping[str, Any], key: str) -> float | None:
+    """A finite number in the key's range (``NUMBERS``); ``None`` when absent or null."""
+    value = record.get(key)
+    if value is None:
+        return None
+    low, high = NUMBERS[key]
+    # NaN and infinities fail the range check; comparing a huge int needs no conversion to float.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise _Unfit(f"{key} {_show(value)} is not a number in [{low:g}, {high:g}]")
+    return float(value)
+
+
+def _identity(record: Mapping[str, Any], done: bool) -> Identity:
+    """A finished run's bits are 1 to 32 and its epochs at least 0; a failure record keeps the bad
+    value that failed it (``bits.w=9``) as long as it is an integer."""
+    bits: tuple[float, float] = (1, FLOAT_BITS) if done else (-math.inf, math.inf)
+    return Identity(dataset=_name(record, "dataset"), model=_name(record, "model"), method=_name(record, "method"),
+                    bits_w=_integer(record, "bits_w", *bits), bits_a=_integer(record, "bits_a", *bits),
+                    epochs=_integer(record, "epochs", 0 if done else -math.inf), layer_bits=_layer_bits(record))
+
+
+def _layer_bits(record: Mapping[str, Any]) -> str:
+    """``layer_bits`` of a record (layer -> {w, a} in forward order; null or absent: none) as one text:
+    the weight widths, then the input widths, layer by layer (``w 8,4,2 a 8,4,8``)."""
+    rules = record.get("layer_bits")
+    if rules is None:
+        return ""
+    if not isinstance(rules, Mapping) or not all(
+            isinstance(bits, Mapping) and all(isinstance(bits.get(k), int) and not isinstance(bits.get(k), bool)
+                                              for k in ("w", "a")) for bits in rules.values()):
+        raise _Unfit(f"layer_bits {_show(rules)} is not a mapping of layer patterns to {{w, a}} bits")
+    return " ".join(f"{side} " + ",".join(str(bits[side]) for bits in rules.values()) for side in ("w", "a"))
+
+
+def _present(file: Path) -> bool:
+    """Whether ``file`` exists (a broken link too); when it cannot be told (no permission to look),
+    reading it will say why it fails."""
+    try:
+        return file.exists() or file.is_symlink()
+    except OSError:
+        return True
+
+
+def _load_summary(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UNREADABLE as error:
+        raise _Unfit(f"unreadable ({error_line(error)})") from None
+    if not isinstance(record, dict):
+        raise _Unfit(f"holds {_show(record)}, not a record of its keys")
+    return record
+
+
+def _read_command_line(folder: Path, record: Mapping[str, Any]) -> list[str]:
+    """The overrides the run was started with: ``.hydra/overrides.yaml``, else the record's own."""
+    file = folder / OVERRIDES_FILE
+    if _present(file):
+        try:
+            lines = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except UNREADABLE as error:
+            raise _Unfit(f"unreadable ({error_line(error)})", OVERRIDES_FILE) from None
+        where, what = OVERRIDES_FILE, "holds"
+    else:
+        lines, where, what = record.get("overrides", []), SUMMARY, "overrides"
+    if lines is None:  # an empty file
+        lines = []
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise _Unfit(f"{what} {_show(lines)}, not a list of key=value lines", where)
+    return lines
+
+
+def _parse_overrides(lines: Iterable[str]) -> dict[str, str]:
+    """``key=value`` override lines -> {key: value} (the value in its :func:`canonical` spelling)
+    without the grouping-neutral keys."""
+    parsed = {}
+    for line in lines:
+        key, sep, value = line.partition("=")
+        key = key.lstrip("+~")
+        if sep and key not in NOT_GROUPED and not is_free(key) and not key.startswith("hydra"):
+            parsed[key] = canonical(value)
+    return parsed
+
+
+@functools.lru_cache(maxsize=4096)  # a sweep's runs repeat the same few values; a parse is about 0.5 ms
+def canonical(value: str) -> str:
+    """One spelling per value an override can give, as Hydra's override parser reads it: whole
+    numbers as integers (``3``, ``1.0`` -> ``1``, ``1_000`` -> ``1000``), other numbers as Python
+    writes the float (``1e-2`` and ``.01`` are ``0.01``), ``true`` / ``false`` / ``null`` in lower
+    case, a quoted text without its quotes; anything else (lists, sweeps, what does not parse) as
+    given. Config values are written alike (:func:`config_text`), so a typed value and a default meet."""
+    try:
+        parsed = _override_parser().parse_override(f"key={value}").value()
+    except Exception:  # Hydra's grammar errors: left as typed (the run was started with it)
+        return value
+    text = plain_text(parsed)
+    return value if text is None else text
+
+
+@functools.cache
+def _override_parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def plain_text(value: Any) -> str | None:
+    """A plain value (number, text, true/false, null) as :func:`canonical` spells it; None for others."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return value if isinstance(value, str) else None
+
+
+def read_folder(folder: Path) -> Run | Problem:
+    """The run in ``folder``, its values validated, or the Problem that names what did not fit."""
+    summary = folder / SUMMARY
+    if not _present(summary):
+        return _unfinished(folder)
+    record: dict[str, Any] = {}
+    try:
+        record = _load_summary(summary)
+        status = record.get("status")
+        if status == DONE:
+            return _done(folder, record)
+        if status == FAILED:
+            return _failed(folder, record)
+        if status == DUPLICATE:
+            return _duplicate(folder, record)
+        raise _Unfit(f"status {_show(status)} is not {DONE!r}, {FAILED!r} or {DUPLICATE!r}")
+    except _Unfit as unfit:
+        return Problem(folder, INVALID, str(unfit), _best_effort_command_line(folder, record))
+
+
+def _best_effort_command_line(folder: Path, record: Mapping[str, Any]) -> tuple[str, ...]:
+    try:
+        return tuple(_read_command_line(folder, record))
+    except _Unfit:
+        return ()
+
+
+def _done(folder: Path, record: Mapping[str, Any]) -> Run:
+    identity, seed = _identity(record, done=True), _integer(record, "seed")
+    metrics = {key: value for key in NUMBERS if (value := _number(record, key)) is not None}
+    if "test_acc" not in metrics:
+        raise _Unfit("test_acc is missing")
+    if "init_test_acc" in metrics:
+        metrics["vs_init"] = metrics["test_acc"] - metrics["init_test_acc"]
+    lines = _read_command_line(folder, record)
+    run = Run(folder, DONE, metrics, _parse_overrides(lines), lines, identity=identity, seed=seed)
+    run.layers = _layer_policy(run.config)
+    return run
+
+
+def _layer_policy(config: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(first, last) layer policy (each one of ``LAYER_POLICIES``) of a run's config; None where it
+    does not tell both."""
+    quant = config.get("quant")
+    if not isinstance(quant, dict):
+        return None
+    # YAML reads the policy 8 as an integer.
+    policy = tuple(str(value) for value in (quant.get("first_layer"), quant.get("last_layer"))
+                   if isinstance(value, (str, int)) and not isinstance(value, bool))
+    return (policy[0], policy[1]) if len(policy) == 2 and set(policy) <= set(LAYER_POLICIES) else None
+
+
+def _failed(folder: Path, record: Mapping[str, Any]) -> Run:
+    """A failure record: listed with its error; placed in its group when its identity and overrides
+    can be read (a sweep's failed bits sit beside their finished siblings), else listed only."""
+    error = record.get("error")
+    reason = error if isinstance(error, str) and error.strip() else f"error {_show(error)} (no error line)"
+    identity: Identity | None = None
+    lines: list[str] = []
+    try:
+        lines = _read_command_line(folder, record)
+        identity = _identity(record, done=False)
+    except _Unfit as unfit:
+        reason += f" (not grouped: {unfit})"
+    seed = record.get("seed")
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    return Run(folder, FAILED, {}, _parse_overrides(lines), lines, reason=reason, identity=identity, seed=seed)
+
+
+def _duplicate(folder: Path, record: Mapping[str, Any]) -> Problem:
+    first = record.get("same_as")
+    if not isinstance(first, str) or not first.strip():
+        raise _Unfit(f"a duplicate whose same_as {_show(first)} is not a folder")
+    return Problem(folder, DUPLICATE, f"the same run as {first}: counted once, there",
+                   _best_effort_command_line(folder, record))
+
+
+def _unfinished(folder: Path) -> Run:
+    lines: list[str] = []
+    notes = []
+    try:
+        lines = _read_command_line(folder, {})
+    except _Unfit as unfit:
+        notes.append(str(unfit))
+    run = Run(folder, UNFINISHED, {}, _parse_overrides(lines), lines, notes=notes)
+    run.reason = f"no {SUMMARY}: interrupted or still running{_progress(run)}"
+    return run
+
+
+def _progress(run: Run) -> str:
+    """``", at epoch 12 of 30 (test acc 79.20%)"`` for a run without summary, from its TensorBoard
+    events and its config; empty when it logged no epoch."""
+    total = _planned_epochs(run)
+    curve = run.curves[CURVE_TAG]
+    if not curve:
+        return ""
+    epoch, acc = curve[-1]
+    return f", at epoch {epoch}{total} (test acc {acc:.2f}%)"
+
+
+def _read_config(folder: Path, notes: list[str]) -> dict[str, Any]:
+    """The run's ``.hydra/config.yaml``; empty when absent, not a mapping or unreadable (with a note)."""
+    file = folder / CONFIG_FILE
+    if not _present(file):
+        return {}
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UNREADABLE as error:
+        notes.append(f"{CONFIG_FILE}: unreadable ({error_line(error)})")
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def config_text(config: Mapping[str, Any], key: str) -> str | None:
+    """The plain value (number, text, true/false, null) at dotted ``key`` of a run's config in the
+    :func:`canonical` spelling of an override (``3``, ``0.01``, ``true``, ``null``); None where the
+    config has no plain value there (no such key, a group or a list)."""
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    if isinstance(value, str) and "${" in value:  # an interpolation Hydra left unresolved is no value
+        return None
+    return plain_text(value)
+
+
+def _planned_epochs(run: Run) -> str:
+    """``" of 30"`` from the run's ``.hydra/config.yaml``; empty (with a note when unreadable) if unknown."""
+    trainer = run.config.get("trainer")
+    try:
+        epochs = _integer(trainer if isinstance(trainer, dict) else {}, "epochs", 0)
+    except _Unfit:
+        return ""
+    return f" of {epochs}"
+
+
+def find_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Problem]]:
+    """Every run under ``paths`` (each a run folder, a sweep folder or any folder above them), and
+    every folder there whose record does not fit or repeats another run; both sorted by folder."""
+    found: dict[Path, Run | Problem] = {}
+    for path in paths:
+        if not path.is_dir():
+            raise QnnrunError(f"{path} is not a folder: give run folders, sweep folders or outputs/")
+        folders = {p.parent for p in path.rglob(SUMMARY)}
+        folders |= {p.parent for p in path.rglob("last.ckpt")}
+        folders |= {p.parent for p in path.rglob("events.out.tfevents.*")}
+        # A run's own TensorBoard sub-writers (<run>/steps) hold events but are not runs.
+        folders = {f for f in folders if f.name != STEP_CURVES or f.parent not in folders}
+        if not folders:
+            raise QnnrunError(f"no runs under {path}: expected folders holding {SUMMARY}, last.ckpt or "
+                              f"TensorBoard events (a run, a sweep folder or outputs/)")
+        for folder in folders:
+            if folder.resolve() not in found:
+                found[folder.resolve()] = read_folder(folder)
+    ordered = sorted(found.values(), key=lambda r: str(r.path))
+    return [r for r in ordered if isinstance(r, Run)], [r for r in ordered if isinstance(r, Problem)]
+
+
+def read_curves(run_dir: Path, tags: Sequence[str] = (CURVE_TAG,)) -> dict[str, list[tuple[int, float]]]:
+    """Tag -> (epoch, value) of each finite scalar in ``tags`` (empty when not logged), from one read of
+    the run's TensorBoard events (TensorBoard's own reader, which also drops the steps a resumed run
+    rewrote)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = set(events.Tags().get("scalars", []))
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag) if math.isfinite(e.value)] if tag in logged else []
+            for tag in tags}
