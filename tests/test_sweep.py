@@ -20,9 +20,6 @@ from omegaconf import OmegaConf
 
 from qnnrun import CONFIG_DIR, engine
 from qnnrun.methods import METHODS
-from qnnrun.report.groups import Group, pareto_front
-from qnnrun.report.plots import _mark_init_from, _plain_ticks_within_a_decade
-from qnnrun.report.records import Run
 from qnnrun.sweep import job_folder_name, resume_sweep_args
 
 # Tiny runs: an MLP whose one hidden-to-hidden layer is quantized, one thread, no progress bar.
@@ -301,51 +298,6 @@ def test_report_tabulates_accuracy_at_chosen_epochs(tmp_path: Path, capsys: pyte
     for bad in ("0,10", "1,x", ""):
         code, _, err = run_cli(["report", "runs", "--epochs", bad], tmp_path, capsys, monkeypatch)
         assert code != 0 and f"--epochs: {bad!r}: expected epoch numbers (from 1)" in err
-
-
-def test_pareto_front_keeps_points_no_other_beats() -> None:
-    # (GBOPs, accuracy): (2, 80) is beaten by (1, 85); (4, 85) ties the cheaper (1, 85).
-    points = [(1.0, 85.0), (2.0, 80.0), (3.0, 90.0), (4.0, 85.0), (8.0, 91.0)]
-    assert pareto_front(points) == [0, 2, 4]
-
-
-@pytest.mark.parametrize(("low", "high", "plain"), [(0.68, 1.77, True), (0.0016, 0.0926, False)])
-def test_log_gbops_axis_is_labelled_plainly_within_a_decade(low: float, high: float, plain: bool) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots()
-    ax.plot([low, high], [1, 2])
-    ax.set_xscale("log")
-    _plain_ticks_within_a_decade(ax.xaxis)
-    fig.canvas.draw()
-    major = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
-    minor = [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
-    plt.close(fig)
-    if plain:  # a few round numbers as typed, no minor labels
-        assert minor == [] and 3 <= len(major) <= 7
-        assert all(re.fullmatch(r"[0-9.]+", text) for text in major), major
-        assert [float(text) for text in major] == sorted(float(text) for text in major)
-    else:  # a decade or more: matplotlib's decade labels are kept
-        assert all("10^" in text for text in major), major
-
-
-@pytest.mark.parametrize(("starts", "marked"), [((87.78, 87.78), [87.78]), ((87.78, 87.3), []), ((None, None), [])])
-def test_plots_mark_the_init_from_accuracy_only_when_every_run_shares_it(
-        starts: tuple[float | None, float | None], marked: list[float]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = [Run(Path(f"run{i}"), "done", {"test_acc": 85.0, **({"init_test_acc": s} if s else {})}, {}, [])
-            for i, s in enumerate(starts)]
-    failed = Run(Path("failed"), "failed", {"init_test_acc": 50.0}, {}, [])  # not a finished run: not counted
-    fig, ax = plt.subplots()
-    _mark_init_from(ax, [Group({}, {}, runs[:1]), Group({}, {}, [*runs[1:], failed])])
-    assert [line.get_ydata()[0] for line in ax.lines] == marked
-    assert [line.get_label() for line in ax.lines] == [f"init_from net: {m:.2f}%" for m in marked]
-    plt.close(fig)
 
 
 def test_smoke_preset_sweeps_every_method(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -1,18 +1,17 @@
 """``qnnrun report PATH...``: one table and three plots across runs.
 
-Every run folder under the paths is read into a validated record (:mod:`qnnrun.report.records`).
-Runs are grouped by everything but the seed (:mod:`qnnrun.report.groups`): method, model, data set,
-weight and activation bits, epochs and every other key set on the command line
-(``.hydra/overrides.yaml``), except the keys given to ``--ignore`` (e.g. ``init_from`` when each
-seed fine-tunes its own float run). A run that leaves such a key (one other runs set) at its default
-takes the value its ``.hydra/config.yaml`` holds, where that is a plain value: so ``method.stages=3``
-typed and the default 3 are one group, and ``--paired method.stages=3`` finds the runs at the default.
-Values have one spelling (``optim.lr=1e-2`` and ``0.01`` are one). Each group reports mean and
-sample standard deviation over its finished runs; runs that started from a trained net
-(``init_from``) also the change in final test accuracy from that net's (``vs init_from``, points:
-what quantization cost).
+Every run folder under the paths is read into a validated record (:mod:`qnnrun.report.records`);
+runs that differ only in their seed, and in the override keys given to ``--ignore``, form a group
+(:mod:`qnnrun.report.groups`, which states the rule). Each group reports mean and sample standard
+deviation over its finished runs; runs that started from a trained net (``init_from``) also the
+change in final test accuracy from that net's (``vs init_from``, points: what quantization cost).
+Where the quantized runs compared differ in their first/last-layer policy (``quant.first_layer`` /
+``quant.last_layer``: float, 8 bits or the run's own bits; GBOPs and weight size change several-fold
+with it), the report says so in a note, and tables and plot labels name each run's policy
+(``first/last=fp``).
 
-Writes into the output folder::
+Writes into the output folder (the tables and the CSV: :mod:`qnnrun.report.tables`; the plots:
+:mod:`qnnrun.report.plots`)::
 
     report.md                 the tables (also printed), failed, unfinished, unreadable and duplicate
                               runs with the reason (unfinished: the last epoch logged and its test
@@ -25,12 +24,6 @@ Writes into the output folder::
                               marked, every point labelled
     test_accuracy_curves.png  test accuracy (%) per epoch from the TensorBoard events, one panel per
                               bit width (shared axes), methods overlaid
-
-(tables and CSV: :mod:`qnnrun.report.tables`; plots: :mod:`qnnrun.report.plots`). Where the quantized
-runs compared differ in their first/last-layer policy (``quant.first_layer`` / ``quant.last_layer``:
-float, 8 bits or the run's own bits, read from ``.hydra/config.yaml``; GBOPs and weight size change
-several-fold with it), the report says so in a note, and tables and plot labels name each run's
-policy (``first/last=fp``).
 """
 
 from __future__ import annotations

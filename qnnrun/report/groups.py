@@ -1,5 +1,18 @@
-"""Runs grouped by everything but their seed (the rule is in :mod:`qnnrun.report`), how a group is
-named in tables and plots, and the accuracy-vs-GBOPs Pareto front of the groups."""
+"""Runs grouped by everything but their seed, how a group is named, and the groups' Pareto front.
+
+A group is the runs that agree in method, model, data set, weight and activation bits (a mixed run's
+per-layer widths), epochs and every other key set on the command line (``.hydra/overrides.yaml``),
+except the keys given to ``--ignore`` (e.g. ``init_from`` when each seed fine-tunes its own float
+run) and a ``method.<option>`` the run's method does not read (:func:`reads`). A run that leaves
+such a key (one other runs set) at its default takes the value its ``.hydra/config.yaml`` holds,
+where that is a plain value: so ``method.stages=3`` typed and the default 3 are one group, and
+``--paired method.stages=3`` finds the runs at the default. Values have one spelling
+(:func:`~qnnrun.report.records.canonical`: ``optim.lr=1e-2`` and ``0.01`` are one).
+
+Also here: the first/last-layer policy of a group as tables and labels name it (``LAYER_KEYS``,
+``LAYERS``, :attr:`Group.layers`), a group's label (:func:`group_label`), the accuracy-vs-GBOPs Pareto
+front (:func:`front_groups`) and a group's logged values by epoch (:func:`values_by_epoch`).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +26,8 @@ from dataclasses import dataclass, field
 from qnnrun.config import method_options
 from qnnrun.report.records import CURVE_TAGS, DONE, Identity, Run, config_text
 
-
 # A search preset's variables (search.<name>) set a mixed run's widths, which its identity holds already.
 SEARCH_PREFIX = "search."
-
-
 # The first/last-layer policy (float, 8 bits or the run's own bits: GBOPs and weight size change
 # several-fold with it): the config keys, and the name labels and tables give it where runs differ in it.
 LAYER_KEYS = ("quant.first_layer", "quant.last_layer")
@@ -115,6 +125,8 @@ def shown_value(group: Group, key: str) -> str:
 
 
 def group_label(group: Group, shown: Sequence[str], with_bits: bool = True) -> str:
+    """``ste W2A2 optim.lr=0.1``: the method, its bits (unless ``with_bits`` is false) and the group's
+    value of each key of ``shown`` (the keys that vary between the groups compared) it has."""
     parts = [group.identity.method]
     if with_bits:
         parts.append(group.bits_label)

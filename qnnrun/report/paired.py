@@ -26,7 +26,6 @@ from qnnrun.report.groups import Group, group_label, reads, varying_keys
 from qnnrun.report.records import canonical
 from qnnrun.report.tables import markdown
 
-
 # A baseline as --paired names it: (key, value) pairs, key ``method`` or an override key.
 Selector = tuple[tuple[str, str], ...]
 
@@ -34,8 +33,8 @@ Selector = tuple[tuple[str, str], ...]
 def _alike(group: Group, baseline: Group, selector: Selector) -> bool:
     """Whether ``baseline`` agrees with ``group`` in every field but the selector's keys (and the
     epochs, compared apart; and the bits, where the baseline is float). A ``method.<option>`` that
-    either group's method does not read is no difference (:func:`~qnnrun.report.groups.reads`); nor is another key only
-    one of them has where that one left it at its default (read from its config)."""
+    either group's method does not read is no difference (:func:`~qnnrun.report.groups.reads`); nor
+    is another key only one of them has where that one left it at its default (read from its config)."""
     keys = {key for key, _ in selector}
     a, b = group.identity, baseline.identity
     if (a.dataset, a.model) != (b.dataset, b.model) or ("method" not in keys and a.method != b.method):
@@ -61,10 +60,10 @@ def _selects(group: Group, selector: Selector) -> bool:
 
 
 def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> tuple[Group | None, str]:
-    """The group ``group`` is compared with (the rule of this module's docstring), or None and why: its method
-    lacks an option the selector names (unless the selector names a method that has it), or no
-    baseline, or several that neither their bits (one at the group's bits before a float one) nor their
-    epochs tell apart."""
+    """The group ``group`` is compared with (the rule of this module's docstring), or None and why: its
+    method lacks an option the selector names (unless the selector names a method that has it), or no
+    baseline, or several that neither their bits (one at the group's bits before a float one) nor
+    their epochs tell apart."""
     named = dict(selector).get("method")  # a baseline method's own option is part of that method
     ignored = [key for key, _ in selector
                if not reads(group.identity.method, key) and (named is None or not reads(named, key))]
@@ -84,6 +83,7 @@ def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> t
 
 
 def selector_text(selector: Selector) -> str:
+    """The selector as ``--paired`` was given it: ``method=ste trainer.grad_clip=1.0``."""
     return " ".join(f"{key}={value}" for key, value in selector)
 
 

@@ -1,12 +1,18 @@
-"""Where the accuracy-vs-GBOPs plot puts each point's label: beside its point, clear of every
-marker and of the labels placed before, over as few error bars and lines as room allows. All
-geometry in display pixels; boxes are ``[N, 4]`` arrays of x0, y0, x1, y1."""
+"""Where the plots put markers and labels so that none hides another.
+
+:func:`dodge` sets markers of equal or near-equal value side by side; :func:`place_labels` puts each
+point's label of the accuracy-vs-GBOPs plot beside its point, clear of every marker and of the labels
+placed before, over as few error bars and lines as room allows. Positions are display pixels unless
+said otherwise (points come in data coordinates; the font size and the crowd radius are in points);
+boxes are ``[N, 4]`` arrays of x0, y0, x1, y1.
+"""
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
-
 
 # Point labels (accuracy vs GBOPs): font size (points); pixels kept free around a label, and beside
 # another label (so that two side by side do not read as one); how far a label may go from its point
@@ -18,6 +24,44 @@ LABEL_SPACE = 6.0
 LABEL_REACH = 12
 CROWD = 36.0
 LEADER_SAMPLES = 12
+
+
+def dodge(xs: Sequence[float], lows: Sequence[float], highs: Sequence[float], width: float,
+          widest: float = math.inf, bounds: tuple[float, float] = (-math.inf, math.inf)) -> list[float]:
+    """Horizontal centres for markers drawn at ``xs``, each covering ``[lows[i], highs[i]]`` vertically
+    (its marker and error bar), so that none hides another: markers whose vertical extents overlap end
+    up at least ``width`` apart. Markers that would come closer form a cluster, laid out side by side
+    in the order of their xs (then of their index), centred on the mean of their xs as far as
+    ``bounds`` (lowest, highest centre) allow; the others keep their x. A cluster is at most ``widest``
+    from its first centre to its last: a larger one is laid out closer than ``width``, its markers
+    overlapping in part. All lengths in one unit (display pixels for a plot).
+    """
+    clusters = [[i] for i in range(len(xs))]
+    positions = [float(x) for x in xs]
+    while (clash := _clash(positions, lows, highs, width, clusters)) is not None:
+        merged = sorted(clusters[clash[0]] + clusters[clash[1]], key=lambda i: (xs[i], i))
+        step = min(width, widest / (len(merged) - 1))
+        half = step * (len(merged) - 1) / 2
+        centre = min(max(statistics.fmean(xs[i] for i in merged), bounds[0] + half), bounds[1] - half)
+        for rank, i in enumerate(merged):
+            positions[i] = centre - half + rank * step
+        clusters = [c for k, c in enumerate(clusters) if k not in clash] + [merged]
+    return positions
+
+
+def _clash(positions: Sequence[float], lows: Sequence[float], highs: Sequence[float], width: float,
+           clusters: Sequence[Sequence[int]]) -> tuple[int, int] | None:
+    """The indices of two clusters holding markers that would overlap (:func:`dodge`), or None."""
+    owner = {i: k for k, members in enumerate(clusters) for i in members}
+    order = sorted(range(len(positions)), key=positions.__getitem__)
+    for rank, i in enumerate(order):
+        for j in order[rank + 1:]:
+            if positions[j] - positions[i] >= width * (1 - 1e-9):  # laid-out neighbours touch, no more
+                break
+            if owner[i] != owner[j] and lows[i] < highs[j] and lows[j] < highs[i]:
+                return owner[i], owner[j]
+    return None
+
 
 
 def place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], labels: Sequence[str], radii: Sequence[float],

@@ -2,8 +2,8 @@
 
 Every plot draws a method in one colour and marker (the same in every report), error bars (sample
 std over seeds) where a group has several finished runs, markers of equal or near-equal value side
-by side rather than over each other (:func:`dodge`), labels that overlap nothing
-(:mod:`qnnrun.report.placement`), and its legend beside the data. The bits plot and the curves mark
+by side rather than over each other, labels that overlap nothing (both placed by
+:mod:`qnnrun.report.placement`), and its legend beside the data. The bits plot and the curves mark
 the init_from net's accuracy (dotted) when every run started from one.
 """
 
@@ -19,9 +19,8 @@ from typing import Any
 from qnnrun.methods import METHODS
 from qnnrun.quant.convert import FLOAT_BITS
 from qnnrun.report.groups import Group, group_label, pareto_front, values_by_epoch, varying_keys
-from qnnrun.report.placement import place_labels, step_samples
+from qnnrun.report.placement import dodge, place_labels, step_samples
 from qnnrun.report.records import CURVE_TAG
-
 
 # One colour and one marker per method qnnrun knows, in every plot of every report (two reports
 # agree); a method not known here is drawn grey. Series of one method in a plot differ by line style
@@ -107,48 +106,11 @@ def _literal(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def dodge(xs: Sequence[float], lows: Sequence[float], highs: Sequence[float], width: float,
-          widest: float = math.inf, bounds: tuple[float, float] = (-math.inf, math.inf)) -> list[float]:
-    """Horizontal centres for markers drawn at ``xs``, each covering ``[lows[i], highs[i]]`` vertically
-    (its marker and error bar), so that none hides another: markers whose vertical extents overlap end
-    up at least ``width`` apart. Markers that would come closer form a cluster, laid out side by side
-    in the order of their xs (then of their index), centred on the mean of their xs as far as
-    ``bounds`` (lowest, highest centre) allow; the others keep their x. A cluster is at most ``widest``
-    from its first centre to its last: a larger one is laid out closer than ``width``, its markers
-    overlapping in part. All lengths in one unit (display pixels for a plot).
-    """
-    clusters = [[i] for i in range(len(xs))]
-    positions = [float(x) for x in xs]
-    while (clash := _clash(positions, lows, highs, width, clusters)) is not None:
-        merged = sorted(clusters[clash[0]] + clusters[clash[1]], key=lambda i: (xs[i], i))
-        step = min(width, widest / (len(merged) - 1))
-        half = step * (len(merged) - 1) / 2
-        centre = min(max(statistics.fmean(xs[i] for i in merged), bounds[0] + half), bounds[1] - half)
-        for rank, i in enumerate(merged):
-            positions[i] = centre - half + rank * step
-        clusters = [c for k, c in enumerate(clusters) if k not in clash] + [merged]
-    return positions
-
-
-def _clash(positions: Sequence[float], lows: Sequence[float], highs: Sequence[float], width: float,
-           clusters: Sequence[Sequence[int]]) -> tuple[int, int] | None:
-    """The indices of two clusters holding markers that would overlap (:func:`dodge`), or None."""
-    owner = {i: k for k, members in enumerate(clusters) for i in members}
-    order = sorted(range(len(positions)), key=positions.__getitem__)
-    for rank, i in enumerate(order):
-        for j in order[rank + 1:]:
-            if positions[j] - positions[i] >= width * (1 - 1e-9):  # laid-out neighbours touch, no more
-                break
-            if owner[i] != owner[j] and lows[i] < highs[j] and lows[j] < highs[i]:
-                return owner[i], owner[j]
-    return None
-
-
 def _dodged_xs(ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Sequence[float],
                widest: float = math.inf) -> list[float]:
     """Data x at which to draw each marker (data ``xs``, ``ys``, error bar half-lengths ``errs``, 0 for
-    none) so that none hides another (:func:`dodge` in the axes' pixels, a cluster at most ``widest``
-    pixels across and inside the axes; their limits and size final)."""
+    none) so that none hides another (:func:`~qnnrun.report.placement.dodge` in the axes' pixels, a
+    cluster at most ``widest`` pixels across and inside the axes; their limits and size final)."""
     import numpy as np
 
     pixels_per_point = ax.figure.dpi / 72
@@ -210,8 +172,8 @@ def _mark_init_from(ax: Any, groups: Sequence[Group]) -> list[tuple[Any, str]]:
 def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
     """Final test accuracy (%: mean over seeds, error bar ± std where a group has several finished
     runs) against weight bits, one line per series, float runs as dashed lines. Markers that would hide
-    each other are set side by side around their bit width (:func:`dodge`); a crowded plot is widened
-    until those of one bit width fit within ``BITS_SLOT`` of the gap to the next."""
+    each other are set side by side around their bit width (:func:`~qnnrun.report.placement.dodge`); a
+    crowded plot is widened until those of one bit width fit within ``BITS_SLOT`` of the gap to the next."""
     import matplotlib.pyplot as plt
 
     series = _series(groups, varying_keys(groups))
@@ -261,9 +223,10 @@ def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
 def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
     """UNIQ-style: final test accuracy (%: mean over seeds, error bar ± std where a group has several
     finished runs) against GBOPs per image on a log axis; the Pareto front circled and joined. Markers
-    that would hide each other are set side by side (:func:`dodge`); every point is labelled, no label
-    over another or over a marker, as few as room allows over an error bar or a line
-    (:func:`~qnnrun.report.placement.place_labels`); the title counts the labels left out for want of room."""
+    that would hide each other are set side by side (:func:`~qnnrun.report.placement.dodge`); every
+    point is labelled, no label over another or over a marker, as few as room allows over an error bar
+    or a line (:func:`~qnnrun.report.placement.place_labels`); the title counts the labels left out for
+    want of room."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 

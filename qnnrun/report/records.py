@@ -7,8 +7,10 @@ TensorBoard events without one. Every folder is read once, by :func:`read_folder
 metrics that are finite numbers in their range) or a :class:`Problem` naming what did not fit:
 unreadable or hand-edited records, and duplicate records (a sweep job that repeated an earlier job's
 run points at it with ``same_as``; the run counts once, there). Grouping, tables and plots only ever
-see validated values. Override values have one spelling (:func:`canonical`), and a run's config
-values are written alike (:func:`config_text`), so that a typed value and a default meet.
+see validated values. A run's TensorBoard curves (``CURVE_TAGS``: test and train accuracy per epoch)
+are read when first asked for (:attr:`Run.curves`). Override values have one spelling
+(:func:`canonical`), and a run's config values are written alike (:func:`config_text`), so that a
+typed value and a default meet.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ import yaml
 
 from qnnrun.errors import QnnrunError
 from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
-from qnnrun.runs import STEP_CURVES, SUMMARY, is_free
-
+from qnnrun.runs import EPOCH_TAGS, LAST_CKPT, STEP_CURVES, SUMMARY, is_free
 
 # The largest cost or time a record may hold: far above any real run, and far enough below the
 # float range that sums, standard deviations and log axes over many runs stay finite.
@@ -40,13 +41,10 @@ NUMBERS = {"test_acc": (0.0, 100.0), "best_test_acc": (0.0, 100.0), "init_test_a
 # Overrides that identify a run already through its Identity (the settings that do not change a
 # run's result, qnnrun.runs.FREE_KEYS, are not grouped either).
 NOT_GROUPED = {"seed", "method", "model", "dataset", "bits", "bits.w", "bits.a", "trainer.epochs", "quant.layer_bits"}
-
-
-CURVE_TAG = "test/acc"
-TRAIN_CURVE_TAG = "train/acc"
+# The per-epoch curves a report reads (TensorBoard tags of qnnrun.runs).
+CURVE_TAG = EPOCH_TAGS["test_acc"]
+TRAIN_CURVE_TAG = EPOCH_TAGS["train_acc"]
 CURVE_TAGS = (CURVE_TAG, TRAIN_CURVE_TAG)  # what Run.curves reads
-
-
 # The statuses of summary.json; a run folder without one is UNFINISHED.
 DONE, FAILED, DUPLICATE, UNFINISHED = "done", "failed", "duplicate", "unfinished"
 # A folder whose record does not fit (a Problem, not a run).
@@ -115,9 +113,9 @@ class Run:
         """Tag -> (epoch, value) of each of ``CURVE_TAGS``, its TensorBoard events read once per report;
         empty, with a note, when the events cannot be read."""
         try:
-            return read_curves(self.path, CURVE_TAGS)
+            return _read_curves(self.path, CURVE_TAGS)
         except Exception as error:  # TensorBoard's reader over whatever bytes the files hold
-            self.notes.append(f"TensorBoard events: unreadable ({error_line(error)}), no curves")
+            self.notes.append(f"TensorBoard events: unreadable ({_error_line(error)}), no curves")
             return {tag: [] for tag in CURVE_TAGS}
 
 
@@ -149,7 +147,7 @@ def _show(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def error_line(error: BaseException) -> str:
+def _error_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
@@ -221,7 +219,7 @@ def _load_summary(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except UNREADABLE as error:
-        raise _Unfit(f"unreadable ({error_line(error)})") from None
+        raise _Unfit(f"unreadable ({_error_line(error)})") from None
     if not isinstance(record, dict):
         raise _Unfit(f"holds {_show(record)}, not a record of its keys")
     return record
@@ -234,7 +232,7 @@ def _read_command_line(folder: Path, record: Mapping[str, Any]) -> list[str]:
         try:
             lines = yaml.safe_load(file.read_text(encoding="utf-8"))
         except UNREADABLE as error:
-            raise _Unfit(f"unreadable ({error_line(error)})", OVERRIDES_FILE) from None
+            raise _Unfit(f"unreadable ({_error_line(error)})", OVERRIDES_FILE) from None
         where, what = OVERRIDES_FILE, "holds"
     else:
         lines, where, what = record.get("overrides", []), SUMMARY, "overrides"
@@ -268,7 +266,7 @@ def canonical(value: str) -> str:
         parsed = _override_parser().parse_override(f"key={value}").value()
     except Exception:  # Hydra's grammar errors: left as typed (the run was started with it)
         return value
-    text = plain_text(parsed)
+    text = _plain_text(parsed)
     return value if text is None else text
 
 
@@ -279,7 +277,7 @@ def _override_parser() -> Any:
     return OverridesParser.create()
 
 
-def plain_text(value: Any) -> str | None:
+def _plain_text(value: Any) -> str | None:
     """A plain value (number, text, true/false, null) as :func:`canonical` spells it; None for others."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
@@ -398,7 +396,7 @@ def _read_config(folder: Path, notes: list[str]) -> dict[str, Any]:
     try:
         config = yaml.safe_load(file.read_text(encoding="utf-8"))
     except UNREADABLE as error:
-        notes.append(f"{CONFIG_FILE}: unreadable ({error_line(error)})")
+        notes.append(f"{CONFIG_FILE}: unreadable ({_error_line(error)})")
         return {}
     return config if isinstance(config, dict) else {}
 
@@ -414,7 +412,7 @@ def config_text(config: Mapping[str, Any], key: str) -> str | None:
         value = value[part]
     if isinstance(value, str) and "${" in value:  # an interpolation Hydra left unresolved is no value
         return None
-    return plain_text(value)
+    return _plain_text(value)
 
 
 def _planned_epochs(run: Run) -> str:
@@ -435,7 +433,7 @@ def find_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Problem]]:
         if not path.is_dir():
             raise QnnrunError(f"{path} is not a folder: give run folders, sweep folders or outputs/")
         folders = {p.parent for p in path.rglob(SUMMARY)}
-        folders |= {p.parent for p in path.rglob("last.ckpt")}
+        folders |= {p.parent for p in path.rglob(LAST_CKPT)}
         folders |= {p.parent for p in path.rglob("events.out.tfevents.*")}
         # A run's own TensorBoard sub-writers (<run>/steps) hold events but are not runs.
         folders = {f for f in folders if f.name != STEP_CURVES or f.parent not in folders}
@@ -449,7 +447,7 @@ def find_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Problem]]:
     return [r for r in ordered if isinstance(r, Run)], [r for r in ordered if isinstance(r, Problem)]
 
 
-def read_curves(run_dir: Path, tags: Sequence[str] = (CURVE_TAG,)) -> dict[str, list[tuple[int, float]]]:
+def _read_curves(run_dir: Path, tags: Sequence[str] = (CURVE_TAG,)) -> dict[str, list[tuple[int, float]]]:
     """Tag -> (epoch, value) of each finite scalar in ``tags`` (empty when not logged), from one read of
     the run's TensorBoard events (TensorBoard's own reader, which also drops the steps a resumed run
     rewrote)."""

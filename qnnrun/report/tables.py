@@ -1,4 +1,6 @@
-"""The report's Markdown tables (runs, by bits, by epoch, problems) and its CSV, one row per group."""
+"""The report's Markdown: its tables (runs, by bits, by epoch, problems; :func:`markdown` draws each,
+also for :mod:`qnnrun.report.paired`), the note on differing first/last-layer policies, and its CSV
+(one row per group)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from qnnrun.report.groups import (LAYER_KEYS, LAYERS, Group, front_groups, group
                                   varying_keys)
 from qnnrun.report.records import CURVE_TAG, DONE, TRAIN_CURVE_TAG, Problem, Run
 
-
 # Per-run values averaged in a group: summary key -> column title.
 METRICS = {
     "test_acc": "test acc %",
@@ -31,6 +32,8 @@ SPREAD = ("test_acc", "vs_init", "best_test_acc", "train_time_s")
 # Shown only where some run has them: the change in final test accuracy (points) from the
 # init_from checkpoint's (summary.json's init_test_acc; runs that started from a trained net).
 OPTIONAL = ("vs_init",)
+# The summary table's column marking the groups no other group beats in both accuracy and GBOPs.
+FRONT_COLUMN = "Pareto"
 
 
 def layer_policy_note(groups: Sequence[Group]) -> str:
@@ -48,7 +51,7 @@ def layer_policy_note(groups: Sequence[Group]) -> str:
             f"several-fold: {each}. Tables and plot labels give it as {LAYERS}=...")
 
 
-def fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
+def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
     if mean is None:
         return "-"
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
@@ -60,6 +63,7 @@ def _cell(value: Any) -> str:
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown pipe table, columns padded to their widest cell (each cell one line, ``|`` escaped)."""
     header = [_cell(c) for c in header]
     rows = [[_cell(c) for c in row] for row in rows]
     widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
@@ -87,13 +91,9 @@ def summary_table(groups: Sequence[Group]) -> str:
         i = g.identity
         rows.append([i.method, i.model, i.dataset, g.bits_label, i.epochs,
                      *[shown_value(g, k) for k in shown], len(g.done), len(g.runs) - len(g.done),
-                     *[fmt(g.mean(m), g.std(m) if m in SPREAD else None, digits.get(m, 2)) for m in metrics],
+                     *[_fmt(g.mean(m), g.std(m) if m in SPREAD else None, digits.get(m, 2)) for m in metrics],
                      "yes" if index in front else ""])
     return markdown(header, rows)
-
-
-# The summary table's column marking the groups no other group beats in both accuracy and GBOPs.
-FRONT_COLUMN = "Pareto"
 
 
 def bits_table(groups: Sequence[Group]) -> str:
@@ -112,7 +112,7 @@ def bits_table(groups: Sequence[Group]) -> str:
             row = group_label(g, shown, with_bits=False) + (f" ({g.identity.epochs} ep)" if len(
                 {x.identity.epochs for x in task_groups}) > 1 else "")
             change = g.mean("vs_init")
-            cell = fmt(g.mean("test_acc"), g.std("test_acc")) + f" (n={len(g.done)}" + (
+            cell = _fmt(g.mean("test_acc"), g.std("test_acc")) + f" (n={len(g.done)}" + (
                 f", {change:+.2f}" if change is not None else "") + ")"
             rows[row][(g.identity.bits_w, g.identity.bits_a)] = cell
         body = [[name, *[cells.get(c, "") for c in columns]] for name, cells in rows.items()]
@@ -145,6 +145,8 @@ def _cut(text: str) -> str:
 
 
 def write_csv(groups: Sequence[Group], path: Path) -> None:
+    """report.csv: one row per group: its identity, the varying overrides, run counts and seeds, and the
+    mean and sample std of every metric (empty where none)."""
     shown = varying_keys(groups)
     fields = ["method", "model", "dataset", "bits_w", "bits_a", "epochs", "layer_bits", *shown, "runs", "failed",
               "seeds"]
@@ -180,7 +182,7 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
             if not values:
                 cells.append("-")
                 continue
-            cell = fmt(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
+            cell = _fmt(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None)
             cells.append(cell + (f" ({statistics.fmean(train[epoch]):.2f})" if train.get(epoch) else ""))
         rows.append([name, *cells])
     return markdown(["test % (train %) at epoch", *[str(e) for e in epochs]], rows)

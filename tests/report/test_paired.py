@@ -4,7 +4,6 @@ the one baseline alike in everything else (or listed with the reason it has none
 
 from __future__ import annotations
 
-import shutil
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,8 +15,6 @@ from report_files import write_run
 
 from qnnrun.errors import QnnrunError
 from qnnrun.report import build_report, main
-from qnnrun.report.groups import group_runs
-from qnnrun.report.records import canonical, config_text, find_runs
 
 
 def write_seeds(root: Path, name: str, method: str, accs: Sequence[float], overrides: Sequence[str] = (),
@@ -140,26 +137,6 @@ def test_a_key_left_at_its_default_takes_its_config_value_in_groups_and_pairs(tm
         ["uniq W2A2 method.stages=1", "uniq W2A2 method.stages=3", "3", "-5.50 ± 0.50", "-6.00, -5.50, -5.00"]]
 
 
-@pytest.mark.parametrize(("config", "key", "text"), [
-    ({"optim": {"lr": 0.01}}, "optim.lr", "0.01"), ({"trainer": {"grad_clip": None}}, "trainer.grad_clip", "null"),
-    ({"quant": {"fold_bn": False}}, "quant.fold_bn", "false"), ({"method": {"name": "uniq"}}, "method.name", "uniq"),
-    ({"sched": {"milestones": [2, 3]}}, "sched.milestones", None), ({"optim": {"lr": 0.01}}, "optim.lr.x", None),
-    ({"optim": {"lr": 0.01}}, "optim", None), ({}, "init_from", None), ({"trainer": {"grad_clip": 1.0}},
-    "trainer.grad_clip", "1"), ({"init_from": "${hydra:runtime.cwd}/outputs/x"}, "init_from", None)])
-def test_a_default_is_spelled_as_an_override_would_be_or_not_taken(config: dict[str, Any], key: str,
-                                                                    text: str | None) -> None:
-    assert config_text(config, key) == text
-
-
-@pytest.mark.parametrize(("typed", "spelled"), [
-    ("1e-2", "0.01"), ("0.010", "0.01"), (".5", "0.5"), ("1.", "1"), ("1.0", "1"), ("+3", "3"), ("1_000", "1000"),
-    ("-2", "-2"), ("1e3", "1000"), ("-Inf", "-inf"), ("True", "true"), ("FALSE", "false"), ("NULL", "null"),
-    ("plain", "plain"), ("'2'", "2"), ('"a b"', "a b"), ("003", "003"), ("[2,3]", "[2,3]"), ("a,b", "a,b"),
-    ("1e", "1e"), ("${x}", "${x}")])
-def test_an_override_value_has_one_spelling(typed: str, spelled: str) -> None:
-    assert canonical(typed) == spelled
-
-
 def test_a_methods_own_option_is_part_of_the_method_a_baseline_without_it_is_compared_with(tmp_path: Path) -> None:
     """uniq's one-stage arm beside its default and ste: ste has no method.stages, so both uniq groups
     pair with ste, the default one (which never typed it) and the typed arm alike."""
@@ -202,20 +179,6 @@ def test_an_option_a_method_ignores_is_no_difference_but_one_both_read_is(tmp_pa
     with pytest.raises(QnnrunError, match=r"^--paired method.alpha_end=1.0: only runs of bnn set method.alpha_end, "
                                           r"and that method has no such option$"):
         build_report([runs / "bnn_typed_0"], tmp_path / "out3", plots=False, paired=[(("method.alpha_end", "1.0"),)])
-
-
-def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> None:
-    """Its layer rules override the first/last-layer policy, so the policy typed by uniform runs beside
-    it is not read into its group (nor are the search variables that set its widths)."""
-    runs = tmp_path / "runs"
-    widths = {"features.0": {"w": 8, "a": 8}, "features.4": {"w": 2, "a": 2}}
-    write_run(runs / "mixed", "lsq", 8, 8, layer_bits=widths, overrides=["method=lsq", "search.conv1=8"])
-    write_run(runs / "uniform", "lsq", "same", "same", overrides=["method=lsq", "quant.first_layer=same"])
-    groups = group_runs(find_runs([runs])[0])
-    assert [(g.identity.mixed, g.extras) for g in groups] == [(False, {"quant.first_layer": "same"}), (True, {})]
-    shutil.rmtree(runs / "uniform")  # a search alone: no bits table, and no empty heading for one
-    text = build_report([runs], tmp_path / "out", plots=False)
-    assert "mixed[w 8,2 a 8,2]" in text and "## By bits" not in text
 
 
 def test_a_baseline_still_running_is_waited_for_and_a_missing_one_refused(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ the data, and the first/last-layer policy named where the compared runs differ i
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from report_files import write_run
 from qnnrun.methods import METHODS
 from qnnrun.report import build_report
 from qnnrun.report.groups import Group
-from qnnrun.report.plots import (DPI, FRONT_CIRCLE, MARKER_SIZE, dodge, method_style, plot_accuracy_vs_bits,
-                                 plot_accuracy_vs_gbops, plot_test_curves, shade)
+from qnnrun.report.plots import (DPI, FRONT_CIRCLE, MARKER_SIZE, _mark_init_from, _plain_ticks_within_a_decade,
+                                 method_style, plot_accuracy_vs_bits, plot_accuracy_vs_gbops, plot_test_curves, shade)
 from qnnrun.report.records import Identity, Run, read_folder
 from qnnrun.report.tables import layer_policy_note
 
@@ -51,35 +52,6 @@ def marker_pixels(ax: Any) -> dict[str, list[tuple[float, float]]]:
     """Series name -> pixel centres of its markers (the lines the plots label with the series' name)."""
     return {line.get_label(): [tuple(p) for p in ax.transData.transform(line.get_xydata())]
             for line in ax.lines if not line.get_label().startswith("_")}
-
-
-# --- dodge: the rule that keeps markers apart -------------------------------------------------------
-
-def test_dodge_spreads_markers_that_would_overlap_and_leaves_the_others() -> None:
-    xs = [10.0, 10.0, 10.0, 10.0, 50.0]
-    lows, highs = [0.0, 1.0, 30.0, 2.0, 0.0], [5.0, 6.0, 35.0, 7.0, 5.0]  # 0, 1, 3 touch; 2 and 4 alone
-    placed = dodge(xs, lows, highs, width=4.0)
-    assert placed[2] == 10.0 and placed[4] == 50.0
-    assert [placed[i] for i in (0, 1, 3)] == [6.0, 10.0, 14.0]  # centred on their x, in index order
-
-
-def test_dodge_keeps_the_order_of_xs_and_merges_clusters_it_pushes_together() -> None:
-    xs = [0.0, 1.0, 5.0, 6.0]  # two pairs; spread apart, the pairs would touch: one cluster of four
-    placed = dodge(xs, [0.0] * 4, [1.0] * 4, width=3.0)
-    assert placed == sorted(placed)
-    assert all(b - a >= 3.0 - 1e-9 for a, b in zip(placed, placed[1:]))
-    assert sum(placed) / 4 == pytest.approx(sum(xs) / 4)
-
-
-def test_dodge_leaves_markers_apart_in_height_where_they_are() -> None:
-    assert dodge([1.0, 1.0], [0.0, 10.0], [5.0, 15.0], width=4.0) == [1.0, 1.0]
-
-
-def test_dodge_keeps_a_cluster_within_its_widest_and_its_bounds() -> None:
-    placed = dodge([10.0] * 5, [0.0] * 5, [1.0] * 5, width=4.0, widest=8.0, bounds=(0.0, 100.0))
-    assert placed == [6.0, 8.0, 10.0, 12.0, 14.0]  # closer than the width: 8 across at most
-    placed = dodge([1.0] * 3, [0.0] * 3, [1.0] * 3, width=4.0, bounds=(0.0, 100.0))
-    assert placed == [0.0, 4.0, 8.0]  # moved right to stay within the bounds
 
 
 # --- accuracy vs bits ---------------------------------------------------------------------------------
@@ -271,3 +243,42 @@ def test_the_curves_share_one_legend_beside_the_panels(figures: list[Any], tmp_p
     colours = {line.get_label(): line.get_color() for ax in axes for line in ax.lines}
     assert colours == {"ste": method_style("ste")[0], "lsq": method_style("lsq")[0]}
     assert np.ptp([ax.get_ylim() for ax in axes], axis=0).tolist() == [0, 0]  # one y-axis for all panels
+
+
+@pytest.mark.parametrize(("low", "high", "plain"), [(0.68, 1.77, True), (0.0016, 0.0926, False)])
+def test_log_gbops_axis_is_labelled_plainly_within_a_decade(low: float, high: float, plain: bool) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([low, high], [1, 2])
+    ax.set_xscale("log")
+    _plain_ticks_within_a_decade(ax.xaxis)
+    fig.canvas.draw()
+    major = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    minor = [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    plt.close(fig)
+    if plain:  # a few round numbers as typed, no minor labels
+        assert minor == [] and 3 <= len(major) <= 7
+        assert all(re.fullmatch(r"[0-9.]+", text) for text in major), major
+        assert [float(text) for text in major] == sorted(float(text) for text in major)
+    else:  # a decade or more: matplotlib's decade labels are kept
+        assert all("10^" in text for text in major), major
+
+
+@pytest.mark.parametrize(("starts", "marked"), [((87.78, 87.78), [87.78]), ((87.78, 87.3), []), ((None, None), [])])
+def test_plots_mark_the_init_from_accuracy_only_when_every_run_shares_it(
+        starts: tuple[float | None, float | None], marked: list[float]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [Run(Path(f"run{i}"), "done", {"test_acc": 85.0, **({"init_test_acc": s} if s else {})}, {}, [])
+            for i, s in enumerate(starts)]
+    failed = Run(Path("failed"), "failed", {"init_test_acc": 50.0}, {}, [])  # not a finished run: not counted
+    fig, ax = plt.subplots()
+    _mark_init_from(ax, [Group({}, {}, runs[:1]), Group({}, {}, [*runs[1:], failed])])
+    assert [line.get_ydata()[0] for line in ax.lines] == marked
+    assert [line.get_label() for line in ax.lines] == [f"init_from net: {m:.2f}%" for m in marked]
+    plt.close(fig)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from qnnrun import engine
 from qnnrun.errors import QnnrunError
 from qnnrun.report import main
-from qnnrun.report.records import NUMBERS, Identity, Problem, Run, read_folder
+from qnnrun.report.records import NUMBERS, Identity, Problem, Run, canonical, config_text, read_folder
 from qnnrun.report.tables import PROBLEMS_TITLE
 
 # Two seeds of one tiny finished run: one group of two.
@@ -435,3 +435,23 @@ def test_any_valid_records_are_reported_and_plotted(real_runs: dict[str, Path], 
         assert sum(int(row["runs"]) for row in csv_rows(root)) == len(records) + len(real)
         for name in ("accuracy_vs_bits.png", "accuracy_vs_gbops.png", "test_accuracy_curves.png"):
             assert (root / "report" / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+@pytest.mark.parametrize(("config", "key", "text"), [
+    ({"optim": {"lr": 0.01}}, "optim.lr", "0.01"), ({"trainer": {"grad_clip": None}}, "trainer.grad_clip", "null"),
+    ({"quant": {"fold_bn": False}}, "quant.fold_bn", "false"), ({"method": {"name": "uniq"}}, "method.name", "uniq"),
+    ({"sched": {"milestones": [2, 3]}}, "sched.milestones", None), ({"optim": {"lr": 0.01}}, "optim.lr.x", None),
+    ({"optim": {"lr": 0.01}}, "optim", None), ({}, "init_from", None), ({"trainer": {"grad_clip": 1.0}},
+    "trainer.grad_clip", "1"), ({"init_from": "${hydra:runtime.cwd}/outputs/x"}, "init_from", None)])
+def test_a_default_is_spelled_as_an_override_would_be_or_not_taken(config: dict[str, Any], key: str,
+                                                                    text: str | None) -> None:
+    assert config_text(config, key) == text
+
+
+@pytest.mark.parametrize(("typed", "spelled"), [
+    ("1e-2", "0.01"), ("0.010", "0.01"), (".5", "0.5"), ("1.", "1"), ("1.0", "1"), ("+3", "3"), ("1_000", "1000"),
+    ("-2", "-2"), ("1e3", "1000"), ("-Inf", "-inf"), ("True", "true"), ("FALSE", "false"), ("NULL", "null"),
+    ("plain", "plain"), ("'2'", "2"), ('"a b"', "a b"), ("003", "003"), ("[2,3]", "[2,3]"), ("a,b", "a,b"),
+    ("1e", "1e"), ("${x}", "${x}")])
+def test_an_override_value_has_one_spelling(typed: str, spelled: str) -> None:
+    assert canonical(typed) == spelled

@@ -1,0 +1,33 @@
+"""``qnnrun report``'s groups: a mixed run's widths are its identity, and the Pareto front keeps the
+groups no other beats in both accuracy and GBOPs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from report_files import write_run
+
+from qnnrun.report import build_report
+from qnnrun.report.groups import group_runs, pareto_front
+from qnnrun.report.records import find_runs
+
+
+def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> None:
+    """Its layer rules override the first/last-layer policy, so the policy typed by uniform runs beside
+    it is not read into its group (nor are the search variables that set its widths)."""
+    runs = tmp_path / "runs"
+    widths = {"features.0": {"w": 8, "a": 8}, "features.4": {"w": 2, "a": 2}}
+    write_run(runs / "mixed", "lsq", 8, 8, layer_bits=widths, overrides=["method=lsq", "search.conv1=8"])
+    write_run(runs / "uniform", "lsq", "same", "same", overrides=["method=lsq", "quant.first_layer=same"])
+    groups = group_runs(find_runs([runs])[0])
+    assert [(g.identity.mixed, g.extras) for g in groups] == [(False, {"quant.first_layer": "same"}), (True, {})]
+    shutil.rmtree(runs / "uniform")  # a search alone: no bits table, and no empty heading for one
+    text = build_report([runs], tmp_path / "out", plots=False)
+    assert "mixed[w 8,2 a 8,2]" in text and "## By bits" not in text
+
+
+def test_pareto_front_keeps_points_no_other_beats() -> None:
+    # (GBOPs, accuracy): (2, 80) is beaten by (1, 85); (4, 85) ties the cheaper (1, 85).
+    points = [(1.0, 85.0), (2.0, 80.0), (3.0, 90.0), (4.0, 85.0), (8.0, 91.0)]
+    assert pareto_front(points) == [0, 2, 4]
