@@ -12,8 +12,10 @@ in its own runs (a preset's shared option block). Another key only one group has
 where that group left it at its default (read from its config). Runs are paired by seed: the
 difference in final test accuracy (points) per seed both finished, its mean ± sample std, and in how
 many seeds the group is above its baseline; groups whose lengths differ are named with them. Groups
-left unpaired are listed with the reason. A baseline no finished group has is refused as a typo
-unless some runs are unfinished (a sweep in progress): then the section says so.
+left unpaired are listed with the reason (where no baseline is alike: what the nearest one differs
+in, e.g. a preset's ``grid_point``, which the selector can then name too). A baseline no finished
+group has is refused as a typo unless some runs are unfinished (a sweep in progress): then the
+section says so.
 """
 
 from __future__ import annotations
@@ -30,25 +32,29 @@ from qnnrun.report.tables import markdown
 Selector = tuple[tuple[str, str], ...]
 
 
-def _alike(group: Group, baseline: Group, selector: Selector) -> bool:
-    """Whether ``baseline`` agrees with ``group`` in every field but the selector's keys (and the
-    epochs, compared apart; and the bits, where the baseline is float). A ``method.<option>`` that
-    either group's method does not read is no difference (:func:`~qnnrun.report.groups.reads`); nor
-    is another key only one of them has where that one left it at its default (read from its config)."""
+def _differences(group: Group, baseline: Group, selector: Selector) -> list[str]:
+    """What keeps ``baseline`` from agreeing with ``group`` in every field but the selector's keys (and
+    the epochs, compared apart; and the bits, where the baseline is float), as ``"grid_point: aqe_w1a1
+    against bnn_w1a1"``; empty when they are alike. A ``method.<option>`` that either group's method does
+    not read is no difference (:func:`~qnnrun.report.groups.reads`); nor is another key only one of them
+    has where that one left it at its default (read from its config)."""
     keys = {key for key, _ in selector}
     a, b = group.identity, baseline.identity
-    if (a.dataset, a.model) != (b.dataset, b.model) or ("method" not in keys and a.method != b.method):
-        return False
+    found = [f"{name}: {mine} against {theirs}" for name, mine, theirs in
+             (("data set", a.dataset, b.dataset), ("model", a.model, b.model)) if mine != theirs]
+    if "method" not in keys and a.method != b.method:
+        found.append(f"method: {a.method} against {b.method}")
     if not b.is_float and (a.bits_w, a.bits_a, a.layer_bits) != (b.bits_w, b.bits_a, b.layer_bits):
-        return False
-    differing = [key for key in (group.extras.keys() | baseline.extras.keys()) - keys
+        found.append(f"bits: {a.bits_label} against {b.bits_label}")
+    differing = [key for key in sorted((group.extras.keys() | baseline.extras.keys()) - keys)
                  if reads(a.method, key) and reads(b.method, key)
                  and group.extras.get(key) != baseline.extras.get(key)]
-    if not differing:
-        return True
-    mine_default, theirs_default = group.defaults, baseline.defaults  # each read from the runs once
-    return all(key not in group.extras and key in theirs_default or key not in baseline.extras and key in mine_default
-               for key in differing)
+    if differing:
+        mine_default, theirs_default = group.defaults, baseline.defaults  # each read from the runs once
+        found += [f"{key}: {group.extras.get(key, 'unset')} against {baseline.extras.get(key, 'unset')}"
+                  for key in differing if not (key not in group.extras and key in theirs_default
+                                               or key not in baseline.extras and key in mine_default)]
+    return found
 
 
 def _key_value(group: Group, key: str) -> str:
@@ -69,14 +75,19 @@ def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> t
                if not reads(group.identity.method, key) and (named is None or not reads(named, key))]
     if ignored:
         return None, f"{group.identity.method} has no option {ignored[0]}"
-    matches = [b for b in baselines if _alike(group, b, selector)]
+    differences = {id(b): _differences(group, b, selector) for b in baselines}
+    matches = [b for b in baselines if not differences[id(b)]]
     for prefer in (lambda b: b.bits_label == group.bits_label, lambda b: b.identity.epochs == group.identity.epochs):
         if len(matches) > 1 and any(prefer(b) for b in matches):
             matches = [b for b in matches if prefer(b)]
     if len(matches) == 1:
         return matches[0], ""
     if not matches:
-        return None, "no baseline alike in everything else"
+        nearest = min(baselines, key=lambda b: len(differences[id(b)]), default=None)
+        if nearest is None:
+            return None, "no baseline alike in everything else"
+        return None, (f"no baseline alike in everything else; the nearest, {nearest.identity.method} "
+                      f"{nearest.bits_label}, differs in {'; '.join(differences[id(nearest)])}")
     return None, "several baselines: " + "; ".join(f"{b.identity.method} {b.bits_label} ({b.identity.epochs} ep)"
                                                    + "".join(f" {k}={v}" for k, v in sorted(b.extras.items()))
                                                    for b in matches)

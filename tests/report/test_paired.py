@@ -53,7 +53,8 @@ def test_paired_differences_from_a_method_are_per_seed_and_at_equal_bits(tmp_pat
         ["nbn W2A2", "ste W2A2", "3", f"+0.17 ± {statistics.stdev([0.5, -1.0, 1.0]):.2f}", "+0.50, -1.00, +1.00",
          "2 of 3", "0 1 2"],
         ["nbn W4A4 (3 ep)", "ste W4A4 (9 ep)", "2", "+1.00 ± 0.00", "+1.00, +1.00", "2 of 2", "0 1"]]
-    assert "Not paired: lsq W2A2 optim.lr=0.1 (no baseline alike in everything else)." in text
+    assert ("Not paired: lsq W2A2 optim.lr=0.1 (no baseline alike in everything else; the nearest, ste W2A2, "
+            "differs in optim.lr: 0.1 against unset).") in text
 
 
 def test_a_baseline_at_the_groups_bits_comes_before_a_float_one_and_ambiguity_is_named(tmp_path: Path) -> None:
@@ -117,6 +118,23 @@ def test_a_baseline_named_by_two_keys_pairs_groups_that_differ_in_both(
         ["nbn W2A2", "ste W2A2 trainer.grad_clip=1", "2", "+0.12 ± 0.53", "-0.25, +0.50"],
         ["ste W2A2", "ste W2A2 trainer.grad_clip=1", "2", "-7.12 ± 2.65", "-5.25, -9.00"]]
     assert [row[:2] for row in paired_rows(text, "method=ste")] == [["nbn W2A2", "ste W2A2"]]  # the plain ste only
+
+
+def test_an_unpaired_group_names_what_its_nearest_baseline_differs_in(tmp_path: Path) -> None:
+    """A preset's grid point (experiment=aqe_cifar10) sets the method and the bits, so aqe's and bnn's runs
+    differ in it too: the reason names it, and a baseline named by both keys pairs."""
+    runs = tmp_path / "runs"
+    write_seeds(runs, "aqe", "aqe", [47.0, 48.0], ["grid_point=aqe_w1a1"], bits_w=1, bits_a=1)
+    write_seeds(runs, "bnn", "bnn", [58.0, 58.5], ["grid_point=bnn_w1a1"], bits_w=1, bits_a=1)
+    write_seeds(runs, "bnn4", "bnn", [60.0, 60.0], ["grid_point=bnn_w4a4"], bits_w=4, bits_a=4)  # bits differ too
+    both = (("method", "bnn"), ("grid_point", "bnn_w1a1"))
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "bnn"),), both])
+    assert ("Not paired: aqe W1A1 grid_point=aqe_w1a1 (no baseline alike in everything else; the nearest, bnn W1A1, "
+            "differs in grid_point: aqe_w1a1 against bnn_w1a1).") in text
+    assert [row[:5] for row in paired_rows(text, "method=bnn grid_point=bnn_w1a1")] == [
+        ["aqe W1A1 grid_point=aqe_w1a1", "bnn W1A1 grid_point=bnn_w1a1", "2", "-10.75 ± 0.35", "-11.00, -10.50"]]
+    assert ("bnn W4A4 grid_point=bnn_w4a4 (no baseline alike in everything else; the nearest, bnn W1A1, differs "
+            "in bits: W4A4 against W1A1)") in text
 
 
 def test_a_key_left_at_its_default_takes_its_config_value_in_groups_and_pairs(tmp_path: Path) -> None:
