@@ -75,19 +75,19 @@ def _baseline(group: Group, baselines: Sequence[Group], selector: Selector) -> t
                if not reads(group.identity.method, key) and (named is None or not reads(named, key))]
     if ignored:
         return None, f"{group.identity.method} has no option {ignored[0]}"
-    differences = {id(b): _differences(group, b, selector) for b in baselines}
-    matches = [b for b in baselines if not differences[id(b)]]
+    scored = [(b, _differences(group, b, selector)) for b in baselines]
+    matches = [b for b, found in scored if not found]
     for prefer in (lambda b: b.bits_label == group.bits_label, lambda b: b.identity.epochs == group.identity.epochs):
         if len(matches) > 1 and any(prefer(b) for b in matches):
             matches = [b for b in matches if prefer(b)]
     if len(matches) == 1:
         return matches[0], ""
     if not matches:
-        nearest = min(baselines, key=lambda b: len(differences[id(b)]), default=None)
-        if nearest is None:
+        if not scored:
             return None, "no baseline alike in everything else"
+        nearest, found = min(scored, key=lambda pair: len(pair[1]))
         return None, (f"no baseline alike in everything else; the nearest, {nearest.identity.method} "
-                      f"{nearest.bits_label}, differs in {'; '.join(differences[id(nearest)])}")
+                      f"{nearest.bits_label}, differs in {'; '.join(found)}")
     return None, "several baselines: " + "; ".join(f"{b.identity.method} {b.bits_label} ({b.identity.epochs} ep)"
                                                    + "".join(f" {k}={v}" for k, v in sorted(b.extras.items()))
                                                    for b in matches)
