@@ -13,9 +13,9 @@ where that group left it at its default (read from its config). Runs are paired 
 difference in final test accuracy (points) per seed both finished, its mean ± sample std, and in how
 many seeds the group is above its baseline; groups whose lengths differ are named with them. Groups
 left unpaired are listed with the reason (where no baseline is alike: what the nearest one differs
-in, e.g. a preset's ``grid_point``, which the selector can then name too). A baseline no finished
-group has is refused as a typo unless some runs are unfinished (a sweep in progress): then the
-section says so.
+in, e.g. a preset's ``grid_point``: the selector can name it too, or ``--ignore grid_point`` group
+over it where it only restates the method and bits). A baseline no finished group has is refused as
+a typo unless some runs are unfinished (a sweep in progress): then the section says so.
 """
 
 from __future__ import annotations
