@@ -66,9 +66,7 @@ def measure(checkpoint: str, data_dir: str, batches: int,
     if alpha is None:  # the alpha of the last epoch the checkpoint trained (a rising alpha's included)
         run.method.on_epoch_start(run.model, max(run.epoch - 1, 0), int(run.config.trainer.epochs))
     else:
-        for module in run.model.modules():
-            if isinstance(module, AsymptoticQuantizer):
-                module.alpha = alpha
+        run.method.set_alpha(run.model, alpha)
     fixed = list(itertools.islice(iter(data.train), batches))  # one draw, the same for every network
     rows = []
     for name, mixed in NETWORKS.items():

@@ -51,12 +51,15 @@ class AsymptoticQuantizedEstimator(LatentWeightMethod):
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Set ``alpha`` for this epoch: constant, or linear from ``alpha`` to ``alpha_end``."""
-        if self.alpha_end is None:
-            return
-        self.alpha = self.alpha_start + (self.alpha_end - self.alpha_start) * epoch / max(1, epochs - 1)
+        if self.alpha_end is not None:
+            self.set_alpha(model, self.alpha_start + (self.alpha_end - self.alpha_start) * epoch / max(1, epochs - 1))
+
+    def set_alpha(self, model: nn.Module, alpha: float) -> None:
+        """Give every AQE quantizer of ``model`` the mixture weight ``alpha`` (in [0, 1])."""
+        self.alpha = alpha
         for module in model.modules():
             if isinstance(module, AsymptoticQuantizer):
-                module.alpha = self.alpha
+                module.alpha = alpha
 
     def scalars(self, model: nn.Module) -> dict[str, float]:
         return {**super().scalars(model), "alpha": self.alpha}

@@ -39,8 +39,8 @@ from qnnrun.report.groups import Group, group_runs
 from qnnrun.report.paired import Selector, check_baseline, paired_table, selector_text
 from qnnrun.report.plots import PLOTS
 from qnnrun.report.records import DONE, DUPLICATE, FAILED, INVALID, UNFINISHED, Problem, Run, find_runs
-from qnnrun.report.tables import PROBLEMS_TITLE, bits_table, epochs_table, layer_policy_note, problems_table, \
-    summary_table, write_csv
+from qnnrun.report.tables import (PROBLEMS_TITLE, bits_table, epochs_table, layer_policy_note, problems_table,
+                                  summary_table, write_csv)
 
 
 def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignore: Collection[str] = (),
