@@ -19,14 +19,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra_utils import compose_config
+from mid_run import MidRun
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from qnnrun.build import build_quantized_model
-from qnnrun.data import dataset_info
-from qnnrun.engine import train_step
 from qnnrun.methods import METHODS
-from qnnrun.optim import build_optimizer
 
 # A value read back, host data lifted, and ops whose output size depends on the data (a GPU must
 # tell the host how big the result is).
@@ -50,26 +46,9 @@ class HostSyncSpy(TorchDispatchMode):
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_training_step_makes_no_host_sync(method: str) -> None:
-    epochs, steps_per_epoch = 10, 8
-    cfg = compose_config(["model=mlp", "dataset=digits", f"method={method}", "bits=2", "model.widths=[32,32]"])
-    info = dataset_info(cfg.dataset)
-    torch.manual_seed(0)
-    model, bound = build_quantized_model(cfg, info, torch.device("cpu"))
-    images = torch.randn(16, info.in_channels, info.image_size, info.image_size)
-    labels = torch.randint(0, info.num_classes, (16,))
-    bound.plan(epochs, steps_per_epoch)
-    bound.set_calibration_source(lambda: iter([images]))
-    bound.prepare(model, iter([images]))
-    epoch = 7  # past every method's first stages (UNIQ: the last block noisy; progressive: mid-way)
-    bound.on_epoch_start(model, epoch, epochs)
-    model.train()
-    optimizer = build_optimizer(cfg.optim, bound.param_groups(model, cfg.optim.weight_decay))
-    criterion = bound.criterion(0.0)
-    step = epoch * steps_per_epoch
-    train_step(model, model, bound, optimizer, criterion, images, labels, step)  # first observations may sync
+    run = MidRun(method)
     spy = HostSyncSpy()
     with spy:
-        for offset in (1, 2):
-            loss, _ = train_step(model, model, bound, optimizer, criterion, images, labels, step + offset)
+        losses = [run.train_step() for _ in range(2)]
     assert spy.calls == [], f"{method}: {len(spy.calls)} host syncs in 2 training steps: {sorted(set(spy.calls))}"
-    assert torch.isfinite(loss)
+    assert torch.isfinite(losses[-1])

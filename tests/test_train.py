@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra_utils import compose_config, train_interrupted_then_resumed
+from mid_run import MidRun
 from omegaconf import OmegaConf
 
 from qnnrun.build import init_test_acc
@@ -16,6 +17,7 @@ from qnnrun.checkpoint import load_checkpoint, save_atomic
 from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate_checkpoint, reestimate_batchnorm
+from qnnrun.methods import METHODS
 from qnnrun.methods.ste import DirectSTE
 
 
@@ -143,6 +145,21 @@ def test_conv_net_w2a2_ste_learns(tmp_path: Path) -> None:
 def test_bf16_autocast_training_learns(tmp_path: Path) -> None:
     summary = _train(tmp_path, "bf16", "bits=4", "trainer.epochs=3", "trainer.precision=bf16")
     assert summary["test_acc"] >= 85.0
+
+
+BF16_CASES = [[method] for method in sorted(METHODS)] + [["bnn", "method.shift_bn=true"]]
+
+
+@pytest.mark.parametrize("case", BF16_CASES, ids=" ".join)
+def test_every_method_steps_under_bf16_autocast_and_keeps_its_state_fp32(case: list[str]) -> None:
+    """``trainer.precision=bf16``: layer outputs, hence quantizer inputs, are bf16; the statistics a
+    method keeps (activation ranges, ternary thresholds, BatchNorm running values) stay float32."""
+    run = MidRun(*case, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    state = {name: t.dtype for name, t in [*run.model.named_parameters(), *run.model.named_buffers()]}
+    losses = [run.train_step() for _ in range(2)]
+    assert all(torch.isfinite(loss) for loss in losses)
+    after = {name: t.dtype for name, t in [*run.model.named_parameters(), *run.model.named_buffers()]}
+    assert after == state and torch.bfloat16 not in after.values()
 
 
 @pytest.mark.slow

@@ -373,8 +373,9 @@ class ShiftBatchNorm:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(var.detach(), momentum)
+                # Under bf16 autocast x (so mean and var) is bf16; the running values stay float32.
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(var.detach().to(self.running_var.dtype), momentum)
         else:
             centered = x - self.running_mean.view(shape)
             var = self.running_var

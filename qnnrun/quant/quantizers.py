@@ -374,8 +374,8 @@ class LevelQuantizer(Quantizer):
         batch = Q.ternary_threshold(x)
         if self.replay:
             return batch
-        if self.observed:
-            self.threshold.lerp_(batch, self.threshold_momentum)
+        if self.observed:  # the state stays float32 under bf16 autocast (``batch`` has x's dtype)
+            self.threshold.lerp_(batch.to(self.threshold.dtype), self.threshold_momentum)
         else:
             self.threshold.copy_(batch)
             self.observed = True
