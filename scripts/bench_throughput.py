@@ -20,7 +20,9 @@ Timing: ``--warmup`` untimed steps first (compilation happens there; a compiled 
 minus that many steady steps is reported as its compile time), then ``--steps`` steps timed with
 CUDA events (wall clock on the CPU). ``--precompile N`` first compiles every compiled row in ``N``
 processes at once, so that the timed rows compile from inductor's on-disk caches: many compiled
-rows then fit a short GPU session. Methods with a schedule are timed where a real run spends its
+rows then fit a short GPU session. ``--rounds R`` holds all of a model's rows at once and times them
+in ``R`` interleaved rounds, so that on a shared machine (a CPU beside training runs) a change of load
+falls on every row alike and the ratios hold. Methods with a schedule are timed where a real run spends its
 middle: the hooks are told a run of ``--plan-epochs`` epochs of a CIFAR-sized epoch at this batch
 and the timed steps sit at 70% of it (SQ: ratio 0.875, rows redrawn every step; UNIQ: the last
 block noisy, the others frozen; NBN / FBF / LBL: mid-progression, groups still being quantized).
@@ -176,7 +178,7 @@ class Trainer:
         set_recompute_input(self.model, variant.recompute)
         if variant.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.variant, self.device = variant, device
+        self.cfg, self.variant, self.device = cfg, variant, device
         self.images, self.labels = synthetic_batch(cfg, batch, device)
         self.steps_per_epoch = max(1, CIFAR_TRAIN // batch)
         self.method.plan(plan_epochs, self.steps_per_epoch)
@@ -263,25 +265,28 @@ def warmed_up(cfg: DictConfig, variant: Variant, device: torch.device,
     return trainer, timer.stop()
 
 
-def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argparse.Namespace,
-            cold_warmup_s: float | None = None) -> Result:
-    """Images/s of ``args.steps`` timed train steps (and, with ``--epoch``, of whole epochs).
-    ``cold_warmup_s``: the row's warm-up seconds in a ``--precompile`` process (empty caches)."""
+def fresh_state(device: torch.device) -> None:
+    """Forget the previous rows' compiled graphs and free their memory."""
     torch._dynamo.reset()
-    gc.collect()  # the previous row's model and compiled graphs hold no memory into this one
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    graphs_before = graph_count()
-    trainer, warmup_s = warmed_up(cfg, variant, device, args)
+
+
+def timed_steps(trainer: Trainer, steps: int, device: torch.device) -> float:
+    """Seconds of ``steps`` train steps."""
     timer = Timer(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     timer.start()
-    trainer.steps(args.steps)
-    elapsed = timer.stop()
-    result = Result(cfg.model.name, cfg.method.name, trainer.bits, variant.label(), args.steps * args.batch / elapsed)
-    if device.type == "cuda":
-        result.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
+    trainer.steps(steps)
+    return timer.stop()
+
+
+def completed(trainer: Trainer, variant: Variant, device: torch.device, args: argparse.Namespace,
+              warmup_s: float, elapsed: float, cold_warmup_s: float | None) -> Result:
+    """The row's :class:`Result` from its warm-up and ``args.steps`` timed steps (``elapsed``
+    seconds), with what is measured after them: saved MiB, eager kernels and bytes, whole epochs."""
+    result = Result(trainer.cfg.model.name, trainer.cfg.method.name, trainer.bits, variant.label(),
+                    args.steps * args.batch / elapsed)
     result.saved_mib = saved_for_backward_mib(trainer)
     if not variant.compile:  # a compiled graph's kernels do not pass through the dispatcher
         result.kernels, result.moved_mib = step_traffic(trainer)
@@ -291,14 +296,69 @@ def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argpa
         if cold_warmup_s is not None:
             result.cold_compile_s = max(0.0, cold_warmup_s - steady_s)
     if args.epoch:
-        loader = synthetic_loader(cfg, args.epoch_samples, args.batch, device)
+        loader = synthetic_loader(trainer.cfg, args.epoch_samples, args.batch, device)
         trainer.epoch_loop(loader)  # warm-up epoch: a short last batch compiles once more
+        timer = Timer(device)
         timer.start()
         seen = sum(trainer.epoch_loop(loader) for _ in range(args.epochs))
         result.epoch_images_per_s = seen / timer.stop()
+    return result
+
+
+def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argparse.Namespace,
+            cold_warmup_s: float | None = None) -> Result:
+    """Images/s of ``args.steps`` timed train steps (and, with ``--epoch``, of whole epochs).
+    ``cold_warmup_s``: the row's warm-up seconds in a ``--precompile`` process (empty caches)."""
+    fresh_state(device)
+    graphs_before = graph_count()
+    trainer, warmup_s = warmed_up(cfg, variant, device, args)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elapsed = timed_steps(trainer, args.steps, device)
+    peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    result = completed(trainer, variant, device, args, warmup_s, elapsed, cold_warmup_s)
+    result.peak_mib = peak_mib
     if variant.compile:
         result.graphs = graph_count() - graphs_before
     return result
+
+
+def measure_interleaved(rows: list[tuple[int, Row]], device: torch.device, args: argparse.Namespace,
+                        cold: dict[int, float]) -> Iterator[tuple[int, Result | Exception]]:
+    """``--rounds R``: the rows (indices into the plan, usually one model's) warmed up one after
+    another and held at once, then timed in ``R`` rounds of ``args.steps / R`` steps, each row in
+    turn, so that a change in a shared machine's load falls on every row alike. Yields each row's
+    index with its :class:`Result` (``peak MiB`` is not measured: every row's memory is held at
+    once), or the exception that stopped it. Each row compiles its own model, so dynamo's
+    per-function recompile limit is raised to the number of rows."""
+    fresh_state(device)
+    with torch._dynamo.config.patch(recompile_limit=max(8, 2 * len(rows))):
+        warm: list[tuple[int, Row, Trainer, float, int]] = []  # ..., warm-up seconds, graphs so far
+        for index, row in rows:
+            before = graph_count()
+            try:
+                trainer, warmup_s = warmed_up(row[4], row[3], device, args)
+            except Exception as error:  # noqa: BLE001 - one row that cannot run must not lose the others
+                yield index, error
+                continue
+            warm.append((index, row, trainer, warmup_s, graph_count() - before))
+        elapsed = [0.0] * len(warm)
+        graphs = [entry[4] for entry in warm]
+        for _ in range(args.rounds):
+            for position, (_, _, trainer, _, _) in enumerate(warm):
+                before = graph_count()
+                elapsed[position] += timed_steps(trainer, args.steps // args.rounds, device)
+                graphs[position] += graph_count() - before
+        for position, (index, row, trainer, warmup_s, _) in enumerate(warm):
+            before = graph_count()
+            try:
+                result = completed(trainer, row[3], device, args, warmup_s, elapsed[position], cold.get(index))
+            except Exception as error:  # noqa: BLE001 - as above
+                yield index, error
+                continue
+            if row[3].compile:
+                result.graphs = graphs[position] + graph_count() - before
+            yield index, result
 
 
 def brevitas_model(model_name: str, bits: int, device: torch.device) -> nn.Module:
@@ -476,6 +536,22 @@ def precompile(planned: list[Row], args: argparse.Namespace) -> dict[int, float]
     return seconds
 
 
+def measured(planned: list[Row], device: torch.device, args: argparse.Namespace,
+             cold: dict[int, float]) -> Iterator[tuple[int, Result | Exception]]:
+    """Each planned row's index with its Result, or the exception that stopped it: row by row, or
+    with ``--rounds`` each model's rows interleaved (:func:`measure_interleaved`)."""
+    if args.rounds > 1:
+        for model in args.models:
+            yield from measure_interleaved([(i, row) for i, row in enumerate(planned) if row[0] == model],
+                                           device, args, cold)
+        return
+    for index, (_, _, _, variant, cfg) in enumerate(planned):
+        try:
+            yield index, measure(cfg, variant, device, args, cold.get(index))
+        except Exception as error:  # noqa: BLE001 - reported by the caller; the other rows go on
+            yield index, error
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet20"])
@@ -487,6 +563,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20, help="timed train steps per row")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before (compilation happens here)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="R",
+                        help="time each model's rows together, in R interleaved rounds of steps/R steps each, so "
+                             "that a shared machine's changing load falls on every row alike (default 1: row by row)")
     parser.add_argument("--plan-epochs", type=int, default=60, help="length of the notional run the hooks are told")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -511,6 +590,8 @@ def main() -> None:
                         help="torch.compile mode of the compiled variants (default: torch's; e.g. reduce-overhead "
                              "for CUDA graphs, max-autotune-no-cudagraphs)")
     args = parser.parse_args()
+    if args.rounds < 1 or args.steps % args.rounds:
+        parser.error(f"--rounds {args.rounds}: give a positive divisor of --steps ({args.steps})")
     if args.precompile and not args.compile:
         parser.error("--precompile needs --compile (it compiles the compiled rows ahead)")
     if args.threads:
@@ -521,6 +602,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True  # as qnnrun.build.seed_everything sets it for training
     print(f"{device.type}: {device_name(device)}; torch {torch.__version__}; {date.today()}; batch {args.batch}, "
           f"{args.steps} timed steps after {args.warmup} warm-up"
+          + (f"; each model's rows interleaved in {args.rounds} rounds" if args.rounds > 1 else "")
           + (f"; compile mode {args.compile_mode}" if args.compile and args.compile_mode else "")
           + (f"; compiled rows precompiled {args.precompile} at once" if args.precompile else "")
           + (f"; epochs of {args.epoch_samples} images" if args.epoch else "")
@@ -531,11 +613,10 @@ def main() -> None:
     cold = precompile(planned, args) if args.precompile else {}
     results: list[Result] = []
     reference: dict[str, Result] = {}
-    for index, (model, method, bits, variant, cfg) in enumerate(planned):
-        try:
-            result = measure(cfg, variant, device, args, cold.get(index))
-        except Exception as error:  # noqa: BLE001 - one failing row (a compile error) must not lose the others
-            print_failed(model, method, bits, variant, error)
+    for index, result in measured(planned, device, args, cold):
+        model, method, bits, variant, _ = planned[index]
+        if isinstance(result, Exception):  # one failing row (a compile error) must not lose the others
+            print_failed(model, method, bits, variant, result)
             continue
         if method == "fp" and variant == Variant():
             reference[model] = result

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 # The GPU runbook and the benchmarks, not the product: run with `python -m pytest -m slow`.
 pytestmark = pytest.mark.slow
@@ -49,6 +50,43 @@ def test_bench_plans_each_row_once_and_tables_the_cold_compile() -> None:
     cells = [c.strip() for c in lines[3].strip("|").split("|")]
     assert head[-3:] == ["compile s", "cold compile s", "graphs"] and cells[-3:] == ["2.0", "40.0", "1"]
     assert "cold compile s" not in bench.table(results, epoch=False)
+
+
+def test_bench_rounds_interleave_the_rows_and_keep_going_past_a_failing_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rounds 2: every row of the model is warmed up, then timed in turn, twice; a row whose
+    warm-up fails is reported and the others are timed."""
+    bench = load_script("bench_throughput")
+    args = argparse.Namespace(models=["mlp"], methods=["fp", "ste"], bits=[2, 4], overrides=[], compile=False,
+                              channels_last=False, bf16=True, recompute=False, batch=4, steps=2, warmup=1,
+                              rounds=2, plan_epochs=2, compile_mode=None, epoch=False)
+    planned = bench.plan_rows(args)
+    assert [(m, b, v.label()) for _, m, b, v, _ in planned] == [
+        ("fp", 32, "eager"), ("fp", 32, "eager+bf16"), ("ste", 2, "eager"), ("ste", 2, "eager+bf16"),
+        ("ste", 4, "eager"), ("ste", 4, "eager+bf16")]
+    warmed_up, timed = bench.warmed_up, []
+
+    def failing_ste4(cfg, variant, device, args):  # noqa: ANN001, ANN202 - the patched function's signature
+        if cfg.method.name == "ste" and cfg.bits.w == 4 and not variant.bf16:
+            raise RuntimeError("compile error")
+        trainer, seconds = warmed_up(cfg, variant, device, args)
+        trainer.row = (cfg.method.name, int(cfg.bits.w), variant.label())
+        return trainer, seconds
+
+    def timed_steps(trainer, steps, device):  # noqa: ANN001, ANN202
+        timed.append((trainer.row, steps))
+        return 0.5
+
+    monkeypatch.setattr(bench, "warmed_up", failing_ste4)
+    monkeypatch.setattr(bench, "timed_steps", timed_steps)
+    out = list(bench.measured(planned, torch.device("cpu"), args, {}))
+    assert [index for index, _ in out] == [4, 0, 1, 2, 3, 5]  # the failure as it happens, then the timed rows
+    assert isinstance(out[0][1], RuntimeError)
+    rows = [(r.method, r.bits, r.variant, r.images_per_s) for _, r in out[1:]]
+    assert rows == [("fp", "W32A32", "eager", 8.0), ("fp", "W32A32", "eager+bf16", 8.0),
+                    ("ste", "W2A2", "eager", 8.0), ("ste", "W2A2", "eager+bf16", 8.0),
+                    ("ste", "W4A4", "eager+bf16", 8.0)]  # 2 steps x 4 images in 2 x 0.5 s
+    order = [row for row, _ in timed]
+    assert order[:5] == order[5:] and len(set(order)) == 5 and {steps for _, steps in timed} == {1}
 
 
 def test_gpu_session_parses_and_rejects_an_unknown_plan(tmp_path: Path) -> None:
