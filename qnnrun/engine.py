@@ -290,7 +290,7 @@ class _Loop:
         """What computes the logits: the model, compiled (``trainer.compile``) and wrapped in DDP (ranks)."""
         cfg, data = self.cfg, self.data
         if cfg.trainer.compile:
-            _allow_recompiles(64)
+            allow_recompiles(64)
             if data.train.num_samples % data.train.batch_size and not cfg.dataset.drop_last:
                 log.info("trainer.compile: the last batch of each epoch is short (%d samples); dataset.drop_last=true "
                          "saves its extra compilation", data.train.num_samples % data.train.batch_size)
@@ -485,13 +485,16 @@ class _Loop:
         return summary
 
 
-def _allow_recompiles(limit: int) -> None:
-    """Let dynamo recompile a frame up to ``limit`` times: methods whose layer states change during the
-    run (UNIQ stages, NBN/FBF/LBL progressions: about 36 changes on ResNet-20) recompile at each
-    change, and past dynamo's default of 8 the model would silently run eagerly."""
+def allow_recompiles(limit: int) -> None:
+    """Let dynamo recompile a frame up to ``limit`` times (never lowering a higher limit): methods whose
+    layer states change during the run (UNIQ stages, NBN/FBF/LBL progressions: about 36 changes on
+    ResNet-20) recompile at each change, and past dynamo's default of 8 the model would silently run
+    eagerly. The limit on a frame's recompiles in all (``accumulated_recompile_limit``) is raised alike."""
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.7 name
     setattr(config, name, max(getattr(config, name), limit))
+    if hasattr(config, "accumulated_recompile_limit"):
+        config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, limit)
 
 
 def _synchronize(device: torch.device) -> None:

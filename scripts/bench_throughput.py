@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from qnnrun.build import build_quantized_model, select_device
 from qnnrun.cli import CONFIG_DIR, quote_numeric_groups
 from qnnrun.data import TensorLoader, dataset_info
-from qnnrun.engine import train_step
+from qnnrun.engine import allow_recompiles, train_step
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
 from qnnrun.metrics.memory import KernelTraffic, SavedForBackward
@@ -281,10 +281,11 @@ def timed_steps(trainer: Trainer, steps: int, device: torch.device) -> float:
     return timer.stop()
 
 
-def completed(trainer: Trainer, variant: Variant, device: torch.device, args: argparse.Namespace,
-              warmup_s: float, elapsed: float, cold_warmup_s: float | None) -> Result:
+def completed(trainer: Trainer, args: argparse.Namespace, warmup_s: float, elapsed: float,
+              cold_warmup_s: float | None) -> Result:
     """The row's :class:`Result` from its warm-up and ``args.steps`` timed steps (``elapsed``
     seconds), with what is measured after them: saved MiB, eager kernels and bytes, whole epochs."""
+    variant, device = trainer.variant, trainer.device
     result = Result(trainer.cfg.model.name, trainer.cfg.method.name, trainer.bits, variant.label(),
                     args.steps * args.batch / elapsed)
     result.saved_mib = saved_for_backward_mib(trainer)
@@ -316,49 +317,65 @@ def measure(cfg: DictConfig, variant: Variant, device: torch.device, args: argpa
         torch.cuda.reset_peak_memory_stats(device)
     elapsed = timed_steps(trainer, args.steps, device)
     peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    result = completed(trainer, variant, device, args, warmup_s, elapsed, cold_warmup_s)
+    result = completed(trainer, args, warmup_s, elapsed, cold_warmup_s)
     result.peak_mib = peak_mib
     if variant.compile:
         result.graphs = graph_count() - graphs_before
     return result
 
 
+@dataclass
+class HeldRow:
+    """A warmed-up row of :func:`measure_interleaved`: its plan index, trainer, warm-up seconds,
+    the graphs it compiled so far and the seconds of its timed steps so far."""
+
+    index: int
+    trainer: Trainer
+    warmup_s: float
+    graphs: int
+    elapsed: float = 0.0
+
+
 def measure_interleaved(rows: list[tuple[int, Row]], device: torch.device, args: argparse.Namespace,
                         cold: dict[int, float]) -> Iterator[tuple[int, Result | Exception]]:
-    """``--rounds R``: the rows (indices into the plan, usually one model's) warmed up one after
-    another and held at once, then timed in ``R`` rounds of ``args.steps / R`` steps, each row in
-    turn, so that a change in a shared machine's load falls on every row alike. Yields each row's
-    index with its :class:`Result` (``peak MiB`` is not measured: every row's memory is held at
-    once), or the exception that stopped it. Each row compiles its own model, so dynamo's
-    per-function recompile limit is raised to the number of rows."""
+    """``--rounds R``: the rows (one model's, as indices into the plan) warmed up one after another
+    and held at once, then timed in ``R`` rounds of ``args.steps / R`` steps, each row in turn, so
+    that a change in a shared machine's load falls on every row alike. Yields each row's index with
+    its :class:`Result`, or the exception that stopped it (that row leaves the rounds, the others go
+    on). ``peak MiB`` is not measured (every row's memory is held at once) and ``--epoch`` epochs are
+    timed row by row after the rounds. Each row compiles its own copy of the model's functions, so
+    dynamo may recompile them 64 times per row (past its limit a row would silently run eagerly)."""
     fresh_state(device)
-    with torch._dynamo.config.patch(recompile_limit=max(8, 2 * len(rows))):
-        warm: list[tuple[int, Row, Trainer, float, int]] = []  # ..., warm-up seconds, graphs so far
-        for index, row in rows:
+    allow_recompiles(64 * len(rows))
+    held: list[HeldRow] = []
+    for index, row in rows:
+        before = graph_count()
+        try:
+            trainer, warmup_s = warmed_up(row[4], row[3], device, args)
+        except Exception as error:  # noqa: BLE001 - one row that cannot run must not lose the others
+            yield index, error
+            continue
+        held.append(HeldRow(index, trainer, warmup_s, graph_count() - before))
+    for _ in range(args.rounds):
+        for entry in list(held):
             before = graph_count()
             try:
-                trainer, warmup_s = warmed_up(row[4], row[3], device, args)
-            except Exception as error:  # noqa: BLE001 - one row that cannot run must not lose the others
-                yield index, error
-                continue
-            warm.append((index, row, trainer, warmup_s, graph_count() - before))
-        elapsed = [0.0] * len(warm)
-        graphs = [entry[4] for entry in warm]
-        for _ in range(args.rounds):
-            for position, (_, _, trainer, _, _) in enumerate(warm):
-                before = graph_count()
-                elapsed[position] += timed_steps(trainer, args.steps // args.rounds, device)
-                graphs[position] += graph_count() - before
-        for position, (index, row, trainer, warmup_s, _) in enumerate(warm):
-            before = graph_count()
-            try:
-                result = completed(trainer, row[3], device, args, warmup_s, elapsed[position], cold.get(index))
+                entry.elapsed += timed_steps(entry.trainer, args.steps // args.rounds, device)
             except Exception as error:  # noqa: BLE001 - as above
-                yield index, error
+                held.remove(entry)
+                yield entry.index, error
                 continue
-            if row[3].compile:
-                result.graphs = graphs[position] + graph_count() - before
-            yield index, result
+            entry.graphs += graph_count() - before
+    for entry in held:
+        before = graph_count()
+        try:
+            result = completed(entry.trainer, args, entry.warmup_s, entry.elapsed, cold.get(entry.index))
+        except Exception as error:  # noqa: BLE001 - as above
+            yield entry.index, error
+            continue
+        if entry.trainer.variant.compile:
+            result.graphs = entry.graphs + graph_count() - before
+        yield entry.index, result
 
 
 def brevitas_model(model_name: str, bits: int, device: torch.device) -> nn.Module:
@@ -541,7 +558,7 @@ def measured(planned: list[Row], device: torch.device, args: argparse.Namespace,
     """Each planned row's index with its Result, or the exception that stopped it: row by row, or
     with ``--rounds`` each model's rows interleaved (:func:`measure_interleaved`)."""
     if args.rounds > 1:
-        for model in args.models:
+        for model in dict.fromkeys(args.models):
             yield from measure_interleaved([(i, row) for i, row in enumerate(planned) if row[0] == model],
                                            device, args, cold)
         return
@@ -565,7 +582,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps before (compilation happens here)")
     parser.add_argument("--rounds", type=int, default=1, metavar="R",
                         help="time each model's rows together, in R interleaved rounds of steps/R steps each, so "
-                             "that a shared machine's changing load falls on every row alike (default 1: row by row)")
+                             "that a shared machine's changing load falls on every row alike (default 1: row by row; "
+                             "peak MiB is then not measured, and --epoch epochs are still timed row by row)")
     parser.add_argument("--plan-epochs", type=int, default=60, help="length of the notional run the hooks are told")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")

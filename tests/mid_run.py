@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from typing import ClassVar
 
 import torch
 from hydra_utils import compose_config
@@ -21,7 +22,9 @@ class MidRun:
     10-epoch run of 8 steps per epoch: past every method's first stages (UNIQ: the last block
     noisy; the progressive methods mid-way), after one step that makes the first observations."""
 
-    epochs, steps_per_epoch, epoch = 10, 8, 7
+    epochs: ClassVar[int] = 10
+    steps_per_epoch: ClassVar[int] = 8
+    epoch: ClassVar[int] = 7
 
     def __init__(self, method: str, *overrides: str,
                  autocast: Callable[[], AbstractContextManager] = nullcontext) -> None:
@@ -41,11 +44,16 @@ class MidRun:
         self.optimizer = build_optimizer(cfg.optim, self.method.param_groups(self.model, cfg.optim.weight_decay))
         self.criterion: nn.Module = self.method.criterion(0.0)
         self.step = self.epoch * self.steps_per_epoch
+        self.built_dtypes = self.dtypes()
         self.train_step()  # the first observations (activation ranges, thresholds) may sync
 
-    def train_step(self) -> Tensor:
-        """One optimizer step; returns the loss (0-d)."""
-        loss, _ = train_step(self.model, self.model, self.method, self.optimizer, self.criterion, self.images,
-                             self.labels, self.step, self.autocast)
+    def dtypes(self) -> dict[str, torch.dtype]:
+        """The dtype of every parameter and buffer of the model, by name."""
+        return {name: t.dtype for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]}
+
+    def train_step(self) -> tuple[Tensor, Tensor]:
+        """One optimizer step; returns the loss (0-d) and the logits [16, 10], as the engine's step."""
+        loss, logits = train_step(self.model, self.model, self.method, self.optimizer, self.criterion, self.images,
+                                  self.labels, self.step, self.autocast)
         self.step += 1
-        return loss
+        return loss, logits
