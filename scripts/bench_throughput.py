@@ -22,10 +22,10 @@ CUDA events (wall clock on the CPU). ``--precompile N`` first compiles every com
 processes at once, so that the timed rows compile from inductor's on-disk caches: many compiled
 rows then fit a short GPU session. ``--rounds R`` holds all of a model's rows at once and times them
 in ``R`` interleaved rounds, so that on a shared machine (a CPU beside training runs) a change of load
-falls on every row alike and the ratios hold. Methods with a schedule are timed where a real run spends its
-middle: the hooks are told a run of ``--plan-epochs`` epochs of a CIFAR-sized epoch at this batch
-and the timed steps sit at 70% of it (SQ: ratio 0.875, rows redrawn every step; UNIQ: the last
-block noisy, the others frozen; NBN / FBF / LBL: mid-progression, groups still being quantized).
+falls on every row alike. Methods with a schedule are timed where a real run spends its middle:
+the hooks are told a run of ``--plan-epochs`` epochs of a CIFAR-sized epoch at this batch and the
+timed steps sit at 70% of it (SQ: ratio 0.875, rows redrawn every step; UNIQ: the last block noisy,
+the others frozen; NBN / FBF / LBL: mid-progression, groups still being quantized).
 """
 
 from __future__ import annotations
