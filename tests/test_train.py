@@ -165,6 +165,14 @@ def test_every_method_steps_under_bf16_autocast_and_keeps_its_state_fp32(case: l
     assert run.dtypes() == run.built_dtypes and torch.bfloat16 not in run.built_dtypes.values()
 
 
+@pytest.mark.parametrize("case", [["method=aqe", "bits=2"], ["method=bnn", "method.shift_bn=true"]], ids=" ".join)
+def test_bf16_run_with_batchnorm_reestimation_ends(tmp_path: Path, case: list[str]) -> None:
+    """The two states that crashed under bf16, end to end: aqe re-estimates BatchNorm (its ternary
+    thresholds calibrating) before each evaluation; bnn's shift BatchNorm evaluates on its running values."""
+    summary = _train(tmp_path, "run", *case, "trainer.epochs=1", "trainer.precision=bf16")
+    assert summary["status"] == "done" and summary["test_acc"] > 10.0
+
+
 @pytest.mark.slow
 def test_compiled_run_reports_its_warm_up_apart(tmp_path: Path) -> None:
     """trainer.compile=true: the first step's compile time is in compile_s, not in the epoch time."""
