@@ -51,9 +51,11 @@ def _differences(group: Group, baseline: Group, selector: Selector) -> list[str]
                  and group.extras.get(key) != baseline.extras.get(key)]
     if differing:
         mine_default, theirs_default = group.defaults, baseline.defaults  # each read from the runs once
+        # a key only one of them has, where that one did not type it: its default, no difference
+        only_default = {key for key in differing if key not in group.extras and key in theirs_default
+                        or key not in baseline.extras and key in mine_default}
         found += [f"{key}: {group.extras.get(key, 'unset')} against {baseline.extras.get(key, 'unset')}"
-                  for key in differing if not (key not in group.extras and key in theirs_default
-                                               or key not in baseline.extras and key in mine_default)]
+                  for key in differing if key not in only_default]
     return found
 
 
