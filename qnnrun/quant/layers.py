@@ -360,12 +360,17 @@ class ShiftBatchNorm:
     ``c = x - mean``; variance ``mean(c * AP2(c))``; ``y = AP2(gamma) * (c * AP2(1 / sqrt(var + eps)))
     + beta``, with ``AP2`` the nearest power of two (identity gradient). Running mean and variance
     are kept as in ``nn.BatchNorm`` and used, through the same ``AP2``, in evaluation.
+
+    As ``nn.BatchNorm`` does under autocast, a lower-precision input (bf16) is normalised in the
+    precision of the layer's own parameters and buffers (float32) and returned in the input's dtype:
+    its statistics, and so which power of two each channel is scaled by, are those of float32.
     """
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1, *([1] * (x.dim() - 2))]
+        x_dtype, x = x.dtype, x.to(self.running_mean.dtype)
         if self.training:
             mean = x.mean(dims)
             centered = x - mean.view(shape)
@@ -373,16 +378,15 @@ class ShiftBatchNorm:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                # Under bf16 autocast x (so mean and var) is bf16; the running values stay float32.
-                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
-                self.running_var.lerp_(var.detach().to(self.running_var.dtype), momentum)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach(), momentum)
         else:
             centered = x - self.running_mean.view(shape)
             var = self.running_var
         out = centered * Q.power_of_two_ste((var + self.eps).rsqrt()).view(shape)
         if self.affine:
             out = out * Q.power_of_two_ste(self.weight).view(shape) + self.bias.view(shape)
-        return out
+        return out.to(x_dtype)
 
 
 class ShiftBatchNorm1d(ShiftBatchNorm, nn.BatchNorm1d):

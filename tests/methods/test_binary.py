@@ -335,6 +335,21 @@ def test_shift_batchnorm_multiplies_by_powers_of_two() -> None:
     assert norm.weight.grad is not None
 
 
+def test_shift_batchnorm_bf16_input_normalised_in_float32() -> None:
+    """As nn.BatchNorm under autocast: a bf16 input gets float32 statistics and a bf16 output."""
+    norm, reference = ShiftBatchNorm2d(3), ShiftBatchNorm2d(3)
+    x = (torch.randn(8, 3, 4, 4) * 3 + 1).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    expected = reference(x.float())  # the same values, all in float32
+    assert out.dtype == torch.bfloat16 and norm.running_mean.dtype == torch.float32
+    assert torch.equal(norm.running_mean, reference.running_mean)
+    assert torch.equal(norm.running_var, reference.running_var)
+    assert torch.equal(out, expected.bfloat16())
+    norm.eval(), reference.eval()
+    assert torch.equal(norm(x), reference(x.float()).bfloat16())
+
+
 def test_shift_batchnorm_swap_in_build() -> None:
     model, _, _ = _built("method=bnn", "method.shift_bn=true")
     kinds = [type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
