@@ -17,7 +17,7 @@ far past 1: a network trained as DoReFa from scratch learns to keep its inputs o
 float net does not. Where a BatchNorm follows the quantized layer, ``c`` only rescales what it
 normalises, so the trained net still runs on the paper's ``[0, 1]`` codes. An input that holds
 negative values at calibration (the image, when ``quant.first_layer`` quantizes it) is clipped to
-``[-c, c]``.
+``[-c, c]``, ``c`` starting at its largest ``|x|``; at the paper's ``[0, 1]`` such an input is refused.
 """
 
 from __future__ import annotations

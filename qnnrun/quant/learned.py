@@ -24,7 +24,10 @@ class PactQuantizer(Quantizer):
         alpha_init: starting clipping level (> 0, units of the input), or ``"mse"``: the level with
             the least squared quantization error, found over all calibration batches (see
             ``Method.prepare``), else on the first training input; an evaluation before that
-            searches on each input and stores nothing.
+            searches on each input and stores nothing. A fixed level is meant for ReLU outputs
+            (PACT's 10, DoReFa's 1): an input with negative values (the normalised image of the first
+            layer) starts instead at its largest ``|x|``, found the same way, so that its codes span
+            the values it takes (at 10, 8 bits would give a CIFAR-10 image about 53 levels).
         learned: ``False`` holds ``alpha`` as a buffer at its start, never trained: DoReFa's input
             quantizer ``quantize_k(clamp(x, 0, 1))`` on ``[0, alpha]`` (DoReFa's ``method.act_clip``).
 
@@ -44,15 +47,16 @@ class PactQuantizer(Quantizer):
         else:
             self.register_buffer("alpha", alpha)
         self.signed: bool | None = None
-        self.initialized = self.init == "fixed"
+        self.initialized = False  # alpha holds its start: searched (mse), or a signed input's largest |x|
         self._search: tuple[C.SquaredErrorSearch, bool] | None = None  # MSE start over calibration, its sign
+        self._peak: Tensor | None = None  # largest |x| over the calibration batches so far (0-d)
 
     def reset(self) -> None:
-        """Forget the detected sign (and a start searched from data) before a new calibration."""
+        """Forget the detected sign (and a start found from data) before a new calibration."""
         self.signed = None
         self._search = None
-        if self.init == "mse":
-            self.initialized = False
+        self._peak = None
+        self.initialized = False
 
     def _least_error_alpha(self, x: Tensor, signed: bool) -> Tensor:
         """The searched level (0-d) after folding ``x`` into the search (kept while calibrating)."""
@@ -66,6 +70,14 @@ class PactQuantizer(Quantizer):
             self._search = None
         return alpha.reshape(())
 
+    def _largest_magnitude(self, x: Tensor) -> Tensor:
+        """The largest ``|x|`` (0-d) over the calibration batches so far, ``x`` included."""
+        peak = x.detach().abs().amax().float()
+        if self.calibrating:
+            self._peak = peak if self._peak is None else torch.maximum(self._peak, peak)
+            return self._peak
+        return peak
+
     def forward(self, x: Tensor) -> Tensor:
         signed = self.signed
         learning = self.calibrating or self.training  # an evaluation before calibration stores nothing
@@ -74,14 +86,18 @@ class PactQuantizer(Quantizer):
             if learning:
                 self.signed = signed
         alpha = self.alpha
-        if self.init == "mse" and (self.calibrating or not self.initialized):
+        if self.calibrating or not self.initialized:
             with torch.no_grad():
-                found = self._least_error_alpha(x, signed)
-                if learning:
-                    self.alpha.copy_(found)
-                    self.initialized = True
+                if self.init == "mse":
+                    found = self._least_error_alpha(x, signed)
                 else:
+                    peak = self._largest_magnitude(x)
+                    found = peak.clamp_min(1e-8) if signed else None  # unsigned: alpha_init as given
+                if found is not None and learning:
+                    self.alpha.copy_(found)
+                elif found is not None:
                     alpha = found
+                self.initialized = self.initialized or learning
         return Q.pact_quantize(x, alpha, self.bits, signed)
 
     def get_extra_state(self) -> dict[str, Any]:

@@ -508,6 +508,12 @@ class DorefaActivationQuantizer(Quantizer):
         self.bits = bits
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.calibrating and bool((x.detach().amin() < 0).item()):
+            raise QnnrunError(
+                "method=dorefa with method.act_clip=1 clips every quantized layer input to [0, 1], but one "
+                "has negative values (the image, when quant.first_layer quantizes it): keep that layer "
+                "float (quant.first_layer=fp, DoReFa's), or give method.act_clip a level or mse (an input "
+                "with negative values is then clipped symmetrically, starting at its largest |x|)")
         return Q.dorefa_activation(x, self.bits)
 
     def input_grid(self, name: str, like: Tensor) -> InputGrid:

@@ -359,6 +359,27 @@ def test_pact_quantizer_detects_sign_from_calibration() -> None:
     assert quantizer.signed is True
 
 
+@pytest.mark.parametrize("learned", [True, False], ids=["pact", "dorefa_act_clip"])
+def test_fixed_level_starts_a_signed_input_at_its_largest_magnitude(learned: bool) -> None:
+    """PACT's 10 (DoReFa's act_clip) is a level for ReLU outputs: an input with negative values (the
+    image) starts at its largest |x| over all calibration batches, an unsigned one at the level given."""
+    image = [torch.rand(4, 3, 8, 8) * 2, torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8) * 0.5]
+    peak = max(batch.abs().max().item() for batch in image)
+    signed, unsigned = PactQuantizer(8, 10.0, learned=learned), PactQuantizer(8, 10.0, learned=learned)
+    _calibrate(signed, image)
+    _calibrate(unsigned, [torch.relu(batch) for batch in image])
+    assert signed.signed is True and signed.alpha.item() == peak and signed.initialized
+    assert unsigned.signed is False and unsigned.alpha.item() == 10.0 and unsigned.initialized
+    codes = torch.unique(signed(image[1]) / (peak / 127)).round()  # 8 bits over the image's own range
+    assert codes.min() >= -127 and codes.max() <= 127 and len(codes) > 100
+    # Without calibration the first training input starts it, and later inputs leave it alone.
+    fresh = PactQuantizer(8, 10.0, learned=learned).train()
+    fresh(image[1])
+    assert fresh.alpha.item() == image[1].abs().max().item()
+    fresh(image[1] * 3)
+    assert fresh.alpha.item() == image[1].abs().max().item()
+
+
 def test_pact_mse_start_is_lsqs_mse_grid_on_unsigned_inputs() -> None:
     """``alpha_init=mse`` searches ``MSE_GRID`` x ``2 mean|x| sqrt(Qp)`` over all calibration batches:
     on non-negative inputs the levels are ``Qp`` x LSQ's candidate steps, so both pick the same grid."""
@@ -465,6 +486,20 @@ def test_dorefa_act_clip_chooses_the_input_quantizer(tmp_path: Path) -> None:
     assert searched.initialized and searched.alpha.item() != 1.0
     (name, _), = quant_layers(model)
     assert method.scalars(model)[f"dorefa/clip/{name}"] == searched.alpha.item()
+
+
+def test_dorefa_unit_clip_refuses_an_input_with_negative_values(tmp_path: Path) -> None:
+    """DoReFa's [0, 1] would drop the image's negative half: a quantized image input is refused with
+    one line, and an act_clip level clips it symmetrically from its largest |x|."""
+    model, method = _model_and_method(tmp_path, "method=dorefa", "bits=2", "quant.first_layer=8")
+    image = torch.randn(16, 1, 8, 8)
+    with pytest.raises(QnnrunError, match=r"act_clip=1 clips .*\(quant.first_layer=fp"):
+        method.prepare(model, [image])
+    model, method = _model_and_method(tmp_path, "method=dorefa", "bits=2", "quant.first_layer=8",
+                                      "method.act_clip=1.5")
+    method.prepare(model, [image])
+    first = next(layer.input_quant for _, layer in quant_layers(model))
+    assert first.signed is True and first.alpha.item() == image.abs().max().item()
 
 
 def test_pact_regularization_is_half_decay_times_squared_alphas(tmp_path: Path) -> None:
