@@ -5,7 +5,10 @@ Weights ``2 * quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1`` (one bit: ``sig
 inputs ``quantize_k(clamp(x, 0, 1))``, gradients through the rounding by STE
 (:mod:`qnnrun.quant.functional`). ``method.grad_bits`` below 32 also quantizes, stochastically and
 with the paper's per-sample max normalisation, the gradient that flows back into each quantized
-layer's output (where the DoReFa code applies its ``fg``). First and last layer stay float.
+layer's output (where the DoReFa code applies its ``fg``). First and last layer stay float, and the
+image input stays float even where a first-layer policy or ``quant.layer_bits`` rule quantizes that
+layer's weights (``quant.image_input_bits=32``; ``[0, 1]`` cannot hold a normalised image: at 8 bits
+and the paper's ``[0, 1]`` the image input is refused).
 
 ``method.act_clip`` (not in the paper; default 1, the paper's ``[0, 1]``) clips each quantized
 layer's input at another fixed level ``c`` instead: ``c * quantize_k(clamp(x / c, 0, 1))``, the
@@ -16,8 +19,8 @@ search), held fixed during training (:class:`~qnnrun.quant.layers.PactQuantizer`
 far past 1: a network trained as DoReFa from scratch learns to keep its inputs on ``[0, 1]``, a
 float net does not. Where a BatchNorm follows the quantized layer, ``c`` only rescales what it
 normalises, so the trained net still runs on the paper's ``[0, 1]`` codes. An input that holds
-negative values at calibration (the image, when ``quant.first_layer`` quantizes it) is clipped to
-``[-c, c]``, ``c`` starting at its largest ``|x|``; at the paper's ``[0, 1]`` such an input is refused.
+negative values at calibration (the image, with ``quant.image_input_bits=8``) is clipped to
+``[-c, c]``, the image's ``c`` starting at its largest ``|x|``.
 """
 
 from __future__ import annotations

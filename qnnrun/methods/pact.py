@@ -13,8 +13,8 @@ the same quantization grid (``alpha = Qp * step``). ``method.alpha_decay`` adds 
 ``alpha_decay / 2 * sum(alpha^2)`` to the loss (the penalty whose gradient is SGD weight decay;
 PACT regularizes alpha like the weights; 0 turns it off). Weights are DoReFa's. First and last
 layer at 8 bits; an input that holds negative values at calibration (the normalised image of the
-first layer) is clipped symmetrically to ``[-alpha, alpha]``, its ``alpha`` starting at the largest
-``|x|`` over the calibration batches (10 is a level for ReLU outputs). The clip sits on each quantized
+first layer) is clipped symmetrically to ``[-alpha, alpha]``. The image input's ``alpha`` starts at its
+largest ``|x|`` over the calibration batches (10 is a level for ReLU outputs). The clip sits on each quantized
 layer's input, as every method's quantizer does here; PACT's reference ResNet puts it after the
 residual sum (docs/baselines.md).
 """

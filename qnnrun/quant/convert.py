@@ -149,6 +149,8 @@ def convert(
             continue
         weight_quant = make_weight_quant(layer, chosen.weight) if chosen.weight != FLOAT_BITS else None
         input_quant = make_input_quant(layer, chosen.input) if chosen.input != FLOAT_BITS else None
+        if input_quant is not None and index == 0:
+            input_quant.image_input = True
         quant_cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

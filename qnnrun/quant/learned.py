@@ -25,9 +25,9 @@ class PactQuantizer(Quantizer):
             the least squared quantization error, found over all calibration batches (see
             ``Method.prepare``), else on the first training input; an evaluation before that
             searches on each input and stores nothing. A fixed level is meant for ReLU outputs
-            (PACT's 10, DoReFa's 1): an input with negative values (the normalised image of the first
-            layer) starts instead at its largest ``|x|``, found the same way, so that its codes span
-            the values it takes (at 10, 8 bits would give a CIFAR-10 image about 53 levels).
+            (PACT's 10, DoReFa's 1): the image input (``image_input``, set by ``convert``) starts
+            instead at its largest ``|x|``, found the same way, so that its codes span the values it
+            takes (at 10, 8 bits would give a normalised CIFAR-10 image about 53 levels).
         learned: ``False`` holds ``alpha`` as a buffer at its start, never trained: DoReFa's input
             quantizer ``quantize_k(clamp(x, 0, 1))`` on ``[0, alpha]`` (DoReFa's ``method.act_clip``).
 
@@ -47,7 +47,7 @@ class PactQuantizer(Quantizer):
         else:
             self.register_buffer("alpha", alpha)
         self.signed: bool | None = None
-        self.initialized = False  # alpha holds its start: searched (mse), or a signed input's largest |x|
+        self.initialized = False  # alpha holds its start: searched (mse), or the image input's largest |x|
         self._search: tuple[C.SquaredErrorSearch, bool] | None = None  # MSE start over calibration, its sign
         self._peak: Tensor | None = None  # largest |x| over the calibration batches so far (0-d)
 
@@ -91,8 +91,7 @@ class PactQuantizer(Quantizer):
                 if self.init == "mse":
                     found = self._least_error_alpha(x, signed)
                 else:
-                    peak = self._largest_magnitude(x)
-                    found = peak.clamp_min(1e-8) if signed else None  # unsigned: alpha_init as given
+                    found = self._largest_magnitude(x).clamp_min(1e-8) if self.image_input else None
                 if found is not None and learning:
                     self.alpha.copy_(found)
                 elif found is not None:

@@ -41,6 +41,7 @@ class Quantizer(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.calibrating = False  # set by Method.prepare while it runs the calibration batches
+        self.image_input = False  # set by convert() on the input quantizer of the first layer (the image)
         # A disabled input quantizer passes its input through (a method's float phase). Weights
         # have the finer per-channel state of QuantLayer instead.
         self.enabled = True
@@ -508,12 +509,12 @@ class DorefaActivationQuantizer(Quantizer):
         self.bits = bits
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.calibrating and bool((x.detach().amin() < 0).item()):
+        if self.image_input and self.calibrating and bool((x.detach().amin() < 0).item()):
             raise QnnrunError(
-                "method=dorefa with method.act_clip=1 clips every quantized layer input to [0, 1], but one "
-                "has negative values (the image, when quant.first_layer quantizes it): keep that layer "
-                "float (quant.first_layer=fp, DoReFa's), or give method.act_clip a level or mse (an input "
-                "with negative values is then clipped symmetrically, starting at its largest |x|)")
+                "method=dorefa with method.act_clip=1 clips its inputs to [0, 1], which would cut off the "
+                "negative half of the image: keep the image input float (quant.image_input_bits=32, "
+                "DoReFa's default), or give method.act_clip a level or mse (the image is then clipped "
+                "symmetrically, from its largest |x|)")
         return Q.dorefa_activation(x, self.bits)
 
     def input_grid(self, name: str, like: Tensor) -> InputGrid:

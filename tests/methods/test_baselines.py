@@ -360,20 +360,24 @@ def test_pact_quantizer_detects_sign_from_calibration() -> None:
 
 
 @pytest.mark.parametrize("learned", [True, False], ids=["pact", "dorefa_act_clip"])
-def test_fixed_level_starts_a_signed_input_at_its_largest_magnitude(learned: bool) -> None:
-    """PACT's 10 (DoReFa's act_clip) is a level for ReLU outputs: an input with negative values (the
-    image) starts at its largest |x| over all calibration batches, an unsigned one at the level given."""
-    image = [torch.rand(4, 3, 8, 8) * 2, torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8) * 0.5]
-    peak = max(batch.abs().max().item() for batch in image)
-    signed, unsigned = PactQuantizer(8, 10.0, learned=learned), PactQuantizer(8, 10.0, learned=learned)
-    _calibrate(signed, image)
-    _calibrate(unsigned, [torch.relu(batch) for batch in image])
-    assert signed.signed is True and signed.alpha.item() == peak and signed.initialized
-    assert unsigned.signed is False and unsigned.alpha.item() == 10.0 and unsigned.initialized
-    codes = torch.unique(signed(image[1]) / (peak / 127)).round()  # 8 bits over the image's own range
-    assert codes.min() >= -127 and codes.max() <= 127 and len(codes) > 100
+def test_fixed_level_starts_the_image_input_at_its_largest_magnitude(learned: bool) -> None:
+    """PACT's 10 (DoReFa's act_clip) is a level for ReLU outputs: the image input starts at its largest
+    |x| over all calibration batches (unsigned ones before the first negative value included); every
+    other input, with negative values or not, starts at the level given."""
+    image = [torch.rand(4, 3, 8, 8) * 5, torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8) * 0.5]
+    peak = image[0].max().item()  # the unsigned first batch holds the largest value
+    assert peak > max(batch.abs().max().item() for batch in image[1:])
+    first, inner = PactQuantizer(8, 10.0, learned=learned), PactQuantizer(8, 10.0, learned=learned)
+    first.image_input = True
+    _calibrate(first, image)
+    _calibrate(inner, image)
+    assert first.signed is True and first.alpha.item() == peak and first.initialized
+    assert inner.signed is True and inner.alpha.item() == 10.0
+    codes = torch.unique((first(image[0]) / (peak / 127)).round())  # 8 bits over the image's own range
+    assert codes.max() == 127 and len(codes) > 100
     # Without calibration the first training input starts it, and later inputs leave it alone.
     fresh = PactQuantizer(8, 10.0, learned=learned).train()
+    fresh.image_input = True
     fresh(image[1])
     assert fresh.alpha.item() == image[1].abs().max().item()
     fresh(image[1] * 3)
@@ -488,18 +492,26 @@ def test_dorefa_act_clip_chooses_the_input_quantizer(tmp_path: Path) -> None:
     assert method.scalars(model)[f"dorefa/clip/{name}"] == searched.alpha.item()
 
 
-def test_dorefa_unit_clip_refuses_an_input_with_negative_values(tmp_path: Path) -> None:
-    """DoReFa's [0, 1] would drop the image's negative half: a quantized image input is refused with
-    one line, and an act_clip level clips it symmetrically from its largest |x|."""
-    model, method = _model_and_method(tmp_path, "method=dorefa", "bits=2", "quant.first_layer=8")
+def test_dorefa_keeps_the_image_float_and_refuses_it_on_the_unit_interval(tmp_path: Path) -> None:
+    """DoReFa's [0, 1] would drop the normalised image's negative half: a quantized first layer keeps
+    its image input float; asked to quantize it at [0, 1], calibration refuses with one line; at an
+    act_clip level the image is clipped symmetrically from its largest |x|."""
     image = torch.randn(16, 1, 8, 8)
-    with pytest.raises(QnnrunError, match=r"act_clip=1 clips .*\(quant.first_layer=fp"):
+    model, method = _model_and_method(tmp_path, "method=dorefa", "bits=2", "quant.first_layer=8")
+    method.prepare(model, [image])
+    (_, first), *rest = quant_layers(model)
+    assert first.input_quant is None and first.weight_quant.bits == 8
+    assert all(not layer.input_quant.image_input for _, layer in rest)
+    model, method = _model_and_method(tmp_path, "method=dorefa", "bits=2", "quant.first_layer=8",
+                                      "quant.image_input_bits=8")
+    with pytest.raises(QnnrunError, match=r"act_clip=1 clips .*quant.image_input_bits=32"):
         method.prepare(model, [image])
     model, method = _model_and_method(tmp_path, "method=dorefa", "bits=2", "quant.first_layer=8",
-                                      "method.act_clip=1.5")
+                                      "quant.image_input_bits=8", "method.act_clip=1.5")
     method.prepare(model, [image])
-    first = next(layer.input_quant for _, layer in quant_layers(model))
-    assert first.signed is True and first.alpha.item() == image.abs().max().item()
+    (_, first), *rest = quant_layers(model)
+    assert first.input_quant.signed is True and first.input_quant.alpha.item() == image.abs().max().item()
+    assert all(layer.input_quant.alpha.item() == 1.5 for _, layer in rest)
 
 
 def test_pact_regularization_is_half_decay_times_squared_alphas(tmp_path: Path) -> None:
