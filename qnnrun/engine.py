@@ -234,7 +234,7 @@ class _Loop:
         model, self.method = build_quantized_model(cfg, self.info, device, init_from)
         self.model = model.to(memory_format=torch.channels_last) if cfg.trainer.channels_last else model
         self.costs = layer_costs(self.model, example_input(self.info, device, 1))
-        self.cost = totals(self.model, self.costs)
+        self.cost = totals(self.costs)
         self.optimizer = build_optimizer(cfg.optim, self.method.param_groups(self.model, cfg.optim.weight_decay))
         self.steps_per_epoch = steps = len(self.data.train)
         self.method.plan(cfg.trainer.epochs, steps)

@@ -160,4 +160,4 @@ def bops_report(cfg: DictConfig) -> str:
     header = (f"{cfg.model.name} on {info.name} ({info.in_channels}x{info.image_size}x{info.image_size}, "
               f"{info.num_classes} classes), method={cfg.method.name} {method.bits_label}, "
               f"first/last layer {cfg.quant.first_layer}/{cfg.quant.last_layer}")
-    return header + "\n" + format_table(costs, totals(model, costs))
+    return header + "\n" + format_table(costs, totals(costs))

@@ -105,7 +105,7 @@ def test_a_mixed_run_records_its_widths_and_exports_them(tmp_path: Path) -> None
     csv = (tmp_path / "run" / "bops.csv").read_text().splitlines()
     assert any(line.startswith("features.4,") and ",4,3," in line for line in csv), csv
     run = load_saved_run(tmp_path / "run", CPU)
-    assert summary["gbops"] == pytest.approx(totals(run.model, layer_costs(run.model, example_input(run.info, CPU, 1)))
+    assert summary["gbops"] == pytest.approx(totals(layer_costs(run.model, example_input(run.info, CPU, 1)))
                                              ["bops"] / 1e9)
     export = integer_export(run)
     assert {name: record["weight_bits"] for name, record in export["layers"].items()} == {"features.4": 4,

@@ -9,7 +9,7 @@ its tensors are concatenated into one uint8 tensor and the dict keeps their offs
      "epoch": int, "layers": {layer name: integer record (qnnrun.export.integer)},
      "float_state": state dict of every module the records do not replace,
      "bn_folded_in_training": whether the run folded its BatchNorms itself (nbn/fbf/lbl),
-     "sizes": {"packed_weight_bytes", "float_weight_bytes", "reported_weight_memory_bytes", ...}}
+     "sizes": {"packed_weight_bytes", "float_weight_bytes", "reported_weight_memory_bytes"}}
 
 The model structure is rebuilt from ``config`` (model, method and bits) as a checkpoint is; the
 records then replace its quantized layers.
@@ -34,7 +34,7 @@ from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import SavedRun, eval_report_line, evaluate, load_saved_run, saved_run_data
 from qnnrun.export.grids import probe_batch
 from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
-from qnnrun.metrics.bops import layer_costs, totals
+from qnnrun.metrics.bops import layer_costs
 from qnnrun.quant.fold import mark_folded
 from qnnrun.schema import saved_config
 
@@ -46,21 +46,18 @@ INT_VERSION = 1
 
 
 def weight_sizes(run: SavedRun, records: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Bytes of the packed weight codes, of the float conv/linear weights, and what the run's
-    summary reports: ``reported_weight_memory_bytes`` (``weight_memory_mb`` in bytes) and its
-    conv/linear-weight part ``reported_layer_weight_bytes`` (each layer's ``params * weight_bits``
-    bits rounded up to whole bytes, the rounding the packing has)."""
+    """Bytes of the packed weight codes, of the float conv/linear weights, and the weight memory the
+    run's summary reports (``weight_memory_mb``) as the packing stores it: each layer's
+    ``params * weight_bits`` bits rounded up to whole bytes (``reported_weight_memory_bytes``)."""
     device = next(run.model.parameters()).device
     costs = layer_costs(run.model, example_input(run.info, device, 1))
-    cost = totals(run.model, costs)
     packed = sum(record["codes"].numel() for record in records.values())
     float_weights = 0
     for name, module in run.model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in records:
             float_weights += 4 * module.weight.numel()
     return {"packed_weight_bytes": packed, "float_weight_bytes": float_weights,
-            "reported_layer_weight_bytes": sum(math.ceil(c.weight_memory_bits / 8) for c in costs),
-            "reported_weight_memory_bytes": cost["weight_memory_bits"] / 8}
+            "reported_weight_memory_bytes": sum(math.ceil(c.weight_memory_bits / 8) for c in costs)}
 
 
 def integer_export(run: SavedRun) -> dict[str, Any]:
@@ -173,8 +170,8 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
     sizes = export["sizes"]
     return (f"wrote {path} ({path.stat().st_size} bytes): {len(export['layers'])} integer layers, packed weights "
             f"{sizes['packed_weight_bytes']} bytes + float weights {sizes['float_weight_bytes']} bytes "
-            f"(reported conv/linear weight memory {sizes['reported_layer_weight_bytes']} bytes, total weight memory "
-            f"{sizes['reported_weight_memory_bytes']} bytes)")
+            f"(the run's weight memory: {sizes['reported_weight_memory_bytes']} bytes, each layer rounded up to "
+            f"whole bytes)")
 
 
 @dataclass

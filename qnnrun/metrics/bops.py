@@ -7,8 +7,9 @@ channels, a ``kh x kw`` kernel, weight bits ``bw`` and input bits ``ba``, per ou
 
 times the output's ``H * W``: a per-image total. A linear layer is a 1x1 conv on a 1x1 map with
 ``n`` = fan-in. Float layers count at 32 bits. Also reported: ``MACs * bw * ba`` and the weight
-memory: conv/linear weights at their bit width, every other parameter and buffer that is part of
-inference (biases, BatchNorm) at 32 bits.
+memory, ``sum(numel * bw)`` over the conv/linear weights (float layers at 32 bits). Biases and
+BatchNorm are left out: they are a few float values per output channel, and whether a method folds BatchNorm into biases while it trains (nbn, fbf, lbl) or at
+export (``quant.fold_bn``) must not change the size of the same deployed network.
 """
 
 from __future__ import annotations
@@ -95,21 +96,12 @@ def layer_costs(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
     return costs
 
 
-def totals(model: nn.Module, costs: list[LayerCost]) -> dict[str, float]:
-    """Whole-model totals: ``bops``, ``macs``, ``bit_macs`` per image, ``weight_memory_bits``,
-    ``weight_memory_mb`` (MiB), ``fp32_memory_bits`` and ``compression`` (FP32 size / this size).
-
-    Every parameter and floating buffer that inference needs beyond the conv/linear weights
-    (biases, BatchNorm affine and running statistics) counts at 32 bits. Quantizer ranges and
-    per-channel schedule state are training bookkeeping and are not counted.
-    """
-    weight_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    other = sum(p.numel() for p in model.parameters() if id(p) not in weight_ids)
-    other += sum(b.numel() for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                 for name, b in m.named_buffers(recurse=False) if b.is_floating_point())
-    quantized = sum(c.weight_memory_bits for c in costs)
-    memory = quantized + other * FLOAT_BITS
-    fp32 = (sum(c.params for c in costs) + other) * FLOAT_BITS
+def totals(costs: list[LayerCost]) -> dict[str, float]:
+    """Whole-model totals: ``bops``, ``macs``, ``bit_macs`` per image, ``weight_memory_bits``
+    (conv/linear weights at their bit widths), ``weight_memory_mb`` (MiB), ``fp32_memory_bits``
+    (the same weights at 32 bits) and ``compression`` (FP32 size / this size)."""
+    memory = sum(c.weight_memory_bits for c in costs)
+    fp32 = sum(c.params for c in costs) * FLOAT_BITS
     return {
         "bops": sum(c.bops for c in costs),
         "macs": sum(c.macs for c in costs),
@@ -138,7 +130,7 @@ def format_table(costs: list[LayerCost], total: dict[str, float]) -> str:
         f"{total['bops'] / 1e9:>9.4f} {total['weight_memory_bits'] / 8 / 1024:>9.2f}"
     )
     lines.append(f"weight memory {total['weight_memory_mb']:.4f} MiB, compression vs FP32 {total['compression']:.2f}x "
-                 f"(biases and BatchNorm at 32 bits)")
+                 f"(conv/linear weights; biases and BatchNorm not counted)")
     lines.append("n: input channels per group (fan-in of a linear), m: output channels, kh*kw: kernel positions, "
                  "Ho*Wo: output positions, bw/ba: weight/input bits (32: float), KiB: conv/linear weights")
     return "\n".join(lines)

@@ -240,10 +240,11 @@ def test_export_file_round_trips_and_its_size_is_the_weight_memory(runs: Runs, d
         assert path.is_file() and str(path) in line
         export = load_integer_export(path)
         sizes = export["sizes"]
-        # Packed codes (plus float layers at 32 bits) are exactly the conv/linear weight memory the
-        # run reports, each layer rounded up to whole bytes.
-        assert sizes["packed_weight_bytes"] + sizes["float_weight_bytes"] == sizes["reported_layer_weight_bytes"]
-        assert sizes["reported_weight_memory_bytes"] == pytest.approx(runs.summaries[name]["weight_memory_mb"] * 2**20)
+        # Packed codes (plus float layers at 32 bits) are exactly the weight memory the run reports,
+        # each layer rounded up to whole bytes (under one byte per layer).
+        assert sizes["packed_weight_bytes"] + sizes["float_weight_bytes"] == sizes["reported_weight_memory_bytes"]
+        reported = runs.summaries[name]["weight_memory_mb"] * 2**20
+        assert -1e-6 < sizes["reported_weight_memory_bytes"] - reported < len(export["layers"])
         payload = sum(t.numel() * t.element_size() for t in _tensors(export))
         assert 0 < path.stat().st_size - payload < 8192  # the structure: names, shapes, offsets
         from_file = integer_model(export, CPU)

@@ -6,8 +6,11 @@ import math
 
 import pytest
 import torch
+from hydra_utils import compose_config
 from torch import nn
 
+from qnnrun.build import build_quantized_model, example_input
+from qnnrun.data import dataset_info
 from qnnrun.metrics.bops import layer_costs, totals
 from qnnrun.models import build_model
 from qnnrun.quant.layers import QuantConv2d, QuantLinear
@@ -36,16 +39,30 @@ def test_hand_computed_costs() -> None:
     assert depthwise.bops == pytest.approx(8 * 1 * 9 * (32 * 32 + 64 + math.log2(9)) * 16)
     # linear: n = fan-in 128, m = 10, one position
     assert linear.bops == pytest.approx(10 * 128 * (9 + 6 + 7) * 1)
-    total = totals(net, costs)
+    total = totals(costs)
+    # Weight memory: conv/linear weights only (the linear bias and the BatchNorm are not counted).
     weights = 8 * 27 * 2 + 8 * 9 * 32 + 10 * 128 * 3
-    others = (10 + 8 * 2 + 8 * 2) * 32  # linear bias, BN affine, BN running mean/var
-    assert total["weight_memory_bits"] == weights + others
-    fp32 = (8 * 27 + 8 * 9 + 10 * 128 + 10 + 32) * 32
-    assert total["compression"] == pytest.approx(fp32 / (weights + others))
+    assert total["weight_memory_bits"] == weights
+    assert total["compression"] == pytest.approx((8 * 27 + 8 * 9 + 10 * 128) * 32 / weights)
+
+
+@pytest.mark.parametrize("method", ["lbl", "fbf", "nbn"])
+def test_folding_while_training_or_before_reports_the_same_size(method: str) -> None:
+    """nbn/fbf/lbl give their convs biases and fold BatchNorm while they train; ste with
+    quant.fold_bn=true folds it before. The deployed networks are the same, and so are their costs."""
+    def cost(*overrides: str) -> dict[str, float]:
+        cfg = compose_config(["model=resnet20", "dataset=cifar10", "bits=4", *overrides])
+        info = dataset_info(cfg.dataset)
+        model, _ = build_quantized_model(cfg, info, torch.device("cpu"))
+        return totals(layer_costs(model, example_input(info, torch.device("cpu"), 1)))
+
+    progressive, folded = cost(f"method={method}"), cost("method=ste", "quant.fold_bn=true")
+    assert progressive == folded
+    assert folded["compression"] == pytest.approx(8.0, rel=0.1)  # W4 with the first/last layers at 8 bits
 
 
 def test_resnet18_imagenet_macs() -> None:
     model = build_model({"name": "resnet18", "stem": "imagenet"}, in_channels=3, num_classes=1000, image_size=224)
-    total = totals(model, layer_costs(model, torch.zeros(1, 3, 224, 224)))
+    total = totals(layer_costs(model, torch.zeros(1, 3, 224, 224)))
     assert round(total["macs"] / 1e9, 2) == 1.81
     assert total["compression"] == pytest.approx(1.0)
