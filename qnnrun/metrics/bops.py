@@ -8,8 +8,9 @@ channels, a ``kh x kw`` kernel, weight bits ``bw`` and input bits ``ba``, per ou
 times the output's ``H * W``: a per-image total. A linear layer is a 1x1 conv on a 1x1 map with
 ``n`` = fan-in. Float layers count at 32 bits. Also reported: ``MACs * bw * ba`` and the weight
 memory, ``sum(numel * bw)`` over the conv/linear weights (float layers at 32 bits). Biases and
-BatchNorm are left out: they are a few float values per output channel, and whether a method folds BatchNorm into biases while it trains (nbn, fbf, lbl) or at
-export (``quant.fold_bn``) must not change the size of the same deployed network.
+BatchNorm are left out: they are a few float values per output channel, and whether a method
+folds BatchNorm into biases while it trains (nbn, fbf, lbl) or before (``quant.fold_bn``) must not
+change the size of the same deployed network.
 """
 
 from __future__ import annotations
