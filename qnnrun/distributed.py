@@ -12,8 +12,10 @@ same (seeded) global batch and trains on its share (the loaders' ``shard``), so 
 sees the same samples, in the same order and with the same augmentation, as a run on one.
 Gradients are averaged by DDP; metrics are summed over ranks; only rank 0 writes files.
 After every optimizer step the buffers (BatchNorm statistics, activation ranges) of rank 0 are
-copied to all ranks, so every data-dependent quantizer decision sees the same state everywhere,
-and at each epoch end the ranks check that their weights and buffers agree exactly.
+copied to all ranks, so every data-dependent quantizer decision sees the same state everywhere;
+after the first step its parameters too, for quantizers that start from their first training
+batch (``quant.calib_batches=0``), which each rank sees only a share of. At each epoch end the
+ranks check that their weights and buffers agree exactly.
 """
 
 from __future__ import annotations
@@ -126,18 +128,30 @@ def wrap(model: nn.Module, ranks: Ranks, device: torch.device, static_parameters
 
 
 def sync_buffers(model: nn.Module, ranks: Ranks) -> None:
-    """Copy rank 0's buffers (running statistics, quantizer ranges, channel states) to every rank:
-    one broadcast per buffer dtype (every buffer of that dtype flattened into one tensor)."""
-    if not ranks.active:
-        return
+    """Copy rank 0's buffers (running statistics, quantizer ranges, channel states) to every rank."""
+    if ranks.active:
+        _broadcast_from_rank0(list(model.buffers()))
+
+
+def sync_parameters(model: nn.Module, ranks: Ranks) -> None:
+    """Copy rank 0's parameters to every rank: after the first step of a run whose quantizers start
+    from their first training batch (``quant.calib_batches=0``: LSQ's steps, PACT's clip levels),
+    which each rank saw only its share of."""
+    if ranks.active:
+        with torch.no_grad():
+            _broadcast_from_rank0(list(model.parameters()))
+
+
+def _broadcast_from_rank0(tensors: list[Tensor]) -> None:
+    """Rank 0's values of ``tensors`` on every rank: one broadcast per dtype (flattened into one tensor)."""
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for buffer in model.buffers():
-        by_dtype.setdefault(buffer.dtype, []).append(buffer)
-    for buffers in by_dtype.values():
-        flat = torch.cat([buffer.reshape(-1) for buffer in buffers])
+    for tensor in tensors:
+        by_dtype.setdefault(tensor.dtype, []).append(tensor)
+    for group in by_dtype.values():
+        flat = torch.cat([tensor.reshape(-1) for tensor in group])
         dist.broadcast(flat, src=0)
-        for buffer, part in zip(buffers, flat.split([buffer.numel() for buffer in buffers])):
-            buffer.copy_(part.view_as(buffer))
+        for tensor, part in zip(group, flat.split([tensor.numel() for tensor in group])):
+            tensor.copy_(part.view_as(tensor))
 
 
 def sum_over_ranks(values: Tensor, ranks: Ranks) -> Tensor:

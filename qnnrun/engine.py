@@ -408,6 +408,8 @@ class _Loop:
             log.info("torch.compile warm-up (first step): %.1f s, left out of the epoch's time", self.tally.compile_s)
             self.warming_up = False
         distributed.sync_buffers(self.model, self.ranks)
+        if self.step == 0:  # quantizers started from the first batch saw each rank's share of it
+            distributed.sync_parameters(self.model, self.ranks)
         self.scheduler.step()
         self.tally.add(loss, logits, labels, self.step, self.skip_nonfinite,
                        self.distill.last if self.distill is not None else None)

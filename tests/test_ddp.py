@@ -55,6 +55,15 @@ def test_recompute_quant_on_two_processes_is_the_same_run(tmp_path: Path) -> Non
     assert all(torch.equal(a[k], b[k]) for k in a if torch.is_tensor(a[k]))
 
 
+def test_quantizers_started_from_the_first_batch_agree_on_every_rank(tmp_path: Path) -> None:
+    """With quant.calib_batches=0 LSQ's steps start from the first training batch, of which each
+    rank sees its half: rank 0's steps must reach every rank (the epoch-end agreement check fails
+    the run otherwise)."""
+    summary = _train(tmp_path, "two", "method=lsq", "bits=2", "quant.calib_batches=0", "trainer.devices=2",
+                     "trainer.epochs=1")
+    assert summary["status"] == "done" and summary["test_acc"] > 50
+
+
 def test_sq_on_two_processes_keeps_the_ranks_identical(tmp_path: Path) -> None:
     """SQ redraws random float rows every step: the ranks must draw the same ones. The engine checks
     at every epoch end that the ranks' weights and buffers are identical, and fails if not."""
