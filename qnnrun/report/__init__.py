@@ -35,7 +35,7 @@ from typing import NoReturn
 
 from qnnrun.checkpoint import check_output_folder
 from qnnrun.errors import QnnrunError
-from qnnrun.report.groups import Group, group_runs
+from qnnrun.report.groups import Group, drop_repeated_seeds, group_runs
 from qnnrun.report.paired import Selector, check_baseline, paired_table, selector_text
 from qnnrun.report.plots import PLOTS
 from qnnrun.report.records import DONE, DUPLICATE, FAILED, INVALID, UNFINISHED, Problem, Run, find_runs
@@ -58,6 +58,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
         if key not in keys:
             raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
     groups = group_runs(runs, ignore)
+    repeats = drop_repeated_seeds(groups)
+    runs, problems = [r for r in runs if r.path not in {p.path for p in repeats}], [*problems, *repeats]
     finished = [g for g in groups if g.done]
     unfinished = sum(r.status == UNFINISHED for r in runs)
     waiting = {selector: check_baseline(groups, selector, keys, ignore, unfinished) for selector in paired}

@@ -24,7 +24,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from qnnrun.config import method_options
-from qnnrun.report.records import CURVE_TAGS, DONE, Identity, Run, config_text
+from qnnrun.report.records import CURVE_TAGS, DONE, DUPLICATE, Identity, Problem, Run, config_text
 
 # A search preset's variables (search.<name>) set a mixed run's widths, which its identity holds already.
 SEARCH_PREFIX = "search."
@@ -108,6 +108,31 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
     return [groups[key] for key in sorted(groups)]
 
 
+def drop_repeated_seeds(groups: Sequence[Group]) -> list[Problem]:
+    """Count each seed of a group once: where a seed finished in several folders given together (a run
+    copied, or trained again into another sweep folder), the first folder by path stays in the group
+    and each other one leaves it as a ``duplicate`` Problem naming both accuracies, so that means,
+    std, counts, curves and pairs never count a seed twice."""
+    problems = []
+    for g in groups:
+        first: dict[int | None, Run] = {}
+        kept = []
+        for run in sorted(g.runs, key=lambda r: str(r.path)):
+            counted = first.get(run.seed) if run.status == DONE else None
+            if counted is None:
+                if run.status == DONE:
+                    first[run.seed] = run
+                kept.append(run)
+                continue
+            problems.append(Problem(
+                run.path, DUPLICATE,
+                f"seed {run.seed} of {g.identity.method} {g.bits_label} finished here ({run.metrics['test_acc']:.2f}%) "
+                f"and in {counted.path} ({counted.metrics['test_acc']:.2f}%): counted once, there",
+                tuple(run.command_line)))
+        g.runs = kept
+    return problems
+
+
 def varying_keys(groups: Sequence[Group]) -> list[str]:
     """Override keys whose value is not the same in every group: the columns worth showing; last
     ``LAYERS`` (in place of the override keys that set it) when the quantized groups differ in their
@@ -150,11 +175,13 @@ def front_groups(groups: Sequence[Group]) -> list[int]:
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points (cost, accuracy) no other point beats in both, by increasing cost."""
+    """Indices of the points (cost, accuracy) no other point beats (at most as costly and at least as
+    accurate, better in one), by increasing cost; points equal in both are all on it."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
-    front, best = [], -math.inf
+    front: list[int] = []
+    best = -math.inf
     for i in order:
-        if points[i][1] > best:
+        if points[i][1] > best or (front and points[i] == points[front[-1]]):
             front.append(i)
             best = points[i][1]
     return front

@@ -100,16 +100,10 @@ def selector_text(selector: Selector) -> str:
     return " ".join(f"{key}={value}" for key, value in selector)
 
 
-def _accuracy_by_seed(group: Group) -> tuple[dict[int, float], list[int]]:
-    """Seed -> final test accuracy (%) of the group's finished runs, and the seeds finished twice
-    (the same run in two folders given together), which cannot be paired."""
-    by_seed: dict[int, float] = {}
-    twice = []
-    for run in group.done:
-        if run.seed in by_seed:
-            twice.append(run.seed)
-        by_seed[run.seed] = run.metrics["test_acc"]
-    return by_seed, sorted(set(twice))
+def _accuracy_by_seed(group: Group) -> dict[int, float]:
+    """Seed -> final test accuracy (%) of the group's finished runs (each seed once:
+    :func:`~qnnrun.report.groups.drop_repeated_seeds`)."""
+    return {run.seed: run.metrics["test_acc"] for run in group.done}
 
 
 def paired_table(groups: Sequence[Group], selector: Selector) -> str:
@@ -125,13 +119,9 @@ def paired_table(groups: Sequence[Group], selector: Selector) -> str:
             continue
         base, why = _baseline(g, baselines, selector)
         if base is not None:
-            (ours, twice), (theirs, twice_base) = _accuracy_by_seed(g), _accuracy_by_seed(base)
+            ours, theirs = _accuracy_by_seed(g), _accuracy_by_seed(base)
             seeds = sorted(set(ours) & set(theirs))
-            if twice:
-                why = f"seed {twice[0]} finished twice"
-            elif twice_base:
-                why = f"its baseline's seed {twice_base[0]} finished twice"
-            elif not seeds:
+            if not seeds:
                 why = "no seed in common with its baseline"
         if why:
             unpaired.append(f"{group_label(g, shown)} ({why})")

@@ -18,7 +18,7 @@ from typing import Any
 
 from qnnrun.methods import METHODS
 from qnnrun.quant.convert import FLOAT_BITS
-from qnnrun.report.groups import Group, group_label, pareto_front, values_by_epoch, varying_keys
+from qnnrun.report.groups import Group, front_groups, group_label, values_by_epoch, varying_keys
 from qnnrun.report.placement import dodge, place_labels, step_samples
 from qnnrun.report.records import CURVE_TAG
 
@@ -228,6 +228,7 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
     or a line (:func:`~qnnrun.report.placement.place_labels`); the title counts the labels left out for
     want of room."""
     import matplotlib.pyplot as plt
+    import numpy as np
     from matplotlib.lines import Line2D
 
     shown = varying_keys(groups)
@@ -257,14 +258,21 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
     for name in sorted(series):
         _draw_points(ax, name, [(x, p[3], p[4]) for x, p in zip(xs, points) if p[0] == name], styles[name],
                      linestyle="none")
-    front = pareto_front([(p[2], p[3]) for p in points])
-    front_xs, front_ys = [xs[i] for i in front], [ys[i] for i in front]
-    ax.step(front_xs, front_ys, where="post", color="black", linewidth=1, alpha=0.6, zorder=1)  # under the bars
-    ax.scatter(front_xs, front_ys, s=FRONT_CIRCLE ** 2, facecolors="none", edgecolors="black")
+    # One front per model and data set, as the table marks it (front_groups).
+    front = front_groups([p[1] for p in points])
+    fronts: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i in front:
+        fronts[(points[i][1].identity.model, points[i][1].identity.dataset)].append(i)
+    steps = [np.zeros((0, 2))]
+    for members in fronts.values():
+        front_xs, front_ys = [xs[i] for i in members], [ys[i] for i in members]
+        ax.step(front_xs, front_ys, where="post", color="black", linewidth=1, alpha=0.6, zorder=1)  # under the bars
+        ax.scatter(front_xs, front_ys, s=FRONT_CIRCLE ** 2, facecolors="none", edgecolors="black")
+        steps.append(step_samples(ax, front_xs, front_ys))
     radii = [(FRONT_CIRCLE if i in front else MARKER_SIZE) / 2 * fig.dpi / 72 for i, _ in enumerate(points)]
     left_out = place_labels(ax, xs, ys, [_literal(group_label(p[1], shown)) for p in points], radii,
                             *_marker_boxes(ax, xs, ys, [p[4] or 0.0 for p in points], radii),
-                            step_samples(ax, front_xs, front_ys))
+                            np.concatenate(steps))
     if left_out:
         ax.set_title(f"Accuracy vs compute ({left_out} of {len(points)} labels left out: no room)")
     fig.savefig(path, dpi=DPI)
@@ -310,20 +318,21 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
 
     series = _series(groups, varying_keys(groups))
     styles = _series_styles(series)
-    widths = sorted({(g.identity.bits_w, g.identity.bits_a) for g in groups})
+    # One panel per bit width as groups are labelled (a mixed run's per-layer widths are its own).
+    widths = [label for *_, label in sorted({(g.identity.bits_w, g.identity.bits_a, g.bits_label) for g in groups})]
     columns = min(3, max(1, len(widths)))
     rows = math.ceil(len(widths) / columns) if widths else 1
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.8, 3.2 * rows), squeeze=False, sharex=True,
                              sharey=True, dpi=DPI)
     drawn, references = set(), {}
     for ax, bits in zip(axes.flat, widths):
-        members = [g for g in groups if (g.identity.bits_w, g.identity.bits_a) == bits]
+        members = [g for g in groups if g.bits_label == bits]
         for name, of_series in sorted(series.items()):
             for g in of_series:
-                if (g.identity.bits_w, g.identity.bits_a) == bits and _draw_curve(ax, name, g, styles[name]):
+                if g.bits_label == bits and _draw_curve(ax, name, g, styles[name]):
                     drawn.add(name)
         references.update((label, line) for line, label in _mark_init_from(ax, members))
-        ax.set_title(members[0].bits_label)
+        ax.set_title(bits)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy (%)")

@@ -3,6 +3,7 @@ groups no other beats in both accuracy and GBOPs."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,20 @@ def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> No
 
 
 def test_pareto_front_keeps_points_no_other_beats() -> None:
-    # (GBOPs, accuracy): (2, 80) is beaten by (1, 85); (4, 85) ties the cheaper (1, 85).
-    points = [(1.0, 85.0), (2.0, 80.0), (3.0, 90.0), (4.0, 85.0), (8.0, 91.0)]
-    assert pareto_front(points) == [0, 2, 4]
+    # (GBOPs, accuracy): (2, 80) is beaten by (1, 85); (4, 85) ties the cheaper (1, 85); the two
+    # (3, 90) tie each other and are both on the front.
+    points = [(1.0, 85.0), (2.0, 80.0), (3.0, 90.0), (4.0, 85.0), (8.0, 91.0), (3.0, 90.0)]
+    assert pareto_front(points) == [0, 2, 5, 4]
+
+
+def test_a_seed_finished_in_two_folders_counts_once(tmp_path: Path) -> None:
+    """The same seed copied into a second folder (or trained again into another sweep given with the
+    first) must not weigh twice in the mean and std: the first folder by path counts, the other is
+    listed as a duplicate with both accuracies."""
+    for folder, seed, acc in (("a/s0", 0, 90.0), ("a/s1", 1, 80.0), ("b/s0", 0, 95.0)):
+        write_run(tmp_path / folder, "ste", "fp", "fp", seed=seed, test_acc=acc, overrides=[f"seed={seed}"])
+    text = build_report([tmp_path / "a", tmp_path / "b"], tmp_path / "out", plots=False)
+    row = next(line for line in text.splitlines() if line.startswith("| ste "))
+    assert re.search(r"\| W2A2 \| 3 +\| 2 +\| 0 +\| 85.00 ± 7.07 \|", row), row  # epochs, runs, failed
+    assert "2 done" in text and "1 duplicate record" in text
+    assert f"seed 0 of ste W2A2 finished here (95.00%) and in {tmp_path / 'a/s0'} (90.00%): counted once" in text

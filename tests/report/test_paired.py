@@ -66,12 +66,12 @@ def test_a_baseline_at_the_groups_bits_comes_before_a_float_one_and_ambiguity_is
     write_seeds(runs, "ste4long", "ste", [79.5], bits_w=4, bits_a=4, epochs=9)
     write_seeds(runs, "nbn4", "nbn", [80.0], bits_w=4, bits_a=4, epochs=5)  # 3 or 9 epochs: neither
     write_seeds(runs, "nbn8", "nbn", [80.0, 80.5], bits_w=8, bits_a=8)  # only the float one
-    (runs / "nbn8_again").mkdir()
+    (runs / "nbn8_again").mkdir()  # seed 1 again, in another folder: counted once
     (runs / "nbn8_again" / "summary.json").write_text((runs / "nbn8_1" / "summary.json").read_text())
     text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
-    assert [row[:4] for row in paired_rows(text, "method=ste")] == [["nbn W2A2", "ste W2A2", "2", "+0.50 ± 0.71"]]
-    assert ("Not paired: nbn W4A4 (several baselines: ste W4A4 (3 ep); ste W4A4 (9 ep)); "
-            "nbn W8A8 (seed 1 finished twice).") in text
+    assert [row[:4] for row in paired_rows(text, "method=ste")] == [["nbn W2A2", "ste W2A2", "2", "+0.50 ± 0.71"],
+                                                                    ["nbn W8A8", "ste FP32", "2", "+5.25 ± 0.35"]]
+    assert "Not paired: nbn W4A4 (several baselines: ste W4A4 (3 ep); ste W4A4 (9 ep))." in text
 
 
 def test_a_float_baseline_pairs_with_every_width_and_seeds_pair_only_where_both_finished(tmp_path: Path) -> None:

@@ -229,6 +229,36 @@ def test_a_mixed_series_has_hollow_markers_in_the_plot_and_its_legend(figures: l
     assert handles["lsq"].get_markerfacecolor() == lines["lsq"].get_color()
 
 
+def test_the_plotted_front_is_taken_per_model_and_data_set_as_the_table_marks_it(figures: list[Any],
+                                                                                  tmp_path: Path) -> None:
+    """Three groups, each on the front of its own task: all three circled, no line joins two tasks."""
+    digits = group("ste", 2, [99.5], gbops=0.02)
+    lenet = [group("ste", 2, [98.0], gbops=0.3), group("ste", 4, [99.0], gbops=0.5)]
+    for g in lenet:
+        g.identity = Identity("mnist", "lenet5", "ste", g.identity.bits_w, g.identity.bits_a, 3)
+    plot_accuracy_vs_gbops([digits, *lenet], tmp_path / "gbops.png")
+    ax = figures[0].axes[0]
+    from matplotlib.collections import PathCollection
+
+    circled = [y for c in ax.collections if isinstance(c, PathCollection) for _, y in c.get_offsets()]
+    assert sorted(circled) == [98.0, 99.0, 99.5]
+    steps = [line for line in ax.lines if line.get_label().startswith("_") and line.get_drawstyle() == "steps-post"]
+    assert sorted(len(line.get_xdata()) for line in steps) == [1, 2]
+
+
+def test_curve_panels_are_one_per_bits_label(figures: list[Any], tmp_path: Path) -> None:
+    """A mixed group and a uniform group with the same nominal bits are two panels, each titled for its own."""
+    uniform = group("ste", 4, [90.0])
+    mixed = group("dorefa", 4, [91.0])
+    mixed.identity = Identity("digits", "mlp", "dorefa", 4, 4, 3, layer_bits="w 8,4 a 8,4")
+    for g in (uniform, mixed):
+        for run in g.done:
+            run.__dict__["curves"] = {"test/acc": [(1, 80.0), (2, run.metrics["test_acc"])], "train/acc": []}
+    plot_test_curves([uniform, mixed], tmp_path / "curves.png")
+    panels = {ax.get_title(): {line.get_label() for line in ax.lines} for ax in figures[0].axes if ax.get_visible()}
+    assert panels == {"W4A4": {"ste"}, "mixed[w 8,4 a 8,4]": {"dorefa mixed"}}
+
+
 def test_the_curves_share_one_legend_beside_the_panels(figures: list[Any], tmp_path: Path) -> None:
     groups = [group("ste", 2, [90.0]), group("lsq", 2, [91.0]), group("ste", 4, [93.0])]
     for g in groups:
