@@ -47,7 +47,7 @@ from qnnrun.quant.layers import fully_quantized
 from qnnrun.optim import build_optimizer, method_lr_factor
 from qnnrun.runs import (BEST_CKPT, HPARAM_DOMAINS, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
                          checkpoint_state, hparams_record, log_costs, log_epoch, log_hparams, log_step, prepare_run_dir,
-                         refuse_existing_run, resolve_resume, summary_record)
+                         refuse_existing_run, resolve_resume, retire_summary, summary_record)
 from qnnrun.schema import absent_method_options
 from qnnrun.stop import StopRequest, interrupted
 from qnnrun.tally import EpochTally, set_rng_state
@@ -190,6 +190,8 @@ def _open_run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks) -> _Star
             cfg.method.update(absent)
         start.config = OmegaConf.to_container(cfg, resolve=True)
     check_resume_config(checkpoint["config"], start.config, resume_from, extend=cfg.get("extend") is True)
+    if ranks.main:
+        retire_summary(start.run_dir)
     start.extensions = list(checkpoint.get("extensions", []))
     epochs_before = checkpoint["config"]["trainer"]["epochs"]
     if epochs_before != cfg.trainer.epochs:  # extend=true: checked above

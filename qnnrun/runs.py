@@ -44,6 +44,8 @@ log = logging.getLogger("qnnrun")
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 SUMMARY = "summary.json"
+# A resumed run's summary.json from before (a finished run's before extend=true, a failure record).
+PREVIOUS_SUMMARY = "summary.previous.json"
 # A run's step curves: TensorBoard events of their own in this sub-folder of the run folder.
 STEP_CURVES = "steps"
 # TensorBoard tags of the per-epoch curves: history key -> tag. Constant costs are no curves: they
@@ -194,6 +196,14 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return summary if isinstance(summary, dict) else None
+
+
+def retire_summary(run_dir: Path) -> None:
+    """Before a resumed run trains again: its ``summary.json`` (a finished run's, before ``extend=true``;
+    a failure record) no longer tells the folder's state, so it is kept as :data:`PREVIOUS_SUMMARY`,
+    and until the run ends a report reads the folder as unfinished, from its checkpoint and curves."""
+    if (run_dir / SUMMARY).is_file():
+        os.replace(run_dir / SUMMARY, run_dir / PREVIOUS_SUMMARY)
 
 
 def holds_run(run_dir: Path) -> bool:

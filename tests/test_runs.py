@@ -80,6 +80,30 @@ def test_resume_path_takes_the_runs_own_config_and_an_extension_is_recorded(qnnr
     assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["run"]
 
 
+def test_while_an_extension_trains_its_folder_reads_as_unfinished(qnnrun, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finished run's summary.json no longer tells the folder's state once extend=true trains on:
+    it is kept as summary.previous.json, so a report (or a failure) never shows the old "done"."""
+    from qnnrun import engine
+
+    code, _, err = qnnrun("train", "trainer.epochs=1", "hydra.run.dir=outputs/run", *FAST)
+    assert code == 0, err
+    run = tmp_path / "outputs/run"
+    seen = []
+    train_epoch = engine._Loop.train_epoch
+
+    def spy(loop, epoch, stop):
+        previous = json.loads((run / "summary.previous.json").read_text())
+        seen.append(((run / "summary.json").exists(), previous["epochs"]))
+        return train_epoch(loop, epoch, stop)
+
+    monkeypatch.setattr(engine._Loop, "train_epoch", spy)
+    code, _, err = qnnrun("train", "resume=outputs/run", "trainer.epochs=2", "extend=true", *FAST)
+    assert code == 0, err
+    assert seen == [(False, 1)]
+    assert (_summary(run)["status"], _summary(run)["epochs"]) == ("done", 2)
+
+
 def test_a_fresh_run_never_writes_into_a_folder_holding_a_run(qnnrun, tmp_path: Path) -> None:
     code, _, err = qnnrun("train", "trainer.epochs=1", "hydra.run.dir=outputs/run", *FAST)
     assert code == 0, err

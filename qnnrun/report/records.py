@@ -41,6 +41,8 @@ NUMBERS = {"test_acc": (0.0, 100.0), "best_test_acc": (0.0, 100.0), "init_test_a
 # Overrides that identify a run already through its Identity (the settings that do not change a
 # run's result, qnnrun.runs.FREE_KEYS, are not grouped either).
 NOT_GROUPED = {"seed", "method", "model", "dataset", "bits", "bits.w", "bits.a", "trainer.epochs", "quant.layer_bits"}
+# The grouping key of a finished run whose schedule extend=true stretched (summary.json "extensions").
+EXTENDED = "extended"
 # The per-epoch curves a report reads (TensorBoard tags of qnnrun.runs).
 CURVE_TAG = EPOCH_TAGS["test_acc"]
 TRAIN_CURVE_TAG = EPOCH_TAGS["train_acc"]
@@ -323,9 +325,24 @@ def _done(folder: Path, record: Mapping[str, Any]) -> Run:
     if "init_test_acc" in metrics:
         metrics["vs_init"] = metrics["test_acc"] - metrics["init_test_acc"]
     lines = _read_command_line(folder, record)
-    run = Run(folder, DONE, metrics, _parse_overrides(lines), lines, identity=identity, seed=seed)
+    overrides = _parse_overrides(lines)
+    extended = _extensions(record)
+    if extended:  # a schedule stretched part-way (extend=true) is not the same run as one planned that long
+        overrides[EXTENDED] = extended
+    run = Run(folder, DONE, metrics, overrides, lines, identity=identity, seed=seed)
     run.layers = _layer_policy(run.config)
     return run
+
+
+def _extensions(record: Mapping[str, Any]) -> str:
+    """A run's ``extend=true`` steps as one text (``"3 to 5 at epoch 3"``, several apart by ``; ``);
+    empty for a run trained as planned."""
+    steps = record.get("extensions") or []
+    if not isinstance(steps, list) or not all(
+            isinstance(step, Mapping) and all(isinstance(step.get(k), int) and not isinstance(step.get(k), bool)
+                                              for k in ("at_epoch", "epochs_before", "epochs")) for step in steps):
+        raise _Unfit(f"extensions {_show(steps)} is not a list of {{at_epoch, epochs_before, epochs}}")
+    return "; ".join(f"{s['epochs_before']} to {s['epochs']} at epoch {s['at_epoch']}" for s in steps)
 
 
 def _layer_policy(config: Mapping[str, Any]) -> tuple[str, str] | None:

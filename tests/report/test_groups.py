@@ -46,3 +46,12 @@ def test_a_seed_finished_in_two_folders_counts_once(tmp_path: Path) -> None:
     assert re.search(r"\| W2A2 \| 3 +\| 2 +\| 0 +\| 85.00 ± 7.07 \|", row), row  # epochs, runs, failed
     assert "2 done" in text and "1 duplicate record" in text
     assert f"seed 0 of ste W2A2 finished here (95.00%) and in {tmp_path / 'a/s0'} (90.00%): counted once" in text
+
+
+def test_an_extended_run_is_not_grouped_with_runs_planned_that_long(tmp_path: Path) -> None:
+    """extend=true stretched its schedule part-way: another computation than a run planned for 5 epochs."""
+    write_run(tmp_path / "planned", "ste", "fp", "fp", epochs=5, test_acc=90.0)
+    write_run(tmp_path / "extended", "ste", "fp", "fp", epochs=5, test_acc=88.0,
+              extensions=[{"at_epoch": 3, "epochs_before": 3, "epochs": 5}])
+    groups = group_runs(find_runs([tmp_path])[0])
+    assert [(g.extras, len(g.runs)) for g in groups] == [({}, 1), ({"extended": "3 to 5 at epoch 3"}, 1)]
