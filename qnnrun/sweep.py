@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qnnrun.checkpoint import load_checkpoint, write_text_atomic
 from qnnrun.errors import QnnrunError
+from qnnrun.methods import build_method
 from qnnrun.runs import (FAILURES, LAST_CKPT, SUMMARY, bounded_name, claim_run, identity_fields, is_free, name_parts,
                          name_settings, noted_failures, read_summary, run_identity)
 
@@ -58,7 +59,8 @@ def _record(run_dir: Path, cfg: DictConfig, overrides: list[str], **fields: Any)
     unless it holds a finished run's summary, which no other record replaces.
 
     The identifying keys (method, model, dataset, bits_w, bits_a, seed, epochs) are copied from the
-    config when it has them, so a report can place the record beside its finished siblings.
+    config when it has them, the widths as the method runs them (``method=fp bits=4``: 32), so a
+    report can place the record beside its finished siblings.
     """
     existing = read_summary(run_dir)
     if existing is not None and existing.get("status") == "done":
@@ -77,6 +79,11 @@ def _record(run_dir: Path, cfg: DictConfig, overrides: list[str], **fields: Any)
             record[name] = OmegaConf.select(cfg, dotted, default=None)
         except Exception:
             record[name] = None
+    try:  # the widths the method runs at (fp: 32, bnn: 1, whatever bits says), as a finished run records them
+        method = build_method(cfg)
+        record["bits_w"], record["bits_a"] = method.weight_bits, method.act_bits
+    except Exception:  # the failure may be in the method's own config: keep the config's bits
+        pass
     record.update(overrides=overrides, run_dir=str(run_dir.resolve()), config=config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / SUMMARY, json.dumps(record, indent=2, default=str) + "\n")

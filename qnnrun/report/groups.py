@@ -5,7 +5,8 @@ per-layer widths), epochs and every other key set on the command line (``.hydra/
 except the keys given to ``--ignore`` (e.g. ``init_from`` when each seed fine-tunes its own float
 run) and a ``method.<option>`` the run's method does not read (:func:`reads`). A run that leaves
 such a key (one other runs set) at its default takes the value its ``.hydra/config.yaml`` holds,
-where that is a plain value: so ``method.stages=3`` typed and the default 3 are one group, and
+where that is a plain value, or for a config group (``optim``) the option ``.hydra/hydra.yaml``
+says it composed: so ``method.stages=3`` typed and the default 3 are one group, and
 ``--paired method.stages=3`` finds the runs at the default. Values have one spelling
 (:func:`~qnnrun.report.records.canonical`: ``optim.lr=1e-2`` and ``0.01`` are one).
 
@@ -24,7 +25,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from qnnrun.config import method_options
-from qnnrun.report.records import CURVE_TAGS, DONE, DUPLICATE, Identity, Problem, Run, config_text
+from qnnrun.report.records import CURVE_TAGS, DONE, DUPLICATE, Identity, Problem, Run, canonical, config_text
 
 # A search preset's variables (search.<name>) set a mixed run's widths, which its identity holds already.
 SEARCH_PREFIX = "search."
@@ -32,6 +33,8 @@ SEARCH_PREFIX = "search."
 # several-fold with it): the config keys, and the name labels and tables give it where runs differ in it.
 LAYER_KEYS = ("quant.first_layer", "quant.last_layer")
 LAYERS = "first/last"
+# The override prefixes a float run (32-bit weights and inputs) does not read.
+FLOAT_IGNORES = ("quant.", "bits.")
 
 
 @dataclass
@@ -99,13 +102,24 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
             continue
         # A mixed run's widths are its identity: the search variables and the first/last-layer policy
         # (which its layer rules override) tell nothing more; nor does an option its method ignores.
+        # A float run ignores the bits and the quantizer options (as qnnrun.runs.identity_fields has it).
         wanted = [k for k in keys if reads(run.identity.method, k)
-                  and not (run.identity.mixed and (k.startswith(SEARCH_PREFIX) or k in LAYER_KEYS))]
-        values = ((k, run.overrides[k] if k in run.overrides else config_text(run.config, k)) for k in wanted)
+                  and not (run.identity.mixed and (k.startswith(SEARCH_PREFIX) or k in LAYER_KEYS))
+                  and not (run.identity.is_float and k.startswith(FLOAT_IGNORES))]
+        values = ((k, run.overrides[k] if k in run.overrides else _default_text(run, k)) for k in wanted)
         extras = {k: v for k, v in values if v is not None}
         key = (run.identity, tuple(sorted(extras.items())))
         groups.setdefault(key, Group(run.identity, extras)).runs.append(run)
     return [groups[key] for key in sorted(groups)]
+
+
+def _default_text(run: Run, key: str) -> str | None:
+    """The value of ``key`` a run left at its default: a plain value of its config, or the option of
+    a config group it composed (``optim``: ``sgd``, from ``.hydra/hydra.yaml``)."""
+    text = config_text(run.config, key)
+    if text is None and key in run.choices:
+        text = canonical(run.choices[key])
+    return text
 
 
 def drop_repeated_seeds(groups: Sequence[Group]) -> list[Problem]:

@@ -58,6 +58,7 @@ NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 UNREADABLE = (OSError, ValueError, yaml.YAMLError, RecursionError)
 OVERRIDES_FILE = Path(".hydra", "overrides.yaml")
 CONFIG_FILE = Path(".hydra", "config.yaml")
+HYDRA_FILE = Path(".hydra", "hydra.yaml")
 
 
 @dataclass(frozen=True, order=True)
@@ -109,6 +110,18 @@ class Run:
     def config(self) -> dict[str, Any]:
         """The run's ``.hydra/config.yaml``, read once per report (empty, with a note, when unreadable)."""
         return _read_config(self.path, self.notes)
+
+    @functools.cached_property
+    def choices(self) -> dict[str, str]:
+        """Config group -> the option the run composed (``optim: sgd``), from ``.hydra/hydra.yaml``'s
+        ``hydra.runtime.choices``, read once per report; empty where that cannot be read."""
+        try:
+            hydra = yaml.safe_load((self.path / HYDRA_FILE).read_text(encoding="utf-8"))
+            choices = hydra["hydra"]["runtime"]["choices"]
+        except (*UNREADABLE, KeyError, TypeError):
+            return {}
+        return {str(k): str(v) for k, v in choices.items()
+                if isinstance(v, (str, int)) and not isinstance(v, bool)} if isinstance(choices, dict) else {}
 
     @functools.cached_property
     def curves(self) -> dict[str, list[tuple[int, float]]]:
@@ -199,7 +212,7 @@ def _layer_bits(record: Mapping[str, Any]) -> str:
     """``layer_bits`` of a record (layer -> {w, a} in forward order; null or absent: none) as one text:
     the weight widths, then the input widths, layer by layer (``w 8,4,2 a 8,4,8``)."""
     rules = record.get("layer_bits")
-    if rules is None:
+    if rules is None or (isinstance(rules, Mapping) and not rules):
         return ""
     if not isinstance(rules, Mapping) or not all(
             isinstance(bits, Mapping) and all(isinstance(bits.get(k), int) and not isinstance(bits.get(k), bool)
@@ -367,11 +380,21 @@ def _failed(folder: Path, record: Mapping[str, Any]) -> Run:
     try:
         lines = _read_command_line(folder, record)
         identity = _identity(record, done=False)
+        if not identity.mixed and _layer_rules(record.get("config")):
+            identity = None
+            reason += (" (not grouped: its per-layer widths, quant.layer_bits, are known only once a run has "
+                       "built its model)")
     except _Unfit as unfit:
         reason += f" (not grouped: {unfit})"
     seed = record.get("seed")
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     return Run(folder, FAILED, {}, _parse_overrides(lines), lines, reason=reason, identity=identity, seed=seed)
+
+
+def _layer_rules(config: Any) -> bool:
+    """Whether a record's config sets per-layer widths (a non-empty ``quant.layer_bits``)."""
+    quant = config.get("quant") if isinstance(config, Mapping) else None
+    return bool(quant.get("layer_bits")) if isinstance(quant, Mapping) else False
 
 
 def _duplicate(folder: Path, record: Mapping[str, Any]) -> Problem:

@@ -114,7 +114,10 @@ def bits_table(groups: Sequence[Group]) -> str:
             change = g.mean("vs_init")
             cell = _fmt(g.mean("test_acc"), g.std("test_acc")) + f" (n={len(g.done)}" + (
                 f", {change:+.2f}" if change is not None else "") + ")"
-            rows[row][(g.identity.bits_w, g.identity.bits_a)] = cell
+            column = (g.identity.bits_w, g.identity.bits_a)
+            if column in rows[row]:  # two groups alike in every shown key: name this one by all of its own
+                row = " ".join([row, *(f"{k}={v}" for k, v in sorted(g.extras.items()))])
+            rows[row][column] = cell
         body = [[name, *[cells.get(c, "") for c in columns]] for name, cells in rows.items()]
         since = (", then the mean change (points) from the init_from checkpoint's accuracy"
                  if any(g.values("vs_init") for g in task_groups) else "")

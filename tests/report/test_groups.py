@@ -55,3 +55,26 @@ def test_an_extended_run_is_not_grouped_with_runs_planned_that_long(tmp_path: Pa
               extensions=[{"at_epoch": 3, "epochs_before": 3, "epochs": 5}])
     groups = group_runs(find_runs([tmp_path])[0])
     assert [(g.extras, len(g.runs)) for g in groups] == [({}, 1), ({"extended": "3 to 5 at epoch 3"}, 1)]
+
+
+def test_float_runs_are_one_group_whatever_quantizer_options_they_were_given(tmp_path: Path) -> None:
+    """A float run reads no quant.* or bits.* key: a sweep that typed quant.first_layer=8 beside one
+    that did not holds one float group (and one fp row in the bits table)."""
+    for name, seed, acc, overrides in (("a", 0, 92.0, ["quant.first_layer=8"]), ("b", 1, 95.0, [])):
+        write_run(tmp_path / name, "fp", 8, 8, seed=seed, test_acc=acc, bits_w=32, bits_a=32,
+                  overrides=["method=fp", f"seed={seed}", *overrides])
+    write_run(tmp_path / "q", "ste", 8, 8, overrides=["method=ste", "quant.first_layer=8"])
+    groups = group_runs(find_runs([tmp_path])[0])
+    assert [(g.identity.method, len(g.runs)) for g in groups] == [("fp", 2), ("ste", 1)]
+    text = build_report([tmp_path], tmp_path / "out", plots=False)
+    assert "93.50 ± 2.12 (n=2)" in text.split("## By bits")[1]
+
+
+def test_a_config_group_typed_as_its_default_is_one_group_with_it(tmp_path: Path) -> None:
+    """optim=sgd typed on one seed and left at the default sgd on another: one group, found by --paired."""
+    for seed, overrides in ((0, ["optim=sgd"]), (1, [])):
+        run = write_run(tmp_path / f"s{seed}", "ste", "fp", "fp", seed=seed, overrides=[f"seed={seed}", *overrides])
+        choices = "hydra:\n  runtime:\n    choices:\n      optim: sgd\n      bits: '2'\n"
+        (run / ".hydra" / "hydra.yaml").write_text(choices)
+    (group,) = group_runs(find_runs([tmp_path])[0])
+    assert group.extras == {"optim": "sgd"} and len(group.runs) == 2

@@ -157,6 +157,31 @@ def test_a_failed_record_with_a_readable_identity_stays_in_its_group(real_runs: 
     assert problem_rows(text) == {str(tmp_path / "bad_lr"): ("failed", "ValueError: lr")}
 
 
+def test_a_failed_mixed_run_is_not_counted_in_a_uniform_group(real_runs: dict[str, Path], tmp_path: Path) -> None:
+    """Its per-layer widths are known only once a run builds its model: listed, not grouped."""
+    real = copy_runs(real_runs, tmp_path)
+    config = {"seed": 0, "trainer": {"epochs": 1}, "method": {"name": "ste"}, "quant": {"layer_bits": {"fc1": 8}}}
+    write(tmp_path / "mixed", "summary.json", json.dumps(failure_record(epochs=1, error="boom", config=config)))
+    code, text = report(tmp_path, "--no-plots")
+    assert code == 0
+    check_real_runs_reported(tmp_path, text, real)
+    assert all(row["failed"] == "0" for row in csv_rows(tmp_path))
+    assert problem_rows(text)[str(tmp_path / "mixed")][1].startswith("boom (not grouped: its per-layer widths")
+
+
+def test_a_failure_record_holds_the_widths_the_method_runs_at(tmp_path: Path) -> None:
+    """method=fp at bits=4 runs at 32 bits: its record must not make a phantom "fp W4A4" group."""
+    from hydra_utils import compose_config
+
+    from qnnrun.errors import QnnrunError
+    from qnnrun.sweep import record_failure
+
+    for method, bits in (("fp", 32), ("bnn", 1), ("ste", 4)):
+        record_failure(tmp_path / method, compose_config([f"method={method}", "bits=4"]), QnnrunError("boom"), [])
+        record = json.loads((tmp_path / method / "summary.json").read_text())
+        assert (record["bits_w"], record["bits_a"]) == (bits, bits), method
+
+
 def test_unfinished_runs_with_broken_files_are_listed_with_how_far_they_got(real_runs: dict[str, Path],
                                                                            tmp_path: Path) -> None:
     """A run cut off after epoch 1 (its events, no summary) whose config cannot be read, one whose
