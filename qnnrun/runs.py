@@ -83,14 +83,25 @@ def is_free(key: str) -> bool:
     return any(key == free or key.startswith(free + ".") for free in (*FREE_KEYS, *COMMAND_KEYS))
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; a non-mapping value maps to itself under ``prefix``."""
-    if not isinstance(value, Mapping):
+# Options whose value is a mapping of the user's own keys, ordered (quant.layer_bits: the first
+# matching rule wins): a config holds them whole, never as options of their own.
+WHOLE_VALUE_KEYS = ("quant.layer_bits",)
+
+
+def _flatten(value: Any, prefix: str = "", whole: Sequence[str] = ()) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; a non-mapping value, and the value of a key of ``whole``,
+    maps to itself under ``prefix``."""
+    if prefix in whole or not isinstance(value, Mapping):
         return {prefix: value}
     flat: dict[str, Any] = {}
     for key, item in value.items():
-        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key), whole))
     return flat
+
+
+def _ordered(value: Any) -> Any:
+    """A mapping as its (key, value) items in order, nested alike: compared so, equal means in the same order too."""
+    return tuple((key, _ordered(item)) for key, item in value.items()) if isinstance(value, Mapping) else value
 
 
 def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], path: Path,
@@ -101,10 +112,10 @@ def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], pa
     An option only the current config holds was added to qnnrun after the checkpoint was written:
     the run resumes with its current value and a warning names it (likewise for one that was removed).
     """
-    before, now = _flatten(saved), _flatten(current)
+    before, now = _flatten(saved, whole=WHOLE_VALUE_KEYS), _flatten(current, whole=WHOLE_VALUE_KEYS)
     epochs = "trainer.epochs"
     for name in sorted(before.keys() & now.keys()):
-        if is_free(name) or before[name] == now[name]:
+        if is_free(name) or _ordered(before[name]) == _ordered(now[name]):
             continue
         if name == epochs and extend:
             if not (isinstance(now[name], int) and isinstance(before[name], int) and now[name] > before[name]):

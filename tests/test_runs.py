@@ -52,6 +52,10 @@ def test_a_resume_that_changes_the_run_is_refused_and_leaves_the_run_untouched(q
     # resume=true composes the config from the command line: a different run there is refused too.
     code, _, err = qnnrun("train", "hydra.run.dir=outputs/r3", "resume=true", "trainer.epochs=3", "bits=2", *FAST)
     assert code == 1 and "its bits.a was 4, this run has 2" in err, err
+    # Per-layer widths are one value: rules added, or changed, are another run.
+    code, _, err = qnnrun("train", "hydra.run.dir=outputs/r3", "resume=true", "trainer.epochs=3",
+                          "quant.layer_bits={fc1: 8}", *FAST)
+    assert code == 1 and "its quant.layer_bits was None, this run has {'fc1': 8}" in err, err
     assert _files(run) == before  # nothing rewritten: records, checkpoints, .hydra/, log
     assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["r3"]  # and nothing left beside it
 
@@ -181,3 +185,16 @@ def test_folder_names_are_safe_and_bounded(named: dict) -> None:
     assert re.fullmatch(r"[A-Za-z0-9_.+-]+", name) and len(name) <= NAME_LENGTH, name
     long = {f"key{i}": "value" for i in range(20)}
     assert bounded_name("3", name_parts(long)) != bounded_name("3", name_parts({**long, "key19": "other"}))
+
+
+def test_layer_rules_in_another_order_are_another_run(tmp_path: Path) -> None:
+    """The first matching rule wins, so the same rules in another order may set other widths."""
+    from qnnrun.errors import QnnrunError
+    from qnnrun.runs import check_resume_config
+
+    def config(rules):
+        return {"quant": {"layer_bits": rules}}
+
+    check_resume_config(config({"a*": 8, "b": 4}), config({"a*": 8, "b": 4}), tmp_path)
+    with pytest.raises(QnnrunError, match="its quant.layer_bits was"):
+        check_resume_config(config({"a*": 8, "ab": 4}), config({"ab": 4, "a*": 8}), tmp_path)
