@@ -127,12 +127,15 @@ def train_app(cfg: DictConfig) -> list[float] | None:
     from qnnrun.engine import train
     from qnnrun.runs import (check_finished_config, objectives, read_summary, remove_if_disposable,
                              resume_checkpoint, resumed_config)
-    from qnnrun.sweep import finished_summary, kept_duplicate, record_duplicate, record_failure, same_run_in_sweep
+    from qnnrun.sweep import (finished_summary, kept_duplicate, record_duplicate, record_failure,
+                              restore_job_config, same_run_in_sweep)
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     overrides = list(hydra_cfg.overrides.task)
     sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if sweep and cfg.resume is True:
+        restore_job_config(run_dir)
     try:
         resumed = resume_checkpoint(cfg.resume)
         if resumed is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +39,9 @@ from qnnrun.runs import (FAILURES, LAST_CKPT, SUMMARY, bounded_name, claim_run, 
 
 log = logging.getLogger("qnnrun")
 
+# A job's Hydra files, and their copy kept while a resumed sweep's job starts (keep_job_configs).
+HYDRA_SUBDIR = ".hydra"
+KEPT_CONFIGS = ".hydra.kept"
 # Where `resume=true` looks for earlier sweeps: the default hydra.sweep.dir lives under it.
 OUTPUTS_ROOT = Path("outputs")
 
@@ -151,13 +155,35 @@ def failed_runs(folder: Path) -> list[tuple[Path, str]]:
     return failed
 
 
+def keep_job_configs(sweep_dir: Path) -> None:
+    """Before a resumed sweep's jobs start: copy each earlier job's ``.hydra/`` (the config and
+    overrides its run was trained with) to ``.hydra.kept/``, since Hydra writes every job's
+    ``.hydra/`` anew before the job can tell whether it continues that run or refuses to."""
+    for hydra in sweep_dir.glob(f"*/{HYDRA_SUBDIR}"):
+        if hydra.is_dir():
+            shutil.copytree(hydra, hydra.parent / KEPT_CONFIGS, dirs_exist_ok=True)
+
+
+def restore_job_config(run_dir: Path) -> None:
+    """At the start of a resumed sweep's job: put back the ``.hydra/`` its earlier run wrote
+    (:func:`keep_job_configs`), so that neither a continued nor a refused run has its records
+    rewritten; a job new to the sweep keeps the one Hydra wrote."""
+    kept = run_dir / KEPT_CONFIGS
+    if kept.is_dir():
+        shutil.rmtree(run_dir / HYDRA_SUBDIR, ignore_errors=True)
+        os.replace(kept, run_dir / HYDRA_SUBDIR)
+
+
 class SweepFailures(Callback):
     """Registered in ``conf/train.yaml`` (``hydra.callbacks``): when a multirun ends, the launching
     process reads the failure records and notes of its jobs (:func:`qnnrun.runs.note_failure`),
     whichever launcher ran them, names them and exits 1 when there is any."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        shutil.rmtree(Path(str(config.hydra.sweep.dir)) / FAILURES, ignore_errors=True)  # a resumed sweep's old notes
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        shutil.rmtree(sweep_dir / FAILURES, ignore_errors=True)  # a resumed sweep's old notes
+        if config.get("resume") is True:
+            keep_job_configs(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

@@ -122,6 +122,21 @@ def test_joblib_sweep_records_a_failed_worker_job_and_resumes(
     check_report(sweep, capsys, monkeypatch)
 
 
+def test_a_refused_sweep_resume_leaves_the_finished_jobs_records_as_they_were(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra writes each job's .hydra/ before the job can refuse a changed config: the run's own
+    config and overrides must be put back, or a report would read the refused values as the run's."""
+    args = ["train", "-m", *TINY, "trainer.epochs=1", "seed=0,1", "hydra.sweep.dir=sweep"]
+    code, _, err = run_cli(args, tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    sweep = tmp_path / "sweep"
+    before = {p: p.read_bytes() for p in sorted(sweep.rglob(".hydra/*"))}
+    code, _, err = run_cli([*args, "optim.lr=0.05", "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and "its optim.lr was" in err, err
+    assert {p: p.read_bytes() for p in sorted(sweep.rglob(".hydra/*"))} == before
+    assert not list(sweep.rglob(".hydra.kept"))
+
+
 def test_sigterm_stops_a_joblib_sweep_without_starting_its_queued_jobs(tmp_path: Path) -> None:
     """A scheduler's SIGTERM reaches the command and its joblib workers (one process group): each
     running job writes its checkpoint and its worker exits. Before, a worker took the sweep's next
