@@ -41,7 +41,7 @@ from qnnrun.distill import Distillation, distillation
 from qnnrun.errors import QnnrunError
 # Imported into this namespace because the loop calls them from here (tests patch ``engine.evaluate``).
 from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
-from qnnrun.methods import Method
+from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
 from qnnrun.quant.layers import fully_quantized
 from qnnrun.optim import build_optimizer, method_lr_factor
@@ -190,15 +190,20 @@ def _open_run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks) -> _Star
             cfg.method.update(absent)
         start.config = OmegaConf.to_container(cfg, resolve=True)
     check_resume_config(checkpoint["config"], start.config, resume_from, extend=cfg.get("extend") is True)
-    if ranks.main:
-        retire_summary(start.run_dir)
     start.extensions = list(checkpoint.get("extensions", []))
     epochs_before = checkpoint["config"]["trainer"]["epochs"]
     if epochs_before != cfg.trainer.epochs:  # extend=true: checked above
+        schedule = build_method(cfg).epoch_schedule
+        if schedule:
+            raise QnnrunError(f"cannot extend {resume_from}: method={cfg.method.name} lays {schedule} over the "
+                              f"run's {epochs_before} epochs, and extend=true would lay it out again over "
+                              f"{cfg.trainer.epochs}; train a new run with trainer.epochs={cfg.trainer.epochs}")
         start.extensions.append({"at_epoch": int(checkpoint["epoch"]), "epochs_before": int(epochs_before),
                                  "epochs": int(cfg.trainer.epochs)})
         log.info("extending %s from %d to %d epochs at epoch %d", resume_from, epochs_before,
                  cfg.trainer.epochs, checkpoint["epoch"])
+    if ranks.main:
+        retire_summary(start.run_dir)
     return start
 
 
@@ -429,8 +434,9 @@ class _Loop:
         metrics = tally.metrics(epoch, self.optimizer.param_groups[0]["lr"], self.ranks, self.distill is not None)
         if metrics["train_samples"] == 0:
             raise QnnrunError(f"every batch of epoch {epoch + 1} had a non-finite loss and was skipped "
-                              f"(trainer.on_nan=skip_batch): the weights have diverged; lower optim.lr "
-                              f"(now {cfg.optim.lr}) and resume from a checkpoint before the divergence")
+                              f"(trainer.on_nan=skip_batch): the weights have diverged; start a new run at a lower "
+                              f"optim.lr (now {cfg.optim.lr}), from scratch or with init_from= a checkpoint "
+                              f"before the divergence (a resume continues the same run, at the same rate)")
         if (epoch + 1) % cfg.trainer.eval_every == 0 or epoch + 1 == epochs:
             result = self.evaluate_test()
             metrics.update(test_loss=result.loss, test_acc=result.acc)

@@ -84,6 +84,21 @@ def test_resume_path_takes_the_runs_own_config_and_an_extension_is_recorded(qnnr
     assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["run"]
 
 
+@pytest.mark.parametrize("method", [["method=uniq"], ["method=nbn"], ["method=sq"],
+                                    ["method=aqe", "method.alpha_end=1.0"]])
+def test_a_method_with_a_schedule_over_the_epochs_is_not_extended(qnnrun, tmp_path: Path, method: list[str]) -> None:
+    """Its stages / progression / ratios / alpha would be laid out again over the new length (UNIQ went
+    back to its first stage): refused, the finished run untouched."""
+    code, _, err = qnnrun("train", *method, "trainer.epochs=1", "hydra.run.dir=outputs/run", *FAST)
+    assert code == 0, err
+    run = tmp_path / "outputs/run"
+    before = _files(run)
+    code, _, err = qnnrun("train", "resume=outputs/run", "trainer.epochs=2", "extend=true", *FAST)
+    assert code == 1 and "over the run's 1 epochs, and extend=true would lay it out again over 2" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert _files(run) == before
+
+
 def test_while_an_extension_trains_its_folder_reads_as_unfinished(qnnrun, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The finished run's summary.json no longer tells the folder's state once extend=true trains on:

@@ -41,6 +41,8 @@ class AsymptoticQuantizedEstimator(LatentWeightMethod):
             raise QnnrunError(f"method.alpha_end={self.alpha_end} is not valid: expected null or a number in "
                               f"[method.alpha={self.alpha_start}, 1]")
         self.alpha = self.alpha_start
+        if self.alpha_end is not None:
+            self.epoch_schedule = "alpha's rise to method.alpha_end"
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> AsymptoticQuantizer:
         return AsymptoticQuantizer(level_kind(bits), bits, self.alpha)

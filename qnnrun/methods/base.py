@@ -53,6 +53,10 @@ class Method:
 
     # The bit widths (below 32) the method's quantizers run at; None: any of 1-8.
     layer_widths: ClassVar[tuple[int, ...] | None] = None
+    # What of the method's own schedule is laid over the run's epochs (UNIQ's stages, NBN's
+    # progression, SQ's ratios, AQE's rising alpha); None when nothing is. extend=true would lay it out
+    # again over the new length, so a run of such a method is not extended.
+    epoch_schedule: str | None = None
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

@@ -99,6 +99,7 @@ class ProgressiveQuantization(DirectSTE):
     and ``conf/method/nbn.yaml``). Quantizers are :class:`DirectSTE`'s (``quant.init``)."""
 
     static_parameters = False  # folded BatchNorms / frozen rows stop receiving gradients
+    epoch_schedule = "its progression"
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)

@@ -91,6 +91,7 @@ def sample_rows(weights: Tensor, count: int, generator: torch.Generator) -> Tens
 
 class StochasticQuantization(Method):
     name = "sq"
+    epoch_schedule = "its stages' ratios"
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)

@@ -45,6 +45,7 @@ def split_blocks(count: int, blocks: int) -> list[range]:
 class Uniq(Method):
     name = "uniq"
     static_parameters = False  # frozen blocks stop receiving gradients
+    epoch_schedule = "its stages"
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
