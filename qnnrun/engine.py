@@ -358,6 +358,7 @@ class _Loop:
             for _ in range(partial["batches"]):
                 next(batches)
             tally.restore(partial, self.ranks)
+            tally.start = time.perf_counter()  # reading the replayed batches again is not training time
             self.method.load_state_dict(self.start.checkpoint["method"])  # after on_epoch_start rebuilt it
             set_rng_state(partial["rng"])
             self.step += partial["batches"]

@@ -227,8 +227,9 @@ def _resume_requested(overrides: list[str]) -> bool:
 
 def find_sweep(overrides: list[str], root: Path = OUTPUTS_ROOT) -> Path | None:
     """The newest sweep folder under ``root`` whose ``multirun.yaml`` (written by Hydra when a sweep
-    starts) holds the same task overrides as ``overrides``, ``resume=`` and ``hydra.*`` aside."""
-    wanted = _canonical(overrides)
+    starts) holds the same task overrides as ``overrides``, ``resume=``, ``hydra.*`` and the settings
+    that do not change what a run computes (``trainer.progress``, threads, ...) aside."""
+    wanted = _run_overrides(overrides)
     if wanted is None or not root.is_dir():
         return None
     matches = []
@@ -237,7 +238,7 @@ def find_sweep(overrides: list[str], root: Path = OUTPUTS_ROOT) -> Path | None:
             saved = OmegaConf.load(path).hydra.overrides.task
         except Exception:  # not a Hydra sweep record: not ours to judge
             continue
-        if _canonical([str(o) for o in saved]) == wanted:
+        if _run_overrides([str(o) for o in saved]) == wanted:
             matches.append(path)
     return max(matches, key=lambda p: p.stat().st_mtime).parent if matches else None
 
@@ -313,6 +314,9 @@ def resume_sweep_args(args: list[str], root: Path = OUTPUTS_ROOT) -> list[str]:
         return args
     folder = find_sweep(overrides, root)
     if folder is None:
+        if any(arg in ("-m", "--multirun") for arg in args):
+            print(f"qnnrun: resume=true: no earlier sweep of these overrides under {root}/: starting a new sweep "
+                  f"(give hydra.sweep.dir=DIR to continue one elsewhere)", file=sys.stderr, flush=True)
         return args
     print(f"qnnrun: resume=true: continuing the sweep in {folder}", file=sys.stderr, flush=True)
     return [*args, f"hydra.sweep.dir='{folder}'"]

@@ -331,6 +331,9 @@ def test_resume_finds_the_sweep_of_the_same_overrides_only(tmp_path: Path) -> No
         OmegaConf.save({"hydra": {"overrides": {"task": task}}}, tmp_path / name / "multirun.yaml")
     found = resume_sweep_args(["-m", "seed=0,1", "method=fp, ste", "resume=true", "hydra/launcher=local"], tmp_path)
     assert found[-1] == f"hydra.sweep.dir='{tmp_path / 'a'}'"
+    # Settings that do not change the runs (progress bar, threads) may differ from the sweep's command.
+    quiet = ["-m", "seed=0,1", "method=fp,ste", "trainer.progress=false", "trainer.num_threads=1", "resume=true"]
+    assert resume_sweep_args(quiet, tmp_path)[-1] == f"hydra.sweep.dir='{tmp_path / 'a'}'"
     assert resume_sweep_args(["-m", "method=fp,ste", "seed=0,1"], tmp_path)[-1] == "seed=0,1"  # no resume=true
     assert resume_sweep_args(["-m", "method=fp", "resume=true"], tmp_path)[-1] == "resume=true"  # no such sweep
     given = ["-m", "method=fp,ste", "seed=0,1", "resume=true", "hydra.sweep.dir=mine"]
