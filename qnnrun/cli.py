@@ -613,7 +613,7 @@ def main() -> None:
             check_width_overrides(argv[1:])
         check_group_choices(argv[1:])
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
-        if not any(a in ("--help", "-h", "--hydra-help") for a in argv[1:]):
+        if not any(a in ("--help", "-h", "--hydra-help", "-sc", "--shell-completion") for a in argv[1:]):
             check_overrides(command, sys.argv[1:])
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)

@@ -77,7 +77,7 @@ class QuantConf:
     fold_bn: bool = False  # fold BatchNorm into the preceding conv/linear before quantizing (true for nbn/fbf/lbl)
     # Per-layer bit widths (mixed precision): layer-name pattern (glob) -> bits, or {w: bits, a: bits};
     # the first matching pattern wins over bits and the first/last layer policy. `qnnrun bops` lists the
-    # layer names. E.g. 'quant.layer_bits={"conv1": 8, "layer3.*": {w: 4, a: 4}}'
+    # layer names. E.g. 'quant.layer_bits={conv1: 8, layer3.*: {w: 4, a: 4}}' (keys unquoted)
     layer_bits: Any = None
 
 

@@ -203,6 +203,9 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
     assert qnnrun("-sc", "query=bash")[1].split() == ["train"]
     monkeypatch.setenv("COMP_LINE", "qnnrun train method=")
     assert {"method=fp", "method=ste"} <= set(qnnrun("-sc", "query=bash")[1].split())
+    # The README's install line prints the script that asks `qnnrun -sc query=bash` above.
+    code, out, err = qnnrun("train", "--shell-completion", "install=bash")
+    assert code == 0 and "complete -o nospace -o default -F hydra_bash_completion qnnrun" in out, err
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from qnnrun.checkpoint import check_output_folder
 from qnnrun.errors import QnnrunError
 from qnnrun.report.groups import Group, drop_repeated_seeds, group_runs
 from qnnrun.report.paired import Selector, check_baseline, paired_table, selector_text
-from qnnrun.report.plots import PLOTS
+from qnnrun.report.plots import BITS_PLOT, PLOTS
 from qnnrun.report.records import DONE, DUPLICATE, FAILED, INVALID, UNFINISHED, Problem, Run, find_runs
 from qnnrun.report.tables import (PROBLEMS_TITLE, bits_table, epochs_table, layer_policy_note, problems_table,
                                   summary_table, write_csv)
@@ -75,15 +75,19 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
                      + (waiting[selector] or paired_table(finished, selector)))
     check_output_folder(out_dir, "--out")
     write_csv(groups, out_dir / "report.csv")
+    drawn = []
     if plots and finished:
         for name, plot in PLOTS.items():
+            if name == BITS_PLOT and all(g.identity.mixed for g in finished):
+                continue  # mixed runs have no one bit width: nothing to draw against bits
             plot(finished, out_dir / name)
+            drawn.append(name)
     # Last: reading the curves (epochs table, plots) may have added notes about unreadable events.
     table = problems_table(runs, problems)
     if table:
         parts.append(f"{PROBLEMS_TITLE}\n\n{table}")
-    if plots and finished:
-        parts.append("## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in PLOTS))
+    if drawn:
+        parts.append("## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in drawn))
     # Folder names that are not UTF-8 (surrogates in str(path)) are written as escapes, not refused.
     text = ("\n\n".join(filter(None, parts)) + "\n").encode("utf-8", "backslashreplace").decode("utf-8")
     (out_dir / "report.md").write_text(text, encoding="utf-8")

@@ -361,5 +361,6 @@ def _draw_curve(ax: Any, name: str, group: Group, style: Mapping[str, Any]) -> b
     return True
 
 
-PLOTS = {"accuracy_vs_bits.png": plot_accuracy_vs_bits, "accuracy_vs_gbops.png": plot_accuracy_vs_gbops,
+BITS_PLOT = "accuracy_vs_bits.png"
+PLOTS = {BITS_PLOT: plot_accuracy_vs_bits, "accuracy_vs_gbops.png": plot_accuracy_vs_gbops,
          "test_accuracy_curves.png": plot_test_curves}

@@ -24,8 +24,11 @@ def test_a_mixed_run_takes_no_layer_policy_from_its_config(tmp_path: Path) -> No
     groups = group_runs(find_runs([runs])[0])
     assert [(g.identity.mixed, g.extras) for g in groups] == [(False, {"quant.first_layer": "same"}), (True, {})]
     shutil.rmtree(runs / "uniform")  # a search alone: no bits table, and no empty heading for one
-    text = build_report([runs], tmp_path / "out", plots=False)
+    text = build_report([runs], tmp_path / "out")
     assert "mixed[w 8,2 a 8,2]" in text and "## By bits" not in text
+    # nor an empty accuracy-vs-bits plot
+    assert not (tmp_path / "out" / "accuracy_vs_bits.png").exists() and "accuracy_vs_bits" not in text
+    assert (tmp_path / "out" / "accuracy_vs_gbops.png").exists() and "![accuracy_vs_gbops.png]" in text
 
 
 def test_pareto_front_keeps_points_no_other_beats() -> None:
