@@ -47,7 +47,7 @@ from qnnrun.quant.layers import fully_quantized
 from qnnrun.optim import build_optimizer, method_lr_factor
 from qnnrun.runs import (BEST_CKPT, HPARAM_DOMAINS, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
                          checkpoint_state, hparams_record, log_costs, log_epoch, log_hparams, log_step, prepare_run_dir,
-                         refuse_existing_run, resolve_resume, retire_summary, summary_record)
+                         lock_run_dir, refuse_existing_run, resolve_resume, retire_summary, summary_record)
 from qnnrun.schema import absent_method_options
 from qnnrun.stop import StopRequest, interrupted
 from qnnrun.tally import EpochTally, set_rng_state
@@ -153,12 +153,17 @@ def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: tor
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    loop = _Loop(cfg, _open_run(cfg, run_dir, ranks), ranks, device)
-    with StopRequest() as stop:
-        for epoch in range(loop.start_epoch, cfg.trainer.epochs):
-            loop.train_epoch(epoch, stop)
-            loop.end_epoch(epoch, stop)
-    return loop.finish(overrides)
+    start = _open_run(cfg, run_dir, ranks)
+    try:
+        loop = _Loop(cfg, start, ranks, device)
+        with StopRequest() as stop:
+            for epoch in range(loop.start_epoch, cfg.trainer.epochs):
+                loop.train_epoch(epoch, stop)
+                loop.end_epoch(epoch, stop)
+        return loop.finish(overrides)
+    finally:
+        if start.lock is not None:  # released here, not whenever the handle is collected (sweeps run in one process)
+            start.lock.close()
 
 
 @dataclass
@@ -170,19 +175,32 @@ class _Start:
     resume_from: Path | None = None
     checkpoint: dict[str, Any] | None = None
     extensions: list[dict[str, int]] = field(default_factory=list)  # extend=true steps, oldest first
+    lock: Any = None  # rank 0's lock on run_dir (qnnrun.runs.lock_run_dir), held while the run trains
 
 
 def _open_run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks) -> _Start:
-    """Resolve ``resume``, refuse a folder that holds another run, prepare the folder (rank 0), and
-    check a resumed run's config against its checkpoint (``extend=true`` notes the longer run)."""
+    """Resolve ``resume``, refuse a folder that holds another run, prepare the folder (rank 0), check
+    a resumed run's config against its checkpoint (``extend=true`` notes the longer run), and lock the
+    folder for this training (rank 0; only then is anything in it changed)."""
     resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
     if ranks.main:
         if resume_from is None:
             refuse_existing_run(run_dir)
         prepare_run_dir(run_dir)
     start = _Start(run_dir, OmegaConf.to_container(cfg, resolve=True), resume_from)
-    if resume_from is None:
-        return start
+    if resume_from is not None:
+        _check_resume(cfg, start)
+    if ranks.main:
+        start.lock = lock_run_dir(run_dir)
+        if resume_from is not None:
+            retire_summary(run_dir)
+    return start
+
+
+def _check_resume(cfg: DictConfig, start: _Start) -> None:
+    """Load the checkpoint ``start`` resumes and check that ``cfg`` continues its run (``extend=true``
+    noted in ``start.extensions``)."""
+    resume_from = start.resume_from
     start.checkpoint = checkpoint = load_checkpoint(resume_from)
     absent = absent_method_options(checkpoint["config"])
     if absent:  # the run goes on as the version that wrote it ran, not with today's defaults
@@ -202,9 +220,6 @@ def _open_run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks) -> _Star
                                  "epochs": int(cfg.trainer.epochs)})
         log.info("extending %s from %d to %d epochs at epoch %d", resume_from, epochs_before,
                  cfg.trainer.epochs, checkpoint["epoch"])
-    if ranks.main:
-        retire_summary(start.run_dir)
-    return start
 
 
 class _Loop:

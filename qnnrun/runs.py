@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -64,6 +65,8 @@ STEP_TAG_PREFIX = "train_step/"
 HPARAM_METRICS = ("test/acc", "test/best_acc", "test/vs_init")
 # What Hydra writes into a run folder before the run starts: a folder holding nothing else holds no run.
 HYDRA_FILES = {".hydra", "train.log"}
+# The lock a training holds on its run folder while it runs (lock_run_dir); not a record of the run.
+RUN_LOCK = ".qnnrun-lock"
 HYDRA_CONFIGS = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 # Where a sweep notes which job trains each distinct run (one file per run identity).
 CLAIMS = ".qnnrun-claims"
@@ -217,6 +220,31 @@ def retire_summary(run_dir: Path) -> None:
         os.replace(run_dir / SUMMARY, run_dir / PREVIOUS_SUMMARY)
 
 
+def lock_run_dir(run_dir: Path) -> Any:
+    """Hold an exclusive lock on ``run_dir`` for as long as the returned file stays open (the process
+    that trains the run: the lock goes with the process, however it ends); a second training of the
+    same folder (the same resume started twice) is refused with one line instead of training beside it.
+    The holder then removes the temporary files of checkpoint writes a killed process left behind."""
+    import fcntl
+
+    handle = open(run_dir / RUN_LOCK, "a+")  # noqa: SIM115 - held open for the run's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise QnnrunError(f"{run_dir} is being trained by {holder}: one process per run folder (wait for it, "
+                          f"or stop it and resume)") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    for stale in run_dir.glob(".*.tmp"):  # checkpoint writes a killed process left behind
+        stale.unlink(missing_ok=True)
+    return handle
+
+
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a run's records: a checkpoint, or a summary of a finished run."""
     summary = read_summary(run_dir)
@@ -231,11 +259,8 @@ def refuse_existing_run(run_dir: Path) -> None:
 
 
 def prepare_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir``, check that files can be written there (before any work is done), and
-    remove temporary files of checkpoint writes a killed process left behind."""
+    """Create ``run_dir`` and check that files can be written there (before any work is done)."""
     check_output_folder(run_dir, "hydra.run.dir")
-    for stale in run_dir.glob(".*.tmp"):
-        stale.unlink(missing_ok=True)
 
 
 # Run folder names: the settings that tell a run apart, the most telling first, as short parts that any
@@ -403,7 +428,7 @@ def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
     except OSError:
         return False
     hydra = run_dir / ".hydra"
-    if not entries <= HYDRA_FILES or (hydra.exists() and not _only(hydra, HYDRA_CONFIGS)):
+    if not entries <= HYDRA_FILES | {RUN_LOCK} or (hydra.exists() and not _only(hydra, HYDRA_CONFIGS)):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     keep = keep.resolve()

@@ -24,6 +24,7 @@ from qnnrun import engine
 from qnnrun.checkpoint import load_checkpoint
 from qnnrun.data.loader import TensorLoader
 from qnnrun.errors import Interrupted, QnnrunError
+from qnnrun.runs import lock_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 # SQ draws random float rows every step from its own generator, and the MLP uses dropout: both
@@ -179,7 +180,7 @@ WRITER = textwrap.dedent("""
 def test_kill_9_during_checkpoint_writes_never_leaves_a_corrupt_file(tmp_path: Path) -> None:
     """A process saving 2 MiB checkpoints in a loop is killed with SIGKILL at random moments, several
     times: last.ckpt always loads and is one whole version; leftover temporary files are removed
-    by the next run's folder check."""
+    by the next training to lock the folder."""
     path = tmp_path / "last.ckpt"
     draw = random.Random(7)
     versions = []
@@ -196,7 +197,7 @@ def test_kill_9_during_checkpoint_writes_never_leaves_a_corrupt_file(tmp_path: P
             assert weights.shape == (512, 1024) and bool((weights == ckpt["epoch"]).all())
             versions.append(ckpt["epoch"])
     assert versions, "no write finished before any kill: the test did not exercise anything"
-    engine.prepare_run_dir(tmp_path)
+    lock_run_dir(tmp_path).close()
     assert not list(tmp_path.glob(".*.tmp"))
     assert load_checkpoint(path)["epoch"] == versions[-1]
 

@@ -123,6 +123,23 @@ def test_while_an_extension_trains_its_folder_reads_as_unfinished(qnnrun, tmp_pa
     assert (_summary(run)["status"], _summary(run)["epochs"]) == ("done", 2)
 
 
+def test_a_run_folder_trains_in_one_process_at_a_time(qnnrun, tmp_path: Path) -> None:
+    """The same resume started twice must not train beside itself: the second is refused while the
+    first holds the folder's lock, and goes on once it is released (as when the first process ends)."""
+    from qnnrun.runs import lock_run_dir
+
+    code, _, err = qnnrun("train", "trainer.epochs=1", "hydra.run.dir=outputs/run", *FAST)
+    assert code == 0, err
+    run = tmp_path / "outputs/run"
+    held = lock_run_dir(run)
+    code, _, err = qnnrun("train", "resume=outputs/run", "trainer.epochs=2", "extend=true", *FAST)
+    assert code == 1 and "outputs/run is being trained by process" in err and len(err.strip().splitlines()) == 1, err
+    assert _summary(run)["epochs"] == 1 and not (run / "summary.previous.json").exists()
+    held.close()
+    code, _, err = qnnrun("train", "resume=outputs/run", "trainer.epochs=2", "extend=true", *FAST)
+    assert code == 0 and _summary(run)["epochs"] == 2, err
+
+
 def test_a_fresh_run_never_writes_into_a_folder_holding_a_run(qnnrun, tmp_path: Path) -> None:
     code, _, err = qnnrun("train", "trainer.epochs=1", "hydra.run.dir=outputs/run", *FAST)
     assert code == 0, err
