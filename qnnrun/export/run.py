@@ -68,7 +68,9 @@ def integer_export(run: SavedRun) -> dict[str, Any]:
         raise QnnrunError(f"method={run.config.method.name} at bits.w={run.config.bits.w} has no quantized weights: "
                           f"format=int needs a quantized run (valid methods: every one but fp)")
     replaced = exported_keys(run.model, records)
-    float_state = {k: v.cpu() for k, v in run.model.state_dict().items() if not replaced(k)}
+    # An input quantizer's extra state (a float layer's quantized input) is a dict, not a tensor.
+    float_state = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in run.model.state_dict().items()
+                   if not replaced(k)}
     return {"format": INT_FORMAT, "version": INT_VERSION, "config": OmegaConf.to_container(run.config),
             "info": asdict(run.info), "epoch": run.epoch, "layers": records, "float_state": float_state,
             "sizes": weight_sizes(run, records), "bn_folded_in_training": bool(getattr(run.method, "folded", False))}
@@ -150,8 +152,11 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
                           "model is checked by qnnrun eval backend=int)")
     source = Path(checkpoint)
     stem = source / "model" if source.is_dir() else source.with_suffix("")
-    path = Path(output) if output else stem.with_suffix(".onnx" if fmt == "onnx" else ".int.pt")
+    path = Path(output) if output else stem.parent / (stem.name + (".onnx" if fmt == "onnx" else ".int.pt"))
     check_output_file(path, "output")
+    if path.exists() or path.is_symlink():  # a checkpoint, a run's records, an earlier export: never replaced
+        raise QnnrunError(f"output={path} exists: qnnrun export writes a new file and replaces none (remove it, "
+                          f"or give output=PATH)")
     if check:
         try:
             import onnxruntime  # noqa: F401 - refused here, before the graph is written

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from fractions import Fraction
 from pathlib import Path
 
@@ -251,6 +252,22 @@ def test_export_file_round_trips_and_its_size_is_the_weight_memory(runs: Runs, d
         in_memory = integer_model(runs.export(name), CPU)
         images, _ = next(iter(digits_test))
         assert torch.equal(from_file(images), in_memory(images))
+
+
+def test_export_never_replaces_a_file_and_names_dotted_checkpoints_apart(runs: Runs, tmp_path: Path) -> None:
+    """Given the checkpoint it reads as output, export must refuse, not destroy the run; an earlier
+    export is not replaced either; run.v1.ckpt and run.v2.ckpt export to files of their own."""
+    folder = runs.folder("ste")
+    before = (folder / "last.ckpt").read_bytes()
+    with pytest.raises(QnnrunError, match=r"last.ckpt exists: qnnrun export writes a new file and replaces none"):
+        export_checkpoint(str(folder / "last.ckpt"), "int", str(folder / "last.ckpt"), "cpu")
+    assert (folder / "last.ckpt").read_bytes() == before
+    for version in ("v1", "v2"):
+        shutil.copy(folder / "last.ckpt", tmp_path / f"run.{version}.ckpt")
+        export_checkpoint(str(tmp_path / f"run.{version}.ckpt"), "int", None, "cpu")
+    assert sorted(p.name for p in tmp_path.glob("*.int.pt")) == ["run.v1.int.pt", "run.v2.int.pt"]
+    with pytest.raises(QnnrunError, match=r"run.v1.int.pt exists"):
+        export_checkpoint(str(tmp_path / "run.v1.ckpt"), "int", None, "cpu")
 
 
 def _tensors(tree):
