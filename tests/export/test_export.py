@@ -270,6 +270,16 @@ def test_export_never_replaces_a_file_and_names_dotted_checkpoints_apart(runs: R
         export_checkpoint(str(tmp_path / "run.v1.ckpt"), "int", None, "cpu")
 
 
+def test_a_float_layer_with_a_quantized_input_exports(tmp_path: Path) -> None:
+    """quant.layer_bits={classifier: {w: 32, a: 8}}: the classifier stays a fake-quant module, whose input
+    quantizer's extra state is a dict, not a tensor (format=int crashed on it)."""
+    overrides = ["method=ste", "bits=4", "trainer.epochs=1", "trainer.num_threads=1", "trainer.progress=false",
+                 "quant.first_layer=same", "quant.last_layer=same", "quant.layer_bits={classifier: {w: 32, a: 8}}"]
+    train(compose_config(overrides, data_dir=tmp_path / "data"), tmp_path / "run")
+    line = export_checkpoint(str(tmp_path / "run"), "int", None, "cpu")
+    assert "integer layers" in line and (tmp_path / "run" / "model.int.pt").is_file()
+
+
 def _tensors(tree):
     if isinstance(tree, torch.Tensor):
         yield tree
