@@ -63,8 +63,10 @@ STEP_TAG_PREFIX = "train_step/"
 # The HParams view's metrics: curves above, whose last value is the run's (final test accuracy, best
 # so far, change from the init_from net's), so no scalar is written for HParams alone.
 HPARAM_METRICS = ("test/acc", "test/best_acc", "test/vs_init")
+# The folder Hydra writes a run's config and overrides into (hydra.output_subdir).
+HYDRA_SUBDIR = ".hydra"
 # What Hydra writes into a run folder before the run starts: a folder holding nothing else holds no run.
-HYDRA_FILES = {".hydra", "train.log"}
+HYDRA_FILES = {HYDRA_SUBDIR, "train.log"}
 # The lock a training holds on its run folder while it runs (lock_run_dir); not a record of the run.
 RUN_LOCK = ".qnnrun-lock"
 HYDRA_CONFIGS = {"config.yaml", "hydra.yaml", "overrides.yaml"}
@@ -427,7 +429,7 @@ def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
         entries = {entry.name for entry in run_dir.iterdir()}
     except OSError:
         return False
-    hydra = run_dir / ".hydra"
+    hydra = run_dir / HYDRA_SUBDIR
     if not entries <= HYDRA_FILES | {RUN_LOCK} or (hydra.exists() and not _only(hydra, HYDRA_CONFIGS)):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -521,7 +523,7 @@ def resume_single_run_args(args: list[str]) -> list[str]:
             run_dir = str(folder)
             quote = next((q for q in ("'", '"') if q not in run_dir), "")
             extra.append(f"hydra.run.dir={quote}{run_dir}{quote}")
-    if resume not in (None, False) and run_dir is not None and (Path(str(run_dir)) / ".hydra").is_dir():
+    if resume not in (None, False) and run_dir is not None and (Path(str(run_dir)) / HYDRA_SUBDIR).is_dir():
         extra.append("hydra.output_subdir=null")
     return [*args, *extra]
 

@@ -34,14 +34,13 @@ from omegaconf import DictConfig, OmegaConf
 from qnnrun.checkpoint import load_checkpoint, write_text_atomic
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
-from qnnrun.runs import (FAILURES, LAST_CKPT, SUMMARY, bounded_name, claim_run, identity_fields, is_free, name_parts,
-                         name_settings, noted_failures, read_summary, run_identity)
+from qnnrun.runs import (FAILURES, HYDRA_SUBDIR, LAST_CKPT, SUMMARY, bounded_name, claim_run, identity_fields, is_free,
+                         name_parts, name_settings, noted_failures, read_summary, run_identity)
 
 log = logging.getLogger("qnnrun")
 
-# A job's Hydra files, and their copy kept while a resumed sweep's job starts (keep_job_configs).
-HYDRA_SUBDIR = ".hydra"
-KEPT_CONFIGS = ".hydra.kept"
+# A copy of a job's Hydra files kept while a resumed sweep's job starts (keep_job_configs).
+KEPT_CONFIGS = HYDRA_SUBDIR + ".kept"
 # Where `resume=true` looks for earlier sweeps: the default hydra.sweep.dir lives under it.
 OUTPUTS_ROOT = Path("outputs")
 
@@ -294,7 +293,7 @@ def _earlier_folder(num: int, overrides: list[str], sweep_dir: Path) -> str | No
         return None
     for folder in sorted(sweep_dir.glob(f"{num}_*")):
         try:
-            saved = [str(o) for o in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
+            saved = [str(o) for o in OmegaConf.load(folder / HYDRA_SUBDIR / "overrides.yaml")]
         except Exception:  # no Hydra record there (or not a list): not a job's folder
             continue
         if _run_overrides(saved) == wanted:

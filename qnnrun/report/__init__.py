@@ -59,7 +59,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
             raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
     groups = group_runs(runs, ignore)
     repeats = drop_repeated_seeds(groups)
-    runs, problems = [r for r in runs if r.path not in {p.path for p in repeats}], [*problems, *repeats]
+    repeated = {p.path for p in repeats}
+    runs, problems = [r for r in runs if r.path not in repeated], [*problems, *repeats]
     finished = [g for g in groups if g.done]
     unfinished = sum(r.status == UNFINISHED for r in runs)
     waiting = {selector: check_baseline(groups, selector, keys, ignore, unfinished) for selector in paired}

@@ -173,19 +173,24 @@ def group_label(group: Group, shown: Sequence[str], with_bits: bool = True) -> s
     return " ".join(parts)
 
 
-def front_groups(groups: Sequence[Group]) -> list[int]:
-    """Indices of the groups on the accuracy-vs-GBOPs Pareto front (mean final test accuracy against
-    mean GBOPs per image; quantized and float, uniform and mixed alike), by increasing GBOPs. Groups
-    of different models or data sets are not compared: the front is taken per (model, data set)."""
+def fronts_by_task(groups: Sequence[Group]) -> list[list[int]]:
+    """Per (model, data set): indices of the groups on its accuracy-vs-GBOPs Pareto front (mean final
+    test accuracy against mean GBOPs per image; quantized and float, uniform and mixed alike), by
+    increasing GBOPs. Groups of different models or data sets are not compared."""
     by_task: dict[tuple[str, str], list[int]] = defaultdict(list)
     for index, g in enumerate(groups):
         if g.mean("test_acc") is not None and g.mean("gbops") is not None:
             by_task[(g.identity.model, g.identity.dataset)].append(index)
-    front = []
+    fronts = []
     for members in by_task.values():
         points = [(groups[i].mean("gbops"), groups[i].mean("test_acc")) for i in members]
-        front += [members[i] for i in pareto_front(points)]
-    return front
+        fronts.append([members[i] for i in pareto_front(points)])
+    return fronts
+
+
+def front_groups(groups: Sequence[Group]) -> list[int]:
+    """Indices of the groups on the Pareto front of their model and data set (:func:`fronts_by_task`)."""
+    return [index for front in fronts_by_task(groups) for index in front]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

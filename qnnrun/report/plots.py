@@ -18,7 +18,7 @@ from typing import Any
 
 from qnnrun.methods import METHODS
 from qnnrun.quant.convert import FLOAT_BITS
-from qnnrun.report.groups import Group, front_groups, group_label, values_by_epoch, varying_keys
+from qnnrun.report.groups import Group, fronts_by_task, group_label, values_by_epoch, varying_keys
 from qnnrun.report.placement import dodge, place_labels, step_samples
 from qnnrun.report.records import CURVE_TAG
 
@@ -258,13 +258,11 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
     for name in sorted(series):
         _draw_points(ax, name, [(x, p[3], p[4]) for x, p in zip(xs, points) if p[0] == name], styles[name],
                      linestyle="none")
-    # One front per model and data set, as the table marks it (front_groups).
-    front = front_groups([p[1] for p in points])
-    fronts: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for i in front:
-        fronts[(points[i][1].identity.model, points[i][1].identity.dataset)].append(i)
+    # One front per model and data set, as the table marks it.
+    fronts = fronts_by_task([p[1] for p in points])
+    front = {i for members in fronts for i in members}
     steps = [np.zeros((0, 2))]
-    for members in fronts.values():
+    for members in fronts:
         front_xs, front_ys = [xs[i] for i in members], [ys[i] for i in members]
         ax.step(front_xs, front_ys, where="post", color="black", linewidth=1, alpha=0.6, zorder=1)  # under the bars
         ax.scatter(front_xs, front_ys, s=FRONT_CIRCLE ** 2, facecolors="none", edgecolors="black")

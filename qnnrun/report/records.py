@@ -28,7 +28,7 @@ import yaml
 
 from qnnrun.errors import QnnrunError
 from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES
-from qnnrun.runs import EPOCH_TAGS, LAST_CKPT, STEP_CURVES, SUMMARY, is_free
+from qnnrun.runs import EPOCH_TAGS, HYDRA_SUBDIR, LAST_CKPT, STEP_CURVES, SUMMARY, is_free
 
 # The largest cost or time a record may hold: far above any real run, and far enough below the
 # float range that sums, standard deviations and log axes over many runs stay finite.
@@ -56,9 +56,9 @@ NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 # How a reader of a file that may hold anything fails: missing or unreadable file, bytes that are
 # not UTF-8, text that is not JSON / YAML, nesting too deep to parse.
 UNREADABLE = (OSError, ValueError, yaml.YAMLError, RecursionError)
-OVERRIDES_FILE = Path(".hydra", "overrides.yaml")
-CONFIG_FILE = Path(".hydra", "config.yaml")
-HYDRA_FILE = Path(".hydra", "hydra.yaml")
+OVERRIDES_FILE = Path(HYDRA_SUBDIR, "overrides.yaml")
+CONFIG_FILE = Path(HYDRA_SUBDIR, "config.yaml")
+HYDRA_FILE = Path(HYDRA_SUBDIR, "hydra.yaml")
 
 
 @dataclass(frozen=True, order=True)
