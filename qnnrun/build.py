@@ -17,6 +17,7 @@ from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import Method, build_method
 from qnnrun.models import build_model
+from qnnrun.quant.fold import find_batchnorm_pairs, folded_in, give_bias, mark_folded
 from qnnrun.quant.layers import set_recompute_input
 
 
@@ -63,7 +64,7 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
     state = load_checkpoint(init_from)["model"] if init_from else None
     misfit = _misfit(model, state, init_from) if state is not None else None
     if state is not None and misfit is None:
-        _load_own_keys(model, state)
+        load_weights(model, state, example_input(info, device))
     method = build_method(cfg)
     model = method.build(model, example_input(info, device)).to(device)
     if misfit is not None:
@@ -71,7 +72,7 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
         # BatchNorm) fits the model as this method builds it, when it is the same method.
         if _misfit(model, state, init_from) is not None:
             raise QnnrunError(misfit)
-        _load_own_keys(model, state)
+        load_weights(model, state, example_input(info, device))
     set_recompute_input(model, bool(cfg.trainer.recompute_quant))
     return model, method
 
@@ -108,8 +109,16 @@ def init_test_acc(init_from: str | None) -> float | None:
     return float(history[-1]["test_acc"])
 
 
-def _load_own_keys(model: nn.Module, state: Mapping[str, Tensor]) -> None:
-    """Load ``model``'s own keys from ``state``, leaving the others (quantizer state) behind."""
+def load_weights(model: nn.Module, state: Mapping[str, Tensor], example: Tensor) -> None:
+    """Load ``model``'s own keys from a checkpoint's ``state``, leaving the others (quantizer state)
+    behind. A conv/linear whose bias ``state`` holds gets one, and a BatchNorm that ``state`` holds
+    folded into the layer before it (nbn/fbf/lbl, ``quant.fold_bn``) becomes the identity it was: the
+    model is then the checkpoint's network, not one without the folded shifts. ``example`` is an
+    input batch [B, C, H, W] (:func:`example_input`) to find the BatchNorms' layers with."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and f"{name}.bias" in state:
+            give_bias(module)
+    mark_folded(model, folded_in(state, model, find_batchnorm_pairs(model, example)))
     model.load_state_dict({k: state[k] for k in model.state_dict()})
 
 

@@ -37,6 +37,7 @@ from qnnrun.data import DataBundle, DataInfo, build_data
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate, reestimate_batchnorm
 from qnnrun.methods import METHODS, Method, build_method
+from qnnrun.methods.bnn import LatentWeightMethod
 from qnnrun.metrics.bops import layer_costs
 from qnnrun.quant.convert import FLOAT_BITS, LayerBits, forward_order
 from qnnrun.quant.fold import batchnorm_pairs, fold_batchnorm
@@ -365,7 +366,9 @@ def layer_bops(run: DictConfig, base: nn.Module, info: DataInfo, layers: Sequenc
     counted as ``qnnrun train`` / ``qnnrun bops`` count them (the image input stays >= 8 bits)."""
     device = next(base.parameters()).device
     model, _ = quantized_copy(run, base, info, {name: LayerBits(bits, bits) for name in layers}, device)
-    return {cost.name: cost.bops for cost in layer_costs(model, example_input(info, device, 1))}
+    bops = {cost.name: cost.bops for cost in layer_costs(model, example_input(info, device, 1))}
+    names = {module: name for name, module in model.named_modules()}
+    return {layer: bops[names[quantized_module(model, layer)]] for layer in layers}
 
 
 def check_budget(budget_gbops: float, low: Mapping[str, float], low_bits: int) -> None:
@@ -564,11 +567,24 @@ def write_outputs(folder: Path, text: str, result: Sensitivity) -> None:
         raise
 
 
+def check_checkpoint_method(saved: DictConfig, checkpoint: Path) -> None:
+    """Refuse, in one line, a checkpoint whose network is not the float model with its weights: a
+    bnn/qnn/aqe run computes with hard-tanh activations (and a BatchNorm on the logits),
+    which the float model that every measurement starts from does not have."""
+    name = str(saved.method.name)
+    if issubclass(METHODS.get(name, Method), LatentWeightMethod):
+        valid = sorted(n for n, cls in METHODS.items() if not issubclass(cls, LatentWeightMethod))
+        raise QnnrunError(f"checkpoint={checkpoint} is a method={name} run: its network (hard-tanh activations, "
+                          f"a BatchNorm on the logits) is not the float model qnnrun sensitivity quantizes one layer "
+                          f"at a time; valid are checkpoints of {', '.join(valid)} runs")
+
+
 # ---- the command --------------------------------------------------------------------------------
 def load_network(cfg: DictConfig, options: Options) -> tuple[DictConfig, DataInfo, nn.Module, int]:
     """The run config (:func:`run_config`), data-set shape, float network (on the device) and epoch of
     the checkpoint; a bad quant option fails here, before any data is read."""
     ckpt = load_checkpoint(options.checkpoint)
+    check_checkpoint_method(saved_config(ckpt["config"]), options.checkpoint)
     run = run_config(ckpt["config"], cfg, options.checkpoint)
     check_int("quant.calib_batches", run.quant.calib_batches, 1)  # nothing is trained: the ranges need data
     validate_quant(with_widths(run, {"*": LayerBits(options.bits, options.bits)}))

@@ -15,7 +15,7 @@ from qnnrun.data import build_data, dataset_info
 from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import load_saved_run
-from qnnrun.export.run import compare_predictions, integer_export, integer_model
+from qnnrun.export.run import compare_predictions, export_checkpoint, integer_export, integer_model
 from qnnrun.methods import METHODS
 from qnnrun.metrics.bops import layer_costs, totals
 from qnnrun.quant.convert import LayerBits, layer_bits
@@ -113,6 +113,11 @@ def test_a_mixed_run_records_its_widths_and_exports_them(tmp_path: Path) -> None
     test = build_data(cfg.dataset, data_dir=tmp_path / "data", cache_dir=tmp_path / "cache", device=CPU, seed=0).test
     agreement = compare_predictions(run.model, integer_model(export, CPU), test)
     assert agreement.images == 360 and agreement.disagreements == 0
+    onnx = pytest.importorskip("onnx")
+    export_checkpoint(str(tmp_path / "run"), "onnx", str(tmp_path / "run.onnx"), "cpu")
+    meta = {prop.key: prop.value for prop in onnx.load(str(tmp_path / "run.onnx")).metadata_props}
+    assert json.loads(meta["qnnrun.layer_bits"]) == summary["layer_bits"]
+    assert meta["qnnrun.bits"] == run.method.bits_label and meta["qnnrun.bits"].startswith("mixed (features.4 W4/A3")
 
 
 def test_rules_the_method_refuses_fail_before_training(tmp_path: Path) -> None:

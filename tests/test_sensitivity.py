@@ -14,9 +14,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_utils import compose_config, run_cli
 from omegaconf import DictConfig, open_dict
 
+from qnnrun.data import DataInfo
 from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS
+from qnnrun.models import build_model
+from qnnrun.quant.fold import batchnorm_pairs, fold_batchnorm
+from qnnrun.schema import saved_config
 from qnnrun.sensitivity import (CSV_FIELDS, CSV_FILE, MODES, PNG_FILE, SIGNATURE, TEXT_FILE, UNSUITED_METHODS,
                                 Sensitivity, check_options, check_output, gbops_rounded_up, layer_bits_override,
                                 propose_widths, relative_error, run_sensitivity)
@@ -113,6 +117,49 @@ def test_the_proposal_is_under_the_budget_and_lowers_the_cheapest_layers_first(f
     assert proposal.low_bops / 1e9 < proposal.budget_gbops == BUDGET < proposal.high_bops / 1e9
     assert proposal.bops / 1e9 <= BUDGET and list(proposal.widths) == list(LAYERS)
     assert set(proposal.widths.values()) <= {2, 8} and 2 in proposal.widths.values()
+
+
+def test_a_batchnorm_folded_checkpoint_is_measured_as_it_evaluates(float_run: Path, tmp_path: Path) -> None:
+    """The float run with its BatchNorms folded into biases (what nbn/fbf/lbl and ``quant.fold_bn``
+    checkpoints hold) has the same baseline: the folded shifts are not dropped (they were: 10 points
+    lower on a digits nbn run)."""
+    ckpt = torch.load(float_run / "last.ckpt", weights_only=True)
+    info = DataInfo(**ckpt["info"])
+    model = build_model(saved_config(ckpt["config"]).model, in_channels=info.in_channels,
+                        num_classes=info.num_classes, image_size=info.image_size)
+    model.load_state_dict(ckpt["model"])
+    example = torch.zeros(2, info.in_channels, info.image_size, info.image_size)
+    fold_batchnorm(model, batchnorm_pairs(model, example))
+    ckpt["model"] = model.state_dict()
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    cfg = _config(tmp_path, "bits=8", f"output={tmp_path / 'out'}")
+    result = run_sensitivity(cfg, check_options(cfg))[0]
+    assert result.baseline_acc == pytest.approx(json.loads((float_run / "summary.json").read_text())["test_acc"])
+
+
+@pytest.mark.parametrize("method", ["aqe", "qnn"])
+def test_a_method_that_wraps_the_last_layer_proposes_widths_for_it(float_run: Path, method: str) -> None:
+    """aqe and qnn put the last layer in a Sequential with a BatchNorm on the logits: the proposal
+    still counts its BOPs under the layer's own name (it raised KeyError 'classifier')."""
+    cfg = _config(float_run, f"method={method}", "bits=2", f"budget_gbops={BUDGET}", "batches=1")
+    proposal = run_sensitivity(cfg, check_options(cfg))[1]
+    assert list(proposal.widths) == list(LAYERS) and proposal.bops / 1e9 <= BUDGET
+
+
+@pytest.mark.parametrize("method", ["bnn", "qnn", "aqe"])
+def test_a_latent_weight_run_is_refused_in_one_line_naming_why(float_run: Path, tmp_path: Path, method: str,
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = torch.load(float_run / "last.ckpt", weights_only=True)
+    ckpt["config"]["method"] = {"name": method}
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(ckpt, run / "last.ckpt")
+    code, _, err = run_cli(["sensitivity", f"checkpoint={run}"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"is a method={method} run: its network (hard-tanh activations" in err
+    assert "valid are checkpoints of dorefa, fbf, fp, lbl, lsq, nbn, pact, sq, ste, uniq runs" in err
+    assert sorted(p.name for p in run.iterdir()) == ["last.ckpt"]
 
 
 def test_batches_n_evaluates_the_first_n_test_batches(float_run: Path) -> None:

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from qnnrun.errors import QnnrunError
 from qnnrun.export.grids import probe_batch, weight_codes
+from qnnrun.metrics.bops import layer_costs
 from qnnrun.quant.grids import RoundGrid
 from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
 
@@ -177,9 +178,16 @@ CLASS_NAMES = {
 
 def model_metadata(run: SavedRun, source: Path) -> dict[str, str]:
     """What a deployment needs to feed the graph and read its output (ONNX ``metadata_props``, all
-    text): the preprocessing of the input, its shape, the class names, and where the model came from."""
+    text): the preprocessing of the input, its shape, the class names, and where the model came from.
+    The widths as ``summary.json`` has them: ``bits_w``/``bits_a`` the run's ``bits``, ``bits`` the
+    log's label (``W2/A2`` or ``mixed (...)``), ``layer_bits`` a mixed run's real width of every
+    conv/linear (JSON name -> {w, a}, forward order; ``null`` when one width runs throughout)."""
     dataset = run.config.dataset
     classes = CLASS_NAMES.get(run.info.name, [str(i) for i in range(run.info.num_classes)])
+    layer_bits = None
+    if run.method.mixed:
+        costs = layer_costs(run.model, probe_batch(run.info, next(run.model.parameters()).device))
+        layer_bits = {c.name: {"w": c.weight_bits, "a": c.input_bits} for c in costs}
     return {
         "qnnrun.preprocessing": "images [N, C, H, W] float32: pixels (0-255) divided by 255, then per channel "
                                 "(x - mean) / std",
@@ -187,7 +195,8 @@ def model_metadata(run: SavedRun, source: Path) -> dict[str, str]:
         "qnnrun.in_channels": str(run.info.in_channels), "qnnrun.image_size": str(run.info.image_size),
         "qnnrun.class_names": json.dumps(classes), "qnnrun.dataset": run.info.name,
         "qnnrun.method": str(run.config.method.name), "qnnrun.bits_w": str(run.method.weight_bits),
-        "qnnrun.bits_a": str(run.method.act_bits), "qnnrun.model": str(run.config.model.name),
+        "qnnrun.bits_a": str(run.method.act_bits), "qnnrun.bits": run.method.bits_label,
+        "qnnrun.layer_bits": json.dumps(layer_bits), "qnnrun.model": str(run.config.model.name),
         "qnnrun.source_checkpoint": str(source.resolve()), "qnnrun.epoch": str(run.epoch),
     }
 

@@ -65,8 +65,10 @@ def integer_export(run: SavedRun) -> dict[str, Any]:
     device = next(run.model.parameters()).device
     records = integer_records(run.model, probe_batch(run.info, device))
     if not records:
-        raise QnnrunError(f"method={run.config.method.name} at bits.w={run.config.bits.w} has no quantized weights: "
-                          f"format=int needs a quantized run (valid methods: every one but fp)")
+        name = run.config.method.name
+        what = f"method={name}" if name == "fp" else f"method={name} with every layer's weights float"
+        raise QnnrunError(f"{what} has no quantized weights: format=int needs a run with quantized weights "
+                          f"(valid: every method but fp, at weight widths 1-8)")
     replaced = exported_keys(run.model, records)
     # An input quantizer's extra state (a float layer's quantized input) is a dict, not a tensor.
     float_state = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in run.model.state_dict().items()

@@ -18,6 +18,8 @@ Folding is done in two steps so that it can happen in the middle of a run:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
@@ -50,10 +52,9 @@ class FoldedBatchNorm(nn.Module):
         return f"{self.num_features}, folded"
 
 
-def batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:
+def find_batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:
     """``(layer, batchnorm)`` qualified names of every BatchNorm whose input is the output of a
-    conv/linear, found on one eval-mode forward pass of ``example_input`` [B, C, H, W]; each such
-    layer without a bias gets a zero one (same device and dtype as its weight)."""
+    conv/linear, found on one eval-mode forward pass of ``example_input`` [B, C, H, W]; changes nothing."""
     layers = {m: name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     norms = {m: name for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
     produced: dict[int, str] = {}
@@ -68,12 +69,39 @@ def batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, 
             pairs.append((source, norms[module]))
 
     probe_forward(model, example_input, {m: after_layer for m in layers}, {m: before_norm for m in norms})
-    for layer_name, _ in pairs:
-        layer = model.get_submodule(layer_name)
-        if layer.bias is None:
-            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], device=layer.weight.device,
-                                                  dtype=layer.weight.dtype))
     return pairs
+
+
+def give_bias(layer: nn.Module) -> None:
+    """Give a conv/linear ``layer`` without a bias a zero one (same device and dtype as its weight)."""
+    if layer.bias is None:
+        layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], device=layer.weight.device,
+                                              dtype=layer.weight.dtype))
+
+
+def batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:
+    """:func:`find_batchnorm_pairs`, and each such layer without a bias gets a zero one."""
+    pairs = find_batchnorm_pairs(model, example_input)
+    for layer_name, _ in pairs:
+        give_bias(model.get_submodule(layer_name))
+    return pairs
+
+
+def folded_in(state: Mapping[str, Tensor], model: nn.Module, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The ``pairs`` of ``model`` whose BatchNorm a checkpoint's ``state`` holds folded: the
+    BatchNorm's entries are :class:`FoldedBatchNorm`'s identity and the layer's bias is there
+    (what :func:`fold_batchnorm` leaves)."""
+    folded = []
+    for layer_name, norm_name in pairs:
+        norm = model.get_submodule(norm_name)
+        identity = FoldedBatchNorm(norm.num_features, norm.eps).state_dict()
+        entries = {key: state.get(f"{norm_name}.{key}") for key in identity}
+        if f"{layer_name}.bias" in state and all(
+                isinstance(value, Tensor) and value.shape == identity[key].shape
+                and torch.equal(value.to(identity[key].dtype).cpu(), identity[key])
+                for key, value in entries.items()):
+            folded.append((layer_name, norm_name))
+    return folded
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

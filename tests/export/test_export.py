@@ -339,7 +339,8 @@ def test_cli_bad_choices_are_one_line(runs: Runs, tmp_path: Path, capsys, monkey
 def test_unsupported_runs_name_what_is_valid(runs: Runs, tmp_path: Path) -> None:
     cfg = compose_config(["method=fp", "trainer.epochs=1", "trainer.device=cpu"], data_dir=runs.root / "data")
     train(cfg, tmp_path / "fp")
-    with pytest.raises(QnnrunError, match="format=int needs a quantized run"):
+    with pytest.raises(QnnrunError, match=r"^method=fp has no quantized weights: format=int needs a run with "
+                                          r"quantized weights \(valid: every method but fp, at weight widths 1-8\)$"):
         export_checkpoint(str(tmp_path / "fp"), "int", None, "cpu")
     cfg = compose_config(["method=lsq", "method.learned_offset=true", "trainer.epochs=1", "trainer.device=cpu"],
                          data_dir=runs.root / "data")

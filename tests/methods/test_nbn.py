@@ -11,7 +11,7 @@ import torch
 from hydra_utils import compose_config, train_interrupted_then_resumed
 from torch import nn
 
-from qnnrun.build import build_quantized_model
+from qnnrun.build import build_quantized_model, load_weights
 from qnnrun.checkpoint import load_checkpoint
 from qnnrun.data import dataset_info
 from qnnrun.engine import train
@@ -162,6 +162,31 @@ def test_folding_is_exact_in_eval_mode(name: str, size: int, channels: int) -> N
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.allclose(fresh(x), after, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,size,channels", [("mlp", 8, 1), ("resnet20", 32, 3)])
+def test_a_folded_checkpoint_loads_into_a_fresh_float_model_as_the_folded_network(name: str, size: int,
+                                                                                   channels: int) -> None:
+    """The weights of an nbn/fbf/lbl (or ``quant.fold_bn``) run keep their folded shifts when they
+    start another model (``init_from``, ``qnnrun sensitivity``): the fresh model gets the biases and
+    the identities, in training mode too; a checkpoint with biases before live BatchNorms keeps them."""
+    x = torch.randn(4, channels, size, size)
+    for fold in (True, False):
+        trained = build_model({"name": name}, in_channels=channels, num_classes=10, image_size=size).eval()
+        _randomize_batchnorm(trained)
+        pairs = batchnorm_pairs(trained, x[:2])
+        for layer, _ in pairs:
+            trained.get_submodule(layer).bias.data.uniform_(-1, 1)
+        if fold:
+            fold_batchnorm(trained, pairs)
+        fresh = build_model({"name": name}, in_channels=channels, num_classes=10, image_size=size)
+        load_weights(fresh, trained.state_dict(), x[:2])
+        folded = [m for m in fresh.modules() if isinstance(m, FoldedBatchNorm)]
+        assert len(folded) == (len(pairs) if fold else 0)
+        for mode in (False, True) if fold else (False,):
+            trained.train(mode), fresh.train(mode)
+            with torch.no_grad():
+                assert torch.equal(fresh(x), trained(x)), (fold, mode)
 
 
 # ---- the progressive schedule -------------------------------------------------------------------
