@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import Method, build_method
 from qnnrun.models import build_model
-from qnnrun.quant.fold import find_batchnorm_pairs, folded_in, give_bias, mark_folded
+from qnnrun.quant.fold import adopt_folding
 from qnnrun.quant.layers import set_recompute_input
 
 
@@ -53,18 +53,25 @@ def example_input(info: DataInfo, device: torch.device, batch: int = 2) -> Tenso
     return torch.zeros(batch, info.in_channels, info.image_size, info.image_size, device=device)
 
 
-def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
-                          init_from: str | None = None) -> tuple[nn.Module, Method]:
+def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device, init_from: str | None = None,
+                          like: Mapping[str, Tensor] | None = None,
+                          folded: Iterable[str] | None = None) -> tuple[nn.Module, Method]:
     """The float model of ``cfg.model`` (optionally loaded from ``init_from``), converted by ``cfg.method``.
 
     ``init_from``'s weights go into the float model; a checkpoint that does not fit it but fits the
-    converted model (a run of the same method, when the method changes the layout) goes into that."""
+    converted model (a run of the same method, when the method changes the layout) goes into that.
+    ``like``: the state dict that will be loaded into the result (a resume, ``qnnrun eval``); the
+    float model first takes its BatchNorm-folded structure (:func:`adopt_folding`), with the
+    BatchNorms ``folded`` (a resume: those its run started with folded) or by default those ``like``
+    holds folded, as a run started from a folded checkpoint had them."""
     model = build_model(cfg.model, in_channels=info.in_channels, num_classes=info.num_classes,
                         image_size=info.image_size).to(device)
     state = load_checkpoint(init_from)["model"] if init_from else None
     misfit = _misfit(model, state, init_from) if state is not None else None
     if state is not None and misfit is None:
-        load_weights(model, state, example_input(info, device))
+        load_weights(model, state)
+    if like is not None:
+        adopt_folding(model, like, folded)
     method = build_method(cfg)
     model = method.build(model, example_input(info, device)).to(device)
     if misfit is not None:
@@ -72,7 +79,7 @@ def build_quantized_model(cfg: DictConfig, info: DataInfo, device: torch.device,
         # BatchNorm) fits the model as this method builds it, when it is the same method.
         if _misfit(model, state, init_from) is not None:
             raise QnnrunError(misfit)
-        load_weights(model, state, example_input(info, device))
+        load_weights(model, state)
     set_recompute_input(model, bool(cfg.trainer.recompute_quant))
     return model, method
 
@@ -109,16 +116,11 @@ def init_test_acc(init_from: str | None) -> float | None:
     return float(history[-1]["test_acc"])
 
 
-def load_weights(model: nn.Module, state: Mapping[str, Tensor], example: Tensor) -> None:
+def load_weights(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     """Load ``model``'s own keys from a checkpoint's ``state``, leaving the others (quantizer state)
-    behind. A conv/linear whose bias ``state`` holds gets one, and a BatchNorm that ``state`` holds
-    folded into the layer before it (nbn/fbf/lbl, ``quant.fold_bn``) becomes the identity it was: the
-    model is then the checkpoint's network, not one without the folded shifts. ``example`` is an
-    input batch [B, C, H, W] (:func:`example_input`) to find the BatchNorms' layers with."""
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and f"{name}.bias" in state:
-            give_bias(module)
-    mark_folded(model, folded_in(state, model, find_batchnorm_pairs(model, example)))
+    behind; the model first takes the structure of a BatchNorm-folded ``state`` (:func:`adopt_folding`),
+    so the folded shifts are loaded, not dropped."""
+    adopt_folding(model, state)
     model.load_state_dict({k: state[k] for k in model.state_dict()})
 
 

@@ -6,6 +6,8 @@ A checkpoint is a dict of tensors and plain Python values::
      "model": state_dict, "optimizer": ..., "scheduler": ..., "method": ...,
      "best_acc": float, "history": [per-epoch metric dicts], "info": dict (the data set's shape),
      "extensions": [{"at_epoch", "epochs_before", "epochs"} for each extend=true resume],
+     "folded_at_build": [BatchNorms folded before the optimizer was built (from a folded init_from,
+                         quant.fold_bn); absent in checkpoints before 2026-12-07: none],
      "partial": dict (only in a checkpoint written mid-epoch: batches done, tallies, RNG state)}
 """
 
@@ -110,11 +112,26 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def check_archive(path: Path, what: str) -> None:
+    """Check every member of the zip archive ``path`` (what ``torch.save`` writes) against the CRC-32
+    stored beside it, which ``torch.load`` does not: a bit flipped on disk or in a copy would load as
+    silently changed weights. A damaged archive is a one-line QnnrunError starting with ``what``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:  # zlib errors are ValueErrors here
+        raise QnnrunError(f"{what} is unreadable (truncated or corrupt?): {str(err).splitlines()[0]}") from None
+    if damaged is not None:
+        raise QnnrunError(f"{what} is corrupt: its member {damaged} fails its CRC-32 check (changed on disk or in "
+                          f"a copy since it was written); use another copy")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a qnnrun checkpoint; any problem is a one-line QnnrunError naming the file."""
     path = checkpoint_file(path)
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is damaged or foreign
         raise QnnrunError(f"checkpoint {path} is unreadable: not a torch.save archive (truncated or corrupt?)")
+    check_archive(path, f"checkpoint {path}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:

@@ -43,6 +43,7 @@ from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
 from qnnrun.methods import Method, build_method
 from qnnrun.metrics.bops import format_table, layer_costs, totals
+from qnnrun.quant.fold import folded_norms
 from qnnrun.quant.layers import fully_quantized
 from qnnrun.optim import build_optimizer, method_lr_factor
 from qnnrun.runs import (BEST_CKPT, HPARAM_DOMAINS, LAST_CKPT, STEP_CURVES, SUMMARY, check_resume_config,
@@ -253,7 +254,13 @@ class _Loop:
             self.data.train.shard(self.ranks.rank, self.ranks.world)
             self.data.test.shard(self.ranks.rank, self.ranks.world)
         self.info = self.data.info
-        model, self.method = build_quantized_model(cfg, self.info, device, init_from)
+        resumed = self.start.checkpoint
+        model, self.method = build_quantized_model(
+            cfg, self.info, device, init_from, like=None if resumed is None else resumed["model"],
+            folded=None if resumed is None else resumed.get("folded_at_build", []))
+        # BatchNorms folded before the optimizer exists (taken from a folded init_from, quant.fold_bn): a
+        # resume folds them again before it builds the optimizer, whose parameters then match the saved ones.
+        self.folded_at_build = folded_norms(model)
         self.model = model.to(memory_format=torch.channels_last) if cfg.trainer.channels_last else model
         self.costs = layer_costs(self.model, example_input(self.info, device, 1))
         self.cost = totals(self.costs)
@@ -359,7 +366,7 @@ class _Loop:
 
     def _checkpoint(self, epoch: int) -> dict[str, Any]:
         return checkpoint_state(self.start.config, epoch, self.model, self.optimizer, self.scheduler, self.method,
-                      self.best_acc, self.history, self.info, self.start.extensions)
+                      self.best_acc, self.history, self.info, self.start.extensions, self.folded_at_build)
 
     def _save(self, state: dict[str, Any], name: str) -> None:
         if self.ranks.main:  # other ranks write no files

@@ -113,7 +113,7 @@ def load_saved_run(checkpoint: str | Path, device: torch.device) -> SavedRun:
     ckpt = load_checkpoint(checkpoint)
     config = saved_config(ckpt["config"])
     info = DataInfo(**ckpt["info"])
-    model, method = build_quantized_model(config, info, device)
+    model, method = build_quantized_model(config, info, device, like=ckpt["model"])
     model.load_state_dict(ckpt["model"])
     if ckpt.get("method"):
         method.load_state_dict(ckpt["method"])

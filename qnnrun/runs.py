@@ -530,13 +530,13 @@ def resume_single_run_args(args: list[str]) -> list[str]:
 
 def checkpoint_state(config: dict[str, Any], epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any, method: Method, best_acc: float, history: list[dict[str, Any]],
-                     info: DataInfo, extensions: list[dict[str, int]]) -> dict[str, Any]:
+                     info: DataInfo, extensions: list[dict[str, int]], folded_at_build: list[str]) -> dict[str, Any]:
     """A checkpoint after ``epoch`` completed epochs (see :mod:`qnnrun.checkpoint`)."""
     return {
         "format": FORMAT, "epoch": epoch, "config": config, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "method": method.state_dict(), "best_acc": best_acc, "history": history, "info": asdict(info),
-        "extensions": extensions,
+        "extensions": extensions, "folded_at_build": folded_at_build,
     }
 
 

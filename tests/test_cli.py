@@ -171,6 +171,20 @@ def test_corrupt_checkpoint_is_one_line_error(qnnrun, tmp_path: Path) -> None:
     assert code == 1 and "needs checkpoint=PATH" in err
 
 
+def test_a_flipped_bit_in_a_checkpoint_is_refused_not_loaded(qnnrun, tmp_path: Path) -> None:
+    """torch.load does not check the CRC-32 that torch.save stores for each archive member: a bit
+    flipped in a weight loaded silently as another weight."""
+    weights = torch.arange(256, dtype=torch.float32)
+    torch.save({"weights": weights}, tmp_path / "flipped.ckpt")
+    data = bytearray((tmp_path / "flipped.ckpt").read_bytes())
+    at = data.index(weights.numpy().tobytes()) + 500
+    data[at] ^= 0x10
+    (tmp_path / "flipped.ckpt").write_bytes(bytes(data))
+    code, _, err = qnnrun("eval", "checkpoint=flipped.ckpt")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "flipped.ckpt is corrupt: its member flipped/data/0 fails its CRC-32 check" in err
+
+
 def test_malicious_pickle_is_refused_and_not_executed(qnnrun, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 

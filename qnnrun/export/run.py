@@ -18,6 +18,7 @@ records then replace its quantized layers.
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from qnnrun.build import build_quantized_model, example_input, select_device
-from qnnrun.checkpoint import check_output_file, checkpoint_file, save_atomic
+from qnnrun.checkpoint import check_archive, check_output_file, checkpoint_file, save_atomic
 from qnnrun.config import check_bool
 from qnnrun.data import DataBundle, DataInfo
 from qnnrun.errors import QnnrunError
@@ -115,6 +116,8 @@ def save_integer_export(export: dict[str, Any], path: str | Path) -> None:
 def load_integer_export(path: str | Path) -> dict[str, Any]:
     """Read a ``format=int`` file; a foreign or damaged file is a one-line error."""
     path = Path(path)
+    if zipfile.is_zipfile(path):
+        check_archive(path, str(path))
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every reader error means the same to the user
@@ -130,14 +133,14 @@ def integer_model(export: dict[str, Any], device: torch.device) -> nn.Module:
     """The integer model of an export, rebuilt from its config and records on ``device``."""
     config = saved_config(export["config"])
     info = DataInfo(**export["info"])
-    model, method = build_quantized_model(config, info, device)
+    model, method = build_quantized_model(config, info, device, like=export["float_state"])
     missing, unexpected = model.load_state_dict(export["float_state"], strict=False)
     replaced = exported_keys(model, export["layers"])
     if unexpected or any(not replaced(k) for k in missing):
         raise QnnrunError("the integer export does not fit the model its config builds (was it written by another "
                           "qnnrun version?)")
     if export["bn_folded_in_training"]:  # a progressive run's folded BatchNorms are identities
-        mark_folded(model, method.pairs)
+        mark_folded(model, [norm for _, norm in method.pairs])
     return build_integer_model(model.eval(), export["layers"])
 
 

@@ -194,7 +194,7 @@ class ProgressiveQuantization(DirectSTE):
     def restore_model(self, model: nn.Module) -> None:
         """A saved run's folded BatchNorms are plain ones in a freshly built model: swap them."""
         if self.folded:
-            mark_folded(model, self.pairs)
+            mark_folded(model, [norm for _, norm in self.pairs])
 
     def before_step(self, model: nn.Module, step: int) -> None:
         due = self.groups_due(step)

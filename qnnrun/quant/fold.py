@@ -18,7 +18,7 @@ Folding is done in two steps so that it can happen in the middle of a run:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -52,9 +52,10 @@ class FoldedBatchNorm(nn.Module):
         return f"{self.num_features}, folded"
 
 
-def find_batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:
+def batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:
     """``(layer, batchnorm)`` qualified names of every BatchNorm whose input is the output of a
-    conv/linear, found on one eval-mode forward pass of ``example_input`` [B, C, H, W]; changes nothing."""
+    conv/linear, found on one eval-mode forward pass of ``example_input`` [B, C, H, W]; each such
+    layer without a bias gets a zero one (same device and dtype as its weight)."""
     layers = {m: name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     norms = {m: name for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
     produced: dict[int, str] = {}
@@ -69,39 +70,45 @@ def find_batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[
             pairs.append((source, norms[module]))
 
     probe_forward(model, example_input, {m: after_layer for m in layers}, {m: before_norm for m in norms})
+    for layer_name, _ in pairs:
+        _give_bias(model.get_submodule(layer_name))
     return pairs
 
 
-def give_bias(layer: nn.Module) -> None:
+def _give_bias(layer: nn.Module) -> None:
     """Give a conv/linear ``layer`` without a bias a zero one (same device and dtype as its weight)."""
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0], device=layer.weight.device,
                                               dtype=layer.weight.dtype))
 
 
-def batchnorm_pairs(model: nn.Module, example_input: Tensor) -> list[tuple[str, str]]:
-    """:func:`find_batchnorm_pairs`, and each such layer without a bias gets a zero one."""
-    pairs = find_batchnorm_pairs(model, example_input)
-    for layer_name, _ in pairs:
-        give_bias(model.get_submodule(layer_name))
-    return pairs
+def adopt_folding(model: nn.Module, state: Mapping[str, Tensor], norms: Iterable[str] | None = None) -> None:
+    """Give ``model`` the structure of a BatchNorm-folded network whose state dict is ``state`` (a
+    checkpoint of nbn/fbf/lbl, ``quant.fold_bn``, or of a run started from one): a zero bias for
+    each conv/linear whose bias ``state`` holds, and a :class:`FoldedBatchNorm` for each BatchNorm
+    named in ``norms``, by default each that ``state`` holds as one (its identity entries; a
+    BatchNorm that trained has counted batches and one that did not has ``running_var`` 1, so
+    neither is taken for one). Loading ``state`` afterwards gives the checkpoint's network."""
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and f"{name}.bias" in state:
+            _give_bias(module)
+    if norms is None:
+        norms = [name for name, module in model.named_modules()
+                 if isinstance(module, _BatchNorm) and _holds_folded(state, name, module)]
+    mark_folded(model, norms)
 
 
-def folded_in(state: Mapping[str, Tensor], model: nn.Module, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The ``pairs`` of ``model`` whose BatchNorm a checkpoint's ``state`` holds folded: the
-    BatchNorm's entries are :class:`FoldedBatchNorm`'s identity and the layer's bias is there
-    (what :func:`fold_batchnorm` leaves)."""
-    folded = []
-    for layer_name, norm_name in pairs:
-        norm = model.get_submodule(norm_name)
-        identity = FoldedBatchNorm(norm.num_features, norm.eps).state_dict()
-        entries = {key: state.get(f"{norm_name}.{key}") for key in identity}
-        if f"{layer_name}.bias" in state and all(
-                isinstance(value, Tensor) and value.shape == identity[key].shape
-                and torch.equal(value.to(identity[key].dtype).cpu(), identity[key])
-                for key, value in entries.items()):
-            folded.append((layer_name, norm_name))
-    return folded
+def _holds_folded(state: Mapping[str, Tensor], name: str, norm: nn.Module) -> bool:
+    """Whether ``state`` holds BatchNorm ``name`` as :class:`FoldedBatchNorm`'s identity entries."""
+    identity = FoldedBatchNorm(norm.num_features, norm.eps).state_dict()
+    entries = {key: state.get(f"{name}.{key}") for key in identity}
+    return all(isinstance(value, Tensor) and value.shape == identity[key].shape
+               and torch.equal(value.to(identity[key].dtype).cpu(), identity[key]) for key, value in entries.items())
+
+
+def folded_norms(model: nn.Module) -> list[str]:
+    """Qualified names of ``model``'s :class:`FoldedBatchNorm` modules."""
+    return [name for name, module in model.named_modules() if isinstance(module, FoldedBatchNorm)]
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -132,10 +139,10 @@ def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
         _replace(model, norm_name, folded)
 
 
-def mark_folded(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
-    """Replace the BatchNorms of ``pairs`` by :class:`FoldedBatchNorm` without touching the weights:
+def mark_folded(model: nn.Module, norms: Iterable[str]) -> None:
+    """Replace the BatchNorms named ``norms`` by :class:`FoldedBatchNorm` without touching the weights:
     for a model whose folded weights were loaded from a checkpoint into a freshly built model."""
-    for _, norm_name in pairs:
+    for norm_name in norms:
         norm = model.get_submodule(norm_name)
         if not isinstance(norm, FoldedBatchNorm):
             _replace(model, norm_name, FoldedBatchNorm(norm.num_features, norm.eps).to(norm.running_mean.device))

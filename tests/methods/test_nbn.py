@@ -18,6 +18,7 @@ from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate_checkpoint, load_saved_run
 from qnnrun.methods.progressive import NeuronByNeuron, ProgressiveQuantization
+from qnnrun.methods.ste import DirectSTE
 from qnnrun.models import build_model
 from qnnrun.quant import calibrate as C
 from qnnrun.quant.fold import FoldedBatchNorm, batchnorm_pairs, fold_batchnorm
@@ -180,7 +181,7 @@ def test_a_folded_checkpoint_loads_into_a_fresh_float_model_as_the_folded_networ
         if fold:
             fold_batchnorm(trained, pairs)
         fresh = build_model({"name": name}, in_channels=channels, num_classes=10, image_size=size)
-        load_weights(fresh, trained.state_dict(), x[:2])
+        load_weights(fresh, trained.state_dict())
         folded = [m for m in fresh.modules() if isinstance(m, FoldedBatchNorm)]
         assert len(folded) == (len(pairs) if fold else 0)
         for mode in (False, True) if fold else (False,):
@@ -329,6 +330,24 @@ def test_progressive_methods_learn_on_digits(tmp_path: Path, name: str) -> None:
     # `qnnrun eval` rebuilds the model unfolded and with float input quantizers, then loads the checkpoint.
     cfg = compose_config([f"checkpoint={tmp_path / name}"], config_name="eval", data_dir=tmp_path / "data")
     assert f"top-1 {summary['test_acc']:.2f}%" in evaluate_checkpoint(cfg.checkpoint, None, cfg.paths, cfg.device)
+
+
+@pytest.mark.parametrize("method", ["ste", "nbn"])
+def test_a_run_started_from_a_folded_run_resumes_exactly_and_evaluates(tmp_path: Path, method: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """init_from=<an nbn run>: the model starts folded (biases, no BatchNorms) before its optimizer
+    exists; a resume builds the same (the checkpoint names those BatchNorms) and `qnnrun eval` reads it."""
+    train(compose_config(["method=nbn", "bits=2", "trainer.epochs=3"], data_dir=tmp_path / "data"), tmp_path / "nbn")
+    args = [f"method={method}", "bits=4", f"init_from={tmp_path / 'nbn'}", "trainer.epochs=3",
+            "trainer.deterministic=true"]
+    cls = NeuronByNeuron if method == "nbn" else DirectSTE
+    straight, resumed, stopped_at = train_interrupted_then_resumed(tmp_path, args, cls, 2, monkeypatch)
+    assert stopped_at == 2
+    for key in ("test_acc", "test_loss", "train_loss"):
+        assert resumed[key] == straight[key], key
+    assert load_checkpoint(tmp_path / "straight")["folded_at_build"] == ["features.2", "features.5"]
+    cfg = compose_config([f"checkpoint={tmp_path / 'straight'}"], config_name="eval", data_dir=tmp_path / "data")
+    assert f"top-1 {straight['test_acc']:.2f}%" in evaluate_checkpoint(cfg.checkpoint, None, cfg.paths, cfg.device)
 
 
 def test_nbn_from_a_float_checkpoint(tmp_path: Path) -> None:
