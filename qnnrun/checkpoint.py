@@ -8,11 +8,14 @@ A checkpoint is a dict of tensors and plain Python values::
      "extensions": [{"at_epoch", "epochs_before", "epochs"} for each extend=true resume],
      "folded_at_build": [BatchNorms folded before the optimizer was built (from a folded init_from,
                          quant.fold_bn); absent in checkpoints before 2026-12-07: none],
+     "teacher_sha256": the trainer.distill.teacher file's SHA-256 when the run started (null without
+                       a teacher; absent before 2026-12-07): a resume refuses a teacher that changed,
      "partial": dict (only in a checkpoint written mid-epoch: batches done, tallies, RNG state)}
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -110,6 +113,15 @@ def checkpoint_file(path: str | Path) -> Path:
     if not path.is_file():
         raise QnnrunError(f"checkpoint not found: {path} (give a .ckpt file or a run folder holding last.ckpt)")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file's bytes, as hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_archive(path: Path, what: str) -> None:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from qnnrun.checkpoint import checkpoint_file, file_sha256
 from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import load_saved_run
@@ -25,11 +26,13 @@ class Distillation:
     Args:
         teacher: the teacher model (eval mode, on the student's device).
         weight: the term's weight (>= 0); temperature: ``T`` (> 0).
+        sha256: the teacher checkpoint file's SHA-256 (hex), which identifies it in the records
+            (``None``: a teacher not read from a file).
     """
 
-    def __init__(self, teacher: nn.Module, weight: float, temperature: float) -> None:
+    def __init__(self, teacher: nn.Module, weight: float, temperature: float, sha256: str | None = None) -> None:
         self.teacher = teacher.eval().requires_grad_(False)
-        self.weight, self.temperature = weight, temperature
+        self.weight, self.temperature, self.sha256 = weight, temperature, sha256
         self.last = torch.zeros(())  # the last batch's term (detached), for the epoch's mean
 
     def __call__(self, images: Tensor, logits: Tensor) -> Tensor:
@@ -42,12 +45,26 @@ class Distillation:
         return self.weight * term
 
 
+def check_teacher(cfg: DictConfig, started_with: str | None) -> None:
+    """For a resume: refuse a ``trainer.distill.teacher`` file whose SHA-256 is not ``started_with``,
+    the one its run started with (``None``: not recorded, or no teacher)."""
+    distill = cfg.trainer.get("distill")
+    if started_with is None or distill is None or distill.teacher is None:
+        return
+    sha256 = file_sha256(checkpoint_file(str(distill.teacher)))
+    if sha256 != started_with:
+        raise QnnrunError(f"trainer.distill.teacher={distill.teacher} is not the file this run started with "
+                          f"(SHA-256 {started_with[:12]}... then, {sha256[:12]}... now): resuming would distil from "
+                          f"another teacher; put that file back, or train a new run")
+
+
 def distillation(cfg: DictConfig, info: DataInfo, device: torch.device) -> Distillation | None:
     """``trainer.distill``'s teacher (any qnnrun checkpoint) on ``device``, or ``None`` when off; a
     teacher for another data set's shape or classes is refused."""
     distill = cfg.trainer.get("distill")
     if distill is None or distill.teacher is None:
         return None
+    sha256 = file_sha256(checkpoint_file(str(distill.teacher)))
     teacher = load_saved_run(str(distill.teacher), device)
     shape = (info.in_channels, info.image_size, info.num_classes)
     theirs = (teacher.info.in_channels, teacher.info.image_size, teacher.info.num_classes)
@@ -56,4 +73,4 @@ def distillation(cfg: DictConfig, info: DataInfo, device: torch.device) -> Disti
                           f"(channels, size, classes {theirs}); this run's data is {shape}")
     log.info("distilling from %s (%s, epoch %d): weight %g, temperature %g", distill.teacher,
              teacher.config.method.name, teacher.epoch, distill.weight, distill.temperature)
-    return Distillation(teacher.model, float(distill.weight), float(distill.temperature))
+    return Distillation(teacher.model, float(distill.weight), float(distill.temperature), sha256)

@@ -37,7 +37,7 @@ from qnnrun.build import (build_quantized_model, check_init_from, example_input,
 from qnnrun.checkpoint import load_checkpoint, save_atomic, write_text_atomic
 from qnnrun.config import validate_train, warn_unused_method_options
 from qnnrun.data import build_data
-from qnnrun.distill import Distillation, distillation
+from qnnrun.distill import Distillation, check_teacher, distillation
 from qnnrun.errors import QnnrunError
 # Imported into this namespace because the loop calls them from here (tests patch ``engine.evaluate``).
 from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
@@ -209,6 +209,7 @@ def _check_resume(cfg: DictConfig, start: _Start) -> None:
             cfg.method.update(absent)
         start.config = OmegaConf.to_container(cfg, resolve=True)
     check_resume_config(checkpoint["config"], start.config, resume_from, extend=cfg.get("extend") is True)
+    check_teacher(cfg, checkpoint.get("teacher_sha256"))
     start.extensions = list(checkpoint.get("extensions", []))
     epochs_before = checkpoint["config"]["trainer"]["epochs"]
     if epochs_before != cfg.trainer.epochs:  # extend=true: checked above
@@ -366,7 +367,8 @@ class _Loop:
 
     def _checkpoint(self, epoch: int) -> dict[str, Any]:
         return checkpoint_state(self.start.config, epoch, self.model, self.optimizer, self.scheduler, self.method,
-                      self.best_acc, self.history, self.info, self.start.extensions, self.folded_at_build)
+                      self.best_acc, self.history, self.info, self.start.extensions, self.folded_at_build,
+                      None if self.distill is None else self.distill.sha256)
 
     def _save(self, state: dict[str, Any], name: str) -> None:
         if self.ranks.main:  # other ranks write no files
@@ -501,7 +503,8 @@ class _Loop:
             if self.writer is not None:
                 log_epoch(self.writer, entry)
         widths = {c.name: {"w": c.weight_bits, "a": c.input_bits} for c in self.costs}
-        summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc, widths)
+        summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc, widths,
+                                 None if self.distill is None else self.distill.sha256)
         summary.update(extensions=self.start.extensions, overrides=list(overrides),
                        run_dir=str(self.run_dir.resolve()))
         if self.writer is not None:

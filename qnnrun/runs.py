@@ -530,13 +530,14 @@ def resume_single_run_args(args: list[str]) -> list[str]:
 
 def checkpoint_state(config: dict[str, Any], epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                      scheduler: Any, method: Method, best_acc: float, history: list[dict[str, Any]],
-                     info: DataInfo, extensions: list[dict[str, int]], folded_at_build: list[str]) -> dict[str, Any]:
+                     info: DataInfo, extensions: list[dict[str, int]], folded_at_build: list[str],
+                     teacher_sha256: str | None) -> dict[str, Any]:
     """A checkpoint after ``epoch`` completed epochs (see :mod:`qnnrun.checkpoint`)."""
     return {
         "format": FORMAT, "epoch": epoch, "config": config, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "method": method.state_dict(), "best_acc": best_acc, "history": history, "info": asdict(info),
-        "extensions": extensions, "folded_at_build": folded_at_build,
+        "extensions": extensions, "folded_at_build": folded_at_build, "teacher_sha256": teacher_sha256,
     }
 
 
@@ -558,12 +559,14 @@ def hparams_record(cfg: DictConfig, method: Method, info: DataInfo, summary: Map
             "weight_mb": summary["weight_memory_mb"], "layer_bits": _layer_bits_text(summary["layer_bits"])}
 
 
-def _distill_record(cfg: DictConfig) -> dict[str, Any] | None:
-    """``trainer.distill`` as recorded in ``summary.json``: teacher, weight, temperature; ``None`` when off."""
+def _distill_record(cfg: DictConfig, teacher_sha256: str | None) -> dict[str, Any] | None:
+    """``trainer.distill`` as recorded in ``summary.json``: teacher (path and the file's SHA-256),
+    weight, temperature; ``None`` when off."""
     distill = cfg.trainer.get("distill")
     if distill is None or distill.teacher is None:
         return None
-    return {"teacher": str(distill.teacher), "weight": float(distill.weight), "temperature": float(distill.temperature)}
+    return {"teacher": str(distill.teacher), "teacher_sha256": teacher_sha256, "weight": float(distill.weight),
+            "temperature": float(distill.temperature)}
 
 
 def short_run_name(checkpoint: Any) -> str:
@@ -583,10 +586,12 @@ def _layer_bits_text(layer_bits: Mapping[str, Mapping[str, int]] | None) -> str:
 
 def summary_record(cfg: DictConfig, method: Method, info: DataInfo, history: list[dict[str, Any]],
                    best_acc: float, cost: Mapping[str, float], init_acc: float | None,
-                   layer_bits: Mapping[str, Mapping[str, int]] | None = None) -> dict[str, Any]:
+                   layer_bits: Mapping[str, Mapping[str, int]] | None = None,
+                   teacher_sha256: str | None = None) -> dict[str, Any]:
     """``summary.json`` of a finished run (without the keys the caller adds: extensions, overrides,
     run_dir): its setting, final and best test accuracy (%), costs per image and timing. ``layer_bits``:
-    a mixed-precision run's real width of every conv/linear layer (name -> {w, a}, forward order).
+    a mixed-precision run's real width of every conv/linear layer (name -> {w, a}, forward order);
+    ``teacher_sha256``: the distillation teacher file's SHA-256 (hex), recorded beside its path.
 
     The best is among evaluations of the whole quantized network (``"quantized"`` in the history,
     absent in runs saved before it: counted); null when there is none (``epochs=0`` of a progressive
@@ -607,7 +612,7 @@ def summary_record(cfg: DictConfig, method: Method, info: DataInfo, history: lis
         "layer_bits": dict(layer_bits) if method.mixed and layer_bits else None,
         "seed": cfg.seed,
         "epochs": cfg.trainer.epochs,
-        "distill": _distill_record(cfg),
+        "distill": _distill_record(cfg, teacher_sha256),
         "test_acc": last["test_acc"],
         "test_top5": last.get("test_top5"),
         "test_loss": last["test_loss"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -10,6 +11,8 @@ from typing import Any
 
 from qnnrun.errors import Interrupted
 from qnnrun.runs import LAST_CKPT, continue_command
+
+log = logging.getLogger("qnnrun")
 
 
 class StopRequest:
@@ -51,6 +54,9 @@ class StopRequest:
 
 
 def interrupted(signum: int, run_dir: Path, where: str) -> Interrupted:
+    """The :class:`Interrupted` error of a run stopped by ``signum`` at ``where`` (its checkpoint
+    written); the stop is also logged, so the run's ``train.log`` says how it ended, not only stderr."""
     name = signal.Signals(signum).name
+    log.warning("stopped by %s at %s: checkpoint written to %s", name, where, run_dir / LAST_CKPT)
     return Interrupted(f"stopped by {name} at {where}: checkpoint written to {run_dir / LAST_CKPT}; continue "
                        f"this run with {continue_command(run_dir)} (a sweep: its command plus resume=true)", signum)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from hydra_utils import compose_config
 from torch import nn
 
+from qnnrun.checkpoint import file_sha256
 from qnnrun.data import DataInfo
 from qnnrun.distill import Distillation, distillation
 from qnnrun.engine import train
@@ -55,10 +57,31 @@ def test_a_distilled_run_records_the_teacher_and_the_term(teacher: Path, tmp_pat
     overrides = [f"method={method}", "bits=2", "trainer.epochs=2", f"init_from={teacher}",
                  f"trainer.distill.teacher={teacher}", "trainer.distill.weight=0.7"]
     summary = train(compose_config(overrides, data_dir=teacher.parent / "data"), tmp_path / "run")
-    assert summary["distill"] == {"teacher": str(teacher), "weight": 0.7, "temperature": 4.0}
+    assert summary["distill"] == {"teacher": str(teacher), "teacher_sha256": file_sha256(teacher / "last.ckpt"),
+                                  "weight": 0.7, "temperature": 4.0}
     history = torch.load(tmp_path / "run" / "last.ckpt", weights_only=False)["history"]
     assert all(entry["train_distill"] > 0 for entry in history)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["distill"]["weight"] == 0.7
+
+
+def test_a_resume_refuses_a_teacher_file_that_changed(teacher: Path, tmp_path: Path) -> None:
+    """The teacher is named by a path; a resume whose file holds other weights (a teacher retrained
+    in place, a run folder still training) would distil from another net: refused, nothing changed."""
+    shutil.copytree(teacher, tmp_path / "teacher")
+    overrides = ["bits=2", "trainer.epochs=1", f"trainer.distill.teacher={tmp_path / 'teacher'}"]
+    train(compose_config(overrides, data_dir=teacher.parent / "data"), tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()}
+    original = (tmp_path / "teacher" / "last.ckpt").read_bytes()
+    changed = torch.load(tmp_path / "teacher" / "last.ckpt", weights_only=True)
+    changed["model"]["classifier.weight"] += 0.01
+    torch.save(changed, tmp_path / "teacher" / "last.ckpt")
+    extend = [*overrides[:1], "trainer.epochs=2", overrides[2], "resume=true", "extend=true"]
+    with pytest.raises(QnnrunError, match=r"^trainer.distill.teacher=\S+ is not the file this run started with "
+                                          r"\(SHA-256 [0-9a-f]{12}\.\.\. then, [0-9a-f]{12}\.\.\. now\)"):
+        train(compose_config(extend, data_dir=teacher.parent / "data"), tmp_path / "run")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file()} == before
+    (tmp_path / "teacher" / "last.ckpt").write_bytes(original)
+    assert train(compose_config(extend, data_dir=teacher.parent / "data"), tmp_path / "run")["epochs"] == 2
 
 
 def test_a_teacher_for_other_data_is_refused(teacher: Path) -> None:

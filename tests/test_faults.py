@@ -155,6 +155,7 @@ def test_sigterm_from_outside_exits_143_and_the_printed_command_continues_the_ru
     [run] = [p.parent for p in tmp_path.glob("outputs/*/*/last.ckpt")]
     assert 1 <= load_checkpoint(run)["epoch"] < 12
     assert not (run / "summary.json").exists()  # not reported as done, nor as failed
+    assert "[WARNING] - stopped by SIGTERM at " in (run / "train.log").read_text()  # the log says how it ended
     printed = err.strip().splitlines()[-1].split("continue this run with ")[1].split(" (a sweep")[0]
     words = shlex.split(printed)
     assert words[:2] == ["qnnrun", "train"]
