@@ -8,7 +8,8 @@ its tensors are concatenated into one uint8 tensor and the dict keeps their offs
     {"format": "qnnrun-int", "version": 1, "config": the run config, "info": the data set's shape,
      "epoch": int, "layers": {layer name: integer record (qnnrun.export.integer)},
      "float_state": state dict of every module the records do not replace,
-     "bn_folded_in_training": whether the run folded its BatchNorms itself (nbn/fbf/lbl),
+     "bn_folded_in_training": whether the run folded its BatchNorms itself (nbn/fbf/lbl; for readers:
+                              qnnrun rebuilds folded BatchNorms from their identity entries in float_state),
      "sizes": {"packed_weight_bytes", "float_weight_bytes", "reported_weight_memory_bytes"}}
 
 The model structure is rebuilt from ``config`` (model, method and bits) as a checkpoint is; the
@@ -36,7 +37,6 @@ from qnnrun.evaluate import SavedRun, eval_report_line, evaluate, load_saved_run
 from qnnrun.export.grids import probe_batch
 from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
 from qnnrun.metrics.bops import layer_costs
-from qnnrun.quant.fold import mark_folded
 from qnnrun.schema import saved_config
 
 FORMATS = ("int", "onnx")
@@ -133,14 +133,12 @@ def integer_model(export: dict[str, Any], device: torch.device) -> nn.Module:
     """The integer model of an export, rebuilt from its config and records on ``device``."""
     config = saved_config(export["config"])
     info = DataInfo(**export["info"])
-    model, method = build_quantized_model(config, info, device, like=export["float_state"])
+    model, _ = build_quantized_model(config, info, device, like=export["float_state"])
     missing, unexpected = model.load_state_dict(export["float_state"], strict=False)
     replaced = exported_keys(model, export["layers"])
     if unexpected or any(not replaced(k) for k in missing):
         raise QnnrunError("the integer export does not fit the model its config builds (was it written by another "
                           "qnnrun version?)")
-    if export["bn_folded_in_training"]:  # a progressive run's folded BatchNorms are identities
-        mark_folded(model, [norm for _, norm in method.pairs])
     return build_integer_model(model.eval(), export["layers"])
 
 
