@@ -228,7 +228,7 @@ def find_sweep(overrides: list[str], root: Path = OUTPUTS_ROOT) -> Path | None:
     """The newest sweep folder under ``root`` whose ``multirun.yaml`` (written by Hydra when a sweep
     starts) holds the same task overrides as ``overrides``, ``resume=``, ``hydra.*`` and the settings
     that do not change what a run computes (``trainer.progress``, threads, ...) aside."""
-    wanted = _run_overrides(overrides)
+    wanted = run_overrides(overrides)
     if wanted is None or not root.is_dir():
         return None
     matches = []
@@ -237,7 +237,7 @@ def find_sweep(overrides: list[str], root: Path = OUTPUTS_ROOT) -> Path | None:
             saved = OmegaConf.load(path).hydra.overrides.task
         except Exception:  # not a Hydra sweep record: not ours to judge
             continue
-        if _run_overrides([str(o) for o in saved]) == wanted:
+        if run_overrides([str(o) for o in saved]) == wanted:
             matches.append(path)
     return max(matches, key=lambda p: p.stat().st_mtime).parent if matches else None
 
@@ -279,7 +279,7 @@ def job_folder_name(num: int, overrides: list[str], sweep_dir: Path) -> str:
     return _earlier_folder(num, overrides, sweep_dir) or name
 
 
-def _run_overrides(overrides: list[str]) -> list[str] | None:
+def run_overrides(overrides: list[str]) -> list[str] | None:
     """:func:`_canonical` without the settings that do not change what a run computes."""
     canonical = _canonical(overrides)
     return None if canonical is None else [o for o in canonical if not is_free(o.partition("=")[0].lstrip("+~"))]
@@ -288,7 +288,7 @@ def _run_overrides(overrides: list[str]) -> list[str] | None:
 def _earlier_folder(num: int, overrides: list[str], sweep_dir: Path) -> str | None:
     """The name of a folder ``<num>_...`` in ``sweep_dir`` whose ``.hydra/overrides.yaml`` holds the
     same run as ``overrides``, or ``None``."""
-    wanted = _run_overrides(overrides)
+    wanted = run_overrides(overrides)
     if wanted is None:
         return None
     for folder in sorted(sweep_dir.glob(f"{num}_*")):
@@ -296,7 +296,7 @@ def _earlier_folder(num: int, overrides: list[str], sweep_dir: Path) -> str | No
             saved = [str(o) for o in OmegaConf.load(folder / HYDRA_SUBDIR / "overrides.yaml")]
         except Exception:  # no Hydra record there (or not a list): not a job's folder
             continue
-        if _run_overrides(saved) == wanted:
+        if run_overrides(saved) == wanted:
             return folder.name
     return None
 

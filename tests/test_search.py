@@ -4,10 +4,15 @@ train mixed-precision runs, the study lives in the sweep folder and continues wi
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
 from hydra_utils import run_cli
+
+from qnnrun.checkpoint import load_checkpoint
+from qnnrun.errors import Interrupted
+from qnnrun.methods import Method
 
 optuna = pytest.importorskip("optuna")
 
@@ -67,10 +72,81 @@ def test_a_search_whose_first_trials_all_fail_stops_in_one_line(tmp_path: Path, 
                            tmp_path, capsys, monkeypatch)
     assert code == 1 and err.strip().splitlines()[-1] == (
         "qnnrun: error: the first 3 trials of the search failed (their summary.json and the log say why): fix what "
-        "they share, then continue with resume=true")
+        "they share outside the command (data, files), then continue with resume=true; a changed setting is a new "
+        "search (another hydra.sweep.dir)")
     assert [t.state.name for t in _study(sweep).trials] == ["FAIL"] * 3
     statuses = [s["status"] for s in _summaries(sweep).values()]
     assert "failed" in statuses and set(statuses) <= {"failed", "duplicate"}  # a trial may redraw a failed one
+    folders = sorted(_summaries(sweep))
+
+    # The fix (the teacher file made), then the same command continues: the failed trials run again in
+    # their own folders, and nothing is left failed.
+    code, _, err = run_cli(["train", "method=fp", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'none'}"], tmp_path,
+                           capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli([*SEARCH, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
+                            f"trainer.distill.teacher={tmp_path / 'none'}", "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert sorted(_summaries(sweep)) == folders
+    assert {s["status"] for s in _summaries(sweep).values()} <= {"done", "duplicate"}
+    assert [t.state.name for t in _study(sweep).trials] == ["FAIL"] * 3 + ["COMPLETE"] * 3
+
+
+def test_a_trial_cut_off_continues_in_its_own_folder_and_other_settings_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real interruption (the second trained trial stopped at the start of its second epoch, after
+    its first epoch's checkpoint): the resume continues that trial from its checkpoint in its own folder
+    (it was sent to a new folder, found the old one's claim, and failed), and the count is right."""
+    sweep = tmp_path / "search"
+    command = ["train", "experiment=mp_search", "trainer.num_threads=1", "hydra.sweeper.n_trials=3",
+               f"hydra.sweep.dir={sweep}", "trainer.epochs=2"]
+    original, starts = Method.on_epoch_start, []
+
+    def stop_second_run(self, model, epoch: int, epochs: int) -> None:
+        starts.append(epoch)
+        if starts.count(1) == 2:
+            raise Interrupted("stopped by SIGINT (test)", signal.SIGINT)
+        original(self, model, epoch, epochs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Method, "on_epoch_start", stop_second_run)
+        code, _, err = run_cli(command, tmp_path, capsys, monkeypatch)
+    assert code == 128 + signal.SIGINT, err
+    [cut] = [p.parent for p in sweep.glob("*/last.ckpt") if not (p.parent / "summary.json").exists()]
+    assert load_checkpoint(cut)["epoch"] == 1
+
+    code, _, err = run_cli([*command[:-1], "trainer.epochs=3", "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and err.strip() == (
+        f"qnnrun: error: {sweep} holds a search started with other settings (then: trainer.epochs=2; now: "
+        f"trainer.epochs=3): a search continues with the settings it started with; give another hydra.sweep.dir "
+        f"for a new search")
+    code, _, err = run_cli([*command, "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    summary = json.loads((cut / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["epochs"] == 2
+    assert "resuming" in (cut / "train.log").read_text()
+    study = _study(sweep)
+    assert [t.state.name for t in study.trials].count("COMPLETE") == 3
+    again = [t for t in study.trials if t.state.name == "COMPLETE" and t.params == next(
+        t.params for t in study.trials if t.state.name == "FAIL")]
+    assert again and again[0].values == [pytest.approx(summary["test_acc"]), pytest.approx(summary["gbops"])]
+    assert all(s["status"] in ("done", "duplicate") for s in _summaries(sweep).values())
+
+
+def test_sweeper_options_the_search_cannot_run_with_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    for option, message in [
+            ("hydra.sweeper.n_jobs=0", "hydra.sweeper.n_jobs=0 is not valid: expected an integer >= 1"),
+            ("hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1 is not valid: expected an integer >= 1"),
+            ("hydra.sweeper.direction=[minimize,maximize]", "hydra.sweeper.direction=['minimize', 'maximize'] is "
+             "not valid: each trial returns test_acc, gbops, so the search maximizes the first and minimizes the "
+             "second; valid is [maximize, minimize]"),
+            ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 is not valid: expected a "
+             "number from 0 to 1")]:
+        code, _, err = run_cli([*SEARCH, option, f"hydra.sweep.dir={tmp_path / 'search'}"], tmp_path, capsys,
+                               monkeypatch)
+        assert code == 1 and err.strip() == f"qnnrun: error: {message}", err
+        assert not (tmp_path / "search" / "optuna.db").exists()
 
 
 def test_a_value_the_run_needs_is_asked_for_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -80,3 +156,29 @@ def test_a_value_the_run_needs_is_asked_for_before_anything_runs(tmp_path: Path,
                                          "init_from=VALUE (the checkpoint to start from: a .ckpt file or a run folder)")
     assert not (tmp_path / "outputs").exists()
 
+
+
+@pytest.mark.slow
+def test_trials_in_parallel_that_draw_the_same_widths_both_get_the_objectives(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """NSGA-II (seed 0) draws the same widths for both trials of the first batch; trained at once, the
+    second found the first still training and failed (no objectives): now it gets the first's."""
+    sweep = tmp_path / "search"
+    code, _, err = run_cli([*SEARCH, "hydra.sweeper.n_trials=2", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
+                            "hydra.sweeper.n_jobs=2", f"hydra.sweep.dir={sweep}"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    trials = _study(sweep).trials
+    assert trials[0].params == trials[1].params  # the case this test is about
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2 and trials[0].values == trials[1].values
+    assert sorted(s["status"] for s in _summaries(sweep).values()) == ["done", "duplicate"]
+
+
+@pytest.mark.slow
+def test_resume_without_a_sweep_folder_finds_the_search(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, err = run_cli([*SEARCH, "hydra.sweeper.n_trials=1"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli([*SEARCH, "hydra.sweeper.n_trials=2", "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and "continuing the sweep in" in err, err
+    [study] = list((tmp_path / "outputs").rglob("optuna.db"))
+    assert len(_study(study.parent).trials) == 2

@@ -3,11 +3,15 @@ sweep folder, so that a search is continued, not started again, with ``resume=tr
 
 ``hydra/sweeper=search`` (qnnrun's ``conf/hydra/sweeper/search.yaml``) selects it. Each trial is one
 training job (``qnnrun train``); the job returns :func:`qnnrun.runs.objectives`, which the sweeper tells
-the study. The study is Optuna's SQLite storage at ``<sweep dir>/optuna.db``: a search run again with ``resume=true``
-counts the trials that ended (finished or failed) toward ``n_trials`` and runs again, with the same
-parameters, the trials it finds still running (the ones an interruption cut off). A failed trial is
-recorded (its ``summary.json``, a failed trial in the study) and the search goes on, unless its first
-:data:`FIRST_FAILURES` trials all fail: then something every trial shares is wrong and it stops.
+the study. The study is Optuna's SQLite storage at ``<sweep dir>/optuna.db``, with the command's run
+settings and search space (:data:`COMMAND`). A search run again with ``resume=true`` must have those
+(a search of other settings is refused in one line); it counts the trials that completed toward
+``n_trials`` and first runs again, with the same parameters and in their own job folders (where a cut
+trial continues from its checkpoint), the trials that did not complete: cut off by an interruption
+(still running in the study) or failed. A failed trial is recorded (its ``summary.json``, a failed
+trial in the study) and the search goes on, unless its first :data:`FIRST_FAILURES` trials all fail:
+then something every trial shares is wrong and it stops. A trial whose run another trial of the same
+batch trains (the same widths drawn twice) gets that run's objectives once the batch has ended.
 """
 
 from __future__ import annotations
@@ -20,19 +24,29 @@ from typing import Any
 
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("qnnrun")
 
 STUDY_FILE = "optuna.db"
 
 
+# Study user attributes: the run settings and search space the search was started with (compared on
+# resume), and the numbers of the trials a resume has run again (not counted as to be run again).
+COMMAND, RUN_AGAIN = "qnnrun_command", "qnnrun_run_again"
+
+
 class OptunaSearch(OptunaSweeper):
     """:class:`OptunaSweeper` whose study lives in the sweep folder and continues with ``resume=true``."""
+
+    def __init__(self, **options: Any) -> None:
+        _check_options(options)  # before the plugin's own asserts, which print a traceback
+        super().__init__(**options)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         impl = self.sweeper
+        self.config = config
         self.sweep_dir = Path(str(config.hydra.sweep.dir))
         self.resume = config.get("resume") is True
         impl.study_name = impl.study_name or "qnnrun"
@@ -41,29 +55,97 @@ class OptunaSearch(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
+        from qnnrun.sweep import run_overrides
 
         impl = self.sweeper
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        command = sorted(run_overrides(list(arguments)) or [])
+        command += sorted(f"hydra.sweeper.params.{key}={value}" for key, value in (impl.params or {}).items())
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        existing = {s.study_name for s in optuna.get_all_study_summaries(storage=impl.storage)}
+        storage_file = self.sweep_dir / STUDY_FILE
+        existing = ({s.study_name for s in optuna.get_all_study_summaries(storage=impl.storage)}
+                    if storage_file.is_file() or not impl.storage.startswith("sqlite:///") else set())
+        again: list[Any] = []
         if impl.study_name in existing:
             if not self.resume:
                 _fail(f"{self.sweep_dir} holds the search {impl.study_name!r} already: continue it with "
                       f"resume=true, or give another hydra.sweep.dir")
             study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
-            cut = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
-            for trial in cut:
-                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            started = study.user_attrs.get(COMMAND)
+            if started is not None and started != command:
+                then = ", ".join(sorted(set(started) - set(command))) or "nothing more"
+                now = ", ".join(sorted(set(command) - set(started))) or "nothing more"
+                _fail(f"{self.sweep_dir} holds a search started with other settings (then: {then}; now: {now}): a "
+                      f"search continues with the settings it started with; give another hydra.sweep.dir for a new "
+                      f"search")
+            done = set(study.user_attrs.get(RUN_AGAIN, []))
+            again = [t for t in study.trials if t.number not in done and t.state in (
+                optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)]
+            for trial in again:
+                if trial.state == optuna.trial.TrialState.RUNNING:  # cut off by an interruption
+                    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
                 with warnings.catch_warnings():  # enqueue_trial is "experimental" in optuna 2.x
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.enqueue_trial(trial.params)
-            ended = sum(t.state.is_finished() for t in study.trials) - len(cut)
-            impl.n_trials = max(0, impl.n_trials - ended)
-            impl.job_idx = len(study.trials)  # new trials' job folders follow the old ones
-            log.info("continuing the search in %s: %d trials ended, %d cut off run again, %d to go", impl.storage,
-                     ended, len(cut), impl.n_trials)
-        impl.launcher = _StopWhenAllFail(impl.launcher, FIRST_FAILURES, impl.storage, impl.study_name)
+            study.set_user_attr(RUN_AGAIN, sorted(done | {t.number for t in again}))
+            completed = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+            impl.n_trials = max(0, impl.n_trials - completed)
+            impl.job_idx = _next_job_number(self.sweep_dir)  # new trials' job folders follow the old ones
+            log.info("continuing the search in %s: %d trials completed, %d cut off or failed run again, %d to go",
+                     impl.storage, completed, len(again), impl.n_trials)
+        else:
+            self.sweep_dir.mkdir(parents=True, exist_ok=True)
+            study = optuna.create_study(study_name=impl.study_name, storage=impl.storage,
+                                        directions=impl._get_directions())
+            study.set_user_attr(COMMAND, command)
+        # What `qnnrun train ... resume=true` without hydra.sweep.dir looks for (qnnrun.sweep.find_sweep).
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        impl.launcher = _SearchLauncher(impl.launcher, FIRST_FAILURES, impl.storage, impl.study_name,
+                                        _unfinished_folders(self.sweep_dir) if again else {})
         return impl.sweep(arguments)
+
+
+def _check_options(sweeper: Any) -> None:
+    """One error line for a sweeper option (``hydra.sweeper.*``, a mapping) the search cannot run with,
+    before any folder is made."""
+    from qnnrun.runs import OBJECTIVES
+
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            _fail(f"hydra.sweeper.{key}={value!r} is not valid: expected an integer >= 1")
+    direction = list(sweeper.get("direction") or [])
+    if [str(d) for d in direction] != ["maximize", "minimize"]:
+        _fail(f"hydra.sweeper.direction={direction} is not valid: each trial returns {', '.join(OBJECTIVES)}, so "
+              f"the search maximizes the first and minimizes the second; valid is [maximize, minimize]")
+    rate = sweeper.get("max_failure_rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        _fail(f"hydra.sweeper.max_failure_rate={rate!r} is not valid: expected a number from 0 to 1")
+
+
+def _unfinished_folders(sweep_dir: Path) -> dict[Path, tuple[int, list[str] | None]]:
+    """Job folders of ``sweep_dir`` whose run is not done (cut off, failed, a duplicate of such a
+    run): folder -> (job number, its run's overrides, :func:`qnnrun.sweep.run_overrides`)."""
+    from qnnrun.runs import HYDRA_SUBDIR, read_summary
+    from qnnrun.sweep import run_overrides
+
+    def done(summary: dict | None) -> bool:
+        if summary is not None and summary.get("status") == "duplicate" and summary.get("same_as"):
+            summary = read_summary(Path(str(summary["same_as"])))
+        return summary is not None and summary.get("status") == "done"
+
+    folders = {}
+    for folder in sorted(sweep_dir.glob("[0-9]*_*")):
+        overrides = folder / HYDRA_SUBDIR / "overrides.yaml"
+        if overrides.is_file() and not done(read_summary(folder)):
+            saved = [str(o) for o in OmegaConf.load(overrides)]
+            folders[folder] = (int(folder.name.split("_", 1)[0]), run_overrides(saved))
+    return folders
+
+
+def _next_job_number(sweep_dir: Path) -> int:
+    """One more than the largest job number of ``sweep_dir``'s job folders (``<num>_...``), or 0."""
+    numbers = [int(p.name.split("_", 1)[0]) for p in sweep_dir.glob("[0-9]*_*") if p.name.split("_", 1)[0].isdigit()]
+    return max(numbers, default=-1) + 1
 
 
 # A search whose first trials all fail stops (a setting every trial shares is wrong: data, paths, a
@@ -71,18 +153,54 @@ class OptunaSearch(OptunaSweeper):
 FIRST_FAILURES = 3
 
 
-class _StopWhenAllFail:
-    """The sweep's launcher, stopping the search with one error once its first ``count`` trials have all
-    failed (a failed job returns no objectives); they are marked failed in the study first."""
+class _SearchLauncher:
+    """The sweep's launcher, with three duties of the search:
 
-    def __init__(self, launcher: Any, count: int, storage: str, study_name: str) -> None:
+    * a trial run again by a resume goes to its own job folder (the job number of the folder that holds
+      its parameters and no finished run), where a cut trial continues from its checkpoint;
+    * a trial whose run another trial of its batch trained (a duplicate record) gets that run's
+      objectives once the batch has ended, instead of failing;
+    * once its first ``count`` trials have all failed (a failed job returns no objectives), the search
+      stops with one error; they are marked failed in the study first.
+    """
+
+    def __init__(self, launcher: Any, count: int, storage: str, study_name: str,
+                 unfinished: dict[Path, tuple[int, list[str] | None]]) -> None:
         self.launcher, self.count, self.results = launcher, count, []
-        self.storage, self.study_name = storage, study_name
+        self.storage, self.study_name, self.unfinished = storage, study_name, unfinished
+
+    def _number(self, overrides: list[str]) -> int | None:
+        """The job number of the unfinished folder whose run these job ``overrides`` are (each folder
+        taken once), or ``None`` (a new trial's job takes the next number)."""
+        from qnnrun.sweep import run_overrides
+
+        wanted = run_overrides(overrides)
+        for folder, (number, saved) in sorted(self.unfinished.items(), key=lambda item: item[1][0]):
+            if wanted is not None and saved == wanted:
+                del self.unfinished[folder]
+                return number
+        return None
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> Any:
         import optuna
+        from qnnrun.runs import objectives, read_summary
 
-        returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+        numbers, fresh = [], initial_job_idx
+        for overrides in job_overrides:
+            number = self._number(list(overrides))
+            numbers.append(fresh if number is None else number)
+            fresh += number is None
+        if numbers == list(range(initial_job_idx, initial_job_idx + len(job_overrides))):
+            returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+        else:  # jobs in folders of their own numbers: launched one at a time
+            returns = [ret for overrides, number in zip(job_overrides, numbers)
+                       for ret in self.launcher.launch([overrides], initial_job_idx=number)]
+        for ret in returns:
+            if ret.status.name == "COMPLETED" and ret.return_value is None and ret.hydra_cfg is not None:
+                record = read_summary(Path(str(ret.hydra_cfg.hydra.runtime.output_dir))) or {}
+                first = read_summary(Path(str(record["same_as"]))) if record.get("status") == "duplicate" else None
+                if first is not None and first.get("status") == "done":
+                    ret.return_value = objectives(first)
         self.results += [ret.status.name == "COMPLETED" and ret.return_value is not None for ret in returns]
         if len(self.results) >= self.count and not any(self.results[:self.count]):
             study = optuna.load_study(study_name=self.study_name, storage=self.storage)
@@ -90,7 +208,8 @@ class _StopWhenAllFail:
                 if trial.state == optuna.trial.TrialState.RUNNING:
                     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             _fail(f"the first {self.count} trials of the search failed (their summary.json and the log say why): "
-                  f"fix what they share, then continue with resume=true")
+                  f"fix what they share outside the command (data, files), then continue with resume=true; a "
+                  f"changed setting is a new search (another hydra.sweep.dir)")
         return returns
 
 
