@@ -85,7 +85,8 @@ def test_a_search_whose_first_trials_all_fail_stops_in_one_line(tmp_path: Path, 
                            capsys, monkeypatch)
     assert code == 0, err
     code, _, err = run_cli([*SEARCH, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
-                            f"trainer.distill.teacher={tmp_path / 'none'}", "resume=true"], tmp_path, capsys, monkeypatch)
+                            f"trainer.distill.teacher={tmp_path / 'none'}", "resume=true"], tmp_path, capsys,
+                           monkeypatch)
     assert code == 0, err
     assert sorted(_summaries(sweep)) == folders
     assert {s["status"] for s in _summaries(sweep).values()} <= {"done", "duplicate"}
