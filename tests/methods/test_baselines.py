@@ -657,3 +657,50 @@ def test_pact_mse_start_fine_tunes_a_float_net(tmp_path: Path) -> None:
     cfg = compose_config([f"checkpoint={tmp_path / 'mse'}"], config_name="eval", data_dir=tmp_path / "data")
     line = evaluate_checkpoint(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device)
     assert f"top-1 {summary['test_acc']:.2f}%" in line
+
+
+# ---- wiring: each method gives its layers the quantizers its definition names -------------------
+def _built(*overrides: str) -> list[tuple[str, nn.Module]]:
+    from qnnrun.build import build_quantized_model
+    from qnnrun.data import dataset_info
+
+    cfg = compose_config(["bits=2", "quant.first_layer=same", "quant.last_layer=same", *overrides])
+    model, _ = build_quantized_model(cfg, dataset_info(cfg.dataset), torch.device("cpu"))
+    return quant_layers(model)
+
+
+def test_lsq_and_ste_wire_their_quantizers_as_defined() -> None:
+    """What the formula tests cannot see: LSQ's input quantizers count N per sample (``activations``:
+    a batch-wide N made g sqrt(B) too small and passed every other test), its weights are signed with
+    one step per layer; ste's weights are signed max-abs per channel, its inputs an EMA range whose sign is found."""
+    from qnnrun.quant.quantizers import UniformQuantizer
+
+    for _, layer in _built("method=lsq"):
+        weight, inputs = layer.weight_quant, layer.input_quant
+        assert isinstance(weight, LsqQuantizer) and weight.signed is True and not weight.activations
+        assert not weight.per_channel and weight.step.numel() == 1  # one step per layer, as in the paper
+        assert isinstance(inputs, LsqQuantizer) and inputs.activations and inputs.auto_signed
+    for _, layer in _built("method=ste"):
+        weight, inputs = layer.weight_quant, layer.input_quant
+        assert isinstance(weight, UniformQuantizer) and weight.signed is True and weight.per_channel
+        assert weight.range_mode == "dynamic" and weight.estimator == "clipped"
+        assert isinstance(inputs, UniformQuantizer) and inputs.auto_signed and not inputs.per_channel
+        assert inputs.range_mode == "ema"
+
+
+@pytest.mark.parametrize("grad_bits", [2, 32])
+def test_dorefa_quantizes_the_gradient_reaching_each_weight_quantized_layer(grad_bits: int) -> None:
+    """The gradient at a quantized layer's output lies, per sample, on DoReFa's k-bit grid scaled by
+    its largest magnitude (``method.grad_bits``); with 32 it is left as it is (the test can fail)."""
+    torch.manual_seed(0)
+    [(_, layer)] = _built("method=dorefa", "quant.first_layer=fp", "quant.last_layer=fp",
+                          f"method.grad_bits={grad_bits}")
+    seen = {}
+    layer.register_forward_hook(lambda m, i, o: o.register_hook(lambda g: seen.__setitem__("g", g)) and None,
+                                prepend=True)  # the layer's raw output, before DoReFa's hook takes its place
+    layer.train()
+    out = layer(torch.randn(32, layer.in_features))
+    (out * torch.randn_like(out)).sum().backward()
+    grad = seen["g"]
+    codes = (grad / (2 * grad.abs().amax(1, keepdim=True)) + 0.5) * (2**2 - 1)
+    assert torch.allclose(codes, codes.round(), atol=1e-4) == (grad_bits == 2)
