@@ -25,6 +25,8 @@ negative values at calibration (the image, with ``quant.image_input_bits=8``) is
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from typing import Any
 
 from omegaconf import DictConfig
@@ -38,6 +40,8 @@ from qnnrun.quant.convert import FLOAT_BITS
 from qnnrun.quant.layers import clip_levels, quant_layers
 from qnnrun.quant.learned import PactQuantizer
 from qnnrun.quant.quantizers import DorefaActivationQuantizer, DorefaWeightQuantizer
+
+log = logging.getLogger("qnnrun")
 
 
 class _OutputGradientQuantizer:
@@ -95,6 +99,18 @@ class DoReFa(Method):
                 if layer.weight_quant is not None:
                     layer.register_forward_hook(_OutputGradientQuantizer(self.grad_bits))
         return model
+
+    def prepare(self, model: nn.Module, batches: Iterable[Tensor]) -> None:
+        """Calibrate, then warn about layers whose inputs hold negative values: the ``[0, 1]`` clip
+        zeroes them, a ReLU the float net did not have (a MobileNetV2 block's linear bottleneck)."""
+        super().prepare(model, batches)
+        signed = [name for name, layer in quant_layers(model)
+                  if isinstance(layer.input_quant, DorefaActivationQuantizer) and layer.input_quant.negative_seen]
+        if signed:
+            log.warning("dorefa: negative inputs at %s: method.act_clip=1 clips them to [0, 1] as DoReFa's "
+                        "ReLU-fed nets do, so the quantized net zeroes what the float net passes on; "
+                        "method.act_clip=mse quantizes them symmetrically",
+                        ", ".join(signed[:5]) + (f" and {len(signed) - 5} more layers" if len(signed) > 5 else ""))
 
     def scalars(self, model: nn.Module) -> dict[str, float]:
         """Adds ``dorefa/clip/<layer>`` (each input's clipping level) to the quantized fractions

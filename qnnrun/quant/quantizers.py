@@ -502,14 +502,22 @@ class DorefaWeightQuantizer(Quantizer):
 
 
 class DorefaActivationQuantizer(Quantizer):
-    """DoReFa activation quantizer (no state): :func:`qnnrun.quant.functional.dorefa_activation`."""
+    """DoReFa activation quantizer (no state): :func:`qnnrun.quant.functional.dorefa_activation`.
+    ``negative_seen``: whether a calibration input held negative values, which the ``[0, 1]`` clip
+    zeroes (the paper's nets feed it ReLU outputs only)."""
 
     def __init__(self, bits: int) -> None:
         super().__init__()
         self.bits = bits
+        self.negative_seen = False
+
+    def reset(self) -> None:
+        self.negative_seen = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.image_input and self.calibrating and bool((x.detach().amin() < 0).item()):
+        if self.calibrating and not self.negative_seen:
+            self.negative_seen = bool((x.detach().amin() < 0).item())
+        if self.image_input and self.calibrating and self.negative_seen:
             raise QnnrunError(
                 "method=dorefa with method.act_clip=1 clips its inputs to [0, 1], which would cut off the "
                 "negative half of the image: keep the image input float (quant.image_input_bits=32, "

@@ -704,3 +704,26 @@ def test_dorefa_quantizes_the_gradient_reaching_each_weight_quantized_layer(grad
     grad = seen["g"]
     codes = (grad / (2 * grad.abs().amax(1, keepdim=True)) + 0.5) * (2**2 - 1)
     assert torch.allclose(codes, codes.round(), atol=1e-4) == (grad_bits == 2)
+
+
+def test_dorefa_warns_when_its_0_1_clip_zeroes_negative_inputs(caplog: pytest.LogCaptureFixture) -> None:
+    """The paper's activation quantizer is fed ReLU outputs; on inputs with negative values (here the
+    default MLP with its ReLUs replaced by tanh) its clip adds a ReLU the float net lacks: one warning
+    names the layers (a MobileNetV2's linear bottlenecks: 17 of 51 inputs)."""
+    from qnnrun.build import build_quantized_model
+    from qnnrun.data import dataset_info
+
+    cfg = compose_config(["method=dorefa", "bits=2"])
+    model, method = build_quantized_model(cfg, dataset_info(cfg.dataset), torch.device("cpu"))
+    relu_fed = [torch.randn(16, 1, 8, 8)]
+    with caplog.at_level("WARNING", logger="qnnrun"):
+        method.prepare(model, relu_fed)
+    assert not [r for r in caplog.records if "negative inputs" in r.message]
+    for module in model.modules():  # the same net with its ReLUs gone: signed inputs everywhere
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, nn.Tanh())
+    with caplog.at_level("WARNING", logger="qnnrun"):
+        method.prepare(model, relu_fed)
+    [record] = [r for r in caplog.records if "negative inputs" in r.message]
+    assert record.message.startswith("dorefa: negative inputs at features.4: method.act_clip=1 clips them")
