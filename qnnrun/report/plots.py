@@ -243,7 +243,7 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
         ax.update_datalim([(p[2], p[3] + sign * (p[4] or 0.0)) for p in points for sign in (-1, 1)])
         ax.margins(x=0.1, y=0.1)  # room for the labels of the outermost points
         ax.autoscale_view()
-    _plain_ticks_within_a_decade(ax.xaxis)
+    _plain_log_ticks(ax.xaxis)
     ax.set_xlabel("GBOPs per image (log)")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title("Accuracy vs compute")
@@ -293,19 +293,28 @@ def _marker_boxes(ax: Any, xs: Sequence[float], ys: Sequence[float], errs: Seque
             np.column_stack([centres[:, 0] - cap, lows, centres[:, 0] + cap, highs]).reshape(-1, 4))
 
 
-def _plain_ticks_within_a_decade(axis: Any) -> None:
-    """Tick a log axis that spans less than a decade at a few round numbers written plainly.
+def _plain_log_ticks(axis: Any) -> None:
+    """Tick a log axis that spans less than three decades at round numbers written plainly.
 
-    Matplotlib labels every minor tick there in scientific notation (``1.1x10^0``, ...), and the
-    labels run into each other; over a decade or more its decade labels are kept.
+    Matplotlib labels the minor ticks of such an axis in scientific notation (``2x10^-3``,
+    ``3x10^-3``, ...), and the labels run into each other: within a decade this puts a few round
+    numbers (``0.8``, ``1``, ``1.2``, ...), over one or two decades 1, 2 and 5 times each power of ten
+    (``0.002``, ``0.005``, ``0.01``), minor ticks unlabelled. Over three decades or more matplotlib's
+    decade labels are kept.
     """
     from matplotlib import ticker
 
     low, high = sorted(axis.get_view_interval())
-    if low > 0 and high / low < 10:
+    if low <= 0 or high / low >= 1000:
+        return
+    if high / low < 10:
         axis.set_major_locator(ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
-        axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         axis.set_minor_locator(ticker.NullLocator())
+    else:
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_minor_locator(ticker.LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+        axis.set_minor_formatter(ticker.NullFormatter())
+    axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
 
 
 def plot_test_curves(groups: Sequence[Group], path: Path) -> None:

@@ -18,7 +18,7 @@ from report_files import write_run
 from qnnrun.methods import METHODS
 from qnnrun.report import build_report
 from qnnrun.report.groups import Group
-from qnnrun.report.plots import (DPI, FRONT_CIRCLE, MARKER_SIZE, _mark_init_from, _plain_ticks_within_a_decade,
+from qnnrun.report.plots import (DPI, FRONT_CIRCLE, MARKER_SIZE, _mark_init_from, _plain_log_ticks,
                                  method_style, plot_accuracy_vs_bits, plot_accuracy_vs_gbops, plot_test_curves, shade)
 from qnnrun.report.records import Identity, Run, read_folder
 from qnnrun.report.tables import layer_policy_note
@@ -275,25 +275,32 @@ def test_the_curves_share_one_legend_beside_the_panels(figures: list[Any], tmp_p
     assert np.ptp([ax.get_ylim() for ax in axes], axis=0).tolist() == [0, 0]  # one y-axis for all panels
 
 
-@pytest.mark.parametrize(("low", "high", "plain"), [(0.68, 1.77, True), (0.0016, 0.0926, False)])
-def test_log_gbops_axis_is_labelled_plainly_within_a_decade(low: float, high: float, plain: bool) -> None:
+@pytest.mark.parametrize(("low", "high", "plain"), [(0.68, 1.77, True), (0.0017, 0.03, True), (0.0016, 0.0926, True),
+                                                    (0.0001, 0.5, False)])
+def test_log_gbops_axis_is_labelled_plainly_below_three_decades(low: float, high: float, plain: bool) -> None:
+    """Plain round numbers, none overlapping (the minor labels 2x10^-3, 3x10^-3, 4x10^-3 ran into each
+    other on a search's axis from 0.0017 to 0.03); over three decades matplotlib's decade labels."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots()
+    fig, ax = plt.subplots(figsize=(5, 3))
     ax.plot([low, high], [1, 2])
     ax.set_xscale("log")
-    _plain_ticks_within_a_decade(ax.xaxis)
+    _plain_log_ticks(ax.xaxis)
     fig.canvas.draw()
-    major = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    labels = [t for t in ax.get_xticklabels() if t.get_text() and low <= t.get_position()[0] <= high * 1.05]
     minor = [t.get_text() for t in ax.get_xticklabels(minor=True) if t.get_text()]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in labels]
     plt.close(fig)
+    major = [t.get_text() for t in labels]
     if plain:  # a few round numbers as typed, no minor labels
-        assert minor == [] and 3 <= len(major) <= 7
+        assert minor == [] and 3 <= len(major) <= 8, major
         assert all(re.fullmatch(r"[0-9.]+", text) for text in major), major
         assert [float(text) for text in major] == sorted(float(text) for text in major)
-    else:  # a decade or more: matplotlib's decade labels are kept
+        assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), major  # none overlaps the next
+    else:  # three decades or more: matplotlib's decade labels are kept
         assert all("10^" in text for text in major), major
 
 
