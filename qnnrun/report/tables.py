@@ -43,11 +43,14 @@ def layer_policy_note(groups: Sequence[Group]) -> str:
     for g in groups:
         if g.layers:
             methods[g.layers].add(g.identity.method)
+        elif g.identity.mixed:  # each layer at the widths its label gives, first and last included
+            methods["per layer (mixed)"].add(g.identity.method)
     if len(methods) < 2:
         return ""
     each = "; ".join(f"{LAYERS}={policy}: {', '.join(sorted(names))}" for policy, names in sorted(methods.items()))
     return (f"**Note: the rows compared differ in their first/last-layer policy** ({' / '.join(LAYER_KEYS)}: "
-            f"fp = float, 8 = 8 bits, same = the run's own bits), which changes GBOPs and weight size "
+            f"fp = float, 8 = 8 bits, same = the run's own bits; a mixed run's labels give every layer's "
+            f"widths), which changes GBOPs and weight size "
             f"several-fold: {each}. Tables and plot labels give it as {LAYERS}=...")
 
 

@@ -4,6 +4,7 @@ the data, and the first/last-layer policy named where the compared runs differ i
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Iterator, Sequence
@@ -181,6 +182,16 @@ def test_no_note_and_no_policy_in_labels_where_the_compared_runs_share_it(tmp_pa
     text = build_report([tmp_path / "runs"], tmp_path / "out", plots=False)
     assert "Note" not in text and "first/last" not in text
     assert layer_policy_note([group("ste", 2, [90.0]), group("lsq", 2, [90.0], layers=None)]) == ""
+
+
+def test_mixed_runs_beside_uniform_runs_with_float_end_layers_get_the_note() -> None:
+    """A search quantizes every layer at its own widths; the uniform sweep beside it kept its first
+    and last layers float: said, as between two uniform policies (the report was silent)."""
+    mixed = group("ste", 4, [98.3], gbops=0.003, layers=None)
+    mixed.identity = dataclasses.replace(mixed.identity, layer_bits="w 4,4,3 a 8,4,3")
+    note = layer_policy_note([group("ste", 2, [98.6]), mixed])
+    assert "first/last=fp: ste; first/last=per layer (mixed): ste" in note
+    assert layer_policy_note([mixed]) == ""
 
 
 # --- styles and the curves ------------------------------------------------------------------------
