@@ -613,7 +613,10 @@ def main() -> None:
             check_width_overrides(argv[1:])
         check_group_choices(argv[1:])
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
-        if not any(a in ("--help", "-h", "--hydra-help", "-sc", "--shell-completion") for a in argv[1:]):
+        # With hydra.searchpath a config folder of the user's own adds groups and presets that qnnrun's
+        # own compose cannot see: Hydra checks those overrides itself (check_group_choices skips too).
+        if not any(a in ("--help", "-h", "--hydra-help", "-sc", "--shell-completion") or "searchpath" in a
+                   for a in argv[1:]):
             check_overrides(command, sys.argv[1:])
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)

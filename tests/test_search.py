@@ -183,3 +183,21 @@ def test_resume_without_a_sweep_folder_finds_the_search(tmp_path: Path, capsys: 
     assert code == 0 and "continuing the sweep in" in err, err
     [study] = list((tmp_path / "outputs").rglob("optuna.db"))
     assert len(_study(study.parent).trials) == 2
+
+
+@pytest.mark.slow
+def test_another_sampler_runs_from_a_preset_of_ones_own_on_the_searchpath(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped presets set NSGA-II's population_size, which TPE lacks; a copy without it in a
+    folder given by hydra.searchpath runs (the command's own check refused presets from there)."""
+    preset = (Path(__file__).parents[1] / "qnnrun" / "conf" / "experiment" / "mp_search.yaml").read_text()
+    preset = preset.replace("    sampler:\n      population_size: 4   # two NSGA-II generations in 8 trials\n", "")
+    assert "population_size" not in preset
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mp_tpe.yaml").write_text(preset)
+    sweep = tmp_path / "search"
+    code, _, err = run_cli(["train", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=mp_tpe",
+                            "hydra/sweeper/sampler=tpe", "hydra.sweeper.n_trials=2", "trainer.epochs=1",
+                            "trainer.num_threads=1", f"hydra.sweep.dir={sweep}"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert [t.state.name for t in _study(sweep).trials] == ["COMPLETE"] * 2
