@@ -3,6 +3,7 @@ and what a mixed run reports, records and exports."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -149,5 +150,9 @@ def test_report_labels_mixed_runs_marks_the_front_and_keeps_them_out_of_the_bits
     assert set(rows) == {"W2A2", "W8A8", "mixed[w 4,4,3 a 8,4,3]"}
     front = {label for label, row in rows.items() if row.rstrip(" |").endswith("yes")}
     assert front == {"W2A2", "mixed[w 4,4,3 a 8,4,3]"}  # W8A8 is beaten by the mixed run in both
+    code, _, err = run_cli(["report", "runs", "--no-plots", "--out", "out"], tmp_path, capsys, monkeypatch)
+    with open(tmp_path / "out" / "report.csv", encoding="utf-8") as f:  # the CSV marks the same front
+        marked = {(row["bits_w"], row["layer_bits"]): row["pareto"] for row in csv.DictReader(f)}
+    assert marked == {("2", ""): "1", ("8", ""): "0", ("4", "w 4,4,3 a 8,4,3"): "1"}
     assert "mixed" not in out.split("## By bits")[1].split("##")[0]
     assert 'layer_bits {"features.1": 4} is not a mapping of layer patterns to {w, a} bits' in out

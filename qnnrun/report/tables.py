@@ -151,20 +151,23 @@ def _cut(text: str) -> str:
 
 
 def write_csv(groups: Sequence[Group], path: Path) -> None:
-    """report.csv: one row per group: its identity, the varying overrides, run counts and seeds, and the
-    mean and sample std of every metric (empty where none)."""
+    """report.csv: one row per group: its identity, the varying overrides, run counts and seeds, the
+    mean and sample std of every metric (empty where none), and ``pareto`` (1 on the accuracy-vs-GBOPs
+    front of its model and data set, as the Markdown table marks it, else 0)."""
     shown = varying_keys(groups)
     fields = ["method", "model", "dataset", "bits_w", "bits_a", "epochs", "layer_bits", *shown, "runs", "failed",
               "seeds"]
     for metric in METRICS:
         fields += [f"{metric}_mean", f"{metric}_std"]
+    fields.append("pareto")
+    front = set(front_groups(groups))
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        for g in groups:
+        for index, g in enumerate(groups):
             row: dict[str, Any] = {**dataclasses.asdict(g.identity), **{k: shown_value(g, k) for k in shown},
                                    "runs": len(g.done), "failed": len(g.runs) - len(g.done),
-                                   "seeds": " ".join(str(r.seed) for r in g.done)}
+                                   "seeds": " ".join(str(r.seed) for r in g.done), "pareto": int(index in front)}
             for metric in METRICS:
                 row[f"{metric}_mean"], row[f"{metric}_std"] = g.mean(metric), g.std(metric)
             writer.writerow(row)
