@@ -285,6 +285,17 @@ def test_dorefa_weight_values() -> None:
     assert Q.dorefa_weight(w, 1).tolist() == pytest.approx([-mean, -mean, mean, mean])
 
 
+def test_dorefa_weight_reductions_are_over_the_whole_tensor() -> None:
+    """tensorpack's ``fw``: max|tanh w| and E|w| over the whole weight, not per output channel (rows
+    of different sizes tell the two apart; a 1-D weight could not)."""
+    w = torch.tensor([[-2.0, 1.0], [0.1, -0.05]], dtype=D)
+    unit = torch.tanh(w) / (2 * torch.tanh(torch.tensor(2.0, dtype=D))) + 0.5
+    assert torch.equal(Q.dorefa_weight(w, 2), 2 * torch.round(3 * unit) / 3 - 1)
+    assert Q.dorefa_weight(w, 2)[1].tolist() == pytest.approx([1 / 3, -1 / 3])  # per channel: +-1
+    mean = w.abs().mean().item()
+    assert Q.dorefa_weight(w, 1).flatten().tolist() == pytest.approx([-mean, mean, mean, -mean])
+
+
 def test_dorefa_weight_normalisation_passes_gradcheck() -> None:
     w = torch.randn(4, 3, dtype=D, requires_grad=True)
     assert torch.autograd.gradcheck(Q.dorefa_weight_unit, (w,))
