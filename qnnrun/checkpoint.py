@@ -20,6 +20,7 @@ import os
 import pickle
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -131,7 +132,7 @@ def check_archive(path: Path, what: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:  # zlib errors are ValueErrors here
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, NotImplementedError) as err:
         raise QnnrunError(f"{what} is unreadable (truncated or corrupt?): {str(err).splitlines()[0]}") from None
     if damaged is not None:
         raise QnnrunError(f"{what} is corrupt: its member {damaged} fails its CRC-32 check (changed on disk or in "

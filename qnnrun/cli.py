@@ -387,7 +387,7 @@ def check_group_choices(args: list[str]) -> None:
     """Raise a one-line :class:`QnnrunError` for a config-group choice that ``conf/`` does not have
     (``method=magic``; each value of a sweep list ``method=ste,magic``), naming the valid ones:
     Hydra's own message spans many lines. Skipped when ``hydra.searchpath`` may add options."""
-    if any("searchpath" in arg for arg in args):
+    if any(_is_searchpath(arg) for arg in args):
         return
     for arg in args:
         match = _OVERRIDE.match(arg)
@@ -437,6 +437,11 @@ def _did_you_mean(key: str, cfg: DictConfig, groups: list[str]) -> str:
     same_depth = sorted(k for k in keys if k.count(".") == key.count("."))
     close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def _is_searchpath(arg: str) -> bool:
+    """Whether a command-line argument sets ``hydra.searchpath`` (a config folder of the user's own)."""
+    return arg.lstrip("+~").partition("=")[0] == "hydra.searchpath"
 
 
 def check_overrides(config_name: str, args: list[str]) -> None:
@@ -615,7 +620,7 @@ def main() -> None:
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
         # With hydra.searchpath a config folder of the user's own adds groups and presets that qnnrun's
         # own compose cannot see: Hydra checks those overrides itself (check_group_choices skips too).
-        if not any(a in ("--help", "-h", "--hydra-help", "-sc", "--shell-completion") or "searchpath" in a
+        if not any(a in ("--help", "-h", "--hydra-help", "-sc", "--shell-completion") or _is_searchpath(a)
                    for a in argv[1:]):
             check_overrides(command, sys.argv[1:])
     except QnnrunError as error:

@@ -61,9 +61,9 @@ class OptunaSearch(OptunaSweeper):
         command = sorted(run_overrides(list(arguments)) or [])
         command += sorted(f"hydra.sweeper.params.{key}={value}" for key, value in (impl.params or {}).items())
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage_file = self.sweep_dir / STUDY_FILE
+        sqlite = impl.storage.startswith("sqlite:///")  # asked only once the file is there: asking creates it
         existing = ({s.study_name for s in optuna.get_all_study_summaries(storage=impl.storage)}
-                    if storage_file.is_file() or not impl.storage.startswith("sqlite:///") else set())
+                    if not sqlite or Path(impl.storage[len("sqlite:///"):]).is_file() else set())
         again: list[Any] = []
         if impl.study_name in existing:
             if not self.resume:
@@ -78,8 +78,10 @@ class OptunaSearch(OptunaSweeper):
                       f"search continues with the settings it started with; give another hydra.sweep.dir for a new "
                       f"search")
             done = set(study.user_attrs.get(RUN_AGAIN, []))
+            completed = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+            impl.n_trials = max(0, impl.n_trials - completed)
             again = [t for t in study.trials if t.number not in done and t.state in (
-                optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)]
+                optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)][:impl.n_trials]
             for trial in again:
                 if trial.state == optuna.trial.TrialState.RUNNING:  # cut off by an interruption
                     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -87,8 +89,6 @@ class OptunaSearch(OptunaSweeper):
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.enqueue_trial(trial.params)
             study.set_user_attr(RUN_AGAIN, sorted(done | {t.number for t in again}))
-            completed = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-            impl.n_trials = max(0, impl.n_trials - completed)
             impl.job_idx = _next_job_number(self.sweep_dir)  # new trials' job folders follow the old ones
             log.info("continuing the search in %s: %d trials completed, %d cut off or failed run again, %d to go",
                      impl.storage, completed, len(again), impl.n_trials)
@@ -113,7 +113,8 @@ def _check_options(sweeper: Any) -> None:
         value = sweeper.get(key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             _fail(f"hydra.sweeper.{key}={value!r} is not valid: expected an integer >= 1")
-    direction = list(sweeper.get("direction") or [])
+    direction = sweeper.get("direction") or []
+    direction = [direction] if isinstance(direction, str) else list(direction)
     if [str(d) for d in direction] != ["maximize", "minimize"]:
         _fail(f"hydra.sweeper.direction={direction} is not valid: each trial returns {', '.join(OBJECTIVES)}, so "
               f"the search maximizes the first and minimizes the second; valid is [maximize, minimize]")
@@ -134,18 +135,30 @@ def _unfinished_folders(sweep_dir: Path) -> dict[Path, tuple[int, list[str] | No
         return summary is not None and summary.get("status") == "done"
 
     folders = {}
-    for folder in sorted(sweep_dir.glob("[0-9]*_*")):
+    for folder, number in _job_folders(sweep_dir):
         overrides = folder / HYDRA_SUBDIR / "overrides.yaml"
         if overrides.is_file() and not done(read_summary(folder)):
-            saved = [str(o) for o in OmegaConf.load(overrides)]
-            folders[folder] = (int(folder.name.split("_", 1)[0]), run_overrides(saved))
+            try:
+                saved = [str(o) for o in OmegaConf.load(overrides)]
+            except Exception:  # not a readable Hydra record: not a job this search can run again
+                continue
+            folders[folder] = (number, run_overrides(saved))
     return folders
 
 
+def _job_folders(sweep_dir: Path) -> list[tuple[Path, int]]:
+    """``(folder, job number)`` of the job folders ``<num>_...`` in ``sweep_dir``."""
+    pairs = []
+    for folder in sorted(sweep_dir.glob("[0-9]*_*")):
+        number = folder.name.split("_", 1)[0]
+        if folder.is_dir() and number.isdigit():
+            pairs.append((folder, int(number)))
+    return pairs
+
+
 def _next_job_number(sweep_dir: Path) -> int:
-    """One more than the largest job number of ``sweep_dir``'s job folders (``<num>_...``), or 0."""
-    numbers = [int(p.name.split("_", 1)[0]) for p in sweep_dir.glob("[0-9]*_*") if p.name.split("_", 1)[0].isdigit()]
-    return max(numbers, default=-1) + 1
+    """One more than the largest job number of ``sweep_dir``'s job folders, or 0."""
+    return max((number for _, number in _job_folders(sweep_dir)), default=-1) + 1
 
 
 # A search whose first trials all fail stops (a setting every trial shares is wrong: data, paths, a
@@ -190,11 +203,12 @@ class _SearchLauncher:
             number = self._number(list(overrides))
             numbers.append(fresh if number is None else number)
             fresh += number is None
-        if numbers == list(range(initial_job_idx, initial_job_idx + len(job_overrides))):
-            returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
-        else:  # jobs in folders of their own numbers: launched one at a time
-            returns = [ret for overrides, number in zip(job_overrides, numbers)
-                       for ret in self.launcher.launch([overrides], initial_job_idx=number)]
+        returns = []
+        start = 0
+        for end in range(1, len(numbers) + 1):  # each run of consecutive numbers in one launch (in parallel)
+            if end == len(numbers) or numbers[end] != numbers[end - 1] + 1:
+                returns += self.launcher.launch(job_overrides[start:end], initial_job_idx=numbers[start])
+                start = end
         for ret in returns:
             if ret.status.name == "COMPLETED" and ret.return_value is None and ret.hydra_cfg is not None:
                 record = read_summary(Path(str(ret.hydra_cfg.hydra.runtime.output_dir))) or {}

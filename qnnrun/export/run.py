@@ -67,7 +67,8 @@ def integer_export(run: SavedRun) -> dict[str, Any]:
     records = integer_records(run.model, probe_batch(run.info, device))
     if not records:
         name = run.config.method.name
-        what = f"method={name}" if name == "fp" else f"method={name} with every layer's weights float"
+        what = (f"method={name}" if name == "fp" else
+                f"method={name} at bits.w={run.config.bits.w} with every layer's weights float")
         raise QnnrunError(f"{what} has no quantized weights: format=int needs a run with quantized weights "
                           f"(valid: every method but fp, at weight widths 1-8)")
     replaced = exported_keys(run.model, records)

@@ -42,6 +42,7 @@ from qnnrun.quant.learned import PactQuantizer
 from qnnrun.quant.quantizers import DorefaActivationQuantizer, DorefaWeightQuantizer
 
 log = logging.getLogger("qnnrun")
+_WARNED: set[tuple[str, ...]] = set()  # the layer lists warned about (DoReFa.prepare)
 
 
 class _OutputGradientQuantizer:
@@ -106,7 +107,8 @@ class DoReFa(Method):
         super().prepare(model, batches)
         signed = [name for name, layer in quant_layers(model)
                   if isinstance(layer.input_quant, DorefaActivationQuantizer) and layer.input_quant.negative_seen]
-        if signed:
+        if signed and tuple(signed) not in _WARNED:  # once per process and layers (sensitivity prepares often)
+            _WARNED.add(tuple(signed))
             log.warning("dorefa: negative inputs at %s: method.act_clip=1 clips them to [0, 1] as DoReFa's "
                         "ReLU-fed nets do, so the quantized net zeroes what the float net passes on; "
                         "method.act_clip=mse quantizes them symmetrically",

@@ -43,15 +43,15 @@ def layer_policy_note(groups: Sequence[Group]) -> str:
     for g in groups:
         if g.layers:
             methods[g.layers].add(g.identity.method)
-        elif g.identity.mixed:  # each layer at the widths its label gives, first and last included
-            methods["per layer (mixed)"].add(g.identity.method)
+        elif g.identity.mixed:  # every layer at the widths its label gives, first and last included
+            methods["same"].add(f"{g.identity.method} (mixed)")
     if len(methods) < 2:
         return ""
     each = "; ".join(f"{LAYERS}={policy}: {', '.join(sorted(names))}" for policy, names in sorted(methods.items()))
     return (f"**Note: the rows compared differ in their first/last-layer policy** ({' / '.join(LAYER_KEYS)}: "
-            f"fp = float, 8 = 8 bits, same = the run's own bits; a mixed run's labels give every layer's "
-            f"widths), which changes GBOPs and weight size "
-            f"several-fold: {each}. Tables and plot labels give it as {LAYERS}=...")
+            f"fp = float, 8 = 8 bits, same = the run's own bits, a mixed run's its label's), which changes GBOPs "
+            f"and weight size several-fold: {each}. Tables and plot labels give it as {LAYERS}=... where uniform "
+            f"runs differ in it; a mixed run's label gives every layer's widths")
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:

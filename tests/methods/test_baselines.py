@@ -717,13 +717,17 @@ def test_dorefa_quantizes_the_gradient_reaching_each_weight_quantized_layer(grad
     assert torch.allclose(codes, codes.round(), atol=1e-4) == (grad_bits == 2)
 
 
-def test_dorefa_warns_when_its_0_1_clip_zeroes_negative_inputs(caplog: pytest.LogCaptureFixture) -> None:
+def test_dorefa_warns_when_its_0_1_clip_zeroes_negative_inputs(caplog: pytest.LogCaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """The paper's activation quantizer is fed ReLU outputs; on inputs with negative values (here the
     default MLP with its ReLUs replaced by tanh) its clip adds a ReLU the float net lacks: one warning
     names the layers (a MobileNetV2's linear bottlenecks: 17 of 51 inputs)."""
     from qnnrun.build import build_quantized_model
     from qnnrun.data import dataset_info
 
+    from qnnrun.methods import dorefa
+
+    monkeypatch.setattr(dorefa, "_WARNED", set())
     cfg = compose_config(["method=dorefa", "bits=2"])
     model, method = build_quantized_model(cfg, dataset_info(cfg.dataset), torch.device("cpu"))
     relu_fed = [torch.randn(16, 1, 8, 8)]
@@ -736,5 +740,6 @@ def test_dorefa_warns_when_its_0_1_clip_zeroes_negative_inputs(caplog: pytest.Lo
                 setattr(module, name, nn.Tanh())
     with caplog.at_level("WARNING", logger="qnnrun"):
         method.prepare(model, relu_fed)
+    method.prepare(model, relu_fed)  # again (qnnrun sensitivity calibrates per layer): no second warning
     [record] = [r for r in caplog.records if "negative inputs" in r.message]
     assert record.message.startswith("dorefa: negative inputs at features.4: method.act_clip=1 clips them")

@@ -190,8 +190,9 @@ def test_mixed_runs_beside_uniform_runs_with_float_end_layers_get_the_note() -> 
     mixed = group("ste", 4, [98.3], gbops=0.003, layers=None)
     mixed.identity = dataclasses.replace(mixed.identity, layer_bits="w 4,4,3 a 8,4,3")
     note = layer_policy_note([group("ste", 2, [98.6]), mixed])
-    assert "first/last=fp: ste; first/last=per layer (mixed): ste" in note
+    assert "first/last=fp: ste; first/last=same: ste (mixed)" in note
     assert layer_policy_note([mixed]) == ""
+    assert layer_policy_note([group("ste", 2, [98.6], layers=("same", "same")), mixed]) == ""  # as the preset says
 
 
 # --- styles and the curves ------------------------------------------------------------------------
