@@ -428,11 +428,21 @@ def _keys(cfg: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _did_you_mean(key: str, cfg: DictConfig, groups: list[str]) -> str:
+def _did_you_mean(key: str, cfg: DictConfig, groups: list[str], value: str = "VALUE") -> str:
     """``"; did you mean trainer.epochs?"``: the key of the config (or group name) closest to ``key``,
-    among keys as deep as ``key`` (so ``optim.lrr`` is matched against ``optim.lr``, not ``optim``)."""
+    among keys as deep as ``key`` (so ``optim.lrr`` is matched against ``optim.lr``, not ``optim``).
+    A key with dots inside a mapping (``quant.layer_bits``' ``features.1``, the search space's
+    ``search.features_4``), which a dotted path cannot reach, gets the mapping syntax instead."""
     import difflib
 
+    parts = key.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        parent, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
+        mapping = OmegaConf.select(cfg, parent, default=None)
+        if "." in rest and isinstance(mapping, DictConfig) and rest in mapping:
+            quote = '"' if "'" in value else "'"
+            return (f"; '{rest}' is one key of {parent}, which a dotted path cannot reach: give "
+                    f"{quote}{parent}={{{rest}: {value}}}{quote}")
     keys = {k for k in _keys(cfg) if not k.startswith("hydra.") or key.startswith("hydra.")} | set(groups)
     same_depth = sorted(k for k in keys if k.count(".") == key.count("."))
     close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
@@ -492,7 +502,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 if not key:
                     raise QnnrunError(_composition_error_line(error)) from None
                 value = next((o.partition("=")[2] for o in job if o.partition("=")[0].lstrip("+~") == key), "")
-                raise QnnrunError(f"{key}={value}: no such option{_did_you_mean(key, base, groups)} (qnnrun "
+                raise QnnrunError(f"{key}={value}: no such option{_did_you_mean(key, base, groups, value)} (qnnrun "
                                   f"{config_name} --cfg job lists the options)") from None
             except QnnrunError:
                 raise

@@ -227,6 +227,9 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
     [
         ("train", ["trainer.epoch=3"], "trainer.epoch=3: no such option; did you mean trainer.epochs?"),
         ("train", ["optim.lrr=0.1"], "optim.lrr=0.1: no such option; did you mean optim.lr?"),
+        ("train", ["experiment=mp_search", "hydra.sweeper.params.search.features_4=choice(2,4)"],
+         "no such option; 'search.features_4' is one key of hydra.sweeper.params, which a dotted path cannot "
+         "reach: give 'hydra.sweeper.params={search.features_4: choice(2,4)}'"),  # it suggested the key typed
         ("train", ["methd=ste"], "methd=ste: no such option; did you mean method?"),
         ("train", ["-m", "method=fp,ste", "trainer.epoch=1"], "trainer.epoch=1: no such option; did you mean"),
         ("train", ["method=lsq", "method.act_int=mse"], "did you mean method.act_init?"),
