@@ -501,7 +501,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 key = str(error).partition("Could not override '")[2].partition("'")[0]
                 if not key:
                     raise QnnrunError(_composition_error_line(error)) from None
-                value = next((o.partition("=")[2] for o in job if o.partition("=")[0].lstrip("+~") == key), "")
+                value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), "")
                 raise QnnrunError(f"{key}={value}: no such option{_did_you_mean(key, base, groups, value)} (qnnrun "
                                   f"{config_name} --cfg job lists the options)") from None
             except QnnrunError:
