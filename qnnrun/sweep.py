@@ -301,6 +301,22 @@ def _earlier_folder(num: int, overrides: list[str], sweep_dir: Path) -> str | No
     return None
 
 
+def _preset_sweeps(overrides: list[str]) -> bool:
+    """Whether an ``experiment=NAME`` of ``overrides`` is a preset that sweeps by itself
+    (``hydra.mode: MULTIRUN`` in ``conf/experiment/NAME.yaml``, as ``mp_search``)."""
+    from qnnrun import CONFIG_DIR
+
+    for override in overrides:
+        key, _, name = override.partition("=")
+        preset = CONFIG_DIR / "experiment" / f"{name}.yaml"
+        if key.lstrip("+") == "experiment" and preset.is_file():
+            try:
+                return OmegaConf.select(OmegaConf.load(preset), "hydra.mode", default=None) == "MULTIRUN"
+            except Exception:  # an unreadable preset: Hydra reports it when it composes
+                return False
+    return False
+
+
 def resume_sweep_args(args: list[str], root: Path = OUTPUTS_ROOT) -> list[str]:
     """``args`` of ``qnnrun train``, plus ``hydra.sweep.dir=<earlier sweep>`` when they ask for
     ``resume=true``, name no sweep folder themselves, and an earlier sweep of the same overrides exists.
@@ -313,7 +329,7 @@ def resume_sweep_args(args: list[str], root: Path = OUTPUTS_ROOT) -> list[str]:
         return args
     folder = find_sweep(overrides, root)
     if folder is None:
-        if any(arg in ("-m", "--multirun") for arg in args):
+        if any(arg in ("-m", "--multirun") for arg in args) or _preset_sweeps(overrides):
             print(f"qnnrun: resume=true: no earlier sweep of these overrides under {root}/: starting a new sweep "
                   f"(give hydra.sweep.dir=DIR to continue one elsewhere)", file=sys.stderr, flush=True)
         return args

@@ -343,6 +343,16 @@ def test_resume_finds_the_sweep_of_the_same_overrides_only(tmp_path: Path) -> No
     assert resume_sweep_args(given, tmp_path) == given
 
 
+def test_resume_says_when_it_starts_a_new_sweep_also_for_a_preset_that_sweeps(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """experiment=mp_search sweeps by itself (hydra.mode: MULTIRUN), without -m: the notice was missing."""
+    for args in (["-m", "method=fp", "resume=true"], ["experiment=mp_search", "resume=true"]):
+        resume_sweep_args(args, tmp_path)
+        assert "resume=true: no earlier sweep of these overrides under" in capsys.readouterr().err, args
+    resume_sweep_args(["method=fp", "resume=true"], tmp_path)  # a single run: its own notice, elsewhere
+    assert capsys.readouterr().err == ""
+
+
 def test_job_folders_are_named_by_what_tells_the_jobs_apart(tmp_path: Path) -> None:
     """The nbn_cifar10 preset's sweep (its sweeper params, seeds on the command line): a job's folder
     holds its method, bits and seed, not the preset, the thread count or the other settings every job shares."""
