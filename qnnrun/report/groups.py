@@ -94,7 +94,8 @@ def reads(method: str, key: str) -> bool:
 
 def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]:
     """Runs with a known identity, grouped by it and by their other overrides (seed and the override
-    keys in ``ignore`` aside), in the order of their identities and overrides."""
+    keys in ``ignore`` aside), in the order of their identities and overrides, a method's mixed groups
+    after its uniform ones (their ``bits_w``/``bits_a`` are only the widths no rule set)."""
     groups: dict[tuple[Identity, tuple[tuple[str, str], ...]], Group] = {}
     keys = sorted({key for run in runs for key in run.overrides if key not in ignore})
     for run in runs:
@@ -110,7 +111,7 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
         extras = {k: v for k, v in values if v is not None}
         key = (run.identity, tuple(sorted(extras.items())))
         groups.setdefault(key, Group(run.identity, extras)).runs.append(run)
-    return [groups[key] for key in sorted(groups)]
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0].dataset, k[0].model, k[0].method, k[0].mixed, k))]
 
 
 def _default_text(run: Run, key: str) -> str | None:
