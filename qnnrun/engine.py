@@ -42,7 +42,7 @@ from qnnrun.errors import QnnrunError
 # Imported into this namespace because the loop calls them from here (tests patch ``engine.evaluate``).
 from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
 from qnnrun.methods import Method, build_method
-from qnnrun.metrics.bops import format_table, layer_costs, totals
+from qnnrun.metrics.bops import format_table, layer_costs, layer_widths, totals
 from qnnrun.quant.fold import folded_norms
 from qnnrun.quant.layers import fully_quantized
 from qnnrun.optim import build_optimizer, method_lr_factor
@@ -502,8 +502,8 @@ class _Loop:
             history.append(entry)
             if self.writer is not None:
                 log_epoch(self.writer, entry)
-        widths = {c.name: {"w": c.weight_bits, "a": c.input_bits} for c in self.costs}
-        summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc, widths,
+        summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc,
+                                 layer_widths(self.costs),
                                  None if self.distill is None else self.distill.sha256)
         summary.update(extensions=self.start.extensions, overrides=list(overrides),
                        run_dir=str(self.run_dir.resolve()))

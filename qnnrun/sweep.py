@@ -85,11 +85,27 @@ def _record(run_dir: Path, cfg: DictConfig, overrides: list[str], **fields: Any)
     try:  # the widths the method runs at (fp: 32, bnn: 1, whatever bits says), as a finished run records them
         method = build_method(cfg)
         record["bits_w"], record["bits_a"] = method.weight_bits, method.act_bits
+        if method.mixed:  # and each layer's, so that a report groups it with its finished siblings
+            record["layer_bits"] = _layer_widths(cfg)
     except Exception:  # the failure may be in the method's own config: keep the config's bits
         pass
     record.update(overrides=overrides, run_dir=str(run_dir.resolve()), config=config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / SUMMARY, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def _layer_widths(cfg: DictConfig) -> dict[str, dict[str, int]]:
+    """The real widths of every conv/linear layer of ``cfg``'s model as its method builds it (on the CPU,
+    from the data set's shape; no data is read): :func:`qnnrun.metrics.bops.layer_widths`."""
+    import torch
+
+    from qnnrun.build import build_quantized_model, example_input
+    from qnnrun.data import dataset_info
+    from qnnrun.metrics.bops import layer_costs, layer_widths
+
+    info, cpu = dataset_info(cfg.dataset), torch.device("cpu")
+    model, _ = build_quantized_model(cfg, info, cpu)
+    return layer_widths(layer_costs(model, example_input(info, cpu, 1)))
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException, overrides: list[str]) -> None:

@@ -77,6 +77,10 @@ def test_a_search_whose_first_trials_all_fail_stops_in_one_line(tmp_path: Path, 
     assert [t.state.name for t in _study(sweep).trials] == ["FAIL"] * 3
     statuses = [s["status"] for s in _summaries(sweep).values()]
     assert "failed" in statuses and set(statuses) <= {"failed", "duplicate"}  # a trial may redraw a failed one
+    for record in _summaries(sweep).values():  # a failed mixed trial's record has its real widths, as a done one
+        if record["status"] == "failed":
+            assert list(record["layer_bits"]) == ["features.1", "features.4", "classifier"]
+            assert record["layer_bits"]["features.1"]["a"] == 8  # the image input stays at 8 bits
     folders = sorted(_summaries(sweep))
 
     # The fix (the teacher file made), then the same command continues: the failed trials run again in

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from qnnrun.errors import QnnrunError
 from qnnrun.export.grids import probe_batch, weight_codes
-from qnnrun.metrics.bops import layer_costs
+from qnnrun.metrics.bops import layer_costs, layer_widths
 from qnnrun.quant.grids import RoundGrid
 from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
 
@@ -186,8 +186,7 @@ def model_metadata(run: SavedRun, source: Path) -> dict[str, str]:
     classes = CLASS_NAMES.get(run.info.name, [str(i) for i in range(run.info.num_classes)])
     layer_bits = None
     if run.method.mixed:
-        costs = layer_costs(run.model, probe_batch(run.info, next(run.model.parameters()).device))
-        layer_bits = {c.name: {"w": c.weight_bits, "a": c.input_bits} for c in costs}
+        layer_bits = layer_widths(layer_costs(run.model, probe_batch(run.info, next(run.model.parameters()).device)))
     return {
         "qnnrun.preprocessing": "images [N, C, H, W] float32: pixels (0-255) divided by 255, then per channel "
                                 "(x - mean) / std",

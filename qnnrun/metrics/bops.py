@@ -97,6 +97,12 @@ def layer_costs(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
     return costs
 
 
+def layer_widths(costs: list[LayerCost]) -> dict[str, dict[str, int]]:
+    """Each layer's real widths, ``{name: {"w": weight bits, "a": input bits}}`` in forward order: what
+    ``summary.json``, failure records and ONNX metadata give as a mixed run's ``layer_bits``."""
+    return {c.name: {"w": c.weight_bits, "a": c.input_bits} for c in costs}
+
+
 def totals(costs: list[LayerCost]) -> dict[str, float]:
     """Whole-model totals: ``bops``, ``macs``, ``bit_macs`` per image, ``weight_memory_bits``
     (conv/linear weights at their bit widths), ``weight_memory_mb`` (MiB), ``fp32_memory_bits``
