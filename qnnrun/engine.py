@@ -273,6 +273,7 @@ class _Loop:
         self.method.set_calibration_source(lambda: self._calibration_images())
         self.init_acc = init_test_acc(cfg.init_from)  # what test/vs_init is measured from
         self.distill = distillation(cfg, self.info, device)
+        self.teacher_sha256 = None if self.distill is None else self.distill.sha256  # for the records
 
     def _calibration_images(self) -> Iterator[Tensor]:
         return (images for images, _ in _take(self.data.train, self.cfg.quant.calib_batches))
@@ -368,7 +369,7 @@ class _Loop:
     def _checkpoint(self, epoch: int) -> dict[str, Any]:
         return checkpoint_state(self.start.config, epoch, self.model, self.optimizer, self.scheduler, self.method,
                       self.best_acc, self.history, self.info, self.start.extensions, self.folded_at_build,
-                      None if self.distill is None else self.distill.sha256)
+                      self.teacher_sha256)
 
     def _save(self, state: dict[str, Any], name: str) -> None:
         if self.ranks.main:  # other ranks write no files
@@ -503,8 +504,7 @@ class _Loop:
             if self.writer is not None:
                 log_epoch(self.writer, entry)
         summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc,
-                                 layer_widths(self.costs),
-                                 None if self.distill is None else self.distill.sha256)
+                                 layer_widths(self.costs), self.teacher_sha256)
         summary.update(extensions=self.start.extensions, overrides=list(overrides),
                        run_dir=str(self.run_dir.resolve()))
         if self.writer is not None:

@@ -21,7 +21,7 @@ from qnnrun.config import validate_quant
 from qnnrun.data import DataBundle, DataInfo, build_data, dataset_info
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import Method
-from qnnrun.metrics.bops import format_table, layer_costs, totals
+from qnnrun.metrics.bops import LayerCost, format_table, layer_costs, totals
 from qnnrun.schema import saved_config
 
 
@@ -150,13 +150,18 @@ def eval_report_line(run: SavedRun, data: DataBundle, result: EvalResult) -> str
             f"top-1 {result.acc:.2f}%{top5}  loss {result.loss:.4f}")
 
 
+def config_costs(cfg: DictConfig) -> tuple[list[LayerCost], Method, DataInfo]:
+    """The per-image layer costs of ``cfg``'s model as its method builds it on the CPU (from the data
+    set's shape; no data is read), the method and that shape."""
+    info, cpu = dataset_info(cfg.dataset), torch.device("cpu")
+    model, method = build_quantized_model(cfg, info, cpu)
+    return layer_costs(model, example_input(info, cpu, 1)), method, info
+
+
 def bops_report(cfg: DictConfig) -> str:
     """The per-layer BOPs / size table of ``cfg``'s model, method and bits (no data is read)."""
     validate_quant(cfg)
-    info = dataset_info(cfg.dataset)
-    device = torch.device("cpu")
-    model, method = build_quantized_model(cfg, info, device)
-    costs = layer_costs(model, example_input(info, device, 1))
+    costs, method, info = config_costs(cfg)
     header = (f"{cfg.model.name} on {info.name} ({info.in_channels}x{info.image_size}x{info.image_size}, "
               f"{info.num_classes} classes), method={cfg.method.name} {method.bits_label}, "
               f"first/last layer {cfg.quant.first_layer}/{cfg.quant.last_layer}")

@@ -86,26 +86,15 @@ def _record(run_dir: Path, cfg: DictConfig, overrides: list[str], **fields: Any)
         method = build_method(cfg)
         record["bits_w"], record["bits_a"] = method.weight_bits, method.act_bits
         if method.mixed:  # and each layer's, so that a report groups it with its finished siblings
-            record["layer_bits"] = _layer_widths(cfg)
+            from qnnrun.evaluate import config_costs
+            from qnnrun.metrics.bops import layer_widths
+
+            record["layer_bits"] = layer_widths(config_costs(cfg)[0])
     except Exception:  # the failure may be in the method's own config: keep the config's bits
         pass
     record.update(overrides=overrides, run_dir=str(run_dir.resolve()), config=config)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / SUMMARY, json.dumps(record, indent=2, default=str) + "\n")
-
-
-def _layer_widths(cfg: DictConfig) -> dict[str, dict[str, int]]:
-    """The real widths of every conv/linear layer of ``cfg``'s model as its method builds it (on the CPU,
-    from the data set's shape; no data is read): :func:`qnnrun.metrics.bops.layer_widths`."""
-    import torch
-
-    from qnnrun.build import build_quantized_model, example_input
-    from qnnrun.data import dataset_info
-    from qnnrun.metrics.bops import layer_costs, layer_widths
-
-    info, cpu = dataset_info(cfg.dataset), torch.device("cpu")
-    model, _ = build_quantized_model(cfg, info, cpu)
-    return layer_widths(layer_costs(model, example_input(info, cpu, 1)))
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, error: BaseException, overrides: list[str]) -> None:
@@ -308,13 +297,19 @@ def _earlier_folder(num: int, overrides: list[str], sweep_dir: Path) -> str | No
     if wanted is None:
         return None
     for folder in sorted(sweep_dir.glob(f"{num}_*")):
-        try:
-            saved = [str(o) for o in OmegaConf.load(folder / HYDRA_SUBDIR / "overrides.yaml")]
-        except Exception:  # no Hydra record there (or not a list): not a job's folder
-            continue
-        if run_overrides(saved) == wanted:
+        if saved_run_overrides(folder) == wanted:
             return folder.name
     return None
+
+
+def saved_run_overrides(folder: Path) -> list[str] | None:
+    """:func:`run_overrides` of the job in ``folder`` (its ``.hydra/overrides.yaml``), or ``None`` where
+    there is no readable Hydra record (not a job's folder)."""
+    try:
+        saved = [str(o) for o in OmegaConf.load(folder / HYDRA_SUBDIR / "overrides.yaml")]
+    except Exception:  # no Hydra record there (or not a list)
+        return None
+    return run_overrides(saved)
 
 
 def _preset_sweeps(overrides: list[str]) -> bool:

@@ -123,11 +123,11 @@ def _check_options(sweeper: Any) -> None:
         _fail(f"hydra.sweeper.max_failure_rate={rate!r} is not valid: expected a number from 0 to 1")
 
 
-def _unfinished_folders(sweep_dir: Path) -> dict[Path, tuple[int, list[str] | None]]:
+def _unfinished_folders(sweep_dir: Path) -> dict[Path, tuple[int, list[str]]]:
     """Job folders of ``sweep_dir`` whose run is not done (cut off, failed, a duplicate of such a
-    run): folder -> (job number, its run's overrides, :func:`qnnrun.sweep.run_overrides`)."""
-    from qnnrun.runs import HYDRA_SUBDIR, read_summary
-    from qnnrun.sweep import run_overrides
+    run): folder -> (job number, its run's overrides, :func:`qnnrun.sweep.saved_run_overrides`)."""
+    from qnnrun.runs import read_summary
+    from qnnrun.sweep import saved_run_overrides
 
     def done(summary: dict | None) -> bool:
         if summary is not None and summary.get("status") == "duplicate" and summary.get("same_as"):
@@ -136,13 +136,9 @@ def _unfinished_folders(sweep_dir: Path) -> dict[Path, tuple[int, list[str] | No
 
     folders = {}
     for folder, number in _job_folders(sweep_dir):
-        overrides = folder / HYDRA_SUBDIR / "overrides.yaml"
-        if overrides.is_file() and not done(read_summary(folder)):
-            try:
-                saved = [str(o) for o in OmegaConf.load(overrides)]
-            except Exception:  # not a readable Hydra record: not a job this search can run again
-                continue
-            folders[folder] = (number, run_overrides(saved))
+        saved = saved_run_overrides(folder)
+        if saved is not None and not done(read_summary(folder)):
+            folders[folder] = (number, saved)
     return folders
 
 
@@ -178,7 +174,7 @@ class _SearchLauncher:
     """
 
     def __init__(self, launcher: Any, count: int, storage: str, study_name: str,
-                 unfinished: dict[Path, tuple[int, list[str] | None]]) -> None:
+                 unfinished: dict[Path, tuple[int, list[str]]]) -> None:
         self.launcher, self.count, self.results = launcher, count, []
         self.storage, self.study_name, self.unfinished = storage, study_name, unfinished
 
@@ -189,7 +185,7 @@ class _SearchLauncher:
 
         wanted = run_overrides(overrides)
         for folder, (number, saved) in sorted(self.unfinished.items(), key=lambda item: item[1][0]):
-            if wanted is not None and saved == wanted:
+            if saved == wanted:
                 del self.unfinished[folder]
                 return number
         return None
