@@ -441,12 +441,19 @@ def _did_you_mean(key: str, cfg: DictConfig, groups: list[str], value: str = "VA
         mapping = OmegaConf.select(cfg, parent, default=None)
         if "." in rest and isinstance(mapping, DictConfig) and rest in mapping:
             quote = '"' if "'" in value else "'"
+            inner = "'" if quote == '"' else '"'
+            if any(c in value for c in "(),[]{} ") and not value.startswith(("'", '"')):
+                value = f"{inner}{value}{inner}"  # unquoted, Hydra reads choice(2,4) in a mapping as a sweep
             return (f"; '{rest}' is one key of {parent}, which a dotted path cannot reach: give "
                     f"{quote}{parent}={{{rest}: {value}}}{quote}")
     keys = {k for k in _keys(cfg) if not k.startswith("hydra.") or key.startswith("hydra.")} | set(groups)
     same_depth = sorted(k for k in keys if k.count(".") == key.count("."))
     close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+# Where a sweeper's dimensions live (Hydra's basic sweeper and the search alike): params.<run option>.
+SWEEP_PARAMS = "hydra.sweeper.params."
 
 
 def _is_searchpath(arg: str) -> bool:
@@ -487,6 +494,9 @@ def check_overrides(config_name: str, args: list[str]) -> None:
             base = compose(config_name, overrides=[], return_hydra_config=True)
             try:
                 base = compose(config_name, overrides=chosen, return_hydra_config=True)
+                for override in parsed:
+                    if override.key_or_group.startswith(SWEEP_PARAMS):
+                        _check_sweep_dimension(override, base, groups, config_name)
                 _check_typed_values(parsed, base)
                 composed = compose(config_name, overrides=job, return_hydra_config=True)
             except MissingConfigException as error:
@@ -524,6 +534,26 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                                   f"would read it{_did_you_mean(key, base, groups)}")
     finally:
         GlobalHydra.instance().clear()
+
+
+def _check_sweep_dimension(override: Any, cfg: DictConfig, groups: list[str], config_name: str) -> None:
+    """One error line for ``hydra.sweeper.params.<option>=VALUE`` (a parsed override) other than a
+    change to a dimension the sweep has: an option with dots (a key of the mapping, which a dotted
+    path cannot reach), a new dimension (Hydra refuses ``choice()`` under ``hydra.``, with or
+    without ``+``; ``<option>=choice(...)`` on its own is the way), or no run option at all."""
+    key, value = override.key_or_group, override.input_line.partition("=")[2]
+    option = key[len(SWEEP_PARAMS):]
+    params = OmegaConf.select(cfg, SWEEP_PARAMS.rstrip("."), default=None)
+    if isinstance(params, DictConfig) and option in params:
+        if "." in option:
+            raise QnnrunError(f"{override.input_line}: no such option{_did_you_mean(key, cfg, groups, value)}")
+        return
+    if option in groups or (not option.startswith("hydra.") and option in _keys(cfg)):
+        raise QnnrunError(f"{override.input_line}: the sweep has no dimension {option}; give {option}={value} on its "
+                          f"own, which the sweeper reads as one")
+    close = "" if option.startswith("hydra.") else _did_you_mean(option, cfg, groups, value)
+    raise QnnrunError(f"{override.input_line}: {option} is not an option of qnnrun {config_name}, so no run would "
+                      f"read it{close}")
 
 
 def _composition_error_line(error: Exception) -> str:

@@ -229,7 +229,14 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
         ("train", ["optim.lrr=0.1"], "optim.lrr=0.1: no such option; did you mean optim.lr?"),
         ("train", ["experiment=mp_search", "hydra.sweeper.params.search.features_4=choice(2,4)"],
          "no such option; 'search.features_4' is one key of hydra.sweeper.params, which a dotted path cannot "
-         "reach: give 'hydra.sweeper.params={search.features_4: choice(2,4)}'"),  # it suggested the key typed
+         "reach: give 'hydra.sweeper.params={search.features_4: \"choice(2,4)\"}'"),  # it suggested the key typed
+        # A new dimension: Hydra refuses choice() under hydra. (with + too), or printed a traceback.
+        ("train", ["experiment=mp_search", "hydra.sweeper.params.seed=choice(0,1)"],
+         "hydra.sweeper.params.seed=choice(0,1): the sweep has no dimension seed; give seed=choice(0,1) on its own"),
+        ("train", ["-m", "+hydra.sweeper.params.optim.lr=0.1,0.2"],
+         "the sweep has no dimension optim.lr; give optim.lr=0.1,0.2 on its own"),
+        ("train", ["experiment=mp_search", "+hydra.sweeper.params.optim.lrr=choice(0.1,0.2)"],
+         "optim.lrr is not an option of qnnrun train, so no run would read it; did you mean optim.lr?"),
         ("train", ["methd=ste"], "methd=ste: no such option; did you mean method?"),
         ("train", ["-m", "method=fp,ste", "trainer.epoch=1"], "trainer.epoch=1: no such option; did you mean"),
         ("train", ["method=lsq", "method.act_int=mse"], "did you mean method.act_init?"),
