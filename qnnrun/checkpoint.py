@@ -15,6 +15,7 @@ A checkpoint is a dict of tensors and plain Python values::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -58,14 +59,17 @@ def check_output_file(path: str | Path, key: str) -> None:
         raise QnnrunError(f"{key}={path}: the folder {path.parent} does not exist")
 
 
-def check_output_folder(path: str | Path, key: str) -> None:
+def check_output_folder(path: str | Path, key: str, keep: bool = True) -> None:
     """Create the folder ``path`` (and its parents) now, or raise a one-line QnnrunError naming
-    ``key``: a file or special file in the way, no permission, a file system that refuses folders."""
+    ``key``: a file or special file in the way, no permission, a file system that refuses folders.
+    ``keep=False`` removes again the (empty) folders the check created: for a check before another
+    program creates the folder (Hydra), so that a command stopped by a later check leaves nothing."""
     path = Path(path)
     blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise QnnrunError(f"{key}={path} cannot be a folder: {blocker} is not a folder; choose another with "
                           f"{key}=DIR")
+    created = [] if keep else [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -73,6 +77,10 @@ def check_output_folder(path: str | Path, key: str) -> None:
     except OSError as err:
         raise QnnrunError(f"{key}={path} cannot be written ({err.strerror or err}); choose another with "
                           f"{key}=DIR") from None
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
+                folder.rmdir()
 
 
 def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:

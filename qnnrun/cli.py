@@ -64,11 +64,12 @@ def _report(error: QnnrunError) -> None:
 
 class OutputFolderCheck(Callback):
     """Registered in ``conf/train.yaml``: before Hydra creates the run (or sweep) folder, check that
-    it can be created, so a bad ``hydra.run.dir`` is one line, not Hydra's traceback."""
+    it can be created, so a bad ``hydra.run.dir`` is one line, not Hydra's traceback. The folder
+    itself is left to Hydra (and the sweeper), after the later checks."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         run_dir = Path(str(config.hydra.run.dir))
-        _exit_on_error(lambda: check_output_folder(run_dir, "hydra.run.dir"))
+        _exit_on_error(lambda: check_output_folder(run_dir, "hydra.run.dir", keep=False))
         if config.get("resume") is False and config.hydra.job.name == "train":
             from qnnrun.runs import refuse_existing_run
 
@@ -76,7 +77,7 @@ class OutputFolderCheck(Callback):
             _exit_on_error(lambda: refuse_existing_run(run_dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _exit_on_error(lambda: check_output_folder(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir"))
+        _exit_on_error(lambda: check_output_folder(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir", keep=False))
 
 
 def _exit_on_error(check: Callable[[], None]) -> None:
@@ -521,6 +522,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 key = culprit.partition("=")[0].lstrip("+~")
                 options = f": choose one of {', '.join(group_options(key))}" if key in groups else ""
                 raise QnnrunError(f"{culprit} is not valid{options} ({str(error).strip().splitlines()[0]})") from None
+            _check_sampler(composed)
             missing = _missing_keys(composed)
             if missing and config_name == "train":  # eval and export name their own (checkpoint=PATH)
                 raise QnnrunError(f"{missing[0]} has no value and this run needs one: give {missing[0]}=VALUE"
@@ -534,6 +536,24 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                                   f"would read it{_did_you_mean(key, base, groups)}")
     finally:
         GlobalHydra.instance().clear()
+
+
+def _check_sampler(cfg: DictConfig) -> None:
+    """One error line for a search's sampler (``hydra.sweeper.sampler``) that its options do not
+    build (NSGA-II with ``population_size=1``): Hydra builds it before any sweeper code runs and
+    prints its error in several lines."""
+    from hydra.utils import instantiate
+
+    sampler = OmegaConf.select(cfg, "hydra.sweeper.sampler", default=None)
+    if not isinstance(sampler, DictConfig) or "_target_" not in sampler:
+        return
+    try:
+        instantiate(sampler)
+    except Exception as error:
+        cause = error.__cause__ or error
+        name = str(sampler._target_).rpartition(".")[2]
+        raise QnnrunError(f"hydra.sweeper.sampler is not valid: {name} refuses its options: "
+                          f"{str(cause).strip().splitlines()[0]}") from None
 
 
 def _check_sweep_dimension(override: Any, cfg: DictConfig, groups: list[str], config_name: str) -> None:

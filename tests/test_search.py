@@ -147,11 +147,19 @@ def test_sweeper_options_the_search_cannot_run_with_are_one_line(tmp_path: Path,
              "not valid: each trial returns test_acc, gbops, so the search maximizes the first and minimizes the "
              "second; valid is [maximize, minimize]"),
             ("hydra.sweeper.max_failure_rate=2", "hydra.sweeper.max_failure_rate=2.0 is not valid: expected a "
-             "number from 0 to 1")]:
+             "number from 0 to 1"),
+            # Hydra's several lines before; the sampler is built before any sweeper code runs.
+            ("hydra.sweeper.sampler.population_size=1", "hydra.sweeper.sampler is not valid: NSGAIISampler refuses "
+             "its options: `population_size` must be greater than or equal to 2."),
+            # Hydra's several lines, after an empty study was made: the corrected command asked for resume=true.
+            ('hydra.sweeper.params={search.features_1: "interval(1)"}', "the search space cannot be read: Error "
+             "parsing override 'search.features_1=interval(1)'; TypeError while evaluating 'interval(1)': missing a "
+             "required argument: 'end' (each dimension is choice(a, b, ...), range(start, stop[, step]), "
+             "interval(low, high) or tag(log, interval(low, high)))")]:
         code, _, err = run_cli([*SEARCH, option, f"hydra.sweep.dir={tmp_path / 'search'}"], tmp_path, capsys,
                                monkeypatch)
         assert code == 1 and err.strip() == f"qnnrun: error: {message}", err
-        assert not (tmp_path / "search" / "optuna.db").exists()
+        assert not (tmp_path / "search").exists()
 
 
 def test_a_value_the_run_needs_is_asked_for_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -58,6 +58,7 @@ class OptunaSearch(OptunaSweeper):
         from qnnrun.sweep import run_overrides
 
         impl = self.sweeper
+        _check_search_space(impl, arguments)
         command = sorted(run_overrides(list(arguments)) or [])
         command += sorted(f"hydra.sweeper.params.{key}={value}" for key, value in (impl.params or {}).items())
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -121,6 +122,21 @@ def _check_options(sweeper: Any) -> None:
     rate = sweeper.get("max_failure_rate")
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
         _fail(f"hydra.sweeper.max_failure_rate={rate!r} is not valid: expected a number from 0 to 1")
+
+
+def _check_search_space(impl: Any, arguments: list[str]) -> None:
+    """One error line for a search space the plugin cannot read (``foo(1)``, ``interval(1)``), read
+    as the plugin will read it, before the sweep folder and the study are made (an empty study would
+    make the corrected command ask for resume=true)."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    try:
+        impl._process_searchspace_config()
+        create_params_from_overrides(impl._parse_sweeper_params_config() + list(arguments))
+    except Exception as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("See http")]
+        _fail(f"the search space cannot be read: {'; '.join(lines[:2]) or type(error).__name__} (each dimension is "
+              f"choice(a, b, ...), range(start, stop[, step]), interval(low, high) or tag(log, interval(low, high)))")
 
 
 def _unfinished_folders(sweep_dir: Path) -> dict[Path, tuple[int, list[str]]]:
