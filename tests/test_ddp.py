@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -114,6 +115,55 @@ def test_agreement_check_catches_ranks_that_differ(differ: bool) -> None:
         assert all("ranks' models differ (first: weight)" in text for text in outcomes.values())
     else:
         assert outcomes == {0: "agree", 1: "agree"}
+
+
+def _imagefolder_cfg(root: Path) -> Any:
+    return compose_config(["dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=8",
+                           "dataset.batch_size=4", "dataset.num_workers=0", "dataset.skip_bad=true"]).dataset
+
+
+def _bad_share_worker(rank: int, port: int, root: Path, results: Any) -> None:
+    from torch import distributed as dist
+
+    from qnnrun.data import build_data
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    train = build_data(_imagefolder_cfg(root), data_dir=root, cache_dir=root / "cache", device="cpu", seed=0).train
+    train.shard(rank, 2)
+    results.put((rank, [len(labels) for _, labels in train]))
+    dist.destroy_process_group()
+
+
+def test_a_batch_whose_share_on_one_rank_is_all_bad_files_is_left_out_on_every_rank(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With dataset.skip_bad, rank 1's share of the first batch is unreadable: rank 1 had no batch there
+    while rank 0 trained on it, and waited in the step's collectives for ever."""
+    import numpy as np
+    from PIL import Image
+    from torch import multiprocessing as mp
+
+    from qnnrun.data import build_data
+    from qnnrun.distributed import _free_port
+
+    for label in ("cat", "dog"):
+        for split, count in (("train", 6), ("val", 2)):
+            (tmp_path / split / label).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.full((8, 8, 3), i, dtype=np.uint8)).save(tmp_path / split / label / f"{i}.png")
+    train = build_data(_imagefolder_cfg(tmp_path), data_dir=tmp_path, cache_dir=tmp_path / "cache", device="cpu",
+                       seed=0).train
+    train.shard(1, 2)
+    train.skip_bad = False  # this look needs no process group
+    dataset, read = train._loader.dataset, []
+    get = type(dataset).__getitem__
+    monkeypatch.setattr(type(dataset), "__getitem__", lambda self, i: read.append(i) or get(self, i))
+    next(iter(train))  # rank 1's share of the first global batch: the files it reads
+    for index in read:
+        Path(dataset.samples[index][0]).write_bytes(b"not an image")
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_bad_share_worker, args=(_free_port(), tmp_path, results), nprocs=2, start_method="spawn")
+    sizes = dict(results.get() for _ in range(2))
+    assert sizes == {0: [2, 2], 1: [2, 2]}  # 3 global batches of 4; the first left out on both
 
 
 def test_bad_device_count_is_one_line(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from torchvision import transforms
 
 from qnnrun.data.loader import ORDER_STREAM, batch_count, epoch_seed, rank_share
 from qnnrun.data.sources import report_bad_files
+from qnnrun.distributed import Ranks, any_rank
 from qnnrun.errors import QnnrunError
 
 
@@ -74,7 +75,8 @@ class ImageFolderLoader:
     persistent, so they are reseeded every epoch; with 0 workers the random transforms use the
     process-global RNG). An unreadable file is an error naming it, or with ``skip_bad`` is left
     out of its batch and counted in the log at the end of the epoch. After ``shard(rank, world)``
-    the workers read only rank ``rank``'s share of each global batch.
+    the workers read only rank ``rank``'s share of each global batch (with ``skip_bad``, a batch in
+    which some rank's share is all bad files is left out on every rank: one small all-reduce per batch).
     """
 
     def __init__(
@@ -120,10 +122,15 @@ class ImageFolderLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._generator.manual_seed(epoch_seed(self.seed, self.epoch, ORDER_STREAM))
         skipped: list[tuple[str, str]] = []
+        ranks = Ranks(self._batches.rank, self._batches.world, self._batches.rank)
         for images, labels, bad in self._loader:
             if bad:
                 report_bad_files(bad, self.skip_bad)
                 skipped += bad
+            if self.skip_bad and any_rank(images is None, self.device, ranks):
+                # A rank whose whole share is bad files has no batch: every rank leaves the batch out (the
+                # others would wait for it in the step's collectives for ever).
+                continue
             if images is not None:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         report_bad_files(skipped, True)
