@@ -224,7 +224,8 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
     """UNIQ-style: final test accuracy (%: mean over seeds, error bar ± std where a group has several
     finished runs) against GBOPs per image on a log axis; the Pareto front circled and joined. Markers
     that would hide each other are set side by side (:func:`~qnnrun.report.placement.dodge`); every
-    point is labelled, no label over another or over a marker, as few as room allows over an error bar
+    point is labelled (by its bit widths where they tell every point apart, the legend naming the
+    series; else by method, bits and the settings that vary), no label over another or over a marker, as few as room allows over an error bar
     or a line (:func:`~qnnrun.report.placement.place_labels`); the title counts the labels left out for
     want of room."""
     import matplotlib.pyplot as plt
@@ -268,7 +269,10 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
         ax.scatter(front_xs, front_ys, s=FRONT_CIRCLE ** 2, facecolors="none", edgecolors="black")
         steps.append(step_samples(ax, front_xs, front_ys))
     radii = [(FRONT_CIRCLE if i in front else MARKER_SIZE) / 2 * fig.dpi / 72 for i, _ in enumerate(points)]
-    left_out = place_labels(ax, xs, ys, [_literal(group_label(p[1], shown)) for p in points], radii,
+    # The legend names each series: where the bit widths alone tell every point apart, they are the labels.
+    widths = [p[1].bits_label for p in points]
+    texts = widths if len(set(widths)) == len(widths) else [group_label(p[1], shown) for p in points]
+    left_out = place_labels(ax, xs, ys, [_literal(text) for text in texts], radii,
                             *_marker_boxes(ax, xs, ys, [p[4] or 0.0 for p in points], radii),
                             np.concatenate(steps))
     if left_out:

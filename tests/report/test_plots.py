@@ -124,6 +124,15 @@ def test_gbops_labels_overlap_no_label_and_no_marker(figures: list[Any], tmp_pat
     assert all(ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 for box in labels)
 
 
+def test_points_the_bit_widths_tell_apart_are_labelled_by_them(figures: list[Any], tmp_path: Path) -> None:
+    """A uniform sweep beside another method's other widths: the legend names the methods, the labels
+    give the widths (full labels were long enough that a mixed search beside a sweep lost some)."""
+    groups = [group("ste", bits, [90.0 + bits], gbops=0.001 * bits) for bits in (2, 4, 8)]
+    plot_accuracy_vs_gbops([*groups, group("lsq", 3, [93.0], gbops=0.003)], tmp_path / "gbops.png")
+    assert sorted(t.get_text() for t in figures[0].axes[0].texts) == ["W2A2", "W3A3", "W4A4", "W8A8"]
+    assert [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()][:2] == ["lsq", "ste"]
+
+
 def test_labels_without_room_are_left_out_and_counted_in_the_title(figures: list[Any], tmp_path: Path) -> None:
     groups = [group(m, bits, [90.0], gbops=0.02) for m in sorted(METHODS) for bits in range(1, 9)]
     plot_accuracy_vs_gbops(groups, tmp_path / "gbops.png")
