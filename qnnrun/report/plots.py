@@ -329,8 +329,10 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
 
     series = _series(groups, varying_keys(groups))
     styles = _series_styles(series)
-    # One panel per bit width as groups are labelled (a mixed run's per-layer widths are its own).
-    widths = [label for *_, label in sorted({(g.identity.bits_w, g.identity.bits_a, g.bits_label) for g in groups})]
+    # One panel per bit width as groups are labelled (a mixed run's per-layer widths are its own, after
+    # the uniform widths: its bits_w/bits_a are only its unmatched layers').
+    widths = [label for *_, label in sorted({(g.identity.mixed, g.identity.bits_w, g.identity.bits_a, g.bits_label)
+                                             for g in groups})]
     columns = min(3, max(1, len(widths)))
     rows = math.ceil(len(widths) / columns) if widths else 1
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.8, 3.2 * rows), squeeze=False, sharex=True,

@@ -268,16 +268,18 @@ def test_the_plotted_front_is_taken_per_model_and_data_set_as_the_table_marks_it
 
 
 def test_curve_panels_are_one_per_bits_label(figures: list[Any], tmp_path: Path) -> None:
-    """A mixed group and a uniform group with the same nominal bits are two panels, each titled for its own."""
-    uniform = group("ste", 4, [90.0])
+    """A mixed group and a uniform group with the same nominal bits are two panels, each titled for its own;
+    mixed panels follow the uniform widths (the mixed one stood between W4A4 and W8A8)."""
+    uniform, wider = group("ste", 4, [90.0]), group("ste", 8, [92.0])
     mixed = group("dorefa", 4, [91.0])
     mixed.identity = Identity("digits", "mlp", "dorefa", 4, 4, 3, layer_bits="w 8,4 a 8,4")
-    for g in (uniform, mixed):
+    for g in (uniform, wider, mixed):
         for run in g.done:
             run.__dict__["curves"] = {"test/acc": [(1, 80.0), (2, run.metrics["test_acc"])], "train/acc": []}
-    plot_test_curves([uniform, mixed], tmp_path / "curves.png")
+    plot_test_curves([uniform, wider, mixed], tmp_path / "curves.png")
     panels = {ax.get_title(): {line.get_label() for line in ax.lines} for ax in figures[0].axes if ax.get_visible()}
-    assert panels == {"W4A4": {"ste"}, "mixed[w 8,4 a 8,4]": {"dorefa mixed"}}
+    assert panels == {"W4A4": {"ste"}, "W8A8": {"ste"}, "mixed[w 8,4 a 8,4]": {"dorefa mixed"}}
+    assert list(panels) == ["W4A4", "W8A8", "mixed[w 8,4 a 8,4]"]
 
 
 def test_the_curves_share_one_legend_beside_the_panels(figures: list[Any], tmp_path: Path) -> None:
