@@ -396,13 +396,20 @@ BITS_DOMAIN = [*range(1, 9), 32]
 
 
 def log_hparams(writer: Any, hparams: Mapping[str, Any], domains: Mapping[str, list[Any]]) -> None:
-    """Write the run's HParams (settings ``hparams``, with ``domains`` for the discrete ones) with
+    """Write the run's HParams (settings ``hparams``, with ``domains`` for the discrete ones; a setting
+    of ``domains`` absent from ``hparams`` is a column this run leaves blank) with
     :data:`HPARAM_METRICS` as metrics. Only the HParams records are written (``add_hparams`` would
     also write each metric as a lone scalar at step 0)."""
     from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-    records = hparams_summary(dict(hparams), {tag: 0.0 for tag in HPARAM_METRICS}, dict(domains))
-    for record in records:
+    metrics = {tag: 0.0 for tag in HPARAM_METRICS}
+    # The experiment record declares every column with its domain, a setting this run leaves blank too
+    # (it holds names and domains, no values); the session record holds this run's values.
+    experiment, _, _ = hparams_summary({**{key: domain[0] for key, domain in domains.items()}, **hparams}, metrics,
+                                       dict(domains))
+    _, start, end = hparams_summary(dict(hparams), metrics,
+                                    {key: domain for key, domain in domains.items() if key in hparams})
+    for record in (experiment, start, end):
         writer.file_writer.add_summary(record)
     writer.flush()
 
@@ -550,7 +557,9 @@ HPARAM_DOMAINS = {"bits_w": BITS_DOMAIN, "bits_a": BITS_DOMAIN, "method": sorted
 def hparams_record(cfg: DictConfig, method: Method, info: DataInfo, summary: Mapping[str, Any]) -> dict[str, Any]:
     """Every setting that tells runs apart, and the costs, as TensorBoard HParams columns."""
     distill = summary.get("distill")
-    return {"method": cfg.method.name, "bits_w": method.weight_bits, "bits_a": method.act_bits,
+    # A mixed run has no one width: blank bits_w/bits_a (its layer_bits says), never its unmatched layers'.
+    widths = {} if summary["layer_bits"] else {"bits_w": method.weight_bits, "bits_a": method.act_bits}
+    return {"method": cfg.method.name, **widths,
             "model": cfg.model.name, "dataset": info.name, "seed": cfg.seed, "epochs": cfg.trainer.epochs,
             "lr": float(cfg.optim.lr), "optimizer": str(cfg.optim.name),
             "first_layer": str(cfg.quant.first_layer), "last_layer": str(cfg.quant.last_layer),

@@ -38,6 +38,10 @@ def test_tensorboard_shows_every_run_setting_and_metric_of_a_sweep(
     code, _, err = run_cli(["train", "-m", "method=fp,ste", "bits=2", "trainer.epochs=2", "trainer.progress=false",
                             "trainer.num_threads=1", "hydra.sweep.dir=sweep"], tmp_path, capsys, monkeypatch)
     assert code == 0, err
+    code, _, err = run_cli(["train", "method=lsq", "bits=2", "quant.layer_bits={classifier: 4}", "trainer.epochs=1",
+                            "trainer.progress=false", "trainer.num_threads=1", "hydra.run.dir=sweep/mixed"], tmp_path,
+                           capsys, monkeypatch)
+    assert code == 0, err
     client = _tensorboard(tmp_path / "sweep")
     experiment = json.loads(client.post("/data/plugin/hparams/experiment",
                                         json={"experimentName": ""}).get_data(as_text=True))
@@ -53,8 +57,10 @@ def test_tensorboard_shows_every_run_setting_and_metric_of_a_sweep(
                                                   "STATUS_RUNNING"],
         "colParams": [], "startIndex": 0, "sliceSize": 100}).get_data(as_text=True))["sessionGroups"]
     runs = {group["hparams"]["method"]: group for group in groups}
-    assert set(runs) == {"fp", "ste"}
+    assert set(runs) == {"fp", "ste", "lsq"}
     assert runs["ste"]["hparams"]["bits_w"] == 2 and runs["fp"]["hparams"]["bits_w"] == 32
+    mixed = runs.pop("lsq")["hparams"]  # no one width: blank bits (they showed the unmatched layers', W2A2)
+    assert "bits_w" not in mixed and "bits_a" not in mixed and mixed["layer_bits"].endswith("classifier=W4A4")
     summaries = {json.loads(p.read_text())["method"]: json.loads(p.read_text())
                  for p in (tmp_path / "sweep").glob("*/summary.json")}
     for method, group in runs.items():
@@ -64,7 +70,7 @@ def test_tensorboard_shows_every_run_setting_and_metric_of_a_sweep(
         assert group["hparams"]["gbops"] == pytest.approx(summaries[method]["gbops"])
 
     tags = json.loads(client.get("/data/plugin/scalars/tags").get_data(as_text=True))
-    assert len(tags) == 2
+    assert len(tags) == 3
     for run_tags in tags.values():  # curves only: no lone HParams dots, no flat cost lines
         assert {"test/acc", "test/best_acc", "train/acc"} <= set(run_tags)
         assert not [tag for tag in run_tags if tag.startswith(("hparam/", "cost/"))]
@@ -73,4 +79,4 @@ def test_tensorboard_shows_every_run_setting_and_metric_of_a_sweep(
     sections = sorted({tag.partition("/")[0] for run_tags in tags.values() for tag in run_tags})
     assert sections[0] == "test" and "train/quant/quantized_fraction" in tags[next(r for r in tags if "ste" in r)]
     text = json.loads(client.get("/data/plugin/text/tags").get_data(as_text=True))
-    assert all(run_tags == ["cost/text_summary"] for run_tags in text.values()) and len(text) == 2
+    assert all(run_tags == ["cost/text_summary"] for run_tags in text.values()) and len(text) == 3
