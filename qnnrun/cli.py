@@ -489,10 +489,12 @@ def check_overrides(config_name: str, args: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             groups = [g for g in GlobalHydra.instance().config_loader().list_groups("") if g != "hydra"]
-            # The groups chosen, without the keys set: what the keys are checked against.
+            # The groups chosen, without the keys set: what the keys are checked against (with a config
+            # folder of the user's own, hydra.searchpath, whose presets the compose then sees).
+            searchpath = [o for o in job if _is_searchpath(o)]
             chosen = [o for o, p in zip(job, _first_job_parsed(job), strict=True)
-                      if p.key_or_group in groups or "/" in p.key_or_group]
-            base = compose(config_name, overrides=[], return_hydra_config=True)
+                      if p.key_or_group in groups or "/" in p.key_or_group or _is_searchpath(o)]
+            base = compose(config_name, overrides=searchpath, return_hydra_config=True)
             try:
                 base = compose(config_name, overrides=chosen, return_hydra_config=True)
                 for override in parsed:
@@ -678,10 +680,9 @@ def main() -> None:
             check_width_overrides(argv[1:])
         check_group_choices(argv[1:])
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
-        # With hydra.searchpath a config folder of the user's own adds groups and presets that qnnrun's
-        # own compose cannot see: Hydra checks those overrides itself (check_group_choices skips too).
-        if not any(a in ("--help", "-h", "--hydra-help", "-sc", "--shell-completion") or _is_searchpath(a)
-                   for a in argv[1:]):
+        # With hydra.searchpath a config folder of the user's own adds groups and presets: the compose
+        # sees them through the override (check_group_choices, reading qnnrun's conf/ only, skips).
+        if not any(a in ("--help", "-h", "--hydra-help", "-sc", "--shell-completion") for a in argv[1:]):
             check_overrides(command, sys.argv[1:])
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)

@@ -160,6 +160,22 @@ def test_group_choices_from_the_config_folder_and_null_pass_the_check() -> None:
     check_group_choices(["method=mine", "hydra.searchpath=[file://my_conf]"])  # options Hydra may find there
 
 
+@pytest.mark.parametrize(("preset", "args", "expected"), [
+    ("trainer:\n  epochz: 3\n", [], "In 'experiment/mine': Key 'epochz' not in 'TrainerConf' (trainer.epochz)"),
+    ("defaults:\n  - override /method: nosuch\n", [], "method=nosuch is not valid: choose one of aqe,"),
+    ("trainer:\n  epochs: 1\n", ["trainer.epoch=3"], "trainer.epoch=3: no such option; did you mean trainer.epochs?"),
+    ("trainer:\n  epochs: 1\n", ["experiment=minee"], "experiment=minee is not valid: choose one of aqe_cifar10, "
+                                                       "baselines_cifar10, bnn_cifar10, bnn_mnist, mine, mp_search")])
+def test_a_preset_of_ones_own_on_the_searchpath_gets_the_same_one_line_checks(
+        qnnrun, tmp_path: Path, preset: str, args: list[str], expected: str) -> None:
+    """Hydra printed these in several lines: the command's checks were skipped with hydra.searchpath."""
+    (tmp_path / "conf" / "experiment").mkdir(parents=True)
+    (tmp_path / "conf" / "experiment" / "mine.yaml").write_text(f"# @package _global_\n{preset}")
+    code, _, err = qnnrun("train", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=mine", *args)
+    assert code == 1 and err.startswith(f"qnnrun: error: {expected}"), err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "outputs").exists()
+
+
 def test_corrupt_checkpoint_is_one_line_error(qnnrun, tmp_path: Path) -> None:
     (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint at all")
     code, _, err = qnnrun("eval", "checkpoint=bad.ckpt")
