@@ -443,7 +443,7 @@ def _did_you_mean(key: str, cfg: DictConfig, groups: list[str], value: str = "VA
         if "." in rest and isinstance(mapping, DictConfig) and rest in mapping:
             quote = '"' if "'" in value else "'"
             inner = "'" if quote == '"' else '"'
-            if any(c in value for c in "(),[]{} ") and not value.startswith(("'", '"')):
+            if any(c in value for c in "(),[]{} ") and not value.startswith(("'", '"')) and inner not in value:
                 value = f"{inner}{value}{inner}"  # unquoted, Hydra reads choice(2,4) in a mapping as a sweep
             return (f"; '{rest}' is one key of {parent}, which a dotted path cannot reach: give "
                     f"{quote}{parent}={{{rest}: {value}}}{quote}")
@@ -455,6 +455,19 @@ def _did_you_mean(key: str, cfg: DictConfig, groups: list[str], value: str = "VA
 
 # Where a sweeper's dimensions live (Hydra's basic sweeper and the search alike): params.<run option>.
 SWEEP_PARAMS = "hydra.sweeper.params."
+
+
+def _searchpath_groups(searchpath: list[str]) -> list[str]:
+    """The config groups (folders, ``a/b`` for nested ones) of the ``file://`` folders that
+    ``hydra.searchpath`` overrides name (``pkg://`` ones are not looked into)."""
+    groups = []
+    for override in searchpath:
+        for entry in override.partition("=")[2].strip("[]").split(","):
+            entry = entry.strip().strip("'\"")
+            if entry.startswith("file://"):
+                root = Path(entry[len("file://"):])
+                groups += [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_dir()]
+    return groups
 
 
 def _is_searchpath(arg: str) -> bool:
@@ -488,13 +501,21 @@ def check_overrides(config_name: str, args: list[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            groups = [g for g in GlobalHydra.instance().config_loader().list_groups("") if g != "hydra"]
-            # The groups chosen, without the keys set: what the keys are checked against (with a config
-            # folder of the user's own, hydra.searchpath, whose presets the compose then sees).
+            # A config folder of the user's own (hydra.searchpath) adds groups and presets; the compose
+            # reads it from the override, first of all (a prefix of the command is composed below).
             searchpath = [o for o in job if _is_searchpath(o)]
+            job = searchpath + [o for o in job if o not in searchpath]
+            groups = [g for g in GlobalHydra.instance().config_loader().list_groups("") if g != "hydra"]
+            groups += _searchpath_groups(searchpath)
+            # The groups chosen, without the keys set: what the keys are checked against.
             chosen = [o for o, p in zip(job, _first_job_parsed(job), strict=True)
                       if p.key_or_group in groups or "/" in p.key_or_group or _is_searchpath(o)]
-            base = compose(config_name, overrides=searchpath, return_hydra_config=True)
+            try:
+                base = compose(config_name, overrides=searchpath, return_hydra_config=True)
+            except Exception as error:
+                raise QnnrunError(f"{searchpath[0]} is not valid: expected a list of config folders, e.g. "
+                                  f"hydra.searchpath=[file:///path/to/conf] ({str(error).strip().splitlines()[0]})"
+                                  ) from None
             try:
                 base = compose(config_name, overrides=chosen, return_hydra_config=True)
                 for override in parsed:
@@ -541,41 +562,53 @@ def check_overrides(config_name: str, args: list[str]) -> None:
 
 
 def _check_sampler(cfg: DictConfig) -> None:
-    """One error line for a search's sampler (``hydra.sweeper.sampler``) that its options do not
-    build (NSGA-II with ``population_size=1``): Hydra builds it before any sweeper code runs and
-    prints its error in several lines."""
-    from hydra.utils import instantiate
+    """One error line for a search's sampler (``hydra.sweeper.sampler``) that cannot be built: a
+    ``_target_`` that does not load, or options the sampler refuses (NSGA-II with
+    ``population_size=1``). Hydra builds it before any sweeper code runs and prints several lines.
+    Called inside an initialized Hydra (its plugins' config groups list the samplers)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_class, instantiate
 
     sampler = OmegaConf.select(cfg, "hydra.sweeper.sampler", default=None)
     if not isinstance(sampler, DictConfig) or "_target_" not in sampler:
         return
+    target = str(sampler._target_)
+    try:
+        get_class(target)
+    except Exception:
+        options = GlobalHydra.instance().config_loader().get_group_options("hydra/sweeper/sampler")
+        raise QnnrunError(f"hydra.sweeper.sampler._target_={target} cannot be loaded: choose a sampler with "
+                          f"hydra/sweeper/sampler=, one of {', '.join(options)}") from None
     try:
         instantiate(sampler)
-    except Exception as error:
+    except InstantiationException as error:
         cause = error.__cause__ or error
-        name = str(sampler._target_).rpartition(".")[2]
-        raise QnnrunError(f"hydra.sweeper.sampler is not valid: {name} refuses its options: "
+        raise QnnrunError(f"hydra.sweeper.sampler is not valid: {target.rpartition('.')[2]} refuses its options: "
                           f"{str(cause).strip().splitlines()[0]}") from None
 
 
 def _check_sweep_dimension(override: Any, cfg: DictConfig, groups: list[str], config_name: str) -> None:
     """One error line for ``hydra.sweeper.params.<option>=VALUE`` (a parsed override) other than a
-    change to a dimension the sweep has: an option with dots (a key of the mapping, which a dotted
-    path cannot reach), a new dimension (Hydra refuses ``choice()`` under ``hydra.``, with or
-    without ``+``; ``<option>=choice(...)`` on its own is the way), or no run option at all."""
+    quoted value for a dimension the sweep has: an option with dots (a key of the mapping, which a
+    dotted path cannot reach), a new dimension or a sweep value (Hydra refuses ``choice()`` and
+    ``a,b`` under ``hydra.``, with or without ``+``; ``<option>=choice(...)`` on its own is the way,
+    and it replaces the preset's dimension), or no run option at all."""
     key, value = override.key_or_group, override.input_line.partition("=")[2]
     option = key[len(SWEEP_PARAMS):]
     params = OmegaConf.select(cfg, SWEEP_PARAMS.rstrip("."), default=None)
-    if isinstance(params, DictConfig) and option in params:
-        if "." in option:
-            raise QnnrunError(f"{override.input_line}: no such option{_did_you_mean(key, cfg, groups, value)}")
+    known = isinstance(params, DictConfig) and option in params
+    if known and "." in option:
+        raise QnnrunError(f"{override.input_line}: no such option{_did_you_mean(key, cfg, groups, value)}")
+    if not known and option not in groups and (option.startswith("hydra.") or option not in _keys(cfg)):
+        close = "" if option.startswith("hydra.") else _did_you_mean(option, cfg, groups, value)
+        raise QnnrunError(f"{override.input_line}: {option} is not an option of qnnrun {config_name}, so no run "
+                          f"would read it{close}")
+    if known and not override.is_sweep_override():
         return
-    if option in groups or (not option.startswith("hydra.") and option in _keys(cfg)):
-        raise QnnrunError(f"{override.input_line}: the sweep has no dimension {option}; give {option}={value} on its "
-                          f"own, which the sweeper reads as one")
-    close = "" if option.startswith("hydra.") else _did_you_mean(option, cfg, groups, value)
-    raise QnnrunError(f"{override.input_line}: {option} is not an option of qnnrun {config_name}, so no run would "
-                      f"read it{close}")
+    missing = "" if known else f"the sweep has no dimension {option}; "
+    raise QnnrunError(f"{override.input_line}: {missing}give {option}={value} on its own, which the sweeper reads as "
+                      f"a dimension (Hydra sweeps none of its own settings)")
 
 
 def _composition_error_line(error: Exception) -> str:

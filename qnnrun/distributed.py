@@ -94,21 +94,17 @@ def init(device_spec: str) -> tuple[Ranks, torch.device | None]:
     return ranks, device
 
 
-def finish(ranks: Ranks, completed: bool) -> None:
-    """Leave the process group (every rank, at the end of a run; ``completed``: the run ended without
-    an error on this rank).
+def finish(ranks: Ranks) -> None:
+    """Leave the process group (every rank, at the end of a run).
 
-    The run's DistributedDataParallel wrapper outlives the run in reference cycles (measured: one
-    per rank when a run ends); it holds the group and the gradient reducer's last works. Collected
-    later, after the group is gone or while the interpreter exits, it can abort the process
-    ("terminate called without an active exception", pytorch/pytorch#179291), so the cycles are
-    collected first. After a completed run no rank leaves while another is still in a collective
-    (the barrier); after an error the others may be in one that never completes, so no barrier.
+    The run's DistributedDataParallel wrapper outlives a completed run in reference cycles (measured:
+    one per rank); it holds the group and the gradient reducer's last works. Collected later, after
+    the group is gone or while the interpreter exits, it can abort the process ("terminate called
+    without an active exception", pytorch/pytorch#179291), so the cycles are collected first. (After
+    an error the exception's traceback still holds the run until it is handled.)
     """
     if ranks.active and dist.is_initialized():
         gc.collect()
-        if completed:
-            dist.barrier()
         dist.destroy_process_group()
 
 

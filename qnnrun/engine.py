@@ -141,14 +141,11 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
         return distributed.spawn(train, OmegaConf.to_container(cfg, resolve=True), run_dir, cfg.trainer.devices,
                                  list(overrides))
     ranks, rank_device = distributed.init(cfg.trainer.device)
-    completed = False
     try:
-        summary = _train(cfg, distributed.broadcast_path(run_dir, ranks), ranks,
-                         rank_device or select_device(cfg.trainer.device), overrides)
-        completed = True
-        return summary
+        return _train(cfg, distributed.broadcast_path(run_dir, ranks), ranks,
+                      rank_device or select_device(cfg.trainer.device), overrides)
     finally:
-        distributed.finish(ranks, completed)
+        distributed.finish(ranks)
 
 
 def _train(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, device: torch.device,

@@ -165,7 +165,11 @@ def test_group_choices_from_the_config_folder_and_null_pass_the_check() -> None:
     ("defaults:\n  - override /method: nosuch\n", [], "method=nosuch is not valid: choose one of aqe,"),
     ("trainer:\n  epochs: 1\n", ["trainer.epoch=3"], "trainer.epoch=3: no such option; did you mean trainer.epochs?"),
     ("trainer:\n  epochs: 1\n", ["experiment=minee"], "experiment=minee is not valid: choose one of aqe_cifar10, "
-                                                       "baselines_cifar10, bnn_cifar10, bnn_mnist, mine, mp_search")])
+                                                       "baselines_cifar10, bnn_cifar10, bnn_mnist, mine, mp_search"),
+    # A dimension the preset has, given a sweep value: Hydra sweeps none of its own settings.
+    ("defaults:\n  - mp_search\n  - _self_\nhydra:\n  sweeper:\n    params:\n      seed: choice(0, 1)\n",
+     ["hydra.sweeper.params.seed=choice(0,2)"], "hydra.sweeper.params.seed=choice(0,2): give seed=choice(0,2) on its "
+                                                "own, which the sweeper reads as a dimension")])
 def test_a_preset_of_ones_own_on_the_searchpath_gets_the_same_one_line_checks(
         qnnrun, tmp_path: Path, preset: str, args: list[str], expected: str) -> None:
     """Hydra printed these in several lines: the command's checks were skipped with hydra.searchpath."""

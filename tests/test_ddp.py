@@ -123,11 +123,15 @@ def _imagefolder_cfg(root: Path) -> Any:
 
 
 def _bad_share_worker(rank: int, port: int, root: Path, results: Any) -> None:
+    from datetime import timedelta
+
     from torch import distributed as dist
 
     from qnnrun.data import build_data
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    # Ranks that disagree on the batches fail the test within a minute instead of gloo's 30 minutes.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
     train = build_data(_imagefolder_cfg(root), data_dir=root, cache_dir=root / "cache", device="cpu", seed=0).train
     train.shard(rank, 2)
     results.put((rank, [len(labels) for _, labels in train]))

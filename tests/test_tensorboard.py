@@ -15,8 +15,8 @@ HPARAMS = {"method", "bits_w", "bits_a", "model", "dataset", "seed", "epochs", "
            "last_layer", "init_from", "precision", "gbops", "weight_mb", "layer_bits", "distill"}
 
 
-def _tensorboard(logdir: Path):
-    """A werkzeug client of TensorBoard's WSGI application on ``logdir``, its runs loaded."""
+def _tensorboard(logdir: Path, runs: int):
+    """A werkzeug client of TensorBoard's WSGI application on ``logdir``, its ``runs`` runs loaded."""
     import werkzeug.test
     from tensorboard import default, program
     from tensorboard.backend import application
@@ -28,7 +28,7 @@ def _tensorboard(logdir: Path):
                                          multiplexer)
     client = werkzeug.test.Client(app)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(json.loads(client.get("/data/runs").get_data(as_text=True))) < 2:
+    while time.monotonic() < deadline and len(json.loads(client.get("/data/runs").get_data(as_text=True))) < runs:
         time.sleep(0.2)
     return client
 
@@ -42,7 +42,7 @@ def test_tensorboard_shows_every_run_setting_and_metric_of_a_sweep(
                             "trainer.progress=false", "trainer.num_threads=1", "hydra.run.dir=sweep/mixed"], tmp_path,
                            capsys, monkeypatch)
     assert code == 0, err
-    client = _tensorboard(tmp_path / "sweep")
+    client = _tensorboard(tmp_path / "sweep", 3)
     experiment = json.loads(client.post("/data/plugin/hparams/experiment",
                                         json={"experimentName": ""}).get_data(as_text=True))
     infos = {info["name"]: info for info in experiment["hparamInfos"]}
@@ -61,6 +61,11 @@ def test_tensorboard_shows_every_run_setting_and_metric_of_a_sweep(
     assert runs["ste"]["hparams"]["bits_w"] == 2 and runs["fp"]["hparams"]["bits_w"] == 32
     mixed = runs.pop("lsq")["hparams"]  # no one width: blank bits (they showed the unmatched layers', W2A2)
     assert "bits_w" not in mixed and "bits_a" not in mixed and mixed["layer_bits"].endswith("classifier=W4A4")
+    # TensorBoard shows one run's experiment record: the mixed run's alone still declares the bits columns.
+    alone = json.loads(_tensorboard(tmp_path / "sweep" / "mixed", 1).post(
+        "/data/plugin/hparams/experiment", json={"experimentName": ""}).get_data(as_text=True))
+    assert {info["name"]: info.get("domainDiscrete") for info in alone["hparamInfos"]}["bits_w"] == [
+        1, 2, 3, 4, 5, 6, 7, 8, 32]
     summaries = {json.loads(p.read_text())["method"]: json.loads(p.read_text())
                  for p in (tmp_path / "sweep").glob("*/summary.json")}
     for method, group in runs.items():

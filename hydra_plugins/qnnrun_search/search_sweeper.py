@@ -130,13 +130,16 @@ def _check_search_space(impl: Any, arguments: list[str]) -> None:
     make the corrected command ask for resume=true)."""
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
-    try:
-        impl._process_searchspace_config()
-        create_params_from_overrides(impl._parse_sweeper_params_config() + list(arguments))
-    except Exception as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("See http")]
-        _fail(f"the search space cannot be read: {'; '.join(lines[:2]) or type(error).__name__} (each dimension is "
-              f"choice(a, b, ...), range(start, stop[, step]), interval(low, high) or tag(log, interval(low, high)))")
+    impl._process_searchspace_config()
+    for entry in impl._parse_sweeper_params_config() + list(arguments):
+        try:
+            create_params_from_overrides([entry])
+        except Exception as error:
+            lines = [line.strip() for line in str(error).splitlines()
+                     if line.strip() and not line.startswith(("See http", "Error parsing override"))]
+            _fail(f"the search space cannot be read at {entry}: {'; '.join(lines[:2]) or type(error).__name__} (each "
+                  f"dimension is choice(a, b, ...), range(start, stop[, step]), interval(low, high) or tag(log, "
+                  f"interval(low, high)))")
 
 
 def _unfinished_folders(sweep_dir: Path) -> dict[Path, tuple[int, list[str]]]:

@@ -225,9 +225,9 @@ def plot_accuracy_vs_gbops(groups: Sequence[Group], path: Path) -> None:
     finished runs) against GBOPs per image on a log axis; the Pareto front circled and joined. Markers
     that would hide each other are set side by side (:func:`~qnnrun.report.placement.dodge`); every
     point is labelled (by its bit widths where they tell every point apart, the legend naming the
-    series; else by method, bits and the settings that vary), no label over another or over a marker, as few as room allows over an error bar
-    or a line (:func:`~qnnrun.report.placement.place_labels`); the title counts the labels left out for
-    want of room."""
+    series; else by method, bits and the settings that vary), no label over another or over a marker,
+    as few as room allows over an error bar or a line (:func:`~qnnrun.report.placement.place_labels`);
+    the title counts the labels left out for want of room."""
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.lines import Line2D
