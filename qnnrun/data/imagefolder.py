@@ -6,13 +6,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed
 import torchvision
 from torch.utils.data import DataLoader, Sampler
 from torchvision import transforms
 
 from qnnrun.data.loader import ORDER_STREAM, batch_count, epoch_seed, rank_share
 from qnnrun.data.sources import report_bad_files
-from qnnrun.distributed import Ranks, any_rank
 from qnnrun.errors import QnnrunError
 
 
@@ -122,15 +122,17 @@ class ImageFolderLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._generator.manual_seed(epoch_seed(self.seed, self.epoch, ORDER_STREAM))
         skipped: list[tuple[str, str]] = []
-        ranks = Ranks(self._batches.rank, self._batches.world, self._batches.rank)
         for images, labels, bad in self._loader:
             if bad:
                 report_bad_files(bad, self.skip_bad)
                 skipped += bad
-            if self.skip_bad and any_rank(images is None, self.device, ranks):
+            if self.skip_bad and self._batches.world > 1:
                 # A rank whose whole share is bad files has no batch: every rank leaves the batch out (the
                 # others would wait for it in the step's collectives for ever).
-                continue
+                empty = torch.tensor([float(images is None)], device=self.device)
+                torch.distributed.all_reduce(empty, op=torch.distributed.ReduceOp.MAX)
+                if empty.item():
+                    continue
             if images is not None:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         report_bad_files(skipped, True)
