@@ -229,7 +229,7 @@ _PROGRESSIVE = {"group_size": None, "steps_per_group": None, "float_epochs": Non
 ABSENT_METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "lsq": {"learned_offset": False, "low_bit_weight_decay": True, "act_init": "lsq", "min_step_ratio": 1.0e-3},
     "pact": {"alpha_init": 10.0, "alpha_decay": 0.0},
-    "dorefa": {"grad_bits": 32, "act_clip": 1.0},
+    "dorefa": {"grad_bits": 32, "act_clip": 1.0, "clip_last_input": False},
     "bnn": _LATENT,
     "qnn": {**_LATENT, "act_quant": "linear"},
     "aqe": {**_LATENT, "alpha": 0.5, "alpha_end": None},

@@ -5,7 +5,8 @@ Weights ``2 * quantize_k(tanh(w) / (2 max|tanh(w)|) + 1/2) - 1`` (one bit: ``sig
 inputs ``quantize_k(clamp(x, 0, 1))``, gradients through the rounding by STE
 (:mod:`qnnrun.quant.functional`). ``method.grad_bits`` below 32 also quantizes, stochastically and
 with the paper's per-sample max normalisation, the gradient that flows back into each quantized
-layer's output (where the DoReFa code applies its ``fg``). First and last layer stay float, and the
+layer's output (where the DoReFa code applies its ``fg``). First and last layer stay float (the last
+one's input clipped to ``[0, 1]``, ``method.clip_last_input``, as the code's ``nonlin``), and the
 image input stays float even where a first-layer policy or ``quant.layer_bits`` rule quantizes that
 layer's weights (``quant.image_input_bits=32``; ``[0, 1]`` cannot hold a normalised image: at 8 bits
 and the paper's ``[0, 1]`` the image input is refused).
@@ -32,11 +33,11 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.config import check_number
+from qnnrun.config import check_bool, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
-from qnnrun.quant.convert import FLOAT_BITS
+from qnnrun.quant.convert import FLOAT_BITS, forward_order, probe_forward
 from qnnrun.quant.layers import clip_levels, quant_layers
 from qnnrun.quant.learned import PactQuantizer
 from qnnrun.quant.quantizers import DorefaActivationQuantizer, DorefaWeightQuantizer
@@ -73,6 +74,41 @@ def check_grad_bits(value: Any) -> int:
     return value
 
 
+# Leaves that pass a layer input on unchanged in value range (between the last ReLU and the last layer).
+_BETWEEN = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout,
+            nn.Identity)
+
+
+def _clip_last_float_input(model: nn.Module, example_input: Tensor, leaves: list[str]) -> None:
+    """When the last layer's input is float, replace the ``nn.ReLU`` that feeds it (through pooling,
+    flatten or dropout only) by ``nn.Hardtanh(0, 1)``: DoReFa's ``nonlin`` before its float ``fct``
+    (tensorpack ``alexnet-dorefa.py``, ``resnet-dorefa.py``: ``clip_by_value(x, 0, 1)`` when the
+    activations are quantized). ``leaves``: the float model's leaf modules in forward order. A model
+    whose last layer is fed otherwise (no such ReLU, or one that runs more than once per forward) is
+    left as it is, with a warning."""
+    layers = [name for name in leaves if isinstance(model.get_submodule(name), (nn.Conv2d, nn.Linear))
+              or hasattr(model.get_submodule(name), "input_quant")]
+    last = model.get_submodule(layers[-1])
+    if getattr(last, "input_quant", None) is not None:
+        return  # the last layer quantizes its input: the [0, 1] clip is its quantizer's
+    feeder = None
+    for name in reversed(leaves[:leaves.index(layers[-1])]):
+        module = model.get_submodule(name)
+        if isinstance(module, nn.ReLU):
+            feeder = name
+        if not isinstance(module, _BETWEEN):
+            break
+    calls: list[None] = []
+    if feeder is not None:
+        probe_forward(model, example_input, {model.get_submodule(feeder): lambda *_: calls.append(None)})
+    if len(calls) != 1:
+        log.warning("dorefa: the float last layer %s is not fed by a ReLU of its own, so its input is not clipped "
+                    "to [0, 1] as in DoReFa's code (method.clip_last_input)", layers[-1])
+        return
+    parent, _, child = feeder.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, nn.Hardtanh(0.0, 1.0))
+
+
 class DoReFa(Method):
     """DoReFa; reads ``method.grad_bits`` (32 = float gradients) and ``method.act_clip`` (1 = the paper's
     ``[0, 1]``, another level, or ``mse``)."""
@@ -84,6 +120,7 @@ class DoReFa(Method):
         super().__init__(cfg)
         self.grad_bits = check_grad_bits(cfg.method.grad_bits)
         self.act_clip = check_clip_level("method.act_clip", cfg.method.act_clip)
+        self.clip_last_input = check_bool("method.clip_last_input", cfg.method.clip_last_input)
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> DorefaWeightQuantizer:
         return DorefaWeightQuantizer(bits)
@@ -94,7 +131,10 @@ class DoReFa(Method):
         return PactQuantizer(bits, self.act_clip, learned=False)
 
     def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
+        leaves = forward_order(model, example_input, kinds=())  # of the float model: its layers are leaves
         model = super().build(model, example_input)
+        if self.clip_last_input and self.act_bits != FLOAT_BITS and self.act_clip == 1.0:
+            _clip_last_float_input(model, example_input, leaves)
         if self.grad_bits != FLOAT_BITS:
             for _, layer in quant_layers(model):
                 if layer.weight_quant is not None:

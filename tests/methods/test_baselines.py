@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra_utils import compose_config
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from qnnrun.checkpoint import load_checkpoint
@@ -22,6 +23,7 @@ from qnnrun.quant.calibrate import MSE_GRID
 from qnnrun.quant.layers import quant_layers
 from qnnrun.quant.learned import LsqQuantizer, PactQuantizer
 from qnnrun.quant.quantizers import DorefaActivationQuantizer
+from qnnrun.schema import saved_config
 
 D = torch.float64
 
@@ -501,6 +503,25 @@ def test_dorefa_act_clip_chooses_the_input_quantizer(tmp_path: Path) -> None:
     assert searched.initialized and searched.alpha.item() != 1.0
     (name, _), = quant_layers(model)
     assert method.scalars(model)[f"dorefa/clip/{name}"] == searched.alpha.item()
+
+
+@pytest.mark.parametrize(("overrides", "feeder"), [
+    (["model=mlp"], "features.6"), (["model=mlp", "model.dropout=0.2"], "features.7"),  # across the dropout
+    (["model=resnet20", "dataset=cifar10"], "layer3.2.relu2"), (["model=lenet5", "dataset=cifar10"], "classifier.6")])
+def test_dorefa_clips_the_float_last_layers_input_to_the_unit_interval(tmp_path: Path, overrides: list[str],
+                                                                      feeder: str) -> None:
+    """tensorpack's alexnet-dorefa.py / resnet-dorefa.py feed the float fct ``clip_by_value(x, 0, 1)``
+    (``nonlin``): the ReLU in front of the last layer becomes a hard-tanh(0, 1), before the pooling."""
+    model, _ = _model_and_method(tmp_path, "method=dorefa", "bits=2", *overrides)
+    assert isinstance(model.get_submodule(feeder), nn.Hardtanh)
+    assert (model.get_submodule(feeder).min_val, model.get_submodule(feeder).max_val) == (0.0, 1.0)
+    assert sum(isinstance(m, nn.Hardtanh) for m in model.modules()) == 1
+    for other in (["method.clip_last_input=false"], ["quant.last_layer=8"], ["method.act_clip=2.0"], ["bits.a=32"]):
+        model, _ = _model_and_method(tmp_path, "method=dorefa", "bits=2", *overrides, *other)
+        assert isinstance(model.get_submodule(feeder), nn.ReLU), other  # quantized input, other clip, float
+    old = saved_config({**OmegaConf.to_container(compose_config(["method=dorefa"]), resolve=True),
+                        "method": {"name": "dorefa", "grad_bits": 32, "act_clip": 1.0}})
+    assert old.method.clip_last_input is False  # a run saved before the option keeps its ReLU
 
 
 def test_dorefa_keeps_the_image_float_and_refuses_it_on_the_unit_interval(tmp_path: Path) -> None:
