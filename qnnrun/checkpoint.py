@@ -48,7 +48,10 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def check_output_file(path: str | Path, key: str) -> None:
     """Raise a one-line QnnrunError naming ``key`` unless ``path`` can be written as a regular file:
     absent or a regular file (a link to one too), in an existing folder. A special file (``/dev/null``,
-    a FIFO) or a folder is refused: an atomic replace would put a regular file in its place."""
+    a FIFO) or a folder is refused: an atomic replace would put a regular file in its place; so is
+    a path given as text that ends in a separator (``out/``: a folder, absent or not)."""
+    if isinstance(path, str) and path.endswith(("/", os.sep)):
+        raise QnnrunError(f"{key}={path} names a folder: give a file path")
     path = Path(path)
     if path.exists() and not path.is_file():
         kind = "a folder" if path.is_dir() else "a special file"
@@ -56,7 +59,8 @@ def check_output_file(path: str | Path, key: str) -> None:
     if path.is_symlink() and not path.exists():
         raise QnnrunError(f"{key}={path} is a link to nothing: give a file path")
     if not path.parent.is_dir():
-        raise QnnrunError(f"{key}={path}: the folder {path.parent} does not exist")
+        problem = "is not a folder" if path.parent.exists() else "does not exist"
+        raise QnnrunError(f"{key}={path}: the folder {path.parent} {problem}")
 
 
 def check_output_folder(path: str | Path, key: str, keep: bool = True) -> None:

@@ -384,6 +384,40 @@ def quote_paths(args: list[str]) -> list[str]:
     return out
 
 
+# Flags that print and exit (help, version, completion): the command line is Hydra's to read as is.
+_PRINTING_FLAGS = ("--help", "-h", "--hydra-help", "--version", "-sc", "--shell-completion")
+# Subcommands a sweep (-m) makes no sense for: each reads or writes one checkpoint or prints one table.
+_SINGLE_COMMANDS = ("eval", "export", "bops")
+
+
+def check_command_line(command: str, args: list[str]) -> None:
+    """One :class:`QnnrunError` for what Hydra's command line parser would report in several lines
+    (its usage text, or its override grammar's advice) or take silently: a flag it does not have, a
+    flag's value it does not take, a word that is no ``KEY=VALUE`` override, ``-m`` on a command that
+    runs no sweep (it made a sweep folder), and a sweep value (``bits=2,3``) without ``-m``."""
+    import argparse
+
+    from hydra._internal.utils import get_args_parser
+
+    if any(a.partition("=")[0] in _PRINTING_FLAGS for a in args):
+        return
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    flags = sorted({flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")})
+    try:
+        known, unknown = parser.parse_known_args(args)
+    except argparse.ArgumentError as error:
+        raise QnnrunError(f"{error}") from None
+    if unknown:
+        raise QnnrunError(f"{unknown[0]} is not an option of qnnrun {command}: options are KEY=VALUE overrides and "
+                          f"Hydra's flags, {', '.join(flags)}")
+    word = next((o for o in known.overrides if "=" not in o), None)
+    if word is not None:
+        raise QnnrunError(f"{word!r} is not an override: give KEY=VALUE (qnnrun {command} --help lists the options)")
+    if known.multirun and command in _SINGLE_COMMANDS:
+        raise QnnrunError(f"-m (a sweep) is for qnnrun train: qnnrun {command} takes one value per option")
+
+
 def check_group_choices(args: list[str]) -> None:
     """Raise a one-line :class:`QnnrunError` for a config-group choice that ``conf/`` does not have
     (``method=magic``; each value of a sweep list ``method=ste,magic``), naming the valid ones:
@@ -546,6 +580,16 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 options = f": choose one of {', '.join(group_options(key))}" if key in groups else ""
                 raise QnnrunError(f"{culprit} is not valid{options} ({str(error).strip().splitlines()[0]})") from None
             _check_sampler(composed)
+            multirun = {"-m", "--multirun"} & set(args) or "MULTIRUN" in str(OmegaConf.select(composed, "hydra.mode"))
+            if not multirun:
+                sweep = next((o for o in parsed if o.is_sweep_override() and not o.key_or_group.startswith("hydra.")),
+                             None)
+                if sweep is not None:  # Hydra's several lines: "Ambiguous value ..."
+                    how = (f"qnnrun {config_name} takes one value" if config_name in _SINGLE_COMMANDS else
+                           f"run each value with qnnrun {config_name} -m")
+                    if isinstance(OmegaConf.select(base, sweep.key_or_group, default=None), ListConfig):
+                        how += f", or write the list as {sweep.key_or_group}=[a,b]"
+                    raise QnnrunError(f"{sweep.input_line}: several values without -m: {how}")
             missing = _missing_keys(composed)
             if missing and config_name == "train":  # eval and export name their own (checkpoint=PATH)
                 raise QnnrunError(f"{missing[0]} has no value and this run needs one: give {missing[0]}=VALUE"
@@ -711,6 +755,7 @@ def main() -> None:
             from qnnrun.sensitivity import check_width_overrides
 
             check_width_overrides(argv[1:])
+        check_command_line(command, argv[1:])
         check_group_choices(argv[1:])
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
         # With hydra.searchpath a config folder of the user's own adds groups and presets: the compose

@@ -154,6 +154,27 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
     assert err.startswith("qnnrun: error: ") and expected in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(("command", "args", "expected"), [
+    ("eval", ["checkpoint=run", "junkword"], "'junkword' is not an override: give KEY=VALUE"),
+    ("eval", ["checkpoint=run", "--chekpoint"], "--chekpoint is not an option of qnnrun eval: options are KEY=VALUE "
+                                                "overrides and Hydra's flags, --cfg,"),  # usage text, exit 2
+    ("train", ["--cfg", "jobs"], "argument --cfg/-c: invalid choice: 'jobs' (choose from 'job', 'hydra', 'all')"),
+    ("bops", ["-m", "model=mlp,lenet5"], "-m (a sweep) is for qnnrun train: qnnrun bops takes one value per "
+                                         "option"),  # it made a sweep folder, exit 0
+    ("eval", ["checkpoint=a,b"], "checkpoint=a,b: several values without -m: qnnrun eval takes one value"),
+    ("train", ["trainer.epochs=1,2"], "trainer.epochs=1,2: several values without -m: run each value with "
+                                      "qnnrun train -m"),  # Hydra's "Ambiguous value" in six lines
+    ("export", ["checkpoint=run", "output=out/"], "output=out/ names a folder: give a file path")])  # wrote a file
+def test_command_line_mistakes_are_one_line_and_leave_nothing(qnnrun, tmp_path: Path, command: str,
+                                                              args: list[str], expected: str) -> None:
+    if command == "export":
+        assert qnnrun("train", "trainer.epochs=1", "hydra.run.dir=run")[0] == 0
+    before = set(tmp_path.rglob("*"))
+    code, _, err = qnnrun(command, *args)
+    assert code == 1 and err.startswith(f"qnnrun: error: {expected}") and len(err.strip().splitlines()) == 1, err
+    assert set(tmp_path.rglob("*")) == before
+
+
 def test_group_choices_from_the_config_folder_and_null_pass_the_check() -> None:
     check_group_choices(["method=ste,lsq", "bits=2,'4'", "experiment=null", "seed=1,2",
                          "hydra/launcher=submitit_local"])  # a plugin's option, not in conf/
