@@ -169,4 +169,4 @@ def main(argv: Sequence[str]) -> None:
                         paired=args.paired)
     print(text, end="")
     print(f"\nwritten: {out_dir / 'report.md'}, {out_dir / 'report.csv'}"
-          + ("" if args.no_plots else f" and the plots in {out_dir}"))
+          + (f" and the plots in {out_dir}" if "\n## Plots\n" in text else ""))  # none without finished runs

@@ -214,6 +214,15 @@ def test_unfinished_runs_with_broken_files_are_listed_with_how_far_they_got(real
     assert "2 done, 0 failed, 4 unfinished;" in text
 
 
+def test_a_report_of_unreadable_records_only_claims_no_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "runs" / "cut", "summary.json", '{"status": "done", "test_acc": ')
+    code, out, err = run_cli(["report", "runs"], tmp_path, capsys, monkeypatch)
+    assert code == 0 and "1 unreadable" in out, err
+    assert out.strip().splitlines()[-1] == "written: runs/report.md, runs/report.csv"  # said "and the plots in runs"
+    assert not list((tmp_path / "runs").glob("*.png"))
+
+
 def test_unreadable_and_hand_edited_records_are_listed_with_the_reason(real_runs: dict[str, Path],
                                                                        tmp_path: Path) -> None:
     real = copy_runs(real_runs, tmp_path)
