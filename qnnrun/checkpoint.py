@@ -119,7 +119,9 @@ def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Non
 
 def checkpoint_file(path: str | Path) -> Path:
     """The checkpoint file ``path`` names: the file itself, or ``last.ckpt`` in a run folder; a
-    one-line QnnrunError when there is none."""
+    one-line QnnrunError when there is none (an empty path too: it read as the working folder)."""
+    if not str(path).strip():
+        raise QnnrunError("the checkpoint path is empty: give a .ckpt file or a run folder holding last.ckpt")
     path = Path(path)
     if path.is_dir():
         path = path / "last.ckpt"

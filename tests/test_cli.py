@@ -164,7 +164,8 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
     ("eval", ["checkpoint=a,b"], "checkpoint=a,b: several values without -m: qnnrun eval takes one value"),
     ("train", ["trainer.epochs=1,2"], "trainer.epochs=1,2: several values without -m: run each value with "
                                       "qnnrun train -m"),  # Hydra's "Ambiguous value" in six lines
-    ("export", ["checkpoint=run", "output=out/"], "output=out/ names a folder: give a file path")])  # wrote a file
+    ("export", ["checkpoint=run", "output=out/"], "output=out/ names a folder: give a file path"),  # wrote a file
+    ("eval", ["checkpoint="], "the checkpoint path is empty: give a .ckpt file or a run folder")])  # the cwd's run
 def test_command_line_mistakes_are_one_line_and_leave_nothing(qnnrun, tmp_path: Path, command: str,
                                                               args: list[str], expected: str) -> None:
     if command == "export":
