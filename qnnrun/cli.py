@@ -390,6 +390,11 @@ _PRINTING_FLAGS = ("--help", "-h", "--hydra-help", "--version", "-sc", "--shell-
 _SINGLE_COMMANDS = ("eval", "export", "bops")
 
 
+def prints_and_exits(args: list[str]) -> bool:
+    """Whether the arguments hold a flag with which Hydra prints (help, version, completion) and exits."""
+    return any(arg in _PRINTING_FLAGS for arg in args)
+
+
 def check_command_line(command: str, args: list[str]) -> None:
     """One :class:`QnnrunError` for what Hydra's command line parser would report in several lines
     (its usage text, or its override grammar's advice) or take silently: a flag it does not have, a
@@ -399,7 +404,7 @@ def check_command_line(command: str, args: list[str]) -> None:
 
     from hydra._internal.utils import get_args_parser
 
-    if any(a.partition("=")[0] in _PRINTING_FLAGS for a in args):
+    if prints_and_exits(args):
         return
     parser = get_args_parser()
     parser.exit_on_error = False
@@ -520,6 +525,8 @@ def check_overrides(config_name: str, args: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, MissingConfigException
 
+    from qnnrun.runs import asks_for_sweep
+
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     parser, parsed = OverridesParser.create(), []
     for override in overrides:  # one at a time, so that the message names the one Hydra cannot read
@@ -580,8 +587,7 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 options = f": choose one of {', '.join(group_options(key))}" if key in groups else ""
                 raise QnnrunError(f"{culprit} is not valid{options} ({str(error).strip().splitlines()[0]})") from None
             _check_sampler(composed)
-            multirun = {"-m", "--multirun"} & set(args) or "MULTIRUN" in str(OmegaConf.select(composed, "hydra.mode"))
-            if not multirun:
+            if not (asks_for_sweep(args) or "MULTIRUN" in str(OmegaConf.select(composed, "hydra.mode"))):
                 sweep = next((o for o in parsed if o.is_sweep_override() and not o.key_or_group.startswith("hydra.")),
                              None)
                 if sweep is not None:  # Hydra's several lines: "Ambiguous value ..."
@@ -760,7 +766,7 @@ def main() -> None:
         sys.argv = [sys.argv[0], *quote_paths(quote_numeric_groups(argv[1:]))]
         # With hydra.searchpath a config folder of the user's own adds groups and presets: the compose
         # sees them through the override (check_group_choices, reading qnnrun's conf/ only, skips).
-        if not any(a in ("--help", "-h", "--hydra-help", "-sc", "--shell-completion") for a in argv[1:]):
+        if not prints_and_exits(argv[1:]):
             check_overrides(command, sys.argv[1:])
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)

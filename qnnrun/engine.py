@@ -273,7 +273,11 @@ class _Loop:
         self.method.set_calibration_source(lambda: self._calibration_images())
         self.init_acc = init_test_acc(cfg.init_from)  # what test/vs_init is measured from
         self.distill = distillation(cfg, self.info, device)
-        self.teacher_sha256 = None if self.distill is None else self.distill.sha256  # for the records
+
+    @property
+    def teacher_sha256(self) -> str | None:
+        """The distillation teacher file's SHA-256 (hex), for the records; ``None`` without a teacher."""
+        return None if self.distill is None else self.distill.sha256
 
     def _calibration_images(self) -> Iterator[Tensor]:
         return (images for images, _ in _take(self.data.train, self.cfg.quant.calib_batches))

@@ -507,6 +507,14 @@ def noted_failures(sweep_dir: Path) -> dict[Path, str]:
     return notes
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def asks_for_sweep(args: list[str]) -> bool:
+    """Whether a command line's arguments ask Hydra for a sweep (``-m`` / ``--multirun``)."""
+    return any(arg in MULTIRUN_FLAGS for arg in args)
+
+
 def resume_single_run_args(args: list[str]) -> list[str]:
     """``args`` of ``qnnrun train``, plus what lets a single run's resume write into its own folder:
     for ``resume=PATH``, ``hydra.run.dir=<the run's folder>`` (unless given); for a resume into a
@@ -515,7 +523,7 @@ def resume_single_run_args(args: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    if any(arg in ("-m", "--multirun") for arg in args):
+    if asks_for_sweep(args):
         return args
     try:
         parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a and not a.startswith("-")])

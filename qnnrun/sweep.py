@@ -34,8 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from qnnrun.checkpoint import load_checkpoint, write_text_atomic
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
-from qnnrun.runs import (FAILURES, HYDRA_SUBDIR, LAST_CKPT, SUMMARY, bounded_name, claim_run, identity_fields, is_free,
-                         name_parts, name_settings, noted_failures, read_summary, run_identity)
+from qnnrun.runs import (FAILURES, HYDRA_SUBDIR, LAST_CKPT, SUMMARY, asks_for_sweep, bounded_name, claim_run,
+                         identity_fields, is_free, name_parts, name_settings, noted_failures, read_summary,
+                         run_identity)
 
 log = logging.getLogger("qnnrun")
 
@@ -340,7 +341,7 @@ def resume_sweep_args(args: list[str], root: Path = OUTPUTS_ROOT) -> list[str]:
         return args
     folder = find_sweep(overrides, root)
     if folder is None:
-        if any(arg in ("-m", "--multirun") for arg in args) or _preset_sweeps(overrides):
+        if asks_for_sweep(args) or _preset_sweeps(overrides):
             print(f"qnnrun: resume=true: no earlier sweep of these overrides under {root}/: starting a new sweep "
                   f"(give hydra.sweep.dir=DIR to continue one elsewhere)", file=sys.stderr, flush=True)
         return args

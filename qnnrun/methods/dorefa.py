@@ -131,9 +131,10 @@ class DoReFa(Method):
         return PactQuantizer(bits, self.act_clip, learned=False)
 
     def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
-        leaves = forward_order(model, example_input, kinds=())  # of the float model: its layers are leaves
+        clip = self.clip_last_input and self.act_bits != FLOAT_BITS and self.act_clip == 1.0
+        leaves = forward_order(model, example_input, kinds=()) if clip else []  # the float model's: layers are leaves
         model = super().build(model, example_input)
-        if self.clip_last_input and self.act_bits != FLOAT_BITS and self.act_clip == 1.0:
+        if clip:
             _clip_last_float_input(model, example_input, leaves)
         if self.grad_bits != FLOAT_BITS:
             for _, layer in quant_layers(model):
