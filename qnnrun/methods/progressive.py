@@ -24,7 +24,8 @@ quantizer's parameters are fitted by MMSE on the layer's current (folded) weight
 fixed, so that every group of the layer lies on one per-tensor grid; its input quantizer is
 calibrated on ``quant.calib_batches`` training batches passed through the partly quantized network
 and enabled (``act_schedule=layer``; ``start`` calibrates and enables all of them when the
-progression starts). With ``order=error`` each group is the remaining float channels with the
+progression starts; a layer whose weights a ``quant.layer_bits`` rule keeps float has no group, and
+its input is calibrated and enabled when the progression starts under either schedule). With ``order=error`` each group is the remaining float channels with the
 smallest quantization error (mean squared error of the row), so the largest come last.
 Biases (including folded BatchNorm shifts) stay float and keep training, as they would in
 32-bit accumulators at inference.
@@ -119,6 +120,9 @@ class ProgressiveQuantization(DirectSTE):
             raise QnnrunError(f"method={self.name} with bits.w=32 has no weights to quantize progressively: "
                               f"set bits.w below 32 or use method=ste")
         self.layers: list[tuple[str, int]] = []  # (name, output channels) of the quantizable layers
+        # Layers whose weights a quant.layer_bits rule keeps float but whose inputs it quantizes: no
+        # group of theirs is ever due, so their inputs are quantized when the progression starts.
+        self.float_weight_inputs: list[str] = []
         self.pairs: list[tuple[str, str]] = []  # (layer, BatchNorm) to fold
         self.groups: list[Group] = []
         self.done = 0  # groups quantized so far
@@ -142,10 +146,17 @@ class ProgressiveQuantization(DirectSTE):
             if layer.input_quant is not None:
                 layer.input_quant.enabled = False
         self.layers = []
+        self.float_weight_inputs = []
         for name in order:
             layer = model.get_submodule(name)
             if isinstance(layer, QuantLayer) and layer.weight_quant is not None:
                 self.layers.append((name, layer.weight.shape[0]))
+            elif isinstance(layer, QuantLayer) and layer.input_quant is not None:
+                self.float_weight_inputs.append(name)
+        if self.float_weight_inputs and not self.layers:
+            raise QnnrunError(f"method={self.name}: quant.layer_bits leaves every layer's weights float "
+                              f"(only the inputs of {', '.join(self.float_weight_inputs)} are quantized), so there are "
+                              f"no weights to quantize progressively: give some layer w below 32 or use method=ste")
         return model
 
     # ---- schedule -------------------------------------------------------------------------
@@ -211,6 +222,8 @@ class ProgressiveQuantization(DirectSTE):
         if self.act_schedule == "start":
             self._calibrate(model, [layer.input_quant for _, layer in quant_layers(model)
                                     if layer.input_quant is not None])
+        elif self.float_weight_inputs:
+            self._calibrate(model, [model.get_submodule(name).input_quant for name in self.float_weight_inputs])
 
     def _quantize(self, model: nn.Module, group: Group) -> None:
         layer: QuantLayer = model.get_submodule(group.layer)  # type: ignore[assignment]

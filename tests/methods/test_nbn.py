@@ -281,6 +281,29 @@ def test_at_the_end_every_neuron_is_quantized_and_eval_is_the_fully_quantized_ne
         assert torch.equal(model(x), reference(x))
 
 
+@pytest.mark.parametrize("act_schedule", ["layer", "start"])
+def test_a_layer_whose_rule_keeps_its_weights_float_gets_its_input_quantized_when_the_progression_starts(
+        act_schedule: str) -> None:
+    method, model = _method_and_model("method=nbn", "quant.layer_bits={features.8: {w: 32, a: 4}}",
+                                      f"method.act_schedule={act_schedule}", "method.float_epochs=1",
+                                      "method.final_epochs=0")
+    method.plan(3, 8)
+    assert [name for name, _ in method.layers] == ["features.4", "classifier.1"]  # no group for features.8
+    layer = dict(quant_layers(model))["features.8"]
+    assert layer.weight_quant is None and layer.input_quant.bits == 4
+    _train_steps(method, model, range(8))  # the float phase
+    assert not layer.input_quant.enabled
+    _train_steps(method, model, range(8, 9))  # the progression's first step
+    assert layer.input_quant.enabled and layer.input_quant.fitted
+    _train_steps(method, model, range(9, 24))
+    assert fully_quantized(model)
+
+
+def test_rules_that_keep_every_weight_float_are_refused() -> None:
+    with pytest.raises(QnnrunError, match="no weights to quantize progressively"):
+        _method_and_model("method=lbl", "quant.layer_bits={features.*: {w: 32, a: 4}, classifier.*: {w: 32, a: 4}}")
+
+
 def test_lbl_groups_are_layers_and_fbf_groups_are_eighths() -> None:
     lbl, _ = _method_and_model("method=lbl")
     lbl.plan(6, 10)
