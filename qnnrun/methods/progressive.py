@@ -25,8 +25,9 @@ fixed, so that every group of the layer lies on one per-tensor grid; its input q
 calibrated on ``quant.calib_batches`` training batches passed through the partly quantized network
 and enabled (``act_schedule=layer``; ``start`` calibrates and enables all of them when the
 progression starts; a layer whose weights a ``quant.layer_bits`` rule keeps float has no group, and
-its input is calibrated and enabled when the progression starts under either schedule). With ``order=error`` each group is the remaining float channels with the
-smallest quantization error (mean squared error of the row), so the largest come last.
+its input is calibrated and enabled when the progression starts under either schedule). With
+``order=error`` each group is the remaining float channels with the smallest quantization error
+(mean squared error of the row), so the largest come last.
 Biases (including folded BatchNorm shifts) stay float and keep training, as they would in
 32-bit accumulators at inference.
 """
