@@ -30,6 +30,7 @@ import torch
 from qnnrun.errors import QnnrunError
 
 FORMAT = 1
+LAST_CKPT = "last.ckpt"  # a run folder's latest checkpoint, the one a resume and a run-folder path name
 REQUIRED_KEYS = ("format", "epoch", "config", "model")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -124,7 +125,7 @@ def checkpoint_file(path: str | Path) -> Path:
         raise QnnrunError("the checkpoint path is empty: give a .ckpt file or a run folder holding last.ckpt")
     path = Path(path)
     if path.is_dir():
-        path = path / "last.ckpt"
+        path = path / LAST_CKPT
     if not path.is_file():
         raise QnnrunError(f"checkpoint not found: {path} (give a .ckpt file or a run folder holding last.ckpt)")
     return path
@@ -162,7 +163,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "WeightsUnpickler" in line),
+        reason = next((line.strip() for line in str(err).splitlines()
+                       if "GLOBAL" in line or "WeightsUnpickler" in line),
                       "it holds objects other than tensors and plain values")
         raise QnnrunError(f"checkpoint {path} was refused by the safe loader (weights_only=True), nothing in it "
                           f"was run: {reason}") from None

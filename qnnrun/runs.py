@@ -32,7 +32,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from qnnrun.checkpoint import FORMAT, check_output_folder, load_checkpoint, write_text_atomic
+from qnnrun.checkpoint import (FORMAT, LAST_CKPT, check_output_folder, checkpoint_file, load_checkpoint,
+                               write_text_atomic)
 from qnnrun.config import PRECISIONS
 from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
@@ -42,7 +43,6 @@ from qnnrun.schema import saved_config
 
 log = logging.getLogger("qnnrun")
 
-LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 SUMMARY = "summary.json"
 # A resumed run's summary.json from before (a finished run's before extend=true, a failure record).
@@ -152,11 +152,10 @@ def resume_checkpoint(resume: Any) -> Path | None:
     ``None`` for ``resume=true/false``, which are not paths."""
     if isinstance(resume, bool) or resume is None:
         return None
-    path = Path(str(resume))
-    ckpt = path / LAST_CKPT if path.is_dir() else path
-    if not ckpt.is_file():
-        raise QnnrunError(f"resume={resume}: no checkpoint at {ckpt} (give true, a .ckpt file or a run folder)")
-    return ckpt
+    try:
+        return checkpoint_file(str(resume))
+    except QnnrunError as error:
+        raise QnnrunError(f"resume={resume}: {error}; or resume=true for the run folder's own") from None
 
 
 def resolve_resume(resume: Any, run_dir: Path) -> tuple[Path | None, Path]:
@@ -431,7 +430,10 @@ def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
     """Remove ``run_dir`` when it holds nothing but what Hydra wrote before the run started
     (:data:`HYDRA_FILES`), then its parents while they are empty, up to ``keep`` (not included):
     ``outputs/<date>/<time>`` of a mistyped command leaves no ``outputs/<date>/`` or empty ``outputs/``.
-    Returns whether ``run_dir`` was removed."""
+    Returns whether ``run_dir`` was removed; ``keep`` itself and the folders above it never are."""
+    keep = keep.resolve()
+    if run_dir.resolve() == keep or run_dir.resolve() in keep.parents:
+        return False
     try:
         entries = {entry.name for entry in run_dir.iterdir()}
     except OSError:
@@ -440,7 +442,6 @@ def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
     if not entries <= HYDRA_FILES | {RUN_LOCK} or (hydra.exists() and not _only(hydra, HYDRA_CONFIGS)):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
-    keep = keep.resolve()
     parent = run_dir.resolve().parent
     while keep in parent.parents:
         try:
@@ -532,7 +533,7 @@ def resume_single_run_args(args: list[str]) -> list[str]:
     values = {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()}
     resume, run_dir = values.get("resume"), values.get("hydra.run.dir")
     extra = []
-    if isinstance(resume, str) and Path(resume).exists():
+    if isinstance(resume, str) and resume.strip() and Path(resume).exists():  # '' would read as .
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         if run_dir is None:
             run_dir = str(folder)

@@ -114,7 +114,7 @@ def test_bops_table(qnnrun) -> None:
         (["trainer.recompute_quant=maybe"], "trainer.recompute_quant='maybe' is not valid: valid are true, false"),
         (["quant.first_layer=4"], "quant.first_layer=4 is not valid: valid are fp, 8, same"),
         (["dataset=mnist"], "MNIST not found"),
-        (["resume=missing.ckpt"], "resume=missing.ckpt: no checkpoint at missing.ckpt"),
+        (["resume=missing.ckpt"], "resume=missing.ckpt: checkpoint not found: missing.ckpt"),
         (["init_from=missing.ckpt"], "init_from=missing.ckpt: checkpoint not found"),
         # Checked before the data set is read (MNIST is absent here), and a preset's user learns where the
         # command that makes its float checkpoint is.
@@ -165,7 +165,9 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
     ("train", ["trainer.epochs=1,2"], "trainer.epochs=1,2: several values without -m: run each value with "
                                       "qnnrun train -m"),  # Hydra's "Ambiguous value" in six lines
     ("export", ["checkpoint=run", "output=out/"], "output=out/ names a folder: give a file path"),  # wrote a file
-    ("eval", ["checkpoint="], "the checkpoint path is empty: give a .ckpt file or a run folder")])  # the cwd's run
+    ("eval", ["checkpoint="], "the checkpoint path is empty: give a .ckpt file or a run folder"),  # the cwd's run
+    # It wrote .hydra/ and train.log into the working folder, then removed that folder when it held nothing else.
+    ("train", ["resume=''"], "resume=: the checkpoint path is empty: give a .ckpt file or a run folder")])
 def test_command_line_mistakes_are_one_line_and_leave_nothing(qnnrun, tmp_path: Path, command: str,
                                                               args: list[str], expected: str) -> None:
     if command == "export":
@@ -173,7 +175,7 @@ def test_command_line_mistakes_are_one_line_and_leave_nothing(qnnrun, tmp_path: 
     before = set(tmp_path.rglob("*"))
     code, _, err = qnnrun(command, *args)
     assert code == 1 and err.startswith(f"qnnrun: error: {expected}") and len(err.strip().splitlines()) == 1, err
-    assert set(tmp_path.rglob("*")) == before
+    assert tmp_path.is_dir() and set(tmp_path.rglob("*")) == before
 
 
 def test_group_choices_from_the_config_folder_and_null_pass_the_check() -> None:

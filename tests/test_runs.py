@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qnnrun.checkpoint import load_checkpoint
-from qnnrun.runs import NAME_LENGTH, bounded_name, name_parts, run_folder_name
+from qnnrun.runs import NAME_LENGTH, bounded_name, name_parts, remove_if_disposable, run_folder_name
 
 FAST = ["trainer.progress=false", "trainer.num_threads=1"]
 
@@ -230,3 +230,19 @@ def test_layer_rules_in_another_order_are_another_run(tmp_path: Path) -> None:
     check_resume_config(config({"a*": 8, "b": 4}), config({"a*": 8, "b": 4}), tmp_path)
     with pytest.raises(QnnrunError, match="its quant.layer_bits was"):
         check_resume_config(config({"a*": 8, "ab": 4}), config({"ab": 4, "a*": 8}), tmp_path)
+
+
+def test_a_failed_runs_leftovers_go_but_never_the_working_folder_or_above(tmp_path: Path) -> None:
+    def hydra_leftovers(folder: Path) -> Path:
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text("{}")
+        (folder / "train.log").write_text("")
+        return folder
+
+    run_dir = hydra_leftovers(tmp_path / "outputs" / "2026-12-07" / "10-00-00")
+    assert remove_if_disposable(run_dir, keep=tmp_path)
+    assert not (tmp_path / "outputs").exists() and tmp_path.is_dir()  # the empty parents went too, up to keep
+    hydra_leftovers(tmp_path)  # a run that wrote into the working folder itself (hydra.run.dir=.)
+    assert not remove_if_disposable(tmp_path, keep=tmp_path)
+    assert not remove_if_disposable(tmp_path, keep=tmp_path / "sub")
+    assert (tmp_path / "train.log").is_file()
