@@ -92,6 +92,18 @@ def test_a_teacher_for_other_data_is_refused(teacher: Path) -> None:
     assert distillation(compose_config([]), cifar, torch.device("cpu")) is None
 
 
+def test_the_teacher_takes_the_students_compile_and_memory_format(teacher: Path) -> None:
+    digits = DataInfo("digits", 1, 8, 10, 1437, 360)
+    eager = distillation(compose_config([f"trainer.distill.teacher={teacher}"]), digits, torch.device("cpu"))
+    fast = distillation(compose_config([f"trainer.distill.teacher={teacher}", "trainer.compile=true",
+                                        "trainer.channels_last=true"]), digits, torch.device("cpu"))
+    assert not isinstance(eager.teacher, torch._dynamo.eval_frame.OptimizedModule)
+    assert isinstance(fast.teacher, torch._dynamo.eval_frame.OptimizedModule)
+    images = torch.randn(16, 1, 8, 8).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(fast.teacher(images), eager.teacher(images))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [["trainer.precision=bf16"], ["trainer.compile=true"], ["trainer.devices=2"]])
 def test_distillation_with_bf16_compile_and_two_processes(teacher: Path, tmp_path: Path, extra: list[str]) -> None:
