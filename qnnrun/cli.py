@@ -258,7 +258,8 @@ COMMAND_HELP = {
         "qnnrun train resume=RUN_FOLDER                        continue one run with its own config",
         "qnnrun train resume=RUN_FOLDER trainer.epochs=N extend=true   train a run longer (recorded)",
         "qnnrun train trainer.devices=N ...                    one run on N data-parallel processes",
-    ], ("model", "dataset", "method", "bits", "optim", "sched", "trainer", "experiment", "hydra/launcher")),
+    ], ("model", "dataset", "method", "bits", "optim", "sched", "trainer", "experiment", "hydra/launcher",
+        "hydra/sweeper")),
     "eval": ("evaluate a saved run on its test set, or on another data set of the same shape", [
         "qnnrun eval checkpoint=PATH                 PATH: a .ckpt file or a run folder (its last.ckpt)",
         "qnnrun eval checkpoint=PATH dataset=NAME    another data set with the same image shape and classes",
@@ -289,14 +290,17 @@ COMMAND_HELP = {
         "  start as calibrated, every channel quantized. Not method=bnn (every layer binary) or fp.",
     ], ("method", "bits")),
 }
-# The launchers a user picks (hydra/launcher=...); the rest of Hydra's are what these build on.
-HYDRA_LAUNCHERS = ("basic", "local", "slurm", "submitit_local")
-
-
 def group_options(group: str) -> list[str]:
-    """The options of config group ``group`` in conf/, numbers in numeric order (``bits``: 1, 2, ..., 8, 32)."""
-    if group == "hydra/launcher":
-        return list(HYDRA_LAUNCHERS)
+    """The options of config group ``group`` in conf/, numbers in numeric order (``bits``: 1, 2, ..., 8, 32);
+    of ``hydra/...`` groups (launchers, sweepers) Hydra's, its installed plugins' included."""
+    if group.startswith("hydra/"):
+        from hydra import initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+
+        if GlobalHydra.instance().is_initialized():
+            return GlobalHydra.instance().config_loader().get_group_options(group)
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return GlobalHydra.instance().config_loader().get_group_options(group)
     names = [p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")]
     return sorted(names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
 
@@ -421,6 +425,12 @@ def check_command_line(command: str, args: list[str]) -> None:
         raise QnnrunError(f"{word!r} is not an override: give KEY=VALUE (qnnrun {command} --help lists the options)")
     if known.multirun and command in _SINGLE_COMMANDS:
         raise QnnrunError(f"-m (a sweep) is for qnnrun train: qnnrun {command} takes one value per option")
+    modes = [flag for flag, given in (("-m", known.multirun), ("--run", known.run), ("--cfg", known.cfg),
+                                      ("--info", known.info is not None)) if given]
+    if len(modes) > 1:  # Hydra's traceback: "Only one of --run, --multirun, --cfg, --info ... can be specified"
+        raise QnnrunError(f"{' and '.join(modes)} cannot be given together: Hydra does one of -m, --run, --cfg "
+                          f"and --info" + (" (to see a job's config: --cfg job without -m, one value per option)"
+                                           if known.multirun and known.cfg else ""))
 
 
 def check_group_choices(args: list[str]) -> None:
@@ -587,10 +597,20 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 options = f": choose one of {', '.join(group_options(key))}" if key in groups else ""
                 raise QnnrunError(f"{culprit} is not valid{options} ({str(error).strip().splitlines()[0]})") from None
             _check_sampler(composed)
-            if not (asks_for_sweep(args) or "MULTIRUN" in str(OmegaConf.select(composed, "hydra.mode"))):
+            hydra_sweep = next((o for o in parsed if o.is_sweep_override() and o.key_or_group.startswith("hydra.")
+                                and not o.key_or_group.startswith(SWEEP_PARAMS)), None)
+            if hydra_sweep is not None:  # Hydra's "Sweeping over Hydra's configuration is not supported" and more
+                raise QnnrunError(f"{hydra_sweep.input_line}: Hydra's own settings take one value (a sweep cannot "
+                                  f"vary them)")
+            shows_config = any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in args)
+            if shows_config or not (asks_for_sweep(args)
+                                    or "MULTIRUN" in str(OmegaConf.select(composed, "hydra.mode"))):
                 sweep = next((o for o in parsed if o.is_sweep_override() and not o.key_or_group.startswith("hydra.")),
                              None)
-                if sweep is not None:  # Hydra's several lines: "Ambiguous value ..."
+                if sweep is not None and shows_config:  # Hydra's several lines: "Ambiguous value ..."
+                    raise QnnrunError(f"{sweep.input_line}: several values with --cfg, which prints one job's "
+                                      f"config: give one value")
+                if sweep is not None:
                     how = (f"qnnrun {config_name} takes one value" if config_name in _SINGLE_COMMANDS else
                            f"run each value with qnnrun {config_name} -m")
                     if isinstance(OmegaConf.select(base, sweep.key_or_group, default=None), ListConfig):

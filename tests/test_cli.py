@@ -166,6 +166,10 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
                                       "qnnrun train -m"),  # Hydra's "Ambiguous value" in six lines
     ("export", ["checkpoint=run", "output=out/"], "output=out/ names a folder: give a file path"),  # wrote a file
     ("eval", ["checkpoint="], "the checkpoint path is empty: give a .ckpt file or a run folder"),  # the cwd's run
+    ("train", ["-m", "--cfg", "job"], "-m and --cfg cannot be given together: Hydra does one of"),  # a traceback
+    ("train", ["--cfg", "job", "experiment=smoke", "method=ste,lsq"],
+     "method=ste,lsq: several values with --cfg, which prints one job's config"),  # "Ambiguous value", 5 lines
+    ("train", ["-m", "hydra.sweep.dir=x,y"], "hydra.sweep.dir=x,y: Hydra's own settings take one value"),
     # It wrote .hydra/ and train.log into the working folder, then removed that folder when it held nothing else.
     ("train", ["resume=''"], "resume=: the checkpoint path is empty: give a .ckpt file or a run folder")])
 def test_command_line_mistakes_are_one_line_and_leave_nothing(qnnrun, tmp_path: Path, command: str,
