@@ -501,7 +501,8 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def exported_keys(model: nn.Module, records: dict[str, dict[str, Any]]) -> Callable[[str], bool]:
-    """Predicate on state-dict keys of ``model``: whether a key belongs to a module the records replace."""
+def exported_keys(records: dict[str, dict[str, Any]]) -> Callable[[str], bool]:
+    """Predicate on a model's state-dict keys: whether a key belongs to a module the records
+    (:func:`integer_records`, by dotted module name) replace, a quantized layer or its folded BatchNorm."""
     prefixes = [name + "." for name in records] + [r["folded_bn"] + "." for r in records.values() if r["folded_bn"]]
     return lambda key: any(key.startswith(p) for p in prefixes)

@@ -71,7 +71,7 @@ def integer_export(run: SavedRun) -> dict[str, Any]:
                 f"method={name} at bits.w={run.config.bits.w} with every layer's weights float")
         raise QnnrunError(f"{what} has no quantized weights: format=int needs a run with quantized weights "
                           f"(valid: every method but fp, at weight widths 1-8)")
-    replaced = exported_keys(run.model, records)
+    replaced = exported_keys(records)
     # An input quantizer's extra state (a float layer's quantized input) is a dict, not a tensor.
     float_state = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in run.model.state_dict().items()
                    if not replaced(k)}
@@ -136,7 +136,7 @@ def integer_model(export: dict[str, Any], device: torch.device) -> nn.Module:
     info = DataInfo(**export["info"])
     model, _ = build_quantized_model(config, info, device, like=export["float_state"])
     missing, unexpected = model.load_state_dict(export["float_state"], strict=False)
-    replaced = exported_keys(model, export["layers"])
+    replaced = exported_keys(export["layers"])
     if unexpected or any(not replaced(k) for k in missing):
         raise QnnrunError("the integer export does not fit the model its config builds (was it written by another "
                           "qnnrun version?)")
