@@ -363,17 +363,6 @@ def gaussian_fit(x: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
     return x.mean(), x.std().clamp_min(eps)
 
 
-def kquantile_levels(bits: int) -> tuple[Tensor, Tensor]:
-    """Levels and thresholds of the ``k = 2^bits``-quantile quantizer of a standard normal (float64).
-
-    Levels ``Phi^-1((j + 0.5) / k)``, ``j = 0..k-1`` (the bin medians); thresholds
-    ``Phi^-1(j / k)``, ``j = 1..k-1`` (the k-quantiles).
-    """
-    k = 2**bits
-    index = torch.arange(k, dtype=torch.float64)
-    return torch.special.ndtri((index + 0.5) / k), torch.special.ndtri(index[1:] / k)
-
-
 def kquantile_quantize(x: Tensor, bits: int, mean: Tensor, std: Tensor) -> Tensor:
     """k-quantile quantization of ``x`` under ``N(mean, std^2)`` with ``k = 2^bits`` equiprobable bins.
 

@@ -269,12 +269,28 @@ def test_sq_layer_policy_and_uniform_rows_at_three_bits() -> None:
 # ---- UNIQ numerics -----------------------------------------------------------------------------
 
 
+def kquantile_levels(bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Levels and thresholds of the ``k = 2^bits``-quantile quantizer of a standard normal (float64).
+
+    Levels ``Phi^-1((j + 0.5) / k)``, ``j = 0..k-1`` (the bin medians), shape ``(k,)``; thresholds
+    ``Phi^-1(j / k)``, ``j = 1..k-1`` (the k-quantiles), shape ``(k - 1,)``.
+    """
+    k = 2**bits
+    index = torch.arange(k, dtype=torch.float64)
+    return torch.special.ndtri((index + 0.5) / k), torch.special.ndtri(index[1:] / k)
+
+
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
 def test_kquantile_levels_match_scipy(bits: int) -> None:
     k = 2**bits
-    levels, thresholds = Q.kquantile_levels(bits)
+    levels, thresholds = kquantile_levels(bits)
     assert torch.allclose(levels, torch.tensor(stats.norm.ppf((torch.arange(k) + 0.5).numpy() / k)), atol=1e-12)
     assert torch.allclose(thresholds, torch.tensor(stats.norm.ppf(torch.arange(1, k).numpy() / k)), atol=1e-12)
+    # qnnrun's quantizer of a standard normal keeps the levels and switches from one to the next at the thresholds
+    zero, one = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    assert torch.allclose(Q.kquantile_quantize(levels, bits, zero, one), levels, atol=1e-12)
+    assert torch.allclose(Q.kquantile_quantize(thresholds - 1e-9, bits, zero, one), levels[:-1], atol=1e-12)
+    assert torch.allclose(Q.kquantile_quantize(thresholds + 1e-9, bits, zero, one), levels[1:], atol=1e-12)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
@@ -312,7 +328,7 @@ def test_uniq_noise_stays_within_half_a_bin_and_inside_the_levels(bits: int) -> 
     u = torch.special.ndtr((x - mean) / std).detach()
     u_noisy = torch.special.ndtr((noisy - mean) / std).detach()
     assert ((u_noisy - u).abs() <= 0.5 / k + 1e-9).all()
-    levels, _ = Q.kquantile_levels(bits)
+    levels, _ = kquantile_levels(bits)
     low, high = mean + std * levels[0], mean + std * levels[-1]
     assert (noisy >= low - 1e-9).all() and (noisy <= high + 1e-9).all()
     # the noise spreads over the whole half bin (not degenerate), centred on u where unclamped
