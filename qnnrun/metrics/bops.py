@@ -105,8 +105,8 @@ def layer_widths(costs: list[LayerCost]) -> dict[str, dict[str, int]]:
 
 def totals(costs: list[LayerCost]) -> dict[str, float]:
     """Whole-model totals: ``bops``, ``macs``, ``bit_macs`` per image, ``weight_memory_bits``
-    (conv/linear weights at their bit widths), ``weight_memory_mb`` (MiB), ``fp32_memory_bits``
-    (the same weights at 32 bits) and ``compression`` (FP32 size / this size)."""
+    (conv/linear weights at their bit widths), ``weight_memory_mb`` (MiB) and ``compression``
+    (the same weights' size at 32 bits / this size)."""
     memory = sum(c.weight_memory_bits for c in costs)
     fp32 = sum(c.params for c in costs) * FLOAT_BITS
     return {
@@ -115,7 +115,6 @@ def totals(costs: list[LayerCost]) -> dict[str, float]:
         "bit_macs": sum(c.bit_macs for c in costs),
         "weight_memory_bits": memory,
         "weight_memory_mb": memory / 8 / 2**20,
-        "fp32_memory_bits": fp32,
         "compression": fp32 / memory,
     }
 
