@@ -124,8 +124,6 @@ def same_run_in_sweep(cfg: DictConfig, sweep_dir: Path, run_dir: Path) -> Path |
     Two jobs are the same run when their resolved configs agree on everything that decides what is
     computed (:func:`qnnrun.runs.run_identity`): a float run in a bits sweep is one run.
     """
-    from qnnrun.methods import build_method
-
     config = OmegaConf.to_container(cfg, resolve=True)
     return claim_run(sweep_dir, run_identity(config, build_method(cfg).quantizes), run_dir)
 
@@ -136,8 +134,6 @@ def kept_duplicate(cfg: DictConfig, run_dir: Path) -> Path | None:
     (:func:`qnnrun.runs.identity_fields`), so the record stands although this version's
     :func:`qnnrun.runs.run_identity` may differ from the one the sweep claimed with. ``None``
     otherwise (the job claims its run again)."""
-    from qnnrun.methods import build_method
-
     record = read_summary(run_dir)
     if record is None or record.get("status") != "duplicate" or not record.get("same_as"):
         return None
