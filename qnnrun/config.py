@@ -9,9 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from qnnrun import CONFIG_DIR
 from qnnrun.errors import QnnrunError
-from qnnrun.quant.convert import FLOAT_BITS, LAYER_POLICIES, LayerBits, LayerRule
+from qnnrun.quant.convert import BIT_WIDTHS, FLOAT_BITS, LAYER_POLICIES, QUANT_BITS, LayerBits, LayerRule
 
-VALID_BITS = "integers 1-8, or 32 for float"
+VALID_BITS = f"integers {QUANT_BITS[0]}-{QUANT_BITS[-1]}, or {FLOAT_BITS} for float"
 PRECISIONS = ("fp32", "bf16")
 ON_NAN = ("stop", "skip_batch")
 
@@ -22,7 +22,7 @@ def _is_int(value: Any) -> bool:
 
 def check_bits(key: str, value: Any) -> int:
     """``value`` as bits, or a QnnrunError naming ``key``, the value and the valid range."""
-    if not _is_int(value) or not (1 <= value <= 8 or value == FLOAT_BITS):
+    if not _is_int(value) or value not in BIT_WIDTHS:
         raise QnnrunError(f"{key}={value!r} is not a valid bit width: valid are {VALID_BITS}")
     return value
 

@@ -38,7 +38,7 @@ from qnnrun.config import PRECISIONS
 from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS, Method
-from qnnrun.quant.convert import LAYER_POLICIES
+from qnnrun.quant.convert import BIT_WIDTHS, LAYER_POLICIES
 from qnnrun.schema import saved_config
 
 log = logging.getLogger("qnnrun")
@@ -391,7 +391,7 @@ def log_costs(writer: Any, cost: Mapping[str, float]) -> None:
 
 # HParams columns that take few values: discrete domains, so that TensorBoard spaces them evenly
 # (bits 1-8 beside 32 on a linear axis would squeeze under it) and shows them as they are.
-BITS_DOMAIN = [*range(1, 9), 32]
+BITS_DOMAIN = list(BIT_WIDTHS)
 
 
 def log_hparams(writer: Any, hparams: Mapping[str, Any], domains: Mapping[str, list[Any]]) -> None:

@@ -39,7 +39,7 @@ from qnnrun.evaluate import evaluate, reestimate_batchnorm
 from qnnrun.methods import METHODS, Method, build_method
 from qnnrun.methods.bnn import LatentWeightMethod
 from qnnrun.metrics.bops import layer_costs
-from qnnrun.quant.convert import FLOAT_BITS, LayerBits, forward_order
+from qnnrun.quant.convert import FLOAT_BITS, QUANT_BITS, LayerBits, forward_order
 from qnnrun.quant.fold import batchnorm_pairs, fold_batchnorm
 from qnnrun.quant.layers import ChannelState, QuantLayer, quant_layers
 from qnnrun.schema import saved_config
@@ -133,7 +133,7 @@ def check_width_overrides(args: Sequence[str]) -> None:
     for arg in args:
         key, _, value = arg.partition("=")
         for width in value.split(",") if key == "bits" else ():
-            if width.strip("'\"") not in tuple(str(b) for b in range(1, 9)):
+            if width.strip("'\"") not in tuple(str(b) for b in QUANT_BITS):
                 raise QnnrunError(f"bits={width} is not valid: valid are 1-8 (the width each layer is tested at; "
                                   f"32 is the checkpoint itself)")
 
@@ -144,7 +144,7 @@ def check_width(cfg: DictConfig) -> int:
     if weight != inputs:
         raise QnnrunError(f"bits.w={weight} bits.a={inputs}: qnnrun sensitivity tests one width for weights and "
                           f"inputs: give bits=B, B in 1-8")
-    if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 8:
+    if isinstance(weight, bool) or not isinstance(weight, int) or weight not in QUANT_BITS:
         raise QnnrunError(f"bits={weight!r} is not valid: valid are 1-8 (the width each layer is tested at; "
                           f"32 is the checkpoint itself)")
     widths = METHODS[cfg.method.name].layer_widths if cfg.method.name in METHODS else None

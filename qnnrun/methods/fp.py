@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from qnnrun.methods.base import Method
+from qnnrun.quant.convert import FLOAT_BITS
 
 
 class FloatMethod(Method):
@@ -15,5 +16,5 @@ class FloatMethod(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.weight_bits = self.act_bits = 32
+        self.weight_bits = self.act_bits = FLOAT_BITS
         self.layer_rules = []

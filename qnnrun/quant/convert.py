@@ -15,7 +15,9 @@ from qnnrun.errors import QnnrunError
 from qnnrun.quant.layers import QuantConv2d, QuantLayer, QuantLinear
 from qnnrun.quant.quantizers import Quantizer
 
-FLOAT_BITS = 32
+FLOAT_BITS = 32  # a layer side at 32 bits is float, not quantized
+QUANT_BITS: tuple[int, ...] = tuple(range(1, 9))  # the integer widths a layer side can be quantized to
+BIT_WIDTHS: tuple[int, ...] = (*QUANT_BITS, FLOAT_BITS)  # every valid bit width
 LAYER_POLICIES = ("fp", "8", "same")
 
 
