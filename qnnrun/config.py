@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from qnnrun import CONFIG_DIR
 from qnnrun.errors import QnnrunError
 from qnnrun.quant.convert import BIT_WIDTHS, FLOAT_BITS, LAYER_POLICIES, QUANT_BITS, LayerBits, LayerRule
+from qnnrun.quant.functional import ESTIMATORS
 
 VALID_BITS = f"integers {QUANT_BITS[0]}-{QUANT_BITS[-1]}, or {FLOAT_BITS} for float"
 PRECISIONS = ("fp32", "bf16")
@@ -104,7 +105,7 @@ def validate_quant(cfg: DictConfig) -> None:
     check_choice("quant.first_layer", cfg.quant.first_layer, LAYER_POLICIES)
     check_choice("quant.last_layer", cfg.quant.last_layer, LAYER_POLICIES)
     check_choice("quant.image_input_bits", cfg.quant.image_input_bits, ("8", "32"))
-    check_choice("quant.estimator", cfg.quant.estimator, ("clipped", "ste"))
+    check_choice("quant.estimator", cfg.quant.estimator, ESTIMATORS)
     check_int("quant.calib_batches", cfg.quant.calib_batches, 0)
     check_int("quant.bn_reestimate_batches", cfg.quant.bn_reestimate_batches, 0)
     check_choice("quant.init", cfg.quant.init, ("maxabs", "mmse"))

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 Estimator = Literal["ste", "clipped"]
-ESTIMATORS: tuple[str, ...] = ("ste", "clipped")
+ESTIMATORS: tuple[str, ...] = ("clipped", "ste")
 
 
 def code_range(bits: int, signed: bool, narrow: bool = False) -> tuple[int, int]:
