@@ -74,6 +74,16 @@ def check_number(key: str, value: Any, low: float | None = None, high: float | N
     raise QnnrunError(f"{key}={shown} is not valid: expected a number{bound}")
 
 
+def check_mmse_width(key: str, bits: int, init: str, float_valid: bool = True) -> None:
+    """Refuse ``key=1`` (``bits``, a width in bits) with ``quant.init=mmse`` (``init``): the affine
+    quantizer it fits keeps a zero level. The error names the widths valid instead: 2-8, with 32 (float)
+    when ``float_valid``."""
+    if init == "mmse" and bits == 1:
+        valid = f"{QUANT_BITS[1]}-{QUANT_BITS[-1]}" + (f" or {FLOAT_BITS}" if float_valid else "")
+        raise QnnrunError(f"{key}=1 is not valid with quant.init=mmse (the affine quantizer keeps a zero level): "
+                          f"valid are {valid}, or quant.init=maxabs")
+
+
 def layer_rules(cfg: DictConfig) -> list[LayerRule]:
     """``quant.layer_bits`` of the config as rules, in order: each ``pattern: bits`` (both sides) or
     ``pattern: {w: bits, a: bits}`` (a side left out keeps the run's ``bits.w`` / ``bits.a``).
@@ -110,14 +120,11 @@ def validate_quant(cfg: DictConfig) -> None:
     check_int("quant.bn_reestimate_batches", cfg.quant.bn_reestimate_batches, 0)
     check_choice("quant.init", cfg.quant.init, ("maxabs", "mmse"))
     rules = layer_rules(cfg)
-    if cfg.quant.init == "mmse":
-        widths = [("bits.w", cfg.bits.w), ("bits.a", cfg.bits.a)]
-        widths += [(f"quant.layer_bits[{rule.pattern!r}]", bits) for rule in rules
-                   for bits in (rule.bits.weight, rule.bits.input)]
-        for key, value in widths:
-            if value == 1:
-                raise QnnrunError(f"{key}=1 is not valid with quant.init=mmse (the affine quantizer keeps a "
-                                  f"zero level): valid are 2-8 or 32, or quant.init=maxabs")
+    widths = [("bits.w", cfg.bits.w), ("bits.a", cfg.bits.a)]
+    widths += [(f"quant.layer_bits[{rule.pattern!r}]", bits) for rule in rules
+               for bits in (rule.bits.weight, rule.bits.input)]
+    for key, value in widths:
+        check_mmse_width(key, value, cfg.quant.init)
     check_number("quant.ema_momentum", cfg.quant.ema_momentum, 0, 1)
 
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from qnnrun.build import build_quantized_model, example_input, select_device
 from qnnrun.checkpoint import (check_output_file, check_output_folder, checkpoint_file, load_checkpoint,
                                replace_atomic, write_text_atomic)
-from qnnrun.config import check_int, check_number, validate_quant
+from qnnrun.config import check_int, check_mmse_width, check_number, validate_quant
 from qnnrun.data import DataBundle, DataInfo, build_data
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import evaluate, reestimate_batchnorm
@@ -151,9 +151,7 @@ def check_width(cfg: DictConfig) -> int:
     if widths is not None and weight not in widths:
         raise QnnrunError(f"bits={weight} is not valid with method={cfg.method.name}: valid are "
                           f"{', '.join(map(str, widths))}")
-    if weight == 1 and cfg.quant.init == "mmse":
-        raise QnnrunError(f"bits=1 is not valid with quant.init=mmse (method={cfg.method.name}; the affine quantizer "
-                          f"keeps a zero level): valid are 2-8, or quant.init=maxabs")
+    check_mmse_width("bits", weight, cfg.quant.init, float_valid=False)
     return weight
 
 

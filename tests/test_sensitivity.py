@@ -220,7 +220,8 @@ def test_a_bad_value_is_one_line_and_leaves_nothing(float_run: Path, tmp_path: P
     (["batches=1.5"], "batches=1.5 is not valid: expected null or an integer >= 1"),
     (["budget_gbops=lots"], "budget_gbops='lots' is not valid: expected a number > 0"),
     (["budget_gbops=-1"], "budget_gbops=-1 is not valid: expected a number > 0"),
-    (["quant.init=mmse", "bits=1"], "bits=1 is not valid with quant.init=mmse"),
+    (["quant.init=mmse", "bits=1"], "bits=1 is not valid with quant.init=mmse (the affine quantizer keeps a zero "
+                                    "level): valid are 2-8, or quant.init=maxabs"),
     (["quant.layer_bits={classifier: 8}"], "quant.layer_bits={'classifier': 8} is not valid here"),
     (["device=tpu"], "device 'tpu' is not valid: valid are auto, cpu, cuda, cuda:N"),
     (["output=[1]"], "output=[1] is not valid: expected null or a folder path"),
