@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.config import check_bool, check_number
+from qnnrun.config import check_bool, check_choice, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
@@ -129,9 +129,7 @@ class LatentWeightMethod(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.loss = str(cfg.method.loss)
-        if self.loss not in LOSSES:
-            raise QnnrunError(f"method.loss={self.loss!r} is not valid: valid are {', '.join(LOSSES)}")
+        self.loss = check_choice("method.loss", cfg.method.loss, LOSSES)
         self.glorot_lr = check_bool("method.glorot_lr", cfg.method.glorot_lr)
         self.shift_bn = check_bool("method.shift_bn", cfg.method.shift_bn)
         self.output_bn = check_bool("method.output_bn", cfg.method.output_bn)
@@ -141,10 +139,7 @@ class LatentWeightMethod(Method):
             raise QnnrunError(f"method.grad_bits={self.grad_bits!r} is not valid: valid are 2-16, or 32 for off")
         bn_eps = cfg.method.bn_eps
         self.bn_eps = None if bn_eps is None else check_number("method.bn_eps", bn_eps, 0)
-        self.latent_init = str(cfg.method.latent_init)
-        if self.latent_init not in LATENT_INITS:
-            raise QnnrunError(f"method.latent_init={self.latent_init!r} is not valid: "
-                              f"valid are {', '.join(LATENT_INITS)}")
+        self.latent_init = check_choice("method.latent_init", cfg.method.latent_init, LATENT_INITS)
         self._clipped: list[Tensor] | None = None
 
     def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
@@ -242,9 +237,7 @@ class QuantizedNet(LatentWeightMethod):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.act_quant = str(cfg.method.act_quant)
-        if self.act_quant not in ACT_QUANTS:
-            raise QnnrunError(f"method.act_quant={self.act_quant!r} is not valid: valid are {', '.join(ACT_QUANTS)}")
+        self.act_quant = check_choice("method.act_quant", cfg.method.act_quant, ACT_QUANTS)
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> LevelQuantizer:
         return LevelQuantizer("sign", 1) if bits == 1 else LevelQuantizer("linear", bits)
