@@ -28,6 +28,15 @@ def check_bits(key: str, value: Any) -> int:
     return value
 
 
+def check_grad_bits(value: Any, lowest: int) -> int:
+    """``method.grad_bits`` as an int: the bits of a method's quantized gradients, ``lowest`` to 16
+    (the lowest width its gradient quantizer has a nonzero level at), or 32 for float gradients."""
+    if not _is_int(value) or not (lowest <= value <= 16 or value == FLOAT_BITS):
+        raise QnnrunError(f"method.grad_bits={value!r} is not valid: valid are integers {lowest}-16, "
+                          f"or {FLOAT_BITS} (float)")
+    return value
+
+
 def check_int(key: str, value: Any, minimum: int, optional: bool = False) -> int | None:
     """``value`` as an integer >= ``minimum`` (``None`` allowed when ``optional``), or a QnnrunError."""
     if (value is None and optional) or (_is_int(value) and value >= minimum):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.config import check_bool, check_choice, check_number
+from qnnrun.config import check_bool, check_choice, check_grad_bits, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
@@ -133,10 +133,8 @@ class LatentWeightMethod(Method):
         self.glorot_lr = check_bool("method.glorot_lr", cfg.method.glorot_lr)
         self.shift_bn = check_bool("method.shift_bn", cfg.method.shift_bn)
         self.output_bn = check_bool("method.output_bn", cfg.method.output_bn)
-        self.grad_bits = cfg.method.grad_bits
-        if not isinstance(self.grad_bits, int) or isinstance(self.grad_bits, bool) or not (
-                2 <= self.grad_bits <= 16 or self.grad_bits == FLOAT_BITS):
-            raise QnnrunError(f"method.grad_bits={self.grad_bits!r} is not valid: valid are 2-16, or 32 for off")
+        # 2 bits at least: QNN's symmetric codes [-(2^(b-1) - 1), 2^(b-1) - 1] leave only 0 at 1 bit
+        self.grad_bits = check_grad_bits(cfg.method.grad_bits, 2)
         bn_eps = cfg.method.bn_eps
         self.bn_eps = None if bn_eps is None else check_number("method.bn_eps", bn_eps, 0)
         self.latent_init = check_choice("method.latent_init", cfg.method.latent_init, LATENT_INITS)

@@ -33,7 +33,7 @@ from typing import Any
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.config import check_bool, check_number
+from qnnrun.config import check_bool, check_grad_bits, check_number
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
@@ -65,13 +65,6 @@ def check_clip_level(key: str, value: Any) -> float | str:
         return check_number(key, value, 0)
     except QnnrunError as error:
         raise QnnrunError(f"{error} or mse (the least-error level)") from None
-
-
-def check_grad_bits(value: Any) -> int:
-    """``method.grad_bits`` as an int: 1 to 16, or 32 for float gradients."""
-    if isinstance(value, bool) or not isinstance(value, int) or not (1 <= value <= 16 or value == FLOAT_BITS):
-        raise QnnrunError(f"method.grad_bits={value!r} is not valid: valid are integers 1-16, or 32 (float)")
-    return value
 
 
 # Leaves that pass a layer input on unchanged in value range (between the last ReLU and the last layer).
@@ -118,7 +111,7 @@ class DoReFa(Method):
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.grad_bits = check_grad_bits(cfg.method.grad_bits)
+        self.grad_bits = check_grad_bits(cfg.method.grad_bits, 1)  # at 1 bit each gradient is +-max|g| (per sample)
         self.act_clip = check_clip_level("method.act_clip", cfg.method.act_clip)
         self.clip_last_input = check_bool("method.clip_last_input", cfg.method.clip_last_input)
 

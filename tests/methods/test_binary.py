@@ -378,7 +378,8 @@ def test_gradient_quantization_hooks_quantize_the_layer_output_gradient() -> Non
 
 
 @pytest.mark.parametrize("override,match", [
-    ("method.loss=l2", "method.loss"), ("method.grad_bits=1", "method.grad_bits"),
+    ("method.loss=l2", "method.loss"),
+    ("method.grad_bits=1", "method.grad_bits=1 is not valid: valid are integers 2-16, or 32"),
     ("method.shift_bn=3", "method.shift_bn"), ("method.alpha=0", "method.alpha"),
     ("method.alpha_end=0.2", "method.alpha_end"),
 ])
