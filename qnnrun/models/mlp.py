@@ -7,8 +7,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from qnnrun.errors import QnnrunError
-
 
 class MLP(nn.Module):
     """Fully connected classifier: Flatten -> [Linear -> BN -> ReLU -> Dropout] * N -> Linear.
@@ -23,6 +21,9 @@ class MLP(nn.Module):
         batch_norm: Put a BatchNorm1d after every hidden Linear.
         dropout: Dropout probability after every hidden ReLU.
         input_dropout: Dropout probability on the flattened input.
+
+    The options are checked by :func:`qnnrun.models.build_model` (:func:`~qnnrun.models.check_model_option`),
+    which builds every model.
     """
 
     def __init__(
@@ -37,11 +38,6 @@ class MLP(nn.Module):
         input_dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in widths):
-            raise QnnrunError(f"model.widths={list(widths)} is not valid: expected a list of positive integers")
-        for key, p in (("dropout", dropout), ("input_dropout", input_dropout)):
-            if not isinstance(p, (int, float)) or not 0 <= p < 1:
-                raise QnnrunError(f"model.{key}={p!r} is not valid: expected a probability in [0, 1)")
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout > 0:
             layers.append(nn.Dropout(input_dropout))
