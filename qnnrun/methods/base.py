@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar
 
@@ -154,8 +154,14 @@ class Method:
     def prepare(self, model: nn.Module, batches: Iterable[Tensor]) -> None:
         """Calibrate the quantizers' ranges on a few input batches [B, C, H, W] (eval mode, no grad)."""
         quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
-        if not quantizers:
-            return
+        if quantizers:
+            self.calibrate_quantizers(model, quantizers, batches)
+
+    def calibrate_quantizers(self, model: nn.Module, quantizers: Sequence[Quantizer],
+                             batches: Iterable[Tensor]) -> None:
+        """Reset ``quantizers`` and calibrate them on input batches [B, C, H, W] run through ``model``
+        as it is now: eval mode, no grad, BatchNorm on batch statistics when
+        :attr:`calibrate_with_batch_statistics`. The model's training mode is restored afterwards."""
         was_training = model.training
         model.eval()
         for quantizer in quantizers:

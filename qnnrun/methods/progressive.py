@@ -243,22 +243,10 @@ class ProgressiveQuantization(DirectSTE):
         layer.set_channel_state(state, remaining[: group.size])
 
     def _calibrate(self, model: nn.Module, quantizers: list[Quantizer]) -> None:
-        """Calibrate ``quantizers`` on the calibration batches through the model as it is now, then
-        enable them."""
-        was_training = model.training
-        model.eval()
+        """Enable ``quantizers`` and calibrate them on the calibration batches through the model as it is now."""
         for quantizer in quantizers:
-            quantizer.reset()
             quantizer.enabled = True
-            quantizer.calibrating = True
-        try:
-            with torch.no_grad():
-                for images in self.calibration_source():
-                    model(images)
-        finally:
-            for quantizer in quantizers:
-                quantizer.calibrating = False
-            model.train(was_training)
+        self.calibrate_quantizers(model, quantizers, self.calibration_source())
 
     def state_dict(self) -> dict[str, Any]:
         return {"done": self.done, "folded": self.folded}

@@ -40,7 +40,7 @@ class Quantizer(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.calibrating = False  # set by Method.prepare while it runs the calibration batches
+        self.calibrating = False  # set by Method.calibrate_quantizers while it runs the calibration batches
         self.image_input = False  # set by convert() on the input quantizer of the first layer (the image)
         # A disabled input quantizer passes its input through (a method's float phase). Weights
         # have the finer per-channel state of QuantLayer instead.
