@@ -12,7 +12,7 @@ from qnnrun.quant import calibrate as C
 from qnnrun.quant import functional as Q
 from qnnrun.quant.calibrate import SquaredErrorSearch
 from qnnrun.quant.grids import InputGrid, RoundGrid, SignGrid, WeightGrid, per_row
-from qnnrun.quant.quantizers import SIGN_LEVELS, Quantizer
+from qnnrun.quant.quantizers import SIGN_LEVELS, Quantizer, resolved_sign
 
 
 class PactQuantizer(Quantizer):
@@ -177,11 +177,6 @@ class LsqQuantizer(Quantizer):
         """Integer codes ``(-Qn, Qp)`` for ``signed`` (default: the quantizer's; unsigned until known)."""
         return Q.code_range(self.bits, bool(self.signed if signed is None else signed))
 
-    def _is_signed(self, x: Tensor) -> bool:
-        if self.signed is not None:
-            return self.signed
-        return bool((x.detach().amin() < 0).item())
-
     def reset(self) -> None:
         """Forget the initialisation (and a sign detected from data) before a new calibration."""
         self.initialized = False
@@ -249,7 +244,7 @@ class LsqQuantizer(Quantizer):
         if self.calibrating or (self.training and not self.initialized):
             with torch.no_grad():
                 self._observe(x)
-        signed = self._is_signed(x)
+        signed = resolved_sign(self.signed, x)
         step, offset = self.step, self.offset
         if not self.initialized:  # evaluation before any initialisation: use the rule, store nothing
             step, offset = self._initial(self._reduce(x), signed)

@@ -33,6 +33,14 @@ from qnnrun.quant.grids import (
 SIGN_LEVELS = torch.tensor([-1, 1])  # the level table of a sign grid (codes 0, 1)
 
 
+def resolved_sign(signed: bool | None, x: Tensor) -> bool:
+    """A quantizer's ``signed`` when it is set, else whether ``x`` (any shape) holds a negative value
+    (a device sync)."""
+    if signed is not None:
+        return signed
+    return bool((x.detach().amin() < 0).item())
+
+
 class Quantizer(nn.Module):
     """Base class: maps a float tensor to its fake-quantized value at ``bits`` bits."""
 
@@ -127,11 +135,6 @@ class UniformQuantizer(Quantizer):
         self.observed = False
         self.register_buffer("stat", torch.zeros(channels) if channels is not None else torch.tensor(0.0))
 
-    def _is_signed(self, x: Tensor) -> bool:
-        if self.signed is not None:
-            return self.signed
-        return bool((x.detach().amin() < 0).item())
-
     def _measure(self, x: Tensor, signed: bool) -> Tensor:
         if signed and self.bits == 1:
             return Q.channel_mean_abs(x, self.per_channel)
@@ -162,7 +165,7 @@ class UniformQuantizer(Quantizer):
 
     def scale(self, x: Tensor) -> Tensor:
         """Step size for input ``x``, shaped to broadcast against it (``[C, 1, ...]`` per channel)."""
-        signed = self._is_signed(x)
+        signed = resolved_sign(self.signed, x)
         stat = self.stat if self.observed and self.range_mode != "dynamic" else self._measure(x, signed)
         if self.per_channel:
             stat = stat.reshape(-1, *([1] * (x.dim() - 1)))
@@ -176,7 +179,8 @@ class UniformQuantizer(Quantizer):
         if self.range_mode != "dynamic" and updating and not self.replay:
             with torch.no_grad():
                 self.observe(x)
-        return Q.uniform_quantize(x, self.scale(x), self.bits, self._is_signed(x), self.narrow, self.estimator)
+        return Q.uniform_quantize(x, self.scale(x), self.bits, resolved_sign(self.signed, x), self.narrow,
+                                  self.estimator)
 
     def perturb(self, x: Tensor) -> Tensor:
         """``x + e`` with ``e ~ U[-s/2, s/2]``: the additive-noise model of uniform rounding."""
