@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from qnnrun.quant.functional import fake_quantize
+from qnnrun.quant.functional import code_range, fake_quantize
 
 HISTOGRAM_BINS = 2048
 _EPS = 1e-8
@@ -76,7 +76,7 @@ def affine_qmax(bits: int) -> int:
     must be 0, so 1 bit would leave a single non-zero level)."""
     if not 2 <= bits <= 16:
         raise ValueError(f"bits={bits}: the affine quantizer takes 2..16 bits")
-    return 2**bits - 1
+    return code_range(bits, signed=False)[1]
 
 
 def affine_params(lo: Tensor, hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:

@@ -707,7 +707,7 @@ def dorefa_gradient_quantizer(x: Tensor, bits: int) -> Tensor:
 class _Pact(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, bits: int, signed: bool) -> Tensor:
-        levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+        levels = code_range(bits, signed)[1]  # signed: 2^(k-1) - 1 a side (pact_quantize: k >= 2)
         lower = -alpha if signed else torch.zeros_like(alpha)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             if float_masks(x):

@@ -110,9 +110,9 @@ class PactQuantizer(Quantizer):
     def input_grid(self, name: str, like: Tensor) -> InputGrid:
         if self.signed is None:
             raise QnnrunError(f"the input quantizer of {name} was never calibrated: export a trained checkpoint")
-        levels = 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        qmin, levels = Q.code_range(self.bits, self.signed, narrow=True)  # signed: -levels..levels (2+ bits)
         alpha = self.alpha.detach()
-        return RoundGrid(levels / alpha, float(alpha) / levels, 0, -levels if self.signed else 0, levels, self.bits)
+        return RoundGrid(levels / alpha, float(alpha) / levels, 0, qmin, levels, self.bits)
 
     def extra_repr(self) -> str:
         init = ", init=mse" if self.init == "mse" else ""
