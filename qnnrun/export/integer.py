@@ -488,17 +488,12 @@ def build_integer_model(model: nn.Module, records: dict[str, dict[str, Any]]) ->
     layers: dict[str, IntegerLayer] = {}
     for name, record in records.items():
         layers[name] = IntegerLayer(name, record).to(next(model.parameters()).device)
-        _replace(integer, name, layers[name])
+        integer.set_submodule(name, layers[name])
         if record["folded_bn"] is not None:
-            _replace(integer, record["folded_bn"], nn.Identity())
+            integer.set_submodule(record["folded_bn"], nn.Identity())
     for layer in layers.values():
         layer.connect(layers)
     return integer
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def exported_keys(records: dict[str, dict[str, Any]]) -> Callable[[str], bool]:

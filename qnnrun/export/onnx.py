@@ -134,8 +134,7 @@ def qdq_model(model: nn.Module, example: Tensor) -> nn.Module:
         if layer.weight_quant is None:
             raise QnnrunError(f"{name} has float weights and a quantized input: format=onnx takes models whose "
                               f"quantized layers quantize their weights (bits.w 2-8)")
-        parent, _, child = name.rpartition(".")
-        setattr(qdq.get_submodule(parent) if parent else qdq, child, QdqLayer(name, layer, inputs[name]))
+        qdq.set_submodule(name, QdqLayer(name, layer, inputs[name]))
     return qdq
 
 

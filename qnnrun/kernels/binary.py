@@ -277,9 +277,7 @@ def binarize_linear_layers(model: nn.Module, compile: bool = True) -> nn.Module:
     replaced = 0
     for name, module in list(packed.named_modules()):
         if isinstance(module, QuantLinear) and module.weight_bits == 1:
-            parent_name, _, child = name.rpartition(".")
-            parent = packed.get_submodule(parent_name) if parent_name else packed
-            setattr(parent, child, BinaryLinear.from_quant(module, name, compile).eval())
+            packed.set_submodule(name, BinaryLinear.from_quant(module, name, compile).eval())
             replaced += 1
     if not replaced:
         raise QnnrunError("binarize_linear_layers: the model has no QuantLinear with 1-bit weights: valid are models "

@@ -53,8 +53,7 @@ def _replace_modules(model: nn.Module, make: Any) -> None:
     for name, module in list(model.named_modules()):
         replacement = make(module)
         if replacement is not None and name:
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+            model.set_submodule(name, replacement)
 
 
 class _HardTanh(torch.autograd.Function):
@@ -160,9 +159,7 @@ class LatentWeightMethod(Method):
             last = model.get_submodule(last_name)
             norm = nn.BatchNorm2d if isinstance(last, nn.Conv2d) else nn.BatchNorm1d
             features = last.out_channels if isinstance(last, nn.Conv2d) else last.out_features
-            parent_name, _, child = last_name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child,
-                    nn.Sequential(last, norm(features, device=last.weight.device)))
+            model.set_submodule(last_name, nn.Sequential(last, norm(features, device=last.weight.device)))
         if self.bn_eps is not None:
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -98,8 +98,7 @@ def _clip_last_float_input(model: nn.Module, example_input: Tensor, leaves: list
         log.warning("dorefa: the float last layer %s is not fed by a ReLU of its own, so its input is not clipped "
                     "to [0, 1] as in DoReFa's code (method.clip_last_input)", layers[-1])
         return
-    parent, _, child = feeder.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, nn.Hardtanh(0.0, 1.0))
+    model.set_submodule(feeder, nn.Hardtanh(0.0, 1.0))
 
 
 class DoReFa(Method):

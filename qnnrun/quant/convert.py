@@ -154,9 +154,7 @@ def convert(
         if input_quant is not None and index == 0:
             input_quant.image_input = True
         quant_cls = QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, quant_cls.from_float(layer, weight_quant, input_quant))
+        model.set_submodule(name, quant_cls.from_float(layer, weight_quant, input_quant))
     _drop_quantized_inputs(model, leaves)
     return model
 
@@ -168,5 +166,4 @@ def _drop_quantized_inputs(model: nn.Module, leaves: list[str]) -> None:
         dropout, layer = model.get_submodule(before), model.get_submodule(after)
         if isinstance(dropout, nn.Dropout) and isinstance(layer, QuantLayer) and layer.input_quant is not None:
             layer.input_dropout = dropout
-            parent_name, _, child = before.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
+            model.set_submodule(before, nn.Identity())

@@ -111,11 +111,6 @@ def folded_norms(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, FoldedBatchNorm)]
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 @torch.no_grad()
 def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
     """Fold each BatchNorm of ``pairs`` (from :func:`batchnorm_pairs`) into its layer, in place,
@@ -136,7 +131,7 @@ def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> None:
         layer.bias.copy_(layer.bias * factor + shift)
         layer.weight.mul_(factor.view(-1, *([1] * (layer.weight.dim() - 1))))
         folded = FoldedBatchNorm(norm.num_features, norm.eps).to(layer.weight.device)
-        _replace(model, norm_name, folded)
+        model.set_submodule(norm_name, folded)
 
 
 def mark_folded(model: nn.Module, norms: Iterable[str]) -> None:
@@ -145,4 +140,4 @@ def mark_folded(model: nn.Module, norms: Iterable[str]) -> None:
     for norm_name in norms:
         norm = model.get_submodule(norm_name)
         if not isinstance(norm, FoldedBatchNorm):
-            _replace(model, norm_name, FoldedBatchNorm(norm.num_features, norm.eps).to(norm.running_mean.device))
+            model.set_submodule(norm_name, FoldedBatchNorm(norm.num_features, norm.eps).to(norm.running_mean.device))
