@@ -122,7 +122,7 @@ def train_app(cfg: DictConfig) -> list[float] | None:
 
     A single run that fails before writing anything of its own leaves no folder; a sweep job leaves
     a failure record. A sweep job that would repeat an earlier job's run records a pointer to it.
-    Returns the run's objectives for a search sweeper (:func:`qnnrun.search.objectives`).
+    Returns the run's objectives for a search sweeper (:func:`qnnrun.runs.objectives`).
     """
     from qnnrun.config import validate_train
     from qnnrun.engine import train

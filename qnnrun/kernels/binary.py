@@ -225,7 +225,7 @@ class BinaryLinear(nn.Module):
         """The packed equivalent of ``layer`` in evaluation mode.
 
         The weight is ``layer.effective_weight()``, which must be ``+-s_n`` per row; the input
-        quantizer must be ``sign`` levels (:class:`~qnnrun.quant.layers.LevelQuantizer`, A1) or
+        quantizer must be ``sign`` levels (:class:`~qnnrun.quant.quantizers.LevelQuantizer`, A1) or
         absent / disabled (float input).
         """
         quantizer = layer.input_quant
