@@ -60,7 +60,8 @@ def main() -> None:
         parallel = run_sweep(args, Path(tmp) / "parallel", parallel=True)
         per_run_seq = statistics.fmean(train_times(Path(tmp) / "sequential"))
         per_run_par = statistics.fmean(train_times(Path(tmp) / "parallel"))
-    print(f"\n{args.runs} x {args.model} on {args.dataset}, {args.epochs} epochs, {' '.join(args.overrides)} ({device})")
+    print(f"\n{args.runs} x {args.model} on {args.dataset}, {args.epochs} epochs, {' '.join(args.overrides)} "
+          f"({device})")
     print("| launcher | wall s | mean train s per run |")
     print("|---|---:|---:|")
     print(f"| basic (in a row) | {sequential:.1f} | {per_run_seq:.1f} |")

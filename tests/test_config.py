@@ -127,7 +127,8 @@ def test_experiment_method_settings_reach_that_method_only(tmp_path: Path) -> No
 
     assert act_init("experiment=baselines_cifar10", "method=lsq") == "mse"
     assert act_init("experiment=baselines_cifar10", "method=ste") is None  # no stray key in the other rows
-    assert act_init("experiment=baselines_cifar10", "method=lsq", "method.act_init=lsq") == "lsq"  # the command line wins
+    # the command line wins
+    assert act_init("experiment=baselines_cifar10", "method=lsq", "method.act_init=lsq") == "lsq"
     assert act_init("method=lsq") == "lsq"  # the method's own default outside the preset
     assert act_init("experiment=smoke", "method=lsq") == "lsq"
     pact = compose_config(["experiment=baselines_cifar10", "method=pact"], data_dir=tmp_path).method
@@ -144,7 +145,8 @@ def test_experiment_method_settings_reach_that_method_only(tmp_path: Path) -> No
                           data_dir=tmp_path).quant.init == "maxabs"
     assert compose_config(["method=ste"], data_dir=tmp_path).quant.init == "maxabs"
     for method in ("nbn", "lbl"):  # the NBN preset fine-tunes every method at optim.lr
-        assert compose_config(["experiment=nbn_cifar10", f"method={method}"], data_dir=tmp_path).method.quant_lr_scale == 1.0
+        cfg = compose_config(["experiment=nbn_cifar10", f"method={method}"], data_dir=tmp_path)
+        assert cfg.method.quant_lr_scale == 1.0
     for method in ("ste", "lbl", "nbn"):  # the paper's QNN module folds BatchNorm for every method it compares
         assert compose_config(["experiment=nbn_cifar10", f"method={method}"], data_dir=tmp_path).quant.fold_bn is True
     assert compose_config(["method=ste"], data_dir=tmp_path).quant.fold_bn is False
