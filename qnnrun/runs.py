@@ -38,7 +38,7 @@ from qnnrun.config import PRECISIONS
 from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS, Method
-from qnnrun.quant.convert import BIT_WIDTHS, LAYER_POLICIES
+from qnnrun.quant.convert import BIT_WIDTHS, FLOAT_BITS, LAYER_POLICIES
 from qnnrun.schema import saved_config
 
 log = logging.getLogger("qnnrun")
@@ -347,13 +347,13 @@ def run_folder_name(prefix: str, method: str | None, weight_bits: Any, act_bits:
                     overrides: Sequence[str]) -> str:
     """A single run's folder name (``hydra.run.dir`` in ``conf/train.yaml``): ``prefix`` (its start
     time), the method, its bits (none for the float method) and the other settings the command line
-    gives, e.g. ``12-00-00_lsq_w2a2_cifar10_resnet20_optim.lr-0.05``. ``method`` is ``None`` where
-    Hydra composes its own config alone (``--cfg hydra``): the name then holds what the command line gives."""
-    from qnnrun.methods.fp import FloatMethod
-
+    gives, e.g. ``12-00-00_lsq_w2a2_cifar10_resnet20_optim.lr-0.05``; the bits a method runs at
+    whatever ``bits`` says are its own (``bnn_w1a1``). ``method`` is ``None`` where Hydra composes its
+    own config alone (``--cfg hydra``): the name then holds what the command line gives."""
     settings: dict[str, Any] = {} if method is None else {"method": method}
-    if method not in (None, FloatMethod.name):
-        settings.update({"bits.w": weight_bits, "bits.a": act_bits})
+    fixed = METHODS[method].fixed_bits if method in METHODS else None
+    if method is not None and fixed != FLOAT_BITS:
+        settings.update({"bits.w": fixed or weight_bits, "bits.a": fixed or act_bits})
     given = name_settings(overrides)
     settings.update({key: value for key, value in given.items() if key not in ("method", *BITS_KEYS)})
     return bounded_name(prefix, name_parts(settings))

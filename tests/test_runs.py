@@ -199,6 +199,7 @@ def test_a_single_runs_folder_says_what_the_run_is(qnnrun, tmp_path: Path) -> No
 def test_run_folder_names_put_method_bits_and_seed_first_and_shorten_paths() -> None:
     assert run_folder_name("12-00-00", "ste", 4, 4, []) == "12-00-00_ste_w4a4"
     assert run_folder_name("12-00-00", "fp", 4, 4, ["bits=4"]) == "12-00-00_fp"  # a float run has no bits
+    assert run_folder_name("12-00-00", "bnn", 4, 4, ["bits=4"]) == "12-00-00_bnn_w1a1"  # what it runs at
     old_job = "outputs/multirun/d/t/0_bits='2',method=fp"  # quoted, as qnnrun's quote_paths passes it to Hydra
     given = ["trainer.num_threads=1", "resume=true", "paths.data_dir=/data", "optim.lr=0.05", "model=resnet20",
              "seed=1", "bits=2", "method=lsq", f'init_from="{old_job}/last.ckpt"']

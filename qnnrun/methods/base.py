@@ -53,6 +53,8 @@ class Method:
 
     # The bit widths (below 32) the method's quantizers run at; None: any of 1-8.
     layer_widths: ClassVar[tuple[int, ...] | None] = None
+    # The width of the weights and inputs whatever ``bits`` says (fp: 32, bnn: 1); None: ``bits``'s.
+    fixed_bits: ClassVar[int | None] = None
     # What of the method's own schedule is laid over the run's epochs (UNIQ's stages, NBN's
     # progression, SQ's ratios, AQE's rising alpha); None when nothing is. extend=true would lay it out
     # again over the new length, so a run of such a method is not extended.
@@ -60,8 +62,8 @@ class Method:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.weight_bits = int(cfg.bits.w)
-        self.act_bits = int(cfg.bits.a)
+        self.weight_bits = int(cfg.bits.w) if self.fixed_bits is None else self.fixed_bits
+        self.act_bits = int(cfg.bits.a) if self.fixed_bits is None else self.fixed_bits
         self.layer_rules = layer_rules(cfg)  # quant.layer_bits, in order
         # The widths of the layers no rule matched, as build set them (the layer policy); None before build.
         self.rest_bits: set[LayerBits] | None = None

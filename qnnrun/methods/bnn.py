@@ -209,13 +209,13 @@ class BinarizedNet(LatentWeightMethod):
 
     name = "bnn"
     layer_widths = (1,)
+    fixed_bits = 1
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        if (self.weight_bits, self.act_bits) != (1, 1):
+        if (cfg.bits.w, cfg.bits.a) != (1, 1):
             log.warning("method=bnn is binary: bits.w=%s bits.a=%s ignored, running W1/A1 "
-                        "(method=qnn quantizes to k bits)", self.weight_bits, self.act_bits)
-        self.weight_bits = self.act_bits = 1
+                        "(method=qnn quantizes to k bits)", cfg.bits.w, cfg.bits.a)
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> LevelQuantizer:
         return LevelQuantizer("sign", 1)

@@ -13,8 +13,8 @@ class FloatMethod(Method):
     BOPs and size)."""
 
     name = "fp"
+    fixed_bits = FLOAT_BITS
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.weight_bits = self.act_bits = FLOAT_BITS
         self.layer_rules = []
