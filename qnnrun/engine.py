@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import math
@@ -280,7 +281,7 @@ class _Loop:
         return None if self.distill is None else self.distill.sha256
 
     def _calibration_images(self) -> Iterator[Tensor]:
-        return (images for images, _ in _take(self.data.train, self.cfg.quant.calib_batches))
+        return (images for images, _ in itertools.islice(self.data.train, self.cfg.quant.calib_batches))
 
     def _restore(self) -> None:
         """A resume loads the checkpoint (a mid-epoch one also its partial epoch); a fresh run calibrates."""
@@ -365,7 +366,7 @@ class _Loop:
         cfg = self.cfg
         bn_batches = int(cfg.quant.bn_reestimate_batches)
         if bn_batches:
-            reestimate_batchnorm(self.model, _take(self.data.train, bn_batches), self.autocast,
+            reestimate_batchnorm(self.model, itertools.islice(self.data.train, bn_batches), self.autocast,
                                  cfg.trainer.channels_last)
             distributed.sync_buffers(self.model, self.ranks)
         return evaluate(self.compiled, self.data.test, self.info.num_classes, self.autocast, cfg.trainer.channels_last)
@@ -549,13 +550,6 @@ def finite_everywhere(loss: Tensor) -> bool:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(finite, op=dist.ReduceOp.MIN)
     return bool(finite.item())
-
-
-def _take(batches: Iterable[Any], count: int) -> Iterator[Any]:
-    for index, batch in enumerate(batches):
-        if index >= count:
-            return
-        yield batch
 
 
 def _accuracy_marks(metrics: Mapping[str, Any], best_acc: float, init_acc: float | None) -> dict[str, float]:

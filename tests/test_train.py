@@ -271,3 +271,21 @@ def test_sq_evaluates_with_batchnorm_statistics_of_the_quantized_network(tmp_pat
     assert calls == []
     _train(tmp_path, "start", *overrides[:-2], "trainer.epochs=0", "quant.bn_reestimate_batches=3")
     assert calls == [3]  # trainer.epochs=0 evaluates its starting point the same way
+
+
+def test_calibration_and_batchnorm_reestimation_read_only_the_batches_they_use(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qnnrun.data.loader import TensorLoader
+
+    read = []
+    original = TensorLoader.__iter__
+
+    def counting(self: TensorLoader):
+        for batch in original(self):
+            read.append(self.shuffle)  # the training loader shuffles, the test loader does not
+            yield batch
+
+    monkeypatch.setattr(TensorLoader, "__iter__", counting)
+    _train(tmp_path, "run", "method=sq", "bits.w=2", "bits.a=32", "trainer.epochs=0", "quant.calib_batches=2",
+           "quant.bn_reestimate_batches=3")
+    assert read.count(True) == 2 + 3  # each read one batch more before (with its augmentation draws)
