@@ -56,9 +56,18 @@ NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 # How a reader of a file that may hold anything fails: missing or unreadable file, bytes that are
 # not UTF-8, text that is not JSON / YAML, nesting too deep to parse.
 UNREADABLE = (OSError, ValueError, yaml.YAMLError, RecursionError)
+# The largest record file read (summary.json, .hydra/*.yaml are a few KiB): a link to /dev/zero or a
+# huge file is refused, not read into memory.
+MAX_RECORD_BYTES = 16 << 20
 OVERRIDES_FILE = Path(HYDRA_SUBDIR, "overrides.yaml")
 CONFIG_FILE = Path(HYDRA_SUBDIR, "config.yaml")
 HYDRA_FILE = Path(HYDRA_SUBDIR, "hydra.yaml")
+# A finished run's summary.json fields that .hydra/config.yaml also holds (the key there).
+CONFIG_KEYS = {"method": "method.name", "model": "model.name", "dataset": "dataset.name", "seed": "seed"}
+# How a note about a run's TensorBoard events starts.
+EVENTS_NOTE = "TensorBoard events"
+# How far summary.json's test_acc (a float64 percentage) may be from the float32 TensorBoard logged.
+EVENT_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True, order=True)
@@ -116,7 +125,7 @@ class Run:
         """Config group -> the option the run composed (``optim: sgd``), from ``.hydra/hydra.yaml``'s
         ``hydra.runtime.choices``, read once per report; empty where that cannot be read."""
         try:
-            hydra = yaml.safe_load((self.path / HYDRA_FILE).read_text(encoding="utf-8"))
+            hydra = yaml.safe_load(_read_text(self.path / HYDRA_FILE))
             choices = hydra["hydra"]["runtime"]["choices"]
         except (*UNREADABLE, KeyError, TypeError):
             return {}
@@ -130,7 +139,7 @@ class Run:
         try:
             return _read_curves(self.path, CURVE_TAGS)
         except Exception as error:  # TensorBoard's reader over whatever bytes the files hold
-            self.notes.append(f"TensorBoard events: unreadable ({_error_line(error)}), no curves")
+            self.notes.append(f"{EVENTS_NOTE}: unreadable ({_error_line(error)}), no curves")
             return {tag: [] for tag in CURVE_TAGS}
 
 
@@ -221,6 +230,18 @@ def _layer_bits(record: Mapping[str, Any]) -> str:
     return " ".join(f"{side} " + ",".join(str(bits[side]) for bits in rules.values()) for side in ("w", "a"))
 
 
+def _read_text(file: Path) -> str:
+    """The UTF-8 text of a record file; an OSError for anything but a regular file of at most
+    :data:`MAX_RECORD_BYTES` (a FIFO would block the report, a device never end)."""
+    if not file.is_file():
+        raise OSError(f"{file.name} is not a regular file")
+    with open(file, "rb") as handle:
+        data = handle.read(MAX_RECORD_BYTES + 1)
+    if len(data) > MAX_RECORD_BYTES:
+        raise OSError(f"{file.name} is larger than {MAX_RECORD_BYTES >> 20} MiB")
+    return data.decode("utf-8")
+
+
 def _present(file: Path) -> bool:
     """Whether ``file`` exists (a broken link too); when it cannot be told (no permission to look),
     reading it will say why it fails."""
@@ -232,7 +253,7 @@ def _present(file: Path) -> bool:
 
 def _load_summary(path: Path) -> dict[str, Any]:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(_read_text(path))
     except UNREADABLE as error:
         raise _Unfit(f"unreadable ({_error_line(error)})") from None
     if not isinstance(record, dict):
@@ -245,7 +266,7 @@ def _read_command_line(folder: Path, record: Mapping[str, Any]) -> list[str]:
     file = folder / OVERRIDES_FILE
     if _present(file):
         try:
-            lines = yaml.safe_load(file.read_text(encoding="utf-8"))
+            lines = yaml.safe_load(_read_text(file))
         except UNREADABLE as error:
             raise _Unfit(f"unreadable ({_error_line(error)})", OVERRIDES_FILE) from None
         where, what = OVERRIDES_FILE, "holds"
@@ -299,7 +320,7 @@ def _plain_text(value: Any) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
+        return str(int(value)) if value.is_integer() and abs(value) < 1e16 else repr(value)
     return value if isinstance(value, str) else None
 
 
@@ -344,7 +365,61 @@ def _done(folder: Path, record: Mapping[str, Any]) -> Run:
         overrides[EXTENDED] = extended
     run = Run(folder, DONE, metrics, overrides, lines, identity=identity, seed=seed)
     run.layers = _layer_policy(run.config)
+    _check_against_config(run, record)
+    _check_against_events(run)
     return run
+
+
+def _check_against_config(run: Run, record: Mapping[str, Any]) -> None:
+    """Refuse a finished run's summary.json that disagrees with its ``.hydra/config.yaml`` (the config
+    the run was started with: method, model, data set, seed, planned epochs and, for one width, the
+    bits), or whose ``.hydra/overrides.yaml`` gives a plain value that config does not hold: a record
+    edited by hand or copied from another run. Where the config does not say (no file, an older
+    layout), nothing is compared."""
+    from qnnrun.methods import METHODS
+
+    config, identity = run.config, run.identity
+    assert identity is not None
+    said = {key: _plain_text(record.get(key)) for key in CONFIG_KEYS}
+    said["trainer.epochs"] = str(identity.epochs)
+    allowed = {"trainer.epochs": {str(step["epochs_before"]) for step in record.get("extensions") or []}}
+    fixed = METHODS[identity.method].fixed_bits if identity.method in METHODS else None
+    if not identity.mixed and not _layer_rules(config):
+        said["bits.w"], said["bits.a"] = str(identity.bits_w), str(identity.bits_a)
+        if fixed is not None and isinstance(config.get("bits"), dict):  # fp runs at 32, bnn at 1, whatever bits says
+            config = {**config, "bits": {"w": fixed, "a": fixed}}
+    for key, value in said.items():
+        theirs = config_text(config, CONFIG_KEYS.get(key, key))
+        if theirs is not None and value != theirs and value not in allowed.get(key, ()):
+            name = {"trainer.epochs": "epochs", "bits.w": "bits_w", "bits.a": "bits_a"}.get(key, key)
+            raise _Unfit(f"{name} {value} is not its {CONFIG_FILE}'s {CONFIG_KEYS.get(key, key)} ({theirs}): "
+                         f"a record edited by hand, or copied from another run")
+    for line in run.command_line:
+        key, sep, value = line.partition("=")
+        key = key.lstrip("+~")
+        theirs = config_text(run.config, key) if sep and not is_free(key) and not key.startswith("hydra") else None
+        if theirs is not None and canonical(value) != theirs:
+            raise _Unfit(f"{key}={value} is not its {CONFIG_FILE}'s {key} ({theirs}): an override edited by "
+                         f"hand, or copied from another run", OVERRIDES_FILE)
+
+
+def _check_against_events(run: Run) -> None:
+    """Refuse a finished run whose summary.json's test_acc is not the last test accuracy its
+    TensorBoard events logged, or is above its best_test_acc; a run whose events hold no test
+    accuracy gets a note (its number is then checked against nothing)."""
+    acc, best = run.metrics["test_acc"], run.metrics.get("best_test_acc")
+    if best is not None and acc > best + EVENT_TOLERANCE:
+        raise _Unfit(f"test_acc {acc:g} is above best_test_acc {best:g}: a record edited by hand")
+    curve = run.curves[CURVE_TAG]
+    if not curve:
+        if not any(note.startswith(EVENTS_NOTE) for note in run.notes):  # unreadable ones said so already
+            run.notes.append(f"{EVENTS_NOTE}: no test accuracy logged, so {SUMMARY}'s test_acc is checked "
+                             f"against nothing")
+        return
+    epoch, logged = max(curve)
+    if abs(logged - acc) > EVENT_TOLERANCE:
+        raise _Unfit(f"test_acc {acc:g} is not the last test accuracy its TensorBoard events logged "
+                     f"({logged:.2f} at epoch {epoch}): a record edited by hand, or copied from another run")
 
 
 def _extensions(record: Mapping[str, Any]) -> str:
@@ -374,7 +449,7 @@ def _failed(folder: Path, record: Mapping[str, Any]) -> Run:
     """A failure record: listed with its error; placed in its group when its identity and overrides
     can be read (a sweep's failed bits sit beside their finished siblings), else listed only."""
     error = record.get("error")
-    reason = error if isinstance(error, str) and error.strip() else f"error {_show(error)} (no error line)"
+    reason = error if isinstance(error, str) and error.strip() else "no error recorded"
     identity: Identity | None = None
     lines: list[str] = []
     try:
@@ -401,6 +476,9 @@ def _duplicate(folder: Path, record: Mapping[str, Any]) -> Problem:
     first = record.get("same_as")
     if not isinstance(first, str) or not first.strip():
         raise _Unfit(f"a duplicate whose same_as {_show(first)} is not a folder")
+    # same_as names the first job's folder as the sweep saw it (absolute, or from where it was started).
+    if not any(place.is_dir() for place in (Path(first), folder.parent / Path(first).name)):
+        raise _Unfit(f"a duplicate of {first}, which is not there (moved or removed?): this run is counted nowhere")
     return Problem(folder, DUPLICATE, f"the same run as {first}: counted once, there",
                    _best_effort_command_line(folder, record))
 
@@ -434,7 +512,7 @@ def _read_config(folder: Path, notes: list[str]) -> dict[str, Any]:
     if not _present(file):
         return {}
     try:
-        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+        config = yaml.safe_load(_read_text(file))
     except UNREADABLE as error:
         notes.append(f"{CONFIG_FILE}: unreadable ({_error_line(error)})")
         return {}

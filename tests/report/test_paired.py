@@ -126,14 +126,18 @@ def test_an_unpaired_group_names_what_its_nearest_baseline_differs_in(tmp_path: 
     runs = tmp_path / "runs"
     write_seeds(runs, "aqe", "aqe", [47.0, 48.0], ["grid_point=aqe_w1a1"], bits_w=1, bits_a=1)
     write_seeds(runs, "bnn", "bnn", [58.0, 58.5], ["grid_point=bnn_w1a1"], bits_w=1, bits_a=1)
-    write_seeds(runs, "bnn4", "bnn", [60.0, 60.0], ["grid_point=bnn_w4a4"], bits_w=4, bits_a=4)  # bits differ too
     both = (("method", "bnn"), ("grid_point", "bnn_w1a1"))
     text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "bnn"),), both])
     assert ("Not paired: aqe W1A1 grid_point=aqe_w1a1 (no baseline alike in everything else; the nearest, bnn W1A1, "
             "differs in grid_point: aqe_w1a1 against bnn_w1a1).") in text
     assert [row[:5] for row in paired_rows(text, "method=bnn grid_point=bnn_w1a1")] == [
         ["aqe W1A1 grid_point=aqe_w1a1", "bnn W1A1 grid_point=bnn_w1a1", "2", "-10.75 ± 0.35", "-11.00, -10.50"]]
-    assert ("bnn W4A4 grid_point=bnn_w4a4 (no baseline alike in everything else; the nearest, bnn W1A1, differs "
+    # A bnn run is W1A1 whatever its bits (a record saying W4A4 is refused): qnn's widths differ.
+    write_seeds(tmp_path / "qnn", "qnn", "qnn", [59.0, 59.5], ["grid_point=qnn_w1a1"], bits_w=1, bits_a=1)
+    write_seeds(tmp_path / "qnn", "qnn4", "qnn", [60.0, 60.0], ["grid_point=qnn_w4a4"], bits_w=4, bits_a=4)
+    text = build_report([tmp_path / "qnn"], tmp_path / "out_qnn", plots=False,
+                        paired=[(("method", "qnn"), ("grid_point", "qnn_w1a1"))])
+    assert ("qnn W4A4 grid_point=qnn_w4a4 (no baseline alike in everything else; the nearest, qnn W1A1, differs "
             "in bits: W4A4 against W1A1)") in text
 
 
