@@ -75,6 +75,7 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
         parts.append(f"## Paired with {selector_text(selector)}, by seed\n\n"
                      + (waiting[selector] or paired_table(finished, selector)))
     check_output_folder(out_dir, "--out")
+    _check_overwrites(out_dir)
     write_csv(groups, out_dir / "report.csv")
     drawn = []
     if plots and finished:
@@ -95,13 +96,36 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     return text
 
 
+# The first line of every report.md qnnrun report writes (what tells its files from a user's).
+HEADER = "# qnnrun report"
+REPORT_FILES = ("report.md", "report.csv", *PLOTS)
+
+
+def _check_overwrites(out_dir: Path) -> None:
+    """Refuse to write into ``out_dir`` over report files qnnrun report did not write there: a
+    report.md that does not start with :data:`HEADER`, or any other report file beside no such
+    report.md (a user's notes named report.md, a plot of their own)."""
+    def ours(file: Path) -> bool:
+        try:
+            with open(file, encoding="utf-8", errors="replace") as handle:
+                return handle.readline().rstrip("\n") == HEADER
+        except OSError:
+            return False
+
+    ours_here = ours(out_dir / "report.md")
+    theirs = [name for name in REPORT_FILES if (out_dir / name).exists() and not ours_here]
+    if theirs:
+        raise QnnrunError(f"{out_dir / theirs[0]} was not written by qnnrun report (no {HEADER!r} report.md beside "
+                          f"it), and the report would replace it: give another folder with --out DIR")
+
+
 def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],
               ignore: Collection[str]) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in (DONE, FAILED, UNFINISHED)}
     duplicates, invalid = (sum(p.kind == kind for p in problems) for kind in (DUPLICATE, INVALID))
     not_runs = (f"; {duplicates} duplicate records (each counted once, as the run it repeats)" * bool(duplicates)
                 + f"; {invalid} unreadable records" * bool(invalid))
-    return (f"# qnnrun report\n\n{len(runs)} runs under {', '.join(str(p) for p in paths)}: "
+    return (f"{HEADER}\n\n{len(runs)} runs under {', '.join(str(p) for p in paths)}: "
             f"{counts[DONE]} done, {counts[FAILED]} failed, {counts[UNFINISHED]} unfinished{not_runs}; "
             f"{len(groups)} group{'' if len(groups) == 1 else 's'} (runs that differ only in their seed"
             + "".join(f", {key}" for key in ignore) + ").")

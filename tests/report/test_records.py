@@ -543,3 +543,14 @@ def test_a_finished_run_without_events_is_counted_with_a_note_and_a_duplicate_of
                                             "test_acc is checked against nothing")
     assert rows[str(tmp_path / "dup")][0] == "invalid" and "which is not there (moved or removed?)" in rows[
         str(tmp_path / "dup")][1]
+
+
+def test_a_report_replaces_its_own_files_but_no_file_of_the_users(real_runs: dict[str, Path], tmp_path: Path) -> None:
+    copies = copy_runs(real_runs, tmp_path)
+    assert report(tmp_path, "--no-plots")[0] == 0
+    assert report(tmp_path, "--no-plots")[0] == 0  # its own report, written again
+    write(copies[0], "report.md", "my notes on this run\n")
+    with pytest.raises(QnnrunError, match=r"report.md was not written by qnnrun report .*--out DIR"):
+        main([str(copies[0]), "--no-plots"])  # the default --out: the run folder itself
+    assert (copies[0] / "report.md").read_text() == "my notes on this run\n"
+    assert not (copies[0] / "report.csv").exists()
