@@ -38,7 +38,8 @@ from qnnrun.errors import QnnrunError
 from qnnrun.report.groups import Group, drop_repeated_seeds, group_runs
 from qnnrun.report.paired import Selector, check_baseline, paired_table, selector_text
 from qnnrun.report.plots import BITS_PLOT, PLOTS
-from qnnrun.report.records import DONE, DUPLICATE, FAILED, INVALID, UNFINISHED, Problem, Run, find_runs
+from qnnrun.report.records import (DONE, DUPLICATE, FAILED, INVALID, UNFINISHED, Problem, Run, find_runs,
+                                    identity_key_problem)
 from qnnrun.report.tables import (PROBLEMS_TITLE, bits_table, epochs_table, layer_policy_note, problems_table,
                                   summary_table, write_csv)
 
@@ -55,6 +56,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     runs, problems = find_runs(paths)
     keys = sorted({key for run in runs for key in run.overrides})
     for key in ignore:
+        if identity_key_problem(key):
+            raise QnnrunError(f"--ignore {key}: {identity_key_problem(key)}; give an override key, e.g. init_from")
         if key not in keys:
             raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
     groups = group_runs(runs, ignore)

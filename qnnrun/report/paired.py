@@ -25,7 +25,7 @@ from collections.abc import Collection, Sequence
 
 from qnnrun.errors import QnnrunError
 from qnnrun.report.groups import Group, group_label, reads, varying_keys
-from qnnrun.report.records import canonical
+from qnnrun.report.records import canonical, identity_key_problem
 from qnnrun.report.tables import markdown
 
 # A baseline as --paired names it: (key, value) pairs, key ``method`` or an override key.
@@ -155,6 +155,9 @@ def check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[s
     for key, value in selector:
         if key in ignore:
             raise QnnrunError(f"--paired {key}={value}: {key} is given to --ignore too, so no group differs in it")
+        if key != "method" and identity_key_problem(key):
+            raise QnnrunError(f"--paired {key}={value}: {identity_key_problem(key)}; valid keys are method"
+                              + "".join(f", {k}" for k in keys if k not in ignore))
         if key != "method" and key not in keys:
             raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"
                               + "".join(f", {k}" for k in keys if k not in ignore))

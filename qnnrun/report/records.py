@@ -41,6 +41,19 @@ NUMBERS = {"test_acc": (0.0, 100.0), "best_test_acc": (0.0, 100.0), "init_test_a
 # Overrides that identify a run already through its Identity (the settings that do not change a
 # run's result, qnnrun.runs.FREE_KEYS, are not grouped either).
 NOT_GROUPED = {"seed", "method", "model", "dataset", "bits", "bits.w", "bits.a", "trainer.epochs", "quant.layer_bits"}
+
+
+def identity_key_problem(key: str) -> str | None:
+    """Why ``key`` names no override to group over (``--ignore``) or, the method aside, to pair by
+    (``--paired``), when it is one of :data:`NOT_GROUPED`; ``None`` otherwise."""
+    if key == "seed":
+        return "runs are grouped, and paired, over their seeds already"
+    if key in NOT_GROUPED:
+        return (f"{key} is part of what a group is (data set, model, method, bits, epochs, per-layer widths), "
+                f"not an override to group over or pair by")
+    return None
+
+
 # The grouping key of a finished run whose schedule extend=true stretched (summary.json "extensions").
 EXTENDED = "extended"
 # The per-epoch curves a report reads (TensorBoard tags of qnnrun.runs).
