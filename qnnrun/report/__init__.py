@@ -79,6 +79,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
                      + (waiting[selector] or paired_table(finished, selector)))
     check_output_folder(out_dir, "--out")
     _check_overwrites(out_dir)
+    # First a report.md that says whose the files beside it are, should the report stop before its end.
+    (out_dir / "report.md").write_text(f"{HEADER}\n\n(being written)\n", encoding="utf-8")
     write_csv(groups, out_dir / "report.csv")
     drawn = []
     if plots and finished:

@@ -26,7 +26,7 @@ from qnnrun import engine
 from qnnrun.checkpoint import load_checkpoint
 from qnnrun.errors import QnnrunError
 from qnnrun.report import main
-from qnnrun.report.records import (EVENTS_NOTE, NUMBERS, Identity, Problem, Run, canonical, config_text,
+from qnnrun.report.records import (CURVE_TAG, EVENTS_NOTE, NUMBERS, Identity, Problem, Run, canonical, config_text,
                                     read_folder)
 from qnnrun.report.tables import PROBLEMS_TITLE
 
@@ -504,7 +504,6 @@ def _edit_summary(folder: Path, **changes: Any) -> None:
 @pytest.mark.parametrize(("damage", "reason"), [
     (lambda run: _edit_summary(run, test_acc=12.5),
      "summary.json: test_acc 12.5 is not the last test accuracy its TensorBoard events logged"),
-    (lambda run: _edit_summary(run, best_test_acc=10.0), "summary.json: test_acc"),  # above its best
     (lambda run: _edit_summary(run, method="lsq"), "summary.json: method lsq is not its .hydra/config.yaml's "
                                                    "method.name (ste): a record edited by hand, or copied"),
     (lambda run: _edit_summary(run, seed=7), "summary.json: seed 7 is not its .hydra/config.yaml's seed (1)"),
@@ -554,3 +553,30 @@ def test_a_report_replaces_its_own_files_but_no_file_of_the_users(real_runs: dic
         main([str(copies[0]), "--no-plots"])  # the default --out: the run folder itself
     assert (copies[0] / "report.md").read_text() == "my notes on this run\n"
     assert not (copies[0] / "report.csv").exists()
+
+
+def test_a_last_epoch_logged_twice_by_a_resume_still_confirms_the_record(real_runs: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    """A run killed after logging its last epoch but before saving it logs that epoch again when resumed."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    copies = copy_runs(real_runs, tmp_path)
+    summary = summary_of(copies[1])
+    with SummaryWriter(str(copies[1])) as writer:  # the first try of the last epoch, logged after the real one
+        writer.add_scalar(CURVE_TAG, summary["test_acc"] + 3.0, summary["epochs"])
+    code, text = report(tmp_path, "--no-plots")
+    assert code == 0 and ": 2 done," in text and str(copies[1]) not in problem_rows(text)
+
+
+def test_a_report_stopped_part_way_is_written_again(real_runs: dict[str, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import qnnrun.report as report_module
+
+    copy_runs(real_runs, tmp_path)
+    monkeypatch.setitem(report_module.PLOTS, "accuracy_vs_gbops.png",  # stopped after report.csv and a plot
+                        lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        report(tmp_path)
+    assert (tmp_path / "report" / "report.csv").exists()
+    monkeypatch.undo()
+    assert report(tmp_path)[0] == 0
