@@ -294,12 +294,13 @@ def group_options(group: str) -> list[str]:
     """The options of config group ``group`` in conf/, numbers in numeric order (``bits``: 1, 2, ..., 8, 32);
     of ``hydra/...`` groups (launchers, sweepers) Hydra's, its installed plugins' included."""
     if group.startswith("hydra/"):
+        from contextlib import nullcontext
+
         from hydra import initialize_config_dir
         from hydra.core.global_hydra import GlobalHydra
 
-        if GlobalHydra.instance().is_initialized():
-            return GlobalHydra.instance().config_loader().get_group_options(group)
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        started = GlobalHydra.instance().is_initialized()  # inside Hydra's --help; else a compose of our own
+        with nullcontext() if started else initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             return GlobalHydra.instance().config_loader().get_group_options(group)
     names = [p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml")]
     return sorted(names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))

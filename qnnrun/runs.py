@@ -432,7 +432,7 @@ def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
     ``outputs/<date>/<time>`` of a mistyped command leaves no ``outputs/<date>/`` or empty ``outputs/``.
     Returns whether ``run_dir`` was removed; ``keep`` itself and the folders above it never are."""
     keep = keep.resolve()
-    if run_dir.resolve() == keep or run_dir.resolve() in keep.parents:
+    if keep.is_relative_to(run_dir.resolve()):  # run_dir is keep or a folder above it
         return False
     try:
         entries = {entry.name for entry in run_dir.iterdir()}

@@ -56,8 +56,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     runs, problems = find_runs(paths)
     keys = sorted({key for run in runs for key in run.overrides})
     for key in ignore:
-        if identity_key_problem(key):
-            raise QnnrunError(f"--ignore {key}: {identity_key_problem(key)}; give an override key, e.g. init_from")
+        if problem := identity_key_problem(key):
+            raise QnnrunError(f"--ignore {key}: {problem}; give an override key, e.g. init_from")
         if key not in keys:
             raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
     groups = group_runs(runs, ignore)
@@ -117,8 +117,7 @@ def _check_overwrites(out_dir: Path) -> None:
         except OSError:
             return False
 
-    ours_here = ours(out_dir / "report.md")
-    theirs = [name for name in REPORT_FILES if (out_dir / name).exists() and not ours_here]
+    theirs = [] if ours(out_dir / "report.md") else [name for name in REPORT_FILES if (out_dir / name).exists()]
     if theirs:
         raise QnnrunError(f"{out_dir / theirs[0]} was not written by qnnrun report (no {HEADER!r} report.md beside "
                           f"it), and the report would replace it: give another folder with --out DIR")

@@ -155,8 +155,8 @@ def check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[s
     for key, value in selector:
         if key in ignore:
             raise QnnrunError(f"--paired {key}={value}: {key} is given to --ignore too, so no group differs in it")
-        if key != "method" and identity_key_problem(key):
-            raise QnnrunError(f"--paired {key}={value}: {identity_key_problem(key)}; valid keys are method"
+        if key != "method" and (problem := identity_key_problem(key)):
+            raise QnnrunError(f"--paired {key}={value}: {problem}; valid keys are method"
                               + "".join(f", {k}" for k in keys if k not in ignore))
         if key != "method" and key not in keys:
             raise QnnrunError(f"--paired {key}={value}: no run sets {key}; valid keys are method"

@@ -75,8 +75,10 @@ MAX_RECORD_BYTES = 16 << 20
 OVERRIDES_FILE = Path(HYDRA_SUBDIR, "overrides.yaml")
 CONFIG_FILE = Path(HYDRA_SUBDIR, "config.yaml")
 HYDRA_FILE = Path(HYDRA_SUBDIR, "hydra.yaml")
-# A finished run's summary.json fields that .hydra/config.yaml also holds (the key there).
-CONFIG_KEYS = {"method": "method.name", "model": "model.name", "dataset": "dataset.name", "seed": "seed"}
+# A finished run's summary.json fields that .hydra/config.yaml also holds (the key there; the bits
+# only for a run at one width).
+CONFIG_KEYS = {"method": "method.name", "model": "model.name", "dataset": "dataset.name", "seed": "seed",
+               "epochs": "trainer.epochs", "bits_w": "bits.w", "bits_a": "bits.a"}
 # How a note about a run's TensorBoard events starts.
 EVENTS_NOTE = "TensorBoard events"
 # How far summary.json's test_acc (a float64 percentage) may be from the float32 TensorBoard logged.
@@ -393,19 +395,17 @@ def _check_against_config(run: Run, record: Mapping[str, Any]) -> None:
 
     config, identity = run.config, run.identity
     assert identity is not None
-    said = {key: _plain_text(record.get(key)) for key in CONFIG_KEYS}
-    said["trainer.epochs"] = str(identity.epochs)
-    allowed = {"trainer.epochs": {str(step["epochs_before"]) for step in record.get("extensions") or []}}
+    one_width = not identity.mixed and not _layer_rules(config)
     fixed = METHODS[identity.method].fixed_bits if identity.method in METHODS else None
-    if not identity.mixed and not _layer_rules(config):
-        said["bits.w"], said["bits.a"] = str(identity.bits_w), str(identity.bits_a)
-        if fixed is not None and isinstance(config.get("bits"), dict):  # fp runs at 32, bnn at 1, whatever bits says
-            config = {**config, "bits": {"w": fixed, "a": fixed}}
-    for key, value in said.items():
-        theirs = config_text(config, CONFIG_KEYS.get(key, key))
-        if theirs is not None and value != theirs and value not in allowed.get(key, ()):
-            name = {"trainer.epochs": "epochs", "bits.w": "bits_w", "bits.a": "bits_a"}.get(key, key)
-            raise _Unfit(f"{name} {value} is not its {CONFIG_FILE}'s {CONFIG_KEYS.get(key, key)} ({theirs}): "
+    if fixed is not None and isinstance(config.get("bits"), dict):  # fp runs at 32, bnn at 1, whatever bits says
+        config = {**config, "bits": {"w": fixed, "a": fixed}}
+    allowed = {"epochs": {str(step["epochs_before"]) for step in record.get("extensions") or []}}
+    for name, key in CONFIG_KEYS.items():
+        if name.startswith("bits") and not one_width:
+            continue
+        value, theirs = _plain_text(record.get(name)), config_text(config, key)
+        if theirs is not None and value != theirs and value not in allowed.get(name, ()):
+            raise _Unfit(f"{name} {value} is not its {CONFIG_FILE}'s {key} ({theirs}): "
                          f"a record edited by hand, or copied from another run")
     for line in run.command_line:
         key, sep, value = line.partition("=")

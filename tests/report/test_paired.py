@@ -231,39 +231,35 @@ def test_one_value_typed_two_ways_is_one_group_and_a_baseline_either_way(tmp_pat
         ["lsq W2A2", "ste W2A2", "2", "+2.00 ± 0.00", "+2.00, +2.00"]]
 
 
-@pytest.mark.parametrize(("option", "message"), [
-    ("grid_point=plain", "--paired grid_point=plain: no run sets grid_point; valid keys are method, optim.lr"),
-    ("method=lsq", "--paired method=lsq: no group has method=lsq; the runs have nbn, ste"),
-    ("method ste", "argument --paired: 'method ste': expected KEY=VALUE, e.g. method=ste or grid_point=plain, "
-                   "or several apart by spaces (qnnrun report --help)"),
-    ("method=ste x=1", "--paired x=1: no run sets x; valid keys are method, optim.lr"),
-    ("method=ste optim.lr=0.1", "--paired method=ste optim.lr=0.1: no group has all of these"),
-    ("optim.lr=0.1", "--paired optim.lr=0.1: optim.lr is given to --ignore too, so no group differs in it"),
-    ("bits=2", "--paired bits=2: bits is part of what a group is (data set, model, method, bits, epochs, per-layer "
-               "widths), not an override to group over or pair by; valid keys are method, optim.lr"),
-    ("seed=0", "--paired seed=0: runs are grouped, and paired, over their seeds already; valid keys are method, "
-               "optim.lr")])
-def test_a_baseline_no_run_has_is_one_line_naming_the_valid_ones(option: str, message: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("args", "message"), [
+    (["--paired", "grid_point=plain"], "--paired grid_point=plain: no run sets grid_point; valid keys are method, "
+                                       "optim.lr"),
+    (["--paired", "method=lsq"], "--paired method=lsq: no group has method=lsq; the runs have nbn, ste"),
+    (["--paired", "method ste"], "argument --paired: 'method ste': expected KEY=VALUE, e.g. method=ste or "
+                                 "grid_point=plain, or several apart by spaces (qnnrun report --help)"),
+    (["--paired", "method=ste x=1"], "--paired x=1: no run sets x; valid keys are method, optim.lr"),
+    (["--paired", "method=ste optim.lr=0.1"], "--paired method=ste optim.lr=0.1: no group has all of these"),
+    (["--paired", "optim.lr=0.1", "--ignore", "optim.lr"],
+     "--paired optim.lr=0.1: optim.lr is given to --ignore too, so no group differs in it"),
+    (["--paired", "bits=2"], "--paired bits=2: bits is part of what a group is (data set, model, method, bits, epochs, "
+                             "per-layer widths), not an override to group over or pair by; valid keys are method, "
+                             "optim.lr"),
+    (["--paired", "seed=0"], "--paired seed=0: runs are grouped, and paired, over their seeds already; valid keys are "
+                             "method, optim.lr"),
+    (["--ignore", "seed"], "--ignore seed: runs are grouped, and paired, over their seeds already; give an override "
+                           "key, e.g. init_from"),
+    (["--ignore", "method"], "--ignore method: method is part of what a group is (data set, model, method, bits, "
+                             "epochs, per-layer widths), not an override to group over or pair by; give an override "
+                             "key, e.g. init_from"),
+    (["--ignore", "bits.w"], "--ignore bits.w: bits.w is part of what a group is (data set, model, method, bits, "
+                             "epochs, per-layer widths), not an override to group over or pair by; give an override "
+                             "key, e.g. init_from")])
+def test_a_baseline_or_grouping_key_no_run_has_is_one_line_naming_the_valid_ones(args: list[str], message: str,
+                                                                                   tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write_seeds(runs, "ste", "ste", [70.0])
     write_seeds(runs, "nbn", "nbn", [71.0], ["optim.lr=0.1"])
     with pytest.raises(QnnrunError) as error:
-        ignore = ["--ignore", "optim.lr"] if option == "optim.lr=0.1" else []
-        main([str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--paired", option, *ignore])
+        main([str(runs), "--out", str(tmp_path / "out"), "--no-plots", *args])
     assert str(error.value) == message
     assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize(("key", "message"), [
-    ("seed", "--ignore seed: runs are grouped, and paired, over their seeds already; give an override key, e.g. "
-             "init_from"),
-    ("method", "--ignore method: method is part of what a group is (data set, model, method, bits, epochs, "
-               "per-layer widths), not an override to group over or pair by; give an override key, e.g. init_from"),
-    ("bits.w", "--ignore bits.w: bits.w is part of what a group is (data set, model, method, bits, epochs, "
-               "per-layer widths), not an override to group over or pair by; give an override key, e.g. init_from")])
-def test_ignoring_what_a_group_is_is_one_line_saying_so(key: str, message: str, tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    write_seeds(runs, "nbn", "nbn", [71.0], ["optim.lr=0.1"])
-    with pytest.raises(QnnrunError) as error:
-        main([str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--ignore", key])
-    assert str(error.value) == message
