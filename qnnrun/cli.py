@@ -598,7 +598,8 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 options = f": choose one of {', '.join(group_options(key))}" if key in groups else ""
                 raise QnnrunError(f"{culprit} is not valid{options} ({str(error).strip().splitlines()[0]})") from None
             _check_sampler(composed)
-            hydra_sweep = next((o for o in parsed if o.is_sweep_override() and o.key_or_group.startswith("hydra.")
+            hydra_sweep = next((o for o in parsed if o.is_sweep_override()
+                                and o.key_or_group.startswith(("hydra.", "hydra/"))  # a setting or a group
                                 and not o.key_or_group.startswith(SWEEP_PARAMS)), None)
             if hydra_sweep is not None:  # Hydra's "Sweeping over Hydra's configuration is not supported" and more
                 raise QnnrunError(f"{hydra_sweep.input_line}: Hydra's own settings take one value (a sweep cannot "

@@ -170,6 +170,8 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
     ("train", ["--cfg", "job", "experiment=smoke", "method=ste,lsq"],
      "method=ste,lsq: several values with --cfg, which prints one job's config"),  # "Ambiguous value", 5 lines
     ("train", ["-m", "hydra.sweep.dir=x,y"], "hydra.sweep.dir=x,y: Hydra's own settings take one value"),
+    ("train", ["-m", "hydra/launcher=basic,joblib"],  # Hydra's "Sweeping over Hydra's configuration", exit 0
+     "hydra/launcher=basic,joblib: Hydra's own settings take one value"),
     # It wrote .hydra/ and train.log into the working folder, then removed that folder when it held nothing else.
     ("train", ["resume=''"], "resume=: the checkpoint path is empty: give a .ckpt file or a run folder")])
 def test_command_line_mistakes_are_one_line_and_leave_nothing(qnnrun, tmp_path: Path, command: str,
