@@ -174,6 +174,13 @@ def group_label(group: Group, shown: Sequence[str], with_bits: bool = True) -> s
     return " ".join(parts)
 
 
+def task_suffix(group: Group, groups: Sequence[Group]) -> str:
+    """`` (resnet20, cifar10)``: the group's model and data set, for a label among ``groups`` of
+    several models or data sets; empty where all share one."""
+    several = len({(g.identity.model, g.identity.dataset) for g in groups}) > 1
+    return f" ({group.identity.model}, {group.identity.dataset})" if several else ""
+
+
 def fronts_by_task(groups: Sequence[Group]) -> list[list[int]]:
     """Per (model, data set): indices of the groups on its accuracy-vs-GBOPs Pareto front (mean final
     test accuracy against mean GBOPs per image; quantized and float, uniform and mixed alike), by

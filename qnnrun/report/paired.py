@@ -24,7 +24,7 @@ import statistics
 from collections.abc import Collection, Sequence
 
 from qnnrun.errors import QnnrunError
-from qnnrun.report.groups import Group, group_label, reads, varying_keys
+from qnnrun.report.groups import Group, group_label, reads, task_suffix, varying_keys
 from qnnrun.report.records import canonical, identity_key_problem
 from qnnrun.report.tables import markdown
 
@@ -124,12 +124,13 @@ def paired_table(groups: Sequence[Group], selector: Selector) -> str:
             if not seeds:
                 why = "no seed in common with its baseline"
         if why:
-            unpaired.append(f"{group_label(g, shown)} ({why})")
+            unpaired.append(f"{group_label(g, shown)}{task_suffix(g, groups)} ({why})")
             continue
         diffs = [ours[seed] - theirs[seed] for seed in seeds]
         spread = f" ± {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else ""
         lengths = g.identity.epochs != base.identity.epochs
-        names = [group_label(x, shown) + f" ({x.identity.epochs} ep)" * lengths for x in (g, base)]
+        names = [group_label(x, shown) + task_suffix(x, groups) + f" ({x.identity.epochs} ep)" * lengths
+                 for x in (g, base)]
         rows.append([*names, len(seeds), f"{statistics.fmean(diffs):+.2f}{spread}",
                      ", ".join(f"{d:+.2f}" for d in diffs), f"{sum(d > 0 for d in diffs)} of {len(diffs)}",
                      " ".join(str(seed) for seed in seeds)])

@@ -18,7 +18,7 @@ from typing import Any
 
 from qnnrun.methods import METHODS
 from qnnrun.quant.convert import FLOAT_BITS
-from qnnrun.report.groups import Group, fronts_by_task, group_label, values_by_epoch, varying_keys
+from qnnrun.report.groups import Group, fronts_by_task, group_label, task_suffix, values_by_epoch, varying_keys
 from qnnrun.report.placement import dodge, place_labels, step_samples
 from qnnrun.report.records import CURVE_TAG
 
@@ -48,7 +48,6 @@ LEGEND_ROWS = 24  # entries per legend column
 def _series(groups: Sequence[Group], shown: Sequence[str]) -> dict[str, list[Group]]:
     """Groups that form one line of a plot: same method, model, data set, overrides, A/W relation and
     epochs; the name is the line's label."""
-    multi_task = len({(g.identity.model, g.identity.dataset) for g in groups}) > 1
     multi_length = len({g.identity.epochs for g in groups}) > 1
     series: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
@@ -57,8 +56,7 @@ def _series(groups: Sequence[Group], shown: Sequence[str]) -> dict[str, list[Gro
             name += " mixed"
         elif g.identity.bits_a != g.identity.bits_w:
             name += f" A{g.identity.bits_a}"
-        if multi_task:
-            name += f" ({g.identity.model}, {g.identity.dataset})"
+        name += task_suffix(g, groups)
         if multi_length:
             name += f" ({g.identity.epochs} ep)"
         series[_literal(name)].append(g)

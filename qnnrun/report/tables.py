@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from qnnrun.quant.convert import FLOAT_BITS
-from qnnrun.report.groups import (LAYER_KEYS, LAYERS, Group, front_groups, group_label, shown_value, values_by_epoch,
-                                  varying_keys)
+from qnnrun.report.groups import (LAYER_KEYS, LAYERS, Group, front_groups, group_label, shown_value, task_suffix,
+                                  values_by_epoch, varying_keys)
 from qnnrun.report.records import CURVE_TAG, DONE, TRAIN_CURVE_TAG, Problem, Run
 
 # Per-run values averaged in a group: summary key -> column title.
@@ -177,11 +177,10 @@ def epochs_table(groups: Sequence[Group], epochs: Sequence[int]) -> str:
     """Test accuracy (%) of each group at the given epochs: mean ± std over its finished runs, the
     mean train accuracy (%) in brackets; ``-`` where none of them logged that epoch."""
     shown = varying_keys(groups)
-    multi_task = len({(g.identity.model, g.identity.dataset) for g in groups}) > 1
     multi_length = len({g.identity.epochs for g in groups}) > 1
     rows = []
     for g in groups:
-        name = group_label(g, shown) + (f" ({g.identity.model}, {g.identity.dataset})" if multi_task else "")
+        name = group_label(g, shown) + task_suffix(g, groups)
         name += f" ({g.identity.epochs} ep)" if multi_length else ""
         curves = values_by_epoch(g)
         test, train = curves[CURVE_TAG], curves[TRAIN_CURVE_TAG]

@@ -57,6 +57,19 @@ def test_paired_differences_from_a_method_are_per_seed_and_at_equal_bits(tmp_pat
             "differs in optim.lr: 0.1 against unset).") in text
 
 
+def test_paired_rows_of_several_models_name_the_model(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for model in ("mlp", "lenet5"):
+        write_seeds(runs, f"ste_{model}", "ste", [70.0, 71.0], model=model)
+        write_seeds(runs, f"nbn_{model}", "nbn", [71.0, 71.0] if model == "mlp" else [69.0, 70.0], model=model)
+    write_run(runs / "lbl_lenet5_5", "lbl", "fp", "fp", seed=5, model="lenet5", overrides=["method=lbl", "seed=5"])
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
+    assert [row[:4] for row in paired_rows(text, "method=ste")] == [
+        ["nbn W2A2 (lenet5, digits)", "ste W2A2 (lenet5, digits)", "2", "-1.00 ± 0.00"],
+        ["nbn W2A2 (mlp, digits)", "ste W2A2 (mlp, digits)", "2", "+0.50 ± 0.71"]]
+    assert "Not paired: lbl W2A2 (lenet5, digits) (no seed in common with its baseline)." in text
+
+
 def test_a_baseline_at_the_groups_bits_comes_before_a_float_one_and_ambiguity_is_named(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write_seeds(runs, "fp", "ste", [75.0, 75.0], bits_w=32, bits_a=32)  # a float run of the method compared with
