@@ -152,6 +152,12 @@ class Run:
         """Tag -> (epoch, value) of each of ``CURVE_TAGS``, its TensorBoard events read once per report;
         empty, with a note, when the events cannot be read."""
         try:
+            str(self.path).encode()
+        except UnicodeEncodeError:  # TensorBoard's reader opens paths as UTF-8 only
+            self.notes.append(f"{EVENTS_NOTE}: not read, since the folder's path is not UTF-8 (rename the folder to "
+                              f"read them), no curves")
+            return {tag: [] for tag in CURVE_TAGS}
+        try:
             return _read_curves(self.path, CURVE_TAGS)
         except Exception as error:  # TensorBoard's reader over whatever bytes the files hold
             self.notes.append(f"{EVENTS_NOTE}: unreadable ({_error_line(error)}), no curves")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -314,6 +314,20 @@ def test_broken_events_beside_a_finished_run_leave_its_numbers(real_runs: dict[s
     status, reason = problem_rows(text)[str(real[0])]
     assert status == "done" and reason.startswith("TensorBoard events: unreadable (IsADirectoryError: ")
     assert (tmp_path / "report" / "test_accuracy_curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_run_in_a_folder_whose_name_is_not_utf8_is_counted_with_a_note(real_runs: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """TensorBoard's reader cannot open such a path: the note says why and what to do, not an encoder's error."""
+    real = copy_runs(real_runs, tmp_path)
+    renamed = Path(os.fsdecode(os.fsencode(real[0]) + b"\xff"))
+    real[0].rename(renamed)
+    code, text = report(tmp_path, "--no-plots")
+    assert code == 0
+    status, reason = problem_rows(text)[f"{real[0]}\\udcff"]  # the byte, escaped in the report
+    assert (status, reason) == ("done", "TensorBoard events: not read, since the folder's path is not UTF-8 (rename "
+                                        "the folder to read them), no curves")
+    assert "2 done, 0 failed" in text
 
 
 @pytest.mark.parametrize(("record", "kind"), [
