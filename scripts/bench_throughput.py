@@ -5,8 +5,8 @@ the method's hooks, forward, loss, backward, optimizer) on random CIFAR-shaped b
 device, eager and, with ``--compile``, through ``torch.compile``, and prints one Markdown table:
 images/s, the ratio to the float fp32 eager step of the same model (always measured first), peak
 GPU memory and its ratio to float's, the memory saved for backward, and the compile warm-up.
-``--channels-last``, ``--bf16`` and ``--recompute`` (``trainer.recompute_quant``) add those
-variants; ``--epoch`` also times whole epochs through the project's data loader (``TensorLoader``:
+``--channels-last``, ``--bf16``, ``--recompute`` (``trainer.recompute_quant``) and ``--unfused``
+(the optimizer's for-loop form, which qnnrun replaced by torch's fused one) add those variants; ``--epoch`` also times whole epochs through the project's data loader (``TensorLoader``:
 uint8 images on the device, shuffled, cropped and flipped there; random CIFAR-sized data, so no
 files are read) against the pure train step of the same configuration.
 A Brevitas row per model and bits (``QuantConv2d`` / ``QuantReLU``, the same layer policy as
@@ -75,9 +75,12 @@ class Variant:
     channels_last: bool = False
     bf16: bool = False
     recompute: bool = False  # trainer.recompute_quant (eager only: a compiled graph makes its own choice)
+    unfused: bool = False  # the optimizer's for-loop form in place of the fused one qnnrun builds
 
     def label(self) -> str:
         parts = ["compile" if self.compile else "eager"]
+        if self.unfused:
+            parts.append("unfused")
         if self.recompute:
             parts.append("recompute")
         if self.channels_last:
@@ -190,6 +193,9 @@ class Trainer:
         self.method.on_epoch_start(self.model, self.epoch, plan_epochs)
         self.model.train()
         self.optimizer = build_optimizer(cfg.optim, self.method.param_groups(self.model, cfg.optim.weight_decay))
+        if variant.unfused:  # as a checkpoint saved by the for-loop form sets it on resume
+            for group in self.optimizer.param_groups:
+                group["fused"] = False
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: method_lr_factor(cfg.sched, self.method, step, self.steps_per_epoch))
         self.criterion = self.method.criterion(float(cfg.trainer.label_smoothing))
@@ -467,11 +473,12 @@ def table(results: list[Result], epoch: bool, precompiled: bool = False) -> str:
 
 def runs(args: argparse.Namespace) -> Iterator[tuple[str, str, int, Variant]]:
     """(model, method, bits, variant) in table order: each model's float fp32 eager reference first."""
-    variants = [Variant(compile=c, channels_last=cl, bf16=bf, recompute=rc)
+    variants = [Variant(compile=c, channels_last=cl, bf16=bf, recompute=rc, unfused=uf)
                 for c in ([False, True] if args.compile else [False])
                 for cl in ([False, True] if args.channels_last else [False])
                 for bf in ([False, True] if args.bf16 else [False])
-                for rc in ([False, True] if args.recompute and not c else [False])]
+                for rc in ([False, True] if args.recompute and not c else [False])
+                for uf in ([False, True] if args.unfused else [False])]
     for model in args.models:
         yield model, "fp", 32, Variant()
         for method in args.methods:
@@ -590,6 +597,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add torch.compile variants")
     parser.add_argument("--channels-last", action="store_true", help="add channels_last variants")
     parser.add_argument("--bf16", action="store_true", help="add bf16-autocast variants")
+    parser.add_argument("--unfused", action="store_true",
+                        help="add variants whose optimizer runs its for-loop form (qnnrun builds the fused one)")
     parser.add_argument("--recompute", action="store_true",
                         help="add eager variants with trainer.recompute_quant (quantized inputs replayed in backward)")
     parser.add_argument("--epoch", action="store_true", help="also time whole epochs through the data loader")
