@@ -79,8 +79,12 @@ class QdqLayer(nn.Module):
         # The storage type must hold the codes and the zero points.
         storage = _storage(min(int(levels.min()), int(zero_point.min())), max(int(levels.max()), int(zero_point.max())))
         if storage is None:
-            raise QnnrunError(f"{name}: its {grid.bits}-bit weights need integers {int(levels.min())}.."
-                              f"{int(levels.max())}, beyond int8/uint8: format=onnx takes 2-8 bit uniform weights")
+            # One line that says what to change: "takes 2-8 bit weights" was wrong for these 8-bit ones.
+            raise QnnrunError(f"{name}: its {grid.bits}-bit weights are the integers {int(levels.min())}.."
+                              f"{int(levels.max())}, which int8/uint8 cannot hold: format=onnx takes weights whose "
+                              f"integers fit 8 bits (DoReFa/PACT weights up to 7 bits, power-of-two weights up to 4 "
+                              f"bits); train this layer at fewer bits (PACT's 8-bit first/last layers: "
+                              f"quant.first_layer=fp quant.last_layer=fp) or use format=int")
         if storage == (-128, 127) and max(-int(levels.min()), int(levels.max())) > SATURATION_FREE:
             # Wide signed codes go to uint8 with the zero point moved by 128 (the same values):
             # onnxruntime's u8u8 kernels cannot saturate, its u8s8 ones can (see SATURATION_FREE).

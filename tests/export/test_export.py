@@ -410,6 +410,13 @@ def test_onnx_refuses_what_has_no_qdq_form(runs: Runs, tmp_path: Path) -> None:
         export_checkpoint(str(runs.folder("uniq")), "onnx", str(tmp_path / "u.onnx"), "cpu")
     with pytest.raises(QnnrunError, match="a sign input has no QuantizeLinear form"):
         export_checkpoint(str(runs.folder("bnn")), "onnx", str(tmp_path / "b.onnx"), "cpu")
+    # PACT's default 8-bit first layer: DoReFa weights 2q - 255 need 9-bit integers. The line says what
+    # to change (it said "format=onnx takes 2-8 bit uniform weights", refusing 8-bit weights).
+    with pytest.raises(QnnrunError, match=r"^features\.1: its 8-bit weights are the integers -\d+\.\.\d+, which "
+                                          r"int8/uint8 cannot hold: .*quant\.first_layer=fp quant\.last_layer=fp\) "
+                                          r"or use format=int$") as refused:
+        export_checkpoint(str(runs.folder("pact")), "onnx", str(tmp_path / "p.onnx"), "cpu")
+    assert "\n" not in str(refused.value)
     assert not list(tmp_path.iterdir())
 
 
