@@ -24,11 +24,11 @@ from qnnrun.engine import train
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import SavedRun, evaluate, load_saved_run
 from qnnrun.export.grids import pack_codes, unpack_codes
-from qnnrun.export.integer import IntegerLayer, integer_records, quantize_multiplier, requantize
+from qnnrun.export.integer import IntegerLayer, build_integer_model, integer_records, quantize_multiplier, requantize
 from qnnrun.export.onnx import SATURATION_FREE
 from qnnrun.export.run import compare_predictions, export_checkpoint, integer_export, integer_model, load_integer_export
 from qnnrun.quant.layers import QuantLinear, quant_layers
-from qnnrun.quant.quantizers import UniformQuantizer
+from qnnrun.quant.quantizers import LevelQuantizer, UniformQuantizer
 
 CPU = torch.device("cpu")
 RUNS: dict[str, list[str]] = {
@@ -147,6 +147,43 @@ def test_integer_linear_by_hand() -> None:
     out = integer(x)
     assert out.item() == pytest.approx(-0.02, abs=1e-7)
     assert out.item() == pytest.approx(model(x).item(), abs=1e-7)
+
+
+@pytest.mark.parametrize("gain", [1.0, -1.0])
+@pytest.mark.parametrize("eps", [3e-6, -3e-6])
+def test_sign_threshold_is_exact_for_a_bias_just_off_a_whole_unit(gain: float, eps: float) -> None:
+    """A layer handing codes to a sign-input layer: the code is +1 where gain * (acc + b) >= 0. With
+    acc = 21 and b = -21 - eps units (|eps| < 2^-17, below the bias's 16 fraction bits), rounding the bias
+    to nearest gives acc * 2^F + bias = 0, the threshold, for either sign of eps: one of them is then
+    wrong. Rounding towards the threshold (floor for gain > 0, ceil for gain < 0) is exact."""
+    first = QuantLinear(1, 1, weight_quant=UniformQuantizer(4, signed=True, channels=1),
+                        input_quant=UniformQuantizer(4, signed=None, range_mode="ema"))
+    norm = nn.BatchNorm1d(1)  # gain = weight / sqrt(running_var + eps) = +-1 exactly, no shift
+    second = QuantLinear(1, 1, bias=False, weight_quant=LevelQuantizer("sign", 1),
+                         input_quant=LevelQuantizer("sign", 1))
+    with torch.no_grad():
+        first.weight.fill_(0.7)  # step 0.1, code 7
+        norm.weight.fill_(gain)
+        norm.running_var.fill_(1.0 - norm.eps)
+        second.weight.fill_(1.0)
+    first.input_quant.calibrating = True
+    first.input_quant.observe(torch.tensor([[1.5]]))  # step 0.1
+    first.input_quant.calibrating = False
+    model = nn.Sequential(first, norm, second).eval()
+    x = torch.tensor([[0.3]])  # code 3: acc = 21
+    step = 0.1 * 0.1
+    with torch.no_grad():
+        first.bias.fill_(-(21 + eps) * step)
+    records = integer_records(model, x)
+    record = records["0"]
+    assert record["folded_bn"] == "1" and [t["layer"] for t in record["targets"]] == ["2"]
+    assert record["bias_fraction_bits"] == 16
+    in_scale = record["input"]["scale"]
+    real_bias = first.bias.double().item() / (in_scale * record["weight_scale"].double().item())
+    assert 0 < abs(21 + real_bias) < 2.0**-17  # within half a unit of the rounded bias's grid
+    integer = build_integer_model(model, records)
+    integer[0](x)
+    assert integer[2]._received.item() == (1.0 if gain * (21 + real_bias) >= 0 else -1.0)
 
 
 def _integer_linear(in_features: int, bits: int) -> IntegerLayer:
