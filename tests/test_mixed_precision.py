@@ -41,6 +41,9 @@ def test_a_rule_overrides_bits_and_the_layer_policy_and_the_first_match_wins() -
     # A side left out keeps the run's bits; the first matching pattern wins.
     assert _widths(["bits=2", "quant.layer_bits={features.4: 8, features.*: {w: 5}}"]) == {
         "features.1": (5, 8), "features.4": (8, 8), "classifier": (32, 32)}  # the image input stays >= 8 bits
+    # ... on a layer whose input no floor raises: the side left out is the run's bits.w / bits.a, not 8.
+    assert _widths(["bits.w=3", "bits.a=2", "quant.layer_bits={features.4: {w: 5}, classifier: {a: 6}}"]) == {
+        "features.1": (32, 32), "features.4": (5, 2), "classifier": (3, 6)}
     assert layer_bits(0, 3, 2, 2, "fp", "fp", rule=LayerBits(4, 4)) == LayerBits(4, 8)
     assert layer_bits(0, 3, 2, 2, "fp", "fp", image_input_bits=32, rule=LayerBits(4, 4)) == LayerBits(4, 32)
 
