@@ -172,7 +172,8 @@ def test_greedy_order_is_drop_per_bop_saved() -> None:
     layers = ["a", "b", "c", "d"]
     high = {"a": 10e8, "b": 10e8, "c": 5e8, "d": 1e8}  # BOPs per image
     low = {"a": 2e8, "b": 2e8, "c": 1e8, "d": 1e8}  # d saves nothing
-    drops = {"a": 4.0, "b": 0.8, "c": 0.8, "d": -1.0}  # per GBOP saved: a 5, b 1, c 2, d never
+    # per GBOP saved: a 5, b 1, c 1.75, d never (by drop alone d, c, b, a: c would go before b)
+    drops = {"a": 4.0, "b": 0.8, "c": 0.7, "d": -1.0}
     assert propose_widths(layers, drops, high, low, 2.6, 2) == {"a": 8, "b": 8, "c": 8, "d": 8}  # 2.6 GBOPs
     assert propose_widths(layers, drops, high, low, 1.9, 2) == {"a": 8, "b": 2, "c": 8, "d": 8}  # 1.8
     assert propose_widths(layers, drops, high, low, 1.79, 2) == {"a": 8, "b": 2, "c": 2, "d": 8}  # 1.4
