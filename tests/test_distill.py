@@ -45,6 +45,22 @@ def test_the_term_is_weight_t_squared_kl_of_softened_distributions_and_only_the_
         pytest.approx(0.0, abs=1e-7)
 
 
+def test_the_teacher_runs_in_eval_mode_without_gradients_and_is_left_unchanged() -> None:
+    """A teacher handed over in training mode (BatchNorm, Dropout) is evaluated: its running
+    statistics do not move, dropout is off (the same logits twice), and no gradient reaches it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5), nn.Linear(8, 3)).train()
+    before = {key: value.clone() for key, value in net.state_dict().items()}
+    distill = Distillation(net, weight=1.0, temperature=2.0)
+    images, student = torch.randn(6, 4), torch.randn(6, 3, requires_grad=True)
+    first = distill(images, student)
+    first.backward()
+    assert not net.training and all(not m.training for m in net.modules())
+    assert all(p.grad is None for p in net.parameters()) and student.grad is not None
+    assert distill(images, student).item() == first.item()
+    assert all(torch.equal(before[key], value) for key, value in net.state_dict().items())
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("teacher")
