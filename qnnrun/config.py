@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -61,9 +62,10 @@ def check_bool(key: str, value: Any) -> bool:
 
 def check_number(key: str, value: Any, low: float | None = None, high: float | None = None, *,
                  low_closed: bool = False, high_closed: bool = True) -> float:
-    """``value`` as a float within the bounds given (``low`` excluded and ``high`` included by
-    default), or a QnnrunError stating them, e.g. "expected a number in (0, 1]"."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    """``value`` as a finite float within the bounds given (``low`` excluded and ``high`` included by
+    default), or a QnnrunError stating them, e.g. "expected a number in (0, 1]" (inf and nan are no
+    setting of any option: where no bound excluded them, a run failed at its first step)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value >= low if low_closed else value > low
     if ok and high is not None:
@@ -80,7 +82,8 @@ def check_number(key: str, value: Any, low: float | None = None, high: float | N
         bound = ""
     # A typed option holds 1 as 1.0: shown as given on the command line.
     shown = f"{value:g}" if isinstance(value, float) and value.is_integer() else repr(value)
-    raise QnnrunError(f"{key}={shown} is not valid: expected a number{bound}")
+    finite = " finite" if isinstance(value, float) and not math.isfinite(value) else ""
+    raise QnnrunError(f"{key}={shown} is not valid: expected a{finite} number{bound}")
 
 
 def check_mmse_width(key: str, bits: int, init: str, float_valid: bool = True) -> None:

@@ -170,6 +170,10 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
     ("train", ["--cfg", "job", "experiment=smoke", "method=ste,lsq"],
      "method=ste,lsq: several values with --cfg, which prints one job's config"),  # "Ambiguous value", 5 lines
     ("train", ["-m", "hydra.sweep.dir=x,y"], "hydra.sweep.dir=x,y: Hydra's own settings take one value"),
+    # inf passed every check without an upper bound, and the run failed at its first step.
+    ("train", ["trainer.distill.teacher=x", "trainer.distill.weight=inf"],
+     "trainer.distill.weight=inf is not valid: expected a finite number >= 0"),
+    ("train", ["optim.lr=nan"], "optim.lr=nan is not valid: expected a finite number > 0"),
     ("train", ["-m", "hydra/launcher=basic,joblib"],  # Hydra's "Sweeping over Hydra's configuration", exit 0
      "hydra/launcher=basic,joblib: Hydra's own settings take one value"),
     # It wrote .hydra/ and train.log into the working folder, then removed that folder when it held nothing else.
