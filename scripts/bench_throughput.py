@@ -6,9 +6,10 @@ device, eager and, with ``--compile``, through ``torch.compile``, and prints one
 images/s, the ratio to the float fp32 eager step of the same model (always measured first), peak
 GPU memory and its ratio to float's, the memory saved for backward, and the compile warm-up.
 ``--channels-last``, ``--bf16``, ``--recompute`` (``trainer.recompute_quant``) and ``--unfused``
-(the optimizer's for-loop form, which qnnrun replaced by torch's fused one) add those variants; ``--epoch`` also times whole epochs through the project's data loader (``TensorLoader``:
-uint8 images on the device, shuffled, cropped and flipped there; random CIFAR-sized data, so no
-files are read) against the pure train step of the same configuration.
+(the optimizer's for-loop form, which qnnrun replaced by torch's fused one) add those variants;
+``--epoch`` also times whole epochs through the project's data loader (``TensorLoader``: uint8
+images on the device, shuffled, cropped and flipped there; random CIFAR-sized data, so no files are
+read) against the pure train step of the same configuration.
 A Brevitas row per model and bits (``QuantConv2d`` / ``QuantReLU``, the same layer policy as
 ``method=ste``) is added when ``brevitas`` is importable (``pip install -e '.[bench]'``).
 
