@@ -365,8 +365,7 @@ def layer_bops(run: DictConfig, base: nn.Module, info: DataInfo, layers: Sequenc
     device = next(base.parameters()).device
     model, _ = quantized_copy(run, base, info, {name: LayerBits(bits, bits) for name in layers}, device)
     bops = {cost.name: cost.bops for cost in layer_costs(model, example_input(info, device, 1))}
-    names = {module: name for name, module in model.named_modules()}
-    return {layer: bops[names[quantized_module(model, layer)]] for layer in layers}
+    return {layer: bops[layer] for layer in layers}
 
 
 def check_budget(budget_gbops: float, low: Mapping[str, float], low_bits: int) -> None:

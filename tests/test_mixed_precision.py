@@ -60,20 +60,36 @@ def test_every_method_runs_each_layer_at_its_rules_widths(method: str) -> None:
     assert built.mixed and built.bits_label.startswith(f"mixed ({rule} W{width}/A{width}")
 
 
-@pytest.mark.parametrize(("rules", "label"), [
-    (RULES, "mixed (features.4 W4/A3, classifier W6/A6, others float)"),  # features.1: float, the layer policy
-    ("quant.layer_bits={features.4: 4}", "mixed (features.4 W4/A4, others float)"),
-    ("quant.layer_bits={features.*: 4, classifier: 8}", "mixed (features.* W4/A4, classifier W8/A8)")])
-def test_the_log_label_names_what_the_layers_no_rule_matched_run_at(rules: str, label: str) -> None:
-    cfg = compose_config(["bits=2", rules])
+@pytest.mark.parametrize(("rules", "label", "method"), [
+    (RULES, "mixed (features.4 W4/A3, classifier W6/A6, others float)", "ste"),  # features.1 float: the policy
+    ("quant.layer_bits={features.4: 4}", "mixed (features.4 W4/A4, others float)", "ste"),
+    ("quant.layer_bits={features.*: 4, classifier: 8}", "mixed (features.* W4/A4 or W4/A8, classifier W8/A8)",
+     "ste"),
+    # A rule's layers as they run: the image input stays at 8 bits (it was labelled W3/A2), float for dorefa.
+    ("quant.layer_bits={features.1: {w: 3}}", "mixed (features.1 W3/A8, others W2/A2 or float)", "ste"),
+    ("quant.layer_bits={features.1: 8}", "mixed (features.1 W8/A32, others W2/A2 or float)", "dorefa")])
+def test_the_log_label_names_the_widths_each_layer_runs_at(rules: str, label: str, method: str) -> None:
+    cfg = compose_config(["bits=2", rules, f"method={method}"])
     _, built = build_quantized_model(cfg, dataset_info(cfg.dataset), CPU)
     assert built.bits_label == label
 
 
-def test_float_runs_ignore_the_rules() -> None:
+def test_float_runs_ignore_the_rules_but_not_a_pattern_that_names_no_layer() -> None:
     cfg = compose_config(["method=fp", RULES])
     model, method = build_quantized_model(cfg, dataset_info(cfg.dataset), CPU)
     assert not method.quantizes and not quant_layers(model)
+    cfg = compose_config(["method=fp", "quant.layer_bits={features.4: 4, layer9: 4}"])  # it trained
+    with pytest.raises(QnnrunError, match="'layer9' matches no layer of model=mlp: its layers are features.1, "):
+        build_quantized_model(cfg, dataset_info(cfg.dataset), CPU)
+
+
+@pytest.mark.parametrize("method", ["bnn", "qnn", "aqe"])
+def test_a_layer_a_method_wraps_is_shown_by_the_name_its_rules_use(method: str) -> None:
+    """The binary nets wrap the last layer with their output BatchNorm (``classifier.0``); the BOPs
+    table, summary.json and the exports name it ``classifier``, as a rule must."""
+    width = 1 if method == "bnn" else 4
+    assert list(_widths([f"method={method}"])) == ["features.1", "features.4", "classifier"]
+    assert _widths([f"method={method}", f"quant.layer_bits={{classifier: {width}}}"])["classifier"] == (width, width)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

@@ -18,6 +18,7 @@ acts through hooks; it never reaches into the training loop. The engine calls, i
 from __future__ import annotations
 
 import fnmatch
+from collections import defaultdict
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -65,8 +66,10 @@ class Method:
         self.weight_bits = int(cfg.bits.w) if self.fixed_bits is None else self.fixed_bits
         self.act_bits = int(cfg.bits.a) if self.fixed_bits is None else self.fixed_bits
         self.layer_rules = layer_rules(cfg)  # quant.layer_bits, in order
-        # The widths of the layers no rule matched, as build set them (the layer policy); None before build.
+        # The widths of the layers no rule matched, as build set them (the layer policy), and of each rule's
+        # layers (its widths, but the image input kept at >= 8 bits or float); None before build.
         self.rest_bits: set[LayerBits] | None = None
+        self.rule_bits: dict[str, set[LayerBits]] | None = None
         if self.layer_widths is not None:
             for rule in self.layer_rules:
                 bad = [b for b in (rule.bits.weight, rule.bits.input) if b not in (*self.layer_widths, FLOAT_BITS)]
@@ -89,17 +92,17 @@ class Method:
     @property
     def bits_label(self) -> str:
         """The widths for logs: ``W2/A2``, or for a mixed run each rule's and the rest's, e.g.
-        ``mixed (conv1 W8/A8, layer3.* W4/A4, others W2/A2)``; once built, the rest as the layers no
-        rule matched run (``others W2/A2 or float``), and none where the rules cover every layer."""
+        ``mixed (conv1 W8/A8, layer3.* W4/A4, others W2/A2)``; once built, as the layers run: each
+        rule's (``conv1 W4/A8`` for a rule ``{w: 4}`` on the first layer, whose image input stays at
+        8 bits), the rest's (``others W2/A2 or float``), and no rest where the rules cover every layer."""
         plain = f"W{self.weight_bits}/A{self.act_bits}"
         if not self.mixed:
             return plain
-        rules = ", ".join(f"{r.pattern} W{r.bits.weight}/A{r.bits.input}" for r in self.layer_rules)
-        if self.rest_bits is None:
+        if self.rest_bits is None or self.rule_bits is None:
+            rules = ", ".join(f"{r.pattern} {_widths({r.bits})}" for r in self.layer_rules)
             return f"mixed ({rules}, others {plain})"
-        rest = sorted({"float" if b == LayerBits(FLOAT_BITS, FLOAT_BITS) else f"W{b.weight}/A{b.input}"
-                       for b in self.rest_bits})
-        return f"mixed ({rules}" + (f", others {' or '.join(rest)}" if rest else "") + ")"
+        rules = ", ".join(f"{r.pattern} {_widths(self.rule_bits.get(r.pattern, {r.bits}))}" for r in self.layer_rules)
+        return f"mixed ({rules}" + (f", others {_widths(self.rest_bits)}" if self.rest_bits else "") + ")"
 
     # ---- building -------------------------------------------------------------------------
     def weight_quantizer(self, layer: nn.Module, bits: int) -> Quantizer:
@@ -116,29 +119,26 @@ class Method:
         A rule that matches no layer is an error listing the layers' names."""
         if not self.quantizes:
             return model
-        quant, matched, rest = self.cfg.quant, set(), set()
+        quant, rest = self.cfg.quant, set()
+        matched: dict[str, set[LayerBits]] = defaultdict(set)
 
         def bits_of(name: str, index: int, count: int) -> LayerBits:
             rule = matching_rule(name, self.layer_rules)
-            if rule is not None:
-                matched.add(rule.pattern)
             bits = layer_bits(index, count, self.weight_bits, self.act_bits, quant.first_layer, quant.last_layer,
                               int(quant.image_input_bits), rule.bits if rule is not None else None)
-            if rule is None:
-                rest.add(bits)
+            (rest if rule is None else matched[rule.pattern]).add(bits)
             return bits
 
         names = forward_order(model, example_input) if self.layer_rules else []
         model = convert(model, example_input, bits_of, self.weight_quantizer, self.input_quantizer)
-        self.rest_bits = rest
+        self.rest_bits, self.rule_bits = rest, dict(matched)
         unmatched = [rule.pattern for rule in self.layer_rules if rule.pattern not in matched]
         if unmatched:
             pattern = unmatched[0]
             if any(fnmatch.fnmatchcase(name, pattern) for name in names):
                 raise QnnrunError(f"quant.layer_bits: every layer {pattern!r} matches is matched by an earlier "
                                   f"pattern (the first match wins): put it before them")
-            raise QnnrunError(f"quant.layer_bits: {pattern!r} matches no layer of model={self.cfg.model.name}: "
-                              f"its layers are {', '.join(names)}")
+            raise no_layer_matches(pattern, self.cfg.model.name, names)
         return model
 
     # ---- hooks ----------------------------------------------------------------------------
@@ -238,6 +238,18 @@ class Method:
     def restore_model(self, model: nn.Module) -> None:
         """Redo on a freshly built ``model``, after its state dict and this method's were loaded, the
         changes of structure that the method's state implies (none by default)."""
+
+
+def no_layer_matches(pattern: str, model: str, names: Sequence[str]) -> QnnrunError:
+    """The error for a ``quant.layer_bits`` pattern that matches none of the model's layers ``names``."""
+    return QnnrunError(f"quant.layer_bits: {pattern!r} matches no layer of model={model}: its layers are "
+                       f"{', '.join(names)}")
+
+
+def _widths(widths: Iterable[LayerBits]) -> str:
+    """``W4/A8 or W4/A4`` (``float`` for 32/32), in a stable order."""
+    return " or ".join(sorted({"float" if b == LayerBits(FLOAT_BITS, FLOAT_BITS) else f"W{b.weight}/A{b.input}"
+                               for b in widths}))
 
 
 @contextmanager

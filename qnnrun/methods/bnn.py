@@ -28,7 +28,7 @@ from qnnrun.config import check_bool, check_choice, check_grad_bits, check_numbe
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.base import Method
 from qnnrun.quant import functional as Q
-from qnnrun.quant.convert import FLOAT_BITS, forward_order
+from qnnrun.quant.convert import FLOAT_BITS, LAYER_NAME_ATTR, forward_order
 from qnnrun.quant.layers import ShiftBatchNorm, ShiftBatchNorm1d, ShiftBatchNorm2d, quant_layers
 from qnnrun.quant.quantizers import LevelQuantizer
 
@@ -159,6 +159,7 @@ class LatentWeightMethod(Method):
             last = model.get_submodule(last_name)
             norm = nn.BatchNorm2d if isinstance(last, nn.Conv2d) else nn.BatchNorm1d
             features = last.out_channels if isinstance(last, nn.Conv2d) else last.out_features
+            setattr(last, LAYER_NAME_ATTR, last_name)  # to rules and tables still the layer it was
             model.set_submodule(last_name, nn.Sequential(last, norm(features, device=last.weight.device)))
         if self.bn_eps is not None:
             for module in model.modules():

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+import fnmatch
 
-from qnnrun.methods.base import Method
-from qnnrun.quant.convert import FLOAT_BITS
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from qnnrun.methods.base import Method, no_layer_matches
+from qnnrun.quant.convert import FLOAT_BITS, forward_order
 
 
 class FloatMethod(Method):
     """Trains the float model as it is; ``bits`` and ``quant.layer_bits`` are ignored (counted as 32 in
-    BOPs and size)."""
+    BOPs and size), so that a sweep over methods shares one set of rules. A rule's pattern must still
+    name a layer of the model: a typo is no less a typo in the float run."""
 
     name = "fp"
     fixed_bits = FLOAT_BITS
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
-        self.layer_rules = []
+        self.ignored_rules, self.layer_rules = self.layer_rules, []
+
+    def build(self, model: nn.Module, example_input: Tensor) -> nn.Module:
+        if self.ignored_rules:
+            names = forward_order(model, example_input)
+            for rule in self.ignored_rules:
+                if not any(fnmatch.fnmatchcase(name, rule.pattern) for name in names):
+                    raise no_layer_matches(rule.pattern, self.cfg.model.name, names)
+        return super().build(model, example_input)

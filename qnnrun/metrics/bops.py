@@ -6,7 +6,8 @@ channels, a ``kh x kw`` kernel, weight bits ``bw`` and input bits ``ba``, per ou
     BOPs = m * n * kh * kw * (ba * bw + ba + bw + log2(n * kh * kw))
 
 times the output's ``H * W``: a per-image total. A linear layer is a 1x1 conv on a 1x1 map with
-``n`` = fan-in. Float layers count at 32 bits. Also reported: ``MACs * bw * ba`` and the weight
+``n`` = fan-in. Float layers count at 32 bits; pooling, BatchNorm, activations and residual
+additions are not counted. Also reported: ``MACs * bw * ba`` and the weight
 memory, ``sum(numel * bw)`` over the conv/linear weights (float layers at 32 bits). Biases and
 BatchNorm are left out: they are a few float values per output channel, and whether a method
 folds BatchNorm into biases while it trains (nbn, fbf, lbl) or before (``quant.fold_bn``) must not
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from torch import Tensor, nn
 
-from qnnrun.quant.convert import FLOAT_BITS, probe_forward
+from qnnrun.quant.convert import FLOAT_BITS, layer_name, probe_forward
 from qnnrun.quant.layers import QuantLayer
 
 
@@ -79,7 +80,7 @@ def layer_costs(model: nn.Module, example_input: Tensor) -> list[LayerCost]:
         example_input: [1, C, H, W] (any batch size; costs are per image).
     """
     costs: list[LayerCost] = []
-    names = {m: n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    names = {m: layer_name(m, n) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
 
     def record(module: nn.Module, _inputs: object, output: Tensor) -> None:
         weight_bits, input_bits = _bits(module)

@@ -115,6 +115,17 @@ def layer_bits(
 
 QuantizerFactory = Callable[[nn.Module, int], "Quantizer | None"]
 
+# Where a method moves a layer after conversion (the binary nets wrap the last one with their output
+# BatchNorm: ``classifier`` becomes ``classifier.0``), the layer keeps under this attribute the name
+# quant.layer_bits rules match, which the BOPs table, summary.json and the exports show.
+LAYER_NAME_ATTR = "qnnrun_layer_name"
+
+
+def layer_name(module: nn.Module, path: str) -> str:
+    """The name rules know conv/linear ``module`` by: the one it kept when a method moved it, else its
+    ``path`` in the model."""
+    return getattr(module, LAYER_NAME_ATTR, path)
+
 
 def convert(
     model: nn.Module,
