@@ -73,6 +73,9 @@ def distillation(cfg: DictConfig, info: DataInfo, device: torch.device) -> Disti
     if theirs != shape:
         raise QnnrunError(f"trainer.distill.teacher={distill.teacher} was trained on {teacher.info.name} "
                           f"(channels, size, classes {theirs}); this run's data is {shape}")
+    if teacher.info.name != info.name:  # same shape: allowed, but the teacher sees this data's normalisation
+        log.warning("trainer.distill.teacher=%s was trained on %s, this run trains on %s: the teacher sees this "
+                    "data set's images, normalised as this data set is", distill.teacher, teacher.info.name, info.name)
     log.info("distilling from %s (%s, epoch %d): weight %g, temperature %g", distill.teacher,
              teacher.config.method.name, teacher.epoch, distill.weight, distill.temperature)
     model = teacher.model.to(memory_format=torch.channels_last) if cfg.trainer.channels_last else teacher.model

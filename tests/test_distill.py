@@ -108,6 +108,16 @@ def test_a_teacher_for_other_data_is_refused(teacher: Path) -> None:
     assert distillation(compose_config([]), cifar, torch.device("cpu")) is None
 
 
+def test_a_teacher_for_other_data_of_the_same_shape_is_named_in_a_warning(teacher: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    cfg = compose_config([f"trainer.distill.teacher={teacher}"])
+    with caplog.at_level("WARNING", logger="qnnrun"):
+        assert distillation(cfg, DataInfo("digits", 1, 8, 10, 1437, 360), torch.device("cpu")) is not None
+        assert "was trained on" not in caplog.text
+        assert distillation(cfg, DataInfo("other8x8", 1, 8, 10, 1437, 360), torch.device("cpu")) is not None
+    assert "was trained on digits, this run trains on other8x8" in caplog.text
+
+
 def test_the_teacher_takes_the_students_compile_and_memory_format(teacher: Path) -> None:
     digits = DataInfo("digits", 1, 8, 10, 1437, 360)
     eager = distillation(compose_config([f"trainer.distill.teacher={teacher}"]), digits, torch.device("cpu"))
