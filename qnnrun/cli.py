@@ -546,9 +546,13 @@ def check_overrides(config_name: str, args: list[str]) -> None:
         except HydraException as error:
             key, _, value = override.partition("=")
             quote = "'" if "'" not in value else '"'
+            how = (f"a value that holds =, spaces, commas or brackets as text needs quotes, e.g. "
+                   f"{key}={quote}{value}{quote}")
+            if value.lstrip().startswith("{"):  # quoting it makes a string, not the mapping it meant
+                how = ("a mapping's keys are written without quotes, a glob's brackets escaped with \\, e.g. "
+                       f"{key}={{features.1: 8, features.\\[45\\]: 4, classifier: {{w: 4, a: 8}}}}")
             raise QnnrunError(f"{override} is not an override Hydra can read ({str(error).strip().splitlines()[0]});"
-                              f" a value that holds =, spaces, commas or brackets as text needs quotes, e.g. "
-                              f"{key}={quote}{value}{quote}") from None
+                              f" {how}") from None
     job = _first_job(parsed)
     GlobalHydra.instance().clear()
     try:

@@ -323,6 +323,9 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
                                               "input '=' expecting <EOF>); a value that holds =, spaces, commas or "
                                               "brackets as text needs quotes, e.g. hydra.run.dir='/tmp/a=b'"),
         ("train", ["-m", "seed=0,1", "optim.lr=[1"], "optim.lr=[1 is not an override Hydra can read"),
+        # Quoting the whole value, as the general hint said, gave 'expected a mapping'.
+        ("bops", ['quant.layer_bits={"features.1": 8}'], "a mapping's keys are written without quotes, a glob's "
+                                                         "brackets escaped with \\, e.g. quant.layer_bits={features.1"),
         # A preset's option of another choice of a group: the key is named.
         ("train", ["-m", "experiment=mp_search", "hydra/sweeper=basic"],
          "In 'experiment/mp_search': Key 'n_trials' not in 'BasicSweeperConf' (hydra.sweeper.n_trials)"),
