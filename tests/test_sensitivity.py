@@ -7,12 +7,14 @@ import csv
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_utils import compose_config, run_cli
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
 from qnnrun.data import DataInfo
 from qnnrun.engine import train
@@ -21,7 +23,7 @@ from qnnrun.methods import METHODS
 from qnnrun.models import build_model
 from qnnrun.quant.fold import batchnorm_pairs, fold_batchnorm
 from qnnrun.schema import saved_config
-from qnnrun.sensitivity import (CSV_FIELDS, CSV_FILE, MODES, PNG_FILE, SIGNATURE, TEXT_FILE, UNSUITED_METHODS,
+from qnnrun.sensitivity import (CSV_FIELDS, CSV_FILE, MODES, PNG_FILE, SIGNATURE, TEXT_FILE, UNSUITED_METHODS, Bench,
                                 Sensitivity, check_options, check_output, gbops_rounded_up, layer_bits_override,
                                 propose_widths, relative_error, run_sensitivity)
 
@@ -166,6 +168,24 @@ def test_batches_n_evaluates_the_first_n_test_batches(float_run: Path) -> None:
     cfg = _config(float_run, "batches=2", "bits=4")
     result = run_sensitivity(cfg, check_options(cfg))[0]
     assert result.images == 200 and len(result.rows) == 9  # 2 of the test set's batches of 100, 60
+
+
+@pytest.mark.parametrize("batches", [0, 2])
+def test_each_measurement_reestimates_batchnorm_when_the_method_does(batches: int) -> None:
+    """sq and aqe runs evaluate after BatchNorm re-estimation (quant.bn_reestimate_batches), so each
+    measurement of theirs does too, on the bench's training batches; other methods keep the statistics."""
+    generator = torch.Generator().manual_seed(0)
+    train_batches = [(torch.randn(16, 1, 8, 8, generator=generator) * 3 + 1, torch.zeros(16, dtype=torch.long))
+                     for _ in range(3)]
+    run = OmegaConf.create({"quant": {"bn_reestimate_batches": batches}})
+    test = [(train_batches[0][0], torch.zeros(16, dtype=torch.long))]
+    bench = Bench(run, nn.Identity(), DataInfo("digits", 1, 8, 10, 48, 16), SimpleNamespace(test=test),
+                  torch.device("cpu"), train_batches, None)
+    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(64), nn.Linear(64, 10)).eval()
+    bench.accuracy(model)
+    used = torch.cat([images.flatten(1) for images, _ in train_batches[:batches]]) if batches else None
+    expected = used.mean(0) if used is not None else torch.zeros(64)  # a fresh BatchNorm's running mean
+    torch.testing.assert_close(model[1].running_mean, expected)
 
 
 def test_greedy_order_is_drop_per_bop_saved() -> None:
