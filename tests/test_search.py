@@ -82,19 +82,57 @@ def test_a_search_whose_first_trials_all_fail_stops_in_one_line(tmp_path: Path, 
             assert list(record["layer_bits"]) == ["features.1", "features.4", "classifier"]
             assert record["layer_bits"]["features.1"]["a"] == 8  # the image input stays at 8 bits
     folders = sorted(_summaries(sweep))
+    resume = [*SEARCH, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
+              f"trainer.distill.teacher={tmp_path / 'none'}", "resume=true"]
+
+    # Continued before the fix: the failed trials run again, fail again and stop it again. As no trial of
+    # the search has completed, they are not failed for good: the fault may be the one they share.
+    code, _, err = run_cli(resume, tmp_path, capsys, monkeypatch)
+    assert code == 1 and err.strip().splitlines()[-1].startswith("qnnrun: error: the first 3 trials of the search")
+    assert [t.state.name for t in _study(sweep).trials] == ["FAIL"] * 6 and sorted(_summaries(sweep)) == folders
 
     # The fix (the teacher file made), then the same command continues: the failed trials run again in
     # their own folders, and nothing is left failed.
     code, _, err = run_cli(["train", "method=fp", "trainer.epochs=1", f"hydra.run.dir={tmp_path / 'none'}"], tmp_path,
                            capsys, monkeypatch)
     assert code == 0, err
-    code, _, err = run_cli([*SEARCH, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep}",
-                            f"trainer.distill.teacher={tmp_path / 'none'}", "resume=true"], tmp_path, capsys,
-                           monkeypatch)
+    code, _, err = run_cli(resume, tmp_path, capsys, monkeypatch)
     assert code == 0, err
     assert sorted(_summaries(sweep)) == folders
     assert {s["status"] for s in _summaries(sweep).values()} <= {"done", "duplicate"}
-    assert [t.state.name for t in _study(sweep).trials] == ["FAIL"] * 3 + ["COMPLETE"] * 3
+    assert [t.state.name for t in _study(sweep).trials] == ["FAIL"] * 6 + ["COMPLETE"] * 3
+
+
+def test_a_failed_trial_runs_again_once_and_then_leaves_its_place_to_new_trials(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """9 bits fails on every resume. NSGA-II (seed 0) draws features.1=9 for trials 0, 3 and 4, 2 for
+    1 and 2. The resume stopped as if the search's first 3 trials had failed (it counted its own first
+    3: the failed ones run again), and every later resume ran them again: they piled up in the study."""
+    sweep = tmp_path / "search"
+    command = [*SEARCH, "search.features_1=choice(2,9)", f"hydra.sweep.dir={sweep}"]
+
+    def states() -> list[tuple[str, int]]:
+        return [(t.state.name, t.params["search.features_1"]) for t in _study(sweep).trials]
+
+    code, _, err = run_cli([*command, "hydra.sweeper.n_trials=5"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and "3 job(s) of the sweep failed" in err, err
+    assert states() == [("FAIL", 9), ("COMPLETE", 2), ("COMPLETE", 2), ("FAIL", 9), ("FAIL", 9)]  # the case
+    folders = sorted(_summaries(sweep))
+
+    # The failed trials run again once, in their own folders; failing again, they do not stop the search.
+    code, _, err = run_cli([*command, "hydra.sweeper.n_trials=5", "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and "3 job(s) of the sweep failed" in err and "trials of the search failed" not in err, err
+    assert states()[5:] == [("FAIL", 9)] * 3 and sorted(_summaries(sweep)) == folders
+    # Failed twice, they are failed for good and count toward n_trials: the search has its 5 trials.
+    code, out, err = run_cli([*command, "hydra.sweeper.n_trials=5", "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and "2 trials completed, 3 failed again after a failure (not run again), 0 cut off or " \
+        "failed run again, 0 to go" in out + err, out + err
+    assert len(states()) == 8
+    # More trials are new ones, in new folders; none of the failed ones runs again.
+    code, out, err = run_cli([*command, "hydra.sweeper.n_trials=7", "resume=true"], tmp_path, capsys, monkeypatch)
+    assert "0 cut off or failed run again, 2 to go" in out + err, out + err
+    assert len(states()) == 10 and len(_summaries(sweep)) == 7
+    assert _study(sweep).user_attrs["qnnrun_run_again"] == [0, 3, 4]
 
 
 def test_a_trial_cut_off_continues_in_its_own_folder_and_other_settings_are_refused(

@@ -5,13 +5,16 @@ sweep folder, so that a search is continued, not started again, with ``resume=tr
 training job (``qnnrun train``); the job returns :func:`qnnrun.runs.objectives`, which the sweeper tells
 the study. The study is Optuna's SQLite storage at ``<sweep dir>/optuna.db``, with the command's run
 settings and search space (:data:`COMMAND`). A search run again with ``resume=true`` must have those
-(a search of other settings is refused in one line); it counts the trials that completed toward
-``n_trials`` and first runs again, with the same parameters and in their own job folders (where a cut
-trial continues from its checkpoint), the trials that did not complete: cut off by an interruption
-(still running in the study) or failed. A failed trial is recorded (its ``summary.json``, a failed
-trial in the study) and the search goes on, unless its first :data:`FIRST_FAILURES` trials all fail:
-then something every trial shares is wrong and it stops. A trial whose run another trial of the same
-batch trains (the same widths drawn twice) gets that run's objectives once the batch has ended.
+(a search of other settings is refused in one line); it counts the trials that ended toward
+``n_trials`` (completed, or failed for good: below) and first runs again, with the same parameters and
+in their own job folders (where a cut trial continues from its checkpoint), the trials that did not
+end: cut off by an interruption (still running in the study) or failed. A failed trial is recorded
+(its ``summary.json``, a failed trial in the study) and the search goes on; it is run again once, by
+the next resume: failed again, while another trial of the search has completed, it failed for its own
+parameters and is not run again (:data:`FAILED_BEFORE`). A search none of whose trials has completed
+stops once :data:`FIRST_FAILURES` trials of the command have failed: then something every trial shares
+is wrong. A trial whose run another trial of the same batch trains (the same widths drawn twice) gets
+that run's objectives once the batch has ended.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ STUDY_FILE = "optuna.db"
 
 
 # Study user attributes: the run settings and search space the search was started with (compared on
-# resume), and the numbers of the trials a resume has run again (not counted as to be run again).
-COMMAND, RUN_AGAIN = "qnnrun_command", "qnnrun_run_again"
+# resume); the numbers of the trials a resume has run again (not counted as to be run again); the
+# numbers of the trials that run again a failed trial (or continue such a trial that was cut off): one
+# of these that failed too is failed for good once the search has a completed trial.
+COMMAND, RUN_AGAIN, FAILED_BEFORE = "qnnrun_command", "qnnrun_run_again", "qnnrun_failed_before"
 
 
 class OptunaSearch(OptunaSweeper):
@@ -79,29 +84,40 @@ class OptunaSearch(OptunaSweeper):
                       f"search continues with the settings it started with; give another hydra.sweep.dir for a new "
                       f"search")
             done = set(study.user_attrs.get(RUN_AGAIN, []))
+            failed_before = set(study.user_attrs.get(FAILED_BEFORE, []))
             completed = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-            impl.n_trials = max(0, impl.n_trials - completed)
-            again = [t for t in study.trials if t.number not in done and t.state in (
+            # Failed for good: failed when run again after a failure, in a search that works (while none
+            # of its trials has completed, a fault all trials share may be the cause: it runs again).
+            given_up = {t.number for t in study.trials if completed and t.state == optuna.trial.TrialState.FAIL
+                        and t.number not in done and t.number in failed_before}
+            impl.n_trials = max(0, impl.n_trials - completed - len(given_up))
+            again = [t for t in study.trials if t.number not in (done | given_up) and t.state in (
                 optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)][:impl.n_trials]
             for trial in again:
+                failed = trial.state == optuna.trial.TrialState.FAIL or trial.number in failed_before
                 if trial.state == optuna.trial.TrialState.RUNNING:  # cut off by an interruption
                     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
                 with warnings.catch_warnings():  # enqueue_trial is "experimental" in optuna 2.x
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.enqueue_trial(trial.params)
+                if failed:
+                    failed_before.add(study.get_trials(deepcopy=False)[-1].number)  # the trial just queued
             study.set_user_attr(RUN_AGAIN, sorted(done | {t.number for t in again}))
+            study.set_user_attr(FAILED_BEFORE, sorted(failed_before))
             impl.job_idx = _next_job_number(self.sweep_dir)  # new trials' job folders follow the old ones
-            log.info("continuing the search in %s: %d trials completed, %d cut off or failed run again, %d to go",
-                     impl.storage, completed, len(again), impl.n_trials)
+            log.info("continuing the search in %s: %d trials completed, %d failed again after a failure (not run "
+                     "again), %d cut off or failed run again, %d to go", impl.storage, completed, len(given_up),
+                     len(again), impl.n_trials)
         else:
+            completed = 0
             self.sweep_dir.mkdir(parents=True, exist_ok=True)
             study = optuna.create_study(study_name=impl.study_name, storage=impl.storage,
                                         directions=impl._get_directions())
             study.set_user_attr(COMMAND, command)
         # What `qnnrun train ... resume=true` without hydra.sweep.dir looks for (qnnrun.sweep.find_sweep).
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
-        impl.launcher = _SearchLauncher(impl.launcher, FIRST_FAILURES, impl.storage, impl.study_name,
-                                        _unfinished_folders(self.sweep_dir) if again else {})
+        impl.launcher = _SearchLauncher(impl.launcher, 0 if completed else FIRST_FAILURES, impl.storage,
+                                        impl.study_name, _unfinished_folders(self.sweep_dir) if again else {})
         return impl.sweep(arguments)
 
 
@@ -177,7 +193,9 @@ def _next_job_number(sweep_dir: Path) -> int:
 
 
 # A search whose first trials all fail stops (a setting every trial shares is wrong: data, paths, a
-# typo'd value); later failures (a width that diverges) are recorded and the search goes on.
+# typo'd value) after this many failures in one command, so that a resume after a fix runs as many;
+# once a trial of the search has completed, failures (a width that diverges) are recorded and the
+# search goes on.
 FIRST_FAILURES = 3
 
 
@@ -188,8 +206,9 @@ class _SearchLauncher:
       its parameters and no finished run), where a cut trial continues from its checkpoint;
     * a trial whose run another trial of its batch trained (a duplicate record) gets that run's
       objectives once the batch has ended, instead of failing;
-    * once its first ``count`` trials have all failed (a failed job returns no objectives), the search
-      stops with one error; they are marked failed in the study first.
+    * once ``count`` trials of the command have ended and none of them completed (a failed job returns
+      no objectives), the search stops with one error; they are marked failed in the study first. The
+      search gives ``count`` 0 (no stop) once any of its trials has completed.
     """
 
     def __init__(self, launcher: Any, count: int, storage: str, study_name: str,
@@ -231,7 +250,7 @@ class _SearchLauncher:
                 if first is not None and first.get("status") == "done":
                     ret.return_value = objectives(first)
         self.results += [ret.status.name == "COMPLETED" and ret.return_value is not None for ret in returns]
-        if len(self.results) >= self.count and not any(self.results[:self.count]):
+        if self.count and len(self.results) >= self.count and not any(self.results):
             study = optuna.load_study(study_name=self.study_name, storage=self.storage)
             for trial in study.trials:  # this batch's: failed, not cut off
                 if trial.state == optuna.trial.TrialState.RUNNING:
