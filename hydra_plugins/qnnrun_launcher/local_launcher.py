@@ -65,11 +65,10 @@ def _take_workers() -> list[Any]:
     queued one, which a shut-down executor refuses (this one, holding no worker, would start new ones)."""
     from joblib.externals.loky import reusable_executor
 
-    executor = getattr(reusable_executor, "_executor", None)
-    processes, flags = getattr(executor, "_processes", None), getattr(executor, "_flags", None)
-    if not isinstance(processes, dict) or not hasattr(flags, "shutdown"):  # none, or a loky of other internals
-        return []  # then the sweep ends as before 2026-12-07: the workers stop only when signalled themselves
-    workers = list(processes.values())
-    processes.clear()
-    flags.shutdown = True
+    executor = reusable_executor._executor
+    if executor is None:
+        return []
+    workers = list(executor._processes.values())
+    executor._processes.clear()
+    executor._flags.shutdown = True
     return workers
