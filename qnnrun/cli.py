@@ -549,8 +549,9 @@ def check_overrides(config_name: str, args: list[str]) -> None:
             how = (f"a value that holds =, spaces, commas or brackets as text needs quotes, e.g. "
                    f"{key}={quote}{value}{quote}")
             if value.lstrip().startswith("{"):  # quoting it makes a string, not the mapping it meant
-                how = ("a mapping's keys are written without quotes, a glob's brackets escaped with \\, e.g. "
-                       f"{key}={{features.1: 8, features.\\[45\\]: 4, classifier: {{w: 4, a: 8}}}}")
+                how = "a mapping's keys are written without quotes, a glob's brackets escaped with \\, e.g. " + (
+                    f"{key}={{features.1: 8, features.\\[45\\]: 4, classifier: {{w: 4, a: 8}}}}"
+                    if key.lstrip("+~") == "quant.layer_bits" else f"{key}={{name: 1, other: {{a: 2}}}}")
             raise QnnrunError(f"{override} is not an override Hydra can read ({str(error).strip().splitlines()[0]});"
                               f" {how}") from None
     job = _first_job(parsed)

@@ -65,7 +65,8 @@ def check_number(key: str, value: Any, low: float | None = None, high: float | N
     """``value`` as a finite float within the bounds given (``low`` excluded and ``high`` included by
     default), or a QnnrunError stating them, e.g. "expected a number in (0, 1]" (inf and nan are no
     setting of any option: where no bound excluded them, a run failed at its first step)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int) or math.isfinite(value))  # math.isfinite overflows on a huge int
     if ok and low is not None:
         ok = value >= low if low_closed else value > low
     if ok and high is not None:

@@ -72,7 +72,7 @@ class ShiftAdaMax(torch.optim.Optimizer):
 
 # The optimizers of conf/optim by name: (optim config, parameter groups) -> optimizer. torch's own
 # run fused (one kernel per step over all of a group's parameters, on the CPU as on CUDA): the same
-# update as their for-loop form (SGD's bit for bit, Adam's within float rounding), and on a large
+# update as their for-loop form (within float rounding: most of SGD's tensors bit for bit), and on a large
 # layer several times faster, since the per-element passes over the weights cost more than the
 # matrix products there (docs/speed.md). A checkpoint resumes with the form it was saved with.
 OPTIMIZERS: dict[str, Callable[[DictConfig, list[dict[str, Any]]], torch.optim.Optimizer]] = {

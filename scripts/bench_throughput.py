@@ -76,7 +76,7 @@ class Variant:
     channels_last: bool = False
     bf16: bool = False
     recompute: bool = False  # trainer.recompute_quant (eager only: a compiled graph makes its own choice)
-    unfused: bool = False  # the optimizer's for-loop form in place of the fused one qnnrun builds
+    unfused: bool = False  # torch's default optimizer form (for-loop on a CPU, foreach on CUDA), not the fused one
 
     def label(self) -> str:
         parts = ["compile" if self.compile else "eager"]
@@ -194,9 +194,9 @@ class Trainer:
         self.method.on_epoch_start(self.model, self.epoch, plan_epochs)
         self.model.train()
         self.optimizer = build_optimizer(cfg.optim, self.method.param_groups(self.model, cfg.optim.weight_decay))
-        if variant.unfused:  # as a checkpoint saved by the for-loop form sets it on resume
+        if variant.unfused:  # torch's default form, as a checkpoint saved before sets it on resume
             for group in self.optimizer.param_groups:
-                group["fused"] = False
+                group["fused"] = None
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: method_lr_factor(cfg.sched, self.method, step, self.steps_per_epoch))
         self.criterion = self.method.criterion(float(cfg.trainer.label_smoothing))

@@ -60,8 +60,8 @@ def test_option_composes_and_builds(group: str, option: str, tmp_path: Path) -> 
     assert optimizer.param_groups[0]["lr"] == cfg.optim.lr
     # torch's optimizers run fused, over every parameter a method hands them (steps, clipping levels).
     assert all(g.get("fused", cfg.optim.name == "shift_adamax") for g in optimizer.param_groups)
-    for group in optimizer.param_groups:
-        for param in group["params"]:
+    for params in optimizer.param_groups:
+        for param in params["params"]:
             param.grad = torch.zeros_like(param)
     optimizer.step()
     factors = [lr_factor(cfg.sched, step, 10, 5) for step in range(50)]

@@ -71,9 +71,9 @@ def test_a_search_whose_first_trials_all_fail_stops_in_one_line(tmp_path: Path, 
     code, _, err = run_cli([*SEARCH, f"hydra.sweep.dir={sweep}", f"trainer.distill.teacher={tmp_path / 'none'}"],
                            tmp_path, capsys, monkeypatch)
     assert code == 1 and err.strip().splitlines()[-1] == (
-        "qnnrun: error: the first 3 trials of the search failed (their summary.json and the log say why): fix what "
-        "they share outside the command (data, files), then continue with resume=true; a changed setting is a new "
-        "search (another hydra.sweep.dir)")
+        "qnnrun: error: 3 trials failed and none of the search has completed (their summary.json and the log say "
+        "why): fix what they share outside the command (data, files), then continue with resume=true; a changed "
+        "setting is a new search (another hydra.sweep.dir)")
     assert [t.state.name for t in _study(sweep).trials] == ["FAIL"] * 3
     statuses = [s["status"] for s in _summaries(sweep).values()]
     assert "failed" in statuses and set(statuses) <= {"failed", "duplicate"}  # a trial may redraw a failed one
@@ -88,7 +88,7 @@ def test_a_search_whose_first_trials_all_fail_stops_in_one_line(tmp_path: Path, 
     # Continued before the fix: the failed trials run again, fail again and stop it again. As no trial of
     # the search has completed, they are not failed for good: the fault may be the one they share.
     code, _, err = run_cli(resume, tmp_path, capsys, monkeypatch)
-    assert code == 1 and err.strip().splitlines()[-1].startswith("qnnrun: error: the first 3 trials of the search")
+    assert code == 1 and err.strip().splitlines()[-1].startswith("qnnrun: error: 3 trials failed and none of the")
     assert [t.state.name for t in _study(sweep).trials] == ["FAIL"] * 6 and sorted(_summaries(sweep)) == folders
 
     # The fix (the teacher file made), then the same command continues: the failed trials run again in

@@ -255,9 +255,9 @@ class _SearchLauncher:
             for trial in study.trials:  # this batch's: failed, not cut off
                 if trial.state == optuna.trial.TrialState.RUNNING:
                     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            _fail(f"the first {self.count} trials of the search failed (their summary.json and the log say why): "
-                  f"fix what they share outside the command (data, files), then continue with resume=true; a "
-                  f"changed setting is a new search (another hydra.sweep.dir)")
+            _fail(f"{self.count} trials failed and none of the search has completed (their summary.json and the log "
+                  f"say why): fix what they share outside the command (data, files), then continue with resume=true; "
+                  f"a changed setting is a new search (another hydra.sweep.dir)")
         return returns
 
 

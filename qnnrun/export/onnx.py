@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from qnnrun.errors import QnnrunError
 from qnnrun.export.grids import probe_batch, weight_codes
 from qnnrun.metrics.bops import layer_costs, layer_widths
+from qnnrun.quant.convert import layer_name
 from qnnrun.quant.grids import RoundGrid
 from qnnrun.quant.layers import QuantConv2d, QuantLayer, quant_layers
 
@@ -136,9 +137,9 @@ def qdq_model(model: nn.Module, example: Tensor) -> nn.Module:
         hook.remove()
     for name, layer in quant_layers(qdq):
         if layer.weight_quant is None:
-            raise QnnrunError(f"{name} has float weights and a quantized input: format=onnx takes models whose "
-                              f"quantized layers quantize their weights (bits.w 2-8)")
-        qdq.set_submodule(name, QdqLayer(name, layer, inputs[name]))
+            raise QnnrunError(f"{layer_name(layer, name)} has float weights and a quantized input: format=onnx takes "
+                              f"models whose quantized layers quantize their weights (bits.w 2-8)")
+        qdq.set_submodule(name, QdqLayer(layer_name(layer, name), layer, inputs[name]))
     return qdq
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections import defaultdict
-
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any, ClassVar

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 
 from omegaconf import DictConfig
 from torch import Tensor, nn
@@ -10,11 +11,14 @@ from torch import Tensor, nn
 from qnnrun.methods.base import Method, no_layer_matches
 from qnnrun.quant.convert import FLOAT_BITS, forward_order
 
+log = logging.getLogger("qnnrun")
+
 
 class FloatMethod(Method):
     """Trains the float model as it is; ``bits`` and ``quant.layer_bits`` are ignored (counted as 32 in
-    BOPs and size), so that a sweep over methods shares one set of rules. A rule's pattern must still
-    name a layer of the model: a typo is no less a typo in the float run."""
+    BOPs and size), so that a sweep over methods shares one set of rules. A pattern that names no layer
+    of the model gets a warning (a typo is no less a typo in the float run; not an error, so that a
+    float run saved with one still evaluates, exports and resumes)."""
 
     name = "fp"
     fixed_bits = FLOAT_BITS
@@ -28,5 +32,6 @@ class FloatMethod(Method):
             names = forward_order(model, example_input)
             for rule in self.ignored_rules:
                 if not any(fnmatch.fnmatchcase(name, rule.pattern) for name in names):
-                    raise no_layer_matches(rule.pattern, self.cfg.model.name, names)
+                    log.warning("%s (method=fp ignores the rules)", no_layer_matches(rule.pattern, self.cfg.model.name,
+                                                                                    names))
         return super().build(model, example_input)

@@ -425,7 +425,9 @@ def test_onnx_qdq_graph_predicts_like_pytorch(runs: Runs, digits_test, tmp_path:
     assert all(np.abs(w.astype(np.int32)).max() <= SATURATION_FREE for w in integer_weights if w.dtype == np.int8)
     # Without graph optimizations onnxruntime runs the QDQ semantics as written; its default
     # optimizations round the float biases to int32 (units of s_in * s_w), which may move an
-    # output of a low-bit layer by half a unit (0-2 of 360 predictions in the runs seen): at most 1%.
+    # output of a low-bit layer by half a unit: 0-2 of 360 predictions in these runs, 14 of 360 (3.9%) for an
+    # nbn W2 LeNet-5 an audit trained, so how many depends on the trained weights; a gross break (a wrong
+    # graph) still fails the bound of 5%.
     plain = ort.SessionOptions()
     plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for options, exact in ((plain, True), (ort.SessionOptions(), False)):
@@ -437,7 +439,7 @@ def test_onnx_qdq_graph_predicts_like_pytorch(runs: Runs, digits_test, tmp_path:
                 got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0]).argmax(1)
                 differ += int((expected != got).sum())
                 images += x.shape[0]
-        allowed = 0 if exact else images // 100
+        allowed = 0 if exact else images // 20
         assert differ <= allowed, f"{name}: {differ} of {images} predictions differ between onnxruntime and PyTorch"
 
 
