@@ -169,6 +169,48 @@ def test_sigterm_stops_a_joblib_sweep_without_starting_its_queued_jobs(tmp_path:
     assert not list(sweep.glob("*/summary.json"))  # stopped runs are unfinished, not failed
 
 
+@pytest.mark.slow
+def test_sigterm_to_the_sweeps_command_alone_stops_its_workers_and_a_resume_continues_their_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``kill PID`` or ``timeout`` may signal a local sweep's command alone: it exits at once, and its
+    workers, which no signal reached, see it gone at their next step and stop as if by SIGTERM, with
+    their checkpoints. Before, they trained on as orphans, and a resume failed their runs ("is being
+    trained by process N")."""
+    sweep = tmp_path / "sweep"
+    args = ["train", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", *TINY, "trainer.epochs=30",
+            "dataset.batch_size=256", "bits.w=2,3,4", "method=ste", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "QNNRUN_DATA": str(tmp_path / "data"), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "qnnrun.cli", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while len(list(sweep.glob("*/last.ckpt"))) < 2 and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        assert len(list(sweep.glob("*/last.ckpt"))) == 2 and process.poll() is None
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)  # the workers share its pipes: closed once they have gone
+    except BaseException:  # no worker left training beyond the test
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert len(re.findall(r"qnnrun: stopped by SIGTERM at (the end of )?epoch \d+", err)) == 2, err
+    deadline = time.monotonic() + 60
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(process.pid), "a worker outlived the command"
+    cut = sorted(p.parent for p in sweep.glob("*/last.ckpt"))
+    assert len(cut) == 2 and not list(sweep.glob("*/summary.json"))
+    assert all("has gone: stopping as if by SIGTERM" in (run / "train.log").read_text() for run in cut)
+    assert sorted(p.name.split("_")[0] for p in sweep.iterdir() if (p / "train.log").exists()) == ["0", "1"]
+
+    code, _, err = run_cli([*args, "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    runs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    assert len(runs) == 3 and set(cut) <= set(runs)  # the cut runs continued in their folders, the third ran
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["epochs"] == 30
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -6,7 +6,9 @@ group). Each job writes its checkpoint, says so in one line and exits ``128 + si
 own process used to wait in joblib and then print joblib's ``TerminatedWorkerError`` as a traceback
 with exit code 1 (Ctrl-C), and joblib, once one worker had gone, could stop the others before they
 had written their checkpoints. While its jobs run, this launcher's process instead ends at the first
-signal with one line and ``128 + signum``, leaving the workers to finish their own stops.
+signal with one line and ``128 + signum``, leaving the workers to finish their own stops. Signalled
+alone (``kill PID``, ``timeout``), it exits the same way, and each worker stops at its next step when
+it finds its parent gone (:class:`qnnrun.stop.StopRequest`).
 """
 
 from __future__ import annotations
