@@ -117,7 +117,8 @@ QuantizerFactory = Callable[[nn.Module, int], "Quantizer | None"]
 
 # Where a method moves a layer after conversion (the binary nets wrap the last one with their output
 # BatchNorm: ``classifier`` becomes ``classifier.0``), the layer keeps under this attribute the name
-# quant.layer_bits rules match, which the BOPs table, summary.json and the exports show.
+# quant.layer_bits rules match, which the BOPs table, summary.json, HParams and the ONNX export show
+# (the integer export's records keep the module path, by which they are loaded).
 LAYER_NAME_ATTR = "qnnrun_layer_name"
 
 
