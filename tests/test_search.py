@@ -135,6 +135,31 @@ def test_a_failed_trial_runs_again_once_and_then_leaves_its_place_to_new_trials(
     assert _study(sweep).user_attrs["qnnrun_run_again"] == [0, 3, 4]
 
 
+@pytest.mark.slow
+def test_trials_a_cut_resume_queued_run_in_their_own_folders(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume queues the failed trials to run again (optuna WAITING trials) and marks them run again;
+    cut off before they started, they were left queued, and the next resume, finding nothing to queue,
+    let optuna run them in new job folders beside their own. Here the cut resume is written into the
+    study as it leaves it (NSGA-II, seed 0: trials 0, 3 and 4 draw features.1=9, which fails)."""
+    sweep = tmp_path / "search"
+    command = [*SEARCH, "search.features_1=choice(2,9)", f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=5"]
+    code, _, err = run_cli(command, tmp_path, capsys, monkeypatch)
+    assert code == 1 and "3 job(s) of the sweep failed" in err, err
+    folders = sorted(_summaries(sweep))
+    study = _study(sweep)
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    for trial in failed:
+        study.enqueue_trial(trial.params)
+    study.set_user_attr("qnnrun_run_again", [t.number for t in failed])
+    assert [t.state.name for t in _study(sweep).trials][5:] == ["WAITING"] * 3
+
+    code, _, err = run_cli([*command, "resume=true"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and "3 job(s) of the sweep failed" in err, err
+    assert [t.state.name for t in _study(sweep).trials][5:] == ["FAIL"] * 3  # the queued trials ran
+    assert sorted(_summaries(sweep)) == folders  # in their own folders: no new one
+
+
 def test_a_trial_cut_off_continues_in_its_own_folder_and_other_settings_are_refused(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A real interruption (the second trained trial stopped at the start of its second epoch, after

@@ -71,6 +71,7 @@ class OptunaSearch(OptunaSweeper):
         existing = ({s.study_name for s in optuna.get_all_study_summaries(storage=impl.storage)}
                     if not sqlite or Path(impl.storage[len("sqlite:///"):]).is_file() else set())
         again: list[Any] = []
+        waiting = False  # trials an earlier resume queued to run again, cut off before they started
         if impl.study_name in existing:
             if not self.resume:
                 _fail(f"{self.sweep_dir} holds the search {impl.study_name!r} already: continue it with "
@@ -102,6 +103,7 @@ class OptunaSearch(OptunaSweeper):
                     study.enqueue_trial(trial.params)
                 if failed:
                     failed_before.add(study.get_trials(deepcopy=False)[-1].number)  # the trial just queued
+            waiting = any(t.state == optuna.trial.TrialState.WAITING for t in study.trials)
             study.set_user_attr(RUN_AGAIN, sorted(done | {t.number for t in again}))
             study.set_user_attr(FAILED_BEFORE, sorted(failed_before))
             impl.job_idx = _next_job_number(self.sweep_dir)  # new trials' job folders follow the old ones
@@ -117,7 +119,8 @@ class OptunaSearch(OptunaSweeper):
         # What `qnnrun train ... resume=true` without hydra.sweep.dir looks for (qnnrun.sweep.find_sweep).
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         impl.launcher = _SearchLauncher(impl.launcher, 0 if completed else FIRST_FAILURES, impl.storage,
-                                        impl.study_name, _unfinished_folders(self.sweep_dir) if again else {})
+                                        impl.study_name,
+                                        _unfinished_folders(self.sweep_dir) if again or waiting else {})
         return impl.sweep(arguments)
 
 
