@@ -37,7 +37,7 @@ from qnnrun.checkpoint import (FORMAT, LAST_CKPT, check_output_folder, checkpoin
 from qnnrun.config import PRECISIONS
 from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
-from qnnrun.methods import METHODS, Method
+from qnnrun.methods import METHODS, Method, fixed_bits
 from qnnrun.quant.convert import BIT_WIDTHS, FLOAT_BITS, LAYER_POLICIES
 from qnnrun.schema import saved_config
 
@@ -351,7 +351,7 @@ def run_folder_name(prefix: str, method: str | None, weight_bits: Any, act_bits:
     whatever ``bits`` says are its own (``bnn_w1a1``). ``method`` is ``None`` where Hydra composes its
     own config alone (``--cfg hydra``): the name then holds what the command line gives."""
     settings: dict[str, Any] = {} if method is None else {"method": method}
-    fixed = METHODS[method].fixed_bits if method in METHODS else None
+    fixed = None if method is None else fixed_bits(method)
     if method is not None and fixed != FLOAT_BITS:
         settings.update({"bits.w": fixed or weight_bits, "bits.a": fixed or act_bits})
     given = name_settings(overrides)

@@ -70,8 +70,7 @@ class OptunaSearch(OptunaSweeper):
         sqlite = impl.storage.startswith("sqlite:///")  # asked only once the file is there: asking creates it
         existing = ({s.study_name for s in optuna.get_all_study_summaries(storage=impl.storage)}
                     if not sqlite or Path(impl.storage[len("sqlite:///"):]).is_file() else set())
-        again: list[Any] = []
-        waiting = False  # trials an earlier resume queued to run again, cut off before they started
+        waiting = False  # trials queued to run again: by this resume, or by an earlier one cut off before they started
         if impl.study_name in existing:
             if not self.resume:
                 _fail(f"{self.sweep_dir} holds the search {impl.study_name!r} already: continue it with "
@@ -120,7 +119,7 @@ class OptunaSearch(OptunaSweeper):
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         impl.launcher = _SearchLauncher(impl.launcher, 0 if completed else FIRST_FAILURES, impl.storage,
                                         impl.study_name,
-                                        _unfinished_folders(self.sweep_dir) if again or waiting else {})
+                                        _unfinished_folders(self.sweep_dir) if waiting else {})
         return impl.sweep(arguments)
 
 

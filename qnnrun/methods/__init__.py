@@ -23,6 +23,13 @@ METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (FloatMethod, Direc
                                                           LayerByLayer, FilterByFilter, NeuronByNeuron)}
 
 
+def fixed_bits(name: str) -> int | None:
+    """The width method ``name`` runs at whatever ``bits`` says (fp 32, bnn 1); None for the other
+    methods and for a name no method has."""
+    method = METHODS.get(name)
+    return None if method is None else method.fixed_bits
+
+
 def build_method(cfg: DictConfig) -> Method:
     """The method named by ``cfg.method.name``, configured from the whole run config."""
     name = cfg.method.name
@@ -31,4 +38,4 @@ def build_method(cfg: DictConfig) -> Method:
     return METHODS[name](cfg)
 
 
-__all__ = ["METHODS", "Method", "build_method"]
+__all__ = ["METHODS", "Method", "build_method", "fixed_bits"]

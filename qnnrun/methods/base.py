@@ -134,7 +134,7 @@ class Method:
         unmatched = [rule.pattern for rule in self.layer_rules if rule.pattern not in matched]
         if unmatched:
             pattern = unmatched[0]
-            if any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            if not matches_no_layer(pattern, names):
                 raise QnnrunError(f"quant.layer_bits: every layer {pattern!r} matches is matched by an earlier "
                                   f"pattern (the first match wins): put it before them")
             raise no_layer_matches(pattern, self.cfg.model.name, names)
@@ -237,6 +237,11 @@ class Method:
     def restore_model(self, model: nn.Module) -> None:
         """Redo on a freshly built ``model``, after its state dict and this method's were loaded, the
         changes of structure that the method's state implies (none by default)."""
+
+
+def matches_no_layer(pattern: str, names: Sequence[str]) -> bool:
+    """Whether the ``quant.layer_bits`` glob ``pattern`` matches none of the layer ``names``."""
+    return not any(fnmatch.fnmatchcase(name, pattern) for name in names)
 
 
 def no_layer_matches(pattern: str, model: str, names: Sequence[str]) -> QnnrunError:

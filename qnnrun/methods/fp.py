@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qnnrun.methods.base import Method, no_layer_matches
+from qnnrun.methods.base import Method, matches_no_layer, no_layer_matches
 from qnnrun.quant.convert import FLOAT_BITS, forward_order
 
 log = logging.getLogger("qnnrun")
@@ -31,7 +30,7 @@ class FloatMethod(Method):
         if self.ignored_rules:
             names = forward_order(model, example_input)
             for rule in self.ignored_rules:
-                if not any(fnmatch.fnmatchcase(name, rule.pattern) for name in names):
+                if matches_no_layer(rule.pattern, names):
                     log.warning("%s (method=fp ignores the rules)", no_layer_matches(rule.pattern, self.cfg.model.name,
                                                                                     names))
         return super().build(model, example_input)

@@ -397,12 +397,12 @@ def _check_against_config(run: Run, record: Mapping[str, Any]) -> None:
     bits), or whose ``.hydra/overrides.yaml`` gives a plain value that config does not hold: a record
     edited by hand or copied from another run. Where the config does not say (no file, an older
     layout), nothing is compared."""
-    from qnnrun.methods import METHODS
+    from qnnrun.methods import fixed_bits
 
     config, identity = run.config, run.identity
     assert identity is not None
     one_width = not identity.mixed and not _layer_rules(config)
-    fixed = METHODS[identity.method].fixed_bits if identity.method in METHODS else None
+    fixed = fixed_bits(identity.method)
     if fixed is not None and isinstance(config.get("bits"), dict):  # fp runs at 32, bnn at 1, whatever bits says
         config = {**config, "bits": {"w": fixed, "a": fixed}}
     allowed = {"epochs": {str(step["epochs_before"]) for step in record.get("extensions") or []}}
