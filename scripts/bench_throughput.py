@@ -6,7 +6,7 @@ device, eager and, with ``--compile``, through ``torch.compile``, and prints one
 images/s, the ratio to the float fp32 eager step of the same model (always measured first), peak
 GPU memory and its ratio to float's, the memory saved for backward, and the compile warm-up.
 ``--channels-last``, ``--bf16``, ``--recompute`` (``trainer.recompute_quant``) and ``--unfused``
-(the optimizer's for-loop form, which qnnrun replaced by torch's fused one) add those variants;
+(the optimizer's default form, for-loop on a CPU, which qnnrun replaced by the fused one) add those variants;
 ``--epoch`` also times whole epochs through the project's data loader (``TensorLoader``: uint8
 images on the device, shuffled, cropped and flipped there; random CIFAR-sized data, so no files are
 read) against the pure train step of the same configuration.
@@ -599,7 +599,7 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="add channels_last variants")
     parser.add_argument("--bf16", action="store_true", help="add bf16-autocast variants")
     parser.add_argument("--unfused", action="store_true",
-                        help="add variants whose optimizer runs its for-loop form (qnnrun builds the fused one)")
+                        help="add variants whose optimizer runs torch's default form (qnnrun builds the fused one)")
     parser.add_argument("--recompute", action="store_true",
                         help="add eager variants with trainer.recompute_quant (quantized inputs replayed in backward)")
     parser.add_argument("--epoch", action="store_true", help="also time whole epochs through the data loader")
