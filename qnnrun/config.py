@@ -12,6 +12,7 @@ from qnnrun import CONFIG_DIR
 from qnnrun.errors import QnnrunError
 from qnnrun.quant.convert import BIT_WIDTHS, FLOAT_BITS, LAYER_POLICIES, QUANT_BITS, LayerBits, LayerRule
 from qnnrun.quant.functional import ESTIMATORS
+from qnnrun.schema import QuantConf
 
 VALID_BITS = f"integers {QUANT_BITS[0]}-{QUANT_BITS[-1]}, or {FLOAT_BITS} for float"
 PRECISIONS = ("fp32", "bf16")
@@ -150,6 +151,24 @@ def method_options(name: str) -> list[str] | None:
     return sorted(set(OmegaConf.load(path).method.keys()) - {"name"})
 
 
+def override_text(value: Any) -> str:
+    """``value`` as a command-line override writes it: ``true``, ``false``, ``null``, else ``str``."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def method_quant_defaults(name: str) -> dict[str, Any]:
+    """The ``quant.*`` options ``method=<name>`` runs with where nothing else sets them: the schema's
+    defaults with its ``conf/method/<name>.yaml``'s ``quant:`` over them (the schema's for a name with
+    no config file)."""
+    defaults = OmegaConf.structured(QuantConf)
+    path = CONFIG_DIR / "method" / f"{name}.yaml"
+    if path.is_file():
+        defaults.merge_with(OmegaConf.load(path).get("quant") or {})
+    return OmegaConf.to_container(defaults)
+
+
 def unused_method_options(cfg: DictConfig) -> list[str]:
     """The keys under ``cfg.method`` that the method has no option for, sorted (none for a method
     name with no config file).
@@ -166,7 +185,7 @@ def warn_unused_method_options(cfg: DictConfig, log: logging.Logger) -> None:
     unused = unused_method_options(cfg)
     if unused:
         log.warning("method=%s has no option %s, ignored (its options: %s)", cfg.method.name,
-                    ", ".join(f"method.{key}={cfg.method[key]}" for key in unused),
+                    ", ".join(f"method.{key}={override_text(cfg.method[key])}" for key in unused),
                     ", ".join(method_options(cfg.method.name)) or "none")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,9 +13,11 @@ from omegaconf import DictConfig
 
 from qnnrun.build import build_quantized_model, example_input
 from qnnrun.cli import CONFIG_DIR
-from qnnrun.config import method_options, unused_method_options, validate_train, warn_unused_method_options
+from qnnrun.config import (method_options, method_quant_defaults, override_text, unused_method_options,
+                           validate_train, warn_unused_method_options)
 from qnnrun.data import DataInfo, dataset_info
-from qnnrun.methods import METHODS
+from qnnrun.methods import METHODS, ignored_quant_options, warn_ignored_quant_options
+from qnnrun.methods.base import COMMON_QUANT_OPTIONS
 from qnnrun.optim import build_optimizer, lr_factor
 
 GROUPS = ("model", "dataset", "method", "bits", "optim", "sched", "trainer")
@@ -114,6 +118,7 @@ def test_experiment_preset_composes_and_builds_at_every_sweep_value(experiment: 
         stray = unused_method_options(cfg)
         expected = ["alpha", "alpha_end"] if (experiment, cfg.method.name) == ("aqe_cifar10", "bnn") else []
         assert stray == expected, (point, stray)
+        assert ignored_quant_options(cfg) == [], point
 
 
 def test_experiment_method_files_name_an_experiment_and_a_method() -> None:
@@ -185,3 +190,97 @@ def test_a_method_key_the_method_has_no_option_for_is_named_in_a_warning(
         "(its options: act_init, learned_offset, low_bit_weight_decay, min_step_ratio)"]
     assert warnings("experiment=bnn_cifar10") == []
     assert warnings("method=lsq", "method.act_init=mse") == []
+
+
+def _warnings(call, caplog: pytest.LogCaptureFixture, cfg: DictConfig) -> list[str]:
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="test_config"):
+        call(cfg, logging.getLogger("test_config"))
+    return [record.getMessage() for record in caplog.records]
+
+
+def test_a_quant_option_the_method_does_not_read_is_named_in_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def warnings(*overrides: str) -> list[str]:
+        return _warnings(warn_ignored_quant_options, caplog, compose_config(list(overrides), data_dir=tmp_path))
+
+    assert warnings("method=lsq", "quant.fold_bn=true", "quant.estimator=ste") == [
+        "method=lsq does not read quant.estimator=ste, quant.fold_bn=true, ignored (the quant options of its own: "
+        "per_channel)"]
+    assert warnings("method=pact", "quant.per_channel=false") == [
+        "method=pact does not read quant.per_channel=false, ignored (the quant options of its own: none)"]
+    # Read by the method, or shared by every method, or at the method's own default: no warning.
+    assert warnings("method=ste", "quant.fold_bn=true", "quant.init=mmse") == []
+    assert warnings("method=lsq", "quant.per_channel=true", "quant.first_layer=fp", "quant.calib_batches=2") == []
+    assert warnings("method=sq", "quant.estimator=ste", "quant.per_channel=true") == []  # sq.yaml's estimator
+
+
+# A value other than each default for every quant option a method may not read.
+OTHER_VALUE = {"per_channel": lambda v: not v, "narrow_range": lambda v: not v, "fold_bn": lambda v: not v,
+               "estimator": lambda v: "ste" if v == "clipped" else "clipped", "ema_momentum": lambda v: 0.5,
+               "init": lambda v: "mmse" if v == "maxabs" else "maxabs"}
+
+
+def _two_steps(cfg: DictConfig) -> list[Any]:
+    """Logits, then the state (tensors, quantizers' extra states) of ``cfg``'s model (the default
+    digits MLP) built by its method, calibrated on one batch and trained two SGD steps on others
+    through the engine's hooks (seeded: equal for equal configs)."""
+    info = dataset_info(cfg.dataset)
+    torch.manual_seed(0)
+    model, method = build_quantized_model(cfg, info, torch.device("cpu"))
+    batches = [torch.randn(16, info.in_channels, info.image_size, info.image_size) * 2 for _ in range(3)]
+    labels = torch.randint(0, info.num_classes, (16,))
+    method.plan(1, len(batches) - 1)
+    method.prepare(model, [batches[0] * 0.05])  # ranges training inputs exceed: the estimators differ there
+    optimizer = build_optimizer(cfg.optim, method.param_groups(model, cfg.optim.weight_decay))
+    model.train()
+    method.on_epoch_start(model, 0, 1)
+    for step, images in enumerate(batches[1:]):  # the engine's hooks, in its order
+        method.before_step(model, step)
+        logits = model(images)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+        optimizer.step()
+        method.after_optimizer_step(model, step)
+    return [logits.detach(), *model.state_dict().values()]
+
+
+def _same(a: list[Any], b: list[Any]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+                                    for x, y in zip(a, b))
+
+
+def _with_quant(cfg: DictConfig, key: str) -> DictConfig:
+    """``cfg`` with ``quant.<key>`` at another value than the method's default."""
+    changed = copy.deepcopy(cfg)
+    changed.quant[key] = OTHER_VALUE[key](method_quant_defaults(cfg.method.name)[key])
+    return changed
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if set(OTHER_VALUE) - METHODS[m].quant_options))
+def test_quant_options_a_method_does_not_read_change_nothing(method: str, tmp_path: Path) -> None:
+    """What :func:`ignored_quant_options` warns about is true: a quant option neither shared by every
+    method nor declared by this one (``Method.quant_options``) leaves two training steps as they were."""
+    cfg = compose_config([f"method={method}", "model.widths=[32,32]"], data_dir=tmp_path)
+    assert ignored_quant_options(cfg) == []  # the method's own config (conf/method/<name>.yaml) warns of nothing
+    base = _two_steps(cfg)
+    for key in sorted(set(OTHER_VALUE) - METHODS[method].quant_options):
+        changed = _with_quant(cfg, key)
+        assert ignored_quant_options(changed) == [f"quant.{key}={override_text(changed.quant[key])}"]
+        assert _same(_two_steps(changed), base), (method, key)
+
+
+def test_the_two_steps_see_a_quant_option_change(tmp_path: Path) -> None:
+    """The comparison above can fail: ste reads every quant option, and each but narrow_range changes
+    its two steps (its weights' max-abs ranges never reach the code a narrow range drops; its inputs
+    are unsigned)."""
+    cfg = compose_config(["method=ste", "model.widths=[32,32]"], data_dir=tmp_path)
+    base = _two_steps(cfg)
+    assert set(OTHER_VALUE) == METHODS["ste"].quant_options
+    for key in sorted(set(OTHER_VALUE) - {"narrow_range"}):
+        changed = _with_quant(cfg, key)
+        assert ignored_quant_options(changed) == []
+        assert not _same(_two_steps(changed), base), key
+    assert not COMMON_QUANT_OPTIONS & set(OTHER_VALUE)

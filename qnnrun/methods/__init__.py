@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig
 
+from qnnrun.config import method_quant_defaults, override_text
 from qnnrun.errors import QnnrunError
 from qnnrun.methods.aqe import AsymptoticQuantizedEstimator
-from qnnrun.methods.base import Method
+from qnnrun.methods.base import COMMON_QUANT_OPTIONS, Method
 from qnnrun.methods.bnn import BinarizedNet, QuantizedNet
 from qnnrun.methods.dorefa import DoReFa
 from qnnrun.methods.fp import FloatMethod
@@ -30,6 +33,28 @@ def fixed_bits(name: str) -> int | None:
     return None if method is None else method.fixed_bits
 
 
+def ignored_quant_options(cfg: DictConfig) -> list[str]:
+    """``quant.<key>=<value>`` for each ``quant.*`` option of ``cfg`` that its method does not read
+    (:data:`~qnnrun.methods.base.COMMON_QUANT_OPTIONS` and :attr:`Method.quant_options` are what it
+    reads) and that is set away from the method's own default (a ``quant.fold_bn=true`` given to lsq),
+    sorted by key; none for a name no method has."""
+    method = METHODS.get(cfg.method.name)
+    if method is None:
+        return []
+    defaults = method_quant_defaults(cfg.method.name)
+    unread = sorted(set(cfg.quant) - COMMON_QUANT_OPTIONS - method.quant_options)
+    return [f"quant.{key}={override_text(cfg.quant[key])}" for key in unread if cfg.quant[key] != defaults[key]]
+
+
+def warn_ignored_quant_options(cfg: DictConfig, log: logging.Logger) -> None:
+    """Warn in one line about :func:`ignored_quant_options`, naming the method's own quant options."""
+    ignored = ignored_quant_options(cfg)
+    if ignored:
+        own = ", ".join(sorted(METHODS[cfg.method.name].quant_options)) or "none"
+        log.warning("method=%s does not read %s, ignored (the quant options of its own: %s)", cfg.method.name,
+                    ", ".join(ignored), own)
+
+
 def build_method(cfg: DictConfig) -> Method:
     """The method named by ``cfg.method.name``, configured from the whole run config."""
     name = cfg.method.name
@@ -38,4 +63,4 @@ def build_method(cfg: DictConfig) -> Method:
     return METHODS[name](cfg)
 
 
-__all__ = ["METHODS", "Method", "build_method", "fixed_bits"]
+__all__ = ["METHODS", "Method", "build_method", "fixed_bits", "ignored_quant_options", "warn_ignored_quant_options"]

@@ -31,6 +31,7 @@ def level_kind(bits: int) -> str:
 
 class AsymptoticQuantizedEstimator(LatentWeightMethod):
     name = "aqe"
+    quant_options = frozenset({"ema_momentum"})  # of the binarisation thresholds
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)

@@ -34,6 +34,12 @@ from qnnrun.quant.layers import quant_layers
 from qnnrun.quant.quantizers import Quantizer
 
 
+# The ``quant.*`` options every method reads: the layer widths (the build's policy and rules), the
+# calibration batches and the BatchNorm re-estimation (the engine's).
+COMMON_QUANT_OPTIONS = frozenset({"first_layer", "last_layer", "image_input_bits", "layer_bits", "calib_batches",
+                                  "bn_reestimate_batches"})
+
+
 class Method:
     """Base class of every ``method=...``; subclasses choose quantizers and override hooks.
 
@@ -59,6 +65,9 @@ class Method:
     # progression, SQ's ratios, AQE's rising alpha); None when nothing is. extend=true would lay it out
     # again over the new length, so a run of such a method is not extended.
     epoch_schedule: str | None = None
+    # The ``quant.*`` options the method's quantizers read besides :data:`COMMON_QUANT_OPTIONS`; one of
+    # the others set away from the method's default is named in a warning (``methods.ignored_quant_options``).
+    quant_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg

@@ -63,6 +63,7 @@ class LearnedStepSize(Method):
     ``method.min_step_ratio`` and ``quant.per_channel``."""
 
     name = "lsq"
+    quant_options = frozenset({"per_channel"})
     # The paper starts each step from "the first batch of activations": as training computes them, with
     # batch statistics. A net trained from scratch has running statistics (0, 1), whose activations
     # gave input steps 0.25x-1.2x LSQ's rule (digits MLP, ResNet-20), small enough for the first update

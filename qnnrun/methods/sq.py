@@ -91,6 +91,7 @@ def sample_rows(weights: Tensor, count: int, generator: torch.Generator) -> Tens
 
 class StochasticQuantization(Method):
     name = "sq"
+    quant_options = frozenset({"narrow_range", "estimator", "ema_momentum"})
     epoch_schedule = "its stages' ratios"
 
     def __init__(self, cfg: DictConfig) -> None:

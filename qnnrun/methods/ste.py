@@ -25,6 +25,7 @@ from qnnrun.quant.quantizers import AffineQuantizer, Quantizer, UniformQuantizer
 
 class DirectSTE(Method):
     name = "ste"
+    quant_options = frozenset({"per_channel", "narrow_range", "estimator", "ema_momentum", "init", "fold_bn"})
 
     @property
     def mmse(self) -> bool:

@@ -44,6 +44,7 @@ def split_blocks(count: int, blocks: int) -> list[range]:
 
 class Uniq(Method):
     name = "uniq"
+    quant_options = frozenset({"narrow_range", "estimator", "ema_momentum"})  # of the activation quantizers
     static_parameters = False  # frozen blocks stop receiving gradients
     epoch_schedule = "its stages"
 
