@@ -15,7 +15,7 @@ and the paper's ``[0, 1]`` the image input is refused).
 layer's input at another fixed level ``c`` instead: ``c * quantize_k(clamp(x / c, 0, 1))``, the
 paper's quantizer on the input divided by ``c``. With ``mse`` each layer's ``c`` is the level with
 the least squared quantization error over the calibration batches (PACT's ``method.alpha_init=mse``
-search), held fixed during training (:class:`~qnnrun.quant.layers.PactQuantizer` with
+search), held fixed during training (:class:`~qnnrun.quant.learned.PactQuantizer` with
 ``learned=False``). It is for fine-tuning a trained float net, whose BatchNorm-ReLU outputs reach
 far past 1: a network trained as DoReFa from scratch learns to keep its inputs on ``[0, 1]``, a
 float net does not. Where a BatchNorm follows the quantized layer, ``c`` only rescales what it

@@ -1,6 +1,6 @@
 """Pure quantization functions with exact, documented semantics.
 
-Conventions (see ``methods.md``):
+Conventions (the project's method notes, ``shared/methods.md`` beside the repository):
 
 * ``round`` is round-half-to-even (``torch.round``), as in PyTorch's own ``fake_quantize_*``.
 * The uniform affine scheme is ``q = clamp(round(x / s) + z, qmin, qmax)``, ``x_hat = (q - z) * s``.
