@@ -35,6 +35,8 @@ LAYER_KEYS = ("quant.first_layer", "quant.last_layer")
 LAYERS = "first/last"
 # The override prefixes a float run (32-bit weights and inputs) does not read.
 FLOAT_IGNORES = ("quant.", "bits.")
+# A run within its group: its seed, and its values of the keys grouped over like the seed (--ignore).
+Replicate = tuple[int | None, tuple[str | None, ...]]
 
 
 @dataclass
@@ -44,6 +46,12 @@ class Group:
     identity: Identity
     extras: dict[str, str]
     runs: list[Run] = field(default_factory=list)
+    ignored: tuple[str, ...] = ()  # the override keys grouped over like the seed (--ignore), sorted
+
+    def replicate(self, run: Run) -> Replicate:
+        """What tells ``run`` apart within the group: its seed, and its values of the ignored keys
+        (``init_from`` when each seed fine-tunes its own float run; None where unset)."""
+        return run.seed, tuple(run.overrides.get(key, _default_text(run, key)) for key in self.ignored)
 
     @property
     def defaults(self) -> set[str]:
@@ -110,7 +118,7 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
         values = ((k, run.overrides[k] if k in run.overrides else _default_text(run, k)) for k in wanted)
         extras = {k: v for k, v in values if v is not None}
         key = (run.identity, tuple(sorted(extras.items())))
-        groups.setdefault(key, Group(run.identity, extras)).runs.append(run)
+        groups.setdefault(key, Group(run.identity, extras, ignored=tuple(sorted(ignore)))).runs.append(run)
     return [groups[key] for key in sorted(groups, key=lambda k: (k[0].dataset, k[0].model, k[0].method, k[0].mixed, k))]
 
 
@@ -124,25 +132,28 @@ def _default_text(run: Run, key: str) -> str | None:
 
 
 def drop_repeated_seeds(groups: Sequence[Group]) -> list[Problem]:
-    """Count each seed of a group once: where a seed finished in several folders given together (a run
-    copied, or trained again into another sweep folder), the first folder by path stays in the group
-    and each other one leaves it as a ``duplicate`` Problem naming both accuracies, so that means,
-    std, counts, curves and pairs never count a seed twice."""
+    """Count each replicate of a group (its seed, with its values of the ``--ignore`` keys) once:
+    where one finished in several folders given together (a run copied, or trained again into another
+    sweep folder), the first folder by path stays in the group and each other one leaves it as a
+    ``duplicate`` Problem naming both accuracies, so that means, std, counts, curves and pairs never
+    count a run twice. Runs of one seed from two ``init_from`` under ``--ignore init_from`` both count."""
     problems = []
     for g in groups:
-        first: dict[int | None, Run] = {}
+        first: dict[Replicate, Run] = {}
         kept = []
         for run in sorted(g.runs, key=lambda r: str(r.path)):
-            counted = first.get(run.seed) if run.status == DONE else None
+            counted = first.get(g.replicate(run)) if run.status == DONE else None
             if counted is None:
                 if run.status == DONE:
-                    first[run.seed] = run
+                    first[g.replicate(run)] = run
                 kept.append(run)
                 continue
+            told = "".join(f", {key}={value}" for key, value in zip(g.ignored, g.replicate(run)[1]))
             problems.append(Problem(
                 run.path, DUPLICATE,
-                f"seed {run.seed} of {g.identity.method} {g.bits_label} finished here ({run.metrics['test_acc']:.2f}%) "
-                f"and in {counted.path} ({counted.metrics['test_acc']:.2f}%): counted once, there",
+                f"seed {run.seed}{told} of {g.identity.method} {g.bits_label} finished here "
+                f"({run.metrics['test_acc']:.2f}%) and in {counted.path} ({counted.metrics['test_acc']:.2f}%): "
+                f"counted once, there",
                 tuple(run.command_line)))
         g.runs = kept
     return problems

@@ -21,10 +21,11 @@ a typo unless some runs are unfinished (a sweep in progress): then the section s
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Collection, Sequence
 
 from qnnrun.errors import QnnrunError
-from qnnrun.report.groups import Group, group_label, reads, task_suffix, varying_keys
+from qnnrun.report.groups import Group, Replicate, group_label, reads, task_suffix, varying_keys
 from qnnrun.report.records import canonical, identity_key_problem
 from qnnrun.report.tables import markdown
 
@@ -100,10 +101,21 @@ def selector_text(selector: Selector) -> str:
     return " ".join(f"{key}={value}" for key, value in selector)
 
 
-def _accuracy_by_seed(group: Group) -> dict[int, float]:
-    """Seed -> final test accuracy (%) of the group's finished runs (each seed once:
-    :func:`~qnnrun.report.groups.drop_repeated_seeds`)."""
-    return {run.seed: run.metrics["test_acc"] for run in group.done}
+def _accuracy_by_seed(group: Group) -> dict[Replicate, float]:
+    """Final test accuracy (%) of the group's finished runs by seed (each once:
+    :func:`~qnnrun.report.groups.drop_repeated_seeds`), as ``(seed, ())``; where several share a seed
+    (their ``--ignore`` keys tell them apart: two ``init_from``), by ``(seed, their values)``, which pair
+    only with the baseline's runs of that seed and those values."""
+    shared = Counter(run.seed for run in group.done)
+    return {(run.seed, group.replicate(run)[1] if shared[run.seed] > 1 else ()): run.metrics["test_acc"]
+            for run in group.done}
+
+
+def _seed_text(group: Group, replicate: Replicate) -> str:
+    """``3``, or ``3 (init_from=a/last.ckpt)`` for one of several runs of seed 3."""
+    seed, values = replicate
+    told = ", ".join(f"{key}={value}" for key, value in zip(group.ignored, values))
+    return f"{seed} ({told})" if told else str(seed)
 
 
 def paired_table(groups: Sequence[Group], selector: Selector) -> str:
@@ -120,7 +132,7 @@ def paired_table(groups: Sequence[Group], selector: Selector) -> str:
         base, why = _baseline(g, baselines, selector)
         if base is not None:
             ours, theirs = _accuracy_by_seed(g), _accuracy_by_seed(base)
-            seeds = sorted(set(ours) & set(theirs))
+            seeds = sorted(set(ours) & set(theirs), key=lambda r: (r[0] is None, r[0] or 0, str(r[1])))
             if not seeds:
                 why = "no seed in common with its baseline"
         if why:
@@ -133,7 +145,7 @@ def paired_table(groups: Sequence[Group], selector: Selector) -> str:
                  for x in (g, base)]
         rows.append([*names, len(seeds), f"{statistics.fmean(diffs):+.2f}{spread}",
                      ", ".join(f"{d:+.2f}" for d in diffs), f"{sum(d > 0 for d in diffs)} of {len(diffs)}",
-                     " ".join(str(seed) for seed in seeds)])
+                     " ".join(_seed_text(g, seed) for seed in seeds)])
     parts = [markdown(["group", "baseline", "paired seeds", "difference (points)", "per seed", "above", "seeds"], rows)
              if rows else f"No group has a baseline with {selector_text(selector)} and a seed in common."]
     if unpaired:

@@ -276,3 +276,23 @@ def test_a_baseline_or_grouping_key_no_run_has_is_one_line_naming_the_valid_ones
         main([str(runs), "--out", str(tmp_path / "out"), "--no-plots", *args])
     assert str(error.value) == message
     assert not (tmp_path / "out").exists()
+
+
+def test_runs_of_one_seed_from_two_ignored_values_both_count_and_pair_by_them(tmp_path: Path) -> None:
+    """``--ignore init_from`` groups over the float net like over the seed: two runs of seed 0 from two
+    float nets are two runs of the group (not one and a duplicate), and each pairs with the baseline's
+    run from its own float net; a seed typed twice from one float net is still one run."""
+    runs = tmp_path / "runs"
+    for net, ste, fp in (("a", 80.0, 82.0), ("b", 84.0, 85.0)):
+        for method, acc in (("ste", ste), ("fp", fp)):
+            write_run(runs / f"{method}_{net}", method, "fp", "fp", seed=0, test_acc=acc,
+                      overrides=[f"method={method}", f"init_from={net}/last.ckpt"])
+    write_run(runs / "ste_b_copy", "ste", "fp", "fp", seed=0, test_acc=84.5,
+              overrides=["method=ste", "init_from=b/last.ckpt"])
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "fp"),)], ignore=["init_from"])
+    assert "4 done" in text and "1 duplicate record" in text
+    assert ("seed 0, init_from=b/last.ckpt of ste W2A2 finished here (84.50%) and in "
+            f"{runs / 'ste_b'} (84.00%): counted once, there") in text
+    assert paired_rows(text, "method=fp") == [
+        ["ste W2A2", "fp W2A2", "2", "-1.50 ± 0.71", "-2.00, -1.00", "0 of 2",
+         "0 (init_from=a/last.ckpt) 0 (init_from=b/last.ckpt)"]]
