@@ -206,6 +206,9 @@ def validate_train(cfg: DictConfig) -> None:
         if not (value is None or isinstance(value, str) or (key == "resume" and isinstance(value, bool))):
             valid = "null or a checkpoint path" if key == "init_from" else "true, false or a checkpoint/run path"
             raise QnnrunError(f"{key}={value!r} is not valid: expected {valid}")
+    if check_bool("extend", cfg.get("extend", False)) and cfg.resume in (None, False):
+        raise QnnrunError("extend=true lengthens a run it resumes: give resume=RUN_FOLDER (or resume=true in the "
+                          "run's folder) with the longer trainer.epochs; without it a new run would start")
     check_number("optim.lr", cfg.optim.lr, 0)
     validate_optim_and_sched(cfg)
     check_number("trainer.grad_clip", cfg.trainer.grad_clip, 0, low_closed=True, high=None)

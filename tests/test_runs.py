@@ -82,6 +82,12 @@ def test_resume_path_takes_the_runs_own_config_and_an_extension_is_recorded(qnnr
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert _files(run / ".hydra") == hydra_files  # the run's own config and overrides, as it wrote them
     assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["run"]
+    # extend=true without a resume would have trained a new run in a new folder, the extension not made.
+    code, _, err = qnnrun("train", "trainer.epochs=6", "extend=true", *FAST)
+    assert code == 1 and err.strip() == (
+        "qnnrun: error: extend=true lengthens a run it resumes: give resume=RUN_FOLDER (or resume=true in the run's "
+        "folder) with the longer trainer.epochs; without it a new run would start"), err
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["run"]
 
 
 @pytest.mark.parametrize("method", [["method=uniq"], ["method=nbn"], ["method=sq"],
