@@ -42,7 +42,7 @@ from qnnrun.distill import Distillation, check_teacher, distillation
 from qnnrun.errors import QnnrunError
 # Imported into this namespace because the loop calls them from here (tests patch ``engine.evaluate``).
 from qnnrun.evaluate import EvalResult, evaluate, reestimate_batchnorm
-from qnnrun.methods import Method, build_method, warn_ignored_quant_options
+from qnnrun.methods import Method, build_method, warn_ignored_settings
 from qnnrun.metrics.bops import format_table, layer_costs, layer_widths, totals
 from qnnrun.quant.fold import folded_norms
 from qnnrun.quant.layers import fully_quantized
@@ -134,7 +134,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
     """
     validate_train(cfg)
     warn_unused_method_options(cfg, log)
-    warn_ignored_quant_options(cfg, log)
+    warn_ignored_settings(cfg, log)
     if cfg.trainer.devices > 1 and not distributed.launched_by_torchrun():
         resume_from, run_dir = resolve_resume(cfg.resume, run_dir)
         if resume_from is None:

@@ -16,7 +16,7 @@ from qnnrun.cli import CONFIG_DIR
 from qnnrun.config import (method_options, method_quant_defaults, override_text, unused_method_options,
                            validate_train, warn_unused_method_options)
 from qnnrun.data import DataInfo, dataset_info
-from qnnrun.methods import METHODS, ignored_quant_options, warn_ignored_quant_options
+from qnnrun.methods import METHODS, build_method, ignored_quant_options, warn_ignored_settings
 from qnnrun.methods.base import COMMON_QUANT_OPTIONS
 from qnnrun.optim import build_optimizer, lr_factor
 
@@ -201,10 +201,10 @@ def _warnings(call, caplog: pytest.LogCaptureFixture, cfg: DictConfig) -> list[s
     return [record.getMessage() for record in caplog.records]
 
 
-def test_a_quant_option_the_method_does_not_read_is_named_in_a_warning(
+def test_ignored_bits_and_quant_options_are_named_in_a_warning(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     def warnings(*overrides: str) -> list[str]:
-        return _warnings(warn_ignored_quant_options, caplog, compose_config(list(overrides), data_dir=tmp_path))
+        return _warnings(warn_ignored_settings, caplog, compose_config(list(overrides), data_dir=tmp_path))
 
     assert warnings("method=lsq", "quant.fold_bn=true", "quant.estimator=ste") == [
         "method=lsq does not read quant.estimator=ste, quant.fold_bn=true, ignored (the quant options of its own: "
@@ -215,6 +215,17 @@ def test_a_quant_option_the_method_does_not_read_is_named_in_a_warning(
     assert warnings("method=ste", "quant.fold_bn=true", "quant.init=mmse") == []
     assert warnings("method=lsq", "quant.per_channel=true", "quant.first_layer=fp", "quant.calib_batches=2") == []
     assert warnings("method=sq", "quant.estimator=ste", "quant.per_channel=true") == []  # sq.yaml's estimator
+    assert warnings("method=bnn", "bits=2") == [
+        "method=bnn is binary: bits.w=2 bits.a=2 ignored, running W1/A1 (method=qnn quantizes to k bits)"]
+    assert warnings("method=bnn", "bits=1") == []
+    # Once per run: building the method (a sweep job builds it twice: its folder's name, then the
+    # model) warns of nothing.
+    import logging
+
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="qnnrun"):
+        build_method(compose_config(["method=bnn", "bits=2"], data_dir=tmp_path))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # A value other than each default for every quant option a method may not read.

@@ -46,8 +46,12 @@ def ignored_quant_options(cfg: DictConfig) -> list[str]:
     return [f"quant.{key}={override_text(cfg.quant[key])}" for key in unread if cfg.quant[key] != defaults[key]]
 
 
-def warn_ignored_quant_options(cfg: DictConfig, log: logging.Logger) -> None:
-    """Warn in one line about :func:`ignored_quant_options`, naming the method's own quant options."""
+def warn_ignored_settings(cfg: DictConfig, log: logging.Logger) -> None:
+    """Warn, once at the start of a run, in one line each: about ``bits`` that ``method=bnn`` (binary
+    whatever they say) ignores, and about :func:`ignored_quant_options`, naming the method's own."""
+    if cfg.method.name == "bnn" and (cfg.bits.w, cfg.bits.a) != (1, 1):
+        log.warning("method=bnn is binary: bits.w=%s bits.a=%s ignored, running W1/A1 (method=qnn quantizes to k "
+                    "bits)", cfg.bits.w, cfg.bits.a)
     ignored = ignored_quant_options(cfg)
     if ignored:
         own = ", ".join(sorted(METHODS[cfg.method.name].quant_options)) or "none"
@@ -63,4 +67,4 @@ def build_method(cfg: DictConfig) -> Method:
     return METHODS[name](cfg)
 
 
-__all__ = ["METHODS", "Method", "build_method", "fixed_bits", "ignored_quant_options", "warn_ignored_quant_options"]
+__all__ = ["METHODS", "Method", "build_method", "fixed_bits", "ignored_quant_options", "warn_ignored_settings"]

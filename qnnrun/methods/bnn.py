@@ -15,7 +15,6 @@ shift-based BatchNorm, low-bit gradients).
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -32,7 +31,6 @@ from qnnrun.quant.convert import FLOAT_BITS, LAYER_NAME_ATTR, forward_order
 from qnnrun.quant.layers import ShiftBatchNorm, ShiftBatchNorm1d, ShiftBatchNorm2d, quant_layers
 from qnnrun.quant.quantizers import LevelQuantizer
 
-log = logging.getLogger("qnnrun")
 
 LOSSES = ("ce", "squared_hinge")
 ACT_QUANTS = ("linear", "log")
@@ -211,12 +209,6 @@ class BinarizedNet(LatentWeightMethod):
     name = "bnn"
     layer_widths = (1,)
     fixed_bits = 1
-
-    def __init__(self, cfg: DictConfig) -> None:
-        super().__init__(cfg)
-        if (cfg.bits.w, cfg.bits.a) != (1, 1):
-            log.warning("method=bnn is binary: bits.w=%s bits.a=%s ignored, running W1/A1 "
-                        "(method=qnn quantizes to k bits)", cfg.bits.w, cfg.bits.a)
 
     def weight_quantizer(self, layer: nn.Module, bits: int) -> LevelQuantizer:
         return LevelQuantizer("sign", 1)
