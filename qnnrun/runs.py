@@ -279,8 +279,10 @@ def _hash(text: str) -> str:
 
 
 def _safe(text: str) -> str:
-    """``text`` with each run of characters other than ASCII letters, digits and ``_ . + -`` as one ``-``."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-") or "none"
+    """``text`` with each run of characters other than ASCII letters, digits and ``_ . + -`` as one ``-``,
+    none at either end but a number's sign (``seed=-1`` is ``seed-1``, not ``seed1``)."""
+    safe = re.sub(r"[^A-Za-z0-9_.+-]+", "-", text).strip("-")
+    return ("-" if re.match(r"-[0-9.]", text) else "") + safe if safe else "none"
 
 
 def _name_value(value: Any) -> str:
@@ -343,6 +345,17 @@ def bounded_name(prefix: str, parts: Sequence[str]) -> str:
     return "_".join([*kept, f"etc-{_hash('_'.join(parts[len(kept) - 1:]))}"])
 
 
+def fixed_width_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Name settings (key -> value) with the bits their ``method`` runs at whatever ``bits`` says: none
+    for the float method (``fp``, not ``fp_w2a2``), its own width for bnn (``bnn_w1a1``)."""
+    method = settings.get("method")
+    fixed = fixed_bits(method) if isinstance(method, str) else None
+    if fixed is None:
+        return dict(settings)
+    named = {key: value for key, value in settings.items() if key not in BITS_KEYS}
+    return named if fixed == FLOAT_BITS else {**named, "bits.w": fixed, "bits.a": fixed}
+
+
 def run_folder_name(prefix: str, method: str | None, weight_bits: Any, act_bits: Any,
                     overrides: Sequence[str]) -> str:
     """A single run's folder name (``hydra.run.dir`` in ``conf/train.yaml``): ``prefix`` (its start
@@ -350,13 +363,10 @@ def run_folder_name(prefix: str, method: str | None, weight_bits: Any, act_bits:
     gives, e.g. ``12-00-00_lsq_w2a2_cifar10_resnet20_optim.lr-0.05``; the bits a method runs at
     whatever ``bits`` says are its own (``bnn_w1a1``). ``method`` is ``None`` where Hydra composes its
     own config alone (``--cfg hydra``): the name then holds what the command line gives."""
-    settings: dict[str, Any] = {} if method is None else {"method": method}
-    fixed = None if method is None else fixed_bits(method)
-    if method is not None and fixed != FLOAT_BITS:
-        settings.update({"bits.w": fixed or weight_bits, "bits.a": fixed or act_bits})
+    settings: dict[str, Any] = {} if method is None else {"method": method, "bits.w": weight_bits, "bits.a": act_bits}
     given = name_settings(overrides)
     settings.update({key: value for key, value in given.items() if key not in ("method", *BITS_KEYS)})
-    return bounded_name(prefix, name_parts(settings))
+    return bounded_name(prefix, name_parts(fixed_width_settings(settings)))
 
 
 def log_epoch(writer: Any, metrics: Mapping[str, Any]) -> None:

@@ -35,8 +35,8 @@ from qnnrun.checkpoint import load_checkpoint, write_text_atomic
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
 from qnnrun.runs import (FAILURES, HYDRA_SUBDIR, LAST_CKPT, SUMMARY, asks_for_sweep, bounded_name, claim_run,
-                         identity_fields, is_free, name_parts, name_settings, noted_failures, read_summary,
-                         run_identity)
+                         fixed_width_settings, identity_fields, is_free, name_parts, name_settings, noted_failures,
+                         read_summary, run_identity)
 
 log = logging.getLogger("qnnrun")
 
@@ -269,10 +269,12 @@ def job_folder_name(num: int, overrides: list[str], sweep_dir: Path) -> str:
     """The folder name of job ``num`` (task ``overrides``) of the sweep in ``sweep_dir``
     (``hydra.sweep.subdir`` in ``conf/train.yaml``): ``<num>_`` and the job's settings that other jobs
     of the sweep set otherwise (:func:`qnnrun.runs.name_parts`; all of them when none do), e.g.
-    ``3_ste_w2a2_seed1``. When that folder does not exist but an earlier run of the same job left one
-    under another name (``3_bits='2',method=ste,seed=1,...`` from before), that folder's name: a resumed
-    sweep continues each job where it is and never starts a second copy beside it."""
-    settings = name_settings(overrides)
+    ``3_ste_w2a2_seed1`` (a float job's bits left out, a bnn job's its own:
+    :func:`~qnnrun.runs.fixed_width_settings`). When that folder does not exist but an earlier run of the
+    same job left one under another name (``3_bits='2',method=ste,seed=1,...`` or ``1_fp_w4a4`` from
+    before), that folder's name: a resumed sweep continues each job where it is and never starts a second
+    copy beside it."""
+    settings = fixed_width_settings(name_settings(overrides))
     constant = constant_keys(sweep_dir)
     distinct = {key: value for key, value in settings.items() if key not in constant}
     name = bounded_name(str(num), name_parts(distinct or settings))

@@ -61,7 +61,7 @@ def test_multirun_sweep_writes_one_folder_per_job(qnnrun, tmp_path: Path) -> Non
     assert code == 0, err
     # Named by what tells the jobs apart, in the order of the sweep: threads and progress left out.
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and not p.name.startswith(".")) == [
-        "0_fp_w2a2", "1_fp_w4a4", "2_ste_w2a2", "3_ste_w4a4"]
+        "0_fp", "1_fp", "2_ste_w2a2", "3_ste_w4a4"]
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
     assert len(summaries) == 4
     # The float job at bits=4 is the bits=2 one's run: recorded as a pointer to it, not trained again

@@ -413,6 +413,15 @@ def test_job_folders_are_named_by_what_tells_the_jobs_apart(tmp_path: Path) -> N
                            tmp_path) == "1_init_from-1_fp_seed1"
     (tmp_path / "multirun.yaml").write_text("hydra: {overrides: {task: [seed=4]}}\n")
     assert job_folder_name(0, ["seed=4"], tmp_path) == "0_seed4"
+    # A float job has no bits and a bnn job its own, as their runs record (fp_w2a2 said what fp never ran).
+    (tmp_path / "multirun.yaml").write_text("hydra: {overrides: {task: ['method=fp,bnn,ste', 'bits=2,4']}}\n")
+    assert [job_folder_name(n, [f"method={m}", f"bits={b}"], tmp_path)
+            for n, (m, b) in enumerate((("fp", 2), ("bnn", 4), ("ste", 4)))] == ["0_fp", "1_bnn_w1a1", "2_ste_w4a4"]
+    (tmp_path / "multirun.yaml").write_text("hydra: {overrides: {task: ['method=fp', 'bits=2,4']}}\n")
+    assert job_folder_name(1, ["method=fp", "bits=4"], tmp_path) == "1_fp"
+    # A number keeps its sign.
+    (tmp_path / "multirun.yaml").write_text("hydra: {overrides: {task: ['optim.lr=-1,1']}}\n")
+    assert job_folder_name(0, ["optim.lr=-1"], tmp_path) == "0_optim.lr--1"
 
 
 def test_a_sweep_named_the_old_way_resumes_each_job_in_its_own_folder(
