@@ -344,12 +344,13 @@ OmegaConf.register_new_resolver("qnnrun_run_folder", _run_folder, replace=True)
 
 _OVERRIDE = re.compile(r"^(?P<key>[\w/]+)=(?P<value>[^'\"()\[\]{}$]+)$")
 _NON_STRING = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|true|false|True|False|inf|nan")
+_CHOICE = re.compile(r"^(?P<key>[\w/]+)=choice\((?P<value>[^'\"()\[\]{}$]+)\)$")  # an Optuna sweeper's dimension
 
 
 def quote_numeric_groups(args: list[str]) -> list[str]:
     """Quote number-like choices of config groups: ``bits=2`` -> ``bits='2'``, ``bits=2,3`` ->
-    ``bits='2','3'``. Hydra parses a bare number (or true/false) as such, and a config-group
-    choice must be a string."""
+    ``bits='2','3'``, ``bits=choice(2, 4)`` -> ``bits=choice('2','4')``. Hydra parses a bare number (or
+    true/false) as such, and a config-group choice must be a string."""
     groups = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}
     out = []
     for arg in args:
@@ -358,10 +359,10 @@ def quote_numeric_groups(args: list[str]) -> list[str]:
             options = sorted(p.stem for p in (Path(CONFIG_DIR) / key).glob("*.yaml"))
             raise QnnrunError(f"{arg} is not valid: choose one of {', '.join(options)} "
                               f"(several, comma-separated, with -m)")
-        match = _OVERRIDE.match(arg)
+        match = _OVERRIDE.match(arg) or _CHOICE.match(arg)
         if match and (match["key"] in groups or match["key"].startswith("hydra/")):
-            values = [f"'{v}'" if _NON_STRING.fullmatch(v) else v for v in match["value"].split(",")]
-            arg = f"{match['key']}=" + ",".join(values)
+            values = [f"'{v.strip()}'" if _NON_STRING.fullmatch(v.strip()) else v for v in match["value"].split(",")]
+            arg = f"{match['key']}=" + ("choice({})" if match.re is _CHOICE else "{}").format(",".join(values))
         out.append(arg)
     return out
 
@@ -437,7 +438,13 @@ def check_command_line(command: str, args: list[str]) -> None:
 def check_group_choices(args: list[str]) -> None:
     """Raise a one-line :class:`QnnrunError` for a config-group choice that ``conf/`` does not have
     (``method=magic``; each value of a sweep list ``method=ste,magic``), naming the valid ones:
-    Hydra's own message spans many lines. Skipped when ``hydra.searchpath`` may add options."""
+    Hydra's own message spans many lines. Skipped when ``hydra.searchpath`` may add options.
+    ``hydra/sweeper=optuna`` is refused for ``search``, which extends it."""
+    if "hydra/sweeper=optuna" in args:
+        raise QnnrunError("hydra/sweeper=optuna is Hydra's Optuna sweeper as it comes: it draws a config group's "
+                          "option as a number (bits=choice(2, 4) gives bits=2, which Hydra refuses) and its study "
+                          "ends with the command; use hydra/sweeper=search, the same sweeper with the study in the "
+                          "sweep folder (resume=true continues it)")
     if any(_is_searchpath(arg) for arg in args):
         return
     for arg in args:
@@ -463,7 +470,7 @@ def _first_job(overrides: list[Any]) -> list[str]:
             first = next(iter(override.sweep_string_iterator()))
         except Exception:  # an interval (optuna): no single value to try
             continue
-        job.append(f"{override.get_key_element()}={first}")
+        job.extend(quote_numeric_groups([f"{override.get_key_element()}={first}"]))  # choice('2') yields 2
     return job
 
 

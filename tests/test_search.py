@@ -231,6 +231,46 @@ def test_sweeper_options_the_search_cannot_run_with_are_one_line(tmp_path: Path,
         assert not (tmp_path / "search").exists()
 
 
+@pytest.mark.slow
+def test_a_config_group_searched_over_as_numbers_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna draws bits=choice(2, 4) as the number 2, which Hydra refused as a config group's option:
+    the first job's check and then every trial failed. Quoted, the search runs."""
+    sweep = tmp_path / "search"
+    code, _, err = run_cli(["train", "-m", "hydra/sweeper=search", "bits=choice(2, 4)", "model.widths=[8]",
+                            "hydra.sweeper.n_trials=2", "trainer.epochs=1", "trainer.num_threads=1",
+                            f"hydra.sweep.dir={sweep}"], tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert [t.state.name for t in _study(sweep).trials] == ["COMPLETE"] * 2
+    assert {s["bits_w"] for s in _summaries(sweep).values()} <= {2, 4}
+
+
+def test_numbers_drawn_for_a_config_group_are_quoted_and_hydras_own_optuna_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the slow test above runs, cheaply: the command line's choice() quoted, and so are the
+    trials' overrides the search launches; Hydra's own optuna sweeper, which quotes nothing, is
+    refused in one line for search."""
+    from hydra_plugins.qnnrun_search.search_sweeper import _SearchLauncher
+
+    from qnnrun.cli import quote_numeric_groups
+
+    assert quote_numeric_groups(["bits=choice(2, 4)", "optim.lr=choice(1, 2)"]) == [
+        "bits=choice('2','4')", "optim.lr=choice(1, 2)"]
+    launched = []
+
+    class Launcher:
+        def launch(self, job_overrides: list, initial_job_idx: int) -> list:
+            launched.extend(job_overrides)
+            return []
+
+    _SearchLauncher(Launcher(), 0, "sqlite://", "qnnrun", {}).launch([["bits=2", "seed=1"]], 0)
+    assert launched == [["bits='2'", "seed=1"]]
+    code, _, err = run_cli(["train", "-m", "hydra/sweeper=optuna", "bits=choice(2, 4)",
+                            f"hydra.sweep.dir={tmp_path / 'optuna'}"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and err.startswith("qnnrun: error: hydra/sweeper=optuna is Hydra's Optuna sweeper as it comes")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "optuna").exists()
+
+
 def test_a_value_the_run_needs_is_asked_for_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     code, _, err = run_cli(["train", "init_from=???"], tmp_path, capsys, monkeypatch)

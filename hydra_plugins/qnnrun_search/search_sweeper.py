@@ -232,8 +232,12 @@ class _SearchLauncher:
 
     def launch(self, job_overrides: Any, initial_job_idx: int) -> Any:
         import optuna
+        from qnnrun.cli import quote_numeric_groups
         from qnnrun.runs import objectives, read_summary
 
+        # Optuna draws a config group's option as the number it reads (bits=choice(2, 4) gives bits=2),
+        # which Hydra refuses as a group choice: quoted, as the command line's are.
+        job_overrides = [quote_numeric_groups(list(overrides)) for overrides in job_overrides]
         numbers, fresh = [], initial_job_idx
         for overrides in job_overrides:
             number = self._number(list(overrides))
