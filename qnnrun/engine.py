@@ -497,7 +497,9 @@ class _Loop:
             raise interrupted(stop.signum or signal.SIGTERM, self.run_dir, f"the end of epoch {epoch + 1}")
 
     def finish(self, overrides: Sequence[str]) -> dict[str, Any]:
-        """Evaluate a run that ended without (``epochs=0``), then the summary, HParams and the last log line."""
+        """Evaluate a run that ended without (``epochs=0``), then the summary, HParams and the last log line.
+        A run of 0 epochs saves its checkpoints too: the model as built and calibrated (from ``init_from``:
+        post-training quantization), for ``qnnrun eval``/``export`` and a longer run (``extend=true``)."""
         cfg, history = self.cfg, self.history
         if not history or "test_acc" not in history[-1]:  # epochs=0: evaluate the starting point
             result = self.evaluate_test()
@@ -509,6 +511,10 @@ class _Loop:
             history.append(entry)
             if self.writer is not None:
                 log_epoch(self.writer, entry)
+            state = self._checkpoint(0)
+            self._save(state, LAST_CKPT)
+            if entry["quantized"] and result.acc > self.best_acc:
+                self._save(state, BEST_CKPT)
         summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc,
                                  layer_widths(self.costs), self.teacher_sha256)
         summary.update(extensions=self.start.extensions, overrides=list(overrides),

@@ -90,6 +90,20 @@ def test_resume_path_takes_the_runs_own_config_and_an_extension_is_recorded(qnnr
     assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["run"]
 
 
+def test_a_run_of_no_epochs_keeps_its_model_for_eval_export_and_a_longer_run(qnnrun, tmp_path: Path) -> None:
+    """trainer.epochs=0 (from init_from: post-training quantization) evaluated the calibrated model and
+    kept nothing of it: eval and export found no checkpoint, nor could the run be lengthened."""
+    code, _, err = qnnrun("train", "trainer.epochs=0", "hydra.run.dir=outputs/ptq", *FAST)
+    assert code == 0, err
+    run = tmp_path / "outputs/ptq"
+    assert (run / "last.ckpt").is_file() and load_checkpoint(run)["epoch"] == 0
+    code, out, err = qnnrun("eval", "checkpoint=outputs/ptq")
+    assert code == 0 and f"top-1 {_summary(run)['test_acc']:.2f}%" in out, err
+    code, _, err = qnnrun("train", "resume=outputs/ptq", "trainer.epochs=1", "extend=true", *FAST)
+    assert code == 0, err
+    assert _summary(run)["extensions"] == [{"at_epoch": 0, "epochs_before": 0, "epochs": 1}]
+
+
 @pytest.mark.parametrize("method", [["method=uniq"], ["method=nbn"], ["method=sq"],
                                     ["method=aqe", "method.alpha_end=1.0"]])
 def test_a_method_with_a_schedule_over_the_epochs_is_not_extended(qnnrun, tmp_path: Path, method: list[str]) -> None:
