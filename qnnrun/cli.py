@@ -213,9 +213,15 @@ def bops_app(cfg: DictConfig) -> None:
 def sensitivity_app(cfg: DictConfig) -> None:
     """Print (and write as text, CSV and PNG) the accuracy drop of each layer of a checkpoint quantized
     alone, and with ``budget_gbops`` a ``quant.layer_bits`` proposal under that budget."""
+    from qnnrun.runs import remove_if_disposable
     from qnnrun.sensitivity import sensitivity_report
 
-    print(sensitivity_report(cfg, list(HydraConfig.get().overrides.task)))
+    hydra_cfg = HydraConfig.get()
+    try:
+        print(sensitivity_report(cfg, list(hydra_cfg.overrides.task)))
+    finally:  # a sweep job (-m) writes beside its checkpoint: the job folder Hydra made stays empty
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            remove_if_disposable(Path(hydra_cfg.runtime.output_dir), keep=Path.cwd())
 
 
 def report_app() -> None:
@@ -392,7 +398,8 @@ def quote_paths(args: list[str]) -> list[str]:
 
 # Flags that print and exit (help, version, completion): the command line is Hydra's to read as is.
 _PRINTING_FLAGS = ("--help", "-h", "--hydra-help", "--version", "-sc", "--shell-completion")
-# Subcommands a sweep (-m) makes no sense for: each reads or writes one checkpoint or prints one table.
+# Subcommands a sweep (-m) makes no sense for: each reads or writes one checkpoint or prints one table
+# (sensitivity's jobs each write their own folder beside the checkpoint: it takes -m).
 _SINGLE_COMMANDS = ("eval", "export", "bops")
 
 

@@ -74,6 +74,12 @@ HYDRA_CONFIGS = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 CLAIMS = ".qnnrun-claims"
 # Where a sweep's jobs note that they failed (one file per job folder), whichever process ran them.
 FAILURES = ".qnnrun-failures"
+# The sweep's config, written by Hydra into the sweep folder when the sweep starts.
+MULTIRUN_CONFIG = "multirun.yaml"
+# What a run folder, and a sweep folder whose jobs wrote nothing there, hold of Hydra's and qnnrun's
+# bookkeeping alone: a folder holding nothing else holds no run (remove_if_disposable).
+RUN_FILES = frozenset(HYDRA_FILES | {RUN_LOCK})
+SWEEP_FILES = frozenset({MULTIRUN_CONFIG, FAILURES})
 
 # Settings that decide where and how fast a run computes, not what it computes: a resume may give
 # them anew. Every other key of the config (and each group choice) is the run's own.
@@ -436,11 +442,12 @@ def _only(folder: Path, names: set[str]) -> bool:
         return False
 
 
-def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
-    """Remove ``run_dir`` when it holds nothing but what Hydra wrote before the run started
-    (:data:`HYDRA_FILES`), then its parents while they are empty, up to ``keep`` (not included):
-    ``outputs/<date>/<time>`` of a mistyped command leaves no ``outputs/<date>/`` or empty ``outputs/``.
-    Returns whether ``run_dir`` was removed; ``keep`` itself and the folders above it never are."""
+def remove_if_disposable(run_dir: Path, keep: Path, disposable: frozenset[str] = RUN_FILES) -> bool:
+    """Remove ``run_dir`` when it holds nothing but ``disposable``, what Hydra (and qnnrun's own
+    bookkeeping) wrote before the run started (a sweep folder: :data:`SWEEP_FILES`), then its parents
+    while they are empty, up to ``keep`` (not included): ``outputs/<date>/<time>`` of a mistyped
+    command leaves no ``outputs/<date>/`` or empty ``outputs/``. Returns whether ``run_dir`` was
+    removed; ``keep`` itself and the folders above it never are."""
     keep = keep.resolve()
     if keep.is_relative_to(run_dir.resolve()):  # run_dir is keep or a folder above it
         return False
@@ -449,7 +456,7 @@ def remove_if_disposable(run_dir: Path, keep: Path) -> bool:
     except OSError:
         return False
     hydra = run_dir / HYDRA_SUBDIR
-    if not entries <= HYDRA_FILES | {RUN_LOCK} or (hydra.exists() and not _only(hydra, HYDRA_CONFIGS)):
+    if not entries <= disposable or (hydra.exists() and not _only(hydra, HYDRA_CONFIGS)):
         return False
     shutil.rmtree(run_dir, ignore_errors=True)
     parent = run_dir.resolve().parent

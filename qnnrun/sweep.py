@@ -34,9 +34,9 @@ from omegaconf import DictConfig, OmegaConf
 from qnnrun.checkpoint import load_checkpoint, write_text_atomic
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import build_method
-from qnnrun.runs import (FAILURES, HYDRA_SUBDIR, LAST_CKPT, SUMMARY, asks_for_sweep, bounded_name, claim_run,
-                         fixed_width_settings, identity_fields, is_free, name_parts, name_settings, noted_failures,
-                         read_summary, run_identity)
+from qnnrun.runs import (FAILURES, HYDRA_SUBDIR, LAST_CKPT, MULTIRUN_CONFIG, SUMMARY, SWEEP_FILES, asks_for_sweep,
+                         bounded_name, claim_run, fixed_width_settings, identity_fields, is_free, name_parts,
+                         name_settings, noted_failures, read_summary, remove_if_disposable, run_identity)
 
 log = logging.getLogger("qnnrun")
 
@@ -178,7 +178,14 @@ def restore_job_config(run_dir: Path) -> None:
 class SweepFailures(Callback):
     """Registered in ``conf/train.yaml`` (``hydra.callbacks``): when a multirun ends, the launching
     process reads the failure records and notes of its jobs (:func:`qnnrun.runs.note_failure`),
-    whichever launcher ran them, names them and exits 1 when there is any."""
+    whichever launcher ran them, names them and exits 1 when there is any.
+
+    ``keep_folder=false`` (``conf/sensitivity.yaml``, whose jobs write beside their checkpoints and
+    remove their empty job folders) then removes the sweep folder when it holds only Hydra's
+    ``multirun.yaml`` and the failure notes."""
+
+    def __init__(self, keep_folder: bool = True) -> None:
+        self.keep_folder = keep_folder
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -191,9 +198,12 @@ class SweepFailures(Callback):
         failures = {**dict(failed_runs(sweep_dir)), **noted_failures(sweep_dir)}
         for run_dir, error in sorted(failures.items()):
             log.error("job failed: %s: %s", run_dir, error)
+        if not self.keep_folder:
+            remove_if_disposable(sweep_dir, Path.cwd(), SWEEP_FILES)
         if failures:
-            print(f"qnnrun: {len(failures)} job(s) of the sweep failed (error and config in their summary.json, "
-                  f"listed by qnnrun report)", file=sys.stderr, flush=True)
+            where = ("error and config in their summary.json, listed by qnnrun report" if self.keep_folder else
+                     "each job's error line is above")
+            print(f"qnnrun: {len(failures)} job(s) of the sweep failed ({where})", file=sys.stderr, flush=True)
             sys.exit(1)
 
 
@@ -234,7 +244,7 @@ def find_sweep(overrides: list[str], root: Path = OUTPUTS_ROOT) -> Path | None:
     if wanted is None or not root.is_dir():
         return None
     matches = []
-    for path in root.rglob("multirun.yaml"):
+    for path in root.rglob(MULTIRUN_CONFIG):
         try:
             saved = OmegaConf.load(path).hydra.overrides.task
         except Exception:  # not a Hydra sweep record: not ours to judge
@@ -249,7 +259,7 @@ def constant_keys(sweep_dir: Path) -> set[str]:
     ``multirun.yaml`` (the sweeper's ``params``, then the command line's overrides, combined as
     Hydra's basic sweeper does); none when that cannot be read."""
     try:
-        saved = OmegaConf.load(sweep_dir / "multirun.yaml")
+        saved = OmegaConf.load(sweep_dir / MULTIRUN_CONFIG)
         params = OmegaConf.select(saved, "hydra.sweeper.params", default=None)
         lines = [f"{key}={value}" for key, value in (params.items_ex(resolve=False) if params else [])]
         parsed = OverridesParser.create().parse_overrides([*lines, *map(str, saved.hydra.overrides.task)])

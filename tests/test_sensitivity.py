@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -231,6 +232,21 @@ def test_a_bad_value_is_one_line_and_leaves_nothing(float_run: Path, tmp_path: P
     code, out, err = run_cli(["sensitivity", f"checkpoint={float_run}", *args], tmp_path, capsys, monkeypatch)
     assert code == 1 and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(float_run.iterdir()) == before and not list(tmp_path.iterdir())
+
+
+def test_a_sweep_writes_beside_each_checkpoint_and_leaves_no_sweep_folder(
+        float_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra's outputs/multirun/<date>/<time>/ with an empty folder per job and multirun.yaml stayed behind."""
+    shutil.copytree(float_run, tmp_path / "run")
+    code, _, err = run_cli(["sensitivity", "-m", "checkpoint=run", "bits=2,4", "batches=1", "quant.calib_batches=1"],
+                           tmp_path, capsys, monkeypatch)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert all((tmp_path / "run" / f"sensitivity_w{bits}" / CSV_FILE).is_file() for bits in (2, 4))
+    code, _, err = run_cli(["sensitivity", "-m", "checkpoint=run,nowhere", "bits=8", "batches=1",
+                            "quant.calib_batches=1"], tmp_path, capsys, monkeypatch)
+    assert code == 1 and "checkpoint not found: nowhere" in err and "1 job(s) of the sweep failed" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (tmp_path / "run" / "sensitivity_w8").is_dir()
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
