@@ -511,10 +511,27 @@ def _did_you_mean(key: str, cfg: DictConfig, groups: list[str], value: str = "VA
                 value = f"{inner}{value}{inner}"  # unquoted, Hydra reads choice(2,4) in a mapping as a sweep
             return (f"; '{rest}' is one key of {parent}, which a dotted path cannot reach: give "
                     f"{quote}{parent}={{{rest}: {value}}}{quote}")
-    keys = {k for k in _keys(cfg) if not k.startswith("hydra.") or key.startswith("hydra.")} | set(groups)
-    same_depth = sorted(k for k in keys if k.count(".") == key.count("."))
+    keys = {k for k in _keys(cfg) if not k.startswith("hydra.") or key.startswith("hydra.")}
+    keys |= set(_own_groups(cfg, groups))  # never a group of another command: eval's bits=2 named bits
+    same_depth = sorted(k for k in keys if k.count(".") == key.count(".") and k != key)
     close = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.6)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+def _own_groups(cfg: DictConfig, groups: list[str]) -> list[str]:
+    """The config groups of ``groups`` that the command composed as ``cfg`` (with its ``hydra`` node)
+    reads: those in its defaults list, set to null or not (eval's ``dataset``)."""
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {}
+    return [group for group in groups if group in choices]
+
+
+def _options_text(cfg: DictConfig, groups: list[str]) -> str:
+    """What a command composed as ``cfg`` takes, for an error line: its keys (``paths.data_dir``),
+    then its groups (``and the group dataset``)."""
+    keys = [k for k in _keys(cfg) if k != "hydra" and not k.startswith("hydra.")]
+    leaves = [k for k in keys if not any(other.startswith(f"{k}.") for other in keys)]
+    own = _own_groups(cfg, groups)
+    return ", ".join(leaves) + (f" and the group{'s' * (len(own) > 1)} {', '.join(own)}" if own else "")
 
 
 # Where a sweeper's dimensions live (Hydra's basic sweeper and the search alike): params.<run option>.
@@ -540,11 +557,12 @@ def _is_searchpath(arg: str) -> bool:
 
 
 def check_overrides(config_name: str, args: list[str]) -> None:
-    """Compose ``config_name`` with ``args``' overrides (a sweep's first job) as Hydra will, and turn
-    what Hydra would report in several lines into one :class:`QnnrunError`: a key the config does not
-    have (with the closest keys), an option no group has (``hydra/launcher=foo`` too), and a
-    ``+key`` that adds a key no code reads (Hydra's own advice for a typo, which would train silently
-    with the default)."""
+    """Compose ``config_name`` with ``args``' overrides (a sweep's first job; ``args`` as the user typed
+    them, quoted here as Hydra will read them) as Hydra will, and turn what Hydra would report in several
+    lines into one :class:`QnnrunError` naming the override as typed: a key the config does not have
+    (with the closest keys; a group of another command, with this command's options), an option no
+    group has (``hydra/launcher=foo`` too), and a ``+key`` that adds a key no code reads (Hydra's own
+    advice for a typo, which would train silently with the default)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -552,7 +570,9 @@ def check_overrides(config_name: str, args: list[str]) -> None:
 
     from qnnrun.runs import asks_for_sweep
 
-    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    typed = {o: a for o, a in zip(quote_paths(quote_numeric_groups(args)), args, strict=True)
+             if "=" in a and not a.startswith("-")}  # bits='2' (as Hydra reads it) -> bits=2
+    overrides = list(typed)
     parser, parsed = OverridesParser.create(), []
     for override in overrides:  # one at a time, so that the message names the one Hydra cannot read
         try:
@@ -606,7 +626,14 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 key = str(error).partition("Could not override '")[2].partition("'")[0]
                 if not key:
                     raise QnnrunError(_composition_error_line(error)) from None
-                value = next((o.partition("=")[2] for o in overrides if o.partition("=")[0].lstrip("+~") == key), "")
+                value = next((t.partition("=")[2] for o, t in typed.items()
+                              if o.partition("=")[0].lstrip("+~") == key), "")
+                group = key.partition(".")[0]
+                if group in groups and group not in _own_groups(base, groups) and group not in base:
+                    raise QnnrunError(f"{key}={value}: qnnrun {config_name} has no option {group}"
+                                      + (" (it runs the checkpoint's own model, method and bits)"
+                                         if "checkpoint" in base.keys() else "")
+                                      + f"; its options are {_options_text(base, groups)}") from None
                 raise QnnrunError(f"{key}={value}: no such option{_did_you_mean(key, base, groups, value)} (qnnrun "
                                   f"{config_name} --cfg job lists the options)") from None
             except QnnrunError:
@@ -636,7 +663,8 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                            f"run each value with qnnrun {config_name} -m")
                     if isinstance(OmegaConf.select(base, sweep.key_or_group, default=None), ListConfig):
                         how += f", or write the list as {sweep.key_or_group}=[a,b]"
-                    raise QnnrunError(f"{sweep.input_line}: several values without -m: {how}")
+                    raise QnnrunError(f"{typed.get(sweep.input_line, sweep.input_line)}: several values without "
+                                      f"-m: {how}")
             missing = _missing_keys(composed)
             if missing and config_name == "train":  # eval and export name their own (checkpoint=PATH)
                 raise QnnrunError(f"{missing[0]} has no value and this run needs one: give {missing[0]}=VALUE"
@@ -808,7 +836,7 @@ def main() -> None:
         # With hydra.searchpath a config folder of the user's own adds groups and presets: the compose
         # sees them through the override (check_group_choices, reading qnnrun's conf/ only, skips).
         if not prints_and_exits(argv[1:]):
-            check_overrides(command, sys.argv[1:])
+            check_overrides(command, argv[1:])
     except QnnrunError as error:
         print(f"qnnrun: error: {error}", file=sys.stderr)
         sys.exit(1)

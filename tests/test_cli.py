@@ -164,6 +164,8 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
     ("eval", ["checkpoint=a,b"], "checkpoint=a,b: several values without -m: qnnrun eval takes one value"),
     ("train", ["trainer.epochs=1,2"], "trainer.epochs=1,2: several values without -m: run each value with "
                                       "qnnrun train -m"),  # Hydra's "Ambiguous value" in six lines
+    ("sensitivity", ["checkpoint=x", "bits=2,4"], "bits=2,4: several values without -m: run each value with qnnrun "
+                                                  "sensitivity -m"),  # the values as typed, not bits='2','4'
     ("export", ["checkpoint=run", "output=out/"], "output=out/ names a folder: give a file path"),  # wrote a file
     ("eval", ["checkpoint="], "the checkpoint path is empty: give a .ckpt file or a run folder"),  # the cwd's run
     ("train", ["-m", "--cfg", "job"], "-m and --cfg cannot be given together: Hydra does one of"),  # a traceback
@@ -296,6 +298,16 @@ def test_shell_completion_completes_commands_and_overrides(qnnrun, monkeypatch: 
         ("train", ["method=lsq", "method.act_int=mse"], "did you mean method.act_init?"),
         ("bops", ["model.widht=3"], "model.widht=3: no such option; did you mean model.widths?"),
         ("eval", ["checkpoint=x", "devcie=cpu"], "devcie=cpu: no such option; did you mean device?"),
+        # A group of qnnrun train that eval and export do not read: it suggested the very key typed ("bits='2': no
+        # such option; did you mean bits?").
+        ("eval", ["checkpoint=x", "bits=2"], "bits=2: qnnrun eval has no option bits (it runs the checkpoint's own "
+                                             "model, method and bits); its options are checkpoint, device, backend, "
+                                             "paths.data_dir, paths.cache_dir and the group dataset"),
+        ("eval", ["checkpoint=x", "method=ste"], "method=ste: qnnrun eval has no option method (it runs"),
+        ("export", ["checkpoint=x", "model=resnet20"], "model=resnet20: qnnrun export has no option model (it runs the "
+                                                       "checkpoint's own model, method and bits); its options are "
+                                                       "checkpoint, format, output, device, check, paths.data_dir,"),
+        ("export", ["checkpoint=x", "bits.w=2"], "bits.w=2: qnnrun export has no option bits (it runs"),
         # Hydra's advice for a typo, +key, would train the default 30 epochs without a word.
         ("train", ["+trainer.epoch=1"], "+trainer.epoch=1: trainer.epoch is not an option of qnnrun train, no code "
                                         "would read it; did you mean trainer.epochs?"),
