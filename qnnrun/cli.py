@@ -253,8 +253,8 @@ def _completion(argv: list[str]) -> None:
         print(" ".join(f"{name} " for name in COMMANDS if name.startswith(typed)))
 
 
-# `qnnrun <command> --help`: what each command does, its options, and the groups it reads (the
-# composed config follows, printed by Hydra). Rendered by the `qnnrun_help` resolver of
+# `qnnrun <command> --help`: what each command does, its options, the groups it reads and an example
+# choice of them (the config it takes follows). Rendered by the `qnnrun_help` resolver of
 # conf/hydra/help/qnnrun.yaml.
 COMMAND_HELP = {
     "train": ("train one run, or a sweep with -m", [
@@ -265,37 +265,40 @@ COMMAND_HELP = {
         "qnnrun train resume=RUN_FOLDER trainer.epochs=N extend=true   train a run longer (recorded)",
         "qnnrun train trainer.devices=N ...                    one run on N data-parallel processes",
     ], ("model", "dataset", "method", "bits", "optim", "sched", "trainer", "experiment", "hydra/launcher",
-        "hydra/sweeper")),
+        "hydra/sweeper"), "model=resnet20 dataset=cifar10"),
     "eval": ("evaluate a saved run on its test set, or on another data set of the same shape", [
         "qnnrun eval checkpoint=PATH                 PATH: a .ckpt file or a run folder (its last.ckpt)",
         "qnnrun eval checkpoint=PATH dataset=NAME    another data set with the same image shape and classes",
         "qnnrun eval checkpoint=PATH backend=int     the integer model (as qnnrun export format=int builds it)",
         "options: device=auto|cpu|cuda, paths.data_dir=DIR",
-    ], ("dataset",)),
+    ], ("dataset",), "dataset=fashion_mnist (for an MNIST run)"),
     "export": ("write the integer model or an ONNX QDQ graph of a saved run", [
         "qnnrun export checkpoint=PATH format=int    packed integer codes: <checkpoint>.int.pt",
         "qnnrun export checkpoint=PATH format=onnx   QuantizeLinear/DequantizeLinear graph: <checkpoint>.onnx",
         "qnnrun export checkpoint=PATH format=onnx check=true   and count the test predictions onnxruntime changes",
         "options: output=FILE (default beside the checkpoint), device=cpu|cuda, check=false|true, paths.data_dir=DIR",
-    ], ()),
+    ], (), ""),
     "bops": ("print the per-layer BOPs / MACs / weight-memory table of a model, without training", [
         "qnnrun bops model=NAME dataset=NAME bits=B [method=NAME] [quant.first_layer=fp|8|same ...]",
         "the data set only gives the input shape and class count: no data is read",
-    ], ("model", "dataset", "method", "bits")),
+    ], ("model", "dataset", "method", "bits"), "model=resnet20 dataset=cifar10"),
     "sensitivity": ("test accuracy lost when each conv/linear layer of a saved run alone is quantized, without "
                     "training", [
         "qnnrun sensitivity checkpoint=PATH bits=B [method=ste]     each layer alone at B (1-8) bits: weights,",
         "    inputs, both; a table on stdout, sensitivity.txt, .csv and .png in the output folder",
         "qnnrun sensitivity checkpoint=PATH bits=B budget_gbops=X   and a quant.layer_bits (8 or B bits per layer)",
         "    under X GBOPs per image: greedy, least accuracy drop per GBOP saved first",
+        "qnnrun sensitivity -m checkpoint=PATH bits=2,4             each width in turn, each into its own folder",
         "PATH: a .ckpt file or a run folder (its last.ckpt), usually a float run; the model and data set are its own",
         "options: batches=N (the first N test batches; null: all), output=DIR (default <run folder>/sensitivity_w<B>,",
         "  sensitivity_<method>_w<B> for another method), device=auto|cpu|cuda, paths.data_dir=DIR, quant.*, method.*",
         "nothing is trained: each quantized layer gets what the method's calibration (quant.calib_batches training",
         "  batches) gives it; learned steps and clip levels (lsq, pact) and schedules (nbn, fbf, lbl, sq, uniq, aqe)",
         "  start as calibrated, every channel quantized. Not method=bnn (every layer binary) or fp.",
-    ], ("method", "bits")),
+    ], ("method", "bits"), "method=lsq bits=4"),
 }
+
+
 def group_options(group: str) -> list[str]:
     """The options of config group ``group`` in conf/, numbers in numeric order (``bits``: 1, 2, ..., 8, 32);
     of ``hydra/...`` groups (launchers, sweepers) Hydra's, its installed plugins' included."""
@@ -312,14 +315,31 @@ def group_options(group: str) -> list[str]:
     return sorted(names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
 
 
-def command_help(command: str) -> str:
-    """The body of ``qnnrun <command> --help``: what it does, usage lines, the groups it reads."""
-    summary, usage, groups = COMMAND_HELP[command]
+def command_help(command: str, _root_: DictConfig) -> str:
+    """The body of ``qnnrun <command> --help``: what it does, usage lines, the groups it reads with the
+    options it takes, and the config it takes: Hydra's ``$CONFIG`` (the composed config), or for a
+    command that composes more than it takes (sensitivity: train's config) its own keys of it."""
+    summary, usage, groups, example = COMMAND_HELP[command]
+    keys, refused = _taken(command)
     lines = [f"qnnrun {command}: {summary}.", "", "Usage:", *(f"  {line}" for line in usage)]
     if groups:
-        lines += ["", "== Configuration groups ==", "Choose one option per group, e.g. model=resnet20 dataset=cifar10.",
-                  "", *(f"{group}: {', '.join(group_options(group))}" for group in groups)]
+        lines += ["", "== Configuration groups ==", f"Choose one option per group, e.g. {example}.", "",
+                  *(f"{group}: {', '.join(o for o in group_options(group) if o not in refused.get(group, ()))}"
+                    for group in groups)]
+    # Hydra puts its composed config for $CONFIG into the template this text is resolved into.
+    config = "$CONFIG" if keys is None else OmegaConf.to_yaml(OmegaConf.masked_copy(_root_, keys)).replace("$", "$$")
+    lines += ["", "== Config ==", "Override anything in the config (foo.bar=value).", "", config]
     return "\n".join(lines)
+
+
+def _taken(command: str) -> tuple[list[str] | None, dict[str, tuple[str, ...]]]:
+    """The top-level config keys ``command`` takes (``None``: all it composes) and the options of its
+    groups that it refuses: qnnrun sensitivity's (:mod:`qnnrun.sensitivity`), for its help."""
+    if command != "sensitivity":
+        return None, {}
+    from qnnrun.sensitivity import CONFIG_KEYS, REFUSED_CHOICES
+
+    return list(CONFIG_KEYS), REFUSED_CHOICES
 
 
 OmegaConf.register_new_resolver("qnnrun_help", command_help, replace=True)

@@ -60,6 +60,10 @@ TRAINING_ONLY_OPTIONS = {"uniq": {"stages": 1}}  # UNIQ: at most one stage per q
 # What a user may set: the rest (model, data set, training) is the checkpoint's.
 OPTION_KEYS = ("checkpoint", "bits", "method", "budget_gbops", "batches", "output", "device")
 OPTION_PREFIXES = ("bits.", "method.", "quant.", "paths.")
+# The keys of the composed config (train's and this command's) that it takes, and the options of its
+# groups it refuses: what its --help shows of the config and the groups.
+CONFIG_KEYS = (*OPTION_KEYS, "quant", "paths")
+REFUSED_CHOICES = {"method": tuple(UNSUITED_METHODS), "bits": (str(FLOAT_BITS),)}
 
 
 @dataclass(frozen=True)

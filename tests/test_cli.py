@@ -401,6 +401,8 @@ def test_each_command_has_its_own_help(qnnrun) -> None:
     code, out, _ = qnnrun("eval", "--help")
     assert code == 0 and out.startswith("qnnrun eval: evaluate a saved run")
     assert "checkpoint=PATH" in out and "backend=int" in out and "method:" not in out and "optim:" not in out
+    # The example choice is one the command takes (it said model=resnet20 dataset=cifar10 on every command).
+    assert "Choose one option per group, e.g. dataset=" in out and "model=" not in out
     code, out, _ = qnnrun("export", "--help")
     assert code == 0 and out.startswith("qnnrun export:") and "format=onnx" in out and "model:" not in out
     code, out, _ = qnnrun("bops", "--help")

@@ -292,6 +292,15 @@ def test_help_describes_the_command(tmp_path: Path, capsys: pytest.CaptureFixtur
     code, out, _ = run_cli(["sensitivity", "--help"], tmp_path, capsys, monkeypatch)
     assert code == 0 and out.startswith("qnnrun sensitivity: test accuracy lost when each conv/linear layer")
     assert "budget_gbops=X" in out and "calibration" in out and "method: " in out
+    # Only what it takes: not the train config it composes, nor the choices it refuses, nor model= as the example.
+    groups = dict(line.split(": ", 1) for line in out.split("== Configuration groups ==")[1].split("== Config ==")[0]
+                  .splitlines() if ": " in line)
+    methods = ", ".join(sorted(set(METHODS) - set(UNSUITED_METHODS)))
+    assert groups == {"method": methods, "bits": "1, 2, 3, 4, 5, 6, 7, 8"}
+    assert "e.g. method=lsq bits=4." in out and "model=" not in out
+    config = OmegaConf.create(out.split("Override anything in the config (foo.bar=value).")[1].split("\n\n\n")[0])
+    assert sorted(config) == ["batches", "bits", "budget_gbops", "checkpoint", "device", "method", "output", "paths",
+                              "quant"]
 
 
 def test_a_config_without_overrides_checks(float_run: Path) -> None:
