@@ -840,7 +840,7 @@ def main() -> None:
     if command not in COMMANDS:
         print(f"qnnrun: error: unknown command '{command}': valid commands are {', '.join(COMMANDS)}",
               file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1)
     if command == "report":  # argparse, not Hydra: its arguments are paths and options, never overrides
         sys.argv = [sys.argv[0], *argv[1:]]
         report_app()

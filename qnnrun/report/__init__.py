@@ -157,10 +157,20 @@ def _selector(text: str) -> Selector:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one QnnrunError line, like every other qnnrun command's."""
+    """argparse whose usage errors are one QnnrunError line, like every other qnnrun command's; a flag
+    it does not have is named with the flags it has."""
 
     def error(self, message: str) -> NoReturn:
         raise QnnrunError(f"{message} (qnnrun report --help)")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        known, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            flags = [flag for action in self._actions for flag in action.option_strings if flag.startswith("--")]
+            raise QnnrunError(f"{unknown[0]} is not an option of qnnrun report: options are PATH... and "
+                              f"{', '.join(flags)}")
+        return known
 
 
 def main(argv: Sequence[str]) -> None:
