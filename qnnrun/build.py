@@ -21,17 +21,18 @@ from qnnrun.quant.fold import adopt_folding
 from qnnrun.quant.layers import set_recompute_input
 
 
-def select_device(spec: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cpu`` | ``cuda`` | ``cuda:N`` as given."""
+def select_device(spec: str, key: str = "device") -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cpu`` | ``cuda`` | ``cuda:N`` as given. An error
+    names the option ``key`` (``trainer.device`` for a training)."""
     spec = str(spec)
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise QnnrunError(f"device '{spec}' is not valid: valid are auto, cpu, cuda, cuda:N") from None
+        raise QnnrunError(f"{key}={spec!r} is not valid: valid are auto, cpu, cuda, cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise QnnrunError(f"device '{spec}' asked for but CUDA is not available here: use device=cpu or auto")
+        raise QnnrunError(f"{key}={spec!r} asked for but CUDA is not available here: use {key}=cpu or auto")
     return device
 
 
@@ -89,14 +90,14 @@ def check_init_from(path: str) -> None:
     ``init_from`` (``conf/experiment/<name>.yaml``), the error points at that file, whose header
     gives the command that makes the float run."""
     try:
-        checkpoint_file(path)
+        checkpoint_file(path, "init_from")
     except QnnrunError as error:
         from hydra.core.hydra_config import HydraConfig
 
         experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
         hint = (f"; experiment={experiment} starts from a float run: the command that makes it is in the "
                 f"header of conf/experiment/{experiment}.yaml" if experiment else "")
-        raise QnnrunError(f"init_from={path}: {error}{hint}") from None
+        raise QnnrunError(f"{error}{hint}") from None
 
 
 def init_test_acc(init_from: str | None) -> float | None:

@@ -118,17 +118,20 @@ def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> Non
         raise
 
 
-def checkpoint_file(path: str | Path) -> Path:
+def checkpoint_file(path: str | Path, key: str | None = None) -> Path:
     """The checkpoint file ``path`` names: the file itself, or ``last.ckpt`` in a run folder; a
-    one-line QnnrunError when there is none (an empty path too: it read as the working folder)."""
+    one-line QnnrunError when there is none (an empty path too: it read as the working folder),
+    which starts with ``key=path`` when ``key`` names the option that gave it (``init_from``)."""
+    named = f"{key}={path}: " if key else ""
     if not str(path).strip():
-        raise QnnrunError("the checkpoint path is empty: give a .ckpt file or a run folder holding last.ckpt")
-    path = Path(path)
-    if path.is_dir():
-        path = path / LAST_CKPT
-    if not path.is_file():
-        raise QnnrunError(f"checkpoint not found: {path} (give a .ckpt file or a run folder holding last.ckpt)")
-    return path
+        raise QnnrunError(f"{named}the checkpoint path is empty: give a .ckpt file or a run folder holding last.ckpt")
+    folder = Path(path).is_dir()
+    file = Path(path) / LAST_CKPT if folder else Path(path)
+    if not file.is_file():
+        looked = f"{str(path).rstrip('/')}/{LAST_CKPT}" if folder else path  # ./last.ckpt, not last.ckpt
+        raise QnnrunError(f"{named}checkpoint not found: {looked} (give a .ckpt file or a run folder holding "
+                          f"last.ckpt)")
+    return file
 
 
 def file_sha256(path: Path) -> str:

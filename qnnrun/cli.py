@@ -25,7 +25,7 @@ from omegaconf import BooleanNode, DictConfig, FloatNode, IntegerNode, ListConfi
 from omegaconf.errors import ValidationError
 
 import qnnrun
-from qnnrun.checkpoint import check_output_folder
+from qnnrun.checkpoint import check_output_folder, checkpoint_file
 from qnnrun.errors import Interrupted, QnnrunError
 
 log = logging.getLogger("qnnrun")
@@ -181,6 +181,7 @@ def eval_app(cfg: DictConfig) -> None:
         validate_dataset(cfg.dataset)
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise QnnrunError("qnnrun eval needs checkpoint=PATH (a .ckpt file or a run folder holding last.ckpt)")
+    checkpoint_file(str(cfg.checkpoint), "checkpoint")
     if check_choice("backend", cfg.backend, BACKENDS) == "int":  # the integer model of format=int
         print(evaluate_integer(cfg.checkpoint, cfg.get("dataset"), cfg.paths, cfg.device))
         return
@@ -196,6 +197,7 @@ def export_app(cfg: DictConfig) -> None:
 
     if OmegaConf.is_missing(cfg, "checkpoint"):
         raise QnnrunError("qnnrun export needs checkpoint=PATH (a .ckpt file or a run folder holding last.ckpt)")
+    checkpoint_file(str(cfg.checkpoint), "checkpoint")
     print(export_checkpoint(cfg.checkpoint, str(cfg.format), cfg.get("output"), cfg.device, cfg.check, cfg.paths))
 
 

@@ -51,7 +51,7 @@ def check_teacher(cfg: DictConfig, started_with: str | None) -> None:
     distill = cfg.trainer.get("distill")
     if started_with is None or distill is None or distill.teacher is None:
         return
-    sha256 = file_sha256(checkpoint_file(str(distill.teacher)))
+    sha256 = file_sha256(checkpoint_file(str(distill.teacher), "trainer.distill.teacher"))
     if sha256 != started_with:
         raise QnnrunError(f"trainer.distill.teacher={distill.teacher} is not the file this run started with "
                           f"(SHA-256 {started_with[:12]}... then, {sha256[:12]}... now): resuming would distil from "
@@ -66,7 +66,7 @@ def distillation(cfg: DictConfig, info: DataInfo, device: torch.device) -> Disti
     distill = cfg.trainer.get("distill")
     if distill is None or distill.teacher is None:
         return None
-    sha256 = file_sha256(checkpoint_file(str(distill.teacher)))
+    sha256 = file_sha256(checkpoint_file(str(distill.teacher), "trainer.distill.teacher"))
     teacher = load_saved_run(str(distill.teacher), device)
     shape = (info.in_channels, info.image_size, info.num_classes)
     theirs = (teacher.info.in_channels, teacher.info.image_size, teacher.info.num_classes)

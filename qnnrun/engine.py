@@ -145,7 +145,7 @@ def train(cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()) -> dict
     ranks, rank_device = distributed.init(cfg.trainer.device)
     try:
         return _train(cfg, distributed.broadcast_path(run_dir, ranks), ranks,
-                      rank_device or select_device(cfg.trainer.device), overrides)
+                      rank_device or select_device(cfg.trainer.device, "trainer.device"), overrides)
     finally:
         distributed.finish(ranks)
 

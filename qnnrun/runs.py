@@ -159,9 +159,9 @@ def resume_checkpoint(resume: Any) -> Path | None:
     if isinstance(resume, bool) or resume is None:
         return None
     try:
-        return checkpoint_file(str(resume))
+        return checkpoint_file(str(resume), "resume")
     except QnnrunError as error:
-        raise QnnrunError(f"resume={resume}: {error}; or resume=true for the run folder's own") from None
+        raise QnnrunError(f"{error}; or resume=true for the run folder's own") from None
 
 
 def resolve_resume(resume: Any, run_dir: Path) -> tuple[Path | None, Path]:

@@ -180,7 +180,7 @@ def check_options(cfg: DictConfig) -> Options:
     if output is not None and not isinstance(output, str):
         raise QnnrunError(f"output={output!r} is not valid: expected null or a folder path")
     device = select_device(cfg.device)
-    ckpt = checkpoint_file(str(cfg.checkpoint))
+    ckpt = checkpoint_file(str(cfg.checkpoint), "checkpoint")
     default = f"sensitivity_w{bits}" if method == "ste" else f"sensitivity_{method}_w{bits}"
     folder = Path(output) if output is not None else ckpt.parent / default
     return Options(ckpt, bits, method, budget, batches, folder, device)

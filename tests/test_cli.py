@@ -97,6 +97,16 @@ def test_failed_sweep_job_does_not_stop_the_sweep(qnnrun, tmp_path: Path) -> Non
     assert statuses == ["done", "failed"]  # the failed job leaves a record (qnnrun/sweep.py)
 
 
+def test_the_integer_model_of_a_float_run_names_the_option_that_asked_for_it(qnnrun) -> None:
+    """eval's backend=int said "format=int needs a run with quantized weights", an option of export."""
+    assert qnnrun("train", "method=fp", "trainer.epochs=1", "trainer.progress=false", "hydra.run.dir=fp")[0] == 0
+    for command, option in (("eval", "backend=int"), ("export", "format=int")):
+        code, _, err = qnnrun(command, "checkpoint=fp", option)
+        assert code == 1 and err.strip() == (f"qnnrun: error: method=fp has no quantized weights: {option} needs a run "
+                                             f"with quantized weights (valid: every method but fp, at weight widths "
+                                             f"1-8)"), err
+
+
 def test_bops_table(qnnrun) -> None:
     code, out, err = qnnrun("bops", "model=resnet20", "dataset=cifar10", "bits=2")
     assert code == 0, err
@@ -123,6 +133,11 @@ def test_bops_table(qnnrun) -> None:
          "experiment=nbn_cifar10 starts from a float run: the command that makes it is in the header of "
          "conf/experiment/nbn_cifar10.yaml"),
         (["init_from=3"], "init_from=3 is not valid: expected null or a checkpoint path"),
+        # Errors that did not name the option typed ("checkpoint not found: /nope", "device 'gpu' is not valid"),
+        # or named last.ckpt for ./last.ckpt.
+        (["trainer.distill.teacher=/nope"], "trainer.distill.teacher=/nope: checkpoint not found: /nope (give"),
+        (["trainer.device=gpu"], "trainer.device='gpu' is not valid: valid are auto, cpu, cuda, cuda:N"),
+        (["init_from=."], "init_from=.: checkpoint not found: ./last.ckpt (give"),
         (["method=[0]"], "method=[0] is not valid: choose one of"),
         (["model.widths=[0]"], "model.widths=[0] is not valid: expected a list of positive integers"),
         (["model.widths=[8]", "model.dropout=2"], "model.dropout=2 is not valid"),
@@ -171,7 +186,9 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
     ("sensitivity", ["checkpoint=x", "bits=2,4"], "bits=2,4: several values without -m: run each value with qnnrun "
                                                   "sensitivity -m"),  # the values as typed, not bits='2','4'
     ("export", ["checkpoint=run", "output=out/"], "output=out/ names a folder: give a file path"),  # wrote a file
-    ("eval", ["checkpoint="], "the checkpoint path is empty: give a .ckpt file or a run folder"),  # the cwd's run
+    ("eval", ["checkpoint="], "checkpoint=: the checkpoint path is empty: give a .ckpt file or a run folder"),
+    ("eval", ["checkpoint=."], "checkpoint=.: checkpoint not found: ./last.ckpt (give"),  # it said last.ckpt
+    ("export", ["checkpoint=run", "format=onnxx"], "format='onnxx' is not valid: valid are int, onnx"),
     ("train", ["-m", "--cfg", "job"], "-m and --cfg cannot be given together: Hydra does one of"),  # a traceback
     ("train", ["--cfg", "job", "experiment=smoke", "method=ste,lsq"],
      "method=ste,lsq: several values with --cfg, which prints one job's config"),  # "Ambiguous value", 5 lines

@@ -245,7 +245,7 @@ def test_a_sweep_writes_beside_each_checkpoint_and_leaves_no_sweep_folder(
     assert all((tmp_path / "run" / f"sensitivity_w{bits}" / CSV_FILE).is_file() for bits in (2, 4))
     code, _, err = run_cli(["sensitivity", "-m", "checkpoint=run,nowhere", "bits=8", "batches=1",
                             "quant.calib_batches=1"], tmp_path, capsys, monkeypatch)
-    assert code == 1 and "checkpoint not found: nowhere" in err and "1 job(s) of the sweep failed" in err
+    assert code == 1 and "checkpoint=nowhere: checkpoint not found" in err and "1 job(s) of the sweep failed" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and (tmp_path / "run" / "sensitivity_w8").is_dir()
 
 
@@ -260,9 +260,9 @@ def test_a_sweep_writes_beside_each_checkpoint_and_leaves_no_sweep_folder(
     (["quant.init=mmse", "bits=1"], "bits=1 is not valid with quant.init=mmse (the affine quantizer keeps a zero "
                                     "level): valid are 2-8, or quant.init=maxabs"),
     (["quant.layer_bits={classifier: 8}"], "quant.layer_bits={'classifier': 8} is not valid here"),
-    (["device=tpu"], "device 'tpu' is not valid: valid are auto, cpu, cuda, cuda:N"),
+    (["device=tpu"], "device='tpu' is not valid: valid are auto, cpu, cuda, cuda:N"),
     (["output=[1]"], "output=[1] is not valid: expected null or a folder path"),
-    (["checkpoint=nowhere"], "checkpoint not found: nowhere (give a .ckpt file or a run folder"),
+    (["checkpoint=nowhere"], "checkpoint=nowhere: checkpoint not found: nowhere (give a .ckpt file or a run folder"),
 ])
 def test_bad_options_name_the_value_and_what_is_valid(float_run: Path, overrides: list[str], message: str) -> None:
     cfg = _config(float_run, *overrides)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from qnnrun.build import build_quantized_model, example_input, select_device
 from qnnrun.checkpoint import check_archive, check_output_file, checkpoint_file, save_atomic
-from qnnrun.config import check_bool
+from qnnrun.config import check_bool, check_choice
 from qnnrun.data import DataBundle, DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.evaluate import SavedRun, eval_report_line, evaluate, load_saved_run, saved_run_data
@@ -61,15 +61,16 @@ def weight_sizes(run: SavedRun, records: dict[str, dict[str, Any]]) -> dict[str,
             "reported_weight_memory_bytes": sum(math.ceil(c.weight_memory_bits / 8) for c in costs)}
 
 
-def integer_export(run: SavedRun) -> dict[str, Any]:
-    """The ``format=int`` export of ``run`` (see the module docstring)."""
+def integer_export(run: SavedRun, option: str = "format=int") -> dict[str, Any]:
+    """The ``format=int`` export of ``run`` (see the module docstring); ``option`` is what asked for
+    it (``backend=int`` for qnnrun eval), named in the error for a run with no quantized weights."""
     device = next(run.model.parameters()).device
     records = integer_records(run.model, probe_batch(run.info, device))
     if not records:
         name = run.config.method.name
         what = (f"method={name}" if name == "fp" else
                 f"method={name} at bits.w={run.config.bits.w} with every layer's weights float")
-        raise QnnrunError(f"{what} has no quantized weights: format=int needs a run with quantized weights "
+        raise QnnrunError(f"{what} has no quantized weights: {option} needs a run with quantized weights "
                           f"(valid: every method but fp, at weight widths 1-8)")
     replaced = exported_keys(records)
     # An input quantizer's extra state (a float layer's quantized input) is a dict, not a tensor.
@@ -149,8 +150,7 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
     ``check=True`` (format=onnx; anything but a bool is refused, as the command line may give one)
     adds :func:`check_onnx`'s lines, on the run's test set read from ``paths`` (``data_dir``,
     ``cache_dir``; needed with ``check``), which is loaded before anything is written."""
-    if fmt not in FORMATS:
-        raise QnnrunError(f"format '{fmt}' is not valid: valid are {', '.join(FORMATS)}")
+    check_choice("format", fmt, FORMATS)
     if check_bool("check", check) and fmt != "onnx":
         raise QnnrunError("check=true runs the ONNX graph in onnxruntime: valid with format=onnx (the integer "
                           "model is checked by qnnrun eval backend=int)")
@@ -244,7 +244,7 @@ def evaluate_integer(checkpoint: str, dataset: DictConfig | None, paths: DictCon
     prints) and its agreement with the fake-quant model."""
     torch_device = select_device(device)
     run = load_saved_run(checkpoint, torch_device)
-    model = integer_model(integer_export(run), torch_device)
+    model = integer_model(integer_export(run, "backend=int"), torch_device)
     data = saved_run_data(run, dataset, paths, torch_device)
     agreement = compare_predictions(run.model, model, data.test)
     line = eval_report_line(run, data, evaluate(nn.Identity(), agreement.outputs, run.info.num_classes))

@@ -361,7 +361,7 @@ def test_cli_export_and_eval_backend_int(runs: Runs, tmp_path: Path, capsys, mon
 
 @pytest.mark.parametrize(("args", "message"), [
     (["eval", "backend=float"], "backend='float' is not valid: valid are fake, int"),
-    (["export", "format=tflite"], "format 'tflite' is not valid: valid are int, onnx"),
+    (["export", "format=tflite"], "format='tflite' is not valid: valid are int, onnx"),
     (["export", "format=onnx", "check=yes"], "check='yes' is not valid: valid are true, false"),
     (["export", "format=onnx", "check=1"], "check=1 is not valid: valid are true, false"),
     (["export", "check=true"], "check=true runs the ONNX graph in onnxruntime: valid with format=onnx"),
