@@ -533,9 +533,19 @@ def asks_for_sweep(args: list[str]) -> bool:
     return any(arg in MULTIRUN_FLAGS for arg in args)
 
 
+def _names_checkpoint(path: str) -> bool:
+    """Whether ``path`` names a checkpoint (:func:`checkpoint_file`): ``resume=.`` in a folder without
+    one is refused from a run folder of Hydra's own, which the error removes, not from the working folder."""
+    try:
+        checkpoint_file(path)
+    except QnnrunError:
+        return False
+    return True
+
+
 def resume_single_run_args(args: list[str]) -> list[str]:
     """``args`` of ``qnnrun train``, plus what lets a single run's resume write into its own folder:
-    for ``resume=PATH``, ``hydra.run.dir=<the run's folder>`` (unless given); for a resume into a
+    for ``resume=PATH`` naming a checkpoint, ``hydra.run.dir=<the run's folder>`` (unless given); for a resume into a
     folder that holds Hydra's files already, ``hydra.output_subdir=null``, so that the run's own
     ``.hydra/`` (its config and overrides) is kept as the run wrote it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -550,7 +560,7 @@ def resume_single_run_args(args: list[str]) -> list[str]:
     values = {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()}
     resume, run_dir = values.get("resume"), values.get("hydra.run.dir")
     extra = []
-    if isinstance(resume, str) and resume.strip() and Path(resume).exists():  # '' would read as .
+    if isinstance(resume, str) and _names_checkpoint(resume):
         folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
         if run_dir is None:
             run_dir = str(folder)

@@ -189,6 +189,8 @@ def test_unknown_group_option_is_one_line_listing_valid_options(qnnrun, command:
     ("eval", ["checkpoint="], "checkpoint=: the checkpoint path is empty: give a .ckpt file or a run folder"),
     ("eval", ["checkpoint=."], "checkpoint=.: checkpoint not found: ./last.ckpt (give"),  # it said last.ckpt
     ("export", ["checkpoint=run", "format=onnxx"], "format='onnxx' is not valid: valid are int, onnx"),
+    # It wrote .hydra/ and train.log into the working folder, its hydra.run.dir, before the error.
+    ("train", ["resume=."], "resume=.: checkpoint not found: ./last.ckpt (give"),
     ("train", ["-m", "--cfg", "job"], "-m and --cfg cannot be given together: Hydra does one of"),  # a traceback
     ("train", ["--cfg", "job", "experiment=smoke", "method=ste,lsq"],
      "method=ste,lsq: several values with --cfg, which prints one job's config"),  # "Ambiguous value", 5 lines
