@@ -26,7 +26,7 @@ from omegaconf.errors import ValidationError
 
 import qnnrun
 from qnnrun.checkpoint import check_output_folder, checkpoint_file
-from qnnrun.errors import Interrupted, QnnrunError
+from qnnrun.errors import Interrupted, QnnrunError, plural
 
 log = logging.getLogger("qnnrun")
 
@@ -147,8 +147,8 @@ def train_app(cfg: DictConfig) -> list[float] | None:
         finished = finished_summary(target, cfg.trainer.epochs) if cfg.resume is not False else None
         if finished is not None:
             check_finished_config(target, cfg)
-            log.info("%s is finished (summary.json status done, %d epochs): nothing to do", target,
-                     cfg.trainer.epochs)
+            log.info("%s is finished (summary.json status done, %s): nothing to do", target,
+                     plural(cfg.trainer.epochs, "epoch"))
             return objectives(finished)
         if sweep:
             validate_train(cfg)  # a job with a bad value fails as itself, not as another job's duplicate

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -152,9 +153,14 @@ def method_options(name: str) -> list[str] | None:
 
 
 def override_text(value: Any) -> str:
-    """``value`` as a command-line override writes it: ``true``, ``false``, ``null``, else ``str``."""
+    """``value`` as a command-line override writes it: ``true``, ``false``, ``null``, ``{fc1: 8}``,
+    ``[30, 60]``, else ``str``."""
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{key}: {override_text(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return "[" + ", ".join(override_text(item) for item in value) + "]"
     return str(value)
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from qnnrun.checkpoint import (FORMAT, LAST_CKPT, check_output_folder, checkpoint_file, load_checkpoint,
                                write_text_atomic)
-from qnnrun.config import PRECISIONS
+from qnnrun.config import PRECISIONS, override_text
 from qnnrun.data import DataInfo
 from qnnrun.errors import QnnrunError
 from qnnrun.methods import METHODS, Method, fixed_bits
@@ -134,8 +134,8 @@ def check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any], pa
                                   f"{before[name]}, got {now[name]}")
             continue
         hint = (" (to train it longer, add extend=true)" if name == epochs else "")
-        raise QnnrunError(f"cannot resume from {path}: its {name} was {before[name]}, this run has {now[name]}; "
-                          f"a resume continues the same run{hint}")
+        raise QnnrunError(f"cannot resume from {path}: its {name} was {override_text(before[name])}, this run has "
+                          f"{override_text(now[name])}; a resume continues the same run{hint}")
     added = {name: now[name] for name in now.keys() - before.keys() if not is_free(name)}
     if added:
         log.warning("%s predates the options %s: resuming with these values",
@@ -191,14 +191,18 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     assert ckpt is not None
     saved = load_checkpoint(ckpt)["config"]
     extend = cfg.get("extend") is True
-    given = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
-    for key in given:
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    given = [o.key_or_group for o in parsed]
+    for override in parsed:
+        key = override.key_or_group
         if is_free(key) or (key == "trainer.epochs" and extend):
             continue
         before = OmegaConf.select(OmegaConf.create(saved), key, default=None) if "/" not in key else None
-        was = f" (its {key} is {before})" if before is not None and not isinstance(before, (dict, list)) else ""
-        raise QnnrunError(f"{key} cannot be given with resume={cfg.resume}: a resume continues the run with its own "
-                          f"config{was}; beside it give only {', '.join(FREE_KEYS)}, or trainer.epochs=N "
+        was = f" (the run's {_setting_text(key, before, OmegaConf.select(cfg, key, default=None))})" \
+            if before is not None else ""
+        typed = override.input_line if override.is_delete() else f"{key}={override_text(override.value())}"
+        raise QnnrunError(f"{typed} cannot be given with resume={cfg.resume}: a resume continues the run with its "
+                          f"own config{was}; beside it give only {', '.join(FREE_KEYS)}, or trainer.epochs=N "
                           f"extend=true to train it longer")
     resumed = saved_config(saved)
     for key in given:
@@ -208,6 +212,17 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     OmegaConf.update(resumed, "resume", str(cfg.resume), force_add=True)
     OmegaConf.update(resumed, "extend", extend, force_add=True)
     return resumed
+
+
+def _setting_text(key: str, run: Any, given: Any) -> str:
+    """The run's value of ``key`` as overrides, where the value ``given`` differs (all of it where none
+    does): ``method=ste`` for a group's options (by their name), ``bits.w=4 bits.a=4``, ``optim.lr=0.1``."""
+    old, new = (_flatten(OmegaConf.to_container(v) if isinstance(v, DictConfig) else v, key, WHOLE_VALUE_KEYS)
+                for v in (run, given))
+    if f"{key}.name" in old:
+        return f"{key}={old[f'{key}.name']}"
+    differ = [name for name in old if name in new and _ordered(new[name]) != _ordered(old[name])] or list(old)
+    return " ".join(f"{name}={override_text(old[name])}" for name in differ)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

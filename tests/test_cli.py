@@ -107,6 +107,17 @@ def test_the_integer_model_of_a_float_run_names_the_option_that_asked_for_it(qnn
                                              f"1-8)"), err
 
 
+def test_counts_of_one_are_singular_and_an_empty_list_is_said_so(qnnrun) -> None:
+    """It said "1 runs", "1 integer layers" and "the keys the runs set are none"."""
+    assert qnnrun("train", "trainer.epochs=1", "trainer.progress=false", "hydra.run.dir=run")[0] == 0
+    code, out, err = qnnrun("export", "checkpoint=run")  # the MLP's middle layer: first and last stay float
+    assert code == 0 and "bytes): 1 integer layer, packed weights" in out, err
+    code, out, err = qnnrun("report", "run", "--no-plots")
+    assert code == 0 and "1 run under run: 1 done, 0 failed, 0 unfinished; 1 group (" in out, err
+    code, _, err = qnnrun("report", "run", "--no-plots", "--ignore", "seeed")
+    assert code == 1 and err.strip() == "qnnrun: error: --ignore seeed: no run sets it; the runs set no override key"
+
+
 def test_bops_table(qnnrun) -> None:
     code, out, err = qnnrun("bops", "model=resnet20", "dataset=cifar10", "bits=2")
     assert code == 0, err

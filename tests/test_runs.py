@@ -39,11 +39,15 @@ def test_a_resume_that_changes_the_run_is_refused_and_leaves_the_run_untouched(q
     run = tmp_path / "outputs/r3"
     before = _files(run)
     refusals = {
-        ("trainer.epochs=2",): "trainer.epochs cannot be given with resume=outputs/r3",  # shorter: issue 35.1
+        ("trainer.epochs=2",): "trainer.epochs=2 cannot be given with resume=outputs/r3",  # shorter: issue 35.1
         ("trainer.epochs=5",): "extend=true",  # longer, but not asked for
-        ("init_from=outputs/r3/last.ckpt",): "init_from cannot be given with resume",  # the pair: issue 35.2
-        ("method=lsq",): "method cannot be given with resume",
-        ("optim.lr=0.5",): "its optim.lr is",
+        ("init_from=outputs/r3/last.ckpt",): "init_from=outputs/r3/last.ckpt cannot be given with resume",  # 35.2
+        # The run's setting as overrides, where it printed a Python dict ("its method is {'name': 'ste'}").
+        ("method=lsq",): "method=lsq cannot be given with resume=outputs/r3: a resume continues the run with its own "
+                         "config (the run's method=ste);",
+        ("bits=2",): "bits=2 cannot be given with resume=outputs/r3: a resume continues the run with its own config "
+                     "(the run's bits.w=4 bits.a=4);",
+        ("optim.lr=0.5",): "(the run's optim.lr=0.1);",
         ("trainer.epochs=2", "extend=true"): "extend=true needs trainer.epochs above the run's 3",
     }
     for extra, message in refusals.items():
@@ -55,7 +59,7 @@ def test_a_resume_that_changes_the_run_is_refused_and_leaves_the_run_untouched(q
     # Per-layer widths are one value: rules added, or changed, are another run.
     code, _, err = qnnrun("train", "hydra.run.dir=outputs/r3", "resume=true", "trainer.epochs=3",
                           "quant.layer_bits={fc1: 8}", *FAST)
-    assert code == 1 and "its quant.layer_bits was None, this run has {'fc1': 8}" in err, err
+    assert code == 1 and "its quant.layer_bits was null, this run has {fc1: 8}" in err, err
     assert _files(run) == before  # nothing rewritten: records, checkpoints, .hydra/, log
     assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["r3"]  # and nothing left beside it
 

@@ -247,7 +247,7 @@ def test_report_errors_and_single_run(tmp_path: Path, capsys: pytest.CaptureFixt
     code, out, err = run_cli(["report", "run", "--no-plots"], tmp_path, capsys, monkeypatch)
     assert code == 0, err
     summary = json.loads((tmp_path / "run/summary.json").read_text())
-    assert f"{summary['test_acc']:.2f}" in out and "1 runs under run: 1 done" in out
+    assert f"{summary['test_acc']:.2f}" in out and "1 run under run: 1 done" in out
     code, out, _ = run_cli(["report", "--help"], tmp_path, capsys, monkeypatch)
     assert code == 0 and "PATH" in out and "report.csv" in out
 

@@ -32,7 +32,7 @@ from qnnrun.build import build_quantized_model, example_input, select_device
 from qnnrun.checkpoint import check_archive, check_output_file, checkpoint_file, save_atomic
 from qnnrun.config import check_bool, check_choice
 from qnnrun.data import DataBundle, DataInfo
-from qnnrun.errors import QnnrunError
+from qnnrun.errors import QnnrunError, plural
 from qnnrun.evaluate import SavedRun, eval_report_line, evaluate, load_saved_run, saved_run_data
 from qnnrun.export.grids import probe_batch
 from qnnrun.export.integer import build_integer_model, exported_keys, integer_records
@@ -177,8 +177,8 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
     export = integer_export(run)
     save_integer_export(export, path)
     sizes = export["sizes"]
-    return (f"wrote {path} ({path.stat().st_size} bytes): {len(export['layers'])} integer layers, packed weights "
-            f"{sizes['packed_weight_bytes']} bytes + float weights {sizes['float_weight_bytes']} bytes "
+    return (f"wrote {path} ({path.stat().st_size} bytes): {plural(len(export['layers']), 'integer layer')}, "
+            f"packed weights {sizes['packed_weight_bytes']} bytes + float weights {sizes['float_weight_bytes']} bytes "
             f"(the run's weight memory: {sizes['reported_weight_memory_bytes']} bytes, each layer rounded up to "
             f"whole bytes)")
 

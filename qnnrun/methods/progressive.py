@@ -44,7 +44,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qnnrun.config import check_choice, check_int, check_number
-from qnnrun.errors import QnnrunError
+from qnnrun.errors import QnnrunError, plural
 from qnnrun.methods.base import Method
 from qnnrun.methods.ste import DirectSTE
 from qnnrun.quant.convert import FLOAT_BITS, forward_order
@@ -177,10 +177,10 @@ class ProgressiveQuantization(DirectSTE):
         progression = (epochs - float_epochs - final_epochs) * steps_per_epoch
         if progression < len(self.groups):
             raise QnnrunError(
-                f"trainer.epochs={epochs} leaves {epochs - float_epochs - final_epochs} epochs "
+                f"trainer.epochs={epochs} leaves {plural(epochs - float_epochs - final_epochs, 'epoch')} "
                 f"({progression} steps) after method.float_epochs={float_epochs} and method.final_epochs="
-                f"{final_epochs}, fewer than the {len(self.groups)} groups to quantize: raise trainer.epochs, "
-                f"lower those two or raise method.group_size")
+                f"{final_epochs}, fewer than the {plural(len(self.groups), 'group')} to quantize: raise "
+                f"trainer.epochs, lower those two or raise method.group_size")
         self.start_step = float_epochs * steps_per_epoch
         self.steps_per_group = self.steps_per_group_option or progression // len(self.groups)
         if self.steps_per_group * len(self.groups) > progression:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qnnrun.config import check_bool, check_choice, check_int
-from qnnrun.errors import QnnrunError
+from qnnrun.errors import QnnrunError, plural
 from qnnrun.methods.base import Method
 from qnnrun.methods.sq import stage_lengths, stage_of
 from qnnrun.quant import functional as Q
@@ -72,8 +72,8 @@ class Uniq(Method):
         model = super().build(model, example_input)
         layers = [m for m in (model.get_submodule(name) for name in order) if isinstance(m, QuantLayer)]
         if layers and self.stages > len(layers):
-            raise QnnrunError(f"method.stages={self.stages} is not valid: this model has {len(layers)} quantized "
-                              f"layers, so at most {len(layers)} stages")
+            raise QnnrunError(f"method.stages={self.stages} is not valid: this model has "
+                              f"{plural(len(layers), 'quantized layer')}, so at most {plural(len(layers), 'stage')}")
         self.blocks = [[layers[i] for i in part] for part in split_blocks(len(layers), self.stages)] if layers else []
         return model
 

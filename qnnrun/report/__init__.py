@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from qnnrun.checkpoint import check_output_folder
-from qnnrun.errors import QnnrunError
+from qnnrun.errors import QnnrunError, plural
 from qnnrun.report.groups import Group, drop_repeated_seeds, group_runs
 from qnnrun.report.paired import Selector, check_baseline, paired_table, selector_text
 from qnnrun.report.plots import BITS_PLOT, PLOTS
@@ -59,7 +59,8 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
         if problem := identity_key_problem(key):
             raise QnnrunError(f"--ignore {key}: {problem}; give an override key, e.g. init_from")
         if key not in keys:
-            raise QnnrunError(f"--ignore {key}: no run sets it; the keys the runs set are {', '.join(keys) or 'none'}")
+            raise QnnrunError(f"--ignore {key}: no run sets it; " + (f"the keys the runs set are {', '.join(keys)}"
+                                                                     if keys else "the runs set no override key"))
     groups = group_runs(runs, ignore)
     repeats = drop_repeated_seeds(groups)
     repeated = {p.path for p in repeats}
@@ -127,11 +128,11 @@ def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Pro
               ignore: Collection[str]) -> str:
     counts = {s: sum(r.status == s for r in runs) for s in (DONE, FAILED, UNFINISHED)}
     duplicates, invalid = (sum(p.kind == kind for p in problems) for kind in (DUPLICATE, INVALID))
-    not_runs = (f"; {duplicates} duplicate records (each counted once, as the run it repeats)" * bool(duplicates)
-                + f"; {invalid} unreadable records" * bool(invalid))
-    return (f"{HEADER}\n\n{len(runs)} runs under {', '.join(str(p) for p in paths)}: "
+    not_runs = (f"; {plural(duplicates, 'duplicate record')} (each counted once, as the run it repeats)"
+                * bool(duplicates) + f"; {plural(invalid, 'unreadable record')}" * bool(invalid))
+    return (f"{HEADER}\n\n{plural(len(runs), 'run')} under {', '.join(str(p) for p in paths)}: "
             f"{counts[DONE]} done, {counts[FAILED]} failed, {counts[UNFINISHED]} unfinished{not_runs}; "
-            f"{len(groups)} group{'' if len(groups) == 1 else 's'} (runs that differ only in their seed"
+            f"{plural(len(groups), 'group')} (runs that differ only in their seed"
             + "".join(f", {key}" for key in ignore) + ").")
 
 

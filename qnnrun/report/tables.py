@@ -49,9 +49,9 @@ def layer_policy_note(groups: Sequence[Group]) -> str:
         return ""
     each = "; ".join(f"{LAYERS}={policy}: {', '.join(sorted(names))}" for policy, names in sorted(methods.items()))
     return (f"**Note: the rows compared differ in their first/last-layer policy** ({' / '.join(LAYER_KEYS)}: "
-            f"fp = float, 8 = 8 bits, same = the run's own bits, a mixed run's its label's), which changes GBOPs "
-            f"and weight size several-fold: {each}. Tables and plot labels give it as {LAYERS}=... where uniform "
-            f"runs differ in it; a mixed run's label gives every layer's widths")
+            f"fp = float, 8 = 8 bits, same = the run's own bits, for a mixed run those its label gives), which "
+            f"changes GBOPs and weight size several-fold: {each}. Tables and plot labels give it as {LAYERS}=... "
+            f"where uniform runs differ in it; a mixed run's label gives every layer's widths")
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:

@@ -200,6 +200,7 @@ def test_mixed_runs_beside_uniform_runs_with_float_end_layers_get_the_note() -> 
     mixed.identity = dataclasses.replace(mixed.identity, layer_bits="w 4,4,3 a 8,4,3")
     note = layer_policy_note([group("ste", 2, [98.6]), mixed])
     assert "first/last=fp: ste; first/last=same: ste (mixed)" in note
+    assert "same = the run's own bits, for a mixed run those its label gives)" in note  # "a mixed run's its label's"
     assert layer_policy_note([mixed]) == ""
     assert layer_policy_note([group("ste", 2, [98.6], layers=("same", "same")), mixed]) == ""  # as the preset says
 

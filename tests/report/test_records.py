@@ -299,7 +299,7 @@ def test_a_duplicate_record_is_not_a_run_of_its_own(real_runs: dict[str, Path], 
     assert problem_rows(text) == {
         str(duplicate): ("duplicate", f"the same run as {real[0]}: counted once, there"),
         str(tmp_path / "dup_bad"): ("invalid", "summary.json: a duplicate whose same_as 3 is not a folder")}
-    assert "2 runs under" in text and "2 done, 0 failed, 0 unfinished; 1 duplicate records" in text
+    assert "2 runs under" in text and "2 done, 0 failed, 0 unfinished; 1 duplicate record (each" in text
     assert f"| duplicate | {duplicate} | bits=8 |" in re.sub(" +", " ", text)
 
 
