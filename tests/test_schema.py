@@ -110,7 +110,7 @@ def test_a_resumed_sweep_keeps_its_duplicate_records_when_the_run_identities_cha
             "hydra.sweep.dir=sweep"]
     code, _, err = run_cli(args, tmp_path, capsys, monkeypatch)
     assert code == 0, err
-    duplicate = tmp_path / "sweep" / "1_w4a4"
+    duplicate = tmp_path / "sweep" / "1_fp_trainer.epochs-1"  # fp runs no bits: nothing else tells the jobs apart
     assert json.loads((duplicate / "summary.json").read_text())["status"] == "duplicate"
     # A newer version writes the configs otherwise (sched.warmup_epochs 0 -> 0.0): other identities.
     shutil.rmtree(tmp_path / "sweep" / CLAIMS)
@@ -119,7 +119,7 @@ def test_a_resumed_sweep_keeps_its_duplicate_records_when_the_run_identities_cha
     record = json.loads((duplicate / "summary.json").read_text())
     assert record["status"] == "duplicate" and not (duplicate / "last.ckpt").exists()
     # A duplicate whose earlier run no longer is this job's run claims it again and trains.
-    first = tmp_path / "sweep" / "0_w2a2" / "last.ckpt"
+    first = tmp_path / "sweep" / "0_fp_trainer.epochs-1" / "last.ckpt"
     ckpt = load_checkpoint(first)
     ckpt["config"]["optim"]["lr"] = 0.5
     save_atomic(ckpt, first)
