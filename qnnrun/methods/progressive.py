@@ -154,15 +154,17 @@ class ProgressiveQuantization(DirectSTE):
                 self.layers.append((name, layer.weight.shape[0]))
             elif isinstance(layer, QuantLayer) and layer.input_quant is not None:
                 self.float_weight_inputs.append(name)
-        if self.float_weight_inputs and not self.layers:
-            raise QnnrunError(f"method={self.name}: quant.layer_bits leaves every layer's weights float "
-                              f"(only the inputs of {', '.join(self.float_weight_inputs)} are quantized), so there are "
-                              f"no weights to quantize progressively: give some layer w below 32 or use method=ste")
         return model
 
     # ---- schedule -------------------------------------------------------------------------
     def plan(self, epochs: int, steps_per_epoch: int) -> None:
-        """Fit the float phase, the progression and the final fine-tune into ``epochs``."""
+        """Fit the float phase, the progression and the final fine-tune into ``epochs``. Refused where
+        ``quant.layer_bits`` keeps every weight float: there is nothing to quantize progressively (a
+        model built without training, as ``qnnrun sensitivity`` measures one layer's inputs, is fine)."""
+        if self.float_weight_inputs and not self.layers:
+            raise QnnrunError(f"method={self.name}: quant.layer_bits leaves every layer's weights float "
+                              f"(only the inputs of {', '.join(self.float_weight_inputs)} are quantized), so there are "
+                              f"no weights to quantize progressively: give some layer w below 32 or use method=ste")
         super().plan(epochs, steps_per_epoch)
         self.groups = schedule_groups(self.layers, self.group_size)
         if not self.groups or epochs == 0:
