@@ -37,7 +37,7 @@ def load_script(name: str) -> ModuleType:
 def test_bench_plans_each_row_once_and_tables_the_cold_compile() -> None:
     bench = load_script("bench_throughput")
     args = argparse.Namespace(models=["resnet20"], methods=["fp", "ste", "bnn"], bits=[2, 4], overrides=[],
-                              compile=True, channels_last=False, bf16=False, recompute=False)
+                              compile=True, channels_last=False, bf16=False, recompute=False, unfused=False)
     rows = [(method, bits, variant.label()) for _, method, bits, variant, _ in bench.plan_rows(args)]
     # float once per variant (eager first: the reference), bnn once (W1A1 whatever --bits says)
     assert rows == [("fp", 32, "eager"), ("fp", 32, "compile"), ("ste", 2, "eager"), ("ste", 2, "compile"),
@@ -57,8 +57,8 @@ def test_bench_rounds_interleave_the_rows_and_keep_going_past_failing_ones(monke
     warm-up fails, or whose step fails in the second round, is reported and the others are timed."""
     bench = load_script("bench_throughput")
     args = argparse.Namespace(models=["mlp"], methods=["fp", "ste"], bits=[2, 4], overrides=[], compile=False,
-                              channels_last=False, bf16=True, recompute=False, batch=4, steps=2, warmup=1,
-                              rounds=2, plan_epochs=2, compile_mode=None, epoch=False)
+                              channels_last=False, bf16=True, recompute=False, unfused=False, batch=4, steps=2,
+                              warmup=1, rounds=2, plan_epochs=2, compile_mode=None, epoch=False)
     planned = bench.plan_rows(args)
     assert [(m, b, v.label()) for _, m, b, v, _ in planned] == [
         ("fp", 32, "eager"), ("fp", 32, "eager+bf16"), ("ste", 2, "eager"), ("ste", 2, "eager+bf16"),
