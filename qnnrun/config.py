@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -143,13 +144,18 @@ def validate_quant(cfg: DictConfig) -> None:
     check_number("quant.ema_momentum", cfg.quant.ema_momentum, 0, 1)
 
 
+@functools.cache
+def _method_file(name: str) -> DictConfig | None:
+    """``conf/method/<name>.yaml`` as loaded (read once per process), or ``None`` when there is none."""
+    path = CONFIG_DIR / "method" / f"{name}.yaml"
+    return OmegaConf.load(path) if path.is_file() else None
+
+
 def method_options(name: str) -> list[str] | None:
     """The options of ``method=<name>``, sorted: the keys of its ``conf/method/<name>.yaml`` but
     ``name``; ``None`` when there is no such file (``build_method`` reports an unknown name)."""
-    path = CONFIG_DIR / "method" / f"{name}.yaml"
-    if not path.is_file():
-        return None
-    return sorted(set(OmegaConf.load(path).method.keys()) - {"name"})
+    loaded = _method_file(name)
+    return None if loaded is None else sorted(set(loaded.method.keys()) - {"name"})
 
 
 def override_text(value: Any) -> str:
@@ -169,9 +175,9 @@ def method_quant_defaults(name: str) -> dict[str, Any]:
     defaults with its ``conf/method/<name>.yaml``'s ``quant:`` over them (the schema's for a name with
     no config file)."""
     defaults = OmegaConf.structured(QuantConf)
-    path = CONFIG_DIR / "method" / f"{name}.yaml"
-    if path.is_file():
-        defaults.merge_with(OmegaConf.load(path).get("quant") or {})
+    loaded = _method_file(name)
+    if loaded is not None:
+        defaults.merge_with(loaded.get("quant") or {})
     return OmegaConf.to_container(defaults)
 
 

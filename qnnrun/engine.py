@@ -381,6 +381,13 @@ class _Loop:
         if self.ranks.main:  # other ranks write no files
             save_atomic(state, self.run_dir / name)
 
+    def _save_checkpoints(self, epochs_done: int, improved: bool) -> None:
+        """``last.ckpt`` after ``epochs_done`` epochs, and ``best.ckpt`` when its evaluation ``improved``."""
+        state = self._checkpoint(epochs_done)
+        self._save(state, LAST_CKPT)
+        if improved:
+            self._save(state, BEST_CKPT)
+
     def _epoch_batches(self, epoch: int, tally: EpochTally) -> Iterator[Any]:
         """The epoch's batches; resuming mid-epoch, those after where it stopped (the rest replayed)."""
         batches = iter(self.data.train)
@@ -484,10 +491,7 @@ class _Loop:
         self.history.append(metrics)
         if self.writer is not None:
             log_epoch(self.writer, metrics)
-        state = self._checkpoint(epoch + 1)
-        self._save(state, LAST_CKPT)
-        if improved:
-            self._save(state, BEST_CKPT)
+        self._save_checkpoints(epoch + 1, improved)
         skipped = f"  ({tally.skipped} non-finite batches skipped)" if tally.skipped else ""
         log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %s  %.1fs (%.0f img/s)%s", epoch + 1, epochs,
                  metrics["train_loss"], metrics["train_acc"],
@@ -506,15 +510,12 @@ class _Loop:
             entry = {"epoch": cfg.trainer.epochs, "test_loss": result.loss, "test_acc": result.acc,
                      "quantized": fully_quantized(self.model),
                      **({"test_top5": result.top5} if result.top5 is not None else {})}
-            best = max(self.best_acc, result.acc) if entry["quantized"] else self.best_acc
-            entry.update(_accuracy_marks(entry, best, self.init_acc))
+            improved = entry["quantized"] and result.acc > self.best_acc
+            entry.update(_accuracy_marks(entry, result.acc if improved else self.best_acc, self.init_acc))
             history.append(entry)
             if self.writer is not None:
                 log_epoch(self.writer, entry)
-            state = self._checkpoint(0)
-            self._save(state, LAST_CKPT)
-            if entry["quantized"] and result.acc > self.best_acc:
-                self._save(state, BEST_CKPT)
+            self._save_checkpoints(0, improved)
         summary = summary_record(cfg, self.method, self.info, history, self.best_acc, self.cost, self.init_acc,
                                  layer_widths(self.costs), self.teacher_sha256)
         summary.update(extensions=self.start.extensions, overrides=list(overrides),

@@ -548,16 +548,6 @@ def asks_for_sweep(args: list[str]) -> bool:
     return any(arg in MULTIRUN_FLAGS for arg in args)
 
 
-def _names_checkpoint(path: str) -> bool:
-    """Whether ``path`` names a checkpoint (:func:`checkpoint_file`): ``resume=.`` in a folder without
-    one is refused from a run folder of Hydra's own, which the error removes, not from the working folder."""
-    try:
-        checkpoint_file(path)
-    except QnnrunError:
-        return False
-    return True
-
-
 def resume_single_run_args(args: list[str]) -> list[str]:
     """``args`` of ``qnnrun train``, plus what lets a single run's resume write into its own folder:
     for ``resume=PATH`` naming a checkpoint, ``hydra.run.dir=<the run's folder>`` (unless given); for a resume into a
@@ -575,8 +565,11 @@ def resume_single_run_args(args: list[str]) -> list[str]:
     values = {o.key_or_group: o.value() for o in parsed if not o.is_sweep_override()}
     resume, run_dir = values.get("resume"), values.get("hydra.run.dir")
     extra = []
-    if isinstance(resume, str) and _names_checkpoint(resume):
-        folder = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    try:  # resume=. in a folder without a checkpoint is refused from Hydra's own run folder, which the error removes
+        folder = checkpoint_file(resume).parent if isinstance(resume, str) else None
+    except QnnrunError:
+        folder = None
+    if folder is not None:
         if run_dir is None:
             run_dir = str(folder)
             quote = next((q for q in ("'", '"') if q not in run_dir), "")

@@ -60,6 +60,7 @@ class OptunaSearch(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna
+        from qnnrun.runs import MULTIRUN_CONFIG
         from qnnrun.sweep import run_overrides
 
         impl = self.sweeper
@@ -116,7 +117,7 @@ class OptunaSearch(OptunaSweeper):
                                         directions=impl._get_directions())
             study.set_user_attr(COMMAND, command)
         # What `qnnrun train ... resume=true` without hydra.sweep.dir looks for (qnnrun.sweep.find_sweep).
-        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        OmegaConf.save(self.config, self.sweep_dir / MULTIRUN_CONFIG)
         impl.launcher = _SearchLauncher(impl.launcher, 0 if completed else FIRST_FAILURES, impl.storage,
                                         impl.study_name,
                                         _unfinished_folders(self.sweep_dir) if waiting else {})
