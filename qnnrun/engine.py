@@ -511,7 +511,9 @@ class _Loop:
                      "quantized": fully_quantized(self.model),
                      **({"test_top5": result.top5} if result.top5 is not None else {})}
             improved = entry["quantized"] and result.acc > self.best_acc
-            entry.update(_accuracy_marks(entry, result.acc if improved else self.best_acc, self.init_acc))
+            if improved:  # kept in the checkpoint: a longer run (extend=true) replaces best.ckpt only when better
+                self.best_acc = result.acc
+            entry.update(_accuracy_marks(entry, self.best_acc, self.init_acc))
             history.append(entry)
             if self.writer is not None:
                 log_epoch(self.writer, entry)

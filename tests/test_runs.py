@@ -101,6 +101,7 @@ def test_a_run_of_no_epochs_keeps_its_model_for_eval_export_and_a_longer_run(qnn
     assert code == 0, err
     run = tmp_path / "outputs/ptq"
     assert (run / "last.ckpt").is_file() and load_checkpoint(run)["epoch"] == 0
+    assert load_checkpoint(run)["best_acc"] == _summary(run)["test_acc"]  # what a longer run must beat
     code, out, err = qnnrun("eval", "checkpoint=outputs/ptq")
     assert code == 0 and f"top-1 {_summary(run)['test_acc']:.2f}%" in out, err
     code, _, err = qnnrun("train", "resume=outputs/ptq", "trainer.epochs=1", "extend=true", *FAST)
