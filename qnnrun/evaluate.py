@@ -3,6 +3,7 @@ for evaluation, and the ``eval`` / ``bops`` commands' reports."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -129,10 +130,33 @@ def evaluate_checkpoint(checkpoint: str, dataset: DictConfig | None, paths: Dict
     return eval_report_line(run, data, evaluate(run.model, data.test, run.info.num_classes))
 
 
+def saved_run_paths(saved: DictConfig, paths: DictConfig) -> tuple[Path, Path]:
+    """The folders (data, cache) a command reads a saved run's data set from. The data folder is
+    ``paths.data_dir`` where the command line gives one (null otherwise), else the run's own
+    (``saved.paths.data_dir``) where that folder exists here, else ``qnnrun train``'s default:
+    ``$QNNRUN_DATA``, or ``./data``. The cache is ``paths.cache_dir`` where given, else the run's own
+    with the run's data folder, else ``<data folder>/.qnnrun-cache``."""
+    own = saved.get("paths") or {}
+    own_dir = Path(str(own["data_dir"])).expanduser() if own.get("data_dir") is not None else None
+    if paths.get("data_dir") is not None:
+        data_dir = Path(str(paths.data_dir)).expanduser()
+    elif own_dir is not None and own_dir.is_dir():
+        data_dir = own_dir
+    else:
+        data_dir = Path(os.environ.get("QNNRUN_DATA", Path.cwd() / "data")).expanduser()
+    if paths.get("cache_dir") is not None:
+        return data_dir, Path(str(paths.cache_dir)).expanduser()
+    if data_dir == own_dir and own.get("cache_dir") is not None:
+        return data_dir, Path(str(own["cache_dir"])).expanduser()
+    return data_dir, data_dir / ".qnnrun-cache"
+
+
 def saved_run_data(run: SavedRun, dataset: DictConfig | None, paths: DictConfig, device: torch.device) -> DataBundle:
-    """The data to evaluate a saved run on: its own data set, or ``dataset`` when it fits the model."""
-    data = build_data(dataset if dataset is not None else run.config.dataset, data_dir=paths.data_dir,
-                      cache_dir=paths.cache_dir, device=device, seed=run.config.seed)
+    """The data to evaluate a saved run on: its own data set, or ``dataset`` when it fits the model,
+    read from :func:`saved_run_paths`."""
+    data_dir, cache_dir = saved_run_paths(run.config, paths)
+    data = build_data(dataset if dataset is not None else run.config.dataset, data_dir=data_dir,
+                      cache_dir=cache_dir, device=device, seed=run.config.seed)
     shape = (data.info.in_channels, data.info.image_size, data.info.num_classes)
     info = run.info
     if shape != (info.in_channels, info.image_size, info.num_classes):

@@ -35,7 +35,7 @@ from qnnrun.checkpoint import (check_output_file, check_output_folder, checkpoin
 from qnnrun.config import check_int, check_mmse_width, check_number, validate_quant
 from qnnrun.data import DataBundle, DataInfo, build_data
 from qnnrun.errors import QnnrunError
-from qnnrun.evaluate import evaluate, reestimate_batchnorm
+from qnnrun.evaluate import evaluate, reestimate_batchnorm, saved_run_paths
 from qnnrun.methods import METHODS, Method, build_method
 from qnnrun.methods.bnn import LatentWeightMethod
 from qnnrun.metrics.bops import layer_costs
@@ -594,10 +594,10 @@ def load_network(cfg: DictConfig, options: Options) -> tuple[DictConfig, DataInf
 
 
 def read_data(cfg: DictConfig, options: Options, run: DictConfig, info: DataInfo, base: nn.Module) -> Bench:
-    """The :class:`Bench`: the checkpoint's data set (from ``paths.*``) and its first training batches,
-    drawn once so every measurement calibrates (and re-estimates BatchNorm) on the same images."""
-    data = build_data(run.dataset, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, device=options.device,
-                      seed=run.seed)
+    """The :class:`Bench`: the checkpoint's data set (from :func:`saved_run_paths`) and its first training
+    batches, drawn once so every measurement calibrates (and re-estimates BatchNorm) on the same images."""
+    data_dir, cache_dir = saved_run_paths(run, cfg.paths)
+    data = build_data(run.dataset, data_dir=data_dir, cache_dir=cache_dir, device=options.device, seed=run.seed)
     draws = max(int(run.quant.calib_batches), int(run.quant.bn_reestimate_batches))
     train_batches = list(itertools.islice(data.train, draws))
     return Bench(run, base, info, data, options.device, train_batches, options.batches)

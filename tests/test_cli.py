@@ -55,6 +55,56 @@ def test_train_run_then_eval(qnnrun, tmp_path: Path) -> None:
     assert f"top-1 {summary['test_acc']:.2f}%" in out
 
 
+def _write_imagefolder(root: Path) -> None:
+    """A tiny two-class imagefolder tree: 4 training and 2 test images of 8x8 per class."""
+    from PIL import Image
+
+    for split, count in (("train", 4), ("val", 2)):
+        for label, value in (("dark", 30), ("light", 220)):
+            (root / split / label).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (8, 8), (value + i,) * 3).save(root / split / label / f"{i}.png")
+
+
+def test_eval_export_and_sensitivity_read_the_runs_own_data_folder(qnnrun, tmp_path: Path) -> None:
+    """A run trained with paths.data_dir=DIR is read from DIR by eval, export check=true and sensitivity
+    without DIR given again (the test's QNNRUN_DATA points elsewhere); a paths.data_dir given wins."""
+    _write_imagefolder(tmp_path / "elsewhere/tiny")
+    code, _, err = qnnrun("train", "dataset=imagefolder", "dataset.root=tiny", "dataset.image_size=8",
+                          "dataset.batch_size=4", "dataset.num_workers=0", f"paths.data_dir={tmp_path / 'elsewhere'}",
+                          "trainer.epochs=1", "trainer.progress=false", "hydra.run.dir=run")
+    assert code == 0, err
+    code, out, err = qnnrun("eval", "checkpoint=run")
+    assert code == 0 and "on imagefolder test (4 images)" in out, err
+    code, out, err = qnnrun("export", "checkpoint=run", "format=onnx", "check=true")
+    assert code == 0 and "of 4 test predictions differ" in out, err
+    code, out, err = qnnrun("sensitivity", "checkpoint=run", "bits=4")
+    assert code == 0 and "written:" in out, err
+    code, _, err = qnnrun("eval", "checkpoint=run", f"paths.data_dir={tmp_path / 'nowhere'}")
+    assert code == 1 and str(tmp_path / "nowhere") in err
+
+
+def test_saved_run_paths_order() -> None:
+    """The command line's folders, else the run's own where its data folder exists, else $QNNRUN_DATA;
+    the run's cache goes with the run's data folder only."""
+    from omegaconf import OmegaConf
+
+    from qnnrun.evaluate import saved_run_paths
+
+    here = Path(__file__).parent
+    saved = OmegaConf.create({"paths": {"data_dir": str(here), "cache_dir": "/cache/own"}})
+    none = OmegaConf.create({"data_dir": None, "cache_dir": None})
+    assert saved_run_paths(saved, none) == (here, Path("/cache/own"))
+    given = OmegaConf.create({"data_dir": "/given", "cache_dir": None})
+    assert saved_run_paths(saved, given) == (Path("/given"), Path("/given/.qnnrun-cache"))
+    assert saved_run_paths(saved, OmegaConf.create({"data_dir": None, "cache_dir": "/c"})) == (here, Path("/c"))
+    gone = OmegaConf.create({"paths": {"data_dir": "/no/such/folder", "cache_dir": "/cache/own"}})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QNNRUN_DATA", "/env/data")
+        assert saved_run_paths(gone, none) == (Path("/env/data"), Path("/env/data/.qnnrun-cache"))
+        assert saved_run_paths(OmegaConf.create({}), none)[0] == Path("/env/data")  # a config saved without paths
+
+
 def test_multirun_sweep_writes_one_folder_per_job(qnnrun, tmp_path: Path) -> None:
     code, _, err = qnnrun("train", "-m", "method=fp,ste", "bits=2,4", "trainer.epochs=1", "trainer.progress=false",
                           "hydra.sweep.dir=sweep")
