@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
@@ -46,11 +46,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     replace_atomic(path, lambda f: f.write(text.encode()))
 
 
-def check_output_file(path: str | Path, key: str) -> None:
+def check_output_file(path: str | Path, key: str, new_folder: bool = False) -> None:
     """Raise a one-line QnnrunError naming ``key`` unless ``path`` can be written as a regular file:
-    absent or a regular file (a link to one too), in an existing folder. A special file (``/dev/null``,
-    a FIFO) or a folder is refused: an atomic replace would put a regular file in its place; so is
-    a path given as text that ends in a separator (``out/``: a folder, absent or not)."""
+    absent or a regular file (a link to one too), in an existing folder (``new_folder=True``: or in one
+    that can be created; nothing is left created). A special file (``/dev/null``, a FIFO) or a folder
+    is refused: an atomic replace would put a regular file in its place; so is a path given as text
+    that ends in a separator (``out/``: a folder, absent or not)."""
     if isinstance(path, str) and path.endswith(("/", os.sep)):
         raise QnnrunError(f"{key}={path} names a folder: give a file path")
     path = Path(path)
@@ -59,7 +60,9 @@ def check_output_file(path: str | Path, key: str) -> None:
         raise QnnrunError(f"{key}={path} is {kind}, not a file qnnrun may replace: give a file path")
     if path.is_symlink() and not path.exists():
         raise QnnrunError(f"{key}={path} is a link to nothing: give a file path")
-    if not path.parent.is_dir():
+    if new_folder and not path.parent.exists():
+        check_output_folder(path.parent, key, keep=False)
+    elif not path.parent.is_dir():
         problem = "is not a folder" if path.parent.exists() else "does not exist"
         raise QnnrunError(f"{key}={path}: the folder {path.parent} {problem}")
 
@@ -86,6 +89,23 @@ def check_output_folder(path: str | Path, key: str, keep: bool = True) -> None:
         for folder in created:
             with contextlib.suppress(OSError):  # not empty: something else wrote there meanwhile
                 folder.rmdir()
+
+
+@contextlib.contextmanager
+def new_folder(path: str | Path, key: str) -> Iterator[None]:
+    """Create the folder ``path`` (and its parents) for the block to write into (a one-line
+    QnnrunError naming ``key`` where it cannot be); when the block fails, the folders made here are
+    removed again (where it left them empty), so a failed command leaves nothing behind."""
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    check_output_folder(path, key)
+    try:
+        yield
+    except BaseException:
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def replace_atomic(path: str | Path, write: Callable[[BinaryIO], object]) -> None:

@@ -470,7 +470,7 @@ def test_special_or_unwritable_output_paths_are_refused(qnnrun, tmp_path: Path) 
     for args, expected in [
         (("export", "checkpoint=run", "output=null"), "output=null is a special file"),
         (("export", "checkpoint=run", "format=onnx", "output=run"), "output=run is a folder"),
-        (("export", "checkpoint=run", "output=nowhere/x.pt"), "the folder nowhere does not exist"),
+        (("export", "checkpoint=run", "output=a_file/x.pt"), "the folder a_file is not a folder"),
         (("report", "run", "--out", "a_file"), "--out=a_file cannot be a folder: a_file is not a folder"),
         (("train", "hydra.run.dir=a_file/run"), "hydra.run.dir=a_file/run cannot be a folder"),
         (("train", "-m", "hydra.sweep.dir=null/sweep"), "hydra.sweep.dir=null/sweep cannot be a folder"),
@@ -479,6 +479,18 @@ def test_special_or_unwritable_output_paths_are_refused(qnnrun, tmp_path: Path) 
         assert code == 1 and expected in err and len(err.strip().splitlines()) == 1, (args, err)
     assert (tmp_path / "null").is_symlink() and Path(os.devnull).is_char_device()
     assert (tmp_path / "a_file").read_text() == "mine"
+
+
+def test_export_makes_the_output_folder_and_removes_it_when_the_export_fails(qnnrun, tmp_path: Path) -> None:
+    code, _, err = qnnrun("train", "trainer.epochs=0", "hydra.run.dir=run")
+    assert code == 0, err
+    code, out, err = qnnrun("export", "checkpoint=run", "output=new/deeper/model.int.pt")
+    assert code == 0 and "wrote new/deeper/model.int.pt" in out, err
+    code, _, err = qnnrun("train", "method=fp", "trainer.epochs=0", "hydra.run.dir=float")
+    assert code == 0, err
+    code, _, err = qnnrun("export", "checkpoint=float", "format=onnx", "output=made/deeper/model.onnx")
+    assert code == 1 and "has no quantized layer" in err, err  # refused while writing: the new folders go again
+    assert not (tmp_path / "made").exists()
 
 
 def test_each_command_has_its_own_help(qnnrun) -> None:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from qnnrun.build import build_quantized_model, example_input, select_device
-from qnnrun.checkpoint import check_archive, check_output_file, checkpoint_file, save_atomic
+from qnnrun.checkpoint import check_archive, check_output_file, checkpoint_file, new_folder, save_atomic
 from qnnrun.config import check_bool, check_choice
 from qnnrun.data import DataBundle, DataInfo
 from qnnrun.errors import QnnrunError, plural
@@ -157,7 +157,7 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
     source = Path(checkpoint)
     stem = source / "model" if source.is_dir() else source.with_suffix("")
     path = Path(output) if output else stem.parent / (stem.name + (".onnx" if fmt == "onnx" else ".int.pt"))
-    check_output_file(output or path, "output")
+    check_output_file(output or path, "output", new_folder=True)
     if path.exists() or path.is_symlink():  # a checkpoint, a run's records, an earlier export: never replaced
         raise QnnrunError(f"output={path} exists: qnnrun export writes a new file and replaces none (remove it, "
                           f"or give output=PATH)")
@@ -171,11 +171,13 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
         from qnnrun.export.onnx import export_onnx
 
         data = saved_run_data(run, None, paths, next(run.model.parameters()).device) if check else None
-        export_onnx(run, path, checkpoint_file(source))
+        with new_folder(path.parent, "output"):
+            export_onnx(run, path, checkpoint_file(source))
         line = f"wrote {path} ({path.stat().st_size} bytes): QuantizeLinear/DequantizeLinear graph"
         return "\n".join([line, *check_onnx(run, path, data)]) if data is not None else line
     export = integer_export(run)
-    save_integer_export(export, path)
+    with new_folder(path.parent, "output"):
+        save_integer_export(export, path)
     sizes = export["sizes"]
     return (f"wrote {path} ({path.stat().st_size} bytes): {plural(len(export['layers']), 'integer layer')}, "
             f"packed weights {sizes['packed_weight_bytes']} bytes + float weights {sizes['float_weight_bytes']} bytes "
