@@ -350,6 +350,8 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(widths):]:
         ax.set_visible(False)
+    for ax in list(axes.flat)[max(0, len(widths) - columns):len(widths)]:  # no panel below: its own epoch ticks
+        ax.tick_params(axis="x", labelbottom=True)
     _legend_beside(axes[0, -1], styles, sorted(drawn), [(line, label) for label, line in references.items()])
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

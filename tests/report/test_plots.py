@@ -299,6 +299,20 @@ def test_the_curves_share_one_legend_beside_the_panels(figures: list[Any], tmp_p
     assert np.ptp([ax.get_ylim() for ax in axes], axis=0).tolist() == [0, 0]  # one y-axis for all panels
 
 
+def test_every_curve_panel_without_one_below_numbers_its_epochs(figures: list[Any], tmp_path: Path) -> None:
+    """Four widths in two rows of three: the top row's second and third panels, with none below them,
+    show their epoch numbers (the shared x-axis had hidden them: those panels said "epoch" and no number)."""
+    groups = [group("ste", bits, [90.0]) for bits in (1, 2, 3, 4)]
+    for g in groups:
+        for run in g.done:
+            run.__dict__["curves"] = {"test/acc": [(1, 80.0), (2, run.metrics["test_acc"])], "train/acc": []}
+    plot_test_curves(groups, tmp_path / "curves.png")
+    figures[0].canvas.draw()
+    numbered = {ax.get_title(): any(label.get_visible() and label.get_text() for label in ax.get_xticklabels())
+                for ax in figures[0].axes if ax.get_visible()}
+    assert numbered == {"W1A1": False, "W2A2": True, "W3A3": True, "W4A4": True}
+
+
 @pytest.mark.parametrize(("low", "high", "plain"), [(0.68, 1.77, True), (0.0017, 0.03, True), (0.0016, 0.0926, True),
                                                     (0.0001, 0.5, False)])
 def test_log_gbops_axis_is_labelled_plainly_below_three_decades(low: float, high: float, plain: bool) -> None:
