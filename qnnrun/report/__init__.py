@@ -66,7 +66,7 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     repeated = {p.path for p in repeats}
     runs, problems = [r for r in runs if r.path not in repeated], [*problems, *repeats]
     finished = [g for g in groups if g.done]
-    unfinished = sum(r.status == UNFINISHED for r in runs)
+    unfinished = [r for r in runs if r.status == UNFINISHED]
     waiting = {selector: check_baseline(groups, selector, keys, ignore, unfinished) for selector in paired}
     parts = [_headline(paths, runs, problems, groups, ignore), layer_policy_note(finished)]
     if groups:

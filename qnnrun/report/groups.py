@@ -51,7 +51,7 @@ class Group:
     def replicate(self, run: Run) -> Replicate:
         """What tells ``run`` apart within the group: its seed, and its values of the ignored keys
         (``init_from`` when each seed fine-tunes its own float run; None where unset)."""
-        return run.seed, tuple(_value_text(run, key) for key in self.ignored)
+        return run.seed, tuple(value_text(run, key) for key in self.ignored)
 
     @property
     def defaults(self) -> set[str]:
@@ -115,14 +115,14 @@ def group_runs(runs: Sequence[Run], ignore: Collection[str] = ()) -> list[Group]
         wanted = [k for k in keys if reads(run.identity.method, k)
                   and not (run.identity.mixed and (k.startswith(SEARCH_PREFIX) or k in LAYER_KEYS))
                   and not (run.identity.is_float and k.startswith(FLOAT_IGNORES))]
-        values = ((k, _value_text(run, k)) for k in wanted)
+        values = ((k, value_text(run, k)) for k in wanted)
         extras = {k: v for k, v in values if v is not None}
         key = (run.identity, tuple(sorted(extras.items())))
         groups.setdefault(key, Group(run.identity, extras, ignored=tuple(sorted(ignore)))).runs.append(run)
     return [groups[key] for key in sorted(groups, key=lambda k: (k[0].dataset, k[0].model, k[0].method, k[0].mixed, k))]
 
 
-def _value_text(run: Run, key: str) -> str | None:
+def value_text(run: Run, key: str) -> str | None:
     """The value of override ``key`` a run typed, else the one it left at its default (:func:`_default_text`)."""
     return run.overrides[key] if key in run.overrides else _default_text(run, key)
 

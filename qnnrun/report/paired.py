@@ -15,7 +15,7 @@ many seeds the group is above its baseline; groups whose lengths differ are name
 left unpaired are listed with the reason (where no baseline is alike: what the nearest one differs
 in, e.g. a preset's ``grid_point``: the selector can name it too, or ``--ignore grid_point`` group
 over it where it only restates the method and bits). A baseline no finished group has is refused as
-a typo unless some runs are unfinished (a sweep in progress): then the section says so.
+a typo unless some unfinished runs (a sweep in progress) could still be it: then the section says so.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 
 from qnnrun.errors import QnnrunError
-from qnnrun.report.groups import Group, Replicate, group_label, reads, task_suffix, varying_keys
-from qnnrun.report.records import canonical, identity_key_problem
+from qnnrun.report.groups import Group, Replicate, group_label, reads, task_suffix, value_text, varying_keys
+from qnnrun.report.records import Run, canonical, identity_key_problem
 from qnnrun.report.tables import markdown
 
 # A baseline as --paired names it: (key, value) pairs, key ``method`` or an override key.
@@ -158,13 +158,29 @@ def _waiting(unfinished: int) -> str:
             "(a baseline among them pairs once it finishes)")
 
 
+def _may_select(run: Run, selector: Selector) -> bool:
+    """Whether the unfinished ``run`` can still become a baseline ``selector`` names: it typed (or left at
+    its default) each value the selector gives, as far as its folder tells."""
+    return all(_run_value(run, key) in (None, canonical(value)) for key, value in selector)
+
+
+def _run_value(run: Run, key: str) -> str | None:
+    """The value of ``key`` in an unfinished run (no identity yet): its method as typed or composed, or
+    :func:`~qnnrun.report.groups.value_text`; None where its folder does not tell."""
+    if key != "method":
+        return value_text(run, key)
+    typed = [line.split("=", 1)[1] for line in run.command_line if line.split("=", 1)[0] == "method"]
+    return canonical(typed[-1]) if typed else run.choices.get("method")
+
+
 def check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[str], ignore: Collection[str],
-                   unfinished: int = 0) -> str:
+                   unfinished: Sequence[Run] = ()) -> str:
     """One line naming what is wrong with a ``--paired`` baseline: a key given to ``--ignore``, a key no
     run sets (or only runs of methods without that option), a value no group has, or values no one
-    group has together. Where ``unfinished`` runs could still be that baseline (a sweep in progress),
-    the last two are no error: returns the note the report prints in place of the table ("" when the
-    baseline is there)."""
+    group has together. Where ``unfinished`` runs could still be that baseline (a sweep in progress:
+    runs whose values do not differ from the selector's), the last two are no error: returns the note
+    the report prints in place of the table ("" when the baseline is there)."""
+    waiting = sum(_may_select(run, selector) for run in unfinished)
     for key, value in selector:
         if key in ignore:
             raise QnnrunError(f"--paired {key}={value}: {key} is given to --ignore too, so no group differs in it")
@@ -182,11 +198,11 @@ def check_baseline(groups: Sequence[Group], selector: Selector, keys: Sequence[s
         values = sorted({_key_value(g, key) for g in groups} - {""})
         if canonical(value) not in values:
             missing = f"no group has {key}={value}; the runs have {', '.join(values) or 'none'}"
-            if unfinished:
-                return f"Not paired yet: {missing}, and {_waiting(unfinished)}."
+            if waiting:
+                return f"Not paired yet: {missing}, and {_waiting(waiting)}."
             raise QnnrunError(f"--paired {key}={value}: {missing}")
     if not any(_selects(g, selector) for g in groups):
-        if unfinished:
-            return f"Not paired yet: no group has {selector_text(selector)} together, and {_waiting(unfinished)}."
+        if waiting:
+            return f"Not paired yet: no group has {selector_text(selector)} together, and {_waiting(waiting)}."
         raise QnnrunError(f"--paired {selector_text(selector)}: no group has all of these")
     return ""

@@ -230,6 +230,11 @@ def test_a_baseline_still_running_is_waited_for_and_a_missing_one_refused(tmp_pa
     assert "1 done, 0 failed, 1 unfinished; 1 group (" in text
     assert ("## Paired with method=ste, by seed\n\nNot paired yet: no group has method=ste; the runs have lsq, and "
             "1 run is unfinished (a baseline among them pairs once it finishes).") in text
+    # An unfinished run that can never be the baseline (it typed another value) does not stand in for a typo:
+    # --paired teacher=none for null, say, with a run of teacher=null still training, was "not paired yet".
+    with pytest.raises(QnnrunError, match=r"^--paired method=dorefa: no group has method=dorefa; the runs have lsq$"):
+        build_report([runs], tmp_path / "out2", plots=False, paired=[(("method", "dorefa"),)])
+    assert not (tmp_path / "out2").exists()
 
 
 def test_one_value_typed_two_ways_is_one_group_and_a_baseline_either_way(tmp_path: Path) -> None:
