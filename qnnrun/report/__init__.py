@@ -24,6 +24,9 @@ Writes into the output folder (the tables and the CSV: :mod:`qnnrun.report.table
                               marked, every point labelled
     test_accuracy_curves.png  test accuracy (%) per epoch from the TensorBoard events, one panel per
                               bit width (shared axes), methods overlaid
+
+Runs of several models or data sets are drawn apart: each plot once per model and data set, named
+``accuracy_vs_bits_<model>_<dataset>.png`` and so on.
 """
 
 from __future__ import annotations
@@ -84,12 +87,12 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     (out_dir / "report.md").write_text(f"{HEADER}\n\n(being written)\n", encoding="utf-8")
     write_csv(groups, out_dir / "report.csv")
     drawn = []
-    if plots and finished:
-        for name, plot in PLOTS.items():
-            if name == BITS_PLOT and all(g.identity.mixed for g in finished):
+    for name, plot in PLOTS.items() if plots else ():
+        for suffix, members in _by_task(finished).items():  # one figure per model and data set
+            if name == BITS_PLOT and all(g.identity.mixed for g in members):
                 continue  # mixed runs have no one bit width: nothing to draw against bits
-            plot(finished, out_dir / name)
-            drawn.append(name)
+            drawn.append(f"{Path(name).stem}{suffix}.png")
+            plot(members, out_dir / drawn[-1])
     # Last: reading the curves (epochs table, plots) may have added notes about unreadable events.
     table = problems_table(runs, problems)
     if table:
@@ -102,15 +105,34 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     return text
 
 
+def _by_task(groups: Sequence[Group]) -> dict[str, list[Group]]:
+    """The groups of each model and data set, by the suffix of their plots' file names: ``""`` where
+    all share one, else ``_<model>_<dataset>`` (``accuracy_vs_gbops_resnet20_cifar10.png``)."""
+    tasks: dict[tuple[str, str], list[Group]] = {}
+    for g in groups:
+        tasks.setdefault((g.identity.model, g.identity.dataset), []).append(g)
+    if len(tasks) == 1:
+        return {"": list(groups)}
+    return {f"_{model}_{dataset}": members for (model, dataset), members in sorted(tasks.items())}
+
+
 # The first line of every report.md qnnrun report writes (what tells its files from a user's).
 HEADER = "# qnnrun report"
-REPORT_FILES = ("report.md", "report.csv", *PLOTS)
+
+
+def _report_files(out_dir: Path) -> list[Path]:
+    """The files in ``out_dir`` a report writes: report.md, report.csv and the plots (one of each per
+    model and data set where the runs are of several)."""
+    plots = (p for name in PLOTS for p in sorted(out_dir.glob(f"{Path(name).stem}*.png"))
+             if p.stem == Path(name).stem or p.stem.startswith(f"{Path(name).stem}_"))
+    return [p for p in (out_dir / "report.md", out_dir / "report.csv", *plots) if p.exists()]
 
 
 def _check_overwrites(out_dir: Path) -> None:
     """Refuse to write into ``out_dir`` over report files qnnrun report did not write there: a
     report.md that does not start with :data:`HEADER`, or any other report file beside no such
-    report.md (a user's notes named report.md, a plot of their own)."""
+    report.md (a user's notes named report.md, a plot of their own). Where the files are an earlier
+    report's, its plots are removed (this report may draw others: another set of models)."""
     def ours(file: Path) -> bool:
         try:
             with open(file, encoding="utf-8", errors="replace") as handle:
@@ -118,10 +140,13 @@ def _check_overwrites(out_dir: Path) -> None:
         except OSError:
             return False
 
-    theirs = [] if ours(out_dir / "report.md") else [name for name in REPORT_FILES if (out_dir / name).exists()]
-    if theirs:
-        raise QnnrunError(f"{out_dir / theirs[0]} was not written by qnnrun report (no {HEADER!r} report.md beside "
+    files = _report_files(out_dir)
+    if files and not ours(out_dir / "report.md"):
+        raise QnnrunError(f"{files[0]} was not written by qnnrun report (no {HEADER!r} report.md beside "
                           f"it), and the report would replace it: give another folder with --out DIR")
+    for plot in files[1:]:  # an earlier report's plots go: none is left that this report.md does not show
+        if plot.suffix == ".png":
+            plot.unlink()
 
 
 def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],

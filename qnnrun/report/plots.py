@@ -43,6 +43,8 @@ FRONT_CIRCLE = 12.0  # around a point of the Pareto front, across
 BITS_SLOT = 0.8  # of the gap between two bit widths, the most that the markers set side by side at one take
 MAX_WIDTH = 16.0  # inches: the widest a crowded accuracy-vs-bits plot grows to give them that room
 LEGEND_ROWS = 24  # entries per legend column
+PLOT_WIDTH = 4.5  # inches: the least plotting area a plot keeps beside its legend
+LEGEND_MARGIN = 1.2  # inches beside a plot and its legend: the y-axis label, ticks and paddings
 
 
 def _series(groups: Sequence[Group], shown: Sequence[str]) -> dict[str, list[Group]]:
@@ -136,16 +138,20 @@ def _draw_points(ax: Any, name: str, points: Sequence[tuple[float, float, float 
 
 
 def _legend_beside(ax: Any, styles: Mapping[str, Mapping[str, Any]], names: Iterable[str],
-                   extra: Sequence[tuple[Any, str]] = ()) -> None:
+                   extra: Sequence[tuple[Any, str]] = (), plot_width: float = PLOT_WIDTH) -> None:
     """A legend right of ``ax`` (never over the data): one entry per series in ``names`` drawn in its
-    style, then the (handle, label) pairs of ``extra``."""
+    style, then the (handle, label) pairs of ``extra``. The figure is widened where needed so that the
+    legend fits beside ``plot_width`` inches of plotting area (a long legend ran off the figure)."""
     from matplotlib.lines import Line2D
 
     entries = [(Line2D([], [], **styles[name]), name) for name in names] + list(extra)
     if entries:
         handles, labels = zip(*entries)
-        ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0,
-                  ncols=math.ceil(len(entries) / LEGEND_ROWS))
+        legend = ax.legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1),
+                           borderaxespad=0, ncols=math.ceil(len(entries) / LEGEND_ROWS))
+        fig = ax.figure
+        width = legend.get_window_extent(fig.canvas.get_renderer()).width / fig.dpi
+        fig.set_figwidth(max(fig.get_figwidth(), plot_width + width + LEGEND_MARGIN))
 
 
 def _fix_layout(fig: Any, ax: Any) -> None:
@@ -352,7 +358,8 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
         ax.set_visible(False)
     for ax in list(axes.flat)[max(0, len(widths) - columns):len(widths)]:  # no panel below: its own epoch ticks
         ax.tick_params(axis="x", labelbottom=True)
-    _legend_beside(axes[0, -1], styles, sorted(drawn), [(line, label) for label, line in references.items()])
+    _legend_beside(axes[0, -1], styles, sorted(drawn), [(line, label) for label, line in references.items()],
+                   plot_width=4.2 * columns)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,11 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
     import matplotlib.pyplot as plt
 
     kept: list[Any] = []
+    close = plt.close
     monkeypatch.setattr(plt, "close", kept.append)
     yield kept
     for figure in kept:
-        figure.clear()
+        close(figure)
 
 
 def marker_pixels(ax: Any) -> dict[str, list[tuple[float, float]]]:
@@ -182,6 +184,28 @@ def test_a_note_and_the_labels_name_the_layer_policy_where_compared_runs_differ(
     assert legend == ["dorefa first/last=fp", "lsq first/last=8", "ste first/last=fp"]
     gbops_labels = sorted(t.get_text() for t in figures[1].axes[0].texts)
     assert gbops_labels == ["dorefa W2A2 first/last=fp", "lsq W2A2 first/last=8", "ste W2A2 first/last=fp"]
+
+
+def test_runs_of_several_models_are_plotted_apart_and_an_earlier_reports_plots_go(tmp_path: Path,
+                                                                                  figures: list[Any]) -> None:
+    """One figure of each plot per model and data set (a whole tree of runs drew a digits MLP and a
+    CIFAR-10 ResNet on one axis, one Pareto line across both); a later report into the same folder
+    leaves none of an earlier one's plots that its report.md does not show."""
+    write_run(tmp_path / "runs" / "ste", "ste", "fp", "fp")
+    write_run(tmp_path / "runs" / "lsq", "lsq", "fp", "fp", test_acc=92.0)
+    write_run(tmp_path / "runs" / "r20", "ste", "fp", "fp", model="resnet20", dataset="cifar10", gbops=1.1,
+              test_acc=85.0)
+    text = build_report([tmp_path / "runs"], tmp_path / "out", plots=True)
+    names = [f"{plot}_{task}.png" for plot in ("accuracy_vs_bits", "accuracy_vs_gbops", "test_accuracy_curves")
+             for task in ("mlp_digits", "resnet20_cifar10")]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == sorted(names)
+    assert text.endswith("## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in names) + "\n")
+    legends = [sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts()) for fig in figures[:2]]
+    assert legends == [["lsq", "ste"], ["ste"]]  # no "(mlp, digits)": each figure is of one model
+    shutil.rmtree(tmp_path / "runs" / "r20")
+    build_report([tmp_path / "runs"], tmp_path / "out", plots=True)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "accuracy_vs_bits.png", "accuracy_vs_gbops.png", "test_accuracy_curves.png"]
 
 
 def test_no_note_and_no_policy_in_labels_where_the_compared_runs_share_it(tmp_path: Path) -> None:

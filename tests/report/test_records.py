@@ -487,7 +487,10 @@ def test_any_valid_records_are_reported_and_plotted(real_runs: dict[str, Path], 
         # Counted, with a note that no TensorBoard events (none written here) confirm the test accuracy.
         assert {status for status, reason in problem_rows(text).values() if not reason.startswith(EVENTS_NOTE)} == set()
         assert sum(int(row["runs"]) for row in csv_rows(root)) == len(records) + len(real)
-        for name in ("accuracy_vs_bits.png", "accuracy_vs_gbops.png", "test_accuracy_curves.png"):
+        drawn = re.findall(r"^!\[(.+)\]\(\1\)$", (root / "report" / "report.md").read_text(), re.MULTILINE)
+        for stem in ("accuracy_vs_bits", "accuracy_vs_gbops", "test_accuracy_curves"):  # one per model, data set
+            assert any(name.startswith(stem) for name in drawn), (stem, drawn)
+        for name in drawn:
             assert (root / "report" / name).read_bytes().startswith(PNG_MAGIC), name
 
 
