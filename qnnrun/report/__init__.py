@@ -32,6 +32,7 @@ Runs of several models or data sets are drawn apart: each plot once per model an
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -144,9 +145,12 @@ def _check_overwrites(out_dir: Path) -> None:
     if files and not ours(out_dir / "report.md"):
         raise QnnrunError(f"{files[0]} was not written by qnnrun report (no {HEADER!r} report.md beside "
                           f"it), and the report would replace it: give another folder with --out DIR")
-    for plot in files[1:]:  # an earlier report's plots go: none is left that this report.md does not show
-        if plot.suffix == ".png":
-            plot.unlink()
+    if files:  # an earlier report's plots go (those its report.md shows): none is left that this one does not
+        shown = re.findall(r"^!\[([^/\]]+\.png)\]\(\1\)$", (out_dir / "report.md").read_text(encoding="utf-8",
+                           errors="replace"), re.MULTILINE)
+        for plot in files:
+            if plot.name in shown:
+                plot.unlink()
 
 
 def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],

@@ -203,9 +203,10 @@ def test_runs_of_several_models_are_plotted_apart_and_an_earlier_reports_plots_g
     legends = [sorted(t.get_text() for t in fig.axes[0].get_legend().get_texts()) for fig in figures[:2]]
     assert legends == [["lsq", "ste"], ["ste"]]  # no "(mlp, digits)": each figure is of one model
     shutil.rmtree(tmp_path / "runs" / "r20")
+    (tmp_path / "out" / "accuracy_vs_bits_mine.png").write_bytes(b"a plot of the user's own")  # not the report's
     build_report([tmp_path / "runs"], tmp_path / "out", plots=True)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
-        "accuracy_vs_bits.png", "accuracy_vs_gbops.png", "test_accuracy_curves.png"]
+        "accuracy_vs_bits.png", "accuracy_vs_bits_mine.png", "accuracy_vs_gbops.png", "test_accuracy_curves.png"]
 
 
 def test_no_note_and_no_policy_in_labels_where_the_compared_runs_share_it(tmp_path: Path) -> None:
