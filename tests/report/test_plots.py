@@ -74,6 +74,13 @@ def test_equal_and_near_equal_accuracies_at_one_bit_width_are_drawn_side_by_side
     assert all(abs(lines[name][0] - 2) < 0.4 for name in ("ste", "lsq", "pact"))
 
 
+def test_the_bits_axis_ticks_the_bit_widths_drawn(figures: list[Any], tmp_path: Path) -> None:
+    plot_accuracy_vs_bits([group("ste", 2, [90.0]), group("lsq", 2, [91.0])], tmp_path / "one.png")
+    plot_accuracy_vs_bits([group("ste", 2, [90.0]), group("ste", 3, [92.0]), group("ste", 8, [95.0])],
+                          tmp_path / "three.png")
+    assert [list(fig.axes[0].get_xticks()) for fig in figures] == [[2], [2, 3, 8]]
+
+
 def test_a_crowded_bits_plot_widens_until_each_bit_width_holds_its_markers(figures: list[Any],
                                                                            tmp_path: Path) -> None:
     groups = [group(method, bits, [90.0]) for method in sorted(METHODS) for bits in range(1, 9)]
