@@ -168,6 +168,20 @@ def test_counts_of_one_are_singular_and_an_empty_list_is_said_so(qnnrun) -> None
     assert code == 1 and err.strip() == "qnnrun: error: --ignore seeed: no run sets it; the runs set no override key"
 
 
+def test_report_paths_and_epochs_as_typed(qnnrun, tmp_path: Path) -> None:
+    """A folder given twice is one (the headline named it twice); --epochs 10,1,10 is epochs 1 and 10; a
+    missing path is said not to exist (it was "not a folder")."""
+    assert qnnrun("train", "trainer.epochs=2", "trainer.progress=false", "hydra.run.dir=run")[0] == 0
+    code, out, err = qnnrun("report", "run", "run/", "--no-plots", "--epochs", "2,1,2")
+    assert code == 0 and "1 run under run: 1 done" in out, err
+    assert "| test % (train %) at epoch | 1             | 2             |" in out
+    (tmp_path / "a_file").write_text("mine")
+    for path, problem in (("nowhere", "does not exist"), ("a_file", "is not a folder")):
+        code, _, err = qnnrun("report", path, "--no-plots")
+        assert code == 1 and err.strip() == (f"qnnrun: error: {path} {problem}: give run folders, sweep folders or "
+                                             f"outputs/")
+
+
 def test_bops_table(qnnrun) -> None:
     code, out, err = qnnrun("bops", "model=resnet20", "dataset=cifar10", "bits=2")
     assert code == 0, err

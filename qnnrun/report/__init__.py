@@ -166,14 +166,15 @@ def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Pro
 
 
 def _epoch_list(text: str) -> list[int]:
-    """``"1,10,30"`` -> ``[1, 10, 30]``; anything but positive integers is an argparse error."""
+    """``"1,10,30"`` -> ``[1, 10, 30]``, in order, each once; anything but positive integers is an
+    argparse error."""
     try:
         epochs = [int(part) for part in text.split(",")]
     except ValueError:
         epochs = []
     if not epochs or min(epochs) < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected epoch numbers (from 1) separated by commas, e.g. 1,10,30")
-    return epochs
+    return sorted(set(epochs))
 
 
 def _selector(text: str) -> Selector:
@@ -232,6 +233,10 @@ def main(argv: Sequence[str]) -> None:
                              "override key, at VALUE; all else alike), paired by seed (repeatable; "
                              "several pairs in quotes, apart by spaces, name a baseline by all of them)")
     args = parser.parse_args(list(argv))
+    given = {}  # each folder once, as first typed
+    for path in args.paths:
+        given.setdefault(path.resolve(), path)
+    args.paths = list(given.values())
     out_dir = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
     text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore, epochs=args.epochs,
                         paired=args.paired)

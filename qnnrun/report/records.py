@@ -569,7 +569,8 @@ def find_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Problem]]:
     found: dict[Path, Run | Problem] = {}
     for path in paths:
         if not path.is_dir():
-            raise QnnrunError(f"{path} is not a folder: give run folders, sweep folders or outputs/")
+            problem = "is not a folder" if path.exists() else "does not exist"
+            raise QnnrunError(f"{path} {problem}: give run folders, sweep folders or outputs/")
         folders = {p.parent for p in path.rglob(SUMMARY)}
         folders |= {p.parent for p in path.rglob(LAST_CKPT)}
         folders |= {p.parent for p in path.rglob("events.out.tfevents.*")}
