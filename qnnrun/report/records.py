@@ -589,11 +589,13 @@ def find_runs(paths: Sequence[Path]) -> tuple[list[Run], list[Problem]]:
 def _read_curves(run_dir: Path, tags: Sequence[str] = (CURVE_TAG,)) -> dict[str, list[tuple[int, float]]]:
     """Tag -> (epoch, value) of each finite scalar in ``tags`` (empty when not logged), from one read of
     the run's TensorBoard events (TensorBoard's own reader, which also drops the steps a resumed run
-    rewrote)."""
+    rewrote). TensorBoard stores float32: each value is the shortest decimal that float32 holds (63.82,
+    not 63.819999694824219), so a mean over seeds rounds as the same mean of summary.json's values."""
+    import numpy as np
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     logged = set(events.Tags().get("scalars", []))
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag) if math.isfinite(e.value)] if tag in logged else []
-            for tag in tags}
+    return {tag: [(e.step, float(str(np.float32(e.value)))) for e in events.Scalars(tag) if math.isfinite(e.value)]
+            if tag in logged else [] for tag in tags}

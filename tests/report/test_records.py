@@ -597,3 +597,17 @@ def test_a_report_stopped_part_way_is_written_again(real_runs: dict[str, Path], 
     assert (tmp_path / "report" / "report.csv").exists()
     monkeypatch.undo()
     assert report(tmp_path)[0] == 0
+
+
+def test_the_epoch_table_rounds_a_final_mean_as_the_main_table(tmp_path: Path) -> None:
+    """TensorBoard keeps float32: 63.82 and 63.39 came back 63.8199997 and 63.3899994, whose mean
+    printed 63.60 in the By-epoch table beside 63.61 (the mean of summary.json's) in the main one."""
+    from report_files import write_run
+
+    from qnnrun.report import build_report
+
+    for seed, acc in enumerate((63.82, 63.39)):
+        write_run(tmp_path / "runs" / f"s{seed}", "ste", "fp", "fp", seed=seed, test_acc=acc)
+    text = build_report([tmp_path / "runs"], tmp_path / "out", plots=False, epochs=[3])
+    assert "| 63.61 ± 0.30 |" in text.split("## By epoch")[0]
+    assert "| 63.61 ± 0.30 |" in text.split("## By epoch")[1]
