@@ -246,6 +246,24 @@ def test_inverse_error_selection_quantizes_the_low_error_rows_more_often() -> No
     assert quantized[low].mean() > quantized[high].mean()
 
 
+def test_error_selection_keeps_the_high_error_rows_float_more_often() -> None:
+    """The default (``selection=error``): the float rows are drawn with probability proportional to the
+    row's quantization error (SQ's f(e) = 1/e gives the low-error rows to quantization)."""
+    model, method, _ = _digits_model(["method=sq", "bits.w=2", "bits.a=32", "method.ratios=[0.5]"])
+    assert method.selection == "error"
+    method.plan(1, 10)
+    method.on_epoch_start(model, 0, 1)
+    _, layer = quant_layers(model)[1]
+    errors = Q.row_relative_error(layer.weight, layer.weight_quant(layer.weight))
+    floated = torch.zeros(layer.weight.shape[0])
+    for step in range(50):
+        method.before_step(model, step)
+        floated += (layer.channel_state == ChannelState.FLOAT).float()
+        method.after_optimizer_step(model, step)
+    low, high = errors.argsort()[:8], errors.argsort()[-8:]
+    assert floated[high].mean() > floated[low].mean()
+
+
 def test_sq_ratio_one_is_plain_twn() -> None:
     model, method, images = _digits_model(["method=sq", "bits.w=2", "bits.a=32", "method.ratios=[1.0]"])
     method.plan(2, 10)

@@ -170,6 +170,27 @@ def test_signed_one_bit_uniform_is_sign_with_mean_abs_scale() -> None:
     assert torch.allclose(quantizer(w), expected)
 
 
+def test_the_range_is_the_largest_magnitude_of_either_sign() -> None:
+    """max(-min x, max x): a negative side larger than the positive one sets the range (per tensor too)."""
+    assert Q.channel_amax(torch.tensor([-3.0, 1.0]), False).item() == 3.0
+    assert Q.channel_amax(torch.tensor([[-3.0, 1.0], [2.0, -1.0]]), True).flatten().tolist() == [3.0, 2.0]
+    out = UniformQuantizer(4, signed=True)(torch.tensor([-3.0, 1.0]))  # step 3/7: -3 is kept, not clipped
+    assert torch.allclose(out, torch.tensor([-3.0, 6 / 7]))
+
+
+def test_lsq_gradients_at_the_ends_of_the_range_are_those_outside() -> None:
+    """LSQ eq. 3 is strict: at v = qmin or qmax exactly, x gets no gradient and s gets the clamp code;
+    at |v| = 1 a binary LSQ passes none to x."""
+    step = torch.tensor(0.25, requires_grad=True)
+    x = torch.tensor([0.75, -1.0, 0.3], requires_grad=True)  # v = 3 (qmax), -4 (qmin), 1.2
+    grad_x, grad_step = torch.autograd.grad(Q.lsq_quantize(x, step, -4, 3, 0.5).sum(), (x, step))
+    assert grad_x.tolist() == [0.0, 0.0, 1.0]
+    assert torch.allclose(grad_step, torch.tensor((3 - 4 + (1 - 1.2)) * 0.5))
+    x = torch.tensor([0.25, -0.25, 0.1], requires_grad=True)  # v = 1, -1, 0.4
+    (grad_x,) = torch.autograd.grad(Q.lsq_quantize(x, step, -1, 1, 0.5).sum(), x)
+    assert grad_x.tolist() == [0.0, 0.0, 1.0]
+
+
 def test_weight_quantizer_uses_maxabs_scale_per_channel() -> None:
     w = torch.randn(8, 4, 3, 3)
     quantizer = UniformQuantizer(4, signed=True, channels=8)
@@ -180,16 +201,17 @@ def test_weight_quantizer_uses_maxabs_scale_per_channel() -> None:
 
 
 def test_activation_quantizer_detects_sign_and_tracks_ema() -> None:
-    quantizer = UniformQuantizer(4, signed=None, range_mode="ema", momentum=0.5)
+    # momentum is the newest observation's weight (0.25, not 0.5, where the two readings agree).
+    quantizer = UniformQuantizer(4, signed=None, range_mode="ema", momentum=0.25)
     quantizer.train()
     quantizer(torch.tensor([0.0, 2.0]))
     assert quantizer.signed is False and quantizer.stat.item() == 2.0
     quantizer(torch.tensor([0.0, 4.0]))
-    assert quantizer.stat.item() == 3.0
+    assert quantizer.stat.item() == 2.5  # 2 + 0.25 * (4 - 2)
     quantizer.eval()
     out = quantizer(torch.tensor([0.0, 10.0, 1.0]))
-    assert quantizer.stat.item() == 3.0  # fixed in eval
-    assert out.tolist() == [0.0, 3.0, 1.0]  # step 3/15 = 0.2, clipped at 3
+    assert quantizer.stat.item() == 2.5  # fixed in eval
+    assert torch.allclose(out, torch.tensor([0.0, 2.5, 1.0]))  # step 2.5/15 = 1/6, clipped at 2.5
     signed = UniformQuantizer(4, signed=None, range_mode="ema")
     signed(torch.tensor([-1.0, 0.5]))
     assert signed.signed is True
