@@ -325,3 +325,18 @@ def test_every_quantizing_method_measures_one_layer_at_a_time(float_run: Path, m
         if (row.weight_bits, row.input_bits) == (32, 32):  # nothing quantized (an image input kept float)
             assert row.drop == 0.0, row  # the baseline is evaluated as the measurements are
         assert all(error > 0 for error in (row.weight_error, row.input_error) if error is not None), row
+
+
+def test_the_input_error_sums_over_every_batch() -> None:
+    """||Q(x) - x||^2 / ||x||^2 over all the batches a quantizer saw, not the last one's."""
+    from qnnrun.sensitivity import InputErrorMeter
+
+    class Round(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.round(x)
+
+    rounding = Round()
+    meter = InputErrorMeter(rounding)
+    rounding(torch.tensor([0.4]))  # error 0.16 of 0.16
+    rounding(torch.tensor([1.0]))  # error 0 of 1
+    assert meter.close() == pytest.approx(0.16 / 1.16)

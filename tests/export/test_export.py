@@ -406,7 +406,8 @@ def test_onnx_qdq_graph_predicts_like_pytorch(runs: Runs, digits_test, tmp_path:
     proto = onnx.load(str(path))
     meta = {prop.key: prop.value for prop in proto.metadata_props}  # what a deployment needs to feed it
     assert json.loads(meta["qnnrun.class_names"]) == [str(i) for i in range(10)]
-    assert json.loads(meta["qnnrun.mean"]) == [0.3054] and meta["qnnrun.image_size"] == "8"
+    assert json.loads(meta["qnnrun.mean"]) == [0.3054] and json.loads(meta["qnnrun.std"]) == [0.3760]
+    assert meta["qnnrun.image_size"] == "8"
     assert meta["qnnrun.method"] == run.config.method.name and meta["qnnrun.bits_w"] == str(run.method.weight_bits)
     assert meta["qnnrun.source_checkpoint"] == str((runs.folder(name) / "last.ckpt").resolve())
     assert "divided by 255" in meta["qnnrun.preprocessing"]

@@ -36,6 +36,7 @@ def test_pareto_front_keeps_points_no_other_beats() -> None:
     # (3, 90) tie each other and are both on the front.
     points = [(1.0, 85.0), (2.0, 80.0), (3.0, 90.0), (4.0, 85.0), (8.0, 91.0), (3.0, 90.0)]
     assert pareto_front(points) == [0, 2, 5, 4]
+    assert pareto_front([(1.0, 85.0), (2.0, 85.0)]) == [0]  # as accurate and costlier: beaten
 
 
 def test_a_seed_finished_in_two_folders_counts_once(tmp_path: Path) -> None:

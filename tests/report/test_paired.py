@@ -57,6 +57,14 @@ def test_paired_differences_from_a_method_are_per_seed_and_at_equal_bits(tmp_pat
             "differs in optim.lr: 0.1 against unset).") in text
 
 
+def test_a_seed_level_with_its_baseline_is_not_counted_above(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    write_seeds(runs, "ste", "ste", [70.0, 71.0])
+    write_seeds(runs, "lsq", "lsq", [70.0, 72.0])
+    text = build_report([runs], tmp_path / "out", plots=False, paired=[(("method", "ste"),)])
+    assert [row[4:6] for row in paired_rows(text, "method=ste")] == [["+0.00, +1.00", "1 of 2"]]
+
+
 def test_paired_rows_of_several_models_name_the_model(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for model in ("mlp", "lenet5"):
