@@ -10,12 +10,16 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra_utils import run_cli
+from hydra_utils import compose_config, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from qnnrun.checkpoint import load_checkpoint
-from qnnrun.runs import NAME_LENGTH, bounded_name, name_parts, remove_if_disposable, run_folder_name
+from qnnrun.data import DataInfo
+from qnnrun.methods import build_method
+from qnnrun.runs import (NAME_LENGTH, bounded_name, name_parts, remove_if_disposable, run_folder_name, run_identity,
+                         summary_record)
 
 FAST = ["trainer.progress=false", "trainer.num_threads=1"]
 
@@ -211,6 +215,46 @@ def test_a_sweep_job_that_fails_keeps_its_record_and_a_float_run_trains_once(qnn
                 if json.loads(p.read_text())["status"] == "failed"]
     assert "bits.w=0" in failed["error"] and "bits.w=0" in failed["overrides"]
     assert Path(failed["run_dir"]).parent == (tmp_path / "bad").resolve()
+
+
+def test_a_resumed_duplicate_whose_first_run_is_no_longer_its_run_trains_anew(qnnrun, tmp_path: Path) -> None:
+    """A duplicate record stands on resume only while every option both runs hold is equal: resumed
+    with optim.lr changed, the float job claims its run again and trains it, not pointing at the old run."""
+    sweep = ["train", "-m", "method=fp", "bits=2,4", "trainer.epochs=1", "hydra.sweep.dir=sweep",
+             "hydra.sweep.subdir=${hydra.job.num}", *FAST]  # the folders keep their names when lr changes
+    code, _, err = qnnrun(*sweep)
+    assert code == 0, err
+    first, job = tmp_path / "sweep" / "0", tmp_path / "sweep" / "1"
+    assert (_summary(job)["status"], _summary(job)["same_as"]) == ("duplicate", str(first.resolve()))
+    code, _, err = qnnrun(*sweep, "optim.lr=0.05", "resume=true")
+    assert code == 1 and "its optim.lr was 0.1, this run has 0.05" in err, err  # job 0 is finished, at 0.1
+    assert _summary(job)["status"] == "done" and "same_as" not in _summary(job)
+    assert load_checkpoint(job)["config"]["optim"]["lr"] == 0.05
+    assert load_checkpoint(first)["config"]["optim"]["lr"] == 0.1
+
+
+def test_a_float_runs_identity_keeps_its_batchnorm_reestimation() -> None:
+    """The loop re-estimates BatchNorm in a float run too: 0 and 10 batches compute different runs, never
+    merged as duplicates; the bits and quantizer options a float run does not use are left out."""
+    def identity(*overrides: str) -> str:
+        cfg = compose_config(["method=fp", *overrides])
+        return run_identity(OmegaConf.to_container(cfg, resolve=True), build_method(cfg).quantizes)
+
+    assert identity("quant.bn_reestimate_batches=0") != identity("quant.bn_reestimate_batches=10")
+    assert identity("bits=2", "quant.first_layer=8") == identity("bits=4")
+
+
+def test_the_summarys_throughput_is_weighted_by_each_epochs_time() -> None:
+    """images_per_s is all images over all training time: 100 img/s for 1 s and 300 img/s for 3 s make
+    250, not the plain mean of the epochs' 200."""
+    cfg = compose_config(["method=fp", "trainer.epochs=2"])
+    history = [{"epoch": 1, "test_acc": 50.0, "test_loss": 1.0, "epoch_time_s": 1.0, "images_per_s": 100.0},
+               {"epoch": 2, "test_acc": 60.0, "test_loss": 0.9, "epoch_time_s": 3.0, "images_per_s": 300.0}]
+    cost = {"bops": 1e9, "macs": 1e9, "bit_macs": 32e9, "weight_memory_mb": 1.0, "compression": 1.0}
+    summary = summary_record(cfg, build_method(cfg), DataInfo("digits", 1, 8, 10, 1437, 360), history, 60.0, cost,
+                             None)
+    assert summary["train_time_s"] == 4.0
+    assert summary["images_per_s"] == pytest.approx(250.0)
 
 
 def test_a_single_runs_folder_says_what_the_run_is(qnnrun, tmp_path: Path) -> None:

@@ -137,6 +137,21 @@ def test_a_refused_sweep_resume_leaves_the_finished_jobs_records_as_they_were(
     assert not list(sweep.rglob(".hydra.kept"))
 
 
+def test_a_sweep_jobs_unexpected_error_is_recorded_with_its_type(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error no check anticipated is recorded as "RuntimeError: boom", its type kept: the bare
+    message alone would not say what went wrong."""
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine, "train", boom)
+    code, _, err = run_cli(["train", "-m", *TINY, "trainer.epochs=1", "seed=0", "hydra.sweep.dir=sweep"], tmp_path,
+                           capsys, monkeypatch)
+    assert code == 1 and "1 job(s) of the sweep failed" in err, err
+    [record] = summaries(tmp_path / "sweep").values()
+    assert record["status"] == "failed" and record["error"] == "RuntimeError: boom"
+
+
 def test_sigterm_stops_a_joblib_sweep_without_starting_its_queued_jobs(tmp_path: Path) -> None:
     """A scheduler's SIGTERM reaches the command and its joblib workers (one process group): each
     running job writes its checkpoint and its worker exits. Before, a worker took the sweep's next
