@@ -253,7 +253,7 @@ def test_report_errors_and_single_run(tmp_path: Path, capsys: pytest.CaptureFixt
                                          "summary.json, last.ckpt or TensorBoard events (a run, a sweep "
                                          "folder or outputs/)")
     code, _, err = run_cli(["report", "missing"], tmp_path, capsys, monkeypatch)
-    assert code == 1 and "missing is not a folder" in err
+    assert code == 1 and "missing does not exist" in err
     # Step curves make TensorBoard events in run/steps: part of the run, not a second (unfinished) run.
     code, _, err = run_cli(["train", *TINY, "trainer.epochs=1", "trainer.log_every_steps=5", "hydra.run.dir=run"],
                            tmp_path, capsys, monkeypatch)
