@@ -51,6 +51,9 @@ def _series(groups: Sequence[Group], shown: Sequence[str]) -> dict[str, list[Gro
     """Groups that form one line of a plot: same method, model, data set, overrides, A/W relation and
     epochs; the name is the line's label."""
     multi_length = len({g.identity.epochs for g in groups}) > 1
+    # Where some series keeps its inputs at one width (W1A2, W2A2 ...: "A2"), the others say theirs follow
+    # the weights' ("A=W"; a plain "aqe" beside "aqe A2" read as no width at all).
+    fixed_inputs = any(not g.identity.mixed and g.identity.bits_a != g.identity.bits_w for g in groups)
     series: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
         name = group_label(g, shown, with_bits=False)
@@ -58,6 +61,8 @@ def _series(groups: Sequence[Group], shown: Sequence[str]) -> dict[str, list[Gro
             name += " mixed"
         elif g.identity.bits_a != g.identity.bits_w:
             name += f" A{g.identity.bits_a}"
+        elif fixed_inputs and not g.identity.is_float:
+            name += " A=W"
         name += task_suffix(g, groups)
         if multi_length:
             name += f" ({g.identity.epochs} ep)"

@@ -258,11 +258,12 @@ def test_series_of_one_method_differ_in_shade_and_line_style(figures: list[Any],
     figures[0].canvas.draw()
     lines = {line.get_label(): line for ax in figures[0].axes for line in ax.lines
              if not line.get_label().startswith("_")}
-    assert set(lines) == {"ste", "ste A8", "lsq"}
-    assert lines["ste"].get_color() == method_style("ste")[0] and lines["lsq"].get_color() == method_style("lsq")[0]
-    assert lines["ste A8"].get_color() not in {method_style(m)[0] for m in METHODS}
-    assert lines["ste A8"].get_linestyle() != lines["ste"].get_linestyle()
-    assert lines["ste A8"].get_marker() == lines["ste"].get_marker()
+    assert set(lines) == {"ste A=W", "ste A8", "lsq A=W"}  # beside a fixed A8, the others say A=W
+    assert lines["ste A8"].get_color() == method_style("ste")[0]  # the first of ste's series by name
+    assert lines["lsq A=W"].get_color() == method_style("lsq")[0]
+    assert lines["ste A=W"].get_color() not in {method_style(m)[0] for m in METHODS}
+    assert lines["ste A8"].get_linestyle() != lines["ste A=W"].get_linestyle()
+    assert lines["ste A8"].get_marker() == lines["ste A=W"].get_marker()
 
 
 def test_a_mixed_series_has_hollow_markers_in_the_plot_and_its_legend(figures: list[Any], tmp_path: Path) -> None:
