@@ -46,9 +46,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     replace_atomic(path, lambda f: f.write(text.encode()))
 
 
-def check_output_file(path: str | Path, key: str, new_folder: bool = False) -> None:
+def check_output_file(path: str | Path, key: str, make_folder: bool = False) -> None:
     """Raise a one-line QnnrunError naming ``key`` unless ``path`` can be written as a regular file:
-    absent or a regular file (a link to one too), in an existing folder (``new_folder=True``: or in one
+    absent or a regular file (a link to one too), in an existing folder (``make_folder=True``: or in one
     that can be created; nothing is left created). A special file (``/dev/null``, a FIFO) or a folder
     is refused: an atomic replace would put a regular file in its place; so is a path given as text
     that ends in a separator (``out/``: a folder, absent or not)."""
@@ -60,11 +60,14 @@ def check_output_file(path: str | Path, key: str, new_folder: bool = False) -> N
         raise QnnrunError(f"{key}={path} is {kind}, not a file qnnrun may replace: give a file path")
     if path.is_symlink() and not path.exists():
         raise QnnrunError(f"{key}={path} is a link to nothing: give a file path")
-    if new_folder and not path.parent.exists():
-        check_output_folder(path.parent, key, keep=False)
-    elif not path.parent.is_dir():
-        problem = "is not a folder" if path.parent.exists() else "does not exist"
-        raise QnnrunError(f"{key}={path}: the folder {path.parent} {problem}")
+    if not path.parent.is_dir():
+        if not make_folder or path.parent.exists():
+            problem = "is not a folder" if path.parent.exists() else "does not exist"
+            raise QnnrunError(f"{key}={path}: the folder {path.parent} {problem}")
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise QnnrunError(f"{key}={path}: {blocker} is not a folder; give a file path")
+        check_output_folder(path.parent, key, keep=False)  # it can be made (and is, when the file is written)
 
 
 def check_output_folder(path: str | Path, key: str, keep: bool = True) -> None:
@@ -98,8 +101,8 @@ def new_folder(path: str | Path, key: str) -> Iterator[None]:
     removed again (where it left them empty), so a failed command leaves nothing behind."""
     path = Path(path)
     created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
-    check_output_folder(path, key)
     try:
+        check_output_folder(path, key)
         yield
     except BaseException:
         for folder in created:

@@ -135,7 +135,7 @@ def saved_run_paths(saved: DictConfig, paths: DictConfig) -> tuple[Path, Path]:
     ``paths.data_dir`` where the command line gives one (null otherwise), else the run's own
     (``saved.paths.data_dir``) where that folder exists here, else ``qnnrun train``'s default:
     ``$QNNRUN_DATA``, or ``./data``. The cache is ``paths.cache_dir`` where given, else the run's own
-    with the run's data folder, else ``<data folder>/.qnnrun-cache``."""
+    with the run's data folder (where it exists here), else ``<data folder>/.qnnrun-cache``."""
     own = saved.get("paths") or {}
     own_dir = Path(str(own["data_dir"])).expanduser() if own.get("data_dir") is not None else None
     if paths.get("data_dir") is not None:
@@ -146,8 +146,9 @@ def saved_run_paths(saved: DictConfig, paths: DictConfig) -> tuple[Path, Path]:
         data_dir = Path(os.environ.get("QNNRUN_DATA", Path.cwd() / "data")).expanduser()
     if paths.get("cache_dir") is not None:
         return data_dir, Path(str(paths.cache_dir)).expanduser()
-    if data_dir == own_dir and own.get("cache_dir") is not None:
-        return data_dir, Path(str(own["cache_dir"])).expanduser()
+    own_cache = Path(str(own["cache_dir"])).expanduser() if own.get("cache_dir") is not None else None
+    if data_dir == own_dir and own_cache is not None and own_cache.is_dir():
+        return data_dir, own_cache
     return data_dir, data_dir / ".qnnrun-cache"
 
 

@@ -92,9 +92,11 @@ def test_saved_run_paths_order() -> None:
     from qnnrun.evaluate import saved_run_paths
 
     here = Path(__file__).parent
-    saved = OmegaConf.create({"paths": {"data_dir": str(here), "cache_dir": "/cache/own"}})
+    saved = OmegaConf.create({"paths": {"data_dir": str(here), "cache_dir": str(here / "report")}})
     none = OmegaConf.create({"data_dir": None, "cache_dir": None})
-    assert saved_run_paths(saved, none) == (here, Path("/cache/own"))
+    assert saved_run_paths(saved, none) == (here, here / "report")
+    gone_cache = OmegaConf.create({"paths": {"data_dir": str(here), "cache_dir": "/scratch/gone"}})
+    assert saved_run_paths(gone_cache, none) == (here, here / ".qnnrun-cache")  # a cluster's, not here
     given = OmegaConf.create({"data_dir": "/given", "cache_dir": None})
     assert saved_run_paths(saved, given) == (Path("/given"), Path("/given/.qnnrun-cache"))
     assert saved_run_paths(saved, OmegaConf.create({"data_dir": None, "cache_dir": "/c"})) == (here, Path("/c"))
@@ -485,6 +487,7 @@ def test_special_or_unwritable_output_paths_are_refused(qnnrun, tmp_path: Path) 
         (("export", "checkpoint=run", "output=null"), "output=null is a special file"),
         (("export", "checkpoint=run", "format=onnx", "output=run"), "output=run is a folder"),
         (("export", "checkpoint=run", "output=a_file/x.pt"), "the folder a_file is not a folder"),
+        (("export", "checkpoint=run", "output=a_file/sub/x.pt"), "output=a_file/sub/x.pt: a_file is not a folder"),
         (("report", "run", "--out", "a_file"), "--out=a_file cannot be a folder: a_file is not a folder"),
         (("train", "hydra.run.dir=a_file/run"), "hydra.run.dir=a_file/run cannot be a folder"),
         (("train", "-m", "hydra.sweep.dir=null/sweep"), "hydra.sweep.dir=null/sweep cannot be a folder"),

@@ -157,7 +157,7 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str | None, device: str
     source = Path(checkpoint)
     stem = source / "model" if source.is_dir() else source.with_suffix("")
     path = Path(output) if output else stem.parent / (stem.name + (".onnx" if fmt == "onnx" else ".int.pt"))
-    check_output_file(output or path, "output", new_folder=True)
+    check_output_file(output or path, "output", make_folder=True)
     if path.exists() or path.is_symlink():  # a checkpoint, a run's records, an earlier export: never replaced
         raise QnnrunError(f"output={path} exists: qnnrun export writes a new file and replaces none (remove it, "
                           f"or give output=PATH)")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -57,6 +57,10 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed on clusters and CI
+    given: dict[Path, Path] = {}  # each folder once, as first typed
+    for path in paths:
+        given.setdefault(path.resolve(), path)
+    paths = list(given.values())
     runs, problems = find_runs(paths)
     keys = sorted({key for run in runs for key in run.overrides})
     for key in ignore:
@@ -82,75 +86,74 @@ def build_report(paths: Sequence[Path], out_dir: Path, plots: bool = True, ignor
     for selector in paired:
         parts.append(f"## Paired with {selector_text(selector)}, by seed\n\n"
                      + (waiting[selector] or paired_table(finished, selector)))
+    planned = _planned_plots(finished) if plots else {}
     check_output_folder(out_dir, "--out")
-    _check_overwrites(out_dir)
+    _check_overwrites(out_dir, list(planned))
     # First a report.md that says whose the files beside it are, should the report stop before its end.
-    (out_dir / "report.md").write_text(f"{HEADER}\n\n(being written)\n", encoding="utf-8")
+    (out_dir / "report.md").write_text(f"{HEADER}\n\n(being written)\n\n{_plots_section(planned)}\n", encoding="utf-8")
     write_csv(groups, out_dir / "report.csv")
-    drawn = []
-    for name, plot in PLOTS.items() if plots else ():
-        for suffix, members in _by_task(finished).items():  # one figure per model and data set
-            if name == BITS_PLOT and all(g.identity.mixed for g in members):
-                continue  # mixed runs have no one bit width: nothing to draw against bits
-            drawn.append(f"{Path(name).stem}{suffix}.png")
-            plot(members, out_dir / drawn[-1])
+    for name, (plot, members) in planned.items():
+        plot(members, out_dir / name)
     # Last: reading the curves (epochs table, plots) may have added notes about unreadable events.
     table = problems_table(runs, problems)
     if table:
         parts.append(f"{PROBLEMS_TITLE}\n\n{table}")
-    if drawn:
-        parts.append("## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in drawn))
+    if planned:
+        parts.append(_plots_section(planned))
     # Folder names that are not UTF-8 (surrogates in str(path)) are written as escapes, not refused.
     text = ("\n\n".join(filter(None, parts)) + "\n").encode("utf-8", "backslashreplace").decode("utf-8")
     (out_dir / "report.md").write_text(text, encoding="utf-8")
     return text
 
 
-def _by_task(groups: Sequence[Group]) -> dict[str, list[Group]]:
-    """The groups of each model and data set, by the suffix of their plots' file names: ``""`` where
-    all share one, else ``_<model>_<dataset>`` (``accuracy_vs_gbops_resnet20_cifar10.png``)."""
+def _planned_plots(groups: Sequence[Group]) -> dict[str, tuple[Callable[[Sequence[Group], Path], None], list[Group]]]:
+    """File name -> (plot, its groups) of each plot the report draws: every plot once per model and data
+    set, ``accuracy_vs_gbops.png`` where all share one, else ``accuracy_vs_gbops_<model>_<dataset>.png``;
+    no bits plot of groups that are all mixed (no one bit width to draw them at)."""
     tasks: dict[tuple[str, str], list[Group]] = {}
     for g in groups:
         tasks.setdefault((g.identity.model, g.identity.dataset), []).append(g)
-    if len(tasks) == 1:
-        return {"": list(groups)}
-    return {f"_{model}_{dataset}": members for (model, dataset), members in sorted(tasks.items())}
+    suffixes = {task: "" if len(tasks) == 1 else f"_{task[0]}_{task[1]}" for task in tasks}
+    return {f"{Path(name).stem}{suffixes[task]}.png": (plot, members)
+            for name, plot in PLOTS.items() for task, members in sorted(tasks.items())
+            if not (name == BITS_PLOT and all(g.identity.mixed for g in members))}
+
+
+def _plots_section(planned: Collection[str]) -> str:
+    """report.md's Plots section, showing each plot file (what tells a later report the files are its)."""
+    return "## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in planned) if planned else ""
+
+
+def _shown_plots(report: Path) -> set[str]:
+    """The plot files a report.md shows (its Plots section)."""
+    text = report.read_text(encoding="utf-8", errors="replace")
+    return set(re.findall(r"^!\[([^/\]]+\.png)\]\(\1\)$", text, re.MULTILINE))
 
 
 # The first line of every report.md qnnrun report writes (what tells its files from a user's).
 HEADER = "# qnnrun report"
 
 
-def _report_files(out_dir: Path) -> list[Path]:
-    """The files in ``out_dir`` a report writes: report.md, report.csv and the plots (one of each per
-    model and data set where the runs are of several)."""
-    plots = (p for name in PLOTS for p in sorted(out_dir.glob(f"{Path(name).stem}*.png"))
-             if p.stem == Path(name).stem or p.stem.startswith(f"{Path(name).stem}_"))
-    return [p for p in (out_dir / "report.md", out_dir / "report.csv", *plots) if p.exists()]
-
-
-def _check_overwrites(out_dir: Path) -> None:
-    """Refuse to write into ``out_dir`` over report files qnnrun report did not write there: a
-    report.md that does not start with :data:`HEADER`, or any other report file beside no such
-    report.md (a user's notes named report.md, a plot of their own). Where the files are an earlier
-    report's, its plots are removed (this report may draw others: another set of models)."""
-    def ours(file: Path) -> bool:
-        try:
-            with open(file, encoding="utf-8", errors="replace") as handle:
-                return handle.readline().rstrip("\n") == HEADER
-        except OSError:
-            return False
-
-    files = _report_files(out_dir)
-    if files and not ours(out_dir / "report.md"):
-        raise QnnrunError(f"{files[0]} was not written by qnnrun report (no {HEADER!r} report.md beside "
-                          f"it), and the report would replace it: give another folder with --out DIR")
-    if files:  # an earlier report's plots go (those its report.md shows): none is left that this one does not
-        shown = re.findall(r"^!\[([^/\]]+\.png)\]\(\1\)$", (out_dir / "report.md").read_text(encoding="utf-8",
-                           errors="replace"), re.MULTILINE)
-        for plot in files:
-            if plot.name in shown:
-                plot.unlink()
+def _check_overwrites(out_dir: Path, plots: Sequence[str]) -> None:
+    """Refuse to write into ``out_dir`` over a file qnnrun report did not write there: a report.md that
+    does not start with :data:`HEADER` (a user's notes), a report.csv or one of ``plots`` (the plot files
+    this report draws) beside no such report.md, or a plot file such a report.md does not show (a plot
+    of the user's own saved beside an earlier report). Then removes the plots the earlier report.md
+    shows, so none is left that this report does not draw."""
+    report = out_dir / "report.md"
+    try:
+        with open(report, encoding="utf-8", errors="replace") as handle:
+            ours = handle.readline().rstrip("\n") == HEADER
+    except OSError:
+        ours = False
+    earlier = _shown_plots(report) if ours else set()
+    written = ("report.md", "report.csv") if not ours else ()
+    theirs = [name for name in (*written, *plots) if (out_dir / name).exists() and name not in earlier]
+    if theirs:
+        raise QnnrunError(f"{out_dir / theirs[0]} was not written by qnnrun report (no {HEADER!r} report.md beside "
+                          f"it shows it), and the report would replace it: give another folder with --out DIR")
+    for name in earlier:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def _headline(paths: Sequence[Path], runs: Sequence[Run], problems: Sequence[Problem], groups: Sequence[Group],
@@ -233,10 +236,6 @@ def main(argv: Sequence[str]) -> None:
                              "override key, at VALUE; all else alike), paired by seed (repeatable; "
                              "several pairs in quotes, apart by spaces, name a baseline by all of them)")
     args = parser.parse_args(list(argv))
-    given = {}  # each folder once, as first typed
-    for path in args.paths:
-        given.setdefault(path.resolve(), path)
-    args.paths = list(given.values())
     out_dir = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
     text = build_report(args.paths, out_dir, plots=not args.no_plots, ignore=args.ignore, epochs=args.epochs,
                         paired=args.paired)

@@ -219,7 +219,7 @@ def plot_accuracy_vs_bits(groups: Sequence[Group], path: Path) -> None:
     columns = ([p[1] for p in points], [p[2] for p in points], [p[3] or 0.0 for p in points])
     spread = max((abs(x - p[1]) for x, p in zip(_dodged_xs(ax, *columns), points)), default=0.0)
     if spread > BITS_SLOT * gap / 2:
-        fig.set_figwidth(min(MAX_WIDTH, fig.get_figwidth() * spread / (BITS_SLOT * gap / 2)))
+        fig.set_figwidth(max(fig.get_figwidth(), min(MAX_WIDTH, fig.get_figwidth() * spread / (BITS_SLOT * gap / 2))))
         _fix_layout(fig, ax)
     slot = BITS_SLOT * gap * ax.bbox.width / (ax.get_xlim()[1] - ax.get_xlim()[0])  # pixels
     xs = _dodged_xs(ax, *columns, widest=slot)

@@ -570,6 +570,15 @@ def test_a_report_replaces_its_own_files_but_no_file_of_the_users(real_runs: dic
         main([str(copies[0]), "--no-plots"])  # the default --out: the run folder itself
     assert (copies[0] / "report.md").read_text() == "my notes on this run\n"
     assert not (copies[0] / "report.csv").exists()
+    # A plot of the user's own: under another name it is no report's business; under the name of a plot
+    # this report draws, beside a report.md that does not show it (written with --no-plots), refused.
+    write(copies[1], "accuracy_vs_bits_mine.png", "mine")
+    main([str(copies[1]), "--no-plots"])  # not refused (it was: any accuracy_vs_bits*.png)
+    write(copies[1], "accuracy_vs_bits.png", "mine too")
+    with pytest.raises(QnnrunError, match=r"accuracy_vs_bits.png was not written by qnnrun report"):
+        main([str(copies[1])])
+    assert (copies[1] / "accuracy_vs_bits.png").read_text() == "mine too"
+    assert (copies[1] / "accuracy_vs_bits_mine.png").read_text() == "mine"
 
 
 def test_a_last_epoch_logged_twice_by_a_resume_still_confirms_the_record(real_runs: dict[str, Path],
@@ -596,7 +605,7 @@ def test_a_report_stopped_part_way_is_written_again(real_runs: dict[str, Path], 
         report(tmp_path)
     assert (tmp_path / "report" / "report.csv").exists()
     monkeypatch.undo()
-    assert report(tmp_path)[0] == 0
+    assert report(tmp_path)[0] == 0  # the stopped report's plots are its own: its report.md named them
 
 
 def test_the_epoch_table_rounds_a_final_mean_as_the_main_table(tmp_path: Path) -> None:
