@@ -243,6 +243,12 @@ def test_a_baseline_still_running_is_waited_for_and_a_missing_one_refused(tmp_pa
     with pytest.raises(QnnrunError, match=r"^--paired method=dorefa: no group has method=dorefa; the runs have lsq$"):
         build_report([runs], tmp_path / "out2", plots=False, paired=[(("method", "dorefa"),)])
     assert not (tmp_path / "out2").exists()
+    (runs / "ste_0" / ".hydra" / "overrides.yaml").write_text("- method=ste\n- optim.lr=0.1\n")  # an override key
+    write_seeds(runs, "lsq_lr", "lsq", [73.0], ["optim.lr=0.01"])
+    with pytest.raises(QnnrunError, match=r"^--paired optim.lr=0.5: no group has optim.lr=0.5; the runs have 0.01$"):
+        build_report([runs], tmp_path / "out3", plots=False, paired=[(("optim.lr", "0.5"),)])
+    text = build_report([runs], tmp_path / "out4", plots=False, paired=[(("optim.lr", "0.1"),)])
+    assert "Not paired yet: no group has optim.lr=0.1; the runs have 0.01, and 1 run is unfinished" in text
 
 
 def test_one_value_typed_two_ways_is_one_group_and_a_baseline_either_way(tmp_path: Path) -> None:
