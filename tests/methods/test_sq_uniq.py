@@ -230,27 +230,13 @@ def test_sq_other_selections_keep_the_same_float_row_count(selection: str) -> No
         StochasticQuantization(compose_config(["method=sq", "method.selection=best"]))
 
 
-def test_inverse_error_selection_quantizes_the_low_error_rows_more_often() -> None:
-    model, method, _ = _digits_model(["method=sq", "bits.w=2", "bits.a=32", "method.selection=inverse_error",
+@pytest.mark.parametrize("selection", ["error", "inverse_error"])
+def test_error_selections_keep_the_high_error_rows_float_more_often(selection: str) -> None:
+    """Both draws give the low-error rows to quantization more often: ``error`` (the default) draws the
+    float rows with probability proportional to the row's error, ``inverse_error`` the quantized rows
+    proportional to 1/error (SQ's f(e) = 1/e)."""
+    model, method, _ = _digits_model(["method=sq", "bits.w=2", "bits.a=32", f"method.selection={selection}",
                                       "method.ratios=[0.5]"])
-    method.plan(1, 10)
-    method.on_epoch_start(model, 0, 1)
-    _, layer = quant_layers(model)[1]
-    errors = Q.row_relative_error(layer.weight, layer.weight_quant(layer.weight))
-    quantized = torch.zeros(layer.weight.shape[0])
-    for step in range(50):
-        method.before_step(model, step)
-        quantized += (layer.channel_state == ChannelState.QUANT).float()
-        method.after_optimizer_step(model, step)
-    low, high = errors.argsort()[:8], errors.argsort()[-8:]
-    assert quantized[low].mean() > quantized[high].mean()
-
-
-def test_error_selection_keeps_the_high_error_rows_float_more_often() -> None:
-    """The default (``selection=error``): the float rows are drawn with probability proportional to the
-    row's quantization error (SQ's f(e) = 1/e gives the low-error rows to quantization)."""
-    model, method, _ = _digits_model(["method=sq", "bits.w=2", "bits.a=32", "method.ratios=[0.5]"])
-    assert method.selection == "error"
     method.plan(1, 10)
     method.on_epoch_start(model, 0, 1)
     _, layer = quant_layers(model)[1]
