@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from qnnrun.build import build_quantized_model, example_input, select_device
-from qnnrun.checkpoint import (check_output_file, check_output_folder, checkpoint_file, load_checkpoint,
+from qnnrun.checkpoint import (check_output_file, checkpoint_file, load_checkpoint, new_folder,
                                replace_atomic, write_text_atomic)
 from qnnrun.config import check_int, check_mmse_width, check_number, validate_quant
 from qnnrun.data import DataBundle, DataInfo, build_data
@@ -550,22 +550,21 @@ def check_output(folder: Path) -> None:
 
 
 def write_outputs(folder: Path, text: str, result: Sensitivity) -> None:
-    """Write the text, CSV and PNG files into ``folder`` (created when absent; removed again, with
-    what was written, when a write fails)."""
+    """Write the text, CSV and PNG files into ``folder`` (created, with its parents, when absent; removed
+    again, with what was written, when a write fails: :func:`~qnnrun.checkpoint.new_folder`)."""
     created = not folder.exists()
-    check_output_folder(folder, "output")
     figure = plot(result)
-    try:
-        write_text_atomic(folder / TEXT_FILE, text + "\n")
-        write_text_atomic(folder / CSV_FILE, csv_text(result))
-        replace_atomic(folder / PNG_FILE, lambda file: figure.savefig(file, format="png", dpi=110,
-                                                                    metadata={"Software": SIGNATURE}))
-    except BaseException:
-        if created:
-            for name in (TEXT_FILE, CSV_FILE, PNG_FILE):
-                (folder / name).unlink(missing_ok=True)
-            folder.rmdir()
-        raise
+    with new_folder(folder, "output"):
+        try:
+            write_text_atomic(folder / TEXT_FILE, text + "\n")
+            write_text_atomic(folder / CSV_FILE, csv_text(result))
+            replace_atomic(folder / PNG_FILE, lambda file: figure.savefig(file, format="png", dpi=110,
+                                                                        metadata={"Software": SIGNATURE}))
+        except BaseException:
+            if created:
+                for name in (TEXT_FILE, CSV_FILE, PNG_FILE):
+                    (folder / name).unlink(missing_ok=True)
+            raise
 
 
 def check_checkpoint_method(saved: DictConfig, checkpoint: Path) -> None:

@@ -340,3 +340,18 @@ def test_the_input_error_sums_over_every_batch() -> None:
     rounding(torch.tensor([0.4]))  # error 0.16 of 0.16
     rounding(torch.tensor([1.0]))  # error 0 of 1
     assert meter.close() == pytest.approx(0.16 / 1.16)
+
+
+def test_a_write_that_fails_leaves_no_folder_it_made(measured: dict[int, Sensitivity], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """output=a/b/c with none of them there: a failed write removes what it wrote and the three folders
+    (only the last was removed, leaving a/b)."""
+    import qnnrun.sensitivity as sensitivity
+
+    def full(path: Path, write: object) -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(sensitivity, "replace_atomic", full)  # the PNG, after the text and CSV files
+    with pytest.raises(OSError, match="no space"):
+        sensitivity.write_outputs(tmp_path / "a" / "b" / "c", "text", measured[2])
+    assert list(tmp_path.iterdir()) == []
