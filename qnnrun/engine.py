@@ -174,7 +174,7 @@ class _Start:
     """Where one training starts: its folder and, when it continues a run, the checkpoint it continues."""
 
     run_dir: Path
-    config: dict[str, Any]  # the composed config, resolved: what the checkpoints store
+    config: dict[str, Any]  # what the checkpoints store (_stored_config)
     resume_from: Path | None = None
     checkpoint: dict[str, Any] | None = None
     extensions: list[dict[str, int]] = field(default_factory=list)  # extend=true steps, oldest first
@@ -190,7 +190,7 @@ def _open_run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks) -> _Star
         if resume_from is None:
             refuse_existing_run(run_dir)
         prepare_run_dir(run_dir)
-    start = _Start(run_dir, OmegaConf.to_container(cfg, resolve=True), resume_from)
+    start = _Start(run_dir, _stored_config(cfg), resume_from)
     if resume_from is not None:
         _check_resume(cfg, start)
     if ranks.main:
@@ -198,6 +198,19 @@ def _open_run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks) -> _Star
         if resume_from is not None:
             retire_summary(run_dir)
     return start
+
+
+def _stored_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config a run's checkpoints store: ``cfg`` resolved, with its ``paths`` made absolute (a
+    ``paths.data_dir=data`` typed in one folder names the same data when the run is read from another:
+    eval, export and sensitivity read a run's data from its own folder). ``paths`` may differ on a
+    resume (:data:`~qnnrun.runs.FREE_KEYS`)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    paths = config.get("paths") or {}
+    for key, value in paths.items():
+        if isinstance(value, str):
+            paths[key] = str(Path(value).expanduser().absolute())
+    return config
 
 
 def _check_resume(cfg: DictConfig, start: _Start) -> None:
@@ -209,7 +222,7 @@ def _check_resume(cfg: DictConfig, start: _Start) -> None:
     if absent:  # the run goes on as the version that wrote it ran, not with today's defaults
         with open_dict(cfg):
             cfg.method.update(absent)
-        start.config = OmegaConf.to_container(cfg, resolve=True)
+        start.config = _stored_config(cfg)
     check_resume_config(checkpoint["config"], start.config, resume_from, extend=cfg.get("extend") is True)
     check_teacher(cfg, checkpoint.get("teacher_sha256"))
     start.extensions = list(checkpoint.get("extensions", []))

@@ -66,15 +66,20 @@ def _write_imagefolder(root: Path) -> None:
                 Image.new("RGB", (8, 8), (value + i,) * 3).save(root / split / label / f"{i}.png")
 
 
-def test_eval_export_and_sensitivity_read_the_runs_own_data_folder(qnnrun, tmp_path: Path) -> None:
+def test_eval_export_and_sensitivity_read_the_runs_own_data_folder(qnnrun, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A run trained with paths.data_dir=DIR is read from DIR by eval, export check=true and sensitivity
     without DIR given again (the test's QNNRUN_DATA points elsewhere); a paths.data_dir given wins."""
     _write_imagefolder(tmp_path / "elsewhere/tiny")
     code, _, err = qnnrun("train", "dataset=imagefolder", "dataset.root=tiny", "dataset.image_size=8",
-                          "dataset.batch_size=4", "dataset.num_workers=0", f"paths.data_dir={tmp_path / 'elsewhere'}",
+                          "dataset.batch_size=4", "dataset.num_workers=0", "paths.data_dir=elsewhere",
                           "trainer.epochs=1", "trainer.progress=false", "hydra.run.dir=run")
     assert code == 0, err
-    code, out, err = qnnrun("eval", "checkpoint=run")
+    assert torch.load(tmp_path / "run/last.ckpt", weights_only=True)["config"]["paths"]["data_dir"] == str(
+        tmp_path / "elsewhere")  # stored absolute: typed relative, it names the same folder from anywhere
+    (tmp_path / "other").mkdir()
+    code, out, err = run_cli(["eval", "checkpoint=../run"], tmp_path / "other", capsys, monkeypatch)
     assert code == 0 and "on imagefolder test (4 images)" in out, err
     code, out, err = qnnrun("export", "checkpoint=run", "format=onnx", "check=true")
     assert code == 0 and "of 4 test predictions differ" in out, err
