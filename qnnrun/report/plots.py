@@ -44,6 +44,7 @@ BITS_SLOT = 0.8  # of the gap between two bit widths, the most that the markers 
 MAX_WIDTH = 16.0  # inches: the widest a crowded accuracy-vs-bits plot grows to give them that room
 LEGEND_ROWS = 24  # entries per legend column
 PLOT_WIDTH = 4.5  # inches: the least plotting area a plot keeps beside its legend
+PANEL_WIDTH = 4.2  # inches: each panel of the curves' figure
 LEGEND_MARGIN = 1.2  # inches beside a plot and its legend: the y-axis label, ticks and paddings
 
 
@@ -344,8 +345,8 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
                                              for g in groups})]
     columns = min(3, max(1, len(widths)))
     rows = math.ceil(len(widths) / columns) if widths else 1
-    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.8, 3.2 * rows), squeeze=False, sharex=True,
-                             sharey=True, dpi=DPI)
+    fig, axes = plt.subplots(rows, columns, figsize=(PANEL_WIDTH * columns + 1.8, 3.2 * rows), squeeze=False,
+                             sharex=True, sharey=True, dpi=DPI)
     drawn, references = set(), {}
     for ax, bits in zip(axes.flat, widths):
         members = [g for g in groups if g.bits_label == bits]
@@ -364,7 +365,7 @@ def plot_test_curves(groups: Sequence[Group], path: Path) -> None:
     for ax in list(axes.flat)[max(0, len(widths) - columns):len(widths)]:  # no panel below: its own epoch ticks
         ax.tick_params(axis="x", labelbottom=True)
     _legend_beside(axes[0, -1], styles, sorted(drawn), [(line, label) for label, line in references.items()],
-                   plot_width=4.2 * columns)
+                   plot_width=PANEL_WIDTH * columns)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
