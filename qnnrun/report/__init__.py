@@ -39,7 +39,7 @@ from typing import NoReturn
 
 from qnnrun.checkpoint import check_output_folder
 from qnnrun.errors import QnnrunError, plural
-from qnnrun.report.groups import Group, drop_repeated_seeds, group_runs
+from qnnrun.report.groups import Group, by_task, drop_repeated_seeds, group_runs
 from qnnrun.report.paired import Selector, check_baseline, paired_table, selector_text
 from qnnrun.report.plots import BITS_PLOT, PLOTS
 from qnnrun.report.records import (DONE, DUPLICATE, FAILED, INVALID, UNFINISHED, Problem, Run, find_runs,
@@ -110,9 +110,7 @@ def _planned_plots(groups: Sequence[Group]) -> dict[str, tuple[Callable[[Sequenc
     """File name -> (plot, its groups) of each plot the report draws: every plot once per model and data
     set, ``accuracy_vs_gbops.png`` where all share one, else ``accuracy_vs_gbops_<model>_<dataset>.png``;
     no bits plot of groups that are all mixed (no one bit width to draw them at)."""
-    tasks: dict[tuple[str, str], list[Group]] = {}
-    for g in groups:
-        tasks.setdefault((g.identity.model, g.identity.dataset), []).append(g)
+    tasks = {task: [groups[i] for i in indices] for task, indices in by_task(groups).items()}
     suffixes = {task: "" if len(tasks) == 1 else f"_{task[0]}_{task[1]}" for task in tasks}
     return {f"{Path(name).stem}{suffixes[task]}.png": (plot, members)
             for name, plot in PLOTS.items() for task, members in sorted(tasks.items())
@@ -124,9 +122,8 @@ def _plots_section(planned: Collection[str]) -> str:
     return "## Plots\n\n" + "\n".join(f"![{name}]({name})" for name in planned) if planned else ""
 
 
-def _shown_plots(report: Path) -> set[str]:
-    """The plot files a report.md shows (its Plots section)."""
-    text = report.read_text(encoding="utf-8", errors="replace")
+def _shown_plots(text: str) -> set[str]:
+    """The plot files a report.md's ``text`` shows (its Plots section)."""
     return set(re.findall(r"^!\[([^/\]]+\.png)\]\(\1\)$", text, re.MULTILINE))
 
 
@@ -140,13 +137,12 @@ def _check_overwrites(out_dir: Path, plots: Sequence[str]) -> None:
     this report draws) beside no such report.md, or a plot file such a report.md does not show (a plot
     of the user's own saved beside an earlier report). Then removes the plots the earlier report.md
     shows, so none is left that this report does not draw."""
-    report = out_dir / "report.md"
-    try:
-        with open(report, encoding="utf-8", errors="replace") as handle:
-            ours = handle.readline().rstrip("\n") == HEADER
+    try:  # read once: its first line says whose it is, its Plots section which plots are its
+        text = (out_dir / "report.md").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        ours = False
-    earlier = _shown_plots(report) if ours else set()
+        text = ""
+    ours = text.split("\n", 1)[0] == HEADER
+    earlier = _shown_plots(text) if ours else set()
     written = ("report.md", "report.csv") if not ours else ()
     theirs = [name for name in (*written, *plots) if (out_dir / name).exists() and name not in earlier]
     if theirs:

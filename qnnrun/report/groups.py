@@ -198,18 +198,24 @@ def task_suffix(group: Group, groups: Sequence[Group]) -> str:
     return f" ({group.identity.model}, {group.identity.dataset})" if several else ""
 
 
+def by_task(groups: Sequence[Group]) -> dict[tuple[str, str], list[int]]:
+    """(model, data set) -> the indices of its groups in ``groups``, in order of first appearance."""
+    tasks: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for index, g in enumerate(groups):
+        tasks[(g.identity.model, g.identity.dataset)].append(index)
+    return dict(tasks)
+
+
 def fronts_by_task(groups: Sequence[Group]) -> list[list[int]]:
     """Per (model, data set): indices of the groups on its accuracy-vs-GBOPs Pareto front (mean final
     test accuracy against mean GBOPs per image; quantized and float, uniform and mixed alike), by
     increasing GBOPs. Groups of different models or data sets are not compared."""
-    by_task: dict[tuple[str, str], list[int]] = defaultdict(list)
-    for index, g in enumerate(groups):
-        if g.mean("test_acc") is not None and g.mean("gbops") is not None:
-            by_task[(g.identity.model, g.identity.dataset)].append(index)
     fronts = []
-    for members in by_task.values():
-        points = [(groups[i].mean("gbops"), groups[i].mean("test_acc")) for i in members]
-        fronts.append([members[i] for i in pareto_front(points)])
+    for indices in by_task(groups).values():
+        members = [i for i in indices if groups[i].mean("test_acc") is not None and groups[i].mean("gbops") is not None]
+        if members:
+            points = [(groups[i].mean("gbops"), groups[i].mean("test_acc")) for i in members]
+            fronts.append([members[i] for i in pareto_front(points)])
     return fronts
 
 
